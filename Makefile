@@ -1,0 +1,42 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Each creates and reuses .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Nothing here reaches the internet at run time; the same variables are set by promptloop itself.
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export GX_ANALYTICS_ENABLED := False
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install demo test lock clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install only when the dependency spec changes.
+$(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv and install promptloop with its test extras
+
+demo: install  ## run the loop offline on the sample app, in .demo/
+	$(BIN)/promptloop demo --dir .demo
+
+test: install  ## run the whole test suite (end-to-end tests included)
+	$(BIN)/python -m pytest
+
+lock:  ## re-resolve requirements.lock from pyproject.toml in a scratch venv
+	rm -rf /tmp/promptloop-lock && $(PYTHON) -m venv /tmp/promptloop-lock
+	/tmp/promptloop-lock/bin/pip install --quiet -e '.[test]'
+	/tmp/promptloop-lock/bin/pip freeze --exclude-editable | grep -v '^promptloop' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:  ## remove the venv and the demo workspace
+	rm -rf $(VENV) .demo

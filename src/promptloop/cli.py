@@ -1,0 +1,148 @@
+"""The `promptloop` command line. With --json each command prints exactly one JSON object on
+stdout; logs and progress go to stderr. Exit codes: 0 success, 2 bad input or config, 1 other."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from promptloop import __version__
+from promptloop.errors import InputError
+from promptloop.runtime import prepare_environment
+
+app = typer.Typer(
+    help="Keep an LLM app improving after launch: collect -> analyze -> improve -> deploy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stderr = Console(stderr=True)
+
+JsonOption = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
+WorkspaceOption = typer.Option(Path("."), "--workspace", "-w", help="The workspace folder (made by `init`).")
+AppOption = typer.Option(..., "--app", help="The app, as named under `apps:` in params.yaml.")
+
+
+def run_command(as_json: bool, action: Callable[[], dict[str, Any]], render: Callable[[dict[str, Any]], None]) -> None:
+    """Run a command body: one JSON object or a readable report; errors become exit codes."""
+    prepare_environment()
+    try:
+        result = action()
+    except InputError as exc:
+        _fail(as_json, str(exc), "input", 2)
+    except KeyboardInterrupt:
+        _fail(as_json, "interrupted", "interrupted", 1)
+    except Exception as exc:  # the CLI's last line of defence: one line, exit 1
+        if os.environ.get("PROMPTLOOP_DEBUG"):
+            traceback.print_exc()
+        _fail(as_json, f"{type(exc).__name__}: {exc}", "internal", 1)
+    if as_json:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False, default=str) + "\n")
+    else:
+        render(result)
+
+
+def _fail(as_json: bool, message: str, kind: str, code: int) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    if as_json:
+        sys.stdout.write(json.dumps({"ok": False, "error": message, "kind": kind}, ensure_ascii=False) + "\n")
+    raise typer.Exit(code)
+
+
+def progress_bar() -> Progress:
+    """A progress bar on stderr, so stdout stays machine-readable."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=stderr, transient=True)
+
+
+def render_mapping(title: str, rows: dict[str, Any]) -> None:
+    """A two-column table of a flat mapping on stdout."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    for key, value in rows.items():
+        table.add_row(key, json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value))
+    Console().print(table)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"promptloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Show the version."),
+) -> None:
+    """promptloop: collect -> analyze -> improve -> deploy, for the prompts of LLM applications."""
+
+
+@app.command()
+def init(
+    dir: Path = typer.Option(..., "--dir", help="An empty or new folder for the workspace."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create a workspace: git repo with a local bare origin, DVC (golden set tracked), an MLflow store."""
+    from promptloop.initialize import init_workspace
+
+    run_command(as_json, lambda: init_workspace(dir), lambda r: render_mapping("workspace created", r))
+
+
+@app.command()
+def demo(
+    dir: Path = typer.Option(Path(".demo"), "--dir", help="Scratch folder (wiped if an earlier demo made it)."),
+    interactions: int | None = typer.Option(None, "--interactions", min=1, help="Simulated interactions [default: params.yaml demo.interactions, 2000]."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Run the loop offline on the sample app: init a scratch workspace, generate logs, run the stages."""
+    from promptloop.demo import run_demo
+
+    def action() -> dict[str, Any]:
+        with progress_bar() as bar:
+            task = bar.add_task("simulating traffic", total=None)
+            return run_demo(dir, interactions, on_start=lambda total: bar.update(task, total=total),
+                            on_progress=lambda: bar.advance(task))
+
+    def render(result: dict[str, Any]) -> None:
+        render_mapping(f"demo workspace: {result['workspace']}", {"app": result["app"], **result["logs"]})
+
+    run_command(as_json, action, render)
+
+
+def _not_built(command: str, issue: int) -> dict[str, Any]:
+    raise NotImplementedError(f"`promptloop {command}` is not built yet (tracked as issue {issue})")
+
+
+def _stage_arriving_later(stage: str, issue: int) -> Callable[..., None]:
+    """A command of the CLI contract whose stage is not built yet: says so and exits 1."""
+
+    def command(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
+        run_command(as_json, lambda: _not_built(stage, issue), lambda r: None)
+
+    command.__doc__ = f"(not built yet: issue {issue}) The {stage} stage of the loop."
+    return command
+
+
+for _stage, _issue in (("collect", 3), ("analyze", 4), ("evaluate", 5), ("improve", 6), ("deploy", 6),
+                       ("release", 6), ("cycle", 6)):
+    app.command(name=_stage)(_stage_arriving_later(_stage, _issue))
+
+
+@app.command()
+def serve(as_json: bool = JsonOption) -> None:
+    """(not built yet: issue 7) Prefect server, worker and MLflow UI on loopback."""
+    run_command(as_json, lambda: _not_built("serve", 7), lambda r: None)
+
+
+def main() -> None:
+    """Console-script entry point; offline defaults are set before any library is imported."""
+    prepare_environment()
+    app()

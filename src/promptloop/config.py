@@ -1,0 +1,168 @@
+"""params.yaml: one section per stage plus `apps:`, validated by pydantic.
+
+An unknown key or a wrong type is an `InputError` that names the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from promptloop.errors import InputError, input_error_from_validation
+
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelPrice(Section):
+    """USD per million tokens, for models litellm's price map does not know."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class LLMSettings(Section):
+    """How every LLM call is made (all through litellm)."""
+
+    providers: dict[str, str] = Field(
+        default_factory=dict,
+        description="custom litellm providers: prefix -> 'module:object' (a litellm CustomLLM)",
+    )
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    max_concurrency: int = Field(default=8, ge=1)
+
+
+class AppSettings(Section):
+    """One application whose prompt promptloop improves."""
+
+    prompt: Path
+    golden_set: Path
+    knowledge_base: Path | None = None
+    model: str | None = Field(default=None, description="overrides the model named in the prompt file")
+    top_k: int = Field(default=3, ge=1, description="documents retrieved into the prompt's {context}")
+    log_dir: Path = Field(description="where production logs for this app land before collect")
+    data_dir: Path = Field(description="the app's versioned datasets written by collect and analyze")
+
+
+class TrackingSettings(Section):
+    """Where runs are logged; a relative sqlite path is inside the workspace."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "promptloop"
+
+
+class DemoSettings(Section):
+    """The simulated production traffic of `promptloop demo`."""
+
+    app: str = "support-bot"
+    interactions: int = Field(default=2000, ge=1)
+    seed: int = 7
+    korean_share: float = Field(default=0.3, ge=0, le=1)
+    unanswerable_share: float = Field(default=0.12, ge=0, le=1)
+    injection_share: float = Field(default=0.06, ge=0, le=1)
+    pii_share: float = Field(default=0.08, ge=0, le=1)
+    rating_share: float = Field(default=0.3, ge=0, le=1, description="share of answers a user rates")
+    rating_noise: float = Field(default=0.1, ge=0, le=1, description="share of ratings that go the wrong way")
+    malformed_share: float = Field(default=0.02, ge=0, le=1)
+    days: int = Field(default=14, ge=1, description="the traffic spreads over this many days up to now")
+    temperature: float = Field(default=0.7, ge=0)
+
+
+class CollectSettings(Section):
+    pii_key_env: str = Field(default="PROMPTLOOP_PII_KEY", description="env var holding the user_id hashing key")
+
+
+class AnalyzeSettings(Section):
+    window_days: int = Field(default=7, ge=1)
+
+
+class EvaluateSettings(Section):
+    judge_model: str = "offline/judge"
+    judge_samples: int = Field(default=1, ge=1)
+    seed: int = 0
+    bootstrap_resamples: int = Field(default=10_000, ge=100)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    margin: float = Field(default=0.0, ge=0)
+    budget_usd: float = Field(default=5.0, ge=0)
+
+
+class ImproveSettings(Section):
+    optimizer_model: str = "offline/optimizer"
+    candidates: int = Field(default=3, ge=1)
+
+
+class DeploySettings(Section):
+    remote: str = "origin"
+    base_branch: str = "main"
+
+
+class ScheduleSettings(Section):
+    timezone: str = "UTC"
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    apps: dict[str, AppSettings]
+    demo: DemoSettings = Field(default_factory=DemoSettings)
+    collect: CollectSettings = Field(default_factory=CollectSettings)
+    analyze: AnalyzeSettings = Field(default_factory=AnalyzeSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    improve: ImproveSettings = Field(default_factory=ImproveSettings)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+
+    @field_validator("apps")
+    @classmethod
+    def _at_least_one_app(cls, apps: dict[str, AppSettings]) -> dict[str, AppSettings]:
+        if not apps:
+            raise ValueError("at least one app is required")
+        return apps
+
+    def app(self, name: str, source: str | Path = PARAMS_FILE) -> AppSettings:
+        """The settings of app `name`, or an InputError listing the known apps."""
+        try:
+            return self.apps[name]
+        except KeyError:
+            known = ", ".join(sorted(self.apps)) or "none"
+            raise InputError(source, f"unknown app {name!r} (known: {known})", field="apps") from None
+
+
+def parse_params(data: object, source: str | Path = PARAMS_FILE) -> Params:
+    """Validate an already-parsed params mapping."""
+    if not isinstance(data, dict):
+        raise InputError(source, f"expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise input_error_from_validation(source, exc) from None
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found (run `promptloop init --dir DIR` to create a workspace)")
+    return parse_params(read_yaml(path), path)
+
+
+def read_yaml(path: Path) -> object:
+    """Parse a YAML file; a syntax error names the file and line."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else None
+        raise InputError(path, f"invalid YAML: {getattr(exc, 'problem', exc)}", field=where) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None

@@ -1,0 +1,99 @@
+"""Every LLM call goes through litellm; this module owns how.
+
+Providers and prices come from `params.yaml` (`llm:`), so switching the app, the judge or the
+optimizer to OpenAI, Anthropic, Ollama or vLLM is a model-name change.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from promptloop.config import LLMSettings
+from promptloop.errors import InputError
+from promptloop.runtime import prepare_environment
+
+if TYPE_CHECKING:
+    import litellm as litellm_module
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The text of one LLM answer with its usage, cost and wall time."""
+
+    model: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    latency_ms: float
+
+
+def litellm_module_configured(settings: LLMSettings, source: str = "params.yaml") -> "litellm_module":
+    """Import litellm offline-first, register custom providers and model prices from config."""
+    prepare_environment()
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    # litellm reads custom_provider_map on every call; registering twice would shadow nothing.
+    registered = {item["provider"] for item in litellm.custom_provider_map}
+    for prefix, target in settings.providers.items():
+        if prefix not in registered:
+            litellm.custom_provider_map.append({"provider": prefix, "custom_handler": load_object(target, source)})
+    if settings.prices:
+        litellm.register_model(
+            {
+                model: {
+                    "input_cost_per_token": price.input_per_mtok / 1e6,
+                    "output_cost_per_token": price.output_per_mtok / 1e6,
+                    "cache_creation_input_token_cost": 0.0,
+                    "cache_read_input_token_cost": 0.0,
+                    "litellm_provider": model.split("/", 1)[0],
+                    "mode": "chat",
+                }
+                for model, price in settings.prices.items()
+            }
+        )
+    return litellm
+
+
+def load_object(target: str, source: str = "params.yaml") -> Any:
+    """Import `package.module:attribute`; a bad path is an input error naming the key."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise InputError(source, f"cannot load {target!r}: {exc}", field="llm.providers") from None
+
+
+async def acomplete(
+    litellm: "litellm_module",
+    model: str,
+    messages: list[dict[str, str]],
+    timeout_s: float,
+    **parameters: Any,
+) -> Completion:
+    """One chat completion; errors are litellm's own exception types."""
+    started = time.perf_counter()
+    response = await litellm.acompletion(model=model, messages=messages, timeout=timeout_s, **parameters)
+    latency_ms = (time.perf_counter() - started) * 1000
+    usage = response.usage
+    return Completion(
+        model=model,
+        text=response.choices[0].message.content or "",
+        prompt_tokens=int(usage.prompt_tokens),
+        completion_tokens=int(usage.completion_tokens),
+        cost_usd=response_cost(litellm, response, model),
+        latency_ms=latency_ms,
+    )
+
+
+def response_cost(litellm: "litellm_module", response: Any, model: str) -> float | None:
+    """Cost from litellm's price map; None when the model has no known price."""
+    try:
+        return float(litellm.completion_cost(completion_response=response, model=model))
+    except Exception:  # litellm raises a bare Exception/ValueError for unpriced models
+        return None

@@ -1,0 +1,28 @@
+"""Process-wide settings that keep promptloop offline and quiet.
+
+Called by the entry points (CLI, flows, tests), never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Telemetry of every library we use is off, and litellm reads its bundled price map instead
+# of fetching one: nothing at run time may reach the internet.
+OFFLINE_ENV: dict[str, str] = {
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_TELEMETRY": "False",
+    "GX_ANALYTICS_ENABLED": "False",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def prepare_environment() -> None:
+    """Set the offline defaults; a value the user exported wins."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)

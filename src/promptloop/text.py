@@ -1,0 +1,54 @@
+"""Small text helpers shared by retrieval and scoring: terms, language, sentences."""
+
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"[0-9a-z]+|[\uac00-\ud7a3]+", re.IGNORECASE)
+_HANGUL = re.compile(r"[\uac00-\ud7a3]")
+_LATIN = re.compile(r"[A-Za-z]")
+_SENTENCE_END = re.compile(r"(?<=[.!?。])\s+|(?<=다\.)\s*|\n+")
+
+# Words too common to say anything about a topic (English); Korean particles are handled by
+# the bigram split below, which keeps stems matchable across 조사 (을/를/은/는 ...).
+STOPWORDS = frozenset(
+    """a an the and or but if of to in on at by for with from as is are was were be been being
+    do does did doing have has had i you he she it we they me my your our their this that these
+    those what which who whom how when where why can could should would will shall may might must
+    not no yes so than then there here about into over under again any all each few more most some
+    such only own same too very just also get got please thanks thank hi hello nimbus notes""".split()
+)
+
+
+def terms(text: str) -> list[str]:
+    """Lower-cased content terms: English words minus stopwords, Korean words as char bigrams."""
+    out: list[str] = []
+    for word in _WORD.findall(text.lower()):
+        if _HANGUL.match(word):
+            out.extend(word[i : i + 2] for i in range(max(1, len(word) - 1)))
+        elif word not in STOPWORDS and (len(word) > 1 or word.isdigit()):
+            out.append(word)
+    return out
+
+
+def hangul_share(text: str) -> float:
+    """Share of letters that are Hangul (0 for text without letters)."""
+    hangul = len(_HANGUL.findall(text))
+    letters = hangul + len(_LATIN.findall(text))
+    return hangul / letters if letters else 0.0
+
+
+def language(text: str) -> str:
+    """'ko' when most letters are Hangul, else 'en'."""
+    return "ko" if hangul_share(text) >= 0.3 else "en"
+
+
+def sentences(text: str) -> list[str]:
+    """Split prose into sentences (English and Korean endings)."""
+    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s and s.strip()]
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough BPE token count: ~4 ASCII chars per token, ~1 token per non-ASCII char (Hangul)."""
+    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+    return (ascii_chars + 3) // 4 + (len(text) - ascii_chars)

@@ -1,0 +1,93 @@
+"""A workspace: the git + DVC + MLflow folder promptloop works in (`promptloop init`)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from promptloop.app import App
+from promptloop.config import PARAMS_FILE, AppSettings, Params, load_params
+from promptloop.errors import InputError
+from promptloop.kb import Retriever, load_kb
+from promptloop.prompts import load_prompt
+
+TEMPLATE_ITEMS = ("prompts", "datasets", "params.yaml", "dvc.yaml", "prefect.yaml")
+REMOTE_DIR = "remote.git"
+DVC_REMOTE_DIR = "dvc-remote"
+WORKSPACE_GITIGNORE = """\
+# local stand-ins for the git and DVC remotes, and the tracking store
+/remote.git/
+/dvc-remote/
+/mlflow.db
+/mlruns/
+# raw production logs hold PII until collect redacts them
+/data/*/incoming/
+"""
+COMMITTER = ("promptloop", "promptloop@localhost")
+
+
+@dataclass
+class Workspace:
+    """A workspace folder and its validated params.yaml."""
+
+    root: Path
+    params: Params
+
+    def path(self, relative: Path | str) -> Path:
+        """A path from params.yaml, relative to the workspace root."""
+        return self.root / relative
+
+    def app_settings(self, name: str) -> AppSettings:
+        return self.params.app(name, self.root / PARAMS_FILE)
+
+    def load_app(self, name: str) -> App:
+        """The app `name` with its current production prompt and its retriever."""
+        settings = self.app_settings(name)
+        prompt = load_prompt(self.path(settings.prompt))
+        retriever = Retriever(load_kb(self.path(settings.knowledge_base))) if settings.knowledge_base else None
+        return App(name, prompt, settings.model or prompt.model, retriever, settings.top_k)
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI, a relative sqlite path resolved inside the workspace."""
+        uri = self.params.tracking.uri
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+            return prefix + str((self.root / uri[len(prefix) :]).resolve())
+        return uri
+
+
+def open_workspace(root: Path | str) -> Workspace:
+    """Load the workspace at `root` (its params.yaml must exist and validate)."""
+    root = Path(root).resolve()
+    return Workspace(root, load_params(root / PARAMS_FILE))
+
+
+def template_root() -> Path:
+    """The sample workspace: packaged in a wheel, or the source checkout for an editable install."""
+    packaged = resources.files("promptloop") / "_template"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / PARAMS_FILE).is_file():
+        return checkout
+    raise InputError(checkout, "cannot find the sample workspace (params.yaml, prompts/, datasets/)")
+
+
+def copy_template(dest: Path, template: Path) -> None:
+    """Copy the sample workspace files into an empty `dest`."""
+    for item in TEMPLATE_ITEMS:
+        source = template / item
+        if source.is_dir():
+            shutil.copytree(source, dest / item, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.is_file():
+            shutil.copy2(source, dest / item)
+    (dest / ".gitignore").write_text(WORKSPACE_GITIGNORE, encoding="utf-8")
+
+
+def check_empty_target(dest: Path) -> None:
+    """`init` never writes into a folder that already holds something."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InputError(dest, "target exists and is not an empty folder; choose another --dir")
