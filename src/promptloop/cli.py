@@ -67,6 +67,8 @@ def progress_bar() -> Progress:
 def render_mapping(title: str, rows: dict[str, Any]) -> None:
     """A two-column table of a flat mapping on stdout."""
     table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
     for key, value in rows.items():
         table.add_row(key, json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value))
     Console().print(table)
@@ -125,7 +127,13 @@ def _stage_arriving_later(stage: str, issue: int) -> Callable[..., None]:
     """A command of the CLI contract whose stage is not built yet: says so and exits 1."""
 
     def command(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
-        run_command(as_json, lambda: _not_built(stage, issue), lambda r: None)
+        def action() -> dict[str, Any]:
+            from promptloop.workspace import open_workspace
+
+            open_workspace(workspace).app_settings(app_name)  # config errors are reported first
+            return _not_built(stage, issue)
+
+        run_command(as_json, action, lambda r: None)
 
     command.__doc__ = f"(not built yet: issue {issue}) The {stage} stage of the loop."
     return command

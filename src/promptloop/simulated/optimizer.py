@@ -80,5 +80,5 @@ def _insert_instructions(system: str, lines: list[str]) -> str:
     text = "\n".join(lines)
     marker = re.search(r"\n\s*(Documentation|Context|Documents)\s*:", system)
     if marker:
-        return system[: marker.start()].rstrip() + "\n" + text + "\n" + system[marker.start() :]
+        return system[: marker.start()].rstrip() + "\n" + text + system[marker.start() :]
     return system.rstrip() + "\n" + text

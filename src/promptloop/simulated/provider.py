@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import time
+from collections import Counter
 from typing import Any, Callable
 
 import httpx
@@ -30,17 +31,22 @@ _REQUEST = httpx.Request("POST", "http://offline.invalid/v1/chat/completions")
 class OfflineProvider(CustomLLM):
     """Answers `offline/<name>` completions with the simulated model `<name>`."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Attempts per seeded request: a retry draws its fault anew, yet a rerun repeats the run.
+        self.attempts: Counter[str] = Counter()
+
     def completion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict, **_: Any) -> ModelResponse:  # type: ignore[override]
         settings = simulation_settings(optional_params)
         if settings.latency_ms:
             time.sleep(_latency_s(settings))
-        return _respond(model, messages, model_response, optional_params, settings)
+        return _respond(model, messages, model_response, optional_params, settings, self.attempts)
 
     async def acompletion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict, **_: Any) -> ModelResponse:  # type: ignore[override]
         settings = simulation_settings(optional_params)
         if settings.latency_ms:
             await asyncio.sleep(_latency_s(settings))
-        return _respond(model, messages, model_response, optional_params, settings)
+        return _respond(model, messages, model_response, optional_params, settings, self.attempts)
 
 
 def _latency_s(settings: SimulationSettings) -> float:
@@ -49,18 +55,22 @@ def _latency_s(settings: SimulationSettings) -> float:
 
 
 def _respond(
-    model: str, messages: list, response: ModelResponse, params: dict, settings: SimulationSettings
+    model: str, messages: list, response: ModelResponse, params: dict, settings: SimulationSettings,
+    attempts: Counter[str],
 ) -> ModelResponse:
     responder = MODELS.get(model)
     if responder is None:
         raise litellm.NotFoundError(f"no simulated model {model!r}; known: {sorted(MODELS)}", model=model, llm_provider="offline")
-    fault = _draw_fault(settings)
-    if fault and fault != "malformed":
-        _raise_fault(fault, model, settings)
     temperature = float(params.get("temperature", 1.0))
     seed = params.get("seed")
     # Same seed + same request = same answer; no seed behaves like a real sampled model.
-    rng = random.Random(f"{seed}|{model}|{json.dumps(messages, sort_keys=True)}") if seed is not None else random.Random()
+    key = f"{seed}|{model}|{json.dumps(messages, sort_keys=True)}"
+    rng = random.Random(key) if seed is not None else random.Random()
+    fault_rng = random.Random(f"{key}|attempt {attempts[key]}") if seed is not None else random.Random()
+    attempts[key] += 1
+    fault = _draw_fault(settings, fault_rng)
+    if fault and fault != "malformed":
+        _raise_fault(fault, model, settings)
     text = responder(messages, temperature, rng)
     if fault == "malformed" and model == "judge":
         text = "The answer looks fine to me, I would give it a 4."
@@ -79,13 +89,13 @@ def _respond(
     return response
 
 
-def _draw_fault(settings: SimulationSettings) -> str | None:
+def _draw_fault(settings: SimulationSettings, rng: random.Random) -> str | None:
     if settings.down:
         return "down"
-    if settings.error_rate <= 0 or random.random() >= settings.error_rate:
+    if settings.error_rate <= 0 or rng.random() >= settings.error_rate:
         return None
     weights = settings.faults.model_dump()
-    return random.choices(list(weights), weights=list(weights.values()))[0]
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
 def _raise_fault(kind: str, model: str, settings: SimulationSettings) -> None:

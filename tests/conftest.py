@@ -1,0 +1,41 @@
+"""Shared fixtures: the checkout's sample workspace, litellm configured offline, a real workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from promptloop.runtime import prepare_environment
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    prepare_environment()
+
+
+@pytest.fixture(scope="session")
+def repo_workspace():
+    """The project checkout read as a workspace (its params.yaml, prompts and datasets)."""
+    from promptloop.workspace import open_workspace
+
+    return open_workspace(REPO)
+
+
+@pytest.fixture(scope="session")
+def litellm(repo_workspace) -> Any:
+    """litellm with the offline provider and prices registered from params.yaml."""
+    from promptloop.llm import litellm_module_configured
+
+    return litellm_module_configured(repo_workspace.params.llm)
+
+
+@pytest.fixture(scope="session")
+def initialized_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One real workspace (git, bare origin, DVC, MLflow) made by `init`, shared by read-only tests."""
+    from promptloop.initialize import init_workspace
+
+    dest = tmp_path_factory.mktemp("ws") / "workspace"
+    return dest, init_workspace(dest)

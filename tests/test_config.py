@@ -1,0 +1,73 @@
+"""params.yaml validation: unknown keys and wrong types are errors naming the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from promptloop.config import load_params, parse_params
+from promptloop.errors import InputError
+
+from conftest import REPO
+
+
+def sample_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_sample_params_validate_with_one_section_per_stage() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert set(params.apps) == {"support-bot"}
+    assert params.apps["support-bot"].model == "offline/support-bot"
+    for stage in ("collect", "analyze", "evaluate", "improve", "deploy"):
+        assert stage in sample_params(), stage
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "message"),
+    [
+        (lambda p: p["apps"]["support-bot"].update(modle="x"), "apps.support-bot.modle", "unknown key"),
+        (lambda p: p.update(colect={}), "colect", "unknown key"),
+        (lambda p: p["evaluate"].update(judge_samples="three"), "evaluate.judge_samples", "valid integer"),
+        (lambda p: p["demo"].update(korean_share=1.5), "demo.korean_share", "less than or equal to 1"),
+        (lambda p: p["apps"]["support-bot"].pop("prompt"), "apps.support-bot.prompt", "Field required"),
+        (lambda p: p["llm"]["prices"]["offline/judge"].update(input_per_mtok=-1), "llm.prices.offline/judge.input_per_mtok", "greater than or equal"),
+    ],
+)
+def test_config_errors_name_the_file_and_key(edit, field: str, message: str) -> None:
+    params = sample_params()
+    edit(params)
+    with pytest.raises(InputError) as caught:
+        parse_params(params, "params.yaml")
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"params.yaml: {field}: ")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_empty_apps_is_an_error() -> None:
+    params = sample_params()
+    params["apps"] = {}
+    with pytest.raises(InputError, match="apps: .*at least one app"):
+        parse_params(params)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("apps:\n  support-bot: [unclosed\n")
+    with pytest.raises(InputError) as caught:
+        load_params(bad)
+    assert str(bad) in str(caught.value) and "line " in str(caught.value)
+
+
+def test_missing_file_says_how_to_get_one(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="promptloop init"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_unknown_app_lists_the_known_ones() -> None:
+    params = load_params(REPO / "params.yaml")
+    with pytest.raises(InputError, match=r"unknown app 'nope' \(known: support-bot\)"):
+        params.app("nope")
