@@ -35,7 +35,7 @@ def test_init_makes_git_origin_dvc_and_mlflow(initialized_workspace) -> None:
     md5 = (root / "datasets/support-bot/golden.jsonl.dvc").read_text().split("md5: ")[1].split()[0]
     assert (root / "dvc-remote/files/md5" / md5[:2] / md5[2:]).is_file()
     client = mlflow.MlflowClient(tracking_uri=created["tracking_uri"])
-    assert client.get_experiment_by_name("promptloop").experiment_id == created["experiment_id"]
+    assert client.get_experiment_by_name("promptloop/support-bot").experiment_id == created["experiments"]["promptloop/support-bot"]
     assert (root / "mlflow.db").is_file()
 
 

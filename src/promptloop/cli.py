@@ -119,6 +119,28 @@ def demo(
     run_command(as_json, action, render)
 
 
+@app.command()
+def collect(
+    app_name: str = AppOption,
+    workspace: Path = WorkspaceOption,
+    source: str | None = typer.Option(None, "--source", help="Read this instead of the app's configured sources: a file, folder or glob of .jsonl/.parquet, or mlflow:<experiment>[@<tracking uri>]."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Ingest new production logs: validate (Great Expectations), quarantine, redact PII, version (DVC), log (MLflow)."""
+    from promptloop.collect import collect as run_collect
+    from promptloop.workspace import open_workspace
+
+    def action() -> dict[str, Any]:
+        with progress_bar() as bar:
+            task = bar.add_task("collecting rows", total=None)
+            return run_collect(open_workspace(workspace), app_name, source, on_batch=lambda n: bar.advance(task, n))
+
+    def render(result: dict[str, Any]) -> None:
+        render_mapping(f"collect {result['app']}", {k: v for k, v in result.items() if k != "app"})
+
+    run_command(as_json, action, render)
+
+
 def _not_built(command: str, issue: int) -> dict[str, Any]:
     raise NotImplementedError(f"`promptloop {command}` is not built yet (tracked as issue {issue})")
 
@@ -139,7 +161,7 @@ def _stage_arriving_later(stage: str, issue: int) -> Callable[..., None]:
     return command
 
 
-for _stage, _issue in (("collect", 3), ("analyze", 4), ("evaluate", 5), ("improve", 6), ("deploy", 6),
+for _stage, _issue in (("analyze", 4), ("evaluate", 5), ("improve", 6), ("deploy", 6),
                        ("release", 6), ("cycle", 6)):
     app.command(name=_stage)(_stage_arriving_later(_stage, _issue))
 

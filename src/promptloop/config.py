@@ -49,6 +49,10 @@ class AppSettings(Section):
     model: str | None = Field(default=None, description="overrides the model named in the prompt file")
     top_k: int = Field(default=3, ge=1, description="documents retrieved into the prompt's {context}")
     log_dir: Path = Field(description="where production logs for this app land before collect")
+    sources: list[str] = Field(
+        default_factory=list,
+        description="log sources: paths/globs of .jsonl/.parquet files or mlflow:<experiment>[@<tracking uri>]; default: log_dir",
+    )
     data_dir: Path = Field(description="the app's versioned datasets written by collect and analyze")
 
 
@@ -56,7 +60,7 @@ class TrackingSettings(Section):
     """Where runs are logged; a relative sqlite path is inside the workspace."""
 
     uri: str = "sqlite:///mlflow.db"
-    experiment: str = "promptloop"
+    experiment_prefix: str = Field(default="promptloop/", description="each app logs to <prefix><app>")
 
 
 class DemoSettings(Section):
@@ -77,7 +81,14 @@ class DemoSettings(Section):
 
 
 class CollectSettings(Section):
-    pii_key_env: str = Field(default="PROMPTLOOP_PII_KEY", description="env var holding the user_id hashing key")
+    """Ingest, validate, redact and version production logs."""
+
+    pii_key_env: str = Field(
+        default="PROMPTLOOP_PII_KEY",
+        description="env var holding the key that hashes user ids (else the workspace's .promptloop/pii.key)",
+    )
+    extra_pii_patterns: dict[str, str] = Field(default_factory=dict, description="KIND -> regex, redacted as <KIND>")
+    batch_rows: int = Field(default=200_000, ge=1, description="rows validated and written per batch (bounds memory)")
 
 
 class AnalyzeSettings(Section):

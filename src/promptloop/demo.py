@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from promptloop.collect import collect
 from promptloop.errors import InputError
 from promptloop.initialize import init_workspace
 from promptloop.jsonl import write_jsonl
@@ -15,7 +16,7 @@ from promptloop.llm import litellm_module_configured
 from promptloop.simulated.traffic import generate_logs, load_bank, summarize
 from promptloop.workspace import Workspace, open_workspace
 
-DEMO_MARKER = ".promptloop-demo"
+DEMO_MARKER = Path(".promptloop") / "made-by-demo"
 
 
 def prepare_demo_dir(dest: Path) -> None:
@@ -52,15 +53,18 @@ def run_demo(
     dest: Path, interactions: int | None = None, now: datetime | None = None,
     on_start: Callable[[int], None] = lambda total: None, on_progress: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """init + sample logs (+ the loop's stages, as they exist)."""
+    """init, sample logs, then the loop's stages as they exist (collect)."""
     dest = dest.resolve()
+    now = now or datetime.now(timezone.utc)
     prepare_demo_dir(dest)
     created = init_workspace(dest)
+    (dest / DEMO_MARKER).parent.mkdir(exist_ok=True)
     (dest / DEMO_MARKER).write_text("made by `promptloop demo`; safe to delete\n", encoding="utf-8")
     workspace = open_workspace(dest)
     app_name = workspace.params.demo.app
     logs = write_sample_logs(
         workspace, app_name, interactions or workspace.params.demo.interactions,
-        now or datetime.now(timezone.utc), on_start, on_progress,
+        now, on_start, on_progress,
     )
-    return {"workspace": created["workspace"], "app": app_name, "init": created, "logs": logs}
+    collected = collect(workspace, app_name, now=now)
+    return {"workspace": created["workspace"], "app": app_name, "init": created, "logs": logs, "collect": collected}

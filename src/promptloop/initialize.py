@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import git
 
 from promptloop.runtime import prepare_environment
+from promptloop.tracking import experiment_id
+from promptloop.versioning import committer, quiet_dvc
 from promptloop.workspace import (
-    COMMITTER,
     DVC_REMOTE_DIR,
     REMOTE_DIR,
     Workspace,
@@ -35,9 +32,9 @@ def init_workspace(dest: Path, template: Path | None = None) -> dict[str, Any]:
     repo = init_git(dest)
     tracked = init_dvc(workspace)
     repo.git.add(A=True)
-    repo.index.commit("Initialise promptloop workspace", author=_actor(repo), committer=_actor(repo))
+    repo.index.commit("Initialise promptloop workspace", author=committer(repo), committer=committer(repo))
     origin = init_origin(repo, dest / REMOTE_DIR)
-    experiment_id = init_tracking(workspace)
+    experiment_ids = init_tracking(workspace)
     return {
         "workspace": str(dest),
         "commit": repo.head.commit.hexsha,
@@ -45,7 +42,7 @@ def init_workspace(dest: Path, template: Path | None = None) -> dict[str, Any]:
         "dvc_remote": str(dest / DVC_REMOTE_DIR),
         "dvc_tracked": tracked,
         "tracking_uri": workspace.tracking_uri,
-        "experiment_id": experiment_id,
+        "experiments": experiment_ids,
         "apps": sorted(workspace.params.apps),
     }
 
@@ -55,19 +52,11 @@ def init_git(dest: Path) -> git.Repo:
     return git.Repo.init(dest, initial_branch="main")
 
 
-def _actor(repo: git.Repo) -> git.Actor:
-    """The user's git identity when configured, else promptloop's own."""
-    reader = repo.config_reader()
-    name = reader.get_value("user", "name", default="") or os.environ.get("GIT_AUTHOR_NAME", "")
-    email = reader.get_value("user", "email", default="") or os.environ.get("GIT_AUTHOR_EMAIL", "")
-    return git.Actor(name or COMMITTER[0], email or COMMITTER[1])
-
-
 def init_dvc(workspace: Workspace) -> list[str]:
     """`dvc init`, a local default remote, and every app's golden set tracked and pushed."""
     from dvc.repo import Repo as DvcRepo
 
-    with _quiet():
+    with quiet_dvc():
         dvc = DvcRepo.init(str(workspace.root))
         with dvc.config.edit() as conf:
             conf["core"]["analytics"] = False
@@ -89,24 +78,10 @@ def init_origin(repo: git.Repo, bare_path: Path) -> str:
     return str(bare_path)
 
 
-def init_tracking(workspace: Workspace) -> str:
-    """Create the workspace's MLflow store and its experiment; returns the experiment id."""
+def init_tracking(workspace: Workspace) -> dict[str, str]:
+    """Create the workspace's MLflow store and one experiment per app; returns name -> id."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=workspace.tracking_uri)
-    name = workspace.params.tracking.experiment
-    existing = client.get_experiment_by_name(name)
-    return existing.experiment_id if existing else client.create_experiment(name)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """DVC reports through its logger and stdout; our stdout carries the JSON result only."""
-    dvc_logger = logging.getLogger("dvc")
-    level = dvc_logger.level
-    dvc_logger.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        dvc_logger.setLevel(level)
+    names = [workspace.experiment_name(app) for app in workspace.params.apps]
+    return {name: experiment_id(client, name, workspace.artifact_root) for name in names}

@@ -13,7 +13,7 @@ from promptloop.errors import InputError
 from promptloop.kb import Retriever, load_kb
 from promptloop.prompts import load_prompt
 
-TEMPLATE_ITEMS = ("prompts", "datasets", "params.yaml", "dvc.yaml", "prefect.yaml")
+TEMPLATE_ITEMS = ("prompts", "datasets", "expectations", "params.yaml", "dvc.yaml", "prefect.yaml")
 REMOTE_DIR = "remote.git"
 DVC_REMOTE_DIR = "dvc-remote"
 WORKSPACE_GITIGNORE = """\
@@ -22,8 +22,11 @@ WORKSPACE_GITIGNORE = """\
 /dvc-remote/
 /mlflow.db
 /mlruns/
+/mlartifacts/
 # raw production logs hold PII until collect redacts them
-/data/*/incoming/
+/incoming/
+# the key that hashes user ids
+/.promptloop/
 """
 COMMITTER = ("promptloop", "promptloop@localhost")
 
@@ -48,6 +51,15 @@ class Workspace:
         prompt = load_prompt(self.path(settings.prompt))
         retriever = Retriever(load_kb(self.path(settings.knowledge_base))) if settings.knowledge_base else None
         return App(name, prompt, settings.model or prompt.model, retriever, settings.top_k)
+
+    def experiment_name(self, app: str) -> str:
+        """The MLflow experiment of app `app`."""
+        return f"{self.params.tracking.experiment_prefix}{app}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where MLflow artifacts of this workspace live (inside it, git-ignored)."""
+        return self.root / "mlartifacts"
 
     @property
     def tracking_uri(self) -> str:

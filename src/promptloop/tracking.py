@@ -1,0 +1,59 @@
+"""MLflow runs, always against the workspace's own tracking URI (never the process-global one)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_PARAM_CHARS = 6000
+
+
+def experiment_id(client: Any, name: str, artifact_root: Path) -> str:
+    """Get or create the experiment `name`, its artifacts under `artifact_root` (not the current directory)."""
+    existing = client.get_experiment_by_name(name)
+    if existing:
+        return existing.experiment_id
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+    return client.create_experiment(name, artifact_location=(artifact_root / slug).as_uri())
+
+
+def log_run(
+    tracking_uri: str,
+    artifact_root: Path,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: dict[str, Any],
+) -> str:
+    """One finished run with params, metrics, tags and JSON artifacts; returns its id."""
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(experiment_id(client, experiment, artifact_root), run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    now_ms = int(time.time() * 1000)
+    try:
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()],
+            params=[Param(k, _param_text(v)) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        for name, content in artifacts.items():
+            client.log_dict(run_id, content, name)
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def _param_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
