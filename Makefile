@@ -10,7 +10,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export GX_ANALYTICS_ENABLED := False
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test lock clean help
+.PHONY: install demo test bench lock clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,6 +31,9 @@ demo: install  ## run the loop offline on the sample app, in .demo/
 
 test: install  ## run the whole test suite (end-to-end tests included)
 	$(BIN)/python -m pytest
+
+bench: install  ## run the benchmarks in benchmarks/ (minutes; writes benchmarks/results/)
+	$(BIN)/python benchmarks/bench_collect.py --rows 1000000 --repeats 3
 
 lock:  ## re-resolve requirements.lock from pyproject.toml in a scratch venv
 	rm -rf /tmp/promptloop-lock && $(PYTHON) -m venv /tmp/promptloop-lock

@@ -124,6 +124,7 @@ def test_second_run_adds_nothing_and_new_data_is_picked_up(workspace) -> None:
     assert (third["rows_in"], third["rows_valid"], third["rows_duplicate"]) == (6, 5, 1)
     assert third["dvc_md5"] != first["dvc_md5"]
     assert len(pd.read_parquet(workspace.path("data/support-bot/logs"))) == 10
+    assert collect(workspace, "support-bot", now=NOW)["rows_in"] == 0  # JSON Lines and Parquet alike
     repo = git.Repo(workspace.root)
     assert not repo.is_dirty() and repo.head.commit.message.startswith("collect support-bot: +5 rows")
     assert "data/support-bot/logs.dvc" in repo.git.show("--name-only", "HEAD")
@@ -228,3 +229,23 @@ def test_unknown_source_and_broken_suite_are_input_errors(workspace) -> None:
     workspace.path("expectations/log_record.json").write_text("{broken")
     with pytest.raises(InputError, match="log_record.json: line 1: invalid JSON"):
         collect(workspace, "support-bot", now=NOW)
+
+
+def test_small_batches_give_the_same_result_as_one(tmp_path: Path) -> None:
+    """Batches bound memory on big inputs; duplicates across batch boundaries are still caught."""
+    rows = GOOD + [r for r, _ in MALFORMED] + [row(1), row(3)]
+    results = []
+    for batch_rows in (4, 100_000):
+        init_workspace(tmp_path / f"ws{batch_rows}")
+        params = tmp_path / f"ws{batch_rows}" / "params.yaml"
+        params.write_text(params.read_text().replace("batch_rows: 200000", f"batch_rows: {batch_rows}"))
+        workspace = open_workspace(tmp_path / f"ws{batch_rows}")
+        assert workspace.params.collect.batch_rows == batch_rows
+        write_jsonl(incoming(workspace) / "a.jsonl", rows)
+        result = collect(workspace, "support-bot", now=NOW)
+        stored = pd.read_parquet(workspace.path("data/support-bot/logs")).drop(columns=["collect_run"])
+        results.append(({k: result[k] for k in ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "failures")},
+                        stored.sort_values("id").reset_index(drop=True)))
+    assert results[0][0] == results[1][0]
+    assert results[0][0]["rows_duplicate"] == 2
+    pd.testing.assert_frame_equal(results[0][1].drop(columns=["user_hash"]), results[1][1].drop(columns=["user_hash"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import pickle
 import random
 from collections import Counter
 
@@ -304,3 +305,10 @@ def test_at_anchored_email_search_equals_the_regex_over_the_whole_text(text: str
     counts: Counter[str] = Counter()
     assert _redact_emails(text, _replacer(PLACEHOLDERS, counts)) == expected
     assert counts == expected_counts
+
+
+def test_a_redactor_survives_pickling_for_worker_processes() -> None:
+    redactor = build_redactor({"ORDER_ID": r"ORD-\d{8}"})
+    copy = pickle.loads(pickle.dumps(redactor))
+    assert copy == redactor
+    assert copy.redact_text("ORD-12345678 at 010-1234-5678")[0] == "<ORDER_ID> at <PHONE>"

@@ -74,6 +74,13 @@ def render_mapping(title: str, rows: dict[str, Any]) -> None:
     Console().print(table)
 
 
+def render_collect(result: dict[str, Any]) -> None:
+    """The collect summary as a table."""
+    keys = ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "pii_redactions", "failures",
+            "snapshot", "dvc_md5", "git_commit", "mlflow_run_id")
+    render_mapping(f"collect {result['app']}", {k: result[k] for k in keys})
+
+
 def version_callback(value: bool) -> None:
     if value:
         print(f"promptloop {__version__}")
@@ -115,6 +122,7 @@ def demo(
 
     def render(result: dict[str, Any]) -> None:
         render_mapping(f"demo workspace: {result['workspace']}", {"app": result["app"], **result["logs"]})
+        render_collect(result["collect"])
 
     run_command(as_json, action, render)
 
@@ -135,10 +143,7 @@ def collect(
             task = bar.add_task("collecting rows", total=None)
             return run_collect(open_workspace(workspace), app_name, source, on_batch=lambda n: bar.advance(task, n))
 
-    def render(result: dict[str, Any]) -> None:
-        render_mapping(f"collect {result['app']}", {k: v for k, v in result.items() if k != "app"})
-
-    run_command(as_json, action, render)
+    run_command(as_json, action, render_collect)
 
 
 def _not_built(command: str, issue: int) -> dict[str, Any]:

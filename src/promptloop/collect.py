@@ -36,6 +36,16 @@ LOGS = "logs"
 QUARANTINE = "quarantine"
 KEY_FILE = Path(".promptloop") / "pii.key"
 TEXT_COLUMNS = ("input", "output", "error", "feedback_comment", "metadata")
+# Explicit schemas: a part whose column happens to be all null must still read with the others.
+LOG_SCHEMA = pa.schema([
+    ("id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("app", pa.string()),
+    ("prompt_version", pa.string()), ("model", pa.string()), ("input", pa.string()), ("output", pa.string()),
+    ("latency_ms", pa.float64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+    ("cost_usd", pa.float64()), ("cost_source", pa.string()), ("error", pa.string()), ("feedback", pa.int8()),
+    ("feedback_comment", pa.string()), ("user_hash", pa.string()), ("metadata", pa.string()),
+    ("source", pa.string()), ("collect_run", pa.string()),
+])
+QUARANTINE_SCHEMA = pa.schema([(name, pa.string()) for name in ("origin", "id", "kind", "reasons", "raw", "collect_run")])
 
 
 @dataclass
@@ -136,7 +146,9 @@ def process_batch(batch: SourceBatch, ctx: BatchContext) -> tuple[Totals, pd.Dat
     models = sorted({m for m in frame["model"].dropna().unique() if isinstance(m, str)})
     prices = ctx.price_lookup(models)
     checked = derived_columns(frame, prices)
-    prior = pd.Series(sorted(ctx.seen_ids), dtype=object) if ctx.seen_ids else None
+    # Only stored ids that recur in this batch can make a row non-unique: the expectation sees those.
+    recurring = ctx.seen_ids.intersection(i for i in frame["id"] if isinstance(i, str))
+    prior = pd.Series(sorted(recurring), dtype=object)
     outcome = ctx.validator.validate(checked, ctx.now, prior) if len(frame) else None
     failures = outcome.failures if outcome else {}
     duplicate = duplicate_rows(frame, failures, ctx.seen_ids)
@@ -181,8 +193,9 @@ def duplicate_rows(frame: pd.DataFrame, failures: dict[Any, list[str]], seen_ids
 
 def typed_rows(checked: pd.DataFrame, prices: dict[str, tuple[float, float]], ctx: BatchContext) -> pd.DataFrame:
     """Valid rows in the stored schema: proper dtypes, cost filled from the price map, user id hashed."""
-    price = checked["model"].map(lambda m: prices.get(m, (np.nan, np.nan)))
-    computed = checked["prompt_tokens_value"] * price.str[0].astype(float) + checked["completion_tokens_value"] * price.str[1].astype(float)
+    price_in = checked["model"].map({m: p[0] for m, p in prices.items()}).astype(float)
+    price_out = checked["model"].map({m: p[1] for m, p in prices.items()}).astype(float)
+    computed = checked["prompt_tokens_value"] * price_in + checked["completion_tokens_value"] * price_out
     logged = checked["cost_value"]
     return pd.DataFrame(
         {
@@ -241,12 +254,12 @@ def quarantine_rows(
     return quarantined, counts
 
 
-def write_part(frame: pd.DataFrame, directory: Path, name: str) -> Path:
+def write_part(frame: pd.DataFrame, directory: Path, name: str, schema: pa.Schema) -> Path:
     """Write a Parquet part atomically (a crash never leaves a half-written part)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, compression="zstd")
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), tmp, compression="zstd")
     os.replace(tmp, path)
     return path
 
@@ -265,9 +278,9 @@ def collect_source(plan: CollectPlan, index: int, ctx: BatchContext, on_batch: C
         counts, valid, quarantined = process_batch(batch, ctx)
         stem = f"part-{plan.run}-s{index}-{number:04d}.parquet"
         if len(valid):
-            counts.parts.append(str(write_part(valid, plan.data_dir / LOGS, stem).relative_to(plan.workspace.root)))
+            counts.parts.append(str(write_part(valid, plan.data_dir / LOGS, stem, LOG_SCHEMA).relative_to(plan.workspace.root)))
         if len(quarantined):
-            counts.parts.append(str(write_part(quarantined, plan.data_dir / QUARANTINE, stem).relative_to(plan.workspace.root)))
+            counts.parts.append(str(write_part(quarantined, plan.data_dir / QUARANTINE, stem, QUARANTINE_SCHEMA).relative_to(plan.workspace.root)))
         totals.add(counts)
         totals.watermarks[source.key] = batch.watermark
         on_batch(batch.rows_in)
@@ -318,15 +331,19 @@ def log_collect_run(plan: CollectPlan, totals: Totals, versioned: dict[str, Any]
 
 def make_context(plan: CollectPlan) -> BatchContext:
     """Validator, redactor, key and prices shared by the batches of a run."""
-    from promptloop.llm import litellm_module_configured
-
     workspace = plan.workspace
-    litellm = litellm_module_configured(workspace.params.llm, str(workspace.root / "params.yaml"))
-    cache: dict[str, tuple[float, float]] = {}
+    configured = {m: (p.input_per_mtok / 1e6, p.output_per_mtok / 1e6) for m, p in workspace.params.llm.prices.items()}
+    cache: dict[str, tuple[float, float]] = dict(configured)
 
     def price_lookup(models: list[str]) -> dict[str, tuple[float, float]]:
-        cache.update(model_prices([m for m in models if m not in cache], litellm))
-        return {m: cache[m] for m in models if m in cache}
+        unknown = [m for m in models if m not in cache]
+        if unknown:  # litellm takes seconds to import: only when its price map is needed
+            from promptloop.llm import litellm_module_configured
+
+            litellm = litellm_module_configured(workspace.params.llm, str(workspace.root / "params.yaml"))
+            cache.update(model_prices(unknown, litellm))
+            cache.update({m: (np.nan, np.nan) for m in unknown if m not in cache})
+        return {m: cache[m] for m in models if not np.isnan(cache[m][0])}
 
     suite_path = workspace.path(SUITE_FILE)
     return BatchContext(LogValidator(load_suite(suite_path), suite_path),

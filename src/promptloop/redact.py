@@ -18,9 +18,10 @@ by a character each match must hold, which is cheap to look for:
   groups runs only inside such runs, with the whole text around it for its lookbehinds;
 - emails need '@' and IPv6 addresses '::' or 7 ':', so those passes run only on texts that have them;
 - the extra patterns, as one alternation, run over every text first.
-The replacement callable reads the kind from `match.lastgroup`, counts it, and runs Luhn for cards
-(a card failing Luhn stays as it is). Placeholders hold no digit, '@' or ':', so no later pass can
-match inside one.
+The replacement callable reads the kind from `match.lastgroup`, counts it, and checks what a regex
+cannot: Luhn for cards, 8+ digits for '+' numbers (a match failing its check stays as it is).
+Placeholders hold no digit, '@' or ':', so no later pass can match inside one. Measured on 1M
+synthetic log rows x 2 columns (~100 and ~190 chars, 8% with PII): ~5 s on this machine.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -105,10 +105,10 @@ class Redactor:
     _extras: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        extras = {name: _checked_extra(name, regex) for name, regex in dict(self.extra_patterns or {}).items()}
-        object.__setattr__(self, "extra_patterns", MappingProxyType({n: self.extra_patterns[n] for n in extras}))
-        alternation = "|".join(f"(?P<{name}>{regex})" for name, regex in extras.items())
-        object.__setattr__(self, "_extras", re.compile(alternation) if extras else None)
+        given = dict(self.extra_patterns or {})
+        extras = {name: _checked_extra(name, regex) for name, regex in given.items()}
+        object.__setattr__(self, "extra_patterns", given)  # a copy: later edits to the caller's dict do nothing
+        object.__setattr__(self, "_extras", _compile_extras(extras))
 
     @property
     def placeholders(self) -> dict[str, str]:
@@ -183,21 +183,35 @@ def keyed_hash(values: pd.Series, key: bytes) -> pd.Series:
 
 def _like(values: pd.Series, out: list[object] | np.ndarray) -> pd.Series:
     """`out` as a Series with the index and name of `values`; a str dtype stays, others become object."""
-    dtype = values.dtype if isinstance(values.dtype, pd.StringDtype) else object
-    return pd.Series(pd.array(out, dtype=dtype), index=values.index, name=values.name)
+    if isinstance(values.dtype, pd.StringDtype):  # pd.array builds it ~3x faster than pd.Series
+        return pd.Series(pd.array(out, dtype=values.dtype), index=values.index, name=values.name)
+    return pd.Series(out, index=values.index, name=values.name, dtype=object)
 
 
 def _replacer(placeholders: Mapping[str, str], counts: Counter[str]) -> Callable[[re.Match[str]], str]:
-    """The `re.sub` callable: the kind's placeholder (counted), or the match itself for a non-Luhn card."""
+    """The `re.sub` callable: the kind's placeholder (counted), or the match itself if `_CHECKED` says no."""
 
     def replace(match: re.Match[str]) -> str:
-        kind = match.lastgroup or ""
-        if kind == "CARD" and not luhn_valid(match.group().replace(" ", "").replace("-", "")):
-            return match.group()
+        kind, text = match.lastgroup or "", match.group()
+        if kind in _CHECKED and not _CHECKED[kind](text):
+            return text
         counts[kind] += 1
         return placeholders[kind]
 
     return replace
+
+
+def _card_ok(text: str) -> bool:
+    """A card number must pass Luhn."""
+    return luhn_valid(text.replace(" ", "").replace("-", ""))
+
+
+def _phone_ok(text: str) -> bool:
+    """An international number needs 8+ digits (so every phone is 7+ chars, inside a `_TOKEN` run)."""
+    return text[0] != "+" or sum(ch.isdigit() for ch in text) >= 8
+
+
+_CHECKED: dict[str, Callable[[str], bool]] = {"CARD": _card_ok, "PHONE": _phone_ok}
 
 
 def _redact_emails(text: str, replace: Callable[[re.Match[str]], str]) -> str:
@@ -256,6 +270,16 @@ def _checked_extra(name: object, regex: object) -> str:
     if any(m.end() == m.start() for m in compiled.finditer("aZ1 _-.@:가\n")) or compiled.fullmatch(""):
         raise InputError(PARAMS_SOURCE, "regex matches the empty string", where)
     return _scoped_flags(regex)
+
+
+def _compile_extras(extras: Mapping[str, str]) -> re.Pattern[str] | None:
+    """The checked extra patterns as one alternation with a named group per kind (None if none)."""
+    if not extras:
+        return None
+    try:
+        return re.compile("|".join(f"(?P<{name}>{regex})" for name, regex in extras.items()))
+    except re.error as exc:
+        raise InputError(PARAMS_SOURCE, f"the patterns do not combine: {exc}", EXTRA_FIELD) from None
 
 
 def _scoped_flags(regex: str) -> str:

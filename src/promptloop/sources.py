@@ -123,17 +123,16 @@ class FileSource(Source):
             state = seen.get(name)
             if path.suffix == ".parquet":
                 digest = file_sha256(path)
-                if state and state.get("sha256") == digest:
-                    continue
-                read_parquet_rows(path, pending.columns)
-                seen[name] = {"sha256": digest, "size": path.stat().st_size}
-                if pending.rows >= max_rows:
+                done = state.get("rows", 0) if state and state.get("sha256") == digest else 0
+                for reached in read_parquet_rows(path, done, pending, max_rows, name):
+                    seen[name] = {"sha256": digest, "rows": reached}
                     yield pending.flush({"files": dict(seen)})
+                seen[name] = {"sha256": digest, "rows": pq.ParquetFile(path).metadata.num_rows}
                 continue
             offset = state.get("offset", 0) if state else 0
             if state and path.stat().st_size < offset:
                 offset = 0  # the file was replaced by a shorter one: read it anew
-            for reached in read_jsonl_rows(path, offset, pending, max_rows):
+            for reached in read_jsonl_rows(path, offset, pending, max_rows, name):
                 seen[name] = {"offset": reached}
                 yield pending.flush({"files": dict(seen)})
             seen[name] = {"offset": pending.offset_after}
@@ -179,24 +178,31 @@ def _append_record(record: dict[str, Any], origin: str, columns: dict[str, list[
 _FIELD_SET = frozenset(LOG_FIELDS)
 
 
-def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int) -> Iterator[int]:
+def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, label: str) -> Iterator[int]:
     """Fill `pending` with the rows after byte `offset`; yields the byte offset each time the batch is full.
 
     A line that is not a JSON object is unreadable (kept with its reason). A half-written last line
     (no newline yet) waits for the next run: `pending.offset_after` stops before it.
     """
     line_number = _lines_before(path, offset)
-    with path.open("rb") as handle, _gc_paused():
+    with path.open("rb") as handle:
         handle.seek(offset)
-        for raw in handle:
-            if not raw.endswith(b"\n"):
+        while True:
+            full = False
+            with _gc_paused():  # never across a yield: the consumer's garbage must be collected
+                for raw in handle:
+                    if not raw.endswith(b"\n"):
+                        break
+                    offset += len(raw)
+                    line_number += 1
+                    if raw.strip():
+                        _parse_line(raw, f"{label}:{line_number}", pending)
+                    if pending.rows >= max_rows:
+                        full = True
+                        break
+            if not full:
                 break
-            offset += len(raw)
-            line_number += 1
-            if raw.strip():
-                _parse_line(raw, f"{path}:{line_number}", pending)
-            if pending.rows >= max_rows:
-                yield offset
+            yield offset
     pending.offset_after = offset
 
 
@@ -232,14 +238,24 @@ def _lines_before(path: Path, offset: int) -> int:
         return handle.read(offset).count(b"\n")
 
 
-def read_parquet_rows(path: Path, columns: dict[str, list[Any]]) -> None:
-    """Append the rows of a Parquet file; a file that is not Parquet is an input error."""
+def read_parquet_rows(path: Path, done: int, pending: _Pending, max_rows: int, label: str) -> Iterator[int]:
+    """Fill `pending` with the rows after the first `done`; yields the rows done each time the batch is full.
+
+    A file that is not Parquet is an input error naming it.
+    """
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
+        index = 0
+        for record_batch in parquet.iter_batches(batch_size=max(1, min(max_rows, 65_536))):
+            for record in record_batch.to_pylist():
+                index += 1
+                if index <= done:
+                    continue
+                _append_record(record, f"{label}:row {index - 1}", pending.columns)
+                if pending.rows >= max_rows:
+                    yield index
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(path, f"not a readable Parquet file: {exc}") from None
-    for index, record in enumerate(table.to_pylist()):
-        _append_record(record, f"{path}:row {index}", columns)
 
 
 def source_from_uri(uri: str, root: Path) -> Source:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -73,7 +74,8 @@ class MlflowTraceSource(Source):
 
     @property
     def key(self) -> str:
-        return f"mlflow:{self.experiment}@{self.tracking_uri}"
+        # The key is stored in the watermark file and logged: never with a password in it.
+        return f"mlflow:{self.experiment}@{re.sub(r'//[^/@]*@', '//', self.tracking_uri)}"
 
     def read(self, watermark: dict[str, Any] | None) -> SourceBatch:
         """The traces started after the watermark (ties at its millisecond by id), oldest first."""

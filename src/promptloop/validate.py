@@ -76,9 +76,10 @@ def derived_columns(frame: pd.DataFrame, prices: Mapping[str, tuple[float, float
 
 def cost_ratio(frame: pd.DataFrame, prices: Mapping[str, tuple[float, float]]) -> pd.Series:
     """Logged cost / cost from tokens and the price map; NaN where either is unknown or zero."""
-    price_in = frame["model"].map(lambda m: prices.get(m, (np.nan, np.nan))[0] if isinstance(m, str) else np.nan)
-    price_out = frame["model"].map(lambda m: prices.get(m, (np.nan, np.nan))[1] if isinstance(m, str) else np.nan)
-    expected = frame["prompt_tokens_value"] * price_in.astype(float) + frame["completion_tokens_value"] * price_out.astype(float)
+    models = frame["model"].where(frame["model"].map(type) == str)
+    price_in = models.map({m: p[0] for m, p in prices.items()}).astype(float)
+    price_out = models.map({m: p[1] for m, p in prices.items()}).astype(float)
+    expected = frame["prompt_tokens_value"] * price_in + frame["completion_tokens_value"] * price_out
     ratio = frame["cost_value"] / expected.where(expected > 0)
     return ratio.where(frame["cost_value"] > 0)
 
@@ -94,21 +95,11 @@ def columns_used(expectation: dict[str, Any], available: set[str]) -> tuple[str,
 
 
 class LogValidator:
-    """The suite, ready to validate batch after batch (Great Expectations is set up once)."""
+    """The suite, validating batch after batch with Great Expectations."""
 
     def __init__(self, suite: dict[str, Any], source: Path) -> None:
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-
-        logging.getLogger("great_expectations").setLevel(logging.ERROR)
         self.suite = suite
         self.source = source
-        self._context = gx.get_context(mode="ephemeral")
-        self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        self._batch = (
-            self._context.data_sources.add_pandas("logs").add_dataframe_asset("rows").add_batch_definition_whole_dataframe("all")
-        )
-        self._groups: dict[tuple[str, ...], Any] = {}
 
     @property
     def version(self) -> Any:
@@ -118,6 +109,7 @@ class LogValidator:
         """Row index -> failed expectations. Expectations on `id` also see `prior_ids` (stored rows),
         so a uniqueness expectation there catches ids that were collected before."""
         failures: dict[Any, list[str]] = {}
+        # A fresh ephemeral context per batch: a context keeps every batch's data it has seen.
         for columns, definition in self._definitions(frame).items():
             data = frame[list(columns)]
             if columns == ("id",) and prior_ids is not None and len(prior_ids):
@@ -138,24 +130,28 @@ class LogValidator:
         Great Expectations copies the whole batch per expectation, so each group runs on a frame
         of just the columns it reads: the same results with far less copying on wide frames.
         """
-        if self._groups:
-            return self._groups
         import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        batch = context.data_sources.add_pandas("logs").add_dataframe_asset("rows").add_batch_definition_whole_dataframe("all")
         grouped: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for expectation in self.suite["expectations"]:
             grouped.setdefault(columns_used(expectation, set(frame.columns)), []).append(expectation)
         missing = sorted({c for cols in grouped for c in cols} - set(frame.columns))
         if missing:
             raise InputError(self.source, f"expectations name columns that do not exist: {missing}")
+        definitions: dict[tuple[str, ...], Any] = {}
         for number, (columns, expectations) in enumerate(grouped.items()):
-            suite = self._context.suites.add(gx.ExpectationSuite(name=f"{self.suite.get('name', 'suite')}-{number}", expectations=expectations))
+            suite = context.suites.add(gx.ExpectationSuite(name=f"{self.suite.get('name', 'suite')}-{number}", expectations=expectations))
             if len(suite.expectations) != len(expectations):
                 raise InputError(self.source, f"an expectation on {list(columns)} is not a valid Great Expectations configuration")
-            self._groups[columns] = self._context.validation_definitions.add(
-                gx.ValidationDefinition(name=f"group-{number}", data=self._batch, suite=suite)
+            definitions[columns] = context.validation_definitions.add(
+                gx.ValidationDefinition(name=f"group-{number}", data=batch, suite=suite)
             )
-        return self._groups
+        return definitions
 
 
 def collect_failures(results: list[Any], failures: dict[Any, list[str]]) -> None:

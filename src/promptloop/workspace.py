@@ -13,7 +13,7 @@ from promptloop.errors import InputError
 from promptloop.kb import Retriever, load_kb
 from promptloop.prompts import load_prompt
 
-TEMPLATE_ITEMS = ("prompts", "datasets", "expectations", "params.yaml", "dvc.yaml", "prefect.yaml")
+TEMPLATE_ITEMS = ("prompts", "datasets", "expectations", "flows", "params.yaml", "dvc.yaml", "prefect.yaml")
 REMOTE_DIR = "remote.git"
 DVC_REMOTE_DIR = "dvc-remote"
 WORKSPACE_GITIGNORE = """\
