@@ -81,6 +81,23 @@ def render_collect(result: dict[str, Any]) -> None:
     render_mapping(f"collect {result['app']}", {k: result[k] for k in keys})
 
 
+def render_analyze(result: dict[str, Any]) -> None:
+    """Metrics, alerts and failure clusters as tables."""
+    render_mapping(f"analyze {result['app']}: {result['window']['start']} -> {result['window']['end']}", result["metrics"])
+    alerts = Table(title=f"alerts ({len(result['alerts'])})", title_justify="left")
+    for column in ("metric", "value", "threshold", "rule"):
+        alerts.add_column(column)
+    for alert in result["alerts"]:
+        alerts.add_row(alert["metric"], f"{alert['value']:.4g}", f"{alert['threshold']:.4g}", alert["rule"])
+    clusters = Table(title=f"failure clusters ({result['failures']} failures)", title_justify="left")
+    for column in ("id", "label", "size", "impact"):
+        clusters.add_column(column, overflow="fold")
+    for cluster in result["clusters"]:
+        clusters.add_row(str(cluster["id"]), cluster["label"], str(cluster["size"]), f"{cluster['impact']:.1f}")
+    Console().print(alerts)
+    Console().print(clusters)
+
+
 def version_callback(value: bool) -> None:
     if value:
         print(f"promptloop {__version__}")
@@ -123,6 +140,7 @@ def demo(
     def render(result: dict[str, Any]) -> None:
         render_mapping(f"demo workspace: {result['workspace']}", {"app": result["app"], **result["logs"]})
         render_collect(result["collect"])
+        render_analyze(result["analyze"])
 
     run_command(as_json, action, render)
 
@@ -146,6 +164,21 @@ def collect(
     run_command(as_json, action, render_collect)
 
 
+@app.command()
+def analyze(
+    app_name: str = AppOption,
+    workspace: Path = WorkspaceOption,
+    window: str | None = typer.Option(None, "--window", help="Window length, e.g. 7d or 36h [default: params.yaml analyze.window_days]."),
+    until: str | None = typer.Option(None, "--until", help="Window end (ISO-8601) [default: just after the newest collected row]."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Monitoring metrics, alerts and failure clusters over a window of collected logs."""
+    from promptloop.analyze import analyze as run_analyze
+    from promptloop.workspace import open_workspace
+
+    run_command(as_json, lambda: run_analyze(open_workspace(workspace), app_name, window, until), render_analyze)
+
+
 def _not_built(command: str, issue: int) -> dict[str, Any]:
     raise NotImplementedError(f"`promptloop {command}` is not built yet (tracked as issue {issue})")
 
@@ -166,7 +199,7 @@ def _stage_arriving_later(stage: str, issue: int) -> Callable[..., None]:
     return command
 
 
-for _stage, _issue in (("analyze", 4), ("evaluate", 5), ("improve", 6), ("deploy", 6),
+for _stage, _issue in ( ("evaluate", 5), ("improve", 6), ("deploy", 6),
                        ("release", 6), ("cycle", 6)):
     app.command(name=_stage)(_stage_arriving_later(_stage, _issue))
 

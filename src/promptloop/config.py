@@ -6,6 +6,7 @@ An unknown key or a wrong type is an `InputError` that names the file and the ke
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -92,7 +93,46 @@ class CollectSettings(Section):
 
 
 class AnalyzeSettings(Section):
-    window_days: int = Field(default=7, ge=1)
+    """Monitoring metrics, alerts and failure mining over a window of collected logs."""
+
+    window_days: float = Field(default=7, gt=0, description="default window: the last N days of collected data")
+    detectors: dict[str, str] = Field(
+        default_factory=lambda: {"refusal": "builtin", "toxicity": "builtin", "injection": "builtin"},
+        description="per detector: builtin, a pattern file (.yaml), or module:attribute (a classifier with .flags)",
+    )
+    alerts: list[dict[str, Any]] | None = Field(default=None, description="alert rules; None: the built-in defaults")
+    webhook_url: str | None = Field(default=None, description="POST the alerts as JSON here (optional)")
+    clusters: int = Field(default=8, ge=1, description="at most this many failure clusters")
+    judge_model: str | None = Field(default="offline/judge", description="online judge on a sample; null: off")
+    judge_sample: int = Field(default=100, ge=0)
+    judge_budget_usd: float = Field(default=0.5, ge=0)
+    seed: int = 0
+
+    @field_validator("detectors")
+    @classmethod
+    def _all_detectors(cls, detectors: dict[str, str]) -> dict[str, str]:
+        missing = {"refusal", "toxicity", "injection"} - set(detectors)
+        if missing:
+            raise ValueError(f"missing detector(s): {sorted(missing)}")
+        return detectors
+
+    @field_validator("alerts")
+    @classmethod
+    def _alert_rules(cls, rules: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        from promptloop.metrics import AlertRule  # pandas only when alerts are configured
+
+        for index, rule in enumerate(rules or []):
+            try:
+                AlertRule.model_validate(rule)
+            except ValidationError as exc:
+                raise ValueError(f"rule {index}: {exc.errors()[0]['msg']} ({'.'.join(map(str, exc.errors()[0]['loc']))})") from None
+        return rules
+
+    def alert_rules(self) -> list[dict[str, Any]]:
+        """The configured rules, or the built-in defaults."""
+        from promptloop.metrics import DEFAULT_ALERT_RULES
+
+        return self.alerts if self.alerts is not None else list(DEFAULT_ALERT_RULES)
 
 
 class EvaluateSettings(Section):

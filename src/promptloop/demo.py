@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from promptloop.analyze import analyze
 from promptloop.collect import collect
 from promptloop.errors import InputError
 from promptloop.initialize import init_workspace
@@ -53,7 +54,7 @@ def run_demo(
     dest: Path, interactions: int | None = None, now: datetime | None = None,
     on_start: Callable[[int], None] = lambda total: None, on_progress: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """init, sample logs, then the loop's stages as they exist (collect)."""
+    """init, sample logs, then the loop's stages as they exist (collect, analyze)."""
     dest = dest.resolve()
     now = now or datetime.now(timezone.utc)
     prepare_demo_dir(dest)
@@ -67,4 +68,6 @@ def run_demo(
         now, on_start, on_progress,
     )
     collected = collect(workspace, app_name, now=now)
-    return {"workspace": created["workspace"], "app": app_name, "init": created, "logs": logs, "collect": collected}
+    analyzed = analyze(workspace, app_name)
+    return {"workspace": created["workspace"], "app": app_name, "init": created, "logs": logs, "collect": collected,
+            "analyze": analyzed}

@@ -29,15 +29,17 @@ def log_run(
     metrics: dict[str, float],
     tags: dict[str, str],
     artifacts: dict[str, Any],
+    metric_time_ms: int | None = None,
 ) -> str:
-    """One finished run with params, metrics, tags and JSON artifacts; returns its id."""
+    """One finished run with params, metrics (at `metric_time_ms`, default now), tags, and artifacts
+    (dicts as JSON, strings as text); returns its id."""
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     run = client.create_run(experiment_id(client, experiment, artifact_root), run_name=run_name, tags=tags)
     run_id = run.info.run_id
-    now_ms = int(time.time() * 1000)
+    now_ms = metric_time_ms if metric_time_ms is not None else int(time.time() * 1000)
     try:
         client.log_batch(
             run_id,
@@ -46,7 +48,10 @@ def log_run(
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
         for name, content in artifacts.items():
-            client.log_dict(run_id, content, name)
+            if isinstance(content, str):
+                client.log_text(run_id, content, name)
+            else:
+                client.log_dict(run_id, content, name)
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise

@@ -1,0 +1,89 @@
+"""Prefect flow `analyze`: metrics, alerts and failure clusters over a window of collected logs.
+
+Thin wiring of promptloop.analyze; the library does the work and is tested without Prefect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from promptloop import analyze as stage
+from promptloop.runtime import prepare_environment
+from promptloop.workspace import open_workspace
+
+HEADLINE = ("interactions", "latency_p95_ms", "error_rate", "thumbs_down_rate", "refusal_rate",
+            "injection_attempt_rate", "total_cost_usd")
+
+
+class AnalyzeParameters(BaseModel):
+    """What the Prefect UI shows as the form of an analyze run."""
+
+    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
+    workspace: str = Field(default=".", description="the workspace folder")
+    window: str | None = Field(default=None, description="window length, e.g. 7d [default: params.yaml]")
+    until: str | None = Field(default=None, description="window end, ISO-8601 [default: newest collected row]")
+
+
+@task(cache_policy=NO_CACHE)
+def plan(parameters: AnalyzeParameters) -> stage.AnalyzePlan:
+    return stage.plan_analyze(open_workspace(Path(parameters.workspace)), parameters.app, parameters.window, parameters.until)
+
+
+@task(cache_policy=NO_CACHE)
+def load(the_plan: stage.AnalyzePlan, previous: bool) -> pd.DataFrame:
+    return stage.load_window(the_plan, *(the_plan.previous if previous else (the_plan.start, the_plan.end)))
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=1800)
+def measure_and_mine(the_plan: stage.AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    return stage.analyze_frame(the_plan, frame, previous)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=600)
+def store(the_plan: stage.AnalyzePlan, mined: tuple[dict[str, Any], pd.DataFrame, np.ndarray]) -> dict[str, Any]:
+    summary, failures, assignment = mined
+    return {**summary, **stage.store_failures(the_plan, failures, assignment, summary["clusters"])}
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=60)
+def notify(the_plan: stage.AnalyzePlan, summary: dict[str, Any]) -> dict[str, Any]:
+    return {**summary, "webhook": stage.send_webhook(the_plan.settings.webhook_url, the_plan.app, summary["alerts"])}
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=120)
+def log_run(the_plan: stage.AnalyzePlan, summary: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
+    return {**summary, "mlflow_run_id": stage.log_analyze_run(the_plan, summary, frame["latency_ms"].to_numpy())}
+
+
+@task(cache_policy=NO_CACHE)
+def publish(summary: dict[str, Any]) -> None:
+    """The headline table on the flow run, and the breached alerts as a failed-check artifact."""
+    metrics = summary["metrics"]
+    rows = "\n".join(f"| {k} | {metrics[k]} |" for k in HEADLINE)
+    clusters = "\n".join(f"| {c['id']} | {c['label']} | {c['size']} | {c['impact']} |" for c in summary["clusters"])
+    create_markdown_artifact(
+        f"### analyze {summary['app']} ({summary['window']['start']} → {summary['window']['end']})\n\n"
+        f"| metric | value |\n|---|---|\n{rows}\n\n| cluster | label | size | impact |\n|---|---|---|---|\n{clusters}\n\n"
+        f"MLflow run: `{summary['mlflow_run_id']}`\n", key=f"analyze-{summary['app']}")
+    checks = "\n".join(f"- ❌ {a['message']}" for a in summary["alerts"]) or "- ✅ no alert rule breached"
+    create_markdown_artifact(f"### alert checks: {len(summary['alerts'])} failed\n\n{checks}\n", key=f"analyze-{summary['app']}-alerts")
+
+
+@flow(name="analyze", log_prints=True)
+def analyze_flow(parameters: AnalyzeParameters = AnalyzeParameters()) -> dict[str, Any]:
+    """analyze: window -> metrics, alerts, failure clusters -> DVC, MLflow, Prefect artifacts."""
+    prepare_environment()
+    the_plan = plan(parameters)
+    frame = load(the_plan, previous=False)
+    summary = store(the_plan, measure_and_mine(the_plan, frame, load(the_plan, previous=True)))
+    summary = log_run(the_plan, notify(the_plan, summary), frame)
+    publish(summary)
+    return summary
