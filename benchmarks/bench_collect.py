@@ -13,45 +13,15 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-RESULTS = Path(__file__).parent / "results"
-
-
-def make_input(path: Path, rows: int, work: Path) -> None:
-    """Replicate the demo's simulated traffic (valid and malformed lines) to `rows` lines."""
-    subprocess.run([str(BIN / "promptloop"), "demo", "--dir", str(work / "seed"), "--interactions", "2000", "--json"],
-                   check=True, capture_output=True)
-    lines = next((work / "seed" / "incoming" / "support-bot").glob("*.jsonl")).read_text(encoding="utf-8").splitlines()
-    with path.open("w", encoding="utf-8") as out:
-        for i in range(rows):
-            line = lines[i % len(lines)]
-            out.write(line.replace('"id": "support-bot-', f'"id": "b{i // len(lines)}-', 1) + "\n")
-
-
-def run_once(workspace: Path, source: Path) -> tuple[float, float, dict]:
-    """Wall seconds, peak RSS (MB) of the child, and the collect summary."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.perf_counter()
-    done = subprocess.run([str(BIN / "promptloop"), "collect", "--app", "support-bot", "--workspace", str(workspace),
-                           "--source", str(source), "--json"], capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-2000:])
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the max over all children so far: each run is measured after a
-    # smaller warm-up child, so a larger value belongs to this run.
-    return wall, max(peak, before) / 1024, json.loads(done.stdout)
-
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, make_input, promptloop, timed  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,12 +33,12 @@ def main() -> None:
         source = work / "logs.jsonl"
         make_input(source, args.rows, work)
         template = work / "template"
-        subprocess.run([str(BIN / "promptloop"), "init", "--dir", str(template), "--json"], check=True, capture_output=True)
+        promptloop("init", "--dir", str(template))
         runs = []
         for repeat in range(args.repeats):
             workspace = work / f"ws{repeat}"
             shutil.copytree(template, workspace, symlinks=True)
-            runs.append(run_once(workspace, source))
+            runs.append(timed("collect", "--app", "support-bot", "--workspace", str(workspace), "--source", str(source)))
             print(f"run {repeat + 1}: {runs[-1][0]:.1f} s, peak {runs[-1][1]:.0f} MB", file=sys.stderr)
         summary = runs[-1][2]
         wall = statistics.median(r[0] for r in runs)

@@ -92,8 +92,8 @@ def load_window(plan: AnalyzePlan, start: pd.Timestamp, end: pd.Timestamp) -> pd
     return dataset.to_table(columns=COLUMNS, filter=condition).to_pandas()
 
 
-def detectors_of(settings: AnalyzeSettings) -> dict[str, Detector]:
-    return {flag: load_detector(settings.detectors[name], name) for flag, name in DETECTOR_OF_FLAG.items()}
+def detectors_of(settings: AnalyzeSettings, root: Path) -> dict[str, Detector]:
+    return {flag: load_detector(settings.detectors[name], name, root) for flag, name in DETECTOR_OF_FLAG.items()}
 
 
 def flag_rows(frame: pd.DataFrame, detectors: dict[str, Detector]) -> pd.DataFrame:
@@ -156,7 +156,7 @@ def send_webhook(url: str | None, app: str, alerts: list[dict[str, Any]]) -> dic
 
 def analyze_frame(plan: AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
     """Metrics, alerts, failures and clusters of a window (pure apart from the online judge)."""
-    detectors = detectors_of(plan.settings)
+    detectors = detectors_of(plan.settings, plan.workspace.root)
     flagged = flag_rows(frame, detectors)
     flagged["judge_score"], judge = run_online_judge(plan, flagged)
     metrics = compute_metrics(flagged)

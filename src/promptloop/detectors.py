@@ -18,11 +18,22 @@ matches in "idiot같은"; Korean patterns use no `\\b` (particles attach to word
 Speed: the patterns of a detector are joined into ONE alternation and run with Arrow's RE2 kernel
 (`pyarrow.compute.match_substring_regex`, the engine pandas' Arrow-backed `str.contains` uses): a
 DFA that scans each text once whatever the number of branches, where Python's `re` tries every
-branch at every character. Exclusions run only on the rows the patterns flagged. Measured on
-1,000,000 synthetic ~150-char en/ko texts, see `benchmarks/results/detectors.md` (about 1 s per
-detector on a 2-core machine; `re` through `Series.str.contains` took 6-40 s). RE2 has no
-look-around or backreferences: a pattern set that RE2 rejects still works, through Python's `re`
-(same ASCII/case-insensitive semantics), only slower.
+branch at every character. Exclusions run only on the rows the patterns flagged. On 1,000,000
+~150-char en/ko texts (2 cores, `benchmarks/bench_detectors.py`): ~0.3 s per detector on
+Arrow-backed strings (what `analyze` reads from Parquet), ~0.5-0.7 s on an object Series (one
+conversion), against ~40-100 s for the same alternation in Python's `re` via `Series.str.contains`.
+RE2 has no look-around or backreferences: a pattern file that RE2 rejects still works, through
+Python's `re` with the same ASCII/case-insensitive semantics, only ~100x slower (`.engine` says
+which one runs).
+
+Quality: the built-ins reach precision and recall 1.0 on tests/data/detectors_labelled.jsonl, but
+they were tuned on it. A blind batch of 74 new examples, scored once before its own tuning round,
+gave precision/recall refusal 1.00/0.64, toxicity 0.82/0.75, injection 0.77/0.77 (n~25 each):
+expect real-world recall well below 1, and check the flagged rows before trusting a rate. Known
+blind spots: paraphrases outside the listed phrasings ("that's above my pay grade"), sarcasm and
+politely worded abuse, identity slurs (not listed), obfuscation (l33t, spacing "i d i o t",
+Korean 초성 variants beyond ㅅㅂ/ㅂㅅ), injections in other languages, encodings (base64) or
+split across turns; refusals phrased as policy ("I can't approve refunds") are not counted.
 
 Classifier backends (checked 2026-11 against the registry, nothing installed): there is no
 maintained toxicity classifier that runs fully offline, without torch, for English *and* Korean.
@@ -31,8 +42,9 @@ maintained toxicity classifier that runs fully offline, without torch, for Engli
 - `alt-profanity-check` (1.9.1) is offline (a linear SVM bundled in the wheel, scikit-learn only)
   but English-only and profanity-centred, pins `scikit-learn==1.9.1`/`joblib==1.6.0` exactly (every
   scikit-learn upgrade waits for its release) and loads its model at import time.
-- `korcen` is keyword rules for Korean only, Python per row (too slow for 1M rows), prints on import.
-- `glin-profanity`, `better-profanity`, `safetext` are word lists: the built-in patterns already are that.
+- `korcen` is regex rules for Korean (English through `better-profanity`), run in Python per text:
+  the same kind of rules as here, too slow for 1M rows.
+- `glin-profanity` and `better-profanity` are word lists: what the built-in patterns already are.
 A team that has a classifier (e.g. an ONNX model it ships itself) plugs it in as
 `analyze.detectors.toxicity: mypackage.toxicity:Detector` in params.yaml; its `flags` gets a text
 Series and returns flags for the same index (`PluginDetector` checks that).
@@ -43,7 +55,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -77,6 +89,7 @@ class PatternError(ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.message = message
         super().__init__(f"{field}: {message}")
 
 
@@ -145,7 +158,7 @@ class CompiledRegex:
 def arrow_strings(texts: pd.Series) -> pa.Array | pa.ChunkedArray:
     """The texts as Arrow strings; None, NaN and anything not a str become null."""
     if isinstance(texts.dtype, pd.StringDtype) and texts.dtype.storage == "pyarrow":
-        return pa.array(texts.array)  # no copy: pandas' Arrow-backed strings
+        return pa.array(texts.array)  # pandas' Arrow-backed strings, used as they are
     values = texts.to_numpy(dtype=object)
     is_str = np.fromiter((isinstance(v, str) for v in values), bool, len(values))
     try:
@@ -226,7 +239,7 @@ def parse_pattern_file(data: object, source: str | Path, name: str | None = None
         return PatternDetector(name or data["name"], tuple(lists["patterns"]), tuple(lists["exclusions"]),
                                description=data["description"])
     except PatternError as exc:
-        raise InputError(source, str(exc).split(": ", 1)[1], field=exc.field) from None
+        raise InputError(source, exc.message, field=exc.field) from None
 
 
 def load_pattern_detector(path: Path, name: str | None = None) -> PatternDetector:
@@ -245,10 +258,11 @@ def builtin_names() -> list[str]:
     return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+@lru_cache(maxsize=None)
 def builtin_detector(name: str) -> PatternDetector:
-    """The built-in pattern detector `name` (refusal, toxicity, injection)."""
+    """The built-in pattern detector `name` (refusal, toxicity, injection); immutable, so cached."""
     resource = resources.files("promptloop") / "patterns" / f"{name}.yaml"
-    if not resource.is_file():
+    if not re.fullmatch(r"[\w-]+", name) or not resource.is_file():
         raise InputError(PARAMS_SOURCE, f"no built-in detector {name!r} (built-in: {', '.join(builtin_names())})",
                          field=f"analyze.detectors.{name}")
     return parse_pattern_file(yaml.safe_load(resource.read_text(encoding="utf-8")), f"promptloop/patterns/{name}.yaml")

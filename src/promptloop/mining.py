@@ -92,17 +92,19 @@ def cluster_failures(failures: pd.DataFrame, max_clusters: int, seed: int, fit_s
     """
     if failures.empty:
         return np.zeros(0, dtype=int), []
-    groups = failures["kinds"].str.split(",").str[0] + "|" + failures["input"].fillna("").map(language)
+    texts = failures["input"].fillna("").astype(str)
+    vocabulary = Vocabulary.of(texts)
+    groups = failures["kinds"].str.split(",").str[0] + "|" + texts.map(vocabulary.language)
     sizes = groups.value_counts()
     budget = {g: max(1, round(max_clusters * n / len(failures))) for g, n in sizes.items()}
     assignment = np.full(len(failures), -1)
     clusters: list[Cluster] = []
     for group, k in budget.items():
         rows = np.flatnonzero((groups == group).to_numpy())
-        for sub in split_by_text(failures["input"].iloc[rows].fillna("").tolist(), k, seed, fit_sample):
+        for sub in split_by_text(texts.iloc[rows].tolist(), k, seed, fit_sample):
             members = rows[sub]
             assignment[members] = len(clusters)
-            clusters.append(describe_cluster(len(clusters), failures.iloc[members], failures))
+            clusters.append(describe_cluster(len(clusters), failures.iloc[members], vocabulary))
     ranked = sorted(clusters, key=lambda c: -c.impact)[:max_clusters]
     renumber = {c.id: rank for rank, c in enumerate(ranked)}
     # clusters past max_clusters (small groups) are reported as -1: mined, but not in a ranked cluster
@@ -110,44 +112,71 @@ def cluster_failures(failures: pd.DataFrame, max_clusters: int, seed: int, fit_s
     return final, [Cluster(**{**c.__dict__, "id": renumber[c.id]}) for c in ranked]
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """Words and language of each distinct question, computed once (questions repeat a lot)."""
+
+    words: dict[str, frozenset[str]]
+    document_frequency: Counter[str]
+    total: int
+    languages: dict[str, str]
+
+    @classmethod
+    def of(cls, texts: pd.Series) -> "Vocabulary":
+        counts = texts.value_counts()
+        words = {t: frozenset(_words(t)) for t in counts.index}
+        frequency: Counter[str] = Counter()
+        for text, n in counts.items():
+            for word in words[text]:
+                frequency[word] += n
+        return cls(words, frequency, len(texts), {t: language(t) for t in counts.index})
+
+    def language(self, text: str) -> str:
+        return self.languages[text]
+
+    def top_words(self, texts: pd.Series, top: int = 5) -> list[str]:
+        """The words that set these questions apart: frequent among them, rarer elsewhere."""
+        inside: Counter[str] = Counter()
+        for text, n in texts.value_counts().items():
+            for word in self.words[text]:
+                inside[word] += n
+        score = {w: n * np.log(self.total / self.document_frequency[w]) for w, n in inside.items() if n >= 2}
+        return [w for w, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+
+
 def split_by_text(texts: list[str], k: int, seed: int, fit_sample: int) -> list[np.ndarray]:
-    """Indices of `texts` split into at most k groups of similar questions."""
+    """Indices of `texts` split into at most k groups of similar questions (TF-IDF, k-means)."""
     from sklearn.cluster import MiniBatchKMeans
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    k = max(1, min(k, len(texts) // 5))
+    distinct, inverse, counts = np.unique(np.asarray(texts, dtype=object), return_inverse=True, return_counts=True)
+    k = max(1, min(k, len(texts) // 5, len(distinct)))
     if k == 1:
         return [np.arange(len(texts))]
-    matrix = TfidfVectorizer(analyzer=terms, min_df=2, sublinear_tf=True).fit_transform(texts)
+    # Questions repeat: vectorise each distinct one once and weigh it by how often it was asked.
+    matrix = TfidfVectorizer(analyzer=terms, min_df=1, sublinear_tf=True).fit_transform(distinct.tolist())
     rng = np.random.default_rng(seed)
     fit_rows = rng.choice(matrix.shape[0], size=min(fit_sample, matrix.shape[0]), replace=False)
-    labels = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048).fit(matrix[fit_rows]).predict(matrix)
+    model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048)
+    labels = model.fit(matrix[fit_rows], sample_weight=counts[fit_rows]).predict(matrix)[inverse]
     return [np.flatnonzero(labels == c) for c in range(k) if (labels == c).any()]
-
-
-def top_words(members: pd.Series, everyone: pd.Series, top: int = 5) -> list[str]:
-    """The words that set a cluster's questions apart: frequent in it, rarer elsewhere."""
-    words_in = Counter(w for text in members.fillna("") for w in set(_words(text)))
-    words_all = Counter(w for text in everyone.fillna("") for w in set(_words(text)))
-    total = max(1, len(everyone))
-    score = {w: n * np.log(total / words_all[w]) for w, n in words_in.items() if n >= 2}
-    return [w for w, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
 
 
 def _words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1 and not w.isdigit()]
 
 
-def describe_cluster(number: int, members: pd.DataFrame, everyone: pd.DataFrame) -> Cluster:
+def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary) -> Cluster:
     """Label (dominant kinds, language, top words), impact and examples of one cluster."""
     kind_share = {k: members["kinds"].str.contains(k, regex=False).mean() for k in KINDS}  # no kind name contains another
     dominant = [k for k, share in sorted(kind_share.items(), key=lambda kv: -kv[1]) if share >= 0.3]
-    korean = members["input"].fillna("").map(language).eq("ko").mean()
+    texts = members["input"].fillna("").astype(str)
+    korean = texts.map(vocabulary.language).eq("ko").mean()
     rated = members["feedback"].isin([-1, 1]).sum()
     downs = members["feedback"].eq(-1).fillna(False).sum()
     down_share = float((downs + 1) / (rated + 2))
     severity = float(members["severity"].mean())
     examples = members.sort_values("severity", ascending=False, kind="stable")["id"].head(5).astype(str).tolist()
     language_tag = " [ko]" if korean >= 0.5 else ""
-    label = f"{'/'.join(dominant) or 'mixed'}{language_tag}: {' '.join(top_words(members['input'], everyone['input']))}"
+    label = f"{'/'.join(dominant) or 'mixed'}{language_tag}: {' '.join(vocabulary.top_words(texts))}"
     return Cluster(number, label, dominant, len(members), len(members) * severity * down_share, down_share, severity, examples)

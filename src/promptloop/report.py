@@ -38,7 +38,7 @@ def latency_histogram(latencies: np.ndarray) -> str:
 def daily_trends(daily: list[dict[str, Any]]) -> str:
     def draw(ax: Any) -> None:
         days = [d["day"] for d in daily]
-        for key, label in (("thumbs_down_rate", "👎 rate"), ("error_rate", "error rate"), ("refusal_rate", "refusal rate")):
+        for key, label in (("thumbs_down_rate", "thumbs-down rate"), ("error_rate", "error rate"), ("refusal_rate", "refusal rate")):
             ax.plot(days, [d.get(key) if d.get(key) is not None else np.nan for d in daily], marker="o", label=label)
         twin = ax.twinx()
         twin.bar(days, [d.get("total_cost_usd") or 0 for d in daily], alpha=0.2, color="gray", label="cost (USD)")

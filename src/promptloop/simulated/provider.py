@@ -6,7 +6,6 @@ import asyncio
 import json
 import random
 import time
-from collections import Counter
 from typing import Any, Callable
 
 import httpx
@@ -31,22 +30,18 @@ _REQUEST = httpx.Request("POST", "http://offline.invalid/v1/chat/completions")
 class OfflineProvider(CustomLLM):
     """Answers `offline/<name>` completions with the simulated model `<name>`."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        # Attempts per seeded request: a retry draws its fault anew, yet a rerun repeats the run.
-        self.attempts: Counter[str] = Counter()
 
     def completion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict, **_: Any) -> ModelResponse:  # type: ignore[override]
         settings = simulation_settings(optional_params)
         if settings.latency_ms:
             time.sleep(_latency_s(settings))
-        return _respond(model, messages, model_response, optional_params, settings, self.attempts)
+        return _respond(model, messages, model_response, optional_params, settings)
 
     async def acompletion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict, **_: Any) -> ModelResponse:  # type: ignore[override]
         settings = simulation_settings(optional_params)
         if settings.latency_ms:
             await asyncio.sleep(_latency_s(settings))
-        return _respond(model, messages, model_response, optional_params, settings, self.attempts)
+        return _respond(model, messages, model_response, optional_params, settings)
 
 
 def _latency_s(settings: SimulationSettings) -> float:
@@ -54,10 +49,7 @@ def _latency_s(settings: SimulationSettings) -> float:
     return settings.latency_ms * (1 + jitter) / 1000
 
 
-def _respond(
-    model: str, messages: list, response: ModelResponse, params: dict, settings: SimulationSettings,
-    attempts: Counter[str],
-) -> ModelResponse:
+def _respond(model: str, messages: list, response: ModelResponse, params: dict, settings: SimulationSettings) -> ModelResponse:
     responder = MODELS.get(model)
     if responder is None:
         raise litellm.NotFoundError(f"no simulated model {model!r}; known: {sorted(MODELS)}", model=model, llm_provider="offline")
@@ -66,8 +58,8 @@ def _respond(
     # Same seed + same request = same answer; no seed behaves like a real sampled model.
     key = f"{seed}|{model}|{json.dumps(messages, sort_keys=True)}"
     rng = random.Random(key) if seed is not None else random.Random()
-    fault_rng = random.Random(f"{key}|attempt {attempts[key]}") if seed is not None else random.Random()
-    attempts[key] += 1
+    # Faults are random, so a retry can succeed; a fault_seed makes them a fixed function of the request.
+    fault_rng = random.Random(f"{settings.fault_seed}|{key}") if settings.fault_seed is not None else random.Random()
     fault = _draw_fault(settings, fault_rng)
     if fault and fault != "malformed":
         _raise_fault(fault, model, settings)

@@ -33,6 +33,7 @@ class SimulationSettings(BaseModel):
     faults: FaultMix = Field(default_factory=FaultMix)
     retry_after_s: float = Field(default=0.05, ge=0, description="Retry-After sent with a rate limit")
     down: bool = Field(default=False, description="every call fails with a 503")
+    fault_seed: int | None = Field(default=None, description="faults drawn from the request and this seed (no retry escapes them)")
 
 
 def simulation_settings(call_parameters: dict[str, Any]) -> SimulationSettings:

@@ -126,7 +126,7 @@ async def simulate_interaction(
     try:
         completion, retrieved = await app.ask(
             litellm, asked, timeout_s, temperature=demo.temperature, seed=demo.seed * 1_000_003 + index,
-            simulation={"error_rate": PROVIDER_ERROR_RATE},
+            simulation={"error_rate": PROVIDER_ERROR_RATE, "fault_seed": demo.seed},
         )
     except (litellm_errors.RateLimitError, litellm_errors.Timeout, litellm_errors.InternalServerError) as exc:
         messages, retrieved = app.messages(asked)
