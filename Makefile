@@ -32,8 +32,10 @@ demo: install  ## run the loop offline on the sample app, in .demo/
 test: install  ## run the whole test suite (end-to-end tests included)
 	$(BIN)/python -m pytest
 
-bench: install  ## run the benchmarks in benchmarks/ (minutes; writes benchmarks/results/)
+bench: install  ## run the benchmarks in benchmarks/ (about 10 minutes; writes benchmarks/results/)
+	$(BIN)/python benchmarks/bench_detectors.py
 	$(BIN)/python benchmarks/bench_collect.py --rows 1000000 --repeats 3
+	$(BIN)/python benchmarks/bench_analyze.py --rows 1000000 --repeats 3
 
 lock:  ## re-resolve requirements.lock from pyproject.toml in a scratch venv
 	rm -rf /tmp/promptloop-lock && $(PYTHON) -m venv /tmp/promptloop-lock

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import resource
+import os
+import platform
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -32,11 +38,53 @@ def make_input(path: Path, rows: int, work: Path) -> None:
 
 
 def timed(*args: str) -> tuple[float, float, dict]:
-    """Wall seconds, peak RSS (MB) and the JSON result of one CLI run in a fresh process."""
-    started = time.perf_counter()
-    done = promptloop(*args)
-    wall = time.perf_counter() - started
-    # RUSAGE_CHILDREN's max RSS is the largest child so far; the benchmarks run their biggest
-    # child last-or-repeatedly, so this is the run's own peak (or an earlier, equal one).
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return wall, peak_mb, json.loads(done.stdout)
+    """Wall seconds, this child's own peak RSS (MB) and the JSON result of one CLI run in a fresh process."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        child = subprocess.Popen([str(BIN / "promptloop"), *args, "--json"], stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)  # reaps this child only: its own max RSS, not the largest so far
+        wall = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if child.returncode != 0:
+            raise SystemExit(f"promptloop {' '.join(args)} failed:\n{err.read().decode()[-2000:]}")
+        return wall, usage.ru_maxrss / 1024, json.loads(out.read())
+
+
+def arguments(doc: str) -> argparse.Namespace:
+    """--rows and --repeats, with the benchmark's docstring as help."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser.parse_args()
+
+
+def repeated(template: Path, work: Path, repeats: int, *command: str) -> list[tuple[float, float, dict]]:
+    """Run `promptloop <command> --workspace <copy>` on a fresh copy of `template`, `repeats` times."""
+    runs = []
+    for repeat in range(repeats):
+        workspace = work / f"ws{repeat}"
+        shutil.copytree(template, workspace, symlinks=True)
+        runs.append(timed(*command, "--workspace", str(workspace)))
+        print(f"run {repeat + 1}: {runs[-1][0]:.1f} s, peak {runs[-1][1]:.0f} MB", file=sys.stderr)
+    return runs
+
+
+def machine() -> dict[str, str]:
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "machine": f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"}
+
+
+def timing(runs: list[tuple[float, float, dict]]) -> dict[str, object]:
+    """Median wall time, each run's time and the peak memory of the runs."""
+    return {"median_s": round(statistics.median(r[0] for r in runs), 1), "runs_s": [round(r[0], 1) for r in runs],
+            "peak_mb": round(max(r[1] for r in runs))}
+
+
+def write_result(name: str, row: dict[str, object], table: str) -> None:
+    """benchmarks/results/<name>.json and .md, and the table on stdout."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(f"{name} benchmark, {row['date']}, {row['machine']}\n\n{table}")
+    print(table)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -70,7 +71,7 @@ def render_mapping(title: str, rows: dict[str, Any]) -> None:
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, value in rows.items():
-        table.add_row(key, json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value))
+        table.add_row(escape(key), escape(json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)))
     Console().print(table)
 
 
@@ -93,7 +94,7 @@ def render_analyze(result: dict[str, Any]) -> None:
     for column in ("id", "label", "size", "impact"):
         clusters.add_column(column, overflow="fold")
     for cluster in result["clusters"]:
-        clusters.add_row(str(cluster["id"]), cluster["label"], str(cluster["size"]), f"{cluster['impact']:.1f}")
+        clusters.add_row(str(cluster["id"]), escape(cluster["label"]), str(cluster["size"]), f"{cluster['impact']:.1f}")
     Console().print(alerts)
     Console().print(clusters)
 

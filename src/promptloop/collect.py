@@ -24,7 +24,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from promptloop.config import AppSettings
-from promptloop.errors import InputError
 from promptloop.logs import LOG_FIELDS
 from promptloop.redact import Redactor, build_redactor, keyed_hash
 from promptloop.sources import EXTRA, ORIGIN, Source, SourceBatch, Unreadable, source_from_uri

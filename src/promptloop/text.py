@@ -16,7 +16,7 @@ STOPWORDS = frozenset(
     do does did doing have has had i you he she it we they me my your our their this that these
     those what which who whom how when where why can could should would will shall may might must
     not no yes so than then there here about into over under again any all each few more most some
-    such only own same too very just also get got please thanks thank hi hello nimbus notes""".split()
+    such only own same too very just also get got please thanks thank hi hello""".split()
 )
 
 
