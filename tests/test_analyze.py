@@ -126,3 +126,20 @@ def test_window_parsing(text: str, days: float) -> None:
 def test_bad_window_is_an_input_error() -> None:
     with pytest.raises(InputError, match="--window: expected a duration"):
         parse_window("a week")
+
+
+def test_costs_missing_at_collect_come_from_the_price_map_at_analyze(tmp_path: Path) -> None:
+    init_workspace(tmp_path / "ws")
+    workspace = open_workspace(tmp_path / "ws")
+    write_rows(workspace, [row(i, 1, model="acme/unpriced-model", prompt_tokens=1000, completion_tokens=500) for i in range(4)])
+    collect(workspace, "support-bot", now=NOW)
+    stored = pd.read_parquet(workspace.path("data/support-bot/logs"))
+    assert stored["cost_usd"].isna().all()
+    assert analyze(workspace, "support-bot")["metrics"]["cost_unknown_rows"] == 4
+
+    params = tmp_path / "ws" / "params.yaml"
+    params.write_text(params.read_text().replace(
+        "  prices:\n", "  prices:\n    acme/unpriced-model: {input_per_mtok: 1.0, output_per_mtok: 2.0}\n"))
+    metrics = analyze(open_workspace(tmp_path / "ws"), "support-bot")["metrics"]
+    assert metrics["cost_unknown_rows"] == 0
+    assert metrics["total_cost_usd"] == pytest.approx(4 * (1000 * 1.0 + 500 * 2.0) / 1e6)

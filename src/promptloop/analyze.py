@@ -22,6 +22,7 @@ from promptloop.detectors import Detector, load_detector
 from promptloop.errors import InputError
 from promptloop.metrics import AlertRule, compute_metrics, daily_metrics, evaluate_alerts, metrics_by
 from promptloop.mining import cluster_failures, mine_failures
+from promptloop.prices import fill_missing_costs, price_lookup
 from promptloop.workspace import Workspace
 
 FAILURES = "failures"
@@ -89,7 +90,9 @@ def load_window(plan: AnalyzePlan, start: pd.Timestamp, end: pd.Timestamp) -> pd
     """The collected rows with start <= timestamp < end (read with a Parquet filter)."""
     dataset = logs_dataset(plan.data_dir)
     condition = (ds.field("timestamp") >= start.to_pydatetime()) & (ds.field("timestamp") < end.to_pydatetime())
-    return dataset.to_table(columns=COLUMNS, filter=condition).to_pandas()
+    frame = dataset.to_table(columns=COLUMNS, filter=condition).to_pandas()
+    # A model priced since collect ran (params.yaml, or a newer litellm) gets its rows costed now.
+    return fill_missing_costs(frame, price_lookup(plan.workspace))
 
 
 def detectors_of(settings: AnalyzeSettings, root: Path) -> dict[str, Detector]:

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from promptloop.config import AppSettings
 from promptloop.logs import LOG_FIELDS
+from promptloop.prices import PriceLookup, cost_from_tokens, price_lookup
 from promptloop.redact import Redactor, build_redactor, keyed_hash
 from promptloop.sources import EXTRA, ORIGIN, Source, SourceBatch, Unreadable, source_from_uri
 from promptloop.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
@@ -112,19 +113,6 @@ def pii_key(workspace: Workspace) -> bytes:
     return path.read_text(encoding="utf-8").strip().encode()
 
 
-def model_prices(models: list[str], litellm: Any) -> dict[str, tuple[float, float]]:
-    """(input, output) USD per token of each model litellm's price map knows."""
-    prices: dict[str, tuple[float, float]] = {}
-    for model in models:
-        try:
-            info = litellm.get_model_info(model)
-        except Exception:  # litellm raises a bare Exception for models it has no price for
-            continue
-        if info.get("input_cost_per_token") is not None and info.get("output_cost_per_token") is not None:
-            prices[model] = (float(info["input_cost_per_token"]), float(info["output_cost_per_token"]))
-    return prices
-
-
 @dataclass
 class BatchContext:
     """What every batch of one run shares."""
@@ -132,7 +120,7 @@ class BatchContext:
     validator: LogValidator
     redactor: Redactor
     key: bytes
-    price_lookup: Callable[[list[str]], dict[str, tuple[float, float]]]
+    price_lookup: PriceLookup
     seen_ids: set[str]
     run: str
     now: datetime
@@ -192,9 +180,7 @@ def duplicate_rows(frame: pd.DataFrame, failures: dict[Any, list[str]], seen_ids
 
 def typed_rows(checked: pd.DataFrame, prices: dict[str, tuple[float, float]], ctx: BatchContext) -> pd.DataFrame:
     """Valid rows in the stored schema: proper dtypes, cost filled from the price map, user id hashed."""
-    price_in = checked["model"].map({m: p[0] for m, p in prices.items()}).astype(float)
-    price_out = checked["model"].map({m: p[1] for m, p in prices.items()}).astype(float)
-    computed = checked["prompt_tokens_value"] * price_in + checked["completion_tokens_value"] * price_out
+    computed = cost_from_tokens(checked["model"], checked["prompt_tokens_value"], checked["completion_tokens_value"], prices)
     logged = checked["cost_value"]
     return pd.DataFrame(
         {
@@ -331,23 +317,10 @@ def log_collect_run(plan: CollectPlan, totals: Totals, versioned: dict[str, Any]
 def make_context(plan: CollectPlan) -> BatchContext:
     """Validator, redactor, key and prices shared by the batches of a run."""
     workspace = plan.workspace
-    configured = {m: (p.input_per_mtok / 1e6, p.output_per_mtok / 1e6) for m, p in workspace.params.llm.prices.items()}
-    cache: dict[str, tuple[float, float]] = dict(configured)
-
-    def price_lookup(models: list[str]) -> dict[str, tuple[float, float]]:
-        unknown = [m for m in models if m not in cache]
-        if unknown:  # litellm takes seconds to import: only when its price map is needed
-            from promptloop.llm import litellm_module_configured
-
-            litellm = litellm_module_configured(workspace.params.llm, str(workspace.root / "params.yaml"))
-            cache.update(model_prices(unknown, litellm))
-            cache.update({m: (np.nan, np.nan) for m in unknown if m not in cache})
-        return {m: cache[m] for m in models if not np.isnan(cache[m][0])}
-
     suite_path = workspace.path(SUITE_FILE)
     return BatchContext(LogValidator(load_suite(suite_path), suite_path),
                         build_redactor(workspace.params.collect.extra_pii_patterns), pii_key(workspace),
-                        price_lookup, stored_ids(plan.data_dir), plan.run, plan.now)
+                        price_lookup(workspace), stored_ids(plan.data_dir), plan.run, plan.now)
 
 
 def summary(plan: CollectPlan, totals: Totals, versioned: dict[str, Any], run_id: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from promptloop.errors import InputError
+from promptloop.prices import cost_from_tokens
 
 SUITE_FILE = Path("expectations") / "log_record.json"
 CLOCK_SKEW = timedelta(minutes=5)  # a row a few minutes "ahead" is clock skew, not the future
@@ -77,9 +78,7 @@ def derived_columns(frame: pd.DataFrame, prices: Mapping[str, tuple[float, float
 def cost_ratio(frame: pd.DataFrame, prices: Mapping[str, tuple[float, float]]) -> pd.Series:
     """Logged cost / cost from tokens and the price map; NaN where either is unknown or zero."""
     models = frame["model"].where(frame["model"].map(type) == str)
-    price_in = models.map({m: p[0] for m, p in prices.items()}).astype(float)
-    price_out = models.map({m: p[1] for m, p in prices.items()}).astype(float)
-    expected = frame["prompt_tokens_value"] * price_in + frame["completion_tokens_value"] * price_out
+    expected = cost_from_tokens(models, frame["prompt_tokens_value"], frame["completion_tokens_value"], prices)
     ratio = frame["cost_value"] / expected.where(expected > 0)
     return ratio.where(frame["cost_value"] > 0)
 
