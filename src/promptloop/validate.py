@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,9 +32,6 @@ class ValidationOutcome:
     failures: dict[Any, list[str]]
     expectations: int
     suite_version: Any
-
-    def counts(self) -> Counter[str]:
-        return Counter(name for names in self.failures.values() for name in names)
 
 
 def load_suite(path: Path) -> dict[str, Any]:
