@@ -1,0 +1,180 @@
+"""The LLM call runner every evaluation goes through: bounded concurrency, retries with backoff
+and jitter (honouring Retry-After), a per-call timeout, a persistent response cache and a budget.
+
+The cache is keyed by model + messages + parameters (the seed among them), so re-evaluating an
+unchanged prompt makes zero calls. A budget (USD and calls) that runs out raises BudgetExceeded:
+the caller's decision is then "incomplete", never a promotion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import sqlite3
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from promptloop.llm import Completion, acomplete
+
+if TYPE_CHECKING:
+    import litellm as litellm_module
+
+
+class BudgetExceeded(RuntimeError):
+    """The run spent its budget; what is left undone makes the result incomplete."""
+
+
+class CallFailed(RuntimeError):
+    """A call still failed after its retries."""
+
+
+def cache_key(model: str, messages: list[dict[str, str]], parameters: dict[str, Any]) -> str:
+    """sha256 of the canonical request: same model, messages and parameters, same answer."""
+    request = {"model": model, "messages": messages, "parameters": parameters}
+    return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+class ResponseCache:
+    """Completions on disk (SQLite), shared by every evaluation of a workspace."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, completion TEXT NOT NULL)")
+
+    def get(self, key: str) -> Completion | None:
+        with self._lock:
+            row = self._db.execute("SELECT completion FROM responses WHERE key = ?", (key,)).fetchone()
+        return Completion(**json.loads(row[0])) if row else None
+
+    def put(self, key: str, completion: Completion) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, json.dumps(completion.__dict__)))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass
+class Usage:
+    """Calls, cache hits, tokens and cost of one purpose (e.g. the app's calls, the judge's)."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter; a Retry-After header wins when it asks for longer."""
+
+    max_retries: int = 4
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delay(self, attempt: int, error: BaseException, rng: random.Random) -> float:
+        backoff = rng.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
+        return max(backoff, min(self.max_delay_s, retry_after_s(error) or 0.0))
+
+
+def retry_after_s(error: BaseException) -> float | None:
+    """Seconds the provider asked to wait (Retry-After header), if any."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    value = headers.get("retry-after") if hasattr(headers, "get") else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def is_retryable(litellm: "litellm_module", error: BaseException) -> bool:
+    """Rate limits, timeouts, connection errors and 5xx are worth another try; bad requests are not."""
+    retryable = (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError, litellm.InternalServerError,
+                 litellm.ServiceUnavailableError, litellm.BadGatewayError)
+    return isinstance(error, retryable) or 500 <= int(getattr(error, "status_code", 0) or 0) < 600
+
+
+@dataclass
+class Runner:
+    """Makes (or replays from the cache) every LLM call of a run, within its budget."""
+
+    litellm: "litellm_module"
+    cache: ResponseCache
+    max_concurrency: int = 8
+    timeout_s: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_usd: float = float("inf")
+    max_calls: int | None = None
+    seed: int = 0
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    usage: dict[str, Usage] = field(default_factory=lambda: defaultdict(Usage))
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._gates: dict[int, asyncio.Semaphore] = {}
+
+    def _gate(self) -> asyncio.Semaphore:
+        """The concurrency bound of the running event loop (a semaphore belongs to one loop)."""
+        loop = id(asyncio.get_running_loop())
+        return self._gates.setdefault(loop, asyncio.Semaphore(self.max_concurrency))
+
+    def retryable(self, error: BaseException) -> bool:
+        return isinstance(error, asyncio.TimeoutError) or is_retryable(self.litellm, error)
+
+    @property
+    def spent_usd(self) -> float:
+        return sum(u.cost_usd for u in self.usage.values())
+
+    @property
+    def calls(self) -> int:
+        return sum(u.calls for u in self.usage.values())
+
+    async def complete(self, purpose: str, model: str, messages: list[dict[str, str]], **parameters: Any) -> Completion:
+        """One completion: from the cache, else from the provider with retries; counted under `purpose`."""
+        key = cache_key(model, messages, parameters)
+        usage = self.usage[purpose]
+        cached = self.cache.get(key)
+        if cached is not None:
+            usage.cache_hits += 1
+            return cached
+        async with self._gate():
+            self._check_budget()
+            completion = await self._with_retries(usage, model, messages, parameters)
+        usage.prompt_tokens += completion.prompt_tokens
+        usage.completion_tokens += completion.completion_tokens
+        usage.cost_usd += completion.cost_usd or 0.0
+        self.cache.put(key, completion)
+        return completion
+
+    def _check_budget(self) -> None:
+        if self.spent_usd >= self.max_usd:
+            raise BudgetExceeded(f"budget of ${self.max_usd:g} spent (${self.spent_usd:.4f})")
+        if self.max_calls is not None and self.calls >= self.max_calls:
+            raise BudgetExceeded(f"budget of {self.max_calls} calls spent")
+
+    async def _with_retries(self, usage: Usage, model: str, messages: list[dict[str, str]], parameters: dict[str, Any]) -> Completion:
+        for attempt in range(self.retry.max_retries + 1):
+            usage.calls += 1
+            try:
+                # The timeout is enforced here too: not every provider honours the one it is passed.
+                return await asyncio.wait_for(
+                    acomplete(self.litellm, model, messages, self.timeout_s, num_retries=0, **parameters), self.timeout_s)
+            except Exception as error:  # classified below: only provider-side trouble is retried
+                if not self.retryable(error) or attempt == self.retry.max_retries:
+                    usage.failures += 1
+                    raise CallFailed(f"{model}: {type(error).__name__} after {attempt + 1} attempt(s): {error}") from error
+                usage.retries += 1
+                await self.sleep(self.retry.delay(attempt, error, self._rng))
+        raise AssertionError("unreachable")  # the loop returns or raises
