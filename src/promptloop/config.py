@@ -18,7 +18,7 @@ PARAMS_FILE = "params.yaml"
 class Section(BaseModel):
     """Base of every section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class ModelPrice(Section):

@@ -117,6 +117,7 @@ class FileSource(Source):
 
     def batches(self, watermark: dict[str, Any] | None, max_rows: int) -> Iterator[SourceBatch]:
         seen: dict[str, Any] = dict((watermark or {}).get("files", {}))
+        yielded = dict(seen)  # the file states as of the last batch handed out
         pending = _Pending()
         for path in self.files():
             name = self.state_name(path)
@@ -126,7 +127,8 @@ class FileSource(Source):
                 done = state.get("rows", 0) if state and state.get("sha256") == digest else 0
                 for reached in read_parquet_rows(path, done, pending, max_rows, name):
                     seen[name] = {"sha256": digest, "rows": reached}
-                    yield pending.flush({"files": dict(seen)})
+                    yielded = dict(seen)
+                    yield pending.flush({"files": yielded})
                 seen[name] = {"sha256": digest, "rows": pq.ParquetFile(path).metadata.num_rows}
                 continue
             offset = state.get("offset", 0) if state else 0
@@ -134,9 +136,11 @@ class FileSource(Source):
                 offset = 0  # the file was replaced by a shorter one: read it anew
             for reached in read_jsonl_rows(path, offset, pending, max_rows, name):
                 seen[name] = {"offset": reached}
-                yield pending.flush({"files": dict(seen)})
+                yielded = dict(seen)
+                yield pending.flush({"files": yielded})
             seen[name] = {"offset": pending.offset_after}
-        if pending.rows or seen != (watermark or {}).get("files", {}):
+        # a last batch for the rows left, or for a watermark that moved without rows (an empty file)
+        if pending.rows or seen != yielded:
             yield pending.flush({"files": dict(seen)})
 
 

@@ -30,8 +30,6 @@ class ValidationOutcome:
     """Which rows failed which expectations (by the suite's short names)."""
 
     failures: dict[Any, list[str]]
-    expectations: int
-    suite_version: Any
 
 
 def load_suite(path: Path) -> dict[str, Any]:
@@ -117,7 +115,7 @@ class LogValidator:
             )
             collect_failures(result.results, failures)
         failures = {index: names for index, names in failures.items() if not (isinstance(index, int) and index < 0)}
-        return ValidationOutcome(failures, len(self.suite["expectations"]), self.version)
+        return ValidationOutcome(failures)
 
     def _definitions(self, frame: pd.DataFrame) -> dict[tuple[str, ...], Any]:
         """One validation definition per group of expectations reading the same columns.

@@ -55,7 +55,7 @@ def load_bank(traffic_dir: Path) -> tuple[list[Question], dict[str, Any]]:
     return questions, pii
 
 
-def draw_question(bank: list[Question], pii: dict[str, Any], demo: DemoSettings, rng: random.Random) -> tuple[Question, str, bool]:
+def draw_question(bank: list[Question], pii: dict[str, Any], demo: DemoSettings, rng: random.Random) -> tuple[Question, str]:
     """Pick the next question by the configured shares; maybe plant personal data in it."""
     roll = rng.random()
     kind = "injection" if roll < demo.injection_share else (
@@ -64,13 +64,12 @@ def draw_question(bank: list[Question], pii: dict[str, Any], demo: DemoSettings,
     pool = [q for q in bank if q.kind == kind and q.lang == lang] or [q for q in bank if q.kind == kind]
     question = rng.choice(pool)
     text = question.text
-    planted = kind == "answerable" and rng.random() < demo.pii_share
-    if planted:
+    if kind == "answerable" and rng.random() < demo.pii_share:
         template = rng.choice(pii["templates_ko" if question.lang == "ko" else "templates_en"])
         text = template.format(
             question=text, email=rng.choice(pii["emails"]), phone=rng.choice(pii["phones"]), rrn=rng.choice(pii["rrns"])
         )
-    return question, text, planted
+    return question, text
 
 
 def answer_quality(question: Question, asked: str, output: str) -> tuple[float, list[str]]:
@@ -110,7 +109,7 @@ async def simulate_interaction(
 ) -> dict[str, Any]:
     """One logged interaction: question, the app's answer (or error), latency, tokens, rating."""
     rng = random.Random(f"{demo.seed}|{index}")
-    question, asked, _ = draw_question(bank, pii, demo, rng)
+    question, asked = draw_question(bank, pii, demo, rng)
     row: dict[str, Any] = {
         "id": f"{app.name}-{demo.seed}-{index:07d}",
         "timestamp": iso(started + step * index + timedelta(seconds=rng.random() * step.total_seconds())),
