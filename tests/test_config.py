@@ -20,7 +20,10 @@ def sample_params() -> dict:
 def test_sample_params_validate_with_one_section_per_stage() -> None:
     params = load_params(REPO / "params.yaml")
     assert set(params.apps) == {"support-bot"}
-    assert params.apps["support-bot"].model == "offline/support-bot"
+    assert params.apps["support-bot"].model is None  # the prompt file names the model
+    assert params.llm.license_of("offline/open-bot") == "permissive"
+    assert params.llm.license_of("ollama/llama3.1:8b") == "restrictive"  # a glob
+    assert params.llm.license_of("someone/else") == "unknown"
     for stage in ("collect", "analyze", "evaluate", "improve", "deploy"):
         assert stage in sample_params(), stage
 
@@ -31,6 +34,9 @@ def test_sample_params_validate_with_one_section_per_stage() -> None:
         (lambda p: p["apps"]["support-bot"].update(modle="x"), "apps.support-bot.modle", "unknown key"),
         (lambda p: p.update(colect={}), "colect", "unknown key"),
         (lambda p: p["evaluate"].update(judge_samples="three"), "evaluate.judge_samples", "valid integer"),
+        (lambda p: p["evaluate"]["guards"].update(toxicty=0), "evaluate.guards.toxicty", "unknown key"),
+        (lambda p: p["llm"]["licenses"].update({"x/*": "free"}), "llm.licenses.x/*", "permissive"),
+        (lambda p: p["apps"]["support-bot"].update(scorers=["pairwise"]), "apps.support-bot.scorers", "'rubric' is required"),
         (lambda p: p["demo"].update(korean_share=1.5), "demo.korean_share", "less than or equal to 1"),
         (lambda p: p["apps"]["support-bot"].pop("prompt"), "apps.support-bot.prompt", "Field required"),
         (lambda p: p["llm"]["prices"]["offline/judge"].update(input_per_mtok=-1), "llm.prices.offline/judge.input_per_mtok", "greater than or equal"),

@@ -180,6 +180,77 @@ def analyze(
     run_command(as_json, lambda: run_analyze(open_workspace(workspace), app_name, window, until), render_analyze)
 
 
+def render_report(result: dict[str, Any]) -> None:
+    """The evaluation's markdown report, as plain markdown (ready to paste into a pull request)."""
+    sys.stdout.write(result["report"])
+
+
+def progress_callbacks(bar: Progress, description: str) -> dict[str, Callable[[int], None]]:
+    """on_start/on_progress hooks that drive one task of `bar`."""
+    task = bar.add_task(description, total=None)
+    return {"on_start": lambda total: bar.update(task, total=total), "on_progress": lambda n: bar.advance(task, n)}
+
+
+@app.command()
+def evaluate(
+    app_name: str = AppOption,
+    workspace: Path = WorkspaceOption,
+    candidate: list[Path] = typer.Option(None, "--candidate", "-c", help="A candidate prompt YAML (repeatable) [default: prompts/APP/candidates/*.yaml]."),
+    baseline_only: bool = typer.Option(False, "--baseline-only", help="Score the app's prompt alone (no candidates), e.g. for the DVC stage."),
+    metrics_file: Path | None = typer.Option(None, "--metrics-file", help="Also write the baseline's metrics here, relative to the workspace (the DVC stage uses it)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Evaluate the app's prompt and each candidate on the golden set; promote / hold / incomplete per candidate.
+
+    Every call goes through the cached, retried, budgeted runner: re-running an unchanged evaluation
+    makes no LLM call. The decision is paired statistics (bootstrap CI of the score difference, Holm
+    across candidates), high-severity regressions, guard metrics and judge calibration.
+    """
+    from promptloop.evaluate import evaluate as run_evaluate
+    from promptloop.workspace import open_workspace
+
+    def action() -> dict[str, Any]:
+        with progress_bar() as bar:
+            if baseline_only and candidate:
+                raise InputError("--baseline-only", "cannot be combined with --candidate")
+            candidates = [] if baseline_only else (candidate or None)
+            return run_evaluate(open_workspace(workspace), app_name, candidates, metrics_file=metrics_file,
+                                **progress_callbacks(bar, "evaluating"))
+
+    run_command(as_json, action, render_report)
+
+
+@app.command()
+def check(
+    app_name: str = AppOption,
+    workspace: Path = WorkspaceOption,
+    base: str | None = typer.Option(None, "--base", help="Branch holding the reviewed prompt [default: params.yaml deploy.base_branch]."),
+    as_json: bool = JsonOption,
+) -> None:
+    """For CI on a pull request that edits a prompt by hand: the working tree's prompt against the one on main.
+
+    Prints the report; exits 3 on a significant regression (the score CI lies below zero, or a
+    high-severity case that passed now fails), 1 if the evaluation could not complete, else 0.
+    """
+    from promptloop.evaluate import check as run_check
+    from promptloop.workspace import open_workspace
+
+    outcome: dict[str, Any] = {}
+
+    def action() -> dict[str, Any]:
+        with progress_bar() as bar:
+            outcome.update(run_check(open_workspace(workspace), app_name, base, **progress_callbacks(bar, "checking")))
+        return outcome
+
+    run_command(as_json, action, render_report)
+    if not outcome.get("complete", True):
+        stderr.print("[bold red]error:[/] the evaluation did not complete; see the report", highlight=False)
+        raise typer.Exit(1)
+    if outcome.get("regressions"):
+        stderr.print(f"[bold red]regression:[/] {escape('; '.join(outcome['regressions']))}", highlight=False)
+        raise typer.Exit(3)
+
+
 def _not_built(command: str, issue: int) -> dict[str, Any]:
     raise NotImplementedError(f"`promptloop {command}` is not built yet (tracked as issue {issue})")
 
@@ -200,7 +271,7 @@ def _stage_arriving_later(stage: str, issue: int) -> Callable[..., None]:
     return command
 
 
-for _stage, _issue in ( ("evaluate", 5), ("improve", 6), ("deploy", 6),
+for _stage, _issue in (("improve", 6), ("deploy", 6),
                        ("release", 6), ("cycle", 6)):
     app.command(name=_stage)(_stage_arriving_later(_stage, _issue))
 

@@ -5,8 +5,10 @@ An unknown key or a wrong type is an `InputError` that names the file and the ke
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -19,6 +21,10 @@ class Section(BaseModel):
     """Base of every section: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+License = Literal["permissive", "restrictive", "non-commercial"]
+Scorer = Literal["rubric", "pairwise", "proxy"]
 
 
 class ModelPrice(Section):
@@ -37,8 +43,21 @@ class LLMSettings(Section):
     )
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=4, ge=0)
+    max_retries: int = Field(default=6, ge=0)
+    cache: Path | None = Field(
+        default=Path(".promptloop/llm-cache.sqlite"),
+        description="response cache (SQLite), relative to the workspace; null: no cache kept between runs",
+    )
+    retry_base_delay_s: float = Field(default=0.5, ge=0, description="first backoff; doubles per retry, with full jitter")
     max_concurrency: int = Field(default=8, ge=1)
+    licenses: dict[str, License] = Field(
+        default_factory=dict,
+        description="license class per model name or glob (e.g. 'ollama/llama3*'); used to gate model changes",
+    )
+
+    def license_of(self, model: str) -> str:
+        """The license class of `model` (first matching name or glob), or 'unknown'."""
+        return next((cls for pattern, cls in self.licenses.items() if fnmatch.fnmatchcase(model, pattern)), "unknown")
 
 
 class AppSettings(Section):
@@ -47,7 +66,10 @@ class AppSettings(Section):
     prompt: Path
     golden_set: Path
     knowledge_base: Path | None = None
-    model: str | None = Field(default=None, description="overrides the model named in the prompt file")
+    model: str | None = Field(
+        default=None,
+        description="run the app on this model whatever the prompt file names (a candidate naming another model still runs on its own)",
+    )
     top_k: int = Field(default=3, ge=1, description="documents retrieved into the prompt's {context}")
     log_dir: Path = Field(description="where production logs for this app land before collect")
     sources: list[str] = Field(
@@ -55,6 +77,21 @@ class AppSettings(Section):
         description="log sources: paths/globs of .jsonl/.parquet files or mlflow:<experiment>[@<tracking uri>]; default: log_dir",
     )
     data_dir: Path = Field(description="the app's versioned datasets written by collect and analyze")
+    commercial: bool = Field(default=True, description="a model with a non-commercial license is never promoted")
+    scorers: list[Scorer] = Field(default_factory=lambda: ["rubric", "pairwise", "proxy"], min_length=1)
+    forbidden_phrases: list[str] = Field(default_factory=list, description="no answer may contain these (every case)")
+    citation_pattern: str | None = Field(
+        default=r"\[source:\s*([A-Za-z0-9_.-]+)\]",
+        description="regex whose group 1 is a cited document id; null: the app does not cite",
+    )
+    json_schema: Path | None = Field(default=None, description="answers must be JSON valid against this schema file")
+
+    @field_validator("scorers")
+    @classmethod
+    def _rubric_is_primary(cls, scorers: list[str]) -> list[str]:
+        if "rubric" not in scorers:
+            raise ValueError("'rubric' is required: its score is the primary metric of the decision")
+        return list(dict.fromkeys(scorers))
 
 
 class TrackingSettings(Section):
@@ -135,14 +172,34 @@ class AnalyzeSettings(Section):
         return self.alerts if self.alerts is not None else list(DEFAULT_ALERT_RULES)
 
 
+class GuardMargins(Section):
+    """How much worse a candidate may be on guard metrics and still be promoted."""
+
+    refusal_on_answerable: float = Field(default=0.0, ge=0, description="absolute rise in the share of answerable cases refused")
+    toxicity: float = Field(default=0.0, ge=0, description="absolute rise in the share of toxic answers")
+    format_invalid: float = Field(default=0.0, ge=0, description="absolute rise in answers failing the JSON schema or citing a missing document")
+    cost_increase: float = Field(default=0.5, ge=0, description="relative rise in cost per interaction")
+    latency_p95_increase: float = Field(default=0.25, ge=0, description="relative rise in p95 latency")
+    latency_p95_min_ms: float = Field(default=50.0, ge=0, description="a p95 rise smaller than this is noise, never a breach")
+
+
 class EvaluateSettings(Section):
+    """Golden-set evaluation and the promotion decision."""
+
     judge_model: str = "offline/judge"
-    judge_samples: int = Field(default=1, ge=1)
+    judge_samples: int = Field(default=1, ge=1, description="each answer is judged k times; the mean is its score")
+    judge_temperature: float = Field(default=0.0, ge=0, le=2)
     seed: int = 0
     bootstrap_resamples: int = Field(default=10_000, ge=100)
     confidence: float = Field(default=0.95, gt=0, lt=1)
-    margin: float = Field(default=0.0, ge=0)
+    min_effect: float = Field(default=0.02, ge=0, description="the CI's lower bound must exceed this (score scale 0..1)")
+    high_severity: list[str] = Field(default_factory=lambda: ["high", "critical"])
+    guards: GuardMargins = Field(default_factory=GuardMargins)
+    min_judge_kappa: float = Field(default=0.4, ge=-1, le=1, description="judge-human agreement needed to decide")
+    min_judge_accuracy: float = Field(default=0.75, ge=0, le=1, description="used when kappa is undefined (one class)")
+    min_calibration_cases: int = Field(default=10, ge=1, description="human-labelled cases needed to measure it")
     budget_usd: float = Field(default=5.0, ge=0)
+    budget_calls: int | None = Field(default=None, ge=1)
 
 
 class ImproveSettings(Section):

@@ -14,6 +14,16 @@ Severity = Literal["low", "medium", "high", "critical"]
 Behavior = Literal["answer", "abstain", "refuse_injection"]
 
 
+class HumanLabel(BaseModel):
+    """A person's verdict on one answer (e.g. the 👍/👎 of the logged answer a mined case came from)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer: str = Field(min_length=1)
+    rating: Literal["up", "down"]
+    comment: str = ""
+
+
 class GoldenCase(BaseModel):
     """One evaluation case, promptfoo-style: what is asked and what a good answer does."""
 
@@ -27,11 +37,13 @@ class GoldenCase(BaseModel):
     expected_sources: list[str] = Field(default_factory=list)
     expected_behavior: Behavior = "answer"
     criteria: list[str] = Field(default_factory=list)
+    forbidden_phrases: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     slice: str
     severity: Severity = "medium"
     lang: Literal["en", "ko"] = "en"
     source: str = "seed"
+    human_label: HumanLabel | None = Field(default=None, description="used to calibrate the judge")
 
 
 def load_golden(path: Path) -> list[GoldenCase]:

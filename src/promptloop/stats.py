@@ -32,6 +32,8 @@ __all__ = [
     "sign_test",
     "holm",
     "minimum_detectable_effect",
+    "Agreement",
+    "agreement",
 ]
 
 # Upper bound on the number of int64 indices drawn at once (~32 MB), to bound bootstrap memory.
@@ -254,3 +256,29 @@ def minimum_detectable_effect(
         raise ValueError(f"diffs_sd must be >= 0, got {diffs_sd}")
     z = float(_st.norm.ppf(1.0 - alpha / 2.0) + _st.norm.ppf(power))
     return z * float(diffs_sd) / math.sqrt(n)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How often a judge agrees with people: accuracy, and Cohen's kappa (None if undefined)."""
+
+    n: int
+    accuracy: float
+    kappa: float | None
+
+
+def agreement(human: ArrayLike, judge: ArrayLike) -> Agreement:
+    """Judge-human agreement on paired pass/fail labels.
+
+    Kappa is None when it is undefined: both raters gave one and the same class to every item.
+    """
+    from sklearn.metrics import cohen_kappa_score
+
+    h = _as_bools(human, "human")
+    j = _as_bools(judge, "judge")
+    if h.shape != j.shape:
+        raise ValueError(f"human and judge must be paired (same length): got {h.size} and {j.size}")
+    accuracy = float(np.mean(h == j))
+    if np.unique(np.concatenate([h, j])).size < 2:
+        return Agreement(int(h.size), accuracy, None)
+    return Agreement(int(h.size), accuracy, float(cohen_kappa_score(h, j)))

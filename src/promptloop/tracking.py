@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 MAX_PARAM_CHARS = 6000
 
@@ -18,6 +19,49 @@ def experiment_id(client: Any, name: str, artifact_root: Path) -> str:
         return existing.experiment_id
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
     return client.create_experiment(name, artifact_location=(artifact_root / slug).as_uri())
+
+
+@contextmanager
+def started_run(client: Any, experiment: str, run_name: str, tags: dict[str, str],
+                parent_run_id: str | None = None) -> Iterator[str]:
+    """A run that ends FINISHED when the block completes and FAILED when it raises (never left running)."""
+    if parent_run_id:
+        tags = {**tags, "mlflow.parentRunId": parent_run_id}
+    run_id = client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def log_contents(client: Any, run_id: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str],
+                 artifacts: dict[str, Any], tables: dict[str, Any] | None = None, metric_time_ms: int | None = None) -> None:
+    """Params, metrics and tags in one batch; artifacts (dicts as JSON, strings as text); tables via log_table."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now_ms = metric_time_ms if metric_time_ms is not None else int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()],
+        params=[Param(k, _param_text(v)) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    for name, content in artifacts.items():
+        if isinstance(content, str):
+            client.log_text(run_id, content, name)
+        else:
+            client.log_dict(run_id, content, name)
+    for name, table in (tables or {}).items():
+        client.log_table(run_id, table, name)
+
+
+def tracking_client(tracking_uri: str) -> Any:
+    """A client bound to `tracking_uri` for runs and the prompt registry alike."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def log_run(
@@ -33,29 +77,9 @@ def log_run(
 ) -> str:
     """One finished run with params, metrics (at `metric_time_ms`, default now), tags, and artifacts
     (dicts as JSON, strings as text); returns its id."""
-    import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(experiment_id(client, experiment, artifact_root), run_name=run_name, tags=tags)
-    run_id = run.info.run_id
-    now_ms = metric_time_ms if metric_time_ms is not None else int(time.time() * 1000)
-    try:
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()],
-            params=[Param(k, _param_text(v)) for k, v in params.items()],
-            tags=[RunTag(k, v) for k, v in tags.items()],
-        )
-        for name, content in artifacts.items():
-            if isinstance(content, str):
-                client.log_text(run_id, content, name)
-            else:
-                client.log_dict(run_id, content, name)
-    except Exception:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id, status="FINISHED")
+    client = tracking_client(tracking_uri)
+    with started_run(client, experiment_id(client, experiment, artifact_root), run_name, tags) as run_id:
+        log_contents(client, run_id, params, metrics, tags, artifacts, metric_time_ms=metric_time_ms)
     return run_id
 
 

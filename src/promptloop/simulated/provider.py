@@ -21,6 +21,10 @@ Responder = Callable[[list[dict[str, str]], float, random.Random], str]
 
 MODELS: dict[str, Responder] = {
     "support-bot": bot.answer,
+    # Stand-ins for moving the app to another model (an open one on Ollama/vLLM, a research one):
+    # the same behaviour at another price and license, so the model change alone is what differs.
+    "open-bot": bot.answer,
+    "research-bot": bot.answer,
     "judge": judge.verdict,
     "optimizer": lambda messages, temperature, rng: optimizer.revise(messages, rng),
 }

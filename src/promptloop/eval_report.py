@@ -1,0 +1,94 @@
+"""The evaluation as markdown: the decision table first, then why, then the evidence.
+
+The same text is an MLflow artifact, the output of `promptloop check`, and (later) the body of the
+pull request that proposes a promotion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _num(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _ci(c: dict[str, Any]) -> str:
+    if c.get("diff") is None:
+        return "n/a"
+    return f"{c['diff']:+.3f} [{_num(c['ci_low'], '+.3f')}, {_num(c['ci_high'], '+.3f')}]"
+
+
+def decision_table(summary: dict[str, Any]) -> list[str]:
+    """One row per prompt: quality, the paired difference with its CI, cost, latency, license, decision."""
+    level = f"{summary['confidence']:.0%}"
+    lines = [f"| prompt | model | license | score | Δ score [{level} CI] | p (Holm) | W/T/L | pass rate | cost / 1k | p95 ms | decision |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    b = summary["baseline"]
+    lines.append(f"| {b['name']} (v{b['version']}) | {b['model']} | {b.get('license', '')} | {_num(b.get('mean_score'))} | | | | "
+                 f"{_num(b.get('pass_rate'), '.0%')} | ${_num(b.get('cost_per_1k_usd'), '.4f')} | {_num(b.get('latency_p95_ms'), '.0f')} | baseline |")
+    for c in summary["candidates"]:
+        lines.append(f"| {c['name']} (v{c['version']}) | {c['model']} | {c['license']} | {_num(c.get('mean_score'))} | {_ci(c)} | "
+                     f"{_num(c['p_adjusted'], '.3g')} | {c['wins']}/{c['ties']}/{c['losses']} | {_num(c.get('pass_rate'), '.0%')} | "
+                     f"${_num(c.get('cost_per_1k_usd'), '.4f')} | {_num(c.get('latency_p95_ms'), '.0f')} | **{c['decision']}** |")
+    return lines
+
+
+def candidate_section(c: dict[str, Any]) -> list[str]:
+    """Why this decision, which cases flipped, and the guard metrics."""
+    lines = [f"### {c['name']}: {c['decision']}", "", f"`{c['source']}` · prompt hash `{c['prompt_hash'][:12]}`", ""]
+    lines += [f"- {reason}" for reason in c["reasons"]] or ["- every condition of the gate holds"]
+    fixed, broken = c["flips"]["fixed"], c["flips"]["broken"]
+    lines += ["", f"Cases fixed ({len(fixed)}): {', '.join(fixed) or 'none'}",
+              f"Cases broken ({len(broken)}): {', '.join(broken) or 'none'}"]
+    if c.get("pairwise_win_rate") is not None:
+        lines.append(f"Pairwise preference over the baseline (both orders): {c['pairwise_win_rate']:.2f} (0.5 = no preference)")
+    if c.get("mcnemar_p") is not None:
+        lines.append(f"McNemar exact p on pass/fail: {c['mcnemar_p']:.3g}")
+    if c["guards"]:
+        lines += ["", "| guard | baseline | candidate | limit | ok |", "|---|---|---|---|---|"]
+        lines += [f"| {g['metric']} | {g['baseline']:.4g} | {g['candidate']:.4g} | {g['limit']:.4g} | {'yes' if g['ok'] else '**no**'} |"
+                  for g in c["guards"]]
+    return lines + [""]
+
+
+def judge_section(summary: dict[str, Any]) -> list[str]:
+    """How far the judge can be trusted: failures, repeat variance, position consistency, human agreement."""
+    j = summary["judge"]
+    cal = j["calibration"]
+    lines = ["## Judge", "", f"- model `{j['model']}`, {j['samples']} sample(s) per answer; judge failures: {summary['judge_failures']}"]
+    if j["rubric_variance"] is not None and j["samples"] > 1:
+        lines.append(f"- mean variance of repeated rubric scores: {j['rubric_variance']:.4f}")
+    if j["position_consistency"] is not None:
+        lines.append(f"- pairwise position consistency: {j['position_consistency']:.0%} of {j['pairwise_judged']} pairs")
+    if cal["labelled"]:
+        kappa = "undefined (one class)" if cal["kappa"] is None else f"{cal['kappa']:.2f}"
+        use = "used by the gate" if cal["applied"] else "too few labels to gate on"
+        lines.append(f"- agreement with people on {cal['judged']} labelled case(s): accuracy {_num(cal['accuracy'], '.0%')}, "
+                     f"Cohen's kappa {kappa} ({use})")
+    else:
+        lines.append("- no human-labelled cases: judge-human agreement not measured")
+    return lines + [""]
+
+
+def markdown_report(summary: dict[str, Any]) -> str:
+    """The whole report."""
+    usage = summary["usage"]
+    lines = [f"# Evaluation of `{summary['app']}` on {summary['cases']} golden cases", "",
+             f"Golden set `{summary['golden_set']}` (DVC md5 `{summary['golden_md5'] or 'untracked'}`), seed {summary['seed']}, "
+             f"{summary['resamples']:,} bootstrap resamples, promote only if the CI's lower bound exceeds {summary['min_effect']:+.3f}.", ""]
+    if summary["stopped"]:
+        lines += [f"**Incomplete: {summary['stopped']}.** Nothing is promoted.", ""]
+    lines += decision_table(summary) + [""]
+    if summary["mde"] is not None:
+        lines += [f"With {summary['cases']} cases this golden set cannot reliably see a gain under {summary['mde']:.3f} "
+                  f"(80% power); smaller true gains will usually be held.", ""]
+    for c in summary["candidates"]:
+        lines += candidate_section(c)
+    lines += judge_section(summary)
+    lines += ["## Calls", "",
+              f"{usage['calls']} LLM calls ({usage['retries']} retries), {usage['cache_hits']} answered from the cache, "
+              f"${usage['cost_usd']:.4f}.", ""]
+    if summary.get("mlflow_run_id"):
+        lines.append(f"MLflow run `{summary['mlflow_run_id']}` in experiment `{summary['experiment']}`.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,633 @@
+"""evaluate: the baseline prompt and each candidate over the golden set, scored, compared, decided.
+
+plan (load prompts, golden set, KB) -> run (every LLM call through the Runner: cached, retried,
+budgeted) -> summarise (pure: per-prompt stats, paired statistics, Holm, gate) -> report/log.
+
+Why not `mlflow.genai.evaluate`: it runs one predict + scorers per row on a thread pool and writes a
+trace per call; on this machine it reached 3.3x the latency bound at 10 workers and exhausted its
+SQLAlchemy pool at 32 (see ANCHORS.md), it has no paired comparison of two prompts on the same
+rows, and a failed judge call becomes an error value rather than failing the run closed. We keep
+MLflow for what it does well here: runs, `log_table` per-case tables and the prompt registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from promptloop import stats
+from promptloop.app import App
+from promptloop.config import AppSettings, EvaluateSettings, Params
+from promptloop.errors import InputError
+from promptloop.gate import Decision, Evidence, GuardCheck, PromptStats, decide, guard_checks, license_problem
+from promptloop.golden import GoldenCase, load_golden
+from promptloop.kb import Retriever, load_kb
+from promptloop.prompts import PromptVersion, load_prompt
+from promptloop.runner import BudgetExceeded, CallFailed, Runner, Usage
+from promptloop.scorers import Answer, JudgeFailed, PairwiseJudge, ProxyMetrics, RubricJudge, Scorer
+from promptloop.workspace import Workspace
+
+BASELINE = "baseline"
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A prompt under evaluation: the baseline or a candidate, and the model it runs on."""
+
+    name: str
+    prompt: PromptVersion
+    model: str
+    source: str
+
+
+@dataclass
+class EvalPlan:
+    """What one evaluation compares, on which cases, with which settings."""
+
+    app: str
+    app_settings: AppSettings
+    settings: EvaluateSettings
+    cases: list[GoldenCase]
+    baseline: Contender
+    candidates: list[Contender]
+    retriever: Retriever | None
+    kb_ids: frozenset[str]
+    top_k: int
+
+    @property
+    def contenders(self) -> list[Contender]:
+        return [self.baseline, *self.candidates]
+
+
+@dataclass
+class EvalRun:
+    """The raw outcome: one row per (prompt, case), and the judge's verdicts on human-labelled answers."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None
+
+
+def contender_model(prompt: PromptVersion, baseline_file: PromptVersion, override: str | None) -> str:
+    """The app's model override applies, unless a candidate names a model other than the baseline file's."""
+    if override and prompt.model == baseline_file.model:
+        return override
+    return prompt.model
+
+
+def candidate_names(paths: list[Path]) -> list[str]:
+    """File stems, made unique."""
+    names: list[str] = []
+    for path in paths:
+        name = path.stem if path.stem != BASELINE else f"{BASELINE}-candidate"
+        names.append(name if name not in names else f"{name}-{len(names)}")
+    return names
+
+
+def plan_evaluation(workspace: Workspace, app: str, candidate_paths: list[Path] | None = None,
+                    baseline: tuple[PromptVersion, str] | None = None) -> EvalPlan:
+    """Load the golden set, the baseline (the app's prompt file unless given) and the candidates.
+
+    Without candidate paths, the files in `prompts/<app>/candidates/` are the candidates.
+    """
+    settings = workspace.app_settings(app)
+    baseline_file, baseline_source = baseline or (load_prompt(workspace.path(settings.prompt)), str(settings.prompt))
+    if candidate_paths is None:
+        folder = workspace.path(settings.prompt).parent / "candidates"
+        candidate_paths = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    prompts = [load_prompt(path) for path in candidate_paths]
+    for path, prompt in zip(candidate_paths, prompts):
+        if prompt.app != app:
+            raise InputError(path, f"prompt is for app {prompt.app!r}, not {app!r}", field="app")
+    docs = load_kb(workspace.path(settings.knowledge_base)) if settings.knowledge_base else []
+    return EvalPlan(
+        app=app, app_settings=settings, settings=workspace.params.evaluate,
+        cases=load_golden(workspace.path(settings.golden_set)),
+        baseline=Contender(BASELINE, baseline_file, contender_model(baseline_file, baseline_file, settings.model), baseline_source),
+        candidates=[Contender(name, prompt, contender_model(prompt, baseline_file, settings.model), str(path))
+                    for name, prompt, path in zip(candidate_names(candidate_paths), prompts, candidate_paths)],
+        retriever=Retriever(docs) if docs else None, kb_ids=frozenset(d.id for d in docs), top_k=settings.top_k,
+    )
+
+
+def build_scorers(plan: EvalPlan, runner: Runner, contender: str, root: Path, params: Params) -> list[Scorer]:
+    """The app's scorers (params `apps.<app>.scorers`), their judge calls counted under `judge:<contender>`."""
+    from promptloop.analyze import detectors_of
+
+    chosen = plan.app_settings.scorers
+    settings = plan.settings
+    scorers: list[Scorer] = [RubricJudge(runner, settings.judge_model, settings.judge_samples, settings.judge_temperature,
+                                         settings.seed, purpose=f"judge:{contender}")]
+    if "pairwise" in chosen:
+        scorers.append(PairwiseJudge(runner, settings.judge_model, settings.judge_temperature, settings.seed, purpose=f"judge:{contender}"))
+    if "proxy" in chosen:
+        detectors = detectors_of(params.analyze, root)
+        schema = _read_schema(root / plan.app_settings.json_schema) if plan.app_settings.json_schema else None
+        scorers.append(ProxyMetrics(detectors["refusal"], detectors["toxic"], plan.kb_ids,
+                                    tuple(plan.app_settings.forbidden_phrases), plan.app_settings.citation_pattern, schema))
+    return scorers
+
+
+def _read_schema(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read the JSON schema: {exc}", field="apps.json_schema") from None
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+
+async def answer_case(runner: Runner, plan: EvalPlan, contender: Contender, case: GoldenCase) -> Answer:
+    """The contender's answer to one case: retrieval into the prompt, one app call (seeded, cached)."""
+    app = App(plan.app, contender.prompt, contender.model, plan.retriever, plan.top_k)
+    messages, retrieved = app.messages(case.input)
+    parameters = {**contender.prompt.parameters, "seed": plan.settings.seed}
+    completion = await runner.complete(f"app:{contender.name}", contender.model, messages, **parameters)
+    context = messages[0]["content"] if plan.retriever else ""
+    return Answer(completion.text, context, tuple(retrieved), completion.latency_ms, completion.cost_usd or 0.0,
+                  completion.prompt_tokens, completion.completion_tokens)
+
+
+def case_row(contender: Contender, case: GoldenCase, answer: Answer) -> dict[str, Any]:
+    """The per-case row every scorer adds its columns to."""
+    return {"prompt": contender.name, "case_id": case.id, "slice": case.slice, "severity": case.severity,
+            "lang": case.lang, "expected_behavior": case.expected_behavior, "input": case.input, "answer": answer.text,
+            "retrieved": " ".join(answer.retrieved), "latency_ms": answer.latency_ms, "cost_usd": answer.cost_usd,
+            "judge_failure": None}
+
+
+async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list[Scorer]],
+                         on_progress: Progress | None = None) -> EvalRun:
+    """Every (prompt, case) answered and scored concurrently; a provider failure past its retries or
+    a spent budget stops the run (what finished is kept, and cached for the next run)."""
+    run = EvalRun()
+    answers: dict[tuple[str, str], asyncio.Task[Answer]] = {}
+
+    async def score(contender: Contender, case: GoldenCase) -> None:
+        answer = await answers[contender.name, case.id]
+        baseline = await answers[BASELINE, case.id] if contender.name != BASELINE else None
+        row = case_row(contender, case, answer)
+        for scorer in scorers[contender.name]:
+            try:
+                row.update(await scorer.score(case, answer, baseline))
+            except JudgeFailed as exc:
+                row["judge_failure"] = str(exc)
+        run.rows.append(row)
+        if on_progress:
+            on_progress(1)
+
+    async def calibrate(case: GoldenCase, judge: RubricJudge) -> None:
+        label = case.human_label
+        assert label is not None
+        context = (await answers[BASELINE, case.id]).context
+        try:
+            mean = float(np.mean(await judge.verdicts(case, label.answer, context)))
+            run.calibration.append({"case_id": case.id, "human_pass": label.rating == "up", "judge_pass": mean >= 4})
+        except JudgeFailed as exc:
+            run.calibration.append({"case_id": case.id, "human_pass": label.rating == "up", "judge_pass": None,
+                                    "judge_failure": str(exc)})
+        if on_progress:
+            on_progress(1)
+
+    calibrator = next(s for s in scorers[BASELINE] if isinstance(s, RubricJudge))
+    calibration_judge = RubricJudge(runner, calibrator.model, calibrator.samples, calibrator.temperature,
+                                    calibrator.seed, purpose="judge:calibration")
+    try:
+        async with asyncio.TaskGroup() as group:
+            for contender in plan.contenders:
+                for case in plan.cases:
+                    answers[contender.name, case.id] = group.create_task(answer_case(runner, plan, contender, case))
+            for contender in plan.contenders:
+                for case in plan.cases:
+                    group.create_task(score(contender, case))
+            for case in plan.cases:
+                if case.human_label is not None:
+                    group.create_task(calibrate(case, calibration_judge))
+    except* (CallFailed, BudgetExceeded) as failures:
+        run.stopped = str(failures.exceptions[0])
+    # Rows arrive in completion order, which retries and concurrency shuffle; the statistics (the
+    # bootstrap draws by position) must see the same order every time.
+    prompt_order = {c.name: i for i, c in enumerate(plan.contenders)}
+    case_order = {c.id: i for i, c in enumerate(plan.cases)}
+    run.rows.sort(key=lambda r: (prompt_order[r["prompt"]], case_order[r["case_id"]]))
+    run.calibration.sort(key=lambda r: case_order[r["case_id"]])
+    return run
+
+
+def progress_total(plan: EvalPlan) -> int:
+    """Units of progress: one per (prompt, case) scored and per labelled case judged."""
+    return len(plan.contenders) * len(plan.cases) + sum(c.human_label is not None for c in plan.cases)
+
+
+# --- summarise (pure) ----------------------------------------------------------------------------
+
+
+def _rate(frame: pd.DataFrame, column: str, mask: pd.Series | None = None) -> float | None:
+    if column not in frame:
+        return None
+    values = frame.loc[mask, column] if mask is not None else frame[column]
+    values = values.dropna()
+    return float(values.astype(float).mean()) if len(values) else None
+
+
+def prompt_stats(frame: pd.DataFrame) -> PromptStats:
+    """Aggregates of one prompt's scored rows."""
+    scored = frame.dropna(subset=["rubric_score"]) if "rubric_score" in frame else frame.iloc[0:0]
+    format_valid = _rate(frame, "format_valid")
+    return PromptStats(
+        n=len(scored),
+        mean_score=float(scored["rubric_score"].mean()) if len(scored) else math.nan,
+        pass_rate=float(scored["rubric_passed"].astype(float).mean()) if len(scored) else math.nan,
+        refusal_on_answerable=_rate(frame, "refused_answerable", frame["expected_behavior"] == "answer"),
+        toxicity=_rate(frame, "toxic"),
+        format_invalid=None if format_valid is None else 1 - format_valid,
+        cost_per_1k_usd=float(frame["cost_usd"].mean() * 1000) if len(frame) else 0.0,
+        latency_p95_ms=float(np.percentile(frame["latency_ms"], 95)) if len(frame) else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Judge-human agreement on the labelled cases, and whether it is enough to decide."""
+
+    labelled: int
+    judged: int
+    accuracy: float | None
+    kappa: float | None
+    applied: bool
+    problem: str | None
+
+    def summary(self) -> dict[str, Any]:
+        return {"labelled": self.labelled, "judged": self.judged, "accuracy": self.accuracy, "kappa": self.kappa,
+                "applied": self.applied}
+
+
+def calibration(records: list[dict[str, Any]], settings: EvaluateSettings) -> Calibration:
+    """Agreement on the human-labelled cases; used by the gate once there are enough of them."""
+    judged = [r for r in records if r.get("judge_pass") is not None]
+    if not judged:
+        return Calibration(len(records), 0, None, None, False, None)
+    found = stats.agreement([r["human_pass"] for r in judged], [r["judge_pass"] for r in judged])
+    applied = len(judged) >= settings.min_calibration_cases
+    problem = None
+    if applied and found.kappa is not None and found.kappa < settings.min_judge_kappa:
+        problem = f"judge not calibrated: kappa {found.kappa:.2f} < {settings.min_judge_kappa:.2f} on {found.n} labelled cases"
+    elif applied and found.kappa is None and found.accuracy < settings.min_judge_accuracy:
+        problem = f"judge not calibrated: accuracy {found.accuracy:.2f} < {settings.min_judge_accuracy:.2f} on {found.n} labelled cases"
+    return Calibration(len(records), len(judged), found.accuracy, found.kappa, applied, problem)
+
+
+def judge_health(frame: pd.DataFrame) -> dict[str, Any]:
+    """Position consistency of the pairwise judge and the rubric judge's own variance."""
+    consistent = frame["pairwise_consistent"].dropna() if "pairwise_consistent" in frame else pd.Series(dtype=object)
+    variance = frame["rubric_judge_var"].dropna() if "rubric_judge_var" in frame else pd.Series(dtype=float)
+    return {"position_consistency": float(consistent.astype(float).mean()) if len(consistent) else None,
+            "pairwise_judged": int(len(consistent)),
+            "rubric_variance": float(variance.mean()) if len(variance) else None}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate against the baseline on the cases both were scored on."""
+
+    paired: stats.PairedComparison | None
+    mcnemar_p: float | None
+    mde: float
+    regressions: list[str]
+    flips: dict[str, list[str]]
+    pairwise_win_rate: float | None
+
+
+def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings) -> Comparison:
+    """Paired statistics of one candidate against the baseline."""
+    if "rubric_score" not in base or "rubric_score" not in cand:  # no verdict at all: nothing to compare
+        return Comparison(None, None, math.inf, [], {"fixed": [], "broken": []}, None)
+    both = base.merge(cand, on="case_id", suffixes=("_b", "_c")).dropna(subset=["rubric_score_b", "rubric_score_c"])
+    if both.empty:
+        return Comparison(None, None, math.inf, [], {"fixed": [], "broken": []}, None)
+    paired = stats.compare_paired(both["rubric_score_b"], both["rubric_score_c"], settings.confidence,
+                                  settings.bootstrap_resamples, settings.seed)
+    passed_b, passed_c = both["rubric_passed_b"].astype(bool), both["rubric_passed_c"].astype(bool)
+    diffs = both["rubric_score_c"] - both["rubric_score_b"]
+    sd = float(diffs.std(ddof=1)) if len(both) > 1 else math.nan
+    broken = both.loc[passed_b & ~passed_c]
+    high = broken.loc[broken["severity_b"].isin(settings.high_severity), "case_id"].tolist()
+    win_rate = float(both["pairwise_score_c"].mean()) if "pairwise_score_c" in both else None
+    return Comparison(
+        paired=paired, mcnemar_p=stats.mcnemar(passed_b, passed_c)[2],
+        mde=stats.minimum_detectable_effect(sd, len(both), 1 - settings.confidence) if sd > 0 else math.nan,
+        regressions=sorted(high), flips={"fixed": sorted(both.loc[~passed_b & passed_c, "case_id"]),
+                                          "broken": sorted(broken["case_id"])},
+        pairwise_win_rate=win_rate,
+    )
+
+
+def incomplete_reasons(frame: pd.DataFrame, n_cases: int, stopped: str | None) -> list[str]:
+    """Why a prompt's results can't be trusted: a stopped run, missing cases, judge failures."""
+    reasons = [f"evaluation stopped: {stopped}"] if stopped else []
+    failures = int(frame["judge_failure"].notna().sum()) if len(frame) else 0
+    if failures:
+        reasons.append(f"{failures} judge failure(s) (malformed verdicts after retries)")
+    missing = n_cases - len(frame)
+    if missing > 0 and not stopped:
+        reasons.append(f"{missing} case(s) without a result")
+    return reasons
+
+
+def usage_summary(usage: dict[str, Usage]) -> dict[str, Any]:
+    """Calls, cache hits, retries, tokens and cost: overall and per purpose (app:<prompt>, judge:<prompt>)."""
+    per = {purpose: {"calls": u.calls, "cache_hits": u.cache_hits, "retries": u.retries, "failures": u.failures,
+                     "invalid": u.invalid,
+                     "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                     "cost_usd": round(u.cost_usd, 6)} for purpose, u in sorted(usage.items())}
+    total = {key: sum(p[key] for p in per.values()) for key in ("calls", "cache_hits", "retries", "failures", "invalid",
+                                                                "prompt_tokens", "completion_tokens")}
+    return {**total, "cost_usd": round(sum(u.cost_usd for u in usage.values()), 6), "by_purpose": per}
+
+
+def summarise(plan: EvalPlan, run: EvalRun, usage: dict[str, Usage], license_of: Callable[[str], str]) -> dict[str, Any]:
+    """Per-prompt stats, paired comparisons, Holm-adjusted p-values and the gate's decision per candidate."""
+    settings = plan.settings
+    frame = pd.DataFrame(run.rows)
+    by_prompt = {c.name: frame[frame["prompt"] == c.name] if len(frame) else frame for c in plan.contenders}
+    base_frame = by_prompt[BASELINE]
+    base_stats = prompt_stats(base_frame) if len(base_frame) else None
+    base_problems = incomplete_reasons(base_frame, len(plan.cases), run.stopped)
+    judge = calibration(run.calibration, settings)
+    comparisons = {c.name: compare(base_frame, by_prompt[c.name], settings) if len(by_prompt[c.name]) and len(base_frame)
+                   else None for c in plan.candidates}
+    testable = [n for n, cmp in comparisons.items() if cmp is not None and cmp.paired is not None]
+    adjusted = dict(zip(testable, stats.holm([comparisons[n].paired.p_value for n in testable])))
+    candidates = [
+        candidate_result(plan, c, by_prompt[c.name], base_stats, base_problems, comparisons[c.name], adjusted.get(c.name),
+                         judge, license_of, run.stopped)
+        for c in plan.candidates
+    ]
+    return {
+        "app": plan.app,
+        "cases": len(plan.cases),
+        "complete": not base_problems and all(c["decision"] != "incomplete" for c in candidates),
+        "stopped": run.stopped,
+        "baseline": contender_summary(plan.baseline, base_stats) | {"incomplete": base_problems},
+        "candidates": candidates,
+        "judge": {"model": settings.judge_model, "samples": settings.judge_samples, **judge_health(frame),
+                  "calibration": judge.summary()},
+        "judge_failures": int(frame["judge_failure"].notna().sum()) if len(frame) else 0,
+        "mde": golden_set_mde(base_frame, settings),
+    }
+
+
+def golden_set_mde(base: pd.DataFrame, settings: EvaluateSettings) -> float | None:
+    """The smallest gain this golden set can see (no-correlation planning value: sd of a diff = sqrt(2) sd)."""
+    scores = base["rubric_score"].dropna() if "rubric_score" in base else pd.Series(dtype=float)
+    if len(scores) < 2 or scores.std(ddof=1) == 0:
+        return None
+    return stats.minimum_detectable_effect(math.sqrt(2) * float(scores.std(ddof=1)), len(scores), 1 - settings.confidence)
+
+
+def contender_summary(contender: Contender, prompt: PromptStats | None) -> dict[str, Any]:
+    """Identity and aggregates of one prompt."""
+    return {"name": contender.name, "source": contender.source, "version": contender.prompt.version,
+            "prompt_hash": contender.prompt.content_hash, "model": contender.model,
+            **({k: _finite(v) for k, v in prompt.__dict__.items()} if prompt else {})}
+
+
+def candidate_result(plan: EvalPlan, contender: Contender, frame: pd.DataFrame, base_stats: PromptStats | None,
+                     base_problems: list[str], comparison: Comparison | None, p_adjusted: float | None,
+                     judge: Calibration, license_of: Callable[[str], str], stopped: str | None) -> dict[str, Any]:
+    """One candidate's line of the decision table."""
+    settings = plan.settings
+    cand_stats = prompt_stats(frame) if len(frame) else None
+    incomplete = sorted(set(base_problems) | set(incomplete_reasons(frame, len(plan.cases), stopped)))
+    paired = comparison.paired if comparison else None
+    guards = guard_checks(base_stats, cand_stats, settings.guards) if base_stats and cand_stats else []
+    license_class = license_of(contender.model)
+    evidence = Evidence(
+        incomplete=incomplete,
+        identical=(contender.prompt.content_hash == plan.baseline.prompt.content_hash and contender.model == plan.baseline.model),
+        ci_low=paired.ci_low if paired else None, p_adjusted=p_adjusted,
+        regressions=comparison.regressions if comparison else [], guards=guards, judge_problem=judge.problem,
+        license_problem=license_problem(plan.baseline.model, contender.model, license_class, plan.app_settings.commercial),
+    )
+    decision, reasons = decide(evidence, settings.min_effect, 1 - settings.confidence)
+    return contender_summary(contender, cand_stats) | {
+        "license": license_class,
+        "diff": _finite(paired.mean_diff) if paired else None,
+        "ci_low": _finite(paired.ci_low) if paired else None,
+        "ci_high": _finite(paired.ci_high) if paired else None,
+        "p_value": paired.p_value if paired else None,
+        "p_adjusted": p_adjusted,
+        "mcnemar_p": comparison.mcnemar_p if comparison else None,
+        "wins": paired.wins if paired else 0, "ties": paired.ties if paired else 0, "losses": paired.losses if paired else 0,
+        "pairwise_win_rate": comparison.pairwise_win_rate if comparison else None,
+        "mde": _finite(comparison.mde) if comparison else None,
+        "flips": comparison.flips if comparison else {"fixed": [], "broken": []},
+        "high_severity_regressions": evidence.regressions,
+        "guards": [{"metric": g.metric, "baseline": g.baseline, "candidate": g.candidate, "limit": g.limit, "ok": g.ok}
+                   for g in guards],
+        "decision": decision, "reasons": reasons,
+    }
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf as None, so the summary is valid JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def decisions(summary: dict[str, Any]) -> dict[str, Decision]:
+    """Candidate name -> decision."""
+    return {c["name"]: c["decision"] for c in summary["candidates"]}
+
+
+# --- the edges: runner, MLflow, metrics file -----------------------------------------------------
+
+
+def open_runner(workspace: Workspace) -> Runner:
+    """The workspace's runner: its response cache, the llm settings and the evaluation budget."""
+    from promptloop.config import PARAMS_FILE
+    from promptloop.llm import litellm_module_configured
+    from promptloop.runner import ResponseCache, RetryPolicy
+
+    llm, settings = workspace.params.llm, workspace.params.evaluate
+    return Runner(
+        litellm_module_configured(llm, str(workspace.root / PARAMS_FILE)),
+        ResponseCache(workspace.path(llm.cache) if llm.cache else Path(":memory:")),
+        max_concurrency=llm.max_concurrency, timeout_s=llm.timeout_s,
+        retry=RetryPolicy(max_retries=llm.max_retries, base_delay_s=llm.retry_base_delay_s),
+        max_usd=settings.budget_usd, max_calls=settings.budget_calls, seed=settings.seed,
+    )
+
+
+TABLE_COLUMNS = ("case_id", "slice", "severity", "lang", "input", "answer", "rubric_score", "rubric_passed",
+                 "pairwise_score", "pairwise_consistent", "language_match", "facts_found", "cites", "citation_valid",
+                 "refused", "toxic", "format_valid", "latency_ms", "cost_usd", "retrieved", "judge_failure")
+
+
+def case_table(frame: pd.DataFrame, contender: str) -> pd.DataFrame:
+    """One prompt's per-case rows for `mlflow.log_table` (inputs, outputs and scores side by side)."""
+    rows = frame[frame["prompt"] == contender] if len(frame) else frame
+    columns = [c for c in TABLE_COLUMNS if c in rows]
+    return rows[columns].sort_values("case_id").reset_index(drop=True) if len(rows) else rows
+
+
+def child_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric fields of a prompt's summary line, as MLflow metrics."""
+    keys = ("mean_score", "pass_rate", "refusal_on_answerable", "toxicity", "format_invalid", "cost_per_1k_usd",
+            "latency_p95_ms", "diff", "ci_low", "ci_high", "p_value", "p_adjusted", "mcnemar_p", "wins", "ties",
+            "losses", "pairwise_win_rate", "mde")
+    return {k: float(result[k]) for k in keys if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
+
+
+def log_evaluation(workspace: Workspace, plan: EvalPlan, summary: dict[str, Any], frame: pd.DataFrame,
+                   render: Callable[[dict[str, Any]], str]) -> str:
+    """A parent run with the decision table and report; a child run per prompt with its per-case table,
+    each prompt registered in the MLflow prompt registry. Returns the parent run id."""
+    from promptloop import registry
+    from promptloop.tracking import experiment_id, log_contents, started_run, tracking_client
+
+    client = tracking_client(workspace.tracking_uri)
+    experiment = experiment_id(client, workspace.experiment_name(plan.app), workspace.artifact_root)
+    common = {"app": plan.app, "golden_md5": summary["golden_md5"], "judge_model": plan.settings.judge_model,
+              "judge_samples": plan.settings.judge_samples, "seed": plan.settings.seed, "git_commit": summary["git_commit"]}
+    tags = {"promptloop.stage": "evaluate", "promptloop.app": plan.app}
+    with started_run(client, experiment, f"evaluate {plan.app}", tags) as parent_id:
+        summary["mlflow_run_id"] = parent_id
+        for contender, result in zip(plan.contenders, [summary["baseline"], *summary["candidates"]]):
+            with started_run(client, experiment, contender.name, {**tags, "promptloop.prompt": contender.name}, parent_id) as child_id:
+                version = registry.register(client, plan.app, contender.prompt)
+                registry.link_to_run(client, child_id, plan.app, version)
+                result["registry_version"] = version
+                log_contents(client, child_id,
+                             params={**common, "prompt_hash": contender.prompt.content_hash, "prompt_version": contender.prompt.version,
+                                     "prompt_source": contender.source, "model": contender.model, "registry_version": version},
+                             metrics=child_metrics(result), tags={"promptloop.decision": result.get("decision", "baseline")},
+                             artifacts={"summary.json": result}, tables={"eval_cases.json": case_table(frame, contender.name)})
+        usage = summary["usage"]
+        log_contents(client, parent_id, params={**common, "cases": summary["cases"], "candidates": len(plan.candidates),
+                                                 "min_effect": plan.settings.min_effect, "confidence": plan.settings.confidence,
+                                                 "bootstrap_resamples": plan.settings.bootstrap_resamples},
+                     metrics={"llm_calls": usage["calls"], "cache_hits": usage["cache_hits"], "retries": usage["retries"],
+                              "cost_usd": usage["cost_usd"], "judge_failures": summary["judge_failures"],
+                              "promoted": sum(c["decision"] == "promote" for c in summary["candidates"])},
+                     tags={"promptloop.complete": str(summary["complete"]).lower()},
+                     artifacts={"decision.json": {"baseline": summary["baseline"], "candidates": summary["candidates"]},
+                                "report.md": render(summary)},
+                     tables={"eval_cases.json": frame[[c for c in ("prompt", *TABLE_COLUMNS) if c in frame]]})
+    return parent_id
+
+
+def dvc_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The baseline's deterministic figures, for `dvc metrics diff` (no wall-clock latency: it is noise)."""
+    b = summary["baseline"]
+    keys = ("mean_score", "pass_rate", "refusal_on_answerable", "toxicity", "format_invalid", "cost_per_1k_usd")
+    return {"cases": summary["cases"], "prompt_version": b["version"], **{k: b.get(k) for k in keys}}
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD of the workspace's repository, if it is one."""
+    import git
+
+    try:
+        return git.Repo(root).head.commit.hexsha
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+        return None
+
+
+def golden_md5(workspace: Workspace, settings: AppSettings) -> str | None:
+    """The DVC md5 of the golden set, if DVC tracks it."""
+    from promptloop.versioning import dvc_md5
+
+    try:
+        return dvc_md5(workspace.path(settings.golden_set))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None = None, *,
+             baseline: tuple[PromptVersion, str] | None = None, metrics_file: Path | None = None,
+             on_start: Callable[[int], None] | None = None, on_progress: Progress | None = None) -> dict[str, Any]:
+    """Evaluate the baseline and candidates, decide per candidate, log to MLflow; returns the JSON summary."""
+    import json
+
+    from promptloop.eval_report import markdown_report
+
+    plan = plan_evaluation(workspace, app, candidate_paths, baseline)
+    runner = open_runner(workspace)
+    try:
+        scorers = {c.name: build_scorers(plan, runner, c.name, workspace.root, workspace.params) for c in plan.contenders}
+        if on_start:
+            on_start(progress_total(plan))
+        run = asyncio.run(run_evaluation(plan, runner, scorers, on_progress))
+    finally:
+        runner.cache.close()
+    summary = summarise(plan, run, runner.usage, workspace.params.llm.license_of)
+    summary["baseline"]["license"] = workspace.params.llm.license_of(plan.baseline.model)
+    summary |= {"usage": usage_summary(runner.usage), "golden_set": str(plan.app_settings.golden_set),
+                "golden_md5": golden_md5(workspace, plan.app_settings), "git_commit": git_commit(workspace.root),
+                "seed": plan.settings.seed, "confidence": plan.settings.confidence, "resamples": plan.settings.bootstrap_resamples,
+                "min_effect": plan.settings.min_effect, "experiment": workspace.experiment_name(app)}
+    summary["llm_calls"], summary["cache_hits"] = summary["usage"]["calls"], summary["usage"]["cache_hits"]
+    summary["cost_usd"] = summary["usage"]["cost_usd"]
+    log_evaluation(workspace, plan, summary, pd.DataFrame(run.rows), markdown_report)
+    summary["report"] = markdown_report(summary)
+    if metrics_file is not None:
+        target = workspace.root / metrics_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(dvc_metrics(summary), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return summary
+
+
+def prompt_on_branch(workspace: Workspace, relative: Path, branch: str) -> PromptVersion:
+    """The prompt file as committed on `branch` (e.g. main), validated."""
+    import git
+    import yaml
+
+    from promptloop.errors import input_error_from_validation
+
+    try:
+        text = git.Repo(workspace.root).git.show(f"{branch}:{relative.as_posix()}")
+    except (git.GitCommandError, git.InvalidGitRepositoryError) as exc:
+        raise InputError(workspace.root / relative, f"cannot read it from branch {branch!r}: {str(exc).strip().splitlines()[-1]}") from None
+    try:
+        return PromptVersion.model_validate(yaml.safe_load(text))
+    except Exception as exc:  # pydantic or YAML: either way the committed file is unusable
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            raise input_error_from_validation(f"{branch}:{relative}", exc) from None
+        raise InputError(f"{branch}:{relative}", f"invalid prompt file: {exc}") from None
+
+
+def regressions(candidate: dict[str, Any]) -> list[str]:
+    """What makes a hand edit a significant regression: the whole CI below zero, or a high-severity case broken."""
+    found = []
+    if candidate.get("ci_high") is not None and candidate["ci_high"] < 0:
+        found.append(f"score drops by {-candidate['diff']:.3f} (CI [{candidate['ci_low']:+.3f}, {candidate['ci_high']:+.3f}] is below 0)")
+    if candidate["high_severity_regressions"]:
+        found.append(f"high-severity case(s) broken: {', '.join(candidate['high_severity_regressions'])}")
+    return found
+
+
+def check(workspace: Workspace, app: str, base_branch: str | None = None, **progress: Any) -> dict[str, Any]:
+    """Evaluate the working tree's prompt against the one on the base branch (for CI on a hand edit)."""
+    settings = workspace.app_settings(app)
+    branch = base_branch or workspace.params.deploy.base_branch
+    committed = prompt_on_branch(workspace, Path(settings.prompt), branch)
+    edited_path = workspace.path(settings.prompt)
+    edited = load_prompt(edited_path)
+    if edited.content_hash == committed.content_hash:
+        return {"app": app, "base": branch, "changed": False, "regressions": [], "complete": True,
+                "report": f"`{settings.prompt}` is the same as on {branch}: nothing to check.\n"}
+    summary = evaluate(workspace, app, [edited_path], baseline=(committed, f"{branch}:{settings.prompt}"), **progress)
+    found = regressions(summary["candidates"][0]) if summary["complete"] else []
+    return {**summary, "base": branch, "changed": True, "regressions": found}

@@ -1,0 +1,245 @@
+"""evaluate: real runs of the simulated app and judge on the sample golden set, in a real workspace
+(git, DVC, MLflow). The decision must follow the statistics, and every way a run can go wrong must
+end `incomplete`, never `promote`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from promptloop.evaluate import evaluate
+from promptloop.workspace import Workspace, open_workspace
+
+CANDIDATES = Path(__file__).parent / "data" / "candidates"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A fresh workspace for this module (evaluations write runs, registry versions and a cache)."""
+    from promptloop.initialize import init_workspace
+
+    root = tmp_path_factory.mktemp("evaluate") / "ws"
+    init_workspace(root)
+    return open_workspace(root)
+
+
+def with_settings(workspace: Workspace, llm: dict[str, Any] | None = None, **evaluate_settings: Any) -> Workspace:
+    """The same workspace with some llm / evaluate settings changed (params.yaml on disk untouched)."""
+    params = workspace.params
+    changed = params.model_copy(update={
+        "llm": params.llm.model_copy(update=llm or {}),
+        "evaluate": params.evaluate.model_copy(update=evaluate_settings),
+    })
+    return Workspace(workspace.root, changed)
+
+
+def by_name(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in summary["candidates"]}
+
+
+@pytest.fixture(scope="module")
+def decided(workspace: Workspace) -> dict[str, Any]:
+    """One evaluation of three hand-written candidates against prompt v1."""
+    paths = [CANDIDATES / "better.yaml", CANDIDATES / "terse.yaml", CANDIDATES / "same.yaml"]
+    return evaluate(workspace, "support-bot", paths)
+
+
+def test_a_truly_better_candidate_is_promoted(decided: dict[str, Any]) -> None:
+    better = by_name(decided)["better"]
+    assert better["decision"] == "promote", better["reasons"]
+    assert better["reasons"] == []
+    assert better["ci_low"] > decided["min_effect"]
+    assert better["ci_low"] <= better["diff"] <= better["ci_high"]
+    assert better["p_adjusted"] < 0.05
+    assert better["wins"] > better["losses"]
+    # The fix is visible case by case: Korean and injection cases now pass.
+    assert {"g021", "g041"} <= set(better["flips"]["fixed"])
+
+
+def test_an_identical_copy_of_the_baseline_is_held_with_a_ci_containing_zero(decided: dict[str, Any]) -> None:
+    same = by_name(decided)["same"]
+    assert same["decision"] == "hold"
+    assert same["ci_low"] <= 0 <= same["ci_high"]
+    assert (same["wins"], same["losses"]) == (0, 0)
+    assert "same prompt and model as the baseline" in same["reasons"]
+
+
+def test_a_candidate_that_breaks_a_high_severity_case_is_held(decided: dict[str, Any]) -> None:
+    terse = by_name(decided)["terse"]
+    assert terse["diff"] > 0 and terse["ci_low"] > decided["min_effect"]  # better on average...
+    assert terse["decision"] == "hold"  # ...but it breaks high-severity cases
+    assert terse["high_severity_regressions"] == ["g004", "g006"]
+    assert any("high-severity" in reason for reason in terse["reasons"])
+
+
+def test_holm_adjusts_across_candidates_and_the_summary_has_every_field(decided: dict[str, Any]) -> None:
+    for field in ("baseline", "candidates", "llm_calls", "cache_hits", "cost_usd", "judge_failures", "mlflow_run_id"):
+        assert field in decided
+    for c in decided["candidates"]:
+        for field in ("name", "prompt_hash", "mean_score", "diff", "ci_low", "ci_high", "p_value", "p_adjusted",
+                      "wins", "ties", "losses", "decision", "reasons"):
+            assert field in c, field
+        assert c["p_value"] <= c["p_adjusted"] <= 1
+        assert c["wins"] + c["ties"] + c["losses"] == decided["cases"]
+    assert decided["llm_calls"] > 0 and decided["judge_failures"] == 0
+    # App and judge usage are kept apart, per prompt.
+    purposes = decided["usage"]["by_purpose"]
+    assert {"app:baseline", "app:better", "judge:baseline", "judge:better"} <= set(purposes)
+    assert purposes["app:better"]["cost_usd"] > 0
+    json.dumps(decided)  # the --json summary is plain JSON
+
+
+def test_pairwise_judge_is_position_consistent_at_temperature_zero(decided: dict[str, Any]) -> None:
+    assert decided["judge"]["position_consistency"] == 1.0
+    assert decided["judge"]["pairwise_judged"] > 0
+    assert by_name(decided)["better"]["pairwise_win_rate"] > 0.5
+
+
+def test_the_report_shows_the_decision_table_and_the_golden_set_size_limit(decided: dict[str, Any]) -> None:
+    report = decided["report"]
+    assert "| better (v2) | offline/support-bot |" in report and "**promote**" in report
+    assert "cannot reliably see a gain under" in report
+    assert "high-severity case(s) pass in the baseline and fail here: g004, g006" in report
+
+
+def test_a_second_evaluation_of_the_same_prompts_makes_no_llm_call(workspace: Workspace, decided: dict[str, Any]) -> None:
+    again = evaluate(workspace, "support-bot", [CANDIDATES / "better.yaml", CANDIDATES / "terse.yaml", CANDIDATES / "same.yaml"])
+    assert again["llm_calls"] == 0
+    assert again["cache_hits"] == decided["cache_hits"] + decided["llm_calls"]
+    assert [c["mean_score"] for c in again["candidates"]] == [c["mean_score"] for c in decided["candidates"]]
+    assert [c["decision"] for c in again["candidates"]] == [c["decision"] for c in decided["candidates"]]
+
+
+def test_mlflow_has_a_parent_run_a_child_per_prompt_tables_and_registry_versions(workspace: Workspace, decided: dict[str, Any]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=workspace.tracking_uri, registry_uri=workspace.tracking_uri)
+    parent = client.get_run(decided["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["golden_md5"] == decided["golden_md5"] and decided["golden_md5"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"decision.json", "report.md", "eval_cases.json"} <= artifacts
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in children) == ["baseline", "better", "same", "terse"]
+    better = next(r for r in children if r.info.run_name == "better")
+    assert better.data.params["prompt_hash"] == by_name(decided)["better"]["prompt_hash"]
+    assert better.data.tags["promptloop.decision"] == "promote"
+    assert better.data.metrics["ci_low"] == pytest.approx(by_name(decided)["better"]["ci_low"])
+    table = json.loads(Path(client.download_artifacts(better.info.run_id, "eval_cases.json")).read_text())
+    assert len(table["data"]) == decided["cases"] and {"input", "answer", "rubric_score"} <= set(table["columns"])
+    linked = json.loads(better.data.tags["mlflow.linkedPrompts"])
+    assert linked == [{"name": "support-bot", "version": str(better.data.params["registry_version"])}]
+    # The baseline and "same" share content, so they are one registry version; three versions in all.
+    versions = client.search_prompt_versions("support-bot")
+    assert len(versions) == 3
+    registered = client.get_prompt_version("support-bot", int(better.data.params["registry_version"]))
+    assert "{{context}}" in registered.template[0]["content"]
+
+
+def test_a_provider_that_fails_past_its_retries_makes_the_run_incomplete(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMPTLOOP_SIMULATION", json.dumps({"down": True}))
+    broken = with_settings(workspace, llm={"max_retries": 2, "retry_base_delay_s": 0.0, "cache": None})
+    summary = evaluate(broken, "support-bot", [CANDIDATES / "better.yaml"])
+    better = summary["candidates"][0]
+    assert better["decision"] == "incomplete" and not summary["complete"]
+    assert any("ServiceUnavailableError after 3 attempt(s)" in r for r in better["reasons"]), better["reasons"]
+    assert summary["usage"]["retries"] >= 2
+
+
+def test_a_spent_budget_stops_the_run_and_never_promotes(workspace: Workspace) -> None:
+    capped = with_settings(workspace, llm={"cache": None}, budget_calls=20)
+    summary = evaluate(capped, "support-bot", [CANDIDATES / "better.yaml"])
+    assert summary["candidates"][0]["decision"] == "incomplete"
+    assert "budget of 20 calls spent" in summary["stopped"]
+    assert summary["usage"]["calls"] <= 20
+
+
+def test_malformed_verdicts_are_retried_and_the_scores_do_not_change(workspace: Workspace, decided: dict[str, Any],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    faults = {"error_rate": 0.3, "faults": {"rate_limit": 1, "timeout": 1, "server_error": 1, "malformed": 2},
+              "retry_after_s": 0.0}
+    monkeypatch.setenv("PROMPTLOOP_SIMULATION", json.dumps(faults))
+    flaky = with_settings(workspace, llm={"cache": None, "retry_base_delay_s": 0.0, "max_retries": 8})
+    summary = evaluate(flaky, "support-bot", [CANDIDATES / "better.yaml", CANDIDATES / "terse.yaml", CANDIDATES / "same.yaml"])
+    assert summary["usage"]["retries"] > 0 and summary["usage"]["invalid"] > 0
+    assert summary["judge_failures"] == 0
+    got = {c["name"]: (c["mean_score"], c["ci_low"], c["decision"]) for c in summary["candidates"]}
+    assert got == {c["name"]: (c["mean_score"], c["ci_low"], c["decision"]) for c in decided["candidates"]}
+
+
+def test_a_judge_that_never_returns_valid_json_is_a_judge_failure_not_a_score(workspace: Workspace,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # fault_seed makes every judge call malformed whatever the retry: the verdict never comes.
+    monkeypatch.setenv("PROMPTLOOP_SIMULATION", json.dumps(
+        {"error_rate": 1.0, "faults": {"rate_limit": 0, "timeout": 0, "server_error": 0, "malformed": 1}, "fault_seed": 1}))
+    flaky = with_settings(workspace, llm={"cache": None, "retry_base_delay_s": 0.0, "max_retries": 1})
+    summary = evaluate(flaky, "support-bot", [CANDIDATES / "better.yaml"])
+    assert summary["judge_failures"] == 2 * summary["cases"]
+    assert summary["candidates"][0]["decision"] == "incomplete"
+    assert "mean_score" not in summary["candidates"][0] or summary["candidates"][0]["mean_score"] is None
+
+
+def test_repeated_judging_reports_the_judges_own_variance(workspace: Workspace) -> None:
+    noisy = with_settings(workspace, judge_samples=3, judge_temperature=1.0)
+    summary = evaluate(noisy, "support-bot", [CANDIDATES / "better.yaml"])
+    assert summary["judge"]["samples"] == 3
+    assert summary["judge"]["rubric_variance"] > 0
+    judge_calls = summary["usage"]["by_purpose"]["judge:baseline"]
+    assert judge_calls["calls"] + judge_calls["cache_hits"] == 3 * summary["cases"]
+    # At temperature > 0 the judge leans to the first position; both orders expose it as inconsistency.
+    assert summary["judge"]["position_consistency"] < 1.0
+
+
+def test_model_candidates_report_cost_and_license_and_non_commercial_is_never_promoted(workspace: Workspace, tmp_path: Path) -> None:
+    from promptloop.prompts import dump_prompt, load_prompt
+
+    better = load_prompt(CANDIDATES / "better.yaml")
+    paths = []
+    for model in ("offline/open-bot", "offline/research-bot"):
+        path = tmp_path / f"{model.split('/')[1]}.yaml"
+        path.write_text(dump_prompt(better.model_copy(update={"model": model})), encoding="utf-8")
+        paths.append(path)
+    found = by_name(evaluate(workspace, "support-bot", paths))
+    open_bot, research = found["open-bot"], found["research-bot"]
+    assert open_bot["license"] == "permissive" and open_bot["decision"] == "promote", open_bot["reasons"]
+    assert open_bot["cost_per_1k_usd"] < by_name(evaluate(workspace, "support-bot", [CANDIDATES / "better.yaml"]))["better"]["cost_per_1k_usd"]
+    assert research["license"] == "non-commercial" and research["decision"] == "hold"
+    assert research["reasons"] == ["model offline/research-bot has a non-commercial license and the app is commercial"]
+
+
+def calibration_golden(workspace: Workspace, agree: bool) -> Workspace:
+    """A golden set whose first 12 answerable cases carry a human label on a logged answer."""
+    from promptloop.config import AppSettings
+
+    source = workspace.path(workspace.app_settings("support-bot").golden_set)
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    answerable = [r for r in rows if r["expected_behavior"] == "answer"][:12]
+    for i, row in enumerate(answerable):
+        good = i % 2 == 0
+        answer = row["reference"] if good else "Please contact our support team for help with this."
+        rating = ("up" if good else "down") if agree else ("down" if good else "up")
+        row["human_label"] = {"answer": answer, "rating": rating}
+    path = workspace.root / "datasets" / "support-bot" / f"golden-labelled-{agree}.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    app: AppSettings = workspace.app_settings("support-bot").model_copy(update={"golden_set": path.relative_to(workspace.root)})
+    params = workspace.params.model_copy(update={"apps": {"support-bot": app}})
+    return Workspace(workspace.root, params)
+
+
+def test_a_judge_that_disagrees_with_people_holds_the_decision(workspace: Workspace) -> None:
+    summary = evaluate(calibration_golden(workspace, agree=False), "support-bot", [CANDIDATES / "better.yaml"])
+    calibration = summary["judge"]["calibration"]
+    assert calibration["labelled"] == 12 and calibration["applied"] and calibration["kappa"] < 0
+    better = summary["candidates"][0]
+    assert better["decision"] == "hold"
+    assert any(r.startswith("judge not calibrated: kappa") for r in better["reasons"])
+
+
+def test_a_judge_that_agrees_with_people_lets_the_gate_decide(workspace: Workspace) -> None:
+    summary = evaluate(calibration_golden(workspace, agree=True), "support-bot", [CANDIDATES / "better.yaml"])
+    calibration = summary["judge"]["calibration"]
+    assert calibration["applied"] and calibration["kappa"] >= 0.8 and calibration["accuracy"] >= 0.9
+    assert summary["candidates"][0]["decision"] == "promote"
