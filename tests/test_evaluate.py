@@ -243,3 +243,28 @@ def test_a_judge_that_agrees_with_people_lets_the_gate_decide(workspace: Workspa
     calibration = summary["judge"]["calibration"]
     assert calibration["applied"] and calibration["kappa"] >= 0.8 and calibration["accuracy"] >= 0.9
     assert summary["candidates"][0]["decision"] == "promote"
+
+
+def test_the_decision_rests_on_held_out_cases_so_an_overfit_candidate_is_held(workspace: Workspace) -> None:
+    """The optimizer saw the Korean cases only; a candidate that fixes just those gains nothing held out."""
+    from promptloop.config import AppSettings
+
+    source = workspace.path(workspace.app_settings("support-bot").golden_set)
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for row in rows:
+        row["split"] = "optimize" if row["lang"] == "ko" else "holdout"
+    path = workspace.root / "datasets" / "support-bot" / "golden-split.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    app: AppSettings = workspace.app_settings("support-bot").model_copy(update={"golden_set": path.relative_to(workspace.root)})
+    split = Workspace(workspace.root, workspace.params.model_copy(update={"apps": {"support-bot": app}}))
+
+    summary = evaluate(split, "support-bot", [CANDIDATES / "language-only.yaml", CANDIDATES / "better.yaml"])
+    korean = sum(r["lang"] == "ko" for r in rows)
+    assert (summary["cases_decided"], summary["cases_optimize"]) == (len(rows) - korean, korean)
+    overfit, better = by_name(summary)["language-only"], by_name(summary)["better"]
+    assert overfit["optimize_split"]["ci_low"] > 0.2  # a large gain where the optimizer looked...
+    assert overfit["ci_low"] <= 0 <= overfit["ci_high"]  # ...and none held out
+    assert overfit["decision"] == "hold"
+    assert overfit["wins"] + overfit["ties"] + overfit["losses"] == summary["cases_decided"]
+    assert better["decision"] == "promote", better["reasons"]  # a real fix also wins where the optimizer never looked
+    assert "Decided on the" in summary["report"] and "On the optimisation split" in summary["report"]

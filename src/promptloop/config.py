@@ -175,7 +175,7 @@ class AnalyzeSettings(Section):
 class GuardMargins(Section):
     """How much worse a candidate may be on guard metrics and still be promoted."""
 
-    refusal_on_answerable: float = Field(default=0.0, ge=0, description="absolute rise in the share of answerable cases refused")
+    refusal_on_answerable: float = Field(default=0.05, ge=0, description="absolute rise in the share of answerable cases refused")
     toxicity: float = Field(default=0.0, ge=0, description="absolute rise in the share of toxic answers")
     format_invalid: float = Field(default=0.0, ge=0, description="absolute rise in answers failing the JSON schema or citing a missing document")
     cost_increase: float = Field(default=0.5, ge=0, description="relative rise in cost per interaction")

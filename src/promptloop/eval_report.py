@@ -38,6 +38,10 @@ def candidate_section(c: dict[str, Any]) -> list[str]:
     """Why this decision, which cases flipped, and the guard metrics."""
     lines = [f"### {c['name']}: {c['decision']}", "", f"`{c['source']}` · prompt hash `{c['prompt_hash'][:12]}`", ""]
     lines += [f"- {reason}" for reason in c["reasons"]] or ["- every condition of the gate holds"]
+    if c.get("optimize_split"):
+        o = c["optimize_split"]
+        lines += ["", f"On the optimisation split ({o['n']} cases the optimizer saw): Δ {o['diff']:+.3f} "
+                      f"[{o['ci_low']:+.3f}, {o['ci_high']:+.3f}]; held out: Δ {_num(c.get('diff'), '+.3f')}."]
     fixed, broken = c["flips"]["fixed"], c["flips"]["broken"]
     lines += ["", f"Cases fixed ({len(fixed)}): {', '.join(fixed) or 'none'}",
               f"Cases broken ({len(broken)}): {', '.join(broken) or 'none'}"]
@@ -77,11 +81,14 @@ def markdown_report(summary: dict[str, Any]) -> str:
     lines = [f"# Evaluation of `{summary['app']}` on {summary['cases']} golden cases", "",
              f"Golden set `{summary['golden_set']}` (DVC md5 `{summary['golden_md5'] or 'untracked'}`), seed {summary['seed']}, "
              f"{summary['resamples']:,} bootstrap resamples, promote only if the CI's lower bound exceeds {summary['min_effect']:+.3f}.", ""]
+    if summary["cases_optimize"]:
+        lines += [f"Decided on the {summary['cases_decided']} held-out cases; the optimizer saw the other "
+                  f"{summary['cases_optimize']} (their results are shown per candidate, not decided on).", ""]
     if summary["stopped"]:
         lines += [f"**Incomplete: {summary['stopped']}.** Nothing is promoted.", ""]
     lines += decision_table(summary) + [""]
     if summary["mde"] is not None:
-        lines += [f"With {summary['cases']} cases this golden set cannot reliably see a gain under {summary['mde']:.3f} "
+        lines += [f"With {summary['cases_decided']} cases this golden set cannot reliably see a gain under {summary['mde']:.3f} "
                   f"(80% power); smaller true gains will usually be held.", ""]
     for c in summary["candidates"]:
         lines += candidate_section(c)

@@ -160,7 +160,7 @@ async def answer_case(runner: Runner, plan: EvalPlan, contender: Contender, case
 
 def case_row(contender: Contender, case: GoldenCase, answer: Answer) -> dict[str, Any]:
     """The per-case row every scorer adds its columns to."""
-    return {"prompt": contender.name, "case_id": case.id, "slice": case.slice, "severity": case.severity,
+    return {"prompt": contender.name, "case_id": case.id, "split": case.split, "slice": case.slice, "severity": case.severity,
             "lang": case.lang, "expected_behavior": case.expected_behavior, "input": case.input, "answer": answer.text,
             "retrieved": " ".join(answer.retrieved), "latency_ms": answer.latency_ms, "cost_usd": answer.cost_usd,
             "judge_failure": None}
@@ -358,11 +358,13 @@ def usage_summary(usage: dict[str, Usage]) -> dict[str, Any]:
 def summarise(plan: EvalPlan, run: EvalRun, usage: dict[str, Usage], license_of: Callable[[str], str]) -> dict[str, Any]:
     """Per-prompt stats, paired comparisons, Holm-adjusted p-values and the gate's decision per candidate."""
     settings = plan.settings
-    frame = pd.DataFrame(run.rows)
+    everything = pd.DataFrame(run.rows)
+    decided, seen = decision_split(plan.cases)
+    frame = everything[everything["case_id"].isin({c.id for c in decided})] if len(everything) else everything
     by_prompt = {c.name: frame[frame["prompt"] == c.name] if len(frame) else frame for c in plan.contenders}
     base_frame = by_prompt[BASELINE]
     base_stats = prompt_stats(base_frame) if len(base_frame) else None
-    base_problems = incomplete_reasons(base_frame, len(plan.cases), run.stopped)
+    base_problems = incomplete_reasons(base_frame, len(decided), run.stopped)
     judge = calibration(run.calibration, settings)
     comparisons = {c.name: compare(base_frame, by_prompt[c.name], settings) if len(by_prompt[c.name]) and len(base_frame)
                    else None for c in plan.candidates}
@@ -370,12 +372,15 @@ def summarise(plan: EvalPlan, run: EvalRun, usage: dict[str, Usage], license_of:
     adjusted = dict(zip(testable, stats.holm([comparisons[n].paired.p_value for n in testable])))
     candidates = [
         candidate_result(plan, c, by_prompt[c.name], base_stats, base_problems, comparisons[c.name], adjusted.get(c.name),
-                         judge, license_of, run.stopped)
+                         judge, license_of, run.stopped, len(decided))
+        | {"optimize_split": split_comparison(everything, c.name, seen, settings)}
         for c in plan.candidates
     ]
     return {
         "app": plan.app,
         "cases": len(plan.cases),
+        "cases_decided": len(decided),
+        "cases_optimize": len(seen),
         "complete": not base_problems and all(c["decision"] != "incomplete" for c in candidates),
         "stopped": run.stopped,
         "baseline": contender_summary(plan.baseline, base_stats) | {"incomplete": base_problems},
@@ -385,6 +390,26 @@ def summarise(plan: EvalPlan, run: EvalRun, usage: dict[str, Usage], license_of:
         "judge_failures": int(frame["judge_failure"].notna().sum()) if len(frame) else 0,
         "mde": golden_set_mde(base_frame, settings),
     }
+
+
+def decision_split(cases: list[GoldenCase]) -> tuple[list[GoldenCase], list[GoldenCase]]:
+    """(cases the decision rests on, cases an optimizer saw). The decision uses held-out cases only,
+    so a candidate is judged on cases its optimizer never saw; with no optimisation split, all cases."""
+    seen = [c for c in cases if c.split == "optimize"]
+    held_out = [c for c in cases if c.split == "holdout"]
+    return (held_out, seen) if seen else (cases, [])
+
+
+def split_comparison(frame: pd.DataFrame, name: str, cases: list[GoldenCase], settings: EvaluateSettings) -> dict[str, Any] | None:
+    """The candidate's gain on the optimisation split: reported, never decided on (it may be overfit)."""
+    if not cases or not len(frame):
+        return None
+    ids = {c.id for c in cases}
+    part = frame[frame["case_id"].isin(ids)]
+    found = compare(part[part["prompt"] == BASELINE], part[part["prompt"] == name], settings).paired
+    if found is None:
+        return None
+    return {"n": found.n, "diff": found.mean_diff, "ci_low": found.ci_low, "ci_high": found.ci_high}
 
 
 def golden_set_mde(base: pd.DataFrame, settings: EvaluateSettings) -> float | None:
@@ -404,11 +429,11 @@ def contender_summary(contender: Contender, prompt: PromptStats | None) -> dict[
 
 def candidate_result(plan: EvalPlan, contender: Contender, frame: pd.DataFrame, base_stats: PromptStats | None,
                      base_problems: list[str], comparison: Comparison | None, p_adjusted: float | None,
-                     judge: Calibration, license_of: Callable[[str], str], stopped: str | None) -> dict[str, Any]:
+                     judge: Calibration, license_of: Callable[[str], str], stopped: str | None, n_cases: int) -> dict[str, Any]:
     """One candidate's line of the decision table."""
     settings = plan.settings
     cand_stats = prompt_stats(frame) if len(frame) else None
-    incomplete = sorted(set(base_problems) | set(incomplete_reasons(frame, len(plan.cases), stopped)))
+    incomplete = sorted(set(base_problems) | set(incomplete_reasons(frame, n_cases, stopped)))
     paired = comparison.paired if comparison else None
     guards = guard_checks(base_stats, cand_stats, settings.guards) if base_stats and cand_stats else []
     license_class = license_of(contender.model)
@@ -468,7 +493,7 @@ def open_runner(workspace: Workspace) -> Runner:
     )
 
 
-TABLE_COLUMNS = ("case_id", "slice", "severity", "lang", "input", "answer", "rubric_score", "rubric_passed",
+TABLE_COLUMNS = ("case_id", "split", "slice", "severity", "lang", "input", "answer", "rubric_score", "rubric_passed",
                  "pairwise_score", "pairwise_consistent", "language_match", "facts_found", "cites", "citation_valid",
                  "refused", "toxic", "format_valid", "latency_ms", "cost_usd", "retrieved", "judge_failure")
 

@@ -43,6 +43,8 @@ class GoldenCase(BaseModel):
     severity: Severity = "medium"
     lang: Literal["en", "ko"] = "en"
     source: str = "seed"
+    split: Literal["optimize", "holdout"] = Field(
+        default="holdout", description="optimize: an optimizer may see it; holdout: decisions rest on these only")
     human_label: HumanLabel | None = Field(default=None, description="used to calibrate the judge")
 
 
