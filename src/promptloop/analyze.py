@@ -113,15 +113,15 @@ def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series,
     answered = frame[frame["output"].notna()]
     if not settings.judge_model or settings.judge_sample == 0 or answered.empty:
         return pd.Series(np.nan, index=frame.index), None
-    from promptloop.llm import litellm_module_configured
+    from promptloop.evaluate import open_runner
     from promptloop.online_judge import judge_sample
 
-    params = plan.workspace.params
     sample = answered.sample(n=min(settings.judge_sample, len(answered)), random_state=settings.seed)
-    litellm = litellm_module_configured(params.llm, str(plan.workspace.root / "params.yaml"))
-    run = asyncio.run(judge_sample(litellm, settings.judge_model, sample, max_calls=settings.judge_sample,
-                                   max_usd=settings.judge_budget_usd, timeout_s=params.llm.timeout_s,
-                                   concurrency=params.llm.max_concurrency, retries=params.llm.max_retries, seed=settings.seed))
+    runner = open_runner(plan.workspace, max_usd=settings.judge_budget_usd, max_calls=settings.judge_sample)
+    try:
+        run = asyncio.run(judge_sample(runner, settings.judge_model, sample, settings.seed))
+    finally:
+        runner.cache.close()
     scores = frame["id"].astype(str).map(run.scores).astype(float)
     return scores, run.summary(settings.judge_model)
 

@@ -196,15 +196,25 @@ class EvaluateSettings(Section):
     high_severity: list[str] = Field(default_factory=lambda: ["high", "critical"])
     guards: GuardMargins = Field(default_factory=GuardMargins)
     min_judge_kappa: float = Field(default=0.4, ge=-1, le=1, description="judge-human agreement needed to decide")
-    min_judge_accuracy: float = Field(default=0.75, ge=0, le=1, description="used when kappa is undefined (one class)")
+    min_judge_accuracy: float = Field(default=0.75, ge=0, le=1, description="used when a class has too few labels for kappa")
+    min_calibration_per_class: int = Field(default=5, ge=1, description="labels of each class (up, down) needed to decide on kappa")
     min_calibration_cases: int = Field(default=10, ge=1, description="human-labelled cases needed to measure it")
     budget_usd: float = Field(default=5.0, ge=0)
     budget_calls: int | None = Field(default=None, ge=1)
 
 
 class ImproveSettings(Section):
+    """Golden-set growth from mined failures, and prompt candidates."""
+
     optimizer_model: str = "offline/optimizer"
-    candidates: int = Field(default=3, ge=1)
+    optimizer_temperature: float = Field(default=0.7, ge=0, le=2)
+    candidates: int = Field(default=3, ge=0, description="candidates the optimizer writes (hand-written ones come on top)")
+    examples_per_cluster: int = Field(default=3, ge=1, description="failure examples the optimizer sees per cluster")
+    max_cases_per_cluster: int = Field(default=5, ge=1, description="new golden cases per failure cluster, at most")
+    holdout_share: float = Field(default=0.5, ge=0, lt=1, description="share of failure clusters held out from the optimizer")
+    near_duplicate: float = Field(default=0.8, gt=0, le=1, description="TF-IDF cosine at which a question counts as already in the set")
+    answerable_min_score: float = Field(default=7.0, ge=0, description="best KB document's BM25 score below which a mined question is unanswerable")
+    seed: int = 0
 
 
 class DeploySettings(Section):

@@ -67,7 +67,7 @@ def judge_section(summary: dict[str, Any]) -> list[str]:
         lines.append(f"- pairwise position consistency: {j['position_consistency']:.0%} of {j['pairwise_judged']} pairs")
     if cal["labelled"]:
         kappa = "undefined (one class)" if cal["kappa"] is None else f"{cal['kappa']:.2f}"
-        use = "used by the gate" if cal["applied"] else "too few labels to gate on"
+        use = f"the gate uses {cal['decided_by']}" if cal["applied"] else "too few labels to gate on"
         lines.append(f"- agreement with people on {cal['judged']} labelled case(s): accuracy {_num(cal['accuracy'], '.0%')}, "
                      f"Cohen's kappa {kappa} ({use})")
     else:

@@ -266,25 +266,35 @@ class Calibration:
     kappa: float | None
     applied: bool
     problem: str | None
+    decided_by: str = "kappa"
 
     def summary(self) -> dict[str, Any]:
         return {"labelled": self.labelled, "judged": self.judged, "accuracy": self.accuracy, "kappa": self.kappa,
-                "applied": self.applied}
+                "applied": self.applied, "decided_by": self.decided_by, "problem": self.problem}
 
 
 def calibration(records: list[dict[str, Any]], settings: EvaluateSettings) -> Calibration:
-    """Agreement on the human-labelled cases; used by the gate once there are enough of them."""
+    """Agreement on the human-labelled cases; used by the gate once there are enough of them.
+
+    Kappa decides when both human classes have `min_calibration_per_class` labels; with fewer of
+    one class (labels mined from failures are mostly 👎) kappa swings wildly, so accuracy decides.
+    """
     judged = [r for r in records if r.get("judge_pass") is not None]
     if not judged:
         return Calibration(len(records), 0, None, None, False, None)
-    found = stats.agreement([r["human_pass"] for r in judged], [r["judge_pass"] for r in judged])
+    human = [r["human_pass"] for r in judged]
+    found = stats.agreement(human, [r["judge_pass"] for r in judged])
     applied = len(judged) >= settings.min_calibration_cases
+    smaller_class = min(sum(human), len(human) - sum(human))
+    use_kappa = found.kappa is not None and smaller_class >= settings.min_calibration_per_class
     problem = None
-    if applied and found.kappa is not None and found.kappa < settings.min_judge_kappa:
+    if applied and use_kappa and found.kappa < settings.min_judge_kappa:
         problem = f"judge not calibrated: kappa {found.kappa:.2f} < {settings.min_judge_kappa:.2f} on {found.n} labelled cases"
-    elif applied and found.kappa is None and found.accuracy < settings.min_judge_accuracy:
-        problem = f"judge not calibrated: accuracy {found.accuracy:.2f} < {settings.min_judge_accuracy:.2f} on {found.n} labelled cases"
-    return Calibration(len(records), len(judged), found.accuracy, found.kappa, applied, problem)
+    elif applied and not use_kappa and found.accuracy < settings.min_judge_accuracy:
+        problem = (f"judge not calibrated: accuracy {found.accuracy:.2f} < {settings.min_judge_accuracy:.2f} on {found.n} "
+                   f"labelled cases ({smaller_class} in the smaller class: too few for kappa)")
+    return Calibration(len(records), len(judged), found.accuracy, found.kappa, applied, problem,
+                       "kappa" if use_kappa else "accuracy")
 
 
 def judge_health(frame: pd.DataFrame) -> dict[str, Any]:
@@ -477,8 +487,8 @@ def decisions(summary: dict[str, Any]) -> dict[str, Decision]:
 # --- the edges: runner, MLflow, metrics file -----------------------------------------------------
 
 
-def open_runner(workspace: Workspace) -> Runner:
-    """The workspace's runner: its response cache, the llm settings and the evaluation budget."""
+def open_runner(workspace: Workspace, max_usd: float | None = None, max_calls: int | None = None) -> Runner:
+    """The workspace's runner: its response cache, the llm settings and a budget (default: evaluate's)."""
     from promptloop.config import PARAMS_FILE
     from promptloop.llm import litellm_module_configured
     from promptloop.runner import ResponseCache, RetryPolicy
@@ -489,7 +499,8 @@ def open_runner(workspace: Workspace) -> Runner:
         ResponseCache(workspace.path(llm.cache) if llm.cache else Path(":memory:")),
         max_concurrency=llm.max_concurrency, timeout_s=llm.timeout_s,
         retry=RetryPolicy(max_retries=llm.max_retries, base_delay_s=llm.retry_base_delay_s),
-        max_usd=settings.budget_usd, max_calls=settings.budget_calls, seed=settings.seed,
+        max_usd=settings.budget_usd if max_usd is None else max_usd,
+        max_calls=settings.budget_calls if max_calls is None else max_calls, seed=settings.seed,
     )
 
 

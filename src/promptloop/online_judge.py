@@ -1,18 +1,19 @@
-"""An online judge over a sample of production answers, within a budget of calls and dollars."""
+"""An online judge over a sample of production answers, within a budget of calls and dollars.
+
+Calls go through the evaluation's runner: retried, cached (re-analyzing the same window makes no
+call) and capped; a budget that runs out stops the judging, and what was judged is kept.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
-from promptloop.judges import MalformedVerdict, parse_rubric, rubric_messages
-from promptloop.llm import acomplete
-
-if TYPE_CHECKING:
-    import litellm as litellm_module
+from promptloop.judges import parse_rubric, rubric_messages
+from promptloop.runner import BudgetExceeded, CallFailed, Runner
 
 
 @dataclass
@@ -22,40 +23,33 @@ class JudgeRun:
     scores: dict[str, int] = field(default_factory=dict)
     failures: int = 0
     calls: int = 0
+    cache_hits: int = 0
     cost_usd: float = 0.0
     stopped_by_budget: bool = False
 
     def summary(self, model: str) -> dict[str, Any]:
         return {"model": model, "judged": len(self.scores), "failures": self.failures, "calls": self.calls,
-                "cost_usd": round(self.cost_usd, 6), "stopped_by_budget": self.stopped_by_budget,
-                "low_scores": sum(1 for s in self.scores.values() if s <= 2)}
+                "cache_hits": self.cache_hits, "cost_usd": round(self.cost_usd, 6),
+                "stopped_by_budget": self.stopped_by_budget, "low_scores": sum(1 for s in self.scores.values() if s <= 2)}
 
 
-async def judge_sample(
-    litellm: "litellm_module", model: str, rows: pd.DataFrame, *, max_calls: int, max_usd: float,
-    timeout_s: float, concurrency: int, retries: int, seed: int,
-) -> JudgeRun:
-    """Grade the answers of `rows` (id, input, output); stop starting calls once the budget is spent."""
+async def judge_sample(runner: Runner, model: str, rows: pd.DataFrame, seed: int) -> JudgeRun:
+    """Grade the answers of `rows` (id, input, output) at temperature 0; stop once the budget is spent."""
     run = JudgeRun()
-    gate = asyncio.Semaphore(concurrency)
 
     async def grade(row_id: str, question: str, answer: str) -> None:
-        async with gate:
-            if run.calls >= max_calls or run.cost_usd >= max_usd:
-                run.stopped_by_budget = True
-                return
-            run.calls += 1
-            try:
-                completion = await acomplete(litellm, model, rubric_messages(question, answer), timeout_s,
-                                             temperature=0, seed=seed, num_retries=retries)
-            except Exception:  # a judge call that failed after its retries is a judge failure, not a score
-                run.failures += 1
-                return
-            run.cost_usd += completion.cost_usd or 0.0
-            try:
-                run.scores[row_id] = parse_rubric(completion.text).score
-            except MalformedVerdict:
-                run.failures += 1
+        try:
+            completion = await runner.complete("online_judge", model, rubric_messages(question, answer),
+                                               validate=parse_rubric, temperature=0, seed=seed)
+        except BudgetExceeded:
+            run.stopped_by_budget = True
+            return
+        except CallFailed:  # failed after its retries, or never valid JSON: a judge failure, not a score
+            run.failures += 1
+            return
+        run.scores[row_id] = parse_rubric(completion.text).score
 
     await asyncio.gather(*(grade(str(i), q or "", a) for i, q, a in zip(rows["id"], rows["input"], rows["output"])))
+    usage = runner.usage["online_judge"]
+    run.calls, run.cache_hits, run.cost_usd = usage.calls, usage.cache_hits, usage.cost_usd
     return run
