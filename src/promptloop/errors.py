@@ -43,3 +43,7 @@ def input_error_from_validation(source: str | Path, exc: ValidationError, prefix
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class DeployError(RuntimeError):
+    """A deploy or release step refused or failed (dirty tree, no previous release, an API error)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -11,7 +12,7 @@ from promptloop.app import App
 from promptloop.config import PARAMS_FILE, AppSettings, Params, load_params
 from promptloop.errors import InputError
 from promptloop.kb import Retriever, load_kb
-from promptloop.prompts import load_prompt
+from promptloop.prompts import PromptVersion, load_prompt
 
 TEMPLATE_ITEMS = ("prompts", "datasets", "expectations", "flows", "params.yaml", "dvc.yaml", "prefect.yaml")
 REMOTE_DIR = "remote.git"
@@ -21,6 +22,10 @@ WORKSPACE_GITIGNORE = """\
 /remote.git/
 /dvc-remote/
 /mlflow.db
+# SQLite's side files while the store is written (else a deploy would see a dirty tree)
+/mlflow.db-journal
+/mlflow.db-wal
+/mlflow.db-shm
 /mlruns/
 /mlartifacts/
 # raw production logs hold PII until collect redacts them
@@ -29,6 +34,8 @@ WORKSPACE_GITIGNORE = """\
 /.promptloop/
 """
 COMMITTER = ("promptloop", "promptloop@localhost")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,9 +55,22 @@ class Workspace:
     def load_app(self, name: str) -> App:
         """The app `name` with its current production prompt and its retriever."""
         settings = self.app_settings(name)
-        prompt = load_prompt(self.path(settings.prompt))
+        prompt = self.production_prompt(name) or load_prompt(self.path(settings.prompt))
         retriever = Retriever(load_kb(self.path(settings.knowledge_base))) if settings.knowledge_base else None
         return App(name, prompt, settings.model or prompt.model, retriever, settings.top_k)
+
+    def production_prompt(self, name: str) -> PromptVersion | None:
+        """The prompt the registry alias `production` points at; None when there is no alias or the
+        registry cannot be read (the caller then serves the prompt file)."""
+        from promptloop.release import production_prompt
+
+        try:
+            return production_prompt(self, name)
+        except Exception as exc:  # any registry failure (store, schema, a version that does not rebuild)
+            # falls back to the file: the app keeps answering, and the warning says why
+            log.warning("prompt registry of %s unreadable (%s: %s); using %s", name, type(exc).__name__, exc,
+                        self.app_settings(name).prompt)
+            return None
 
     def experiment_name(self, app: str) -> str:
         """The MLflow experiment of app `app`."""
