@@ -64,7 +64,7 @@ def test_config_errors_exit_2_naming_file_and_key(workspace: Path, tmp_path: Pat
 
 
 def test_a_stage_not_built_yet_says_so_and_exits_1(workspace: Path) -> None:
-    result = run("improve", "--app", "support-bot", "--json", cwd=workspace)
+    result = run("serve", "--json", cwd=workspace)
     assert result.returncode == 1
     assert "not built yet" in json.loads(result.stdout)["error"]
 

@@ -140,8 +140,8 @@ def demo(
 
     def render(result: dict[str, Any]) -> None:
         render_mapping(f"demo workspace: {result['workspace']}", {"app": result["app"], **result["logs"]})
-        render_collect(result["collect"])
-        render_analyze(result["analyze"])
+        render_cycle(result["cycle"])
+        Console().print(f"\nOpen the MLflow UI on it: {escape(result['mlflow_ui'])}", highlight=False, soft_wrap=True)
 
     run_command(as_json, action, render)
 
@@ -251,35 +251,130 @@ def check(
         raise typer.Exit(3)
 
 
-def _not_built(command: str, issue: int) -> dict[str, Any]:
-    raise NotImplementedError(f"`promptloop {command}` is not built yet (tracked as issue {issue})")
+def render_improve(result: dict[str, Any]) -> None:
+    """Golden-set growth, candidates, the decision table and the outcome."""
+    golden = {k: result["golden"][k] for k in ("added", "duplicates", "near_duplicates", "capped", "optimize", "holdout", "dvc_md5")}
+    render_mapping(f"golden set of {result['app']}", golden)
+    made = result["candidates"]
+    render_mapping("candidates", {"generated": made["generated"], "hand-written": made["hand_written"],
+                                  "rejected": [f"seed {r['seed']}: {r['reason']}" for r in made["rejected"]]})
+    Console().print(escape("\n".join(decision_lines(result["evaluation"]))), highlight=False, soft_wrap=True)
+    render_outcome(result["decision"], result["reasons"], result["best"] and result["best"]["name"])
 
 
-def _stage_arriving_later(stage: str, issue: int) -> Callable[..., None]:
-    """A command of the CLI contract whose stage is not built yet: says so and exits 1."""
+def decision_lines(evaluation: dict[str, Any]) -> list[str]:
+    """The markdown decision table of an evaluation."""
+    from promptloop.eval_report import decision_table
 
-    def command(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
-        def action() -> dict[str, Any]:
-            from promptloop.workspace import open_workspace
-
-            open_workspace(workspace).app_settings(app_name)  # config errors are reported first
-            return _not_built(stage, issue)
-
-        run_command(as_json, action, lambda r: None)
-
-    command.__doc__ = f"(not built yet: issue {issue}) The {stage} stage of the loop."
-    return command
+    return decision_table(evaluation)
 
 
-for _stage, _issue in (("improve", 6), ("deploy", 6),
-                       ("release", 6), ("cycle", 6)):
-    app.command(name=_stage)(_stage_arriving_later(_stage, _issue))
+def render_outcome(decision: str, reasons: list[str], best: str | None) -> None:
+    colour = {"promote": "green", "hold": "yellow", "incomplete": "red"}.get(decision, "white")
+    Console().print(f"[bold {colour}]{decision}[/]" + (f": {escape(best)}" if best else ""), highlight=False)
+    for reason in reasons:
+        Console().print(f"  - {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+def render_deploy(result: dict[str, Any] | None) -> None:
+    """The pull request (or why there is none)."""
+    if not result or not result.get("branch"):
+        render_outcome(result["decision"] if result else "hold", result["reasons"] if result else [], None)
+        Console().print("no pull request opened", highlight=False)
+        return
+    pr = result.get("pull_request") or {}
+    render_mapping("pull request", {"branch": result["branch"], "created": result["created"], "version": result["version"],
+                                    "url": pr.get("url") or result.get("compare"), "body": result.get("body_path")})
+
+
+@app.command()
+def improve(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Grow the golden set from mined failures, generate candidates, evaluate them on held-out cases, pick the best.
+
+    Needs an analyze run (its failures and clusters). The outcome is kept for `deploy`.
+    """
+    from promptloop.improve import improve as run_improve
+    from promptloop.workspace import open_workspace
+
+    def action() -> dict[str, Any]:
+        with progress_bar() as bar:
+            return run_improve(open_workspace(workspace), app_name, **progress_callbacks(bar, "evaluating candidates"))
+
+    run_command(as_json, action, render_improve)
+
+
+@app.command()
+def deploy(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Open a pull request for the candidate the last improve run promoted (a branch from main; never main itself).
+
+    Idempotent: the same candidate never opens a second branch. Refuses a dirty working tree. On a
+    GitHub remote with $GITHUB_TOKEN set the pull request is opened through the API; otherwise its
+    body is written under .promptloop/pull-requests/ and the compare command is printed.
+    """
+    from promptloop.deploy import deploy as run_deploy
+    from promptloop.workspace import open_workspace
+
+    run_command(as_json, lambda: run_deploy(open_workspace(workspace), app_name), render_deploy)
+
+
+@app.command()
+def cycle(
+    app_name: str = AppOption,
+    workspace: Path = WorkspaceOption,
+    force: bool = typer.Option(False, "--force", help="Analyze and improve even when collect found no new logs."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Merge approved promotions from main, then collect -> analyze -> improve -> deploy, once.
+
+    With no new logs since the last improve it stops after collect: no LLM call, no new branch.
+    """
+    from promptloop.cycle import cycle as run_cycle
+    from promptloop.workspace import open_workspace
+
+    def action() -> dict[str, Any]:
+        with progress_bar() as bar:
+            return run_cycle(open_workspace(workspace), app_name, force=force,
+                             **progress_callbacks(bar, "evaluating candidates"))
+
+    run_command(as_json, action, render_cycle)
+
+
+def render_cycle(result: dict[str, Any]) -> None:
+    """Every stage's headline, then the decision and the pull request."""
+    render_collect(result["collect"])
+    if result["analyze"] is None:
+        render_outcome(result["decision"], result["reasons"], None)
+        return
+    render_analyze(result["analyze"])
+    render_improve(result["improve"])
+    render_deploy(result["deploy"])
+    Console().print(f"LLM calls: {result['llm']['calls']} (answered from the cache: {result['llm']['cache_hits']})", highlight=False)
+
+
+@app.command()
+def release(
+    app_name: str = AppOption,
+    workspace: Path = WorkspaceOption,
+    rollback: bool = typer.Option(False, "--rollback", help="Point production back at the previous release."),
+    as_json: bool = JsonOption,
+) -> None:
+    """After a person merged the pull request: point the MLflow prompt alias `production` at the prompt on main,
+    tag git `<app>@v<N>`, and record it in MLflow. The app loads its prompt by that alias."""
+    from promptloop.release import release as run_release
+    from promptloop.workspace import open_workspace
+
+    run_command(as_json, lambda: run_release(open_workspace(workspace), app_name, rollback=rollback),
+                lambda r: render_mapping(f"release {r['app']}", r))
 
 
 @app.command()
 def serve(as_json: bool = JsonOption) -> None:
     """(not built yet: issue 7) Prefect server, worker and MLflow UI on loopback."""
-    run_command(as_json, lambda: _not_built("serve", 7), lambda r: None)
+
+    def not_built() -> dict[str, Any]:
+        raise NotImplementedError("`promptloop serve` is not built yet (tracked as issue 7)")
+
+    run_command(as_json, not_built, lambda r: None)
 
 
 def main() -> None:

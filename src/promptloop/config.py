@@ -218,8 +218,12 @@ class ImproveSettings(Section):
 
 
 class DeploySettings(Section):
+    """Where promotions go: a branch on `remote` and a pull request against `base_branch`."""
+
     remote: str = "origin"
     base_branch: str = "main"
+    github_api_url: str = Field(default="https://api.github.com", description="GitHub (Enterprise) REST API root")
+    token_env: str = Field(default="GITHUB_TOKEN", description="environment variable holding the GitHub token")
 
 
 class ScheduleSettings(Section):

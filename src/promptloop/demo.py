@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from promptloop.analyze import analyze
-from promptloop.collect import collect
+from promptloop.cycle import cycle
 from promptloop.errors import InputError
 from promptloop.initialize import init_workspace
 from promptloop.jsonl import write_jsonl
@@ -54,7 +54,7 @@ def run_demo(
     dest: Path, interactions: int | None = None, now: datetime | None = None,
     on_start: Callable[[int], None] = lambda total: None, on_progress: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """init, sample logs, then the loop's stages as they exist (collect, analyze)."""
+    """init, sample logs, then one cycle of the loop (collect, analyze, improve, deploy)."""
     dest = dest.resolve()
     now = now or datetime.now(timezone.utc)
     prepare_demo_dir(dest)
@@ -67,7 +67,7 @@ def run_demo(
         workspace, app_name, interactions or workspace.params.demo.interactions,
         now, on_start, on_progress,
     )
-    collected = collect(workspace, app_name, now=now)
-    analyzed = analyze(workspace, app_name)
-    return {"workspace": created["workspace"], "app": app_name, "init": created, "logs": logs, "collect": collected,
-            "analyze": analyzed}
+    turn = cycle(workspace, app_name, now=now)
+    ui = f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {workspace.tracking_uri} --host 127.0.0.1 --port 5000"
+    return {"workspace": created["workspace"], "app": app_name, "init": created, "logs": logs, "cycle": turn,
+            "collect": turn["collect"], "analyze": turn["analyze"], "mlflow_ui": ui}
