@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import git
-import pandas as pd
 import pytest
 
 from promptloop.candidates import check_candidate, quoted_case

@@ -232,7 +232,7 @@ def check(
     Prints the report; exits 3 on a significant regression (the score CI lies below zero, or a
     high-severity case that passed now fails), 1 if the evaluation could not complete, else 0.
     """
-    from promptloop.evaluate import check as run_check
+    from promptloop.check import check as run_check
     from promptloop.workspace import open_workspace
 
     outcome: dict[str, Any] = {}

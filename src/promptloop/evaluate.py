@@ -25,7 +25,7 @@ from promptloop import stats
 from promptloop.app import App
 from promptloop.config import AppSettings, EvaluateSettings, Params
 from promptloop.errors import InputError
-from promptloop.gate import Decision, Evidence, GuardCheck, PromptStats, decide, guard_checks, license_problem
+from promptloop.gate import Decision, Evidence, PromptStats, decide, guard_checks, license_problem
 from promptloop.golden import GoldenCase, load_golden
 from promptloop.kb import Retriever, load_kb
 from promptloop.prompts import PromptVersion, load_prompt
@@ -621,49 +621,3 @@ def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None 
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(dvc_metrics(summary), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return summary
-
-
-def prompt_on_branch(workspace: Workspace, relative: Path, branch: str) -> PromptVersion:
-    """The prompt file as committed on `branch` (e.g. main), validated."""
-    import git
-    import yaml
-
-    from promptloop.errors import input_error_from_validation
-
-    try:
-        text = git.Repo(workspace.root).git.show(f"{branch}:{relative.as_posix()}")
-    except (git.GitCommandError, git.InvalidGitRepositoryError) as exc:
-        raise InputError(workspace.root / relative, f"cannot read it from branch {branch!r}: {str(exc).strip().splitlines()[-1]}") from None
-    try:
-        return PromptVersion.model_validate(yaml.safe_load(text))
-    except Exception as exc:  # pydantic or YAML: either way the committed file is unusable
-        from pydantic import ValidationError
-
-        if isinstance(exc, ValidationError):
-            raise input_error_from_validation(f"{branch}:{relative}", exc) from None
-        raise InputError(f"{branch}:{relative}", f"invalid prompt file: {exc}") from None
-
-
-def regressions(candidate: dict[str, Any]) -> list[str]:
-    """What makes a hand edit a significant regression: the whole CI below zero, or a high-severity case broken."""
-    found = []
-    if candidate.get("ci_high") is not None and candidate["ci_high"] < 0:
-        found.append(f"score drops by {-candidate['diff']:.3f} (CI [{candidate['ci_low']:+.3f}, {candidate['ci_high']:+.3f}] is below 0)")
-    if candidate["high_severity_regressions"]:
-        found.append(f"high-severity case(s) broken: {', '.join(candidate['high_severity_regressions'])}")
-    return found
-
-
-def check(workspace: Workspace, app: str, base_branch: str | None = None, **progress: Any) -> dict[str, Any]:
-    """Evaluate the working tree's prompt against the one on the base branch (for CI on a hand edit)."""
-    settings = workspace.app_settings(app)
-    branch = base_branch or workspace.params.deploy.base_branch
-    committed = prompt_on_branch(workspace, Path(settings.prompt), branch)
-    edited_path = workspace.path(settings.prompt)
-    edited = load_prompt(edited_path)
-    if edited.content_hash == committed.content_hash:
-        return {"app": app, "base": branch, "changed": False, "regressions": [], "complete": True,
-                "report": f"`{settings.prompt}` is the same as on {branch}: nothing to check.\n"}
-    summary = evaluate(workspace, app, [edited_path], baseline=(committed, f"{branch}:{settings.prompt}"), **progress)
-    found = regressions(summary["candidates"][0]) if summary["complete"] else []
-    return {**summary, "base": branch, "changed": True, "regressions": found}
