@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -487,6 +488,19 @@ def decisions(summary: dict[str, Any]) -> dict[str, Decision]:
 # --- the edges: runner, MLflow, metrics file -----------------------------------------------------
 
 
+class Stopwatch:
+    """Wall seconds per phase, so a slow evaluation says where its time went."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
+
+
 def open_runner(workspace: Workspace, max_usd: float | None = None, max_calls: int | None = None) -> Runner:
     """The workspace's runner: its response cache, the llm settings and a budget (default: evaluate's)."""
     from promptloop.config import PARAMS_FILE
@@ -597,16 +611,20 @@ def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None 
 
     from promptloop.eval_report import markdown_report
 
+    clock = Stopwatch()
     plan = plan_evaluation(workspace, app, candidate_paths, baseline)
     runner = open_runner(workspace)
     try:
         scorers = {c.name: build_scorers(plan, runner, c.name, workspace.root, workspace.params) for c in plan.contenders}
         if on_start:
             on_start(progress_total(plan))
+        clock.lap("plan_s")
         run = asyncio.run(run_evaluation(plan, runner, scorers, on_progress))
+        clock.lap("calls_s")
     finally:
         runner.cache.close()
     summary = summarise(plan, run, runner.usage, workspace.params.llm.license_of)
+    clock.lap("statistics_s")
     summary["baseline"]["license"] = workspace.params.llm.license_of(plan.baseline.model)
     summary |= {"usage": usage_summary(runner.usage), "golden_set": str(plan.app_settings.golden_set),
                 "golden_md5": golden_md5(workspace, plan.app_settings), "git_commit": git_commit(workspace.root),
@@ -615,7 +633,9 @@ def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None 
     summary["llm_calls"], summary["cache_hits"] = summary["usage"]["calls"], summary["usage"]["cache_hits"]
     summary["cost_usd"] = summary["usage"]["cost_usd"]
     log_evaluation(workspace, plan, summary, pd.DataFrame(run.rows), markdown_report)
+    clock.lap("mlflow_s")
     summary["report"] = markdown_report(summary)
+    summary["timings"] = clock.laps
     if metrics_file is not None:
         target = workspace.root / metrics_file
         target.parent.mkdir(parents=True, exist_ok=True)
