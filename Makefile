@@ -10,7 +10,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export GX_ANALYTICS_ENABLED := False
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test bench lock clean help
+.PHONY: install demo test bench lock clean help serve
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,6 +28,9 @@ install: $(VENV)/.installed  ## create .venv and install promptloop with its tes
 
 demo: install  ## run the loop offline on the sample app, in .demo/
 	$(BIN)/promptloop demo --dir .demo
+
+serve: install  ## Prefect server + worker (deployments of prefect.yaml) and MLflow UI on loopback, for WORKSPACE (default .demo)
+	$(BIN)/promptloop serve --workspace $(or $(WORKSPACE),.demo)
 
 test: install  ## run the whole test suite (end-to-end tests included)
 	$(BIN)/python -m pytest

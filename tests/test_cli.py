@@ -63,10 +63,11 @@ def test_config_errors_exit_2_naming_file_and_key(workspace: Path, tmp_path: Pat
     assert unknown_app.returncode == 2 and "unknown app 'nope'" in json.loads(unknown_app.stdout)["error"]
 
 
-def test_a_stage_not_built_yet_says_so_and_exits_1(workspace: Path) -> None:
-    result = run("serve", "--json", cwd=workspace)
-    assert result.returncode == 1
-    assert "not built yet" in json.loads(result.stdout)["error"]
+def test_serve_outside_a_workspace_is_an_input_error_and_starts_nothing(tmp_path: Path) -> None:
+    result = run("serve", "--workspace", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{tmp_path / 'params.yaml'}: file not found" in " ".join(result.stderr.split())
+    assert not (tmp_path / ".promptloop").exists()
 
 
 NETWORK_GUARD = """

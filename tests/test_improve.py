@@ -14,7 +14,10 @@ import git
 import pytest
 
 from promptloop.candidates import check_candidate, quoted_case
-from promptloop.demo import run_demo
+from promptloop.analyze import analyze
+from promptloop.collect import collect
+from promptloop.demo import write_sample_logs
+from promptloop.initialize import init_workspace
 from promptloop.golden import GoldenCase, load_golden
 from promptloop.golden_growth import holdout_clusters, near_duplicate_mask, severity_of
 from promptloop.improve import improve
@@ -28,8 +31,13 @@ DVC = str(Path(sys.executable).parent / "dvc")
 
 @pytest.fixture(scope="module")
 def improved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
-    root = tmp_path_factory.mktemp("improve") / "demo"
-    run_demo(root, interactions=1500, now=NOW)
+    """A workspace whose sample logs were collected and analyzed (the demo would go on to improve)."""
+    root = tmp_path_factory.mktemp("improve") / "ws"
+    init_workspace(root)
+    workspace = open_workspace(root)
+    write_sample_logs(workspace, "support-bot", 1500, NOW)
+    collect(workspace, "support-bot", now=NOW)
+    analyze(workspace, "support-bot")
     before = load_golden(root / "datasets/support-bot/golden.jsonl")
     return root, {"cases": before}, improve(open_workspace(root), "support-bot")
 

@@ -368,13 +368,21 @@ def release(
 
 
 @app.command()
-def serve(as_json: bool = JsonOption) -> None:
-    """(not built yet: issue 7) Prefect server, worker and MLflow UI on loopback."""
+def serve(workspace: Path = WorkspaceOption) -> None:
+    """Prefect server, a process worker (after `prefect deploy --all`) and the MLflow UI on loopback.
 
-    def not_built() -> dict[str, Any]:
-        raise NotImplementedError("`promptloop serve` is not built yet (tracked as issue 7)")
+    Prints the two URLs and runs until Ctrl-C (or SIGTERM), which stops every service it started.
+    State and logs stay in the workspace's .promptloop/ folder.
+    """
+    from promptloop.serve import serve_forever
 
-    run_command(as_json, not_built, lambda r: None)
+    def action() -> dict[str, Any]:
+        stderr.print("starting the Prefect server, deploying prefect.yaml, starting a worker and the MLflow UI ...",
+                     highlight=False)
+        serve_forever(workspace, announce=lambda line: Console().print(escape(line), highlight=False, soft_wrap=True))
+        return {}
+
+    run_command(False, action, lambda r: None)
 
 
 def main() -> None:

@@ -110,6 +110,57 @@ def overall_decision(summary: dict[str, Any], best: dict[str, Any] | None) -> tu
     return "hold", [f"{c['name']}: {'; '.join(c['reasons'])}" for c in summary["candidates"]]
 
 
+def hand_written_candidates(workspace: Workspace, app: str) -> list[Path]:
+    """The candidates people wrote: prompts/<app>/candidates/*.yaml next to the app's prompt."""
+    folder = workspace.path(workspace.app_settings(app).prompt).parent / "candidates"
+    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def evaluation_fingerprint(workspace: Workspace, app: str, candidate_paths: list[Path]) -> str | None:
+    """What an evaluation depends on, hashed: the git commit (prompt, params.yaml, knowledge base, the golden
+    set's .dvc), the golden set's bytes, the candidates' bytes and the params as loaded (with any overrides).
+
+    None when the working tree has uncommitted changes: the commit would not describe the inputs then,
+    so a cached evaluation could be stale.
+    """
+    import hashlib
+
+    import git
+
+    repo = git.Repo(workspace.root)
+    if repo.is_dirty(untracked_files=True):
+        return None
+    digest = hashlib.sha256(f"{app}\0{repo.head.commit.hexsha}\0".encode())
+    digest.update(workspace.params.model_dump_json().encode())
+    for path in [workspace.path(workspace.app_settings(app).golden_set), *candidate_paths]:
+        digest.update(f"\0{Path(path).name}\0".encode() + Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def improve_outcome(app: str, growth: dict[str, Any], generated: dict[str, Any], hand_written: list[Path],
+                    summary: dict[str, Any]) -> dict[str, Any]:
+    """The decision of an improve run from its parts: golden-set growth, candidates, evaluation."""
+    best = best_candidate(summary)
+    decision, reasons = overall_decision(summary, best)
+    best_path = next((Path(p) for p in hand_written + generated["paths"] if best and str(p) == best["source"]), None)
+    return {
+        "app": app, "decision": decision, "reasons": reasons, "golden": growth,
+        "candidates": {"generated": len(generated["paths"]), "hand_written": len(hand_written),
+                       "rejected": generated["rejected"], "optimizer": generated["usage"]},
+        "best": best and {"name": best["name"], "prompt_hash": best["prompt_hash"], "ci_low": best["ci_low"],
+                          "diff": best["diff"], "prompt": best_path.read_text(encoding="utf-8") if best_path else None},
+        "evaluation": summary,
+    }
+
+
+def save_outcome(workspace: Workspace, app: str, outcome: dict[str, Any]) -> Path:
+    """Keep the outcome where `deploy` (and the cycle's skip check) find it."""
+    path = outcome_path(workspace, app)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(outcome, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
 def improve(workspace: Workspace, app: str, *, on_start: Callable[[int], None] | None = None,
             on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Grow the golden set, generate candidates, evaluate, and pick the best promotable candidate."""
@@ -118,21 +169,8 @@ def improve(workspace: Workspace, app: str, *, on_start: Callable[[int], None] |
     failures, clusters = load_failures(workspace, app)
     growth = grow_golden_set(workspace, app, failures, clusters)
     generated = propose_candidates(workspace, app, failures, clusters)
-    folder = workspace.path(workspace.app_settings(app).prompt).parent / "candidates"
-    hand_written = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    hand_written = hand_written_candidates(workspace, app)
     summary = evaluate(workspace, app, hand_written + generated["paths"], on_start=on_start, on_progress=on_progress)
-    best = best_candidate(summary)
-    decision, reasons = overall_decision(summary, best)
-    best_path = next((p for p in hand_written + generated["paths"] if best and str(p) == best["source"]), None)
-    outcome = {
-        "app": app, "decision": decision, "reasons": reasons, "golden": growth,
-        "candidates": {"generated": len(generated["paths"]), "hand_written": len(hand_written),
-                       "rejected": generated["rejected"], "optimizer": generated["usage"]},
-        "best": best and {"name": best["name"], "prompt_hash": best["prompt_hash"], "ci_low": best["ci_low"],
-                          "diff": best["diff"], "prompt": best_path.read_text(encoding="utf-8") if best_path else None},
-        "evaluation": summary,
-    }
-    path = outcome_path(workspace, app)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(outcome, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+    outcome = improve_outcome(app, growth, generated, hand_written, summary)
+    save_outcome(workspace, app, outcome)
     return outcome

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from promptloop.app import App
 from promptloop.config import PARAMS_FILE, AppSettings, Params, load_params
@@ -123,3 +124,17 @@ def check_empty_target(dest: Path) -> None:
     """`init` never writes into a folder that already holds something."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InputError(dest, "target exists and is not an empty folder; choose another --dir")
+
+
+def with_overrides(workspace: Workspace, overrides: dict[str, dict[str, Any]]) -> Workspace:
+    """The workspace with some params.yaml values replaced for one run (flow parameters), validated again.
+
+    `overrides` maps a section to its changed keys, e.g. {"improve": {"candidates": 5}}; None values are
+    left out, so an unset flow parameter keeps params.yaml's value.
+    """
+    from promptloop.config import parse_params
+
+    data = workspace.params.model_dump(mode="json")
+    for section, values in overrides.items():
+        data[section] = {**data[section], **{k: v for k, v in values.items() if v is not None}}
+    return Workspace(workspace.root, parse_params(data, f"{workspace.root / PARAMS_FILE} (with flow parameters)"))

@@ -1,0 +1,84 @@
+"""Prefect flow `cycle`: merge approved promotions, then collect -> analyze -> improve -> deploy as subflows.
+
+Thin wiring of promptloop.cycle (the skip rule and the result are the library's); each stage is its
+own flow run under this one, with its own tasks and artifacts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from flows.analyze import AnalyzeParameters, analyze_flow
+from flows.collect import CollectParameters, collect_flow
+from flows.deploy import DeployParameters, deploy_flow
+from flows.improve import ImproveParameters, improve_flow
+from promptloop import cycle as stage
+from promptloop.git_pr import merge_base_branch
+from promptloop.runtime import prepare_environment
+from promptloop.workspace import Workspace, open_workspace
+
+
+class CycleParameters(BaseModel):
+    """What the Prefect UI shows as the form of a cycle run."""
+
+    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
+    workspace: str = Field(default=".", description="the workspace folder")
+    force: bool = Field(default=False, description="analyze and improve even when collect found no new logs")
+    window: str | None = Field(default=None, description="analyze window, e.g. 7d [default: params.yaml]")
+    candidates: int | None = Field(default=None, ge=0, description="prompts the optimizer writes [default: params.yaml improve.candidates]")
+    budget_usd: float | None = Field(default=None, ge=0, description="evaluation budget in USD [default: params.yaml evaluate.budget_usd]")
+
+
+@task(cache_policy=NO_CACHE)
+def open_(parameters: CycleParameters) -> Workspace:
+    return open_workspace(Path(parameters.workspace))
+
+
+# Safe to retry: a merge that already happened is a no-op.
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=300)
+def merge_approved(workspace: Workspace) -> str | None:
+    return merge_base_branch(workspace)
+
+
+@task(cache_policy=NO_CACHE)
+def nothing_new(workspace: Workspace, app: str, collected: dict[str, Any], force: bool) -> bool:
+    return stage.nothing_new(workspace, app, collected, force)
+
+
+@task(cache_policy=NO_CACHE)
+def publish(result: dict[str, Any]) -> None:
+    stages = {"collect": result["collect"], "analyze": result["analyze"], "improve": result["improve"] and result["improve"]["evaluation"]}
+    runs = "\n".join(f"| {name} | `{(summary or {}).get('mlflow_run_id', '')}` |" for name, summary in stages.items())
+    deployed = result["deploy"] or {}
+    reasons = "".join(f"- {reason}\n" for reason in result["reasons"])
+    create_markdown_artifact(
+        f"### cycle {result['app']}: **{result['decision']}**\n\n{reasons}\n"
+        f"| | |\n|---|---|\n| new rows | {result['collect']['rows_valid']} |\n| branch | {deployed.get('branch')} |\n"
+        f"| LLM calls | {result['llm']['calls']} (cache: {result['llm']['cache_hits']}) |\n\n"
+        f"| stage | MLflow run |\n|---|---|\n{runs}\n", key=f"cycle-{result['app']}")
+
+
+@flow(name="cycle", log_prints=True)
+def cycle_flow(parameters: CycleParameters = CycleParameters()) -> dict[str, Any]:
+    """cycle: one turn of the loop; stops after collect when no new logs came in (unless force)."""
+    prepare_environment()
+    app, folder = parameters.app, parameters.workspace
+    workspace = open_(parameters)
+    merged = merge_approved(workspace)
+    collected = collect_flow(CollectParameters(app=app, workspace=folder))
+    if nothing_new(workspace, app, collected, parameters.force):
+        result = stage.skipped(app, merged, collected)
+    else:
+        analyzed = analyze_flow(AnalyzeParameters(app=app, workspace=folder, window=parameters.window))
+        improved = improve_flow(ImproveParameters(app=app, workspace=folder, candidates=parameters.candidates,
+                                                  budget_usd=parameters.budget_usd))
+        deployed = deploy_flow(DeployParameters(app=app, workspace=folder)) if improved["decision"] == "promote" else None
+        result = stage.finished(app, merged, collected, analyzed, improved, deployed)
+    publish(result)
+    return result

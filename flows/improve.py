@@ -1,0 +1,111 @@
+"""Prefect flow `improve`: mined failures -> a bigger golden set -> prompt candidates -> evaluation -> decision.
+
+Thin wiring of promptloop.improve; the library does the work and is tested without Prefect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from pydantic import BaseModel, Field
+
+from promptloop import improve as stage
+from promptloop.eval_report import decision_table
+from promptloop.evaluate import evaluate as evaluate_prompts
+from promptloop.runtime import prepare_environment
+from promptloop.workspace import Workspace, open_workspace, with_overrides
+
+
+class ImproveParameters(BaseModel):
+    """What the Prefect UI shows as the form of an improve run."""
+
+    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
+    workspace: str = Field(default=".", description="the workspace folder")
+    candidates: int | None = Field(default=None, ge=0, description="prompts the optimizer writes [default: params.yaml improve.candidates]")
+    budget_usd: float | None = Field(default=None, ge=0, description="evaluation budget in USD [default: params.yaml evaluate.budget_usd]")
+
+
+@task(cache_policy=NO_CACHE)
+def open_(parameters: ImproveParameters) -> Workspace:
+    workspace = open_workspace(Path(parameters.workspace))
+    return with_overrides(workspace, {"improve": {"candidates": parameters.candidates},
+                                      "evaluate": {"budget_usd": parameters.budget_usd}})
+
+
+@task(cache_policy=NO_CACHE)
+def load_failures(workspace: Workspace, app: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    return stage.load_failures(workspace, app)
+
+
+# No retries: it appends to the golden set before it pushes and commits, so a retry after a failed
+# push would find its own cases as duplicates and leave the new version uncommitted.
+@task(cache_policy=NO_CACHE, timeout_seconds=600)
+def grow_golden_set(workspace: Workspace, app: str, mined: tuple[pd.DataFrame, list[dict[str, Any]]]) -> dict[str, Any]:
+    return stage.grow_golden_set(workspace, app, *mined)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=1800)
+def propose_candidates(workspace: Workspace, app: str, mined: tuple[pd.DataFrame, list[dict[str, Any]]]) -> dict[str, Any]:
+    return stage.propose_candidates(workspace, app, *mined)
+
+
+@task(cache_policy=NO_CACHE)
+def hand_written(workspace: Workspace, app: str) -> list[Path]:
+    return stage.hand_written_candidates(workspace, app)
+
+
+@task(cache_policy=NO_CACHE)
+def fingerprint(workspace: Workspace, app: str, candidate_paths: list[Path]) -> str | None:
+    return stage.evaluation_fingerprint(workspace, app, candidate_paths)
+
+
+def evaluation_key(context: TaskRunContext, arguments: dict[str, Any]) -> str | None:
+    """Cache an evaluation by the hash of everything it reads; None (a dirty tree) never hits the cache."""
+    return arguments["fingerprint"] and f"evaluate-{arguments['fingerprint']}"
+
+
+@task(cache_key_fn=evaluation_key, persist_result=True, retries=1, retry_delay_seconds=30, timeout_seconds=3600)
+def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path], fingerprint: str | None) -> dict[str, Any]:
+    return evaluate_prompts(workspace, app, candidate_paths)
+
+
+@task(cache_policy=NO_CACHE)
+def decide(workspace: Workspace, app: str, growth: dict[str, Any], generated: dict[str, Any], written: list[Path],
+           summary: dict[str, Any]) -> dict[str, Any]:
+    outcome = stage.improve_outcome(app, growth, generated, written, summary)
+    stage.save_outcome(workspace, app, outcome)
+    return outcome
+
+
+@task(cache_policy=NO_CACHE)
+def publish(outcome: dict[str, Any]) -> None:
+    golden, best = outcome["golden"], outcome["best"]
+    headline = f"### improve {outcome['app']}: **{outcome['decision']}** {best['name'] if best else ''}\n\n"
+    reasons = "".join(f"- {reason}\n" for reason in outcome["reasons"])
+    growth = "\n".join(f"| {k} | {golden[k]} |" for k in ("added", "optimize", "holdout", "dvc_md5"))
+    table = "\n".join(decision_table(outcome["evaluation"]))
+    create_markdown_artifact(f"{headline}{reasons}\n| golden set | |\n|---|---|\n{growth}\n\n{table}\n\n"
+                             f"MLflow run: `{outcome['evaluation'].get('mlflow_run_id')}`\n", key=f"improve-{outcome['app']}")
+
+
+@flow(name="improve", log_prints=True)
+def improve_flow(parameters: ImproveParameters = ImproveParameters()) -> dict[str, Any]:
+    """improve: grow the golden set, propose candidates, evaluate them against the baseline, decide."""
+    prepare_environment()
+    app = parameters.app
+    workspace = open_(parameters)
+    mined = load_failures(workspace, app)
+    growth = grow_golden_set(workspace, app, mined)
+    generated = propose_candidates(workspace, app, mined)
+    written = hand_written(workspace, app)
+    paths = written + generated["paths"]
+    summary = evaluate(workspace, app, paths, fingerprint(workspace, app, paths))
+    outcome = decide(workspace, app, growth, generated, written, summary)
+    publish(outcome)
+    return outcome

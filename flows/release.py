@@ -1,0 +1,55 @@
+"""Prefect flow `release`: after a person merged a prompt's pull request, make it production.
+
+Thin wiring of promptloop.release; the library does the work and is tested without Prefect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from promptloop import release as stage
+from promptloop.runtime import prepare_environment
+from promptloop.workspace import Workspace, open_workspace
+
+HEADLINE = ("version", "tag", "registry_version", "alias", "commit", "released", "rollback", "mlflow_run_id")
+
+
+class ReleaseParameters(BaseModel):
+    """What the Prefect UI shows as the form of a release run."""
+
+    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
+    workspace: str = Field(default=".", description="the workspace folder")
+    rollback: bool = Field(default=False, description="point production back at the previous release instead")
+
+
+@task(cache_policy=NO_CACHE)
+def open_(parameters: ReleaseParameters) -> Workspace:
+    return open_workspace(Path(parameters.workspace))
+
+
+# Safe to retry: releasing a version that is already production changes nothing.
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=300)
+def release(workspace: Workspace, app: str, rollback: bool) -> dict[str, Any]:
+    return stage.release(workspace, app, rollback=rollback)
+
+
+@task(cache_policy=NO_CACHE)
+def publish(result: dict[str, Any]) -> None:
+    rows = "\n".join(f"| {k} | {result[k]} |" for k in HEADLINE)
+    create_markdown_artifact(f"### release {result['app']}\n\n{result['message']}\n\n| | |\n|---|---|\n{rows}\n",
+                             key=f"release-{result['app']}")
+
+
+@flow(name="release", log_prints=True)
+def release_flow(parameters: ReleaseParameters = ReleaseParameters()) -> dict[str, Any]:
+    """release: the prompt merged on the base branch becomes production (MLflow alias, git tag, run)."""
+    prepare_environment()
+    result = release(open_(parameters), parameters.app, parameters.rollback)
+    publish(result)
+    return result
