@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from promptloop.config import LLMSettings, ModelPrice
+from promptloop.llm import litellm_module_configured, response_cost
 from promptloop.runner import BudgetExceeded, CallFailed, ResponseCache, RetryPolicy, Runner, cache_key
 
 QUESTIONS = [f"How do I export notebook {i} to PDF?" for i in range(6)]
@@ -104,3 +109,104 @@ def test_concurrency_is_bounded(litellm, tmp_path: Path) -> None:
     ask_all(runner, simulation={"latency_ms": 100})
     # 6 calls of 100 ms, two at a time, take at least 3 rounds
     assert time.perf_counter() - started >= 0.3
+
+
+def token_cost(price: ModelPrice, prompt_tokens: int, completion_tokens: int) -> float:
+    return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
+
+
+def test_a_priced_model_costs_its_tokens_at_its_configured_price(litellm, repo_workspace, tmp_path: Path, monkeypatch) -> None:
+    # litellm prices every response it returns; pricing it a second time was ~10% of a call's CPU
+    monkeypatch.setattr(litellm, "completion_cost", lambda *a, **k: pytest.fail("the response was priced twice"))
+    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"))
+    completion = asyncio.run(runner.complete("app", "offline/support-bot", messages("q"), seed=1))
+    expected = token_cost(repo_workspace.params.llm.prices["offline/support-bot"], completion.prompt_tokens,
+                          completion.completion_tokens)
+    assert completion.cost_usd == pytest.approx(expected) and runner.usage["app"].cost_usd == pytest.approx(expected)
+
+
+def test_without_a_price_from_litellm_the_registered_price_or_none_is_the_cost(litellm, repo_workspace) -> None:
+    unstamped = SimpleNamespace(_hidden_params={"response_cost": None}, usage=SimpleNamespace(prompt_tokens=1000, completion_tokens=200))
+    price = repo_workspace.params.llm.prices["offline/judge"]
+    assert response_cost(litellm, unstamped, "offline/judge") == pytest.approx(token_cost(price, 1000, 200))
+    assert response_cost(litellm, unstamped, "offline/no-price-anywhere") is None
+    stamped = SimpleNamespace(_hidden_params={"response_cost": 0.25}, usage=unstamped.usage)
+    assert response_cost(litellm, stamped, "offline/no-price-anywhere") == 0.25
+
+
+async def serve_chat_completions() -> tuple[Any, str]:
+    """A loopback OpenAI-compatible endpoint with fixed usage: (its runner, its base URL)."""
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Use File > Export."}}],
+            "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = web.AppRunner(app)
+    await server.setup()
+    site = web.TCPSite(server, "127.0.0.1", 0)
+    await site.start()
+    return server, f"http://127.0.0.1:{server.addresses[0][1]}/v1"
+
+
+def test_an_openai_compatible_model_is_priced_from_params_and_an_unpriced_one_costs_none(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    price = ModelPrice(input_per_mtok=0.5, output_per_mtok=1.5)
+    litellm = litellm_module_configured(LLMSettings(prices={"openai/promptloop-test-priced": price}))
+    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), retry=RetryPolicy(max_retries=0))
+
+    async def run() -> tuple[Any, Any]:
+        server, base_url = await serve_chat_completions()
+        try:
+            return (await runner.complete("app", "openai/promptloop-test-priced", messages("q"), api_base=base_url),
+                    await runner.complete("app", "openai/promptloop-test-unpriced", messages("q"), api_base=base_url))
+        finally:
+            await server.cleanup()
+
+    priced, unpriced = asyncio.run(run())
+    assert (priced.prompt_tokens, priced.completion_tokens) == (1200, 300)
+    assert priced.cost_usd == pytest.approx(token_cost(price, 1200, 300))
+    assert unpriced.text == "Use File > Export." and unpriced.cost_usd is None
+    assert runner.usage["app"].cost_usd == pytest.approx(token_cost(price, 1200, 300))
+
+
+def test_processes_opening_a_new_cache_file_at_once_all_get_it(tmp_path: Path) -> None:
+    # Switching a new file to WAL from two connections at once fails at once with "database is
+    # locked" unless the opener waits: a run split over processes opens one cache file from each.
+    errors: list[BaseException] = []
+
+    def open_cache(path: Path, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            ResponseCache(path).close()
+        except Exception as error:  # collected: an exception in a thread would not fail the test
+            errors.append(error)
+
+    for attempt in range(40):
+        barrier = threading.Barrier(4)
+        openers = [threading.Thread(target=open_cache, args=(tmp_path / f"{attempt}.db", barrier)) for _ in range(4)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join()
+    assert errors == []
+
+
+def test_the_cache_does_not_wait_for_a_disk_flush_on_every_answer(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "c.db")
+    # WAL + synchronous=NORMAL (1): a put no longer blocks the event loop on an fsync
+    assert cache._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert cache._db.execute("PRAGMA synchronous").fetchone()[0] == 1
+
+
+def test_configuring_litellm_leaves_its_import_time_objects_out_of_garbage_collection(repo_workspace) -> None:
+    import gc
+
+    # ~400k objects: a full collection walking them took ~200 ms, stalling every call in flight
+    litellm_module_configured(repo_workspace.params.llm)
+    assert gc.get_freeze_count() > 100_000

@@ -14,6 +14,7 @@ import json
 import random
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,22 @@ def cache_key(model: str, messages: list[dict[str, str]], parameters: dict[str, 
     return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
+def switch_to_wal(db: sqlite3.Connection, attempts: int = 100) -> None:
+    """Put the database in WAL mode, waiting out other first-time openers of the same file.
+
+    Two connections (processes) switching a new file to WAL at once get an immediate "database is
+    locked": SQLite does not run its busy handler for that lock, so the wait is ours.
+    """
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01)
+
+
 class ResponseCache:
     """Completions on disk (SQLite), shared by every evaluation of a workspace."""
 
@@ -50,7 +67,7 @@ class ResponseCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        switch_to_wal(self._db)
         # A put is one autocommitted INSERT on the event loop: with the default synchronous=FULL each
         # one waits for an fsync (~0.7 ms of stalled loop per call). NORMAL is safe with WAL (never
         # corrupts); a power cut may lose the last answers, which a re-run simply asks again.
