@@ -85,3 +85,38 @@ def test_analyze_flow_publishes_headline_and_failed_checks(prefect_server, flows
     assert "| thumbs_down_rate |" in published["analyze-support-bot"]
     checks = published["analyze-support-bot-alerts"]
     assert f"{len(summary['alerts'])} failed" in checks and checks.count("❌") == len(summary["alerts"])
+
+
+@pytest.mark.e2e
+def test_evaluate_on_a_local_dask_cluster_gives_the_results_of_the_default_runner(tmp_path: Path) -> None:
+    """The Dask run is its own process (a flow run on Prefect's ephemeral API, a local cluster of two
+    worker processes): its batches are computed there, not replayed from a cache."""
+    import os
+    import subprocess
+
+    import yaml
+
+    from promptloop.evaluate import evaluate
+    from promptloop.workspace import open_workspace
+
+    root = tmp_path / "ws"
+    init_workspace(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["llm"]["cache"] = None  # both runs make every call: the Dask run must compute, not replay
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    candidates = [REPO / "tests/data/candidates/better.yaml", REPO / "tests/data/candidates/terse.yaml"]
+
+    default = evaluate(open_workspace(root), "support-bot", candidates)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": "",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    args = [sys.executable, str(REPO / "flows/evaluate.py"), "--workspace", str(root), "--batches", "3", "--dask"]
+    for path in candidates:
+        args += ["--candidate", str(path)]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    on_dask = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert on_dask["usage"]["calls"] == default["usage"]["calls"] > 0 and on_dask["usage"]["cache_hits"] == 0
+    fields = ("name", "mean_score", "diff", "ci_low", "ci_high", "p_adjusted", "wins", "ties", "losses", "decision", "reasons")
+    assert [{k: c[k] for k in fields} for c in on_dask["candidates"]] == [{k: c[k] for k in fields} for c in default["candidates"]]
+    assert on_dask["baseline"]["mean_score"] == default["baseline"]["mean_score"]

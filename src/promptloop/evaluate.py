@@ -13,6 +13,7 @@ MLflow for what it does well here: runs, `log_table` per-case tables and the pro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class EvalRun:
     rows: list[dict[str, Any]] = field(default_factory=list)
     calibration: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None
+    usage: dict[str, Usage] = field(default_factory=dict)
 
 
 def contender_model(prompt: PromptVersion, baseline_file: PromptVersion, override: str | None) -> str:
@@ -216,13 +218,59 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
                     group.create_task(calibrate(case, calibration_judge))
     except* (CallFailed, BudgetExceeded) as failures:
         run.stopped = str(failures.exceptions[0])
-    # Rows arrive in completion order, which retries and concurrency shuffle; the statistics (the
-    # bootstrap draws by position) must see the same order every time.
+    return in_plan_order(plan, run)
+
+
+def in_plan_order(plan: EvalPlan, run: EvalRun) -> EvalRun:
+    """Rows by prompt, then golden-set order. They arrive in completion order, which retries and
+    concurrency shuffle; the statistics (the bootstrap draws by position) must see one order."""
     prompt_order = {c.name: i for i, c in enumerate(plan.contenders)}
     case_order = {c.id: i for i, c in enumerate(plan.cases)}
     run.rows.sort(key=lambda r: (prompt_order[r["prompt"]], case_order[r["case_id"]]))
     run.calibration.sort(key=lambda r: case_order[r["case_id"]])
     return run
+
+
+def case_batches(plan: EvalPlan, batches: int) -> list[list[str]]:
+    """The golden set's case ids in `batches` contiguous parts of near-equal size (none empty)."""
+    ids = [c.id for c in plan.cases]
+    size, extra = divmod(len(ids), max(1, batches))
+    bounds = [i * size + min(i, extra) for i in range(max(1, batches) + 1)]
+    return [ids[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], share: float = 1.0,
+                   on_progress: Progress | None = None) -> EvalRun:
+    """Answer and score the cases `case_ids` with a runner of their own (a `share` of the budget).
+
+    A batch needs nothing from another one, so batches can run anywhere (a Dask worker, another
+    process); `merge_runs` puts them back together.
+    """
+    wanted = set(case_ids)
+    part = dataclasses.replace(plan, cases=[c for c in plan.cases if c.id in wanted])
+    settings = plan.settings
+    runner = open_runner(workspace, max_usd=settings.budget_usd * share,
+                         max_calls=math.ceil(settings.budget_calls * share) if settings.budget_calls else None)
+    try:
+        scorers = {c.name: build_scorers(part, runner, c.name, workspace.root, workspace.params) for c in part.contenders}
+        run = asyncio.run(run_evaluation(part, runner, scorers, on_progress))
+    finally:
+        runner.cache.close()
+    run.usage = dict(runner.usage)
+    return run
+
+
+def merge_runs(plan: EvalPlan, runs: list[EvalRun]) -> EvalRun:
+    """One run from its batches: rows and labels joined, usage added up, the first stop reason kept."""
+    usage: dict[str, Usage] = {}
+    for run in runs:
+        for purpose, used in run.usage.items():
+            total = usage.setdefault(purpose, Usage())
+            for name in Usage.__dataclass_fields__:
+                setattr(total, name, getattr(total, name) + getattr(used, name))
+    merged = EvalRun([row for run in runs for row in run.rows], [c for run in runs for c in run.calibration],
+                     next((run.stopped for run in runs if run.stopped), None), usage)
+    return in_plan_order(plan, merged)
 
 
 def progress_total(plan: EvalPlan) -> int:
@@ -603,33 +651,21 @@ def golden_md5(workspace: Workspace, settings: AppSettings) -> str | None:
         return None
 
 
-def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None = None, *,
-             baseline: tuple[PromptVersion, str] | None = None, metrics_file: Path | None = None,
-             on_start: Callable[[int], None] | None = None, on_progress: Progress | None = None) -> dict[str, Any]:
-    """Evaluate the baseline and candidates, decide per candidate, log to MLflow; returns the JSON summary."""
+def finish_evaluation(workspace: Workspace, plan: EvalPlan, run: EvalRun, metrics_file: Path | None = None,
+                      clock: Stopwatch | None = None) -> dict[str, Any]:
+    """Statistics and decisions from the merged run, the MLflow runs, the report and the metrics file."""
     import json
 
     from promptloop.eval_report import markdown_report
 
-    clock = Stopwatch()
-    plan = plan_evaluation(workspace, app, candidate_paths, baseline)
-    runner = open_runner(workspace)
-    try:
-        scorers = {c.name: build_scorers(plan, runner, c.name, workspace.root, workspace.params) for c in plan.contenders}
-        if on_start:
-            on_start(progress_total(plan))
-        clock.lap("plan_s")
-        run = asyncio.run(run_evaluation(plan, runner, scorers, on_progress))
-        clock.lap("calls_s")
-    finally:
-        runner.cache.close()
-    summary = summarise(plan, run, runner.usage, workspace.params.llm.license_of)
+    clock = clock or Stopwatch()
+    summary = summarise(plan, run, run.usage, workspace.params.llm.license_of)
     clock.lap("statistics_s")
     summary["baseline"]["license"] = workspace.params.llm.license_of(plan.baseline.model)
-    summary |= {"usage": usage_summary(runner.usage), "golden_set": str(plan.app_settings.golden_set),
+    summary |= {"usage": usage_summary(run.usage), "golden_set": str(plan.app_settings.golden_set),
                 "golden_md5": golden_md5(workspace, plan.app_settings), "git_commit": git_commit(workspace.root),
                 "seed": plan.settings.seed, "confidence": plan.settings.confidence, "resamples": plan.settings.bootstrap_resamples,
-                "min_effect": plan.settings.min_effect, "experiment": workspace.experiment_name(app)}
+                "min_effect": plan.settings.min_effect, "experiment": workspace.experiment_name(plan.app)}
     summary["llm_calls"], summary["cache_hits"] = summary["usage"]["calls"], summary["usage"]["cache_hits"]
     summary["cost_usd"] = summary["usage"]["cost_usd"]
     log_evaluation(workspace, plan, summary, pd.DataFrame(run.rows), markdown_report)
@@ -641,3 +677,20 @@ def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None 
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(dvc_metrics(summary), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return summary
+
+
+def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None = None, *,
+             baseline: tuple[PromptVersion, str] | None = None, metrics_file: Path | None = None, batches: int = 1,
+             on_start: Callable[[int], None] | None = None, on_progress: Progress | None = None) -> dict[str, Any]:
+    """Evaluate the baseline and candidates, decide per candidate, log to MLflow; returns the JSON summary.
+
+    `batches` > 1 runs the cases in parts one after the other, as the Dask flow runs them side by side.
+    """
+    clock = Stopwatch()
+    plan = plan_evaluation(workspace, app, candidate_paths, baseline)
+    if on_start:
+        on_start(progress_total(plan))
+    chunks = case_batches(plan, batches)
+    runs = [evaluate_batch(workspace, plan, ids, 1 / len(chunks), on_progress) for ids in chunks]
+    clock.lap("calls_s")
+    return finish_evaluation(workspace, plan, merge_runs(plan, runs), metrics_file, clock)

@@ -1,0 +1,115 @@
+"""Prefect flow `evaluate`: the baseline and candidates over the golden set, its cases in batches
+that run as tasks side by side (threads by default; a Dask cluster with `on_dask`).
+
+Thin wiring of promptloop.evaluate: plan -> one task per batch of cases -> statistics, decision,
+MLflow. Every batch has its own runner (and a share of the budget); calls are cached in the
+workspace, so a retried batch pays only for what it had not finished.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from promptloop import evaluate as stage
+from promptloop.eval_report import decision_table
+from promptloop.runtime import prepare_environment
+from promptloop.workspace import Workspace, open_workspace
+
+
+class EvaluateParameters(BaseModel):
+    """What the Prefect UI shows as the form of an evaluate run."""
+
+    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
+    workspace: str = Field(default=".", description="the workspace folder")
+    candidates: list[str] | None = Field(default=None, description="candidate prompt files [default: prompts/<app>/candidates/*.yaml]")
+    batches: int = Field(default=4, ge=1, description="parts the golden set is split into; each runs as one task")
+
+
+@task(cache_policy=NO_CACHE)
+def open_(parameters: EvaluateParameters) -> Workspace:
+    return open_workspace(Path(parameters.workspace))
+
+
+@task(cache_policy=NO_CACHE)
+def plan(workspace: Workspace, parameters: EvaluateParameters) -> stage.EvalPlan:
+    paths = [Path(p) for p in parameters.candidates] if parameters.candidates is not None else None
+    return stage.plan_evaluation(workspace, parameters.app, paths)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=3600)
+def run_batch(workspace: Workspace, the_plan: stage.EvalPlan, case_ids: list[str], share: float) -> stage.EvalRun:
+    return stage.evaluate_batch(workspace, the_plan, case_ids, share)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=600)
+def finish(workspace: Workspace, the_plan: stage.EvalPlan, runs: list[stage.EvalRun]) -> dict[str, Any]:
+    return stage.finish_evaluation(workspace, the_plan, stage.merge_runs(the_plan, runs))
+
+
+@task(cache_policy=NO_CACHE)
+def publish(summary: dict[str, Any]) -> None:
+    table = "\n".join(decision_table(summary))
+    create_markdown_artifact(f"### evaluate {summary['app']}\n\n{table}\n\nMLflow run: `{summary['mlflow_run_id']}`\n",
+                             key=f"evaluate-{summary['app']}")
+
+
+@flow(name="evaluate", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
+def evaluate_flow(parameters: EvaluateParameters = EvaluateParameters()) -> dict[str, Any]:
+    """evaluate: plan -> batches of cases as parallel tasks -> statistics, decision, MLflow, artifact."""
+    prepare_environment()
+    workspace = open_(parameters)
+    the_plan = plan(workspace, parameters)
+    batches = stage.case_batches(the_plan, parameters.batches)
+    runs = run_batch.map(unmapped(workspace), unmapped(the_plan), batches, unmapped(1 / len(batches)))
+    summary = finish(workspace, the_plan, runs)
+    publish(summary)
+    return summary
+
+
+def on_dask(parameters: EvaluateParameters, address: str | None = None, workers: int = 2) -> dict[str, Any]:
+    """Run the flow with its batches on a Dask cluster: `address` of a running scheduler, else a
+    local cluster of `workers` processes (what a test or a laptop can do)."""
+    import os
+
+    from prefect_dask import DaskTaskRunner
+
+    # Workers unpickle the tasks by reference (flows.evaluate.run_batch): the folder holding flows/
+    # must be importable there too. A real cluster gets it from its image or a Prefect pull step.
+    importable = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
+    runner = DaskTaskRunner(address=address) if address else DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
+                        "env": {"PYTHONPATH": importable}})
+    return evaluate_flow.with_options(task_runner=runner)(parameters)
+
+
+def main() -> None:
+    """`python flows/evaluate.py --workspace W [--candidate F]... [--batches N] [--dask [ADDRESS]]`: one
+    evaluate flow run (on a Dask cluster with --dask), its JSON summary on stdout."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--workspace", default=".")
+    parser.add_argument("--app", default="support-bot")
+    parser.add_argument("--candidate", action="append", default=None)
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--dask", nargs="?", const="local", default=None, help="a scheduler address, or none for a local cluster")
+    args = parser.parse_args()
+    prepare_environment()  # before Prefect starts its ephemeral API: telemetry off
+    parameters = EvaluateParameters(app=args.app, workspace=args.workspace, candidates=args.candidate, batches=args.batches)
+    if args.dask is None:
+        summary = evaluate_flow(parameters)
+    else:
+        summary = on_dask(parameters, None if args.dask == "local" else args.dask)
+    print(json.dumps(summary, default=str))
+
+
+if __name__ == "__main__":
+    main()
