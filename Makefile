@@ -10,7 +10,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export GX_ANALYTICS_ENABLED := False
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test bench lock clean help serve
+.PHONY: install demo test bench lock clean help serve screenshots
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +39,12 @@ bench: install  ## run the benchmarks in benchmarks/ (about 10 minutes; writes b
 	$(BIN)/python benchmarks/bench_detectors.py
 	$(BIN)/python benchmarks/bench_collect.py --rows 1000000 --repeats 3
 	$(BIN)/python benchmarks/bench_analyze.py --rows 1000000 --repeats 3
+
+screenshots: demo  ## PNGs of the Prefect UI (a cycle run) and the MLflow UI (per-case table) in docs/images/
+	command -v chromium >/dev/null || apt-get install -y chromium
+	fc-list :lang=ko | grep -q . || apt-get install -y fonts-noto-cjk
+	$(BIN)/pip install -q 'playwright>=1.50'
+	$(BIN)/python docs/screenshots.py --workspace .demo --out docs/images
 
 lock:  ## re-resolve requirements.lock from pyproject.toml in a scratch venv
 	rm -rf /tmp/promptloop-lock && $(PYTHON) -m venv /tmp/promptloop-lock
