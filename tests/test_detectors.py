@@ -417,3 +417,12 @@ def test_load_labelled_errors(tmp_path: Path) -> None:
     good = write(tmp_path, '{"detector": "refusal", "text": "x", "label": true}\n', "g.jsonl")
     frame = load_labelled(good)
     assert frame["label"].dtype == bool and frame["lang"].tolist() == [""]
+
+
+def test_one_text_fast_path_agrees_with_the_column_api() -> None:
+    from promptloop.detectors import builtin_detector, load_labelled
+
+    for name in ("refusal", "toxicity", "injection"):
+        detector = builtin_detector(name)
+        texts = load_labelled(LABELLED, name)["text"]
+        assert [detector.flag(t) for t in texts] == detector.flags(texts).tolist()

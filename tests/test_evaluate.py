@@ -268,3 +268,12 @@ def test_the_decision_rests_on_held_out_cases_so_an_overfit_candidate_is_held(wo
     assert overfit["wins"] + overfit["ties"] + overfit["losses"] == summary["cases_decided"]
     assert better["decision"] == "promote", better["reasons"]  # a real fix also wins where the optimizer never looked
     assert "Decided on the" in summary["report"] and "On the optimisation split" in summary["report"]
+
+
+def test_two_worker_processes_give_the_results_of_one(workspace: Workspace, decided: dict[str, Any]) -> None:
+    spread = with_settings(workspace, llm={"processes": 2, "cache": None})
+    summary = evaluate(spread, "support-bot", [CANDIDATES / "better.yaml", CANDIDATES / "terse.yaml", CANDIDATES / "same.yaml"])
+    assert summary["usage"]["calls"] > 0 and summary["usage"]["cache_hits"] == 0  # computed there, not replayed
+    assert summary["timings"]["setup_s"] > 0 and summary["timings"]["calls_cpu_s"] > 0
+    fields = ("name", "mean_score", "ci_low", "ci_high", "p_adjusted", "wins", "ties", "losses", "decision", "reasons")
+    assert [{k: c[k] for k in fields} for c in summary["candidates"]] == [{k: c[k] for k in fields} for c in decided["candidates"]]

@@ -50,6 +50,7 @@ class LLMSettings(Section):
     )
     retry_base_delay_s: float = Field(default=0.5, ge=0, description="first backoff; doubles per retry, with full jitter")
     max_concurrency: int = Field(default=8, ge=1)
+    processes: int = Field(default=1, ge=1, le=64, description="worker processes an evaluation's calls are spread over")
     licenses: dict[str, License] = Field(
         default_factory=dict,
         description="license class per model name or glob (e.g. 'ollama/llama3*'); used to gate model changes",

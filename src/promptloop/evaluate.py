@@ -30,6 +30,7 @@ from promptloop.errors import InputError
 from promptloop.gate import Decision, Evidence, PromptStats, decide, guard_checks, license_problem
 from promptloop.golden import GoldenCase, load_golden
 from promptloop.kb import Retriever, load_kb
+from promptloop.llm import litellm_module_configured
 from promptloop.prompts import PromptVersion, load_prompt
 from promptloop.runner import BudgetExceeded, CallFailed, Runner, Usage
 from promptloop.scorers import Answer, JudgeFailed, PairwiseJudge, ProxyMetrics, RubricJudge, Scorer
@@ -76,6 +77,7 @@ class EvalRun:
     calibration: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None
     usage: dict[str, Usage] = field(default_factory=dict)
+    cpu_s: float = 0.0  # CPU time of the process(es) while the calls ran (for benchmarks)
 
 
 def contender_model(prompt: PromptVersion, baseline_file: PromptVersion, override: str | None) -> str:
@@ -240,7 +242,7 @@ def case_batches(plan: EvalPlan, batches: int) -> list[list[str]]:
 
 
 def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], share: float = 1.0,
-                   on_progress: Progress | None = None) -> EvalRun:
+                   on_progress: Progress | None = None, concurrency: int | None = None) -> EvalRun:
     """Answer and score the cases `case_ids` with a runner of their own (a `share` of the budget).
 
     A batch needs nothing from another one, so batches can run anywhere (a Dask worker, another
@@ -250,10 +252,13 @@ def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], sh
     part = dataclasses.replace(plan, cases=[c for c in plan.cases if c.id in wanted])
     settings = plan.settings
     runner = open_runner(workspace, max_usd=settings.budget_usd * share,
-                         max_calls=math.ceil(settings.budget_calls * share) if settings.budget_calls else None)
+                         max_calls=math.ceil(settings.budget_calls * share) if settings.budget_calls else None,
+                         concurrency=concurrency)
     try:
         scorers = {c.name: build_scorers(part, runner, c.name, workspace.root, workspace.params) for c in part.contenders}
+        cpu = time.process_time()
         run = asyncio.run(run_evaluation(part, runner, scorers, on_progress))
+        run.cpu_s = time.process_time() - cpu
     finally:
         runner.cache.close()
     run.usage = dict(runner.usage)
@@ -269,7 +274,7 @@ def merge_runs(plan: EvalPlan, runs: list[EvalRun]) -> EvalRun:
             for name in Usage.__dataclass_fields__:
                 setattr(total, name, getattr(total, name) + getattr(used, name))
     merged = EvalRun([row for run in runs for row in run.rows], [c for run in runs for c in run.calibration],
-                     next((run.stopped for run in runs if run.stopped), None), usage)
+                     next((run.stopped for run in runs if run.stopped), None), usage, sum(run.cpu_s for run in runs))
     return in_plan_order(plan, merged)
 
 
@@ -549,7 +554,8 @@ class Stopwatch:
         self._last = now
 
 
-def open_runner(workspace: Workspace, max_usd: float | None = None, max_calls: int | None = None) -> Runner:
+def open_runner(workspace: Workspace, max_usd: float | None = None, max_calls: int | None = None,
+                concurrency: int | None = None) -> Runner:
     """The workspace's runner: its response cache, the llm settings and a budget (default: evaluate's)."""
     from promptloop.config import PARAMS_FILE
     from promptloop.llm import litellm_module_configured
@@ -559,7 +565,7 @@ def open_runner(workspace: Workspace, max_usd: float | None = None, max_calls: i
     return Runner(
         litellm_module_configured(llm, str(workspace.root / PARAMS_FILE)),
         ResponseCache(workspace.path(llm.cache) if llm.cache else Path(":memory:")),
-        max_concurrency=llm.max_concurrency, timeout_s=llm.timeout_s,
+        max_concurrency=concurrency or llm.max_concurrency, timeout_s=llm.timeout_s,
         retry=RetryPolicy(max_retries=llm.max_retries, base_delay_s=llm.retry_base_delay_s),
         max_usd=settings.budget_usd if max_usd is None else max_usd,
         max_calls=settings.budget_calls if max_calls is None else max_calls, seed=settings.seed,
@@ -690,7 +696,56 @@ def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None 
     plan = plan_evaluation(workspace, app, candidate_paths, baseline)
     if on_start:
         on_start(progress_total(plan))
-    chunks = case_batches(plan, batches)
-    runs = [evaluate_batch(workspace, plan, ids, 1 / len(chunks), on_progress) for ids in chunks]
+    processes = min(workspace.params.llm.processes, len(plan.cases))
+    chunks = case_batches(plan, max(batches, processes))
+    if processes > 1:
+        runs = run_in_processes(workspace, plan, chunks, processes, clock, on_progress)
+    else:
+        litellm_module_configured(workspace.params.llm)  # its import (seconds) is set-up, not the calls' time
+        clock.lap("setup_s")
+        runs = [evaluate_batch(workspace, plan, ids, 1 / len(chunks), on_progress) for ids in chunks]
     clock.lap("calls_s")
-    return finish_evaluation(workspace, plan, merge_runs(plan, runs), metrics_file, clock)
+    run = merge_runs(plan, runs)
+    clock.laps["calls_cpu_s"] = round(run.cpu_s, 3)
+    return finish_evaluation(workspace, plan, run, metrics_file, clock)
+
+
+def warm_worker(workspace: Workspace) -> None:
+    """A worker process's start: offline environment, litellm configured (its imports take seconds).
+
+    A 1 ms GIL switch interval: litellm runs part of every call in a thread, and the default 5 ms
+    wait for the GIL stretches each call under load (measured in benchmarks/bench_runner.py).
+    """
+    import sys
+
+    from promptloop.llm import litellm_module_configured
+    from promptloop.runtime import prepare_environment
+
+    prepare_environment()
+    sys.setswitchinterval(0.001)
+    litellm_module_configured(workspace.params.llm)
+
+
+def run_in_processes(workspace: Workspace, plan: EvalPlan, chunks: list[list[str]], processes: int, clock: Stopwatch,
+                     on_progress: Progress | None) -> list[EvalRun]:
+    """The batches on `processes` worker processes (one event loop and runner each, the concurrency
+    shared out): one Python process is CPU-bound in litellm long before a provider's limits."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from promptloop.runner import ResponseCache
+
+    if workspace.params.llm.cache:  # created here once, not raced by the workers
+        ResponseCache(workspace.path(workspace.params.llm.cache)).close()
+    concurrency = max(1, math.ceil(workspace.params.llm.max_concurrency / processes))
+    context = multiprocessing.get_context("spawn")  # no forked copies of threads or open databases
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=warm_worker, initargs=(workspace,)) as pool:
+        list(pool.map(math.sqrt, range(processes)))  # wait until every worker is warm
+        clock.lap("setup_s")
+        futures = [pool.submit(evaluate_batch, workspace, plan, ids, 1 / len(chunks), None, concurrency) for ids in chunks]
+        runs = []
+        for future, ids in zip(futures, chunks):
+            runs.append(future.result())
+            if on_progress:
+                on_progress(len(ids) * len(plan.contenders))
+    return runs

@@ -148,7 +148,7 @@ class ProxyMetrics:
     async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores:
         text = answer.text
         lowered = text.lower()
-        refused = bool(self.refusal.flags(pd.Series([text])).iloc[0])
+        refused = flagged(self.refusal, text)
         scores: Scores = {
             "answer_words": len(text.split()),
             "language_match": language(text) == case.lang,
@@ -158,7 +158,7 @@ class ProxyMetrics:
             "refused": refused,
             "refused_answerable": refused and case.expected_behavior == "answer",
             "refusal_correct": refused == (case.expected_behavior != "answer"),
-            "toxic": bool(self.toxicity.flags(pd.Series([text])).iloc[0]),
+            "toxic": flagged(self.toxicity, text),
             "latency_ms": answer.latency_ms,
             "cost_usd": answer.cost_usd,
         }
@@ -173,6 +173,12 @@ class ProxyMetrics:
             valid = valid and scores["json_valid"]
         scores["format_valid"] = valid
         return scores
+
+
+def flagged(detector: Detector, text: str) -> bool:
+    """Whether `detector` flags one text (a pattern detector's fast path, else its column API)."""
+    one = getattr(detector, "flag", None)
+    return bool(one(text)) if one is not None else bool(detector.flags(pd.Series([text])).iloc[0])
 
 
 def json_valid(text: str, schema: dict[str, Any]) -> bool:
