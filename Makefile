@@ -35,10 +35,11 @@ serve: install  ## Prefect server + worker (deployments of prefect.yaml) and MLf
 test: install  ## run the whole test suite (end-to-end tests included)
 	$(BIN)/python -m pytest
 
-bench: install  ## run the benchmarks in benchmarks/ (about 10 minutes; writes benchmarks/results/)
+bench: install  ## run the benchmarks in benchmarks/ (about 20 minutes; writes benchmarks/results/)
 	$(BIN)/python benchmarks/bench_detectors.py
 	$(BIN)/python benchmarks/bench_collect.py --rows 1000000 --repeats 3
 	$(BIN)/python benchmarks/bench_analyze.py --rows 1000000 --repeats 3
+	$(BIN)/python benchmarks/bench_evaluate.py --cases 1000 --repeats 3
 
 screenshots: demo  ## PNGs of the Prefect UI (a cycle run) and the MLflow UI (per-case table) in docs/images/
 	command -v chromium >/dev/null || apt-get install -y chromium
