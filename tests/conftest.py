@@ -39,3 +39,21 @@ def initialized_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 
     dest = tmp_path_factory.mktemp("ws") / "workspace"
     return dest, init_workspace(dest)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Any:
+    """A fresh workspace made by `init` for one test (modules that share one define their own)."""
+    from promptloop.initialize import init_workspace
+    from promptloop.workspace import open_workspace
+
+    init_workspace(tmp_path / "ws")
+    return open_workspace(tmp_path / "ws")
+
+
+@pytest.fixture
+def better() -> Any:
+    """The hand-written candidate that fixes prompt v1's planted failures."""
+    from promptloop.prompts import load_prompt
+
+    return load_prompt(REPO / "tests" / "data" / "candidates" / "better.yaml")

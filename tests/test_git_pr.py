@@ -21,10 +21,9 @@ import yaml
 
 from promptloop.errors import DeployError, InputError
 from promptloop.git_pr import github_repo, open_pull_request
-from promptloop.initialize import init_workspace
 from promptloop.prompts import PromptVersion, load_prompt
 from promptloop.versioning import commit_paths, dvc_add_and_push
-from promptloop.workspace import Workspace, open_workspace
+from promptloop.workspace import Workspace
 
 APP = "support-bot"
 CANDIDATES = Path(__file__).parent / "data" / "candidates"
@@ -32,17 +31,6 @@ GOLDEN_DVC = Path("datasets/support-bot/golden.jsonl.dvc")
 REPORT = "# support-bot: candidate better\n\nΔ +0.52 [+0.37, +0.67], promote.\n"
 GITHUB_URL = "https://github.com/acme/support-bot.git"
 TOKEN = "ghp_promptloopTestToken0123456789abcdef"
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Workspace:
-    init_workspace(tmp_path / "ws")
-    return open_workspace(tmp_path / "ws")
-
-
-@pytest.fixture
-def better() -> PromptVersion:
-    return load_prompt(CANDIDATES / "better.yaml")
 
 
 def grow_golden_set(workspace: Workspace) -> None:

@@ -14,26 +14,14 @@ import yaml
 from promptloop import registry
 from promptloop.errors import DeployError
 from promptloop.git_pr import open_pull_request
-from promptloop.initialize import init_workspace
 from promptloop.prompts import PromptVersion, load_prompt
 from promptloop.release import PRODUCTION, production_prompt, release
 from promptloop.tracking import tracking_client
-from promptloop.workspace import Workspace, open_workspace
+from promptloop.workspace import Workspace
 
 APP = "support-bot"
 CANDIDATES = Path(__file__).parent / "data" / "candidates"
 PROMPT = f"prompts/{APP}/prompt.yaml"
-
-
-@pytest.fixture
-def workspace(tmp_path: Path) -> Workspace:
-    init_workspace(tmp_path / "ws")
-    return open_workspace(tmp_path / "ws")
-
-
-@pytest.fixture
-def better() -> PromptVersion:
-    return load_prompt(CANDIDATES / "better.yaml")
 
 
 def merge_on_remote(workspace: Workspace, branch: str, clone_dir: Path) -> str:
