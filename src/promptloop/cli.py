@@ -358,8 +358,11 @@ def release(
     rollback: bool = typer.Option(False, "--rollback", help="Point production back at the previous release."),
     as_json: bool = JsonOption,
 ) -> None:
-    """After a person merged the pull request: point the MLflow prompt alias `production` at the prompt on main,
-    tag git `<app>@v<N>`, and record it in MLflow. The app loads its prompt by that alias."""
+    """After a person merged the pull request: make the prompt on main production.
+
+    Points the MLflow prompt alias `production` at it, tags git `<app>@v<N>` (pushed) and records
+    the release in MLflow. The app loads its prompt by that alias.
+    """
     from promptloop.release import release as run_release
     from promptloop.workspace import open_workspace
 
