@@ -113,7 +113,7 @@ def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series,
     answered = frame[frame["output"].notna()]
     if not settings.judge_model or settings.judge_sample == 0 or answered.empty:
         return pd.Series(np.nan, index=frame.index), None
-    from promptloop.evaluate import open_runner
+    from promptloop.runner import open_runner
     from promptloop.online_judge import judge_sample
 
     sample = answered.sample(n=min(settings.judge_sample, len(answered)), random_state=settings.seed)

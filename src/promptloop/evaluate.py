@@ -32,7 +32,7 @@ from promptloop.golden import GoldenCase, load_golden
 from promptloop.kb import Retriever, load_kb
 from promptloop.llm import litellm_module_configured
 from promptloop.prompts import PromptVersion, load_prompt
-from promptloop.runner import BudgetExceeded, CallFailed, Runner, Usage
+from promptloop.runner import BudgetExceeded, CallFailed, Runner, Usage, open_runner
 from promptloop.scorers import Answer, JudgeFailed, PairwiseJudge, ProxyMetrics, RubricJudge, Scorer
 from promptloop.workspace import Workspace
 
@@ -552,24 +552,6 @@ class Stopwatch:
         now = time.perf_counter()
         self.laps[name] = round(now - self._last, 3)
         self._last = now
-
-
-def open_runner(workspace: Workspace, max_usd: float | None = None, max_calls: int | None = None,
-                concurrency: int | None = None) -> Runner:
-    """The workspace's runner: its response cache, the llm settings and a budget (default: evaluate's)."""
-    from promptloop.config import PARAMS_FILE
-    from promptloop.llm import litellm_module_configured
-    from promptloop.runner import ResponseCache, RetryPolicy
-
-    llm, settings = workspace.params.llm, workspace.params.evaluate
-    return Runner(
-        litellm_module_configured(llm, str(workspace.root / PARAMS_FILE)),
-        ResponseCache(workspace.path(llm.cache) if llm.cache else Path(":memory:")),
-        max_concurrency=concurrency or llm.max_concurrency, timeout_s=llm.timeout_s,
-        retry=RetryPolicy(max_retries=llm.max_retries, base_delay_s=llm.retry_base_delay_s),
-        max_usd=settings.budget_usd if max_usd is None else max_usd,
-        max_calls=settings.budget_calls if max_calls is None else max_calls, seed=settings.seed,
-    )
 
 
 TABLE_COLUMNS = ("case_id", "split", "slice", "severity", "lang", "input", "answer", "rubric_score", "rubric_passed",

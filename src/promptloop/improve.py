@@ -71,7 +71,7 @@ def held_out_clusters(workspace: Workspace, clusters: list[dict[str, Any]]) -> s
 def propose_candidates(workspace: Workspace, app: str, failures: pd.DataFrame, clusters: list[dict[str, Any]]) -> dict[str, Any]:
     """Optimizer revisions of the current prompt from the clusters it may see, written as candidate files."""
     from promptloop.candidates import failure_digest, generate, write_candidates
-    from promptloop.evaluate import open_runner
+    from promptloop.runner import open_runner
     from promptloop.prompts import load_prompt
 
     settings, improve = workspace.app_settings(app), workspace.params.improve

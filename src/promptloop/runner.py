@@ -25,6 +25,8 @@ from promptloop.llm import Completion, acomplete
 if TYPE_CHECKING:
     import litellm as litellm_module
 
+    from promptloop.workspace import Workspace
+
 
 class BudgetExceeded(RuntimeError):
     """The run spent its budget; what is left undone makes the result incomplete."""
@@ -222,3 +224,20 @@ class Runner:
                     raise InvalidResponse(f"{model}: invalid answer after {attempt + 1} attempt(s): {error}") from error
                 usage.retries += 1
         raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def open_runner(workspace: "Workspace", max_usd: float | None = None, max_calls: int | None = None,
+                concurrency: int | None = None) -> Runner:
+    """The workspace's runner: its response cache, the llm settings and a budget (default: evaluate's)."""
+    from promptloop.config import PARAMS_FILE
+    from promptloop.llm import litellm_module_configured
+
+    llm, settings = workspace.params.llm, workspace.params.evaluate
+    return Runner(
+        litellm_module_configured(llm, str(workspace.root / PARAMS_FILE)),
+        ResponseCache(workspace.path(llm.cache) if llm.cache else Path(":memory:")),
+        max_concurrency=concurrency or llm.max_concurrency, timeout_s=llm.timeout_s,
+        retry=RetryPolicy(max_retries=llm.max_retries, base_delay_s=llm.retry_base_delay_s),
+        max_usd=settings.budget_usd if max_usd is None else max_usd,
+        max_calls=settings.budget_calls if max_calls is None else max_calls, seed=settings.seed,
+    )
