@@ -91,3 +91,22 @@ def test_after_a_merge_release_points_production_at_it_and_a_second_cycle_does_n
     assert again["merged"]  # the approved promotion came back into the workspace...
     assert load_prompt(root / "prompts/support-bot/prompt.yaml").version == 2  # ...so v2 is the next baseline
     assert sorted(h.name for h in git.Repo(root / "remote.git").heads) == ["main", branch]  # no new branch
+
+
+def test_with_the_provider_down_the_cycle_ends_incomplete_and_opens_no_pull_request(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "ws"
+    init_workspace(root)
+    workspace = open_workspace(root)
+    write_sample_logs(workspace, "support-bot", 300, NOW)
+    monkeypatch.setenv("PROMPTLOOP_SIMULATION", json.dumps({"down": True}))
+    params = workspace.params
+    down = type(workspace)(root, params.model_copy(update={"llm": params.llm.model_copy(update={"max_retries": 1, "retry_base_delay_s": 0.0})}))
+
+    result = cycle(down, "support-bot", now=NOW)
+
+    assert result["decision"] == "incomplete" and result["deploy"] is None
+    assert "ServiceUnavailableError after 2 attempt(s)" in result["reasons"][0]
+    assert len(result["reasons"]) == 1 and len(result["reasons"][0].splitlines()) == 1, result["reasons"]
+    assert all("optimizer call failed" in r["reason"] for r in result["improve"]["candidates"]["rejected"])
+    assert [h.name for h in git.Repo(root / "remote.git").heads] == ["main"]  # no branch pushed

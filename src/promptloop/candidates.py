@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from promptloop.golden import GoldenCase
 from promptloop.judges import delimited
 from promptloop.prompts import PromptVersion, dump_prompt
-from promptloop.runner import InvalidResponse, Runner
+from promptloop.runner import CallFailed, InvalidResponse, Runner
 
 OPTIMIZER_SYSTEM = """You improve the system prompt of a customer-support assistant.
 The user message holds the current system prompt in <current_prompt> and the failure clusters seen
@@ -113,6 +113,8 @@ async def generate(runner: Runner, model: str, current: PromptVersion, digest: s
                                           temperature=temperature, seed=s)
         except InvalidResponse as exc:
             return Rejected(s, f"no valid revision: {exc}")
+        except CallFailed as exc:  # the provider is failing: no candidate, and the evaluation will say so
+            return Rejected(s, f"optimizer call failed: {exc}")
         return parse_revision(reply.text)
 
     replies = await asyncio.gather(*(one(seed + i) for i in range(count)))

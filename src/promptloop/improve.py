@@ -104,7 +104,9 @@ def overall_decision(summary: dict[str, Any], best: dict[str, Any] | None) -> tu
     if best is not None:
         return "promote", []
     if not summary["complete"]:
-        return "incomplete", [summary.get("stopped") or "evaluation incomplete"] + summary["baseline"].get("incomplete", [])
+        reasons = summary["baseline"].get("incomplete", []) + [
+            r for c in summary["candidates"] if c["decision"] == "incomplete" for r in c["reasons"]]
+        return "incomplete", list(dict.fromkeys(reasons)) or ["evaluation incomplete"]
     if not summary["candidates"]:
         return "hold", ["no candidate to evaluate (no failures to learn from and no hand-written candidates)"]
     return "hold", [f"{c['name']}: {'; '.join(c['reasons'])}" for c in summary["candidates"]]
