@@ -35,7 +35,7 @@ serve: install  ## Prefect server + worker (deployments of prefect.yaml) and MLf
 test: install  ## run the whole test suite (end-to-end tests included)
 	$(BIN)/python -m pytest
 
-bench: install  ## run the benchmarks in benchmarks/ (about 20 minutes; writes benchmarks/results/)
+bench: install  ## run the benchmarks in benchmarks/ (writes benchmarks/results/)
 	$(BIN)/python benchmarks/bench_detectors.py
 	$(BIN)/python benchmarks/bench_collect.py --rows 1000000 --repeats 3
 	$(BIN)/python benchmarks/bench_analyze.py --rows 1000000 --repeats 3

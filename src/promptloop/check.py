@@ -14,22 +14,16 @@ from promptloop.workspace import Workspace
 def prompt_on_branch(workspace: Workspace, relative: Path, branch: str) -> PromptVersion:
     """The prompt file as committed on `branch` (e.g. main), validated."""
     import git
-    import yaml
 
-    from promptloop.errors import input_error_from_validation
+    from promptloop.git_pr import prompt_at
 
     try:
-        text = git.Repo(workspace.root).git.show(f"{branch}:{relative.as_posix()}")
-    except (git.GitCommandError, git.InvalidGitRepositoryError) as exc:
-        raise InputError(workspace.root / relative, f"cannot read it from branch {branch!r}: {str(exc).strip().splitlines()[-1]}") from None
-    try:
-        return PromptVersion.model_validate(yaml.safe_load(text))
-    except Exception as exc:  # pydantic or YAML: either way the committed file is unusable
-        from pydantic import ValidationError
-
-        if isinstance(exc, ValidationError):
-            raise input_error_from_validation(f"{branch}:{relative}", exc) from None
-        raise InputError(f"{branch}:{relative}", f"invalid prompt file: {exc}") from None
+        committed = prompt_at(git.Repo(workspace.root), branch, relative.as_posix())
+    except git.InvalidGitRepositoryError:
+        committed = None
+    if committed is None:
+        raise InputError(workspace.root / relative, f"cannot read it from branch {branch!r} (no such branch, file or repository)")
+    return committed
 
 
 def regressions(candidate: dict[str, Any]) -> list[str]:

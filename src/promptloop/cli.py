@@ -258,15 +258,10 @@ def render_improve(result: dict[str, Any]) -> None:
     made = result["candidates"]
     render_mapping("candidates", {"generated": made["generated"], "hand-written": made["hand_written"],
                                   "rejected": [f"seed {r['seed']}: {r['reason']}" for r in made["rejected"]]})
-    Console().print(escape("\n".join(decision_lines(result["evaluation"]))), highlight=False, soft_wrap=True)
-    render_outcome(result["decision"], result["reasons"], result["best"] and result["best"]["name"])
-
-
-def decision_lines(evaluation: dict[str, Any]) -> list[str]:
-    """The markdown decision table of an evaluation."""
     from promptloop.eval_report import decision_table
 
-    return decision_table(evaluation)
+    Console().print(escape("\n".join(decision_table(result["evaluation"]))), highlight=False, soft_wrap=True)
+    render_outcome(result["decision"], result["reasons"], result["best"] and result["best"]["name"])
 
 
 def render_outcome(decision: str, reasons: list[str], best: str | None) -> None:

@@ -27,7 +27,7 @@ from promptloop import stats
 from promptloop.app import App
 from promptloop.config import AppSettings, EvaluateSettings, Params
 from promptloop.errors import InputError
-from promptloop.gate import Decision, Evidence, PromptStats, decide, guard_checks, license_problem
+from promptloop.gate import Evidence, PromptStats, decide, guard_checks, license_problem
 from promptloop.golden import GoldenCase, load_golden
 from promptloop.kb import Retriever, load_kb
 from promptloop.llm import litellm_module_configured
@@ -122,22 +122,29 @@ def plan_evaluation(workspace: Workspace, app: str, candidate_paths: list[Path] 
     )
 
 
-def build_scorers(plan: EvalPlan, runner: Runner, contender: str, root: Path, params: Params) -> list[Scorer]:
-    """The app's scorers (params `apps.<app>.scorers`), their judge calls counted under `judge:<contender>`."""
+def build_scorers(plan: EvalPlan, runner: Runner, root: Path, params: Params) -> dict[str, list[Scorer]]:
+    """Each contender's scorers (params `apps.<app>.scorers`), judge calls counted under `judge:<contender>`;
+    the proxy checks hold no state, so one instance (detectors and schema loaded once) serves all."""
     from promptloop.analyze import detectors_of
 
     chosen = plan.app_settings.scorers
     settings = plan.settings
-    scorers: list[Scorer] = [RubricJudge(runner, settings.judge_model, settings.judge_samples, settings.judge_temperature,
-                                         settings.seed, purpose=f"judge:{contender}")]
-    if "pairwise" in chosen:
-        scorers.append(PairwiseJudge(runner, settings.judge_model, settings.judge_temperature, settings.seed, purpose=f"judge:{contender}"))
+    proxy: list[Scorer] = []
     if "proxy" in chosen:
         detectors = detectors_of(params.analyze, root)
         schema = _read_schema(root / plan.app_settings.json_schema) if plan.app_settings.json_schema else None
-        scorers.append(ProxyMetrics(detectors["refusal"], detectors["toxic"], plan.kb_ids,
-                                    tuple(plan.app_settings.forbidden_phrases), plan.app_settings.citation_pattern, schema))
-    return scorers
+        proxy.append(ProxyMetrics(detectors["refusal"], detectors["toxic"], plan.kb_ids,
+                                  tuple(plan.app_settings.forbidden_phrases), plan.app_settings.citation_pattern, schema))
+
+    def judges(contender: str) -> list[Scorer]:
+        found: list[Scorer] = [RubricJudge(runner, settings.judge_model, settings.judge_samples, settings.judge_temperature,
+                                           settings.seed, purpose=f"judge:{contender}")]
+        if "pairwise" in chosen:
+            found.append(PairwiseJudge(runner, settings.judge_model, settings.judge_temperature, settings.seed,
+                                       purpose=f"judge:{contender}"))
+        return found
+
+    return {c.name: judges(c.name) + proxy for c in plan.contenders}
 
 
 def _read_schema(path: Path) -> dict[str, Any]:
@@ -255,7 +262,7 @@ def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], sh
                          max_calls=math.ceil(settings.budget_calls * share) if settings.budget_calls else None,
                          concurrency=concurrency)
     try:
-        scorers = {c.name: build_scorers(part, runner, c.name, workspace.root, workspace.params) for c in part.contenders}
+        scorers = build_scorers(part, runner, workspace.root, workspace.params)
         cpu = time.process_time()
         run = asyncio.run(run_evaluation(part, runner, scorers, on_progress))
         run.cpu_s = time.process_time() - cpu
@@ -531,11 +538,6 @@ def candidate_result(plan: EvalPlan, contender: Contender, frame: pd.DataFrame, 
 def _finite(value: Any) -> Any:
     """NaN/inf as None, so the summary is valid JSON."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def decisions(summary: dict[str, Any]) -> dict[str, Decision]:
-    """Candidate name -> decision."""
-    return {c["name"]: c["decision"] for c in summary["candidates"]}
 
 
 # --- the edges: runner, MLflow, metrics file -----------------------------------------------------

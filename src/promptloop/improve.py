@@ -62,21 +62,16 @@ def grow_golden_set(workspace: Workspace, app: str, failures: pd.DataFrame, clus
     return result
 
 
-def held_out_clusters(workspace: Workspace, clusters: list[dict[str, Any]]) -> set[int]:
-    from promptloop.golden_growth import holdout_clusters
-
-    return holdout_clusters(clusters, workspace.params.improve.holdout_share)
-
-
 def propose_candidates(workspace: Workspace, app: str, failures: pd.DataFrame, clusters: list[dict[str, Any]]) -> dict[str, Any]:
     """Optimizer revisions of the current prompt from the clusters it may see, written as candidate files."""
     from promptloop.candidates import failure_digest, generate, write_candidates
-    from promptloop.runner import open_runner
+    from promptloop.golden_growth import holdout_clusters
     from promptloop.prompts import load_prompt
+    from promptloop.runner import open_runner
 
     settings, improve = workspace.app_settings(app), workspace.params.improve
     current = load_prompt(workspace.path(settings.prompt))
-    shown = {c["id"] for c in clusters} - held_out_clusters(workspace, clusters)
+    shown = {c["id"] for c in clusters} - holdout_clusters(clusters, improve.holdout_share)
     digest = failure_digest(failures, clusters, shown, improve.examples_per_cluster)
     held_out = [c for c in load_golden(workspace.path(settings.golden_set)) if c.split == "holdout"]
     folder = workspace.root / ".promptloop" / "candidates" / app
