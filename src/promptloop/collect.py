@@ -130,7 +130,7 @@ def process_batch(batch: SourceBatch, ctx: BatchContext) -> tuple[Totals, pd.Dat
     """Validate, de-duplicate and redact one batch: (counts, valid rows, quarantined rows)."""
     totals = Totals(rows_in=batch.rows_in)
     frame = batch.frame.reset_index(drop=True)
-    models = sorted({m for m in frame["model"].dropna().unique() if isinstance(m, str)})
+    models = sorted({m for m in frame["model"] if isinstance(m, str)})  # not .unique(): a list or dict is unhashable
     prices = ctx.price_lookup(models)
     checked = derived_columns(frame, prices)
     # Only stored ids that recur in this batch can make a row non-unique: the expectation sees those.
@@ -164,8 +164,9 @@ def duplicate_rows(frame: pd.DataFrame, failures: dict[Any, list[str]], seen_ids
 
     The suite's uniqueness expectation flags every copy; only the later ones are duplicates, so the
     first copy's uniqueness failure is withdrawn here and it is judged on its other expectations.
+    Only str ids can be duplicates: repeated ids of another type (even unhashable lists) stay invalid.
     """
-    flagged = [i for i, names in failures.items() if "id_not_unique" in names]
+    flagged = [i for i, names in failures.items() if "id_not_unique" in names and isinstance(frame.at[i, "id"], str)]
     duplicate = np.zeros(len(frame), dtype=bool)
     first_seen: set[str] = set()
     for index in sorted(flagged):
@@ -185,15 +186,16 @@ def typed_rows(checked: pd.DataFrame, prices: dict[str, tuple[float, float]], ct
     return pd.DataFrame(
         {
             "id": checked["id"].astype(str),
-            "timestamp": checked["timestamp_utc"],
+            "timestamp": checked["timestamp_utc"].dt.floor("us"),  # stored in us: nanoseconds would fail the cast
             "app": checked["app"].astype(str),
             "prompt_version": checked["prompt_version"].astype(str),
             "model": checked["model"].astype(str),
             "input": checked["input"].astype(object),
             "output": checked["output"].astype(object),
             "latency_ms": checked["latency_value"],
-            "prompt_tokens": checked["prompt_tokens_value"].astype("int64"),
-            "completion_tokens": checked["completion_tokens_value"].astype("int64"),
+            # the raw ints, not the float *_value columns: a float rounds counts above 2**53
+            "prompt_tokens": checked["prompt_tokens"].astype("int64"),
+            "completion_tokens": checked["completion_tokens"].astype("int64"),
             "cost_usd": logged.fillna(computed),
             "cost_source": np.where(logged.notna(), "logged", np.where(computed.notna(), "price_map", None)),
             "error": checked["error"].astype(object),

@@ -13,10 +13,14 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a bad line is an InputError."""
     if not path.is_file():
         raise InputError(path, "file not found")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+    with path.open("rb") as handle:  # bytes, so a line that is not UTF-8 is an error naming its line
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(path, f"not UTF-8: {exc.reason} (byte {exc.start + 1})", field=f"line {number}") from None
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:

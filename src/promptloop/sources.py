@@ -26,6 +26,7 @@ from promptloop.logs import LOG_FIELDS
 ORIGIN = "_origin"  # "<file>:<line>" (or another source's locator) of each raw row
 EXTRA = "_extra"  # JSON of keys outside the contract, None when there are none
 RAW_COLUMNS = (*LOG_FIELDS, ORIGIN, EXTRA)
+MAX_DEPTH = 254  # orjson reads 1024 nested levels but writes only 254, and rows are written back as JSON
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,24 @@ def _parse_line(raw: bytes, origin: str, pending: _Pending) -> None:
     if not isinstance(record, dict):
         pending.unreadable.append(Unreadable(origin, f"not_an_object: got {type(record).__name__}", raw.decode("utf-8", "replace").rstrip("\n")))
         return
+    if _too_deep(raw, record):
+        pending.unreadable.append(Unreadable(origin, f"too_deep: nested over {MAX_DEPTH} levels", raw.decode("utf-8", "replace").rstrip("\n")))
+        return
     _append_record(record, origin, pending.columns)
+
+
+def _too_deep(raw: bytes, record: dict[str, Any]) -> bool:
+    """True when `record` is nested deeper than orjson can write (the metadata and quarantine columns).
+
+    Counting brackets is a cheap bound (a row that deep has that many); only then is it serialized.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False
+    try:
+        orjson.dumps(record)
+    except orjson.JSONEncodeError:
+        return True
+    return False
 
 
 @contextlib.contextmanager

@@ -46,11 +46,17 @@ def load_suite(path: Path) -> dict[str, Any]:
     return suite
 
 
+INT64 = range(-(2**63), 2**63)  # token counts are stored as int64
+
+
 def numeric(values: pd.Series, integers: bool = False) -> pd.Series:
     """Numbers as float; anything else becomes NaN: strings, booleans (an int subclass, which
-    Great Expectations' type-list check lets through), and floats where integers are due."""
-    allowed = (int,) if integers else (int, float)
-    mask = np.fromiter((type(v) in allowed for v in values.to_numpy()), dtype=bool, count=len(values))
+    Great Expectations' type-list check lets through), floats where integers are due, and
+    integers that int64 cannot hold (they would wrap around when stored)."""
+    if integers:
+        mask = np.fromiter((type(v) is int and v in INT64 for v in values.to_numpy()), dtype=bool, count=len(values))
+    else:
+        mask = np.fromiter((type(v) in (int, float) for v in values.to_numpy()), dtype=bool, count=len(values))
     return pd.to_numeric(values.where(mask), errors="coerce").astype("float64")
 
 
@@ -59,7 +65,7 @@ def derived_columns(frame: pd.DataFrame, prices: Mapping[str, tuple[float, float
     out = frame.copy()
     text = frame["timestamp"].where(frame["timestamp"].map(type) == str)
     out["timestamp_text"] = text
-    out["timestamp_utc"] = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+    out["timestamp_utc"] = within_datetime_range(pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce"))
     out["latency_value"] = numeric(frame["latency_ms"])
     out["prompt_tokens_value"] = numeric(frame["prompt_tokens"], integers=True)
     out["completion_tokens_value"] = numeric(frame["completion_tokens"], integers=True)
@@ -67,6 +73,13 @@ def derived_columns(frame: pd.DataFrame, prices: Mapping[str, tuple[float, float
     out["feedback_value"] = numeric(frame["feedback"], integers=True)
     out["cost_ratio"] = cost_ratio(out, prices)
     return out
+
+
+def within_datetime_range(stamps: pd.Series) -> pd.Series:
+    """NaT for instants a Python datetime cannot hold: "0001-01-01T00:00+01:00" is year 0 in UTC,
+    which pandas parses but no reader of the stored Parquet (pyarrow's to_pylist, datetime) can."""
+    low, high = pd.Timestamp(datetime.min, tz="UTC"), pd.Timestamp(datetime.max, tz="UTC")
+    return stamps.where(stamps.between(low, high))
 
 
 def cost_ratio(frame: pd.DataFrame, prices: Mapping[str, tuple[float, float]]) -> pd.Series:
