@@ -77,3 +77,47 @@ def test_unknown_app_lists_the_known_ones() -> None:
     params = load_params(REPO / "params.yaml")
     with pytest.raises(InputError, match=r"unknown app 'nope' \(known: support-bot\)"):
         params.app("nope")
+
+
+FAKE_KEY = "sk-live-0123456789abcdefFAKE"
+
+
+@pytest.mark.parametrize("value", [FAKE_KEY, "env:", "env:NOT A NAME", "prefect-secret:Upper_Case", "vault:x", 42])
+def test_a_literal_api_key_is_refused_without_repeating_it(value: object) -> None:
+    params = sample_params()
+    params["llm"]["api_keys"] = {"openai/*": value}
+    with pytest.raises(InputError) as caught:
+        parse_params(params, "params.yaml")
+    assert caught.value.field == "llm.api_keys.openai/*"
+    assert str(caught.value).startswith("params.yaml: llm.api_keys.openai/*: ")
+    assert "environment variable" in str(caught.value) and "Prefect Secret block" in str(caught.value)
+    assert FAKE_KEY not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_api_keys_must_be_a_mapping_and_the_error_names_the_file(tmp_path: Path) -> None:
+    params = sample_params()
+    params["llm"]["api_keys"] = FAKE_KEY
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(InputError) as caught:
+        load_params(path)
+    assert str(caught.value).startswith(f"{path}: llm.api_keys: ") and FAKE_KEY not in str(caught.value)
+
+
+def test_settings_built_in_code_refuse_a_literal_key_without_printing_it() -> None:
+    from pydantic import ValidationError
+
+    from promptloop.config import LLMSettings
+
+    with pytest.raises(ValidationError) as caught:
+        LLMSettings(api_keys={"openai/*": FAKE_KEY})
+    assert FAKE_KEY not in str(caught.value)
+
+
+def test_key_sources_name_the_environment_or_a_prefect_secret_block_first_match_wins() -> None:
+    params = sample_params()
+    params["llm"]["api_keys"] = {"openai/gpt-4o*": "prefect-secret:openai-prod", "openai/*": "env:OPENAI_KEY_FOR_PROMPTLOOP"}
+    llm = parse_params(params).llm
+    assert llm.api_key_entry("openai/gpt-4o-mini") == ("openai/gpt-4o*", "prefect-secret:openai-prod")
+    assert llm.api_key_entry("openai/o3") == ("openai/*", "env:OPENAI_KEY_FOR_PROMPTLOOP")
+    assert llm.api_key_entry("anthropic/claude") is None  # litellm's own ANTHROPIC_API_KEY

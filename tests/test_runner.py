@@ -210,3 +210,75 @@ def test_configuring_litellm_leaves_its_import_time_objects_out_of_garbage_colle
     # ~400k objects: a full collection walking them took ~200 ms, stalling every call in flight
     litellm_module_configured(repo_workspace.params.llm)
     assert gc.get_freeze_count() > 100_000
+
+
+KEY_VAR = "PROMPTLOOP_RUNNER_TEST_KEY"
+KEY = "promptloop-runner-FAKE-KEY-5f0c2a"
+
+
+def keyed(key: str = KEY) -> dict[str, str]:
+    """The simulation setting under which the provider answers only calls that carry `key`."""
+    import hashlib
+
+    return {"api_key_sha256": hashlib.sha256(key.encode()).hexdigest()}
+
+
+def api_keys(source: str = f"env:{KEY_VAR}") -> Any:
+    from promptloop.llm import ApiKeys
+
+    return ApiKeys(LLMSettings(api_keys={"offline/*": source}), "params.yaml")
+
+
+def test_the_configured_key_goes_with_every_call_but_not_into_the_cache(litellm, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(KEY_VAR, KEY)
+    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), api_keys=api_keys())
+    texts = ask_all(runner, simulation=keyed())  # the provider refuses any call without the key
+    assert runner.usage["app"].calls == len(QUESTIONS) and runner.usage["app"].failures == 0
+    runner.cache.close()
+    assert not any(KEY.encode() in p.read_bytes() for p in tmp_path.iterdir())
+    # The same requests with no key configured at all are answered from the cache: the key is no part of it.
+    replay = Runner(litellm, ResponseCache(tmp_path / "c.db"))
+    assert ask_all(replay, simulation=keyed()) == texts and replay.usage["app"].cache_hits == len(QUESTIONS)
+
+
+def test_a_key_is_looked_up_once_per_runner_and_a_missing_one_names_its_variable(litellm, tmp_path: Path, monkeypatch) -> None:
+    from promptloop.errors import InputError
+
+    monkeypatch.setenv(KEY_VAR, KEY)
+    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), api_keys=api_keys())
+    asyncio.run(runner.complete("app", "offline/support-bot", messages("first"), simulation=keyed()))
+    monkeypatch.delenv(KEY_VAR)
+    asyncio.run(runner.complete("app", "offline/judge", messages("second"), simulation=keyed()))  # the same source, kept
+    with pytest.raises(InputError) as caught:
+        asyncio.run(Runner(litellm, ResponseCache(tmp_path / "d.db"), api_keys=api_keys()).complete(
+            "app", "offline/support-bot", messages("third"), simulation=keyed()))
+    assert caught.value.field == "llm.api_keys.offline/*"
+    assert f"environment variable {KEY_VAR} is not set" in str(caught.value)
+
+
+def test_a_model_with_no_entry_keeps_litellms_own_variables() -> None:
+    assert api_keys().for_model("openai/gpt-4o-mini") is None  # litellm then reads OPENAI_API_KEY
+
+
+def test_a_wrong_key_fails_at_once(litellm, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(KEY_VAR, "promptloop-WRONG-key")
+    sleeps = Sleeps()
+    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), sleep=sleeps, api_keys=api_keys())
+    with pytest.raises(CallFailed, match="AuthenticationError after 1 attempt") as caught:
+        asyncio.run(runner.complete("app", "offline/support-bot", messages("q"), simulation=keyed()))
+    assert sleeps.delays == [] and "promptloop-WRONG-key" not in str(caught.value)
+
+
+def test_a_provider_error_echoing_the_key_is_redacted_and_not_chained(litellm, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(KEY_VAR, KEY)
+
+    async def echoing(**request: Any) -> Any:  # some providers' errors repeat the request they refused
+        raise litellm.BadRequestError(f"bad request: {request['api_key']} is not allowed here",
+                                      model=request["model"], llm_provider="offline")
+
+    monkeypatch.setattr(litellm, "acompletion", echoing)
+    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), api_keys=api_keys())
+    with pytest.raises(CallFailed) as caught:
+        asyncio.run(runner.complete("app", "offline/support-bot", messages("q")))
+    assert KEY not in str(caught.value) and "<api-key> is not allowed here" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__

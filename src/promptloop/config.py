@@ -6,6 +6,7 @@ An unknown key or a wrong type is an `InputError` that names the file and the ke
 from __future__ import annotations
 
 import fnmatch
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,8 +35,50 @@ class ModelPrice(Section):
     output_per_mtok: float = Field(ge=0)
 
 
+# Where an API key comes from: never the key itself. An env var name as POSIX shells take it; a
+# Prefect block document name as Prefect allows it (lower case letters, digits, dashes).
+KEY_SOURCES: dict[str, re.Pattern[str]] = {
+    "env": re.compile(r"[A-Za-z_][A-Za-z0-9_]*"),
+    "prefect-secret": re.compile(r"[a-z0-9-]+"),
+}
+API_KEYS_FIELD = "llm.api_keys"
+KEY_SOURCE_HELP = ("API keys never go in params.yaml: put the key in an environment variable and write 'env:VARIABLE', "
+                   "or in a Prefect Secret block and write 'prefect-secret:BLOCK'")
+
+
+def key_source(text: str) -> tuple[str, str] | None:
+    """('env', 'OPENAI_API_KEY') for 'env:OPENAI_API_KEY' (or 'prefect-secret', block); None if it is neither."""
+    kind, colon, name = text.partition(":")
+    pattern = KEY_SOURCES.get(kind)
+    return (kind, name) if colon and pattern is not None and pattern.fullmatch(name) else None
+
+
+def key_source_problem(value: object) -> str | None:
+    """Why `value` is not a key source, in words that never repeat it (it may be a key); None if it is one."""
+    if isinstance(value, str) and key_source(value) is not None:
+        return None
+    return f"a literal key or an unknown key source (the value is not shown). {KEY_SOURCE_HELP}"
+
+
+def refuse_literal_api_keys(data: dict[Any, Any], source: str | Path) -> None:
+    """An InputError for an `llm.api_keys` entry that is not a key source, before pydantic would echo it."""
+    llm = data.get("llm")
+    keys = llm.get("api_keys") if isinstance(llm, dict) else None
+    if keys is None:
+        return
+    if not isinstance(keys, dict):
+        raise InputError(source, f"expected a mapping of model name or glob -> key source. {KEY_SOURCE_HELP}", API_KEYS_FIELD)
+    for pattern, value in keys.items():
+        problem = key_source_problem(value)
+        if problem:
+            raise InputError(source, problem, f"{API_KEYS_FIELD}.{pattern}")
+
+
 class LLMSettings(Section):
     """How every LLM call is made (all through litellm)."""
+
+    # A ValidationError built from these settings alone must not print a literal key it refused.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     providers: dict[str, str] = Field(
         default_factory=dict,
@@ -55,10 +98,28 @@ class LLMSettings(Section):
         default_factory=dict,
         description="license class per model name or glob (e.g. 'ollama/llama3*'); used to gate model changes",
     )
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="where the API key of a model (name or glob) comes from: 'env:VARIABLE' or 'prefect-secret:BLOCK'; "
+                    "a model with no entry uses litellm's own variables (OPENAI_API_KEY ...)",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_sources_only(cls, api_keys: dict[str, str]) -> dict[str, str]:
+        for value in api_keys.values():
+            problem = key_source_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return api_keys
 
     def license_of(self, model: str) -> str:
         """The license class of `model` (first matching name or glob), or 'unknown'."""
         return next((cls for pattern, cls in self.licenses.items() if fnmatch.fnmatchcase(model, pattern)), "unknown")
+
+    def api_key_entry(self, model: str) -> tuple[str, str] | None:
+        """(name or glob, key source) of the first `api_keys` entry matching `model`; None: litellm's defaults."""
+        return next(((pattern, src) for pattern, src in self.api_keys.items() if fnmatch.fnmatchcase(model, pattern)), None)
 
 
 class AppSettings(Section):
@@ -265,6 +326,7 @@ def parse_params(data: object, source: str | Path = PARAMS_FILE) -> Params:
     """Validate an already-parsed params mapping."""
     if not isinstance(data, dict):
         raise InputError(source, f"expected a mapping at the top level, got {type(data).__name__}")
+    refuse_literal_api_keys(data, source)
     try:
         return Params.model_validate(data)
     except ValidationError as exc:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import gc
 import importlib
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from promptloop.config import LLMSettings
+from promptloop.config import API_KEYS_FIELD, LLMSettings, key_source
 from promptloop.errors import InputError
 from promptloop.runtime import prepare_environment
 
@@ -92,11 +93,12 @@ async def acomplete(
     model: str,
     messages: list[dict[str, str]],
     timeout_s: float,
+    api_key: str | None = None,
     **parameters: Any,
 ) -> Completion:
-    """One chat completion; errors are litellm's own exception types."""
+    """One chat completion; errors are litellm's own exception types. No `api_key`: litellm's own env vars."""
     started = time.perf_counter()
-    response = await litellm.acompletion(model=model, messages=messages, timeout=timeout_s, **parameters)
+    response = await litellm.acompletion(model=model, messages=messages, timeout=timeout_s, api_key=api_key, **parameters)
     latency_ms = (time.perf_counter() - started) * 1000
     usage = response.usage
     return Completion(
@@ -140,3 +142,77 @@ def token_prices(litellm: "litellm_module", model: str) -> tuple[float, float] |
     entry = litellm.model_cost.get(model) or {}
     prices = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
     return (float(prices[0]), float(prices[1])) if None not in prices else None
+
+
+# --- API keys: from the environment or a Prefect Secret block, never from params.yaml ------------
+
+REDACTED_KEY = "<api-key>"
+
+
+@dataclass
+class ApiKeys:
+    """The API key of each model as `llm.api_keys` says, looked up on a model's first call and kept.
+
+    One lookup per source per runner keeps the hot path a dict lookup (a Prefect Secret is an API
+    call). Models with no entry get None: litellm then reads its own variables (OPENAI_API_KEY ...).
+    """
+
+    settings: LLMSettings = field(default_factory=LLMSettings)
+    params_file: str = "params.yaml"
+    _by_model: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
+    _by_source: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+
+    def for_model(self, model: str) -> str | None:
+        """The key to send with calls to `model`; an InputError when its source has none."""
+        try:
+            return self._by_model[model]
+        except KeyError:
+            pass
+        entry = self.settings.api_key_entry(model)
+        key = None if entry is None else self._resolve(*entry)
+        self._by_model[model] = key
+        return key
+
+    def _resolve(self, pattern: str, source: str) -> str:
+        if source not in self._by_source:
+            self._by_source[source] = resolve_api_key(source, self.params_file, f"{API_KEYS_FIELD}.{pattern}")
+        return self._by_source[source]
+
+    def redact(self, text: str) -> str:
+        """`text` with every key resolved so far replaced by a placeholder (for error messages)."""
+        for key in self._by_source.values():
+            text = text.replace(key, REDACTED_KEY)
+        return text
+
+    def leaked_in(self, text: str) -> bool:
+        """True when `text` holds one of the keys resolved so far."""
+        return any(key in text for key in self._by_source.values())
+
+
+def resolve_api_key(source: str, params_file: str, field_name: str) -> str:
+    """The key behind 'env:VARIABLE' or 'prefect-secret:BLOCK'; a missing one is an InputError naming it."""
+    parsed = key_source(source)
+    if parsed is None:  # config validation refuses these; kept for settings built in code
+        raise InputError(params_file, "not a key source ('env:VARIABLE' or 'prefect-secret:BLOCK')", field_name)
+    kind, name = parsed
+    if kind == "env":
+        value = os.environ.get(name)
+        if not value:
+            raise InputError(params_file, f"environment variable {name} is not set (it should hold the API key)", field_name)
+        return value
+    return prefect_secret(name, params_file, field_name)
+
+
+def prefect_secret(block: str, params_file: str, field_name: str) -> str:
+    """The string held by the Prefect Secret block `block` (Prefect is imported only when one is configured)."""
+    from prefect.blocks.system import Secret
+
+    try:
+        # _sync: the runner resolves keys inside its event loop, where Prefect would hand back a coroutine.
+        value = Secret.load(block, _sync=True).get()
+    except ValueError:  # Prefect's "Unable to find block document named ..."
+        raise InputError(params_file, f"no Prefect Secret block named {block!r} (create it in the Prefect UI or "
+                                      f"with Secret(value=...).save({block!r}))", field_name) from None
+    if not isinstance(value, str) or not value:
+        raise InputError(params_file, f"Prefect Secret block {block!r} does not hold the API key as a string", field_name)
+    return value

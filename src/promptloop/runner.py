@@ -2,7 +2,8 @@
 and jitter (honouring Retry-After), a per-call timeout, a persistent response cache and a budget.
 
 The cache is keyed by model + messages + parameters (the seed among them), so re-evaluating an
-unchanged prompt makes zero calls. A budget (USD and calls) that runs out raises BudgetExceeded:
+unchanged prompt makes zero calls, and a run killed half way pays again for nothing it finished.
+Identical requests in flight at once share one call. A budget (USD and calls) that runs out raises BudgetExceeded:
 the caller's decision is then "incomplete", never a promotion.
 """
 
@@ -15,12 +16,12 @@ import random
 import sqlite3
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from promptloop.llm import Completion, acomplete
+from promptloop.llm import ApiKeys, Completion, acomplete
 
 if TYPE_CHECKING:
     import litellm as litellm_module
@@ -101,6 +102,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    retry_causes: Counter[str] = field(default_factory=Counter)  # what each retry answered: error type or invalid answer
 
 
 @dataclass
@@ -148,10 +150,12 @@ class Runner:
     seed: int = 0
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     usage: dict[str, Usage] = field(default_factory=lambda: defaultdict(Usage))
+    api_keys: ApiKeys = field(default_factory=ApiKeys)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._gates: dict[int, asyncio.Semaphore] = {}
+        self._in_flight: dict[int, dict[str, asyncio.Future[Completion]]] = {}
 
     def _gate(self) -> asyncio.Semaphore:
         """The concurrency bound of the running event loop (a semaphore belongs to one loop)."""
@@ -182,6 +186,30 @@ class Runner:
         if cached is not None:
             usage.cache_hits += 1
             return cached
+        # The same request already in flight (two prompts giving one answer, judged alike): share its
+        # answer instead of paying for it twice. It counts as a cache hit: it was paid for once.
+        flights = self._in_flight.setdefault(id(asyncio.get_running_loop()), {})
+        if key in flights:
+            usage.cache_hits += 1
+            return await asyncio.shield(flights[key])
+        flight = flights[key] = asyncio.get_running_loop().create_future()
+        try:
+            completion = await self._paid_call(usage, key, model, messages, parameters, validate)
+            flight.set_result(completion)
+            return completion
+        except Exception as error:
+            flight.set_exception(error)
+            flight.exception()  # retrieved: no "never retrieved" warning when no one else waited
+            raise
+        except BaseException:
+            flight.cancel()  # cancelled or interrupted: whoever waits on it is cancelled too
+            raise
+        finally:
+            del flights[key]
+
+    async def _paid_call(self, usage: Usage, key: str, model: str, messages: list[dict[str, str]],
+                         parameters: dict[str, Any], validate: Callable[[str], Any] | None) -> Completion:
+        """A call to the provider (within the concurrency bound and the budget), counted and cached."""
         async with self._gate():
             self._check_budget()
             completion = await self._with_retries(usage, model, messages, parameters, validate)
@@ -199,17 +227,22 @@ class Runner:
 
     async def _with_retries(self, usage: Usage, model: str, messages: list[dict[str, str]], parameters: dict[str, Any],
                             validate: Callable[[str], Any] | None) -> Completion:
+        # Sent with the call, never part of the parameters: not in the cache key, nor logged with them.
+        api_key = self.api_keys.for_model(model)
         for attempt in range(self.retry.max_retries + 1):
             usage.calls += 1
             try:
                 # The timeout is enforced here too: not every provider honours the one it is passed.
                 completion = await asyncio.wait_for(
-                    acomplete(self.litellm, model, messages, self.timeout_s, num_retries=0, **parameters), self.timeout_s)
-            except Exception as error:  # classified below: only provider-side trouble is retried
+                    acomplete(self.litellm, model, messages, self.timeout_s, api_key, num_retries=0, **parameters),
+                    self.timeout_s)
+            except Exception as error:  # noqa: BLE001 - classified below: only provider-side trouble is retried
                 if not self.retryable(error) or attempt == self.retry.max_retries:
                     usage.failures += 1
-                    raise CallFailed(f"{model}: {type(error).__name__} after {attempt + 1} attempt(s): {error}") from error
+                    message = f"{model}: {type(error).__name__} after {attempt + 1} attempt(s): {error}"
+                    raise CallFailed(self.api_keys.redact(message)) from self._cause(error)
                 usage.retries += 1
+                usage.retry_causes[type(error).__name__] += 1
                 await self.sleep(self.retry.delay(attempt, error, self._rng))
                 continue
             try:
@@ -221,9 +254,31 @@ class Runner:
                 usage.cost_usd += completion.cost_usd or 0.0  # a wrong answer is paid for all the same
                 if attempt == self.retry.max_retries:
                     usage.failures += 1
-                    raise InvalidResponse(f"{model}: invalid answer after {attempt + 1} attempt(s): {error}") from error
+                    message = f"{model}: invalid answer after {attempt + 1} attempt(s): {error}"
+                    raise InvalidResponse(self.api_keys.redact(message)) from self._cause(error)
                 usage.retries += 1
+                usage.retry_causes["invalid answer"] += 1
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _cause(self, error: BaseException) -> BaseException | None:
+        """`error` as the cause of a CallFailed, unless it holds an API key: a traceback would print it.
+
+        Provider errors may echo the request they refused. The CallFailed message itself (kept in
+        reasons, logs and MLflow) is redacted by the caller.
+        """
+        return None if self.api_keys.leaked_in(chain_text(error)) else error
+
+
+def chain_text(error: BaseException) -> str:
+    """The messages a traceback of `error` prints: it and every cause or context behind it."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts.append(f"{current!s} {current!r}")
+        current = current.__cause__ or current.__context__
+    return "\n".join(texts)
 
 
 def open_runner(workspace: "Workspace", max_usd: float | None = None, max_calls: int | None = None,
@@ -233,11 +288,13 @@ def open_runner(workspace: "Workspace", max_usd: float | None = None, max_calls:
     from promptloop.llm import litellm_module_configured
 
     llm, settings = workspace.params.llm, workspace.params.evaluate
+    params_file = str(workspace.root / PARAMS_FILE)
     return Runner(
-        litellm_module_configured(llm, str(workspace.root / PARAMS_FILE)),
+        litellm_module_configured(llm, params_file),
         ResponseCache(workspace.path(llm.cache) if llm.cache else Path(":memory:")),
         max_concurrency=concurrency or llm.max_concurrency, timeout_s=llm.timeout_s,
         retry=RetryPolicy(max_retries=llm.max_retries, base_delay_s=llm.retry_base_delay_s),
         max_usd=settings.budget_usd if max_usd is None else max_usd,
         max_calls=settings.budget_calls if max_calls is None else max_calls, seed=settings.seed,
+        api_keys=ApiKeys(llm, params_file),
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import random
 import time
@@ -35,17 +37,33 @@ class OfflineProvider(CustomLLM):
     """Answers `offline/<name>` completions with the simulated model `<name>`."""
 
 
-    def completion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict, **_: Any) -> ModelResponse:  # type: ignore[override]
+    def completion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict,  # type: ignore[override]
+                   api_key: str | None = None, **_: Any) -> ModelResponse:
         settings = simulation_settings(optional_params)
+        _authenticate(api_key, model, settings)
         if settings.latency_ms:
             time.sleep(_latency_s(settings))
         return _respond(model, messages, model_response, optional_params, settings)
 
-    async def acompletion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict, **_: Any) -> ModelResponse:  # type: ignore[override]
+    async def acompletion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict,  # type: ignore[override]
+                          api_key: str | None = None, **_: Any) -> ModelResponse:
         settings = simulation_settings(optional_params)
+        _authenticate(api_key, model, settings)
         if settings.latency_ms:
             await asyncio.sleep(_latency_s(settings))
         return _respond(model, messages, model_response, optional_params, settings)
+
+
+def _authenticate(api_key: str | None, model: str, settings: SimulationSettings) -> None:
+    """A 401 unless the call carries the key whose sha256 the settings hold (when they hold one)."""
+    expected = settings.api_key_sha256
+    if expected is None:
+        return
+    given = hashlib.sha256(api_key.encode()).hexdigest() if api_key else ""
+    if not hmac.compare_digest(given, expected):
+        # Like a real provider's 401, the message never repeats the key it was sent.
+        raise litellm.AuthenticationError("simulated provider: missing or invalid API key", llm_provider="offline",
+                                          model=f"offline/{model}")
 
 
 def _latency_s(settings: SimulationSettings) -> float:
