@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from promptloop import analyze as stage
+from promptloop.locking import writing
 from promptloop.runtime import prepare_environment
 from promptloop.workspace import open_workspace
 
@@ -81,9 +82,10 @@ def publish(summary: dict[str, Any]) -> None:
 def analyze_flow(parameters: AnalyzeParameters = AnalyzeParameters()) -> dict[str, Any]:
     """analyze: window -> metrics, alerts, failure clusters -> DVC, MLflow, Prefect artifacts."""
     prepare_environment()
-    the_plan = plan(parameters)
-    frame = load(the_plan, previous=False)
-    summary = store(the_plan, measure_and_mine(the_plan, frame, load(the_plan, previous=True)))
-    summary = log_run(the_plan, notify(the_plan, summary), frame)
+    with writing(Path(parameters.workspace), f"analyze flow --app {parameters.app}"):
+        the_plan = plan(parameters)
+        frame = load(the_plan, previous=False)
+        summary = store(the_plan, measure_and_mine(the_plan, frame, load(the_plan, previous=True)))
+        summary = log_run(the_plan, notify(the_plan, summary), frame)
     publish(summary)
     return summary

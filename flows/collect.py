@@ -14,7 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from promptloop import collect as stage
+from promptloop.locking import writing
 from promptloop.runtime import prepare_environment
+from promptloop.versioning import dataset_change
 from promptloop.workspace import open_workspace
 
 
@@ -66,12 +68,15 @@ def publish(summary: dict[str, Any]) -> None:
 def collect_flow(parameters: CollectParameters = CollectParameters()) -> dict[str, Any]:
     """collect: read each source, validate, quarantine, redact, version with DVC, log to MLflow."""
     prepare_environment()
-    the_plan = plan(parameters)
-    ctx = prepare(the_plan)
-    totals = stage.Totals()
-    for index in range(len(the_plan.sources)):
-        totals.add(read_validate_redact(the_plan, index, ctx))
-    versioned = version(the_plan, totals)
-    summary = summarize(the_plan, totals, versioned, log_run(the_plan, totals, versioned, ctx.validator.version))
+    root = Path(parameters.workspace)
+    with writing(root, f"collect flow --app {parameters.app}"):
+        the_plan = plan(parameters)
+        ctx = prepare(the_plan)
+        totals = stage.Totals()
+        with dataset_change(the_plan.workspace.root, stage.versioned_paths(the_plan), f"collect {parameters.app}"):
+            for index in range(len(the_plan.sources)):
+                totals.add(read_validate_redact(the_plan, index, ctx))
+            versioned = version(the_plan, totals)
+        summary = summarize(the_plan, totals, versioned, log_run(the_plan, totals, versioned, ctx.validator.version))
     publish(summary)
     return summary

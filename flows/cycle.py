@@ -20,6 +20,7 @@ from flows.deploy import DeployParameters, deploy_flow
 from flows.improve import ImproveParameters, improve_flow
 from promptloop import cycle as stage
 from promptloop.git_pr import merge_base_branch
+from promptloop.locking import writing
 from promptloop.runtime import prepare_environment
 from promptloop.workspace import Workspace, open_workspace
 
@@ -47,8 +48,18 @@ def merge_approved(workspace: Workspace) -> str | None:
 
 
 @task(cache_policy=NO_CACHE)
-def nothing_new(workspace: Workspace, app: str, collected: dict[str, Any], force: bool) -> bool:
-    return stage.nothing_new(workspace, app, collected, force)
+def begin_turn(workspace: Workspace, app: str) -> str | None:
+    return stage.begin_turn(workspace, app)
+
+
+@task(cache_policy=NO_CACHE)
+def nothing_new(workspace: Workspace, app: str, collected: dict[str, Any], force: bool, resumed: str | None) -> bool:
+    return stage.nothing_new(workspace, app, collected, force, resumed)
+
+
+@task(cache_policy=NO_CACHE)
+def end_turn(workspace: Workspace, app: str, result: dict[str, Any]) -> dict[str, Any]:
+    return stage.end_turn(workspace, app, result)
 
 
 @task(cache_policy=NO_CACHE)
@@ -69,16 +80,20 @@ def cycle_flow(parameters: CycleParameters = CycleParameters()) -> dict[str, Any
     """cycle: one turn of the loop; stops after collect when no new logs came in (unless force)."""
     prepare_environment()
     app, folder = parameters.app, parameters.workspace
-    workspace = open_(parameters)
-    merged = merge_approved(workspace)
-    collected = collect_flow(CollectParameters(app=app, workspace=folder))
-    if nothing_new(workspace, app, collected, parameters.force):
-        result = stage.skipped(app, merged, collected)
-    else:
-        analyzed = analyze_flow(AnalyzeParameters(app=app, workspace=folder, window=parameters.window))
-        improved = improve_flow(ImproveParameters(app=app, workspace=folder, candidates=parameters.candidates,
-                                                  budget_usd=parameters.budget_usd))
-        deployed = deploy_flow(DeployParameters(app=app, workspace=folder)) if improved["decision"] == "promote" else None
-        result = stage.finished(app, merged, collected, analyzed, improved, deployed)
+    # The stages are subflows in this process: they re-enter the hold, so no other writer comes between them.
+    with writing(Path(folder), f"cycle flow --app {app}"):
+        workspace = open_(parameters)
+        resumed = begin_turn(workspace, app)
+        merged = merge_approved(workspace)
+        collected = collect_flow(CollectParameters(app=app, workspace=folder))
+        if nothing_new(workspace, app, collected, parameters.force, resumed):
+            result = stage.skipped(app, merged, collected)
+        else:
+            analyzed = analyze_flow(AnalyzeParameters(app=app, workspace=folder, window=parameters.window))
+            improved = improve_flow(ImproveParameters(app=app, workspace=folder, candidates=parameters.candidates,
+                                                      budget_usd=parameters.budget_usd))
+            deployed = deploy_flow(DeployParameters(app=app, workspace=folder)) if improved["decision"] == "promote" else None
+            result = stage.finished(app, merged, collected, analyzed, improved, deployed, resumed)
+        result = end_turn(workspace, app, result)
     publish(result)
     return result

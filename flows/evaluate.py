@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from promptloop import evaluate as stage
 from promptloop.eval_report import decision_table
+from promptloop.locking import writing
 from promptloop.runtime import prepare_environment
 from promptloop.workspace import Workspace, open_workspace
 
@@ -64,11 +65,12 @@ def publish(summary: dict[str, Any]) -> None:
 def evaluate_flow(parameters: EvaluateParameters = EvaluateParameters()) -> dict[str, Any]:
     """evaluate: plan -> batches of cases as parallel tasks -> statistics, decision, MLflow, artifact."""
     prepare_environment()
-    workspace = open_(parameters)
-    the_plan = plan(workspace, parameters)
-    batches = stage.case_batches(the_plan, parameters.batches)
-    runs = run_batch.map(unmapped(workspace), unmapped(the_plan), batches, unmapped(1 / len(batches)))
-    summary = finish(workspace, the_plan, runs)
+    with writing(Path(parameters.workspace), f"evaluate flow --app {parameters.app}"):
+        workspace = open_(parameters)
+        the_plan = plan(workspace, parameters)
+        batches = stage.case_batches(the_plan, parameters.batches)
+        runs = run_batch.map(unmapped(workspace), unmapped(the_plan), batches, unmapped(1 / len(batches)))
+        summary = finish(workspace, the_plan, runs)
     publish(summary)
     return summary
 

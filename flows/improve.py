@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from promptloop import improve as stage
 from promptloop.eval_report import decision_table
 from promptloop.evaluate import evaluate as evaluate_prompts
+from promptloop.locking import writing
 from promptloop.runtime import prepare_environment
 from promptloop.workspace import Workspace, open_workspace, with_overrides
 
@@ -99,13 +100,14 @@ def improve_flow(parameters: ImproveParameters = ImproveParameters()) -> dict[st
     """improve: grow the golden set, propose candidates, evaluate them against the baseline, decide."""
     prepare_environment()
     app = parameters.app
-    workspace = open_(parameters)
-    mined = load_failures(workspace, app)
-    growth = grow_golden_set(workspace, app, mined)
-    generated = propose_candidates(workspace, app, mined)
-    written = hand_written(workspace, app)
-    paths = written + generated["paths"]
-    summary = evaluate(workspace, app, paths, fingerprint(workspace, app, paths))
-    outcome = decide(workspace, app, growth, generated, written, summary)
+    with writing(Path(parameters.workspace), f"improve flow --app {app}"):
+        workspace = open_(parameters)
+        mined = load_failures(workspace, app)
+        growth = grow_golden_set(workspace, app, mined)
+        generated = propose_candidates(workspace, app, mined)
+        written = hand_written(workspace, app)
+        paths = written + generated["paths"]
+        summary = evaluate(workspace, app, paths, fingerprint(workspace, app, paths))
+        outcome = decide(workspace, app, growth, generated, written, summary)
     publish(outcome)
     return outcome

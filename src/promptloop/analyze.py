@@ -20,6 +20,7 @@ from promptloop.collect import LOGS
 from promptloop.config import AnalyzeSettings
 from promptloop.detectors import Detector, load_detector
 from promptloop.errors import InputError
+from promptloop.locking import holds_workspace
 from promptloop.metrics import AlertRule, compute_metrics, daily_metrics, evaluate_alerts, metrics_by
 from promptloop.mining import cluster_failures, mine_failures
 from promptloop.prices import fill_missing_costs, price_lookup
@@ -113,8 +114,8 @@ def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series,
     answered = frame[frame["output"].notna()]
     if not settings.judge_model or settings.judge_sample == 0 or answered.empty:
         return pd.Series(np.nan, index=frame.index), None
-    from promptloop.runner import open_runner
     from promptloop.online_judge import judge_sample
+    from promptloop.runner import open_runner
 
     sample = answered.sample(n=min(settings.judge_sample, len(answered)), random_state=settings.seed)
     runner = open_runner(plan.workspace, max_usd=settings.judge_budget_usd, max_calls=settings.judge_sample)
@@ -128,19 +129,22 @@ def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series,
 
 def store_failures(plan: AnalyzePlan, failures: pd.DataFrame, assignment: np.ndarray, clusters: list[dict[str, Any]]) -> dict[str, Any]:
     """Write the mined failures and clusters, version them with DVC, commit the .dvc file."""
-    from promptloop.versioning import commit_paths, dvc_add_and_push
+    from promptloop.versioning import commit_paths, dataset_change, dvc_add_and_push
 
     target = plan.data_dir / FAILURES
-    target.mkdir(parents=True, exist_ok=True)
     keep = ["id", "timestamp", "prompt_version", "model", "input", "output", "error", "feedback", "feedback_comment",
             "kinds", "severity", "judge_score"]
     stored = failures[keep].assign(cluster=assignment, analyze_run=plan.run)
-    stored.to_parquet(target / "failures.parquet", index=False)
-    (target / "clusters.json").write_text(json.dumps({"run": plan.run, "window": [str(plan.start), str(plan.end)],
-                                                      "clusters": clusters}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    md5 = dvc_add_and_push(plan.workspace.root, [target])[str(target.relative_to(plan.workspace.root))]
-    tracked = [Path(f"{target}.dvc")] + [p for p in (plan.data_dir / ".gitignore",) if p.is_file()]
-    commit = commit_paths(plan.workspace.root, tracked, f"analyze {plan.app}: {len(stored)} failures in {len(clusters)} clusters (run {plan.run})")
+    gitignore = plan.data_dir / ".gitignore"
+    with dataset_change(plan.workspace.root, [target, gitignore], f"analyze {plan.app} (run {plan.run})"):
+        target.mkdir(parents=True, exist_ok=True)
+        stored.to_parquet(target / "failures.parquet", index=False)
+        (target / "clusters.json").write_text(json.dumps({"run": plan.run, "window": [str(plan.start), str(plan.end)],
+                                                          "clusters": clusters}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        md5 = dvc_add_and_push(plan.workspace.root, [target])[str(target.relative_to(plan.workspace.root))]
+        tracked = [Path(f"{target}.dvc")] + [p for p in (gitignore,) if p.is_file()]
+        commit = commit_paths(plan.workspace.root, tracked,
+                              f"analyze {plan.app}: {len(stored)} failures in {len(clusters)} clusters (run {plan.run})")
     return {"failures_snapshot": str(target.relative_to(plan.workspace.root)), "dvc_md5": md5, "git_commit": commit}
 
 
@@ -196,6 +200,7 @@ def log_analyze_run(plan: AnalyzePlan, summary: dict[str, Any], latencies: np.nd
                    metric_time_ms=int(plan.end.timestamp() * 1000))
 
 
+@holds_workspace("analyze")
 def analyze(workspace: Workspace, app: str, window: str | None = None, until: str | None = None) -> dict[str, Any]:
     """The whole stage: plan, load, measure, mine, store, report."""
     plan = plan_analyze(workspace, app, window, until)

@@ -1,5 +1,6 @@
 """The `promptloop` command line. With --json each command prints exactly one JSON object on
-stdout; logs and progress go to stderr. Exit codes: 0 success, 2 bad input or config, 1 other."""
+stdout; logs and progress go to stderr. Exit codes: 0 success, 2 bad input or config, 75 the workspace
+stayed busy with another promptloop process (try again later), 1 other."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from promptloop import __version__
-from promptloop.errors import InputError
+from promptloop.errors import InputError, WorkspaceBusy
 from promptloop.runtime import prepare_environment
 
 app = typer.Typer(
@@ -40,6 +41,8 @@ def run_command(as_json: bool, action: Callable[[], dict[str, Any]], render: Cal
         result = action()
     except InputError as exc:
         _fail(as_json, str(exc), "input", 2)
+    except WorkspaceBusy as exc:
+        _fail(as_json, str(exc), "busy", 75)  # sysexits EX_TEMPFAIL: nothing is wrong, try later
     except KeyboardInterrupt:
         _fail(as_json, "interrupted", "interrupted", 1)
     except Exception as exc:  # the CLI's last line of defence: one line, exit 1
@@ -317,25 +320,33 @@ def cycle(
     app_name: str = AppOption,
     workspace: Path = WorkspaceOption,
     force: bool = typer.Option(False, "--force", help="Analyze and improve even when collect found no new logs."),
+    wait: float = typer.Option(None, "--wait", min=0, show_default=False,
+                               help="Seconds to wait while another promptloop process writes the workspace, then "
+                                    "exit 75 [default: $PROMPTLOOP_LOCK_WAIT_S, else 3600]."),
     as_json: bool = JsonOption,
 ) -> None:
     """Merge approved promotions from main, then collect -> analyze -> improve -> deploy, once.
 
     With no new logs since the last improve it stops after collect: no LLM call, no new branch.
+    A cycle that was killed or ended incomplete is run again in full by the next one, its LLM calls
+    answered from the cache. One writer per workspace: a second cycle waits (see --wait).
     """
     from promptloop.cycle import cycle as run_cycle
+    from promptloop.locking import writing
     from promptloop.workspace import open_workspace
 
     def action() -> dict[str, Any]:
-        with progress_bar() as bar:
-            return run_cycle(open_workspace(workspace), app_name, force=force,
-                             **progress_callbacks(bar, "evaluating candidates"))
+        opened = open_workspace(workspace)
+        with writing(opened.root, f"promptloop cycle --app {app_name}", wait), progress_bar() as bar:
+            return run_cycle(opened, app_name, force=force, **progress_callbacks(bar, "evaluating candidates"))
 
     run_command(as_json, action, render_cycle)
 
 
 def render_cycle(result: dict[str, Any]) -> None:
     """Every stage's headline, then the decision and the pull request."""
+    if result.get("resumed"):
+        Console().print(f"Ran again the cycle that started at {result['resumed']} and did not finish.", highlight=False)
     render_collect(result["collect"])
     if result["analyze"] is None:
         render_outcome(result["decision"], result["reasons"], None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import uuid
 from collections import Counter
@@ -24,9 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from promptloop.config import AppSettings
+from promptloop.files import write_atomic
+from promptloop.locking import holds_workspace
 from promptloop.logs import LOG_FIELDS
 from promptloop.prices import PriceLookup, cost_from_tokens, price_lookup
-from promptloop.redact import Redactor, build_redactor, keyed_hash
+from promptloop.redact import Redactor, build_redactor, keyed_digest, keyed_hash
 from promptloop.sources import EXTRA, ORIGIN, Source, SourceBatch, Unreadable, source_from_uri
 from promptloop.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
 from promptloop.workspace import Workspace
@@ -223,22 +226,34 @@ def quarantine_rows(
     frame: pd.DataFrame, failures: dict[Any, list[str]], bad: np.ndarray, duplicate: np.ndarray,
     unreadable: list[Unreadable], ctx: BatchContext,
 ) -> tuple[pd.DataFrame, Counter[str]]:
-    """Everything not stored as valid, redacted, with its reasons: nothing is lost."""
+    """Everything not stored as valid, redacted (user ids hashed as in the logs), with its reasons: nothing is lost."""
     records = []
     for index in np.flatnonzero(bad | duplicate):
         row = frame.iloc[index]
         raw = {name: row[name] for name in LOG_FIELDS}
         if isinstance(row[EXTRA], str):
             raw.update(json.loads(row[EXTRA]))
+        if raw.get("user_id") is not None:
+            raw["user_id"] = keyed_digest(str(raw["user_id"]), ctx.key)
         reasons = ["duplicate_id"] if duplicate[index] else failures[index]
         records.append({"origin": row[ORIGIN], "id": row["id"] if isinstance(row["id"], str) else None,
                         "kind": "duplicate" if duplicate[index] else "invalid", "reasons": ",".join(reasons),
                         "raw": orjson.dumps(raw, default=str).decode()})
-    records += [{"origin": u.origin, "id": None, "kind": "unreadable", "reasons": u.reason.split(":")[0], "raw": u.raw} for u in unreadable]
+    records += [{"origin": u.origin, "id": None, "kind": "unreadable", "reasons": u.reason.split(":")[0],
+                 "raw": hash_user_ids_in_text(u.raw, ctx.key)} for u in unreadable]
     quarantined = pd.DataFrame(records, columns=["origin", "id", "kind", "reasons", "raw"])
     quarantined["collect_run"] = ctx.run
     quarantined, counts = redact_columns(quarantined, ("id", "raw"), ctx.redactor)
     return quarantined, counts
+
+
+# A line that is not JSON can still name its user: `"user_id": "..."` (escapes included).
+USER_ID_IN_TEXT = re.compile(r'("user_id"\s*:\s*")((?:[^"\\]|\\.)*)(")')
+
+
+def hash_user_ids_in_text(text: str, key: bytes) -> str:
+    """An unreadable line with every `"user_id": "..."` value replaced by its keyed hash (best effort)."""
+    return USER_ID_IN_TEXT.sub(lambda m: m.group(1) + keyed_digest(m.group(2), key) + m.group(3), text)
 
 
 def write_part(frame: pd.DataFrame, directory: Path, name: str, schema: pa.Schema) -> Path:
@@ -286,11 +301,16 @@ def snapshot(plan: CollectPlan, totals: Totals) -> dict[str, Any]:
     targets = [d for d in (logs_dir, plan.data_dir / QUARANTINE) if d.is_dir()]
     md5s = dvc_add_and_push(plan.workspace.root, targets)
     state = {"watermarks": {**plan.state["watermarks"], **totals.watermarks}, "last_run": plan.run}
-    state_path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomic(state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
     tracked = [Path(f"{t}.dvc") for t in targets] + [state_path] + [p for p in (plan.data_dir / ".gitignore",) if p.is_file()]
     message = f"collect {plan.app}: +{totals.rows_valid} rows, {totals.rows_quarantined} quarantined (run {plan.run})"
     commit = commit_paths(plan.workspace.root, tracked, message)
     return {"snapshot": _relative(plan, logs_dir), "dvc_md5": md5s.get(_relative(plan, logs_dir)), "commit": commit}
+
+
+def versioned_paths(plan: CollectPlan) -> list[Path]:
+    """What a collect run changes in the workspace: the two datasets, the watermarks and DVC's .gitignore."""
+    return [plan.data_dir / LOGS, plan.data_dir / QUARANTINE, plan.data_dir / STATE_FILE, plan.data_dir / ".gitignore"]
 
 
 def _relative(plan: CollectPlan, path: Path) -> str:
@@ -336,14 +356,19 @@ def summary(plan: CollectPlan, totals: Totals, versioned: dict[str, Any], run_id
             "mlflow_run_id": run_id, "sources": [s.key for s in plan.sources], "run": plan.run}
 
 
+@holds_workspace("collect")
 def collect(workspace: Workspace, app: str, source_uri: str | None = None, now: datetime | None = None,
             on_batch: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
     """The whole stage: plan, read + validate + redact + write each source, version, log."""
+    from promptloop.versioning import dataset_change
+
     plan = plan_collect(workspace, app, source_uri, now)
     ctx = make_context(plan)
     totals = Totals()
-    for index in range(len(plan.sources)):
-        totals.add(collect_source(plan, index, ctx, on_batch))
-    versioned = snapshot(plan, totals)
+    # Parts, watermarks and their commit land together: a crash leaves neither parts nor state behind.
+    with dataset_change(workspace.root, versioned_paths(plan), f"collect {app} (run {plan.run})"):
+        for index in range(len(plan.sources)):
+            totals.add(collect_source(plan, index, ctx, on_batch))
+        versioned = snapshot(plan, totals)
     run_id = log_collect_run(plan, totals, versioned, ctx.validator.version)
     return summary(plan, totals, versioned, run_id)

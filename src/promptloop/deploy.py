@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from promptloop.errors import InputError
+from promptloop.locking import holds_workspace
 from promptloop.prompts import PromptVersion, load_prompt
 from promptloop.workspace import Workspace
 
@@ -43,6 +44,7 @@ def pull_request_body(outcome: dict[str, Any], current: PromptVersion, candidate
     return "\n".join(lines) + "\n" + outcome["evaluation"]["report"]
 
 
+@holds_workspace("deploy")
 def deploy(workspace: Workspace, app: str) -> dict[str, Any]:
     """Open (or find) the pull request of improve's promoted candidate; nothing to do after a hold."""
     from promptloop.git_pr import open_pull_request

@@ -47,3 +47,7 @@ def _short(value: object, limit: int = 60) -> str:
 
 class DeployError(RuntimeError):
     """A deploy or release step refused or failed (dirty tree, no previous release, an API error)."""
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another promptloop process held the workspace for longer than this one would wait (exit 75: try later)."""

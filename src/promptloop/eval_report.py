@@ -75,6 +75,12 @@ def judge_section(summary: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def retries(usage: dict[str, Any]) -> str:
+    """`12 retries: 5 RateLimitError, 4 Timeout, 3 invalid answer`; causes from older summaries may be absent."""
+    causes = ", ".join(f"{n} {cause}" for cause, n in usage.get("retry_causes", {}).items())
+    return f"{usage['retries']} retries" + (f": {causes}" if causes else "")
+
+
 def markdown_report(summary: dict[str, Any]) -> str:
     """The whole report."""
     usage = summary["usage"]
@@ -94,7 +100,7 @@ def markdown_report(summary: dict[str, Any]) -> str:
         lines += candidate_section(c)
     lines += judge_section(summary)
     lines += ["## Calls", "",
-              f"{usage['calls']} LLM calls ({usage['retries']} retries), {usage['cache_hits']} answered from the cache, "
+              f"{usage['calls']} LLM calls ({retries(usage)}), {usage['cache_hits']} answered from the cache, "
               f"${usage['cost_usd']:.4f}.", ""]
     if summary.get("mlflow_run_id"):
         lines.append(f"MLflow run `{summary['mlflow_run_id']}` in experiment `{summary['experiment']}`.")

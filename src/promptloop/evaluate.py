@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,7 @@ from promptloop.gate import Evidence, PromptStats, decide, guard_checks, license
 from promptloop.golden import GoldenCase, load_golden
 from promptloop.kb import Retriever, load_kb
 from promptloop.llm import litellm_module_configured
+from promptloop.locking import holds_workspace
 from promptloop.prompts import PromptVersion, load_prompt
 from promptloop.runner import BudgetExceeded, CallFailed, Runner, Usage, open_runner
 from promptloop.scorers import Answer, JudgeFailed, PairwiseJudge, ProxyMetrics, RubricJudge, Scorer
@@ -214,6 +216,9 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
     calibrator = next(s for s in scorers[BASELINE] if isinstance(s, RubricJudge))
     calibration_judge = RubricJudge(runner, calibrator.model, calibrator.samples, calibrator.temperature,
                                     calibrator.seed, purpose="judge:calibration")
+    # Every model's API key before the first call: a missing one stops here, before anything is spent.
+    for model in sorted({c.model for c in plan.contenders} | {calibrator.model}):
+        runner.api_keys.for_model(model)
     try:
         async with asyncio.TaskGroup() as group:
             for contender in plan.contenders:
@@ -418,12 +423,14 @@ def incomplete_reasons(frame: pd.DataFrame, n_cases: int, stopped: str | None) -
 def usage_summary(usage: dict[str, Usage]) -> dict[str, Any]:
     """Calls, cache hits, retries, tokens and cost: overall and per purpose (app:<prompt>, judge:<prompt>)."""
     per = {purpose: {"calls": u.calls, "cache_hits": u.cache_hits, "retries": u.retries, "failures": u.failures,
-                     "invalid": u.invalid,
+                     "invalid": u.invalid, "retry_causes": dict(u.retry_causes.most_common()),
                      "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                      "cost_usd": round(u.cost_usd, 6)} for purpose, u in sorted(usage.items())}
     total = {key: sum(p[key] for p in per.values()) for key in ("calls", "cache_hits", "retries", "failures", "invalid",
                                                                 "prompt_tokens", "completion_tokens")}
-    return {**total, "cost_usd": round(sum(u.cost_usd for u in usage.values()), 6), "by_purpose": per}
+    causes = sum((u.retry_causes for u in usage.values()), Counter())
+    return {**total, "retry_causes": dict(causes.most_common()), "cost_usd": round(sum(u.cost_usd for u in usage.values()), 6),
+            "by_purpose": per}
 
 
 def summarise(plan: EvalPlan, run: EvalRun, usage: dict[str, Usage], license_of: Callable[[str], str]) -> dict[str, Any]:
@@ -663,12 +670,13 @@ def finish_evaluation(workspace: Workspace, plan: EvalPlan, run: EvalRun, metric
     summary["report"] = markdown_report(summary)
     summary["timings"] = clock.laps
     if metrics_file is not None:
-        target = workspace.root / metrics_file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(dvc_metrics(summary), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        from promptloop.files import write_atomic
+
+        write_atomic(workspace.root / metrics_file, json.dumps(dvc_metrics(summary), indent=2, sort_keys=True) + "\n")
     return summary
 
 
+@holds_workspace("evaluate")
 def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None = None, *,
              baseline: tuple[PromptVersion, str] | None = None, metrics_file: Path | None = None, batches: int = 1,
              on_start: Callable[[int], None] | None = None, on_progress: Progress | None = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from promptloop.config import ImproveSettings
+from promptloop.files import write_atomic
 from promptloop.golden import GoldenCase, HumanLabel, Severity
 from promptloop.kb import Retriever
 from promptloop.text import language, sentences, terms
@@ -180,10 +181,9 @@ def grow(failures: pd.DataFrame, clusters: list[dict[str, Any]], existing: list[
 
 
 def append_cases(path: Path, cases: list[GoldenCase]) -> None:
-    """Add cases to a golden set file (one JSON object per line, unset fields left out)."""
+    """Add cases to a golden set file (one JSON object per line, unset fields left out), in one rename."""
     text = path.read_text(encoding="utf-8")
-    with path.open("a", encoding="utf-8") as out:
-        if text and not text.endswith("\n"):
-            out.write("\n")
-        for case in cases:
-            out.write(json.dumps(case.model_dump(exclude_defaults=True), ensure_ascii=False) + "\n")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    added = "".join(json.dumps(case.model_dump(exclude_defaults=True), ensure_ascii=False) + "\n" for case in cases)
+    write_atomic(path, text + added)

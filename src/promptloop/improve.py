@@ -17,6 +17,7 @@ import pandas as pd
 
 from promptloop.errors import InputError
 from promptloop.golden import load_golden
+from promptloop.locking import holds_workspace
 from promptloop.workspace import Workspace
 
 FAILURES = "failures"
@@ -42,7 +43,7 @@ def grow_golden_set(workspace: Workspace, app: str, failures: pd.DataFrame, clus
     from promptloop.golden_growth import append_cases, grow
     from promptloop.kb import Retriever, load_kb
     from promptloop.redact import build_redactor
-    from promptloop.versioning import commit_paths, dvc_add_and_push
+    from promptloop.versioning import commit_paths, dataset_change, dvc_add_and_push
 
     settings = workspace.app_settings(app)
     path = workspace.path(settings.golden_set)
@@ -54,11 +55,12 @@ def grow_golden_set(workspace: Workspace, app: str, failures: pd.DataFrame, clus
                   lambda text: bool(injection.flags(pd.Series([text])).iloc[0]))
     result = growth.summary() | {"golden_set": str(settings.golden_set), "dvc_md5": None, "git_commit": None}
     if growth.proposed:
-        append_cases(path, growth.proposed)
-        load_golden(path)  # what was written must read back as a valid golden set
-        result["dvc_md5"] = dvc_add_and_push(workspace.root, [path])[str(settings.golden_set)]
-        result["git_commit"] = commit_paths(workspace.root, [Path(f"{path}.dvc")],
-                                            f"improve {app}: {len(growth.proposed)} mined cases into the golden set")
+        with dataset_change(workspace.root, [path, path.parent / ".gitignore"], f"golden-set growth of {app}"):
+            append_cases(path, growth.proposed)
+            load_golden(path)  # what was written must read back as a valid golden set
+            result["dvc_md5"] = dvc_add_and_push(workspace.root, [path])[str(settings.golden_set)]
+            result["git_commit"] = commit_paths(workspace.root, [Path(f"{path}.dvc")],
+                                                f"improve {app}: {len(growth.proposed)} mined cases into the golden set")
     return result
 
 
@@ -152,12 +154,14 @@ def improve_outcome(app: str, growth: dict[str, Any], generated: dict[str, Any],
 
 def save_outcome(workspace: Workspace, app: str, outcome: dict[str, Any]) -> Path:
     """Keep the outcome where `deploy` (and the cycle's skip check) find it."""
+    from promptloop.files import write_atomic
+
     path = outcome_path(workspace, app)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(outcome, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(outcome, ensure_ascii=False, indent=2, default=str) + "\n")
     return path
 
 
+@holds_workspace("improve")
 def improve(workspace: Workspace, app: str, *, on_start: Callable[[int], None] | None = None,
             on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Grow the golden set, generate candidates, evaluate, and pick the best promotable candidate."""

@@ -175,10 +175,15 @@ def keyed_hash(values: pd.Series, key: bytes) -> pd.Series:
     raw = values.to_numpy(dtype=object)
     present = values.notna().to_numpy()
     texts = [v if isinstance(v, str) else str(v) for v in raw[present]]
-    digests = {t: hmac.new(key, t.encode("utf-8"), hashlib.sha256).hexdigest()[:32] for t in set(texts)}
+    digests = {t: keyed_digest(t, key) for t in set(texts)}
     out = raw.copy()
     out[present] = [digests[t] for t in texts]
     return _like(values, out)
+
+
+def keyed_digest(text: str, key: bytes) -> str:
+    """HMAC-SHA256 of one text, first 32 hex chars (what `keyed_hash` gives each value)."""
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
 def _like(values: pd.Series, out: list[object] | np.ndarray) -> pd.Series:

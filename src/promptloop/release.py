@@ -17,6 +17,7 @@ import git
 from promptloop import registry
 from promptloop.errors import DeployError
 from promptloop.git_pr import bot_identity, fetch_base, git_message, prompt_at
+from promptloop.locking import holds_workspace
 from promptloop.prompts import PromptVersion, dump_prompt
 from promptloop.workspace import Workspace
 
@@ -25,6 +26,7 @@ RELEASE_TAG = "promptloop.release_tag"
 COMMIT_TAG = "promptloop.commit"
 
 
+@holds_workspace("release")
 def release(workspace: Workspace, app: str, *, rollback: bool = False) -> dict[str, Any]:
     """Make the prompt merged on the base branch production (or, with `rollback`, the previous release)."""
     from promptloop.tracking import tracking_client

@@ -27,6 +27,8 @@ def started_run(client: Any, experiment: str, run_name: str, tags: dict[str, str
     """A run that ends FINISHED when the block completes and FAILED when it raises (never left running)."""
     if parent_run_id:
         tags = {**tags, "mlflow.parentRunId": parent_run_id}
+    else:
+        close_interrupted_runs(client, experiment)
     run_id = client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
     try:
         yield run_id
@@ -34,6 +36,19 @@ def started_run(client: Any, experiment: str, run_name: str, tags: dict[str, str
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status="FINISHED")
+
+
+def close_interrupted_runs(client: Any, experiment: str) -> list[str]:
+    """Mark KILLED the runs a killed process left RUNNING in `experiment`.
+
+    Runs are only written under the workspace lock (promptloop.locking), so when a new run starts
+    no other live process can own a RUNNING run of the workspace: it was interrupted.
+    """
+    stale = client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    for run in stale:
+        client.set_tag(run.info.run_id, "promptloop.interrupted", "true")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return [run.info.run_id for run in stale]
 
 
 def log_contents(client: Any, run_id: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str],
