@@ -35,11 +35,9 @@ serve: install  ## Prefect server + worker (deployments of prefect.yaml) and MLf
 test: install  ## run the whole test suite (end-to-end tests included)
 	$(BIN)/python -m pytest
 
-bench: install  ## run the benchmarks in benchmarks/ (writes benchmarks/results/)
-	$(BIN)/python benchmarks/bench_detectors.py
-	$(BIN)/python benchmarks/bench_collect.py --rows 1000000 --repeats 3
-	$(BIN)/python benchmarks/bench_analyze.py --rows 1000000 --repeats 3
-	$(BIN)/python benchmarks/bench_evaluate.py --cases 1000 --repeats 3
+bench: install  ## run every benchmark in benchmarks/ 3 times; one table in benchmarks/results/suite.md
+	$(BIN)/python benchmarks/suite.py --rows 1000000 --cases 1000 --mlflow-cases 200 --interactions 2000 \
+		--repeats 3 --out benchmarks/results/suite.md
 
 screenshots: demo  ## PNGs of the Prefect UI (a cycle run) and the MLflow UI (per-case table) in docs/images/
 	command -v chromium >/dev/null || apt-get install -y chromium

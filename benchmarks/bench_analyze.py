@@ -4,7 +4,7 @@ The rows are the simulated app's traffic (as in bench_collect), collected once i
 each repetition analyzes all of them (one window over the whole dataset) in a fresh process on a
 fresh copy of that workspace. Median of the repetitions. A benchmark, not a test.
 
-    .venv/bin/python benchmarks/bench_analyze.py [--rows 1000000] [--repeats 3]
+    .venv/bin/python benchmarks/bench_analyze.py [--rows 1000000] [--repeats 3] [--results DIR] [--seed-logs FILE]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-analyze-"))
     try:
         source = work / "logs.jsonl"
-        make_input(source, args.rows, work)
+        make_input(source, args.rows, work, args.seed_logs)
         collected = work / "collected"
         promptloop("init", "--dir", str(collected))
         promptloop("collect", "--app", "support-bot", "--workspace", str(collected), "--source", str(source))
@@ -31,7 +31,7 @@ def main() -> None:
         summary = runs[-1][2]
         row = {**machine(), **timing(runs), "rows": summary["metrics"]["interactions"], "failures": summary["failures"],
                "clusters": len(summary["clusters"]), "judged": (summary["online_judge"] or {}).get("judged", 0)}
-        write_result("analyze", row,
+        write_result(args.results, "analyze", row,
                      f"| rows analyzed | failures mined | clusters | judged online | median wall (of {args.repeats}) | peak memory |\n"
                      "|---|---|---|---|---|---|\n"
                      f"| {row['rows']:,} | {row['failures']:,} | {row['clusters']} | {row['judged']} "

@@ -4,7 +4,7 @@ Rows are the simulated app's traffic (2% malformed, ~8% with PII), replicated wi
 Each repetition runs the real CLI in a fresh process on a fresh copy of the workspace; the table
 reports the median of the repetitions. A benchmark, not a test: timings on shared machines are noisy.
 
-    .venv/bin/python benchmarks/bench_collect.py [--rows 1000000] [--repeats 3]
+    .venv/bin/python benchmarks/bench_collect.py [--rows 1000000] [--repeats 3] [--results DIR] [--seed-logs FILE]
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-collect-"))
     try:
         source = work / "logs.jsonl"
-        make_input(source, args.rows, work)
+        make_input(source, args.rows, work, args.seed_logs)
         promptloop("init", "--dir", str(work / "template"))
         runs = repeated(work / "template", work, args.repeats, "collect", "--app", "support-bot", "--source", str(source))
         summary = runs[-1][2]
         row = {**machine(), **timing(runs), "rows_in": summary["rows_in"], "rows_valid": summary["rows_valid"],
                "rows_quarantined": summary["rows_quarantined"], "pii_redactions": sum(summary["pii_redactions"].values())}
         row["rows_per_s"] = round(row["rows_in"] / row["median_s"])
-        write_result("collect", row,
+        write_result(args.results, "collect", row,
                      f"| rows in | valid | quarantined | PII redactions | median wall (of {args.repeats}) | rows/s | peak memory |\n"
                      "|---|---|---|---|---|---|---|\n"
                      f"| {row['rows_in']:,} | {row['rows_valid']:,} | {row['rows_quarantined']:,} | {row['pii_redactions']:,} "

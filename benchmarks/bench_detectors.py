@@ -5,31 +5,31 @@
     refusals, insults and injection attempts mixed into support answers and questions), median of
     the repetitions, for Arrow-backed strings (what `analyze` reads from Parquet) and for an object
     Series; plus Python's `re` through `Series.str.contains` on a sample, scaled up, for comparison.
-Writes benchmarks/results/detectors.md. A benchmark, not a test: timings on shared machines are noisy.
+Writes benchmarks/results/detectors.md and .json (with the peak RSS of this process, which does all
+the work). A benchmark, not a test: timings on shared machines are noisy.
 
     .venv/bin/python benchmarks/bench_detectors.py [--rows 1000000] [--repeats 3] [--baseline-rows 20000]
+        [--results DIR]
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import random
 import re
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from promptloop.detectors import PYTHON_FLAGS, PatternDetector, builtin_detector, load_labelled, score_detector
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import benchmark_parser, machine, own_peak_mb, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 LABELLED = ROOT / "tests" / "data" / "detectors_labelled.jsonl"
-RESULTS = Path(__file__).parent / "results"
 NAMES = ("refusal", "toxicity", "injection")
 
 FRAGMENTS = {
@@ -105,9 +105,8 @@ def python_re_seconds(detector: PatternDetector, sample: pd.Series, rows: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline-rows", type=int, default=20_000, help="sample for the Python re comparison")
     args = parser.parse_args()
 
@@ -127,25 +126,27 @@ def main() -> None:
         print(f"{name}: {median:.2f} s (runs {', '.join(f'{r:.2f}' for r in runs)}), object dtype {median_obj:.2f} s, "
               f"python re ~{baseline:.0f} s, flagged {share:.1%}", file=sys.stderr)
 
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    machine = f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, pandas {pd.__version__}"
+    host = machine()
     command = "python benchmarks/bench_detectors.py " + " ".join(sys.argv[1:])
-    lines = [f"# Detectors benchmark, {date}", "", f"Machine: {machine}. Command: `{command.strip()}`", "",
+    lines = [f"# Detectors benchmark, {host['date']}", "",
+             f"Machine: {host['machine']}, pandas {pd.__version__}. Command: `{command.strip()}`", "",
              "## Quality on tests/data/detectors_labelled.jsonl", "",
              "| detector | precision | recall | F1 | support (positives) | rows | Korean |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['detector']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} | {r['rows']} "
               f"| {r['korean']:.0%} |" for r in scores]
-    lines += ["", "The labelled set was written together with the patterns and used to tune them, so these figures "
-              "are an upper bound; on examples the patterns were never tuned on, recall is lower (see the "
-              "docstring of src/promptloop/detectors.py).", "",
+    lines += ["", ("The labelled set was written together with the patterns and used to tune them, so these figures "
+                   "are an upper bound; on examples the patterns were never tuned on, recall is lower (see the "
+                   "docstring of src/promptloop/detectors.py)."), "",
               f"## flags() throughput, {args.rows:,} synthetic texts (mean {mean_chars:.0f} chars, 30% Korean)", "",
-              f"| detector | median of {args.repeats}, Arrow strings | runs | rows/s | object dtype | "
-              f"Python re via str.contains (from {args.baseline_rows:,} rows) | flagged |",
+              (f"| detector | median of {args.repeats}, Arrow strings | runs | rows/s | object dtype | "
+               f"Python re via str.contains (from {args.baseline_rows:,} rows) | flagged |"),
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {s['detector']} | {s['median']:.2f} s | {', '.join(f'{r:.2f}' for r in s['runs'])} | "
               f"{args.rows / s['median']:,.0f} | {s['object']:.2f} s | ~{s['re']:.0f} s | {s['share']:.1%} |" for s in speed]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "detectors.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_json(args.results, "detectors", {**host, "rows": args.rows, "baseline_rows": args.baseline_rows,
+                                           "mean_chars": round(mean_chars),
+                                           "quality": scores, "speed": speed, "peak_mb": round(own_peak_mb())})
+    (args.results / "detectors.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 

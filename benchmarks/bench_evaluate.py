@@ -10,30 +10,28 @@ CLI run (imports, planning, statistics, MLflow logging). CPU per call is the CPU
 process(es) making the calls during the calls phase (every thread; worker processes summed) over
 the calls made. mlflow.genai.evaluate runs on 200 cases with
 its default 10 workers (at 32 it exhausted its SQLAlchemy pool; see ANCHORS.md); its bound is
-calls x latency / workers.
+calls x latency / workers. Each of its repetitions runs in a fresh process too, timed around the
+`evaluate` call only. Peak memory is the largest process's max RSS over the repetitions.
 
-    .venv/bin/python benchmarks/bench_evaluate.py [--cases 1000] [--repeats 3] [--mlflow-cases 200]
+    .venv/bin/python benchmarks/bench_evaluate.py [--cases 1000] [--repeats 3] [--mlflow-cases 200] [--results DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BIN, machine, promptloop, write_result  # noqa: E402
-from endpoint import endpoint  # noqa: E402
-from mlflow_side import run_mlflow_evaluate  # noqa: E402
+from common import benchmark_parser, machine, promptloop, timed, write_result
+from endpoint import endpoint
+from mlflow_side import mlflow_in_fresh_process
 
 MODEL = "openai/bench-model"
 LATENCY_S = 0.1
@@ -61,19 +59,12 @@ def bench_workspace(root: Path, cases: int, processes: int) -> None:
 
 
 def timed_evaluate(root: Path) -> dict[str, float]:
-    """One CLI evaluation: wall, the calls phase, CPU per call (children included)."""
-    started = time.perf_counter()
-    child = subprocess.Popen([str(BIN / "promptloop"), "evaluate", "--app", "support-bot", "--baseline-only",
-                              "--workspace", str(root), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = child.communicate()
-    wall = time.perf_counter() - started
-    if child.returncode != 0:
-        raise SystemExit(f"evaluate failed:\n{err.decode()[-3000:]}")
-    summary = json.loads(out)
+    """One CLI evaluation: wall, peak memory, the calls phase, CPU per call (children included)."""
+    wall, peak_mb, summary = timed("evaluate", "--app", "support-bot", "--baseline-only", "--workspace", str(root))
     usage = summary["usage"]
     if usage["cache_hits"] or usage["failures"]:
         raise SystemExit(f"not a clean run: {usage}")
-    return {"wall_s": wall, "calls": usage["calls"], **summary["timings"],
+    return {"wall_s": wall, "peak_mb": peak_mb, "calls": usage["calls"], **summary["timings"],
             "cpu_ms_per_call": summary["timings"]["calls_cpu_s"] / usage["calls"] * 1000}
 
 
@@ -85,7 +76,8 @@ def promptloop_runs(template: Path, work: Path, repeats: int, processes: int) ->
         run = timed_evaluate(root)
         runs.append(run)
         print(f"promptloop, {processes} process(es), run {repeat + 1}: calls phase {run['calls_s']:.2f} s, "
-              f"CLI {run['wall_s']:.1f} s, {run['cpu_ms_per_call']:.2f} ms CPU/call", file=sys.stderr)
+              f"CLI {run['wall_s']:.1f} s, {run['cpu_ms_per_call']:.2f} ms CPU/call, peak {run['peak_mb']:.0f} MB",
+              file=sys.stderr)
     return runs
 
 
@@ -93,49 +85,57 @@ def median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def promptloop_row(work: Path, cases: int, repeats: int, processes: int) -> dict[str, object]:
+    """`promptloop evaluate` with `processes` worker processes: its row of the table."""
+    template = work / f"template-{processes}"
+    bench_workspace(template, cases, processes)
+    runs = promptloop_runs(template, work, repeats, processes)
+    bound = cases * 3 * LATENCY_S / CONCURRENCY
+    calls = median(runs, "calls_s")
+    return {"harness": f"`promptloop evaluate`, {processes} process{'es' if processes > 1 else ''}", "peer": False,
+            "concurrency": CONCURRENCY, "cases": cases, "calls": int(runs[0]["calls"]), "bound_s": round(bound, 2),
+            "calls_s": round(calls, 2), "runs_s": [round(r["calls_s"], 2) for r in runs], "ratio": round(calls / bound, 2),
+            "cli_s": round(median(runs, "wall_s"), 1), "cpu_ms_per_call": round(median(runs, "cpu_ms_per_call"), 2),
+            "peak_mb": round(max(r["peak_mb"] for r in runs))}
+
+
+def mlflow_row(base_url: str, cases: int, repeats: int, workers: int = 10) -> dict[str, object]:
+    """`mlflow.genai.evaluate` at its default worker count, each repeat in a fresh process: its row of the table."""
+    runs = []
+    for repeat in range(repeats):
+        runs.append(mlflow_in_fresh_process(base_url, cases, workers))
+        print(f"mlflow.genai.evaluate run {repeat + 1}: {runs[-1][0]:.1f} s, {runs[-1][1]} cases scored, "
+              f"peak {runs[-1][2]:.0f} MB", file=sys.stderr)
+    wall = statistics.median(r[0] for r in runs)
+    bound = cases * 3 * LATENCY_S / workers
+    return {"harness": "`mlflow.genai.evaluate` (3.17, default 10 workers)", "peer": True, "concurrency": workers,
+            "cases": cases, "calls": cases * 3, "bound_s": round(bound, 2), "calls_s": round(wall, 2),
+            "runs_s": [round(r[0], 2) for r in runs], "ratio": round(wall / bound, 2), "cli_s": None,
+            "cpu_ms_per_call": None, "peak_mb": round(max(r[2] for r in runs))}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--cases", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mlflow-cases", type=int, default=200)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
-    rows = []
     try:
         with endpoint(LATENCY_S) as base_url:
             # litellm's OpenAI provider reads these: the app and the judge both go to the endpoint.
             os.environ.update(OPENAI_API_BASE=base_url, OPENAI_BASE_URL=base_url, OPENAI_API_KEY="sk-bench-not-a-real-key")
-            bound = args.cases * 3 * LATENCY_S / CONCURRENCY
-            for processes in (1, 2):
-                template = work / f"template-{processes}"
-                bench_workspace(template, args.cases, processes)
-                runs = promptloop_runs(template, work, args.repeats, processes)
-                calls = median(runs, "calls_s")
-                rows.append({"harness": f"`promptloop evaluate`, {processes} process{'es' if processes > 1 else ''}",
-                             "concurrency": CONCURRENCY, "cases": args.cases, "calls": int(runs[0]["calls"]),
-                             "calls_s": round(calls, 2), "runs_s": [round(r["calls_s"], 2) for r in runs],
-                             "ratio": round(calls / bound, 2), "cli_s": round(median(runs, "wall_s"), 1),
-                             "cpu_ms_per_call": round(median(runs, "cpu_ms_per_call"), 2)})
-            walls = []
-            for repeat in range(args.repeats):
-                wall, scored = run_mlflow_evaluate(base_url, args.mlflow_cases, workers=10)
-                walls.append(wall)
-                print(f"mlflow.genai.evaluate run {repeat + 1}: {wall:.1f} s, {scored} cases scored", file=sys.stderr)
-            mlflow_bound = args.mlflow_cases * 3 * LATENCY_S / 10
-            rows.append({"harness": "`mlflow.genai.evaluate` (3.17, default 10 workers)", "concurrency": 10,
-                         "cases": args.mlflow_cases, "calls": args.mlflow_cases * 3,
-                         "calls_s": round(statistics.median(walls), 2), "runs_s": [round(w, 2) for w in walls],
-                         "ratio": round(statistics.median(walls) / mlflow_bound, 2), "cli_s": None, "cpu_ms_per_call": None})
+            rows = [promptloop_row(work, args.cases, args.repeats, processes) for processes in (1, 2)]
+            rows.append(mlflow_row(base_url, args.mlflow_cases, args.repeats))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = (f"| harness | concurrency | cases x 3 calls | evaluation wall, median of {args.repeats} (runs) | x bound | "
-             "whole CLI run | CPU per call |\n|---|---|---|---|---|---|---|\n")
+             "whole CLI run | CPU per call | peak memory |\n|---|---|---|---|---|---|---|---|\n")
     for r in rows:
         cli = f"{r['cli_s']} s" if r["cli_s"] is not None else "n/a"
         cpu = f"{r['cpu_ms_per_call']} ms" if r["cpu_ms_per_call"] is not None else "n/a"
         table += (f"| {r['harness']} | {r['concurrency']} | {r['cases']:,} | {r['calls_s']} s "
-                  f"({', '.join(map(str, r['runs_s']))}) | {r['ratio']}x | {cli} | {cpu} |\n")
-    write_result("evaluate", {**machine(), "latency_s": LATENCY_S, "rows": rows}, table)
+                  f"({', '.join(map(str, r['runs_s']))}) | {r['ratio']}x | {cli} | {cpu} | {r['peak_mb']:,} MB |\n")
+    write_result(args.results, "evaluate", {**machine(), "latency_s": LATENCY_S, "rows": rows}, table)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from endpoint import start_endpoint  # noqa: E402
+from endpoint import start_endpoint
 
 MODEL = "openai/bench-model"
 LATENCY_S = 0.1
@@ -305,9 +305,9 @@ def main() -> None:
     table += "".join(f"| {r['variant']} | {r['processes']} | {r['median_s']} s ({', '.join(map(str, r['runs_s']))}) "
                      f"| {r['x_bound']}x | {r['cpu_ms_per_call']} ms | {r['other_load_cores']} cores |\n" for r in rows)
     if args.save:
-        from common import machine, write_result
+        from common import RESULTS, machine, write_result
 
-        write_result("runner", {**machine(), "bound_s": round(bound, 2), "variants": rows}, table)
+        write_result(RESULTS, "runner", {**machine(), "bound_s": round(bound, 2), "variants": rows}, table)
     else:
         print(table)
 

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_runner import LATENCY_S, MODEL, app_messages, grade_messages, pairwise_messages, product_litellm  # noqa: E402
+from bench_runner import LATENCY_S, MODEL, app_messages, grade_messages, pairwise_messages, product_litellm
+from common import own_peak_mb
 
 WORKERS_ENV = "MLFLOW_GENAI_EVAL_MAX_WORKERS"
 RATE_LIMIT_ENV = "MLFLOW_GENAI_EVAL_PREDICT_RATE_LIMIT"
@@ -91,6 +94,24 @@ def run_mlflow_evaluate(base_url: str, cases: int, workers: int = 10, rate_limit
         finally:
             mlflow.set_tracking_uri(previous_uri)
     return wall, scored
+
+
+def measured_evaluate(base_url: str, cases: int, workers: int, rate_limit: str | None) -> tuple[float, int, float]:
+    """`run_mlflow_evaluate`, plus this process's peak RSS (MB) once it is done."""
+    wall, scored = run_mlflow_evaluate(base_url, cases, workers, rate_limit)
+    return wall, scored, own_peak_mb()
+
+
+def mlflow_in_fresh_process(base_url: str, cases: int, workers: int = 10,
+                            rate_limit: str | None = None) -> tuple[float, int, float]:
+    """Wall seconds, cases scored and peak RSS (MB) of `run_mlflow_evaluate` in a new process.
+
+    A fresh process per repetition, as each promptloop repetition is: its peak memory is that run's
+    alone, and MLflow's state (tracking URI, thread pools) never carries over.
+    """
+    # spawn, not fork: the parent holds threads (and may hold an event loop).
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measured_evaluate, base_url, cases, workers, rate_limit).result()
 
 
 def main() -> None:
