@@ -44,9 +44,9 @@ def load_failures(workspace: Workspace, app: str) -> tuple[pd.DataFrame, list[di
     return stage.load_failures(workspace, app)
 
 
-# No retries: it appends to the golden set before it pushes and commits, so a retry after a failed
-# push would find its own cases as duplicates and leave the new version uncommitted.
-@task(cache_policy=NO_CACHE, timeout_seconds=600)
+# Safe to retry: a failed write, push or commit rolls the golden set back to its last commit
+# (versioning.dataset_change), so the retry grows it from the same state.
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=600)
 def grow_golden_set(workspace: Workspace, app: str, mined: tuple[pd.DataFrame, list[dict[str, Any]]]) -> dict[str, Any]:
     return stage.grow_golden_set(workspace, app, *mined)
 

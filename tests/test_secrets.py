@@ -263,7 +263,7 @@ def test_without_the_key_variable_the_cycle_fails_with_an_error_naming_it(leaks:
 
 def test_with_a_wrong_key_the_cycle_ends_incomplete_without_a_pull_request(leaks: Leaks) -> None:
     result = leaks.wrong_key.result
-    assert leaks.wrong_key.returncode == 0, leaks.wrong_key.output[-2000:]
+    assert leaks.wrong_key.returncode == 1, leaks.wrong_key.output[-2000:]  # incomplete is not a success
     assert result["decision"] == "incomplete" and result["deploy"] is None
     assert any("AuthenticationError after 1 attempt(s)" in reason for reason in result["reasons"]), result["reasons"]
     assert result["analyze"]["online_judge"]["failures"] > 0  # every judge call was refused: the key was checked

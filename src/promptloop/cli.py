@@ -1,6 +1,6 @@
 """The `promptloop` command line. With --json each command prints exactly one JSON object on
 stdout; logs and progress go to stderr. Exit codes: 0 success, 2 bad input or config, 75 the workspace
-stayed busy with another promptloop process (try again later), 1 other."""
+stayed busy with another promptloop process (try again later), 1 other (an incomplete run included)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ WorkspaceOption = typer.Option(Path("."), "--workspace", "-w", help="The workspa
 AppOption = typer.Option(..., "--app", help="The app, as named under `apps:` in params.yaml.")
 
 
-def run_command(as_json: bool, action: Callable[[], dict[str, Any]], render: Callable[[dict[str, Any]], None]) -> None:
+def run_command(as_json: bool, action: Callable[[], dict[str, Any]],
+                render: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Run a command body: one JSON object or a readable report; errors become exit codes."""
     prepare_environment()
     try:
@@ -53,6 +54,16 @@ def run_command(as_json: bool, action: Callable[[], dict[str, Any]], render: Cal
         sys.stdout.write(json.dumps(result, ensure_ascii=False, default=str) + "\n")
     else:
         render(result)
+    return result
+
+
+def exit_if_incomplete(result: dict[str, Any]) -> None:
+    """Exit 1 when the run ended `incomplete` (as `check` does): nothing was promoted, and a script
+    or scheduler must not read that as success."""
+    if result.get("decision") == "incomplete":
+        reason = (result.get("reasons") or ["evaluation incomplete"])[0]
+        stderr.print(f"[bold red]error:[/] incomplete: {escape(reason)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _fail(as_json: bool, message: str, kind: str, code: int) -> None:
@@ -289,7 +300,8 @@ def render_deploy(result: dict[str, Any] | None) -> None:
 def improve(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
     """Grow the golden set from mined failures, generate candidates, evaluate them on held-out cases, pick the best.
 
-    Needs an analyze run (its failures and clusters). The outcome is kept for `deploy`.
+    Needs an analyze run (its failures and clusters). The outcome is kept for `deploy`. Exits 1
+    when the evaluation ended incomplete (a provider failed past its retries, the budget ran out).
     """
     from promptloop.improve import improve as run_improve
     from promptloop.workspace import open_workspace
@@ -298,7 +310,7 @@ def improve(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_jso
         with progress_bar() as bar:
             return run_improve(open_workspace(workspace), app_name, **progress_callbacks(bar, "evaluating candidates"))
 
-    run_command(as_json, action, render_improve)
+    exit_if_incomplete(run_command(as_json, action, render_improve))
 
 
 @app.command()
@@ -328,8 +340,9 @@ def cycle(
     """Merge approved promotions from main, then collect -> analyze -> improve -> deploy, once.
 
     With no new logs since the last improve it stops after collect: no LLM call, no new branch.
-    A cycle that was killed or ended incomplete is run again in full by the next one, its LLM calls
-    answered from the cache. One writer per workspace: a second cycle waits (see --wait).
+    A cycle that was killed or ended incomplete (exit 1: nothing promoted) is run again in full by
+    the next one, its LLM calls answered from the cache. One writer per workspace: a second cycle
+    waits (see --wait).
     """
     from promptloop.cycle import cycle as run_cycle
     from promptloop.locking import writing
@@ -340,7 +353,7 @@ def cycle(
         with writing(opened.root, f"promptloop cycle --app {app_name}", wait), progress_bar() as bar:
             return run_cycle(opened, app_name, force=force, **progress_callbacks(bar, "evaluating candidates"))
 
-    run_command(as_json, action, render_cycle)
+    exit_if_incomplete(run_command(as_json, action, render_cycle))
 
 
 def render_cycle(result: dict[str, Any]) -> None:
