@@ -210,9 +210,12 @@ def leaks(tmp_path_factory: pytest.TempPathFactory) -> Leaks:
     init_workspace(root)
     configure(root)
     workspace = open_workspace(root)
-    # The sample traffic calls the app directly (not through promptloop's runner): made before
-    # the provider starts asking for the key.
-    sample = root / write_sample_logs(workspace, "support-bot", 1500, NOW)["log_file"]
+    # The sample traffic reads llm.api_keys too (it calls the app directly, not through the runner).
+    os.environ[KEY_VAR] = KEY
+    try:
+        sample = root / write_sample_logs(workspace, "support-bot", 1500, NOW)["log_file"]
+    finally:
+        del os.environ[KEY_VAR]
     planted = sample.with_name("planted-pii.jsonl")
     planted.write_text("\n".join(planted_lines()) + "\n", encoding="utf-8")
 

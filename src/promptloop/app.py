@@ -29,9 +29,9 @@ class App:
         return self.prompt.render(question, format_context(hits)), [h.doc.id for h in hits]
 
     async def ask(
-        self, litellm: "litellm_module", question: str, timeout_s: float, **overrides: Any
+        self, litellm: "litellm_module", question: str, timeout_s: float, api_key: str | None = None, **overrides: Any
     ) -> tuple[Completion, list[str]]:
         """Answer one question; returns the completion and the retrieved document ids."""
         messages, retrieved = self.messages(question)
         parameters = {**self.prompt.parameters, **overrides}
-        return await acomplete(litellm, self.model, messages, timeout_s, **parameters), retrieved
+        return await acomplete(litellm, self.model, messages, timeout_s, api_key, **parameters), retrieved

@@ -13,7 +13,7 @@ from promptloop.cycle import cycle
 from promptloop.errors import InputError
 from promptloop.initialize import init_workspace
 from promptloop.jsonl import write_jsonl
-from promptloop.llm import litellm_module_configured
+from promptloop.llm import ApiKeys, litellm_module_configured
 from promptloop.simulated.traffic import generate_logs, load_bank, summarize
 from promptloop.workspace import Workspace, open_workspace
 
@@ -38,10 +38,11 @@ def write_sample_logs(
     app = workspace.load_app(app_name)
     bank, pii = load_bank(workspace.path(settings.golden_set).parent / "traffic")
     litellm = litellm_module_configured(params.llm, str(workspace.root / "params.yaml"))
+    api_key = ApiKeys(params.llm, str(workspace.root / "params.yaml")).for_model(app.model)  # as llm.api_keys says
     on_start(interactions)
     rows, malformed, kinds = asyncio.run(
         generate_logs(litellm, app, bank, pii, params.demo, interactions, now, params.llm.max_concurrency,
-                      params.llm.timeout_s, on_progress)
+                      params.llm.timeout_s, on_progress, api_key)
     )
     path = workspace.path(settings.log_dir) / f"interactions-{now:%Y%m%dT%H%M%S}.jsonl"
     write_jsonl(path, rows)

@@ -105,7 +105,7 @@ def simulated_latency_ms(completion_tokens: int, rng: random.Random) -> float:
 
 async def simulate_interaction(
     litellm: "litellm_module", app: App, index: int, bank: list[Question], pii: dict[str, Any],
-    demo: DemoSettings, started: datetime, step: timedelta, timeout_s: float,
+    demo: DemoSettings, started: datetime, step: timedelta, timeout_s: float, api_key: str | None = None,
 ) -> dict[str, Any]:
     """One logged interaction: question, the app's answer (or error), latency, tokens, rating."""
     rng = random.Random(f"{demo.seed}|{index}")
@@ -124,7 +124,7 @@ async def simulate_interaction(
     }
     try:
         completion, retrieved = await app.ask(
-            litellm, asked, timeout_s, temperature=demo.temperature, seed=demo.seed * 1_000_003 + index,
+            litellm, asked, timeout_s, api_key, temperature=demo.temperature, seed=demo.seed * 1_000_003 + index,
             simulation={"error_rate": PROVIDER_ERROR_RATE, "fault_seed": demo.seed},
         )
     except (litellm_errors.RateLimitError, litellm_errors.Timeout, litellm_errors.InternalServerError) as exc:
@@ -183,7 +183,7 @@ def malform(rows: list[dict[str, Any]], share: float, rng: random.Random) -> tup
 async def generate_logs(
     litellm: "litellm_module", app: App, bank: list[Question], pii: dict[str, Any], demo: DemoSettings,
     interactions: int, now: datetime, max_concurrency: int, timeout_s: float,
-    on_progress: Callable[[], None] = lambda: None,
+    on_progress: Callable[[], None] = lambda: None, api_key: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[str], Counter[str]]:
     """`interactions` logged interactions over `demo.days` up to `now`, plus the malformed lines."""
     started = now - timedelta(days=demo.days)
@@ -192,7 +192,7 @@ async def generate_logs(
 
     async def one(index: int) -> dict[str, Any]:
         async with gate:
-            row = await simulate_interaction(litellm, app, index, bank, pii, demo, started, step, timeout_s)
+            row = await simulate_interaction(litellm, app, index, bank, pii, demo, started, step, timeout_s, api_key)
         on_progress()
         return row
 
