@@ -249,14 +249,11 @@ def check(
     from promptloop.check import check as run_check
     from promptloop.workspace import open_workspace
 
-    outcome: dict[str, Any] = {}
-
     def action() -> dict[str, Any]:
         with progress_bar() as bar:
-            outcome.update(run_check(open_workspace(workspace), app_name, base, **progress_callbacks(bar, "checking")))
-        return outcome
+            return run_check(open_workspace(workspace), app_name, base, **progress_callbacks(bar, "checking"))
 
-    run_command(as_json, action, render_report)
+    outcome = run_command(as_json, action, render_report)
     if not outcome.get("complete", True):
         stderr.print("[bold red]error:[/] the evaluation did not complete; see the report", highlight=False)
         raise typer.Exit(1)
@@ -332,7 +329,7 @@ def cycle(
     app_name: str = AppOption,
     workspace: Path = WorkspaceOption,
     force: bool = typer.Option(False, "--force", help="Analyze and improve even when collect found no new logs."),
-    wait: float = typer.Option(None, "--wait", min=0, show_default=False,
+    wait: float | None = typer.Option(None, "--wait", min=0, show_default=False,
                                help="Seconds to wait while another promptloop process writes the workspace, then "
                                     "exit 75 [default: $PROMPTLOOP_LOCK_WAIT_S, else 3600]."),
     as_json: bool = JsonOption,

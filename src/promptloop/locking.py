@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from filelock import FileLock, Timeout
 
 from promptloop.errors import WorkspaceBusy
+from promptloop.files import write_atomic
 
 LOCK_FILE = ".promptloop/workspace.lock"
 HOLDER_FILE = ".promptloop/workspace.lock.json"
@@ -73,21 +75,20 @@ def describe(info: dict[str, Any] | None) -> str:
 def write_holder(root: Path, command: str) -> None:
     info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    (root / HOLDER_FILE).write_text(json.dumps(info) + "\n", encoding="utf-8")
+    write_atomic(root / HOLDER_FILE, json.dumps(info) + "\n")
 
 
 @contextmanager
-def workspace_lock(root: Path, command: str, wait_s: float | None = None,
-                   on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
+def workspace_lock(root: Path, command: str, wait_s: float | None = None) -> Iterator[bool]:
     """Hold the workspace for `command`; yields True for the outermost hold in this process.
 
-    Waits up to `wait_s` (default: `default_wait_s()`), telling `on_wait` whom it waits for;
-    then raises WorkspaceBusy naming the holder.
+    Waits up to `wait_s` (default: `default_wait_s()`), saying on stderr whom it waits for; then
+    raises WorkspaceBusy naming the holder.
     """
     lock = file_lock(root)
     outermost = not lock.is_locked
     if outermost:
-        acquire(lock, root, command, default_wait_s() if wait_s is None else wait_s, on_wait or notify)
+        acquire(lock, root, default_wait_s() if wait_s is None else wait_s)
     else:
         lock.acquire()  # already ours: only counts up
     try:
@@ -98,28 +99,21 @@ def workspace_lock(root: Path, command: str, wait_s: float | None = None,
         lock.release()
 
 
-def acquire(lock: FileLock, root: Path, command: str, wait_s: float, on_wait: Callable[[str], None]) -> None:
-    """Take the lock at once, else say whom we wait for and wait up to `wait_s`."""
+def acquire(lock: FileLock, root: Path, wait_s: float) -> None:
+    """Take the lock at once, else say (on stderr: stdout may carry JSON) whom we wait for and wait up to `wait_s`."""
     try:
         lock.acquire(timeout=0)
         return
     except Timeout:
         pass
     if wait_s > 0:
-        on_wait(f"{root}: waiting for {describe(holder(root))} to finish (up to {wait_s:g} s)")
+        print(f"{root}: waiting for {describe(holder(root))} to finish (up to {wait_s:g} s)", file=sys.stderr, flush=True)
     started = time.monotonic()
     try:
         lock.acquire(timeout=wait_s)
     except Timeout:
         raise WorkspaceBusy(f"{root} is busy: {describe(holder(root))} holds it; gave up after "
                             f"{time.monotonic() - started:.0f} s (set --wait or ${WAIT_ENV} to wait longer)") from None
-
-
-def notify(message: str) -> None:
-    """Default waiting notice: one line on stderr (stdout may carry JSON)."""
-    import sys
-
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager

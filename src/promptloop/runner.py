@@ -188,11 +188,12 @@ class Runner:
             return cached
         # The same request already in flight (two prompts giving one answer, judged alike): share its
         # answer instead of paying for it twice. It counts as a cache hit: it was paid for once.
-        flights = self._in_flight.setdefault(id(asyncio.get_running_loop()), {})
+        loop = asyncio.get_running_loop()
+        flights = self._in_flight.setdefault(id(loop), {})
         if key in flights:
             usage.cache_hits += 1
             return await asyncio.shield(flights[key])
-        flight = flights[key] = asyncio.get_running_loop().create_future()
+        flight = flights[key] = loop.create_future()
         try:
             completion = await self._paid_call(usage, key, model, messages, parameters, validate)
             flight.set_result(completion)

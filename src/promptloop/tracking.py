@@ -38,7 +38,7 @@ def started_run(client: Any, experiment: str, run_name: str, tags: dict[str, str
     client.set_terminated(run_id, status="FINISHED")
 
 
-def close_interrupted_runs(client: Any, experiment: str) -> list[str]:
+def close_interrupted_runs(client: Any, experiment: str) -> None:
     """Mark KILLED the runs a killed process left RUNNING in `experiment`.
 
     Runs are only written under the workspace lock (promptloop.locking), so when a new run starts
@@ -48,7 +48,6 @@ def close_interrupted_runs(client: Any, experiment: str) -> list[str]:
     for run in stale:
         client.set_tag(run.info.run_id, "promptloop.interrupted", "true")
         client.set_terminated(run.info.run_id, status="KILLED")
-    return [run.info.run_id for run in stale]
 
 
 def log_contents(client: Any, run_id: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str],

@@ -88,11 +88,11 @@ def dataset_change(root: Path, paths: list[Path], what: str) -> Iterator[None]:
     journal.unlink()
 
 
-def roll_back_interrupted(root: Path) -> list[str]:
-    """Undo a dataset change that never finished (see `dataset_change`); returns the paths restored."""
+def roll_back_interrupted(root: Path) -> None:
+    """Undo a dataset change that never finished (see `dataset_change`)."""
     journal = root / JOURNAL_FILE
     if not journal.is_file():
-        return []
+        return
     try:
         entry = json.loads(journal.read_text(encoding="utf-8"))
         paths = [str(p) for p in entry["paths"]]
@@ -105,7 +105,6 @@ def roll_back_interrupted(root: Path) -> list[str]:
         restore_committed(root, repo, relative, committed)
     journal.unlink()
     log.warning("rolled back an interrupted %s: %s", entry.get("what", "change"), ", ".join(paths))
-    return paths
 
 
 def restore_committed(root: Path, repo: git.Repo, relative: str, committed: set[str]) -> None:
