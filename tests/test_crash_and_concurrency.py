@@ -190,6 +190,32 @@ with dataset_change(root, [golden, golden.parent / ".gitignore"], "test"):
     assert_consistent(root)
 
 
+def test_a_run_a_killed_process_left_running_is_marked_killed_by_the_next_run(workspace) -> None:
+    """A process SIGKILLed while its MLflow run is open leaves it RUNNING; the next run closes it."""
+    script = f"""
+import os, signal
+from pathlib import Path
+from promptloop.tracking import experiment_id, tracking_client
+from promptloop.workspace import open_workspace
+workspace = open_workspace(Path({str(workspace.root)!r}))
+client = tracking_client(workspace.tracking_uri)
+experiment = experiment_id(client, workspace.experiment_name("support-bot"), workspace.artifact_root)
+print(client.create_run(experiment, run_name="killed").info.run_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    stale = killed.stdout.split()[-1]
+
+    from promptloop.tracking import log_run, tracking_client
+
+    client = tracking_client(workspace.tracking_uri)
+    assert client.get_run(stale).info.status == "RUNNING"
+    log_run(workspace.tracking_uri, workspace.artifact_root, workspace.experiment_name("support-bot"), "next", {}, {}, {}, {})
+    left = client.get_run(stale)
+    assert (left.info.status, left.data.tags.get("promptloop.interrupted")) == ("KILLED", "true")
+
+
 def test_two_cycles_at_once_one_runs_the_others_wait_or_exit_naming_it(sample_logs: Path, tmp_path: Path) -> None:
     root = new_workspace(tmp_path / "ws", sample_logs)
     first = start_cycle(root)
