@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from promptloop.detectors import PYTHON_FLAGS, PatternDetector, builtin_detector, load_labelled, score_detector
+from promptloop.quality.detectors import PYTHON_FLAGS, PatternDetector, builtin_detector, load_labelled, score_detector
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import benchmark_parser, machine, own_peak_mb, write_json

@@ -87,9 +87,9 @@ def pairwise_messages(case: int, answer: str) -> list[dict[str, str]]:
 
 def plain_litellm(priced: bool) -> Any:
     """litellm with its defaults (offline price map), the model priced or not."""
-    from promptloop.config import LLMSettings
-    from promptloop.llm import price_entries
-    from promptloop.runtime import prepare_environment
+    from promptloop.core.config import LLMSettings
+    from promptloop.llm.client import price_entries
+    from promptloop.core.runtime import prepare_environment
 
     prepare_environment()
     import litellm
@@ -101,8 +101,8 @@ def plain_litellm(priced: bool) -> Any:
 
 def product_litellm() -> Any:
     """litellm configured the way the product configures it (price from params)."""
-    from promptloop.config import LLMSettings
-    from promptloop.llm import litellm_module_configured
+    from promptloop.core.config import LLMSettings
+    from promptloop.llm.client import litellm_module_configured
 
     return litellm_module_configured(LLMSettings(prices={MODEL: PRICE}))
 
@@ -110,7 +110,7 @@ def product_litellm() -> Any:
 def make_caller(path: str, base_url: str, concurrency: int, cache_file: Path) -> tuple[Any, Any]:
     """(async call(purpose, messages) -> text, close()) for one call path."""
     if path == "runner":
-        from promptloop.runner import ResponseCache, Runner
+        from promptloop.llm.runner import ResponseCache, Runner
 
         cache = ResponseCache(cache_file)
         runner = Runner(product_litellm(), cache, max_concurrency=concurrency, timeout_s=30)
@@ -216,7 +216,7 @@ def measure(variant: str, base_url: str, n_cases: int, concurrency: int, repeats
     The parent joins the workers' barrier, so it brackets each repeat with readings of the
     machine's busy time and the endpoint's CPU: what is left over is load from other processes.
     """
-    from promptloop.runner import ResponseCache
+    from promptloop.llm.runner import ResponseCache
 
     path, processes = VARIANTS[variant]
     context = multiprocessing.get_context("spawn")

@@ -52,7 +52,7 @@ def scoped_env(values: dict[str, str | None]) -> Iterator[None]:
 
 def run_mlflow_evaluate(base_url: str, cases: int, workers: int = 10, rate_limit: str | None = None) -> tuple[float, int]:
     """Wall seconds of `mlflow.genai.evaluate` over `cases` cases (3 endpoint calls each), and the cases it scored."""
-    from promptloop.runtime import prepare_environment
+    from promptloop.core.runtime import prepare_environment
 
     prepare_environment()  # telemetry off before mlflow is imported
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench-not-a-real-key")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
 
-    from promptloop.serve import Services
+    from promptloop.ops.serve import Services
 
 APP = "support-bot"
 CHROMIUM = "/usr/bin/chromium"
@@ -162,9 +162,9 @@ def latest_artifact_id(services: Services, key: str) -> str:
 def cases_run(root: Path, app: str) -> CasesRun:
     """The child run of the newest `evaluate <app>` run that holds the promoted prompt's per-case table
     (the baseline's when nothing was promoted)."""
-    from promptloop.improve import best_candidate
-    from promptloop.tracking import tracking_client
-    from promptloop.workspace import open_workspace
+    from promptloop.improve.stage import best_candidate
+    from promptloop.workspace.tracking import tracking_client
+    from promptloop.workspace.workspace import open_workspace
 
     workspace = open_workspace(root)
     client = tracking_client(workspace.tracking_uri)
@@ -312,7 +312,7 @@ def shoot_mlflow_cases(context: BrowserContext, mlflow_url: str, run: CasesRun, 
 def take_screenshots(workspace: Path, out_dir: Path, app: str = APP, chromium: str = CHROMIUM,
                      announce: Callable[[str], None] = print) -> list[Picture]:
     """Start the services, run a cycle through Prefect, save the PNGs in `out_dir`, stop everything."""
-    from promptloop.serve import serving
+    from promptloop.ops.serve import serving
 
     require_playwright()
     chromium = require_chromium(chromium)
@@ -347,7 +347,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from promptloop.errors import InputError
+    from promptloop.core.errors import InputError
 
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one artifact: no progress bar

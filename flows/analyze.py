@@ -15,10 +15,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from promptloop import analyze as stage
-from promptloop.locking import writing
-from promptloop.runtime import prepare_environment
-from promptloop.workspace import open_workspace
+from promptloop.analyze import stage
+from promptloop.workspace.locking import writing
+from promptloop.core.runtime import prepare_environment
+from promptloop.workspace.workspace import open_workspace
 
 HEADLINE = ("interactions", "latency_p95_ms", "error_rate", "thumbs_down_rate", "refusal_rate",
             "injection_attempt_rate", "total_cost_usd")

@@ -13,11 +13,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from promptloop import collect as stage
-from promptloop.locking import writing
-from promptloop.runtime import prepare_environment
-from promptloop.versioning import dataset_change
-from promptloop.workspace import open_workspace
+from promptloop.collect import stage
+from promptloop.workspace.locking import writing
+from promptloop.core.runtime import prepare_environment
+from promptloop.workspace.versioning import dataset_change
+from promptloop.workspace.workspace import open_workspace
 
 
 class CollectParameters(BaseModel):

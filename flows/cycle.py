@@ -18,11 +18,11 @@ from flows.analyze import AnalyzeParameters, analyze_flow
 from flows.collect import CollectParameters, collect_flow
 from flows.deploy import DeployParameters, deploy_flow
 from flows.improve import ImproveParameters, improve_flow
-from promptloop import cycle as stage
-from promptloop.git_pr import merge_base_branch
-from promptloop.locking import writing
-from promptloop.runtime import prepare_environment
-from promptloop.workspace import Workspace, open_workspace
+from promptloop.loop import cycle as stage
+from promptloop.workspace.repository import merge_base_branch
+from promptloop.workspace.locking import writing
+from promptloop.core.runtime import prepare_environment
+from promptloop.workspace.workspace import Workspace, open_workspace
 
 
 class CycleParameters(BaseModel):

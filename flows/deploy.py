@@ -13,9 +13,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from promptloop import deploy as stage
-from promptloop.runtime import prepare_environment
-from promptloop.workspace import Workspace, open_workspace
+from promptloop.deploy import stage
+from promptloop.core.runtime import prepare_environment
+from promptloop.workspace.workspace import Workspace, open_workspace
 
 
 class DeployParameters(BaseModel):

@@ -17,11 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from promptloop import evaluate as stage
-from promptloop.eval_report import decision_table
-from promptloop.locking import writing
-from promptloop.runtime import prepare_environment
-from promptloop.workspace import Workspace, open_workspace
+from promptloop.evaluate import stage
+from promptloop.evaluate.report import decision_table
+from promptloop.workspace.locking import writing
+from promptloop.core.runtime import prepare_environment
+from promptloop.workspace.workspace import Workspace, open_workspace
 
 
 class EvaluateParameters(BaseModel):

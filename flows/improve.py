@@ -15,12 +15,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
-from promptloop import improve as stage
-from promptloop.eval_report import decision_table
-from promptloop.evaluate import evaluate as evaluate_prompts
-from promptloop.locking import writing
-from promptloop.runtime import prepare_environment
-from promptloop.workspace import Workspace, open_workspace, with_overrides
+from promptloop.improve import stage
+from promptloop.evaluate.report import decision_table
+from promptloop.evaluate.stage import evaluate as evaluate_prompts
+from promptloop.workspace.locking import writing
+from promptloop.core.runtime import prepare_environment
+from promptloop.workspace.workspace import Workspace, open_workspace, with_overrides
 
 
 class ImproveParameters(BaseModel):

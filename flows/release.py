@@ -13,9 +13,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from promptloop import release as stage
-from promptloop.runtime import prepare_environment
-from promptloop.workspace import Workspace, open_workspace
+from promptloop.deploy import release as stage
+from promptloop.core.runtime import prepare_environment
+from promptloop.workspace.workspace import Workspace, open_workspace
 
 HEADLINE = ("version", "tag", "registry_version", "alias", "commit", "released", "rollback", "mlflow_run_id")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from promptloop.runtime import prepare_environment
+from promptloop.core.runtime import prepare_environment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def repo_workspace():
     """The project checkout read as a workspace (its params.yaml, prompts and datasets)."""
-    from promptloop.workspace import open_workspace
+    from promptloop.workspace.workspace import open_workspace
 
     return open_workspace(REPO)
 
@@ -27,7 +27,7 @@ def repo_workspace():
 @pytest.fixture(scope="session")
 def litellm(repo_workspace) -> Any:
     """litellm with the offline provider and prices registered from params.yaml."""
-    from promptloop.llm import litellm_module_configured
+    from promptloop.llm.client import litellm_module_configured
 
     return litellm_module_configured(repo_workspace.params.llm)
 
@@ -35,7 +35,7 @@ def litellm(repo_workspace) -> Any:
 @pytest.fixture(scope="session")
 def initialized_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """One real workspace (git, bare origin, DVC, MLflow) made by `init`, shared by read-only tests."""
-    from promptloop.initialize import init_workspace
+    from promptloop.ops.initialize import init_workspace
 
     dest = tmp_path_factory.mktemp("ws") / "workspace"
     return dest, init_workspace(dest)
@@ -44,8 +44,8 @@ def initialized_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 @pytest.fixture
 def workspace(tmp_path: Path) -> Any:
     """A fresh workspace made by `init` for one test (modules that share one define their own)."""
-    from promptloop.initialize import init_workspace
-    from promptloop.workspace import open_workspace
+    from promptloop.ops.initialize import init_workspace
+    from promptloop.workspace.workspace import open_workspace
 
     init_workspace(tmp_path / "ws")
     return open_workspace(tmp_path / "ws")
@@ -54,6 +54,6 @@ def workspace(tmp_path: Path) -> Any:
 @pytest.fixture
 def better() -> Any:
     """The hand-written candidate that fixes prompt v1's planted failures."""
-    from promptloop.prompts import load_prompt
+    from promptloop.domain.prompts import load_prompt
 
     return load_prompt(REPO / "tests" / "data" / "candidates" / "better.yaml")

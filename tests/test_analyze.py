@@ -13,12 +13,12 @@ import mlflow
 import pandas as pd
 import pytest
 
-from promptloop.analyze import analyze, parse_window
-from promptloop.collect import collect
-from promptloop.demo import run_demo
-from promptloop.errors import InputError
-from promptloop.initialize import init_workspace
-from promptloop.workspace import open_workspace
+from promptloop.analyze.stage import analyze, parse_window
+from promptloop.collect.stage import collect
+from promptloop.demo.run import run_demo
+from promptloop.core.errors import InputError
+from promptloop.ops.initialize import init_workspace
+from promptloop.workspace.workspace import open_workspace
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptloop.runtime import OFFLINE_ENV
+from promptloop.core.runtime import OFFLINE_ENV
 
 CLI = str(Path(sys.executable).parent / "promptloop")
 CONTRACT = ("init", "demo", "collect", "analyze", "evaluate", "improve", "deploy", "cycle", "release", "serve")

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from promptloop.collect import collect
-from promptloop.errors import InputError
-from promptloop.initialize import init_workspace
-from promptloop.workspace import open_workspace
+from promptloop.collect.stage import collect
+from promptloop.core.errors import InputError
+from promptloop.ops.initialize import init_workspace
+from promptloop.workspace.workspace import open_workspace
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 

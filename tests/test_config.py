@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptloop.config import load_params, parse_params
-from promptloop.errors import InputError
+from promptloop.core.config import load_params, parse_params
+from promptloop.core.errors import InputError
 
 from conftest import REPO
 
@@ -107,7 +107,7 @@ def test_api_keys_must_be_a_mapping_and_the_error_names_the_file(tmp_path: Path)
 def test_settings_built_in_code_refuse_a_literal_key_without_printing_it() -> None:
     from pydantic import ValidationError
 
-    from promptloop.config import LLMSettings
+    from promptloop.core.config import LLMSettings
 
     with pytest.raises(ValidationError) as caught:
         LLMSettings(api_keys={"openai/*": FAKE_KEY})

@@ -23,10 +23,10 @@ from typing import Any
 import git
 import pytest
 
-from promptloop.demo import write_sample_logs
-from promptloop.golden import load_golden
-from promptloop.initialize import init_workspace
-from promptloop.workspace import open_workspace
+from promptloop.demo.run import write_sample_logs
+from promptloop.domain.golden import load_golden
+from promptloop.ops.initialize import init_workspace
+from promptloop.workspace.workspace import open_workspace
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 PROMPTLOOP = str(Path(sys.executable).parent / "promptloop")
@@ -79,7 +79,7 @@ def cached_calls(root: Path) -> tuple[int, float]:
 
 
 def mlflow_runs(root: Path) -> list[Any]:
-    from promptloop.tracking import tracking_client
+    from promptloop.workspace.tracking import tracking_client
 
     workspace = open_workspace(root)
     client = tracking_client(workspace.tracking_uri)
@@ -171,7 +171,7 @@ def test_a_kill_inside_a_dataset_change_is_rolled_back_by_the_next_writer(worksp
     script = f"""
 import os, signal
 from pathlib import Path
-from promptloop.versioning import dataset_change, dvc_add_and_push
+from promptloop.workspace.versioning import dataset_change, dvc_add_and_push
 root = Path({str(root)!r}); golden = root / {GOLDEN!r}
 with dataset_change(root, [golden, golden.parent / ".gitignore"], "test"):
     golden.write_text(golden.read_text() + '{{"id": "half', encoding="utf-8")
@@ -182,7 +182,7 @@ with dataset_change(root, [golden, golden.parent / ".gitignore"], "test"):
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert golden.read_bytes() != committed and (root / ".promptloop" / "journal.json").is_file()
 
-    from promptloop.locking import writing
+    from promptloop.workspace.locking import writing
 
     with writing(root, "test"):
         pass
@@ -195,8 +195,8 @@ def test_a_run_a_killed_process_left_running_is_marked_killed_by_the_next_run(wo
     script = f"""
 import os, signal
 from pathlib import Path
-from promptloop.tracking import experiment_id, tracking_client
-from promptloop.workspace import open_workspace
+from promptloop.workspace.tracking import experiment_id, tracking_client
+from promptloop.workspace.workspace import open_workspace
 workspace = open_workspace(Path({str(workspace.root)!r}))
 client = tracking_client(workspace.tracking_uri)
 experiment = experiment_id(client, workspace.experiment_name("support-bot"), workspace.artifact_root)
@@ -207,7 +207,7 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     stale = killed.stdout.split()[-1]
 
-    from promptloop.tracking import log_run, tracking_client
+    from promptloop.workspace.tracking import log_run, tracking_client
 
     client = tracking_client(workspace.tracking_uri)
     assert client.get_run(stale).info.status == "RUNNING"
@@ -244,6 +244,6 @@ def test_two_cycles_at_once_one_runs_the_others_wait_or_exit_naming_it(sample_lo
 
 
 def holder_is(root: Path, pid: int) -> bool:
-    from promptloop.locking import holder
+    from promptloop.workspace.locking import holder
 
     return (holder(root) or {}).get("pid") == pid

@@ -13,13 +13,13 @@ from pathlib import Path
 import git
 import pytest
 
-from promptloop.cycle import cycle
-from promptloop.demo import write_sample_logs
-from promptloop.golden import load_golden
-from promptloop.initialize import init_workspace
-from promptloop.prompts import load_prompt
-from promptloop.release import release
-from promptloop.workspace import open_workspace
+from promptloop.loop.cycle import cycle
+from promptloop.demo.run import write_sample_logs
+from promptloop.domain.golden import load_golden
+from promptloop.ops.initialize import init_workspace
+from promptloop.domain.prompts import load_prompt
+from promptloop.deploy.release import release
+from promptloop.workspace.workspace import open_workspace
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 DVC = str(Path(sys.executable).parent / "dvc")

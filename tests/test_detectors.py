@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promptloop.detectors import (
+from promptloop.quality.detectors import (
     Detector,
     DetectorScore,
     PatternDetector,
@@ -24,7 +24,7 @@ from promptloop.detectors import (
     load_pattern_detector,
     score_detector,
 )
-from promptloop.errors import InputError
+from promptloop.core.errors import InputError
 
 LABELLED = Path(__file__).parent / "data" / "detectors_labelled.jsonl"
 BUILTINS = ("refusal", "toxicity", "injection")
@@ -420,7 +420,7 @@ def test_load_labelled_errors(tmp_path: Path) -> None:
 
 
 def test_one_text_fast_path_agrees_with_the_column_api() -> None:
-    from promptloop.detectors import builtin_detector, load_labelled
+    from promptloop.quality.detectors import builtin_detector, load_labelled
 
     for name in ("refusal", "toxicity", "injection"):
         detector = builtin_detector(name)

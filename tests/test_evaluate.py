@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from promptloop.evaluate import evaluate
-from promptloop.workspace import Workspace, open_workspace
+from promptloop.evaluate.stage import evaluate
+from promptloop.workspace.workspace import Workspace, open_workspace
 
 CANDIDATES = Path(__file__).parent / "data" / "candidates"
 
@@ -19,7 +19,7 @@ CANDIDATES = Path(__file__).parent / "data" / "candidates"
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A fresh workspace for this module (evaluations write runs, registry versions and a cache)."""
-    from promptloop.initialize import init_workspace
+    from promptloop.ops.initialize import init_workspace
 
     root = tmp_path_factory.mktemp("evaluate") / "ws"
     init_workspace(root)
@@ -199,7 +199,7 @@ def test_repeated_judging_reports_the_judges_own_variance(workspace: Workspace) 
 
 
 def test_model_candidates_report_cost_and_license_and_non_commercial_is_never_promoted(workspace: Workspace, tmp_path: Path) -> None:
-    from promptloop.prompts import dump_prompt, load_prompt
+    from promptloop.domain.prompts import dump_prompt, load_prompt
 
     better = load_prompt(CANDIDATES / "better.yaml")
     paths = []
@@ -217,7 +217,7 @@ def test_model_candidates_report_cost_and_license_and_non_commercial_is_never_pr
 
 def calibration_golden(workspace: Workspace, agree: bool) -> Workspace:
     """A golden set whose first 12 answerable cases carry a human label on a logged answer."""
-    from promptloop.config import AppSettings
+    from promptloop.core.config import AppSettings
 
     source = workspace.path(workspace.app_settings("support-bot").golden_set)
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -252,7 +252,7 @@ def test_a_judge_that_agrees_with_people_lets_the_gate_decide(workspace: Workspa
 
 def test_the_decision_rests_on_held_out_cases_so_an_overfit_candidate_is_held(workspace: Workspace) -> None:
     """The optimizer saw the Korean cases only; a candidate that fixes just those gains nothing held out."""
-    from promptloop.config import AppSettings
+    from promptloop.core.config import AppSettings
 
     source = workspace.path(workspace.app_settings("support-bot").golden_set)
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]

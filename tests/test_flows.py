@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from promptloop.initialize import init_workspace
+from promptloop.ops.initialize import init_workspace
 
 from conftest import REPO
 
@@ -69,7 +69,7 @@ def test_collect_flow_runs_the_stage_and_publishes_its_table(prefect_server, flo
 def test_analyze_flow_publishes_headline_and_failed_checks(prefect_server, flows, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    from promptloop.demo import run_demo
+    from promptloop.demo.run import run_demo
 
     demo = run_demo(tmp_path / "demo", interactions=300)
     state = flows.analyze.analyze_flow(flows.analyze.AnalyzeParameters(workspace=demo["workspace"]), return_state=True)
@@ -96,8 +96,8 @@ def test_evaluate_on_a_local_dask_cluster_gives_the_results_of_the_default_runne
 
     import yaml
 
-    from promptloop.evaluate import evaluate
-    from promptloop.workspace import open_workspace
+    from promptloop.evaluate.stage import evaluate
+    from promptloop.workspace.workspace import open_workspace
 
     root = tmp_path / "ws"
     init_workspace(root)

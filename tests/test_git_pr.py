@@ -19,11 +19,11 @@ import git
 import pytest
 import yaml
 
-from promptloop.errors import DeployError, InputError
-from promptloop.git_pr import github_repo, open_pull_request
-from promptloop.prompts import PromptVersion, load_prompt
-from promptloop.versioning import commit_paths, dvc_add_and_push
-from promptloop.workspace import Workspace
+from promptloop.core.errors import DeployError, InputError
+from promptloop.deploy.pull_request import github_repo, open_pull_request
+from promptloop.domain.prompts import PromptVersion, load_prompt
+from promptloop.workspace.versioning import commit_paths, dvc_add_and_push
+from promptloop.workspace.workspace import Workspace
 
 APP = "support-bot"
 CANDIDATES = Path(__file__).parent / "data" / "candidates"

@@ -24,14 +24,15 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from promptloop.collect import LOG_SCHEMA, LOGS, QUARANTINE, collect
-from promptloop.errors import InputError
-from promptloop.initialize import init_workspace
-from promptloop.jsonl import read_jsonl
-from promptloop.logs import LOG_FIELDS, LogRecord
-from promptloop.redact import build_redactor
-from promptloop.validate import CLOCK_SKEW
-from promptloop.workspace import Workspace, open_workspace
+from promptloop.collect.stage import LOG_SCHEMA, collect
+from promptloop.workspace.workspace import LOGS, QUARANTINE
+from promptloop.core.errors import InputError
+from promptloop.ops.initialize import init_workspace
+from promptloop.core.jsonl import read_jsonl
+from promptloop.domain.logs import LOG_FIELDS, LogRecord
+from promptloop.quality.redact import build_redactor
+from promptloop.collect.validate import CLOCK_SKEW
+from promptloop.workspace.workspace import Workspace, open_workspace
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 APP = "support-bot"

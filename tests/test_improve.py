@@ -13,17 +13,17 @@ from pathlib import Path
 import git
 import pytest
 
-from promptloop.candidates import check_candidate, quoted_case
-from promptloop.analyze import analyze
-from promptloop.collect import collect
-from promptloop.demo import write_sample_logs
-from promptloop.initialize import init_workspace
-from promptloop.golden import GoldenCase, load_golden
-from promptloop.golden_growth import holdout_clusters, near_duplicate_mask, severity_of
-from promptloop.improve import improve
-from promptloop.prompts import load_prompt
-from promptloop.redact import build_redactor
-from promptloop.workspace import open_workspace
+from promptloop.improve.candidates import check_candidate, quoted_case
+from promptloop.analyze.stage import analyze
+from promptloop.collect.stage import collect
+from promptloop.demo.run import write_sample_logs
+from promptloop.ops.initialize import init_workspace
+from promptloop.domain.golden import GoldenCase, load_golden
+from promptloop.improve.growth import holdout_clusters, near_duplicate_mask, severity_of
+from promptloop.improve.stage import improve
+from promptloop.domain.prompts import load_prompt
+from promptloop.quality.redact import build_redactor
+from promptloop.workspace.workspace import open_workspace
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 DVC = str(Path(sys.executable).parent / "dvc")

@@ -19,15 +19,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from promptloop.candidates import (
+from promptloop.improve.candidates import (
     MIN_COPIED_WORDS,
     check_candidate,
     failure_digest,
     generate,
     optimizer_messages,
 )
-from promptloop.golden import GoldenCase, load_golden
-from promptloop.judges import (
+from promptloop.domain.golden import GoldenCase, load_golden
+from promptloop.quality.judges import (
     PAIRWISE_SYSTEM,
     RUBRIC_SYSTEM,
     delimited,
@@ -37,14 +37,14 @@ from promptloop.judges import (
     parse_rubric,
     rubric_messages,
 )
-from promptloop.kb import Retriever, format_context, load_kb
-from promptloop.online_judge import judge_sample
-from promptloop.prompts import PromptVersion, load_prompt
-from promptloop.runner import ResponseCache, Runner
-from promptloop.scorers import Answer, PairwiseJudge, RubricJudge, judge_kwargs
-from promptloop.simulated import optimizer as simulated_optimizer
-from promptloop.simulated.judge import block
-from promptloop.text import language
+from promptloop.domain.kb import Retriever, format_context, load_kb
+from promptloop.analyze.online_judge import judge_sample
+from promptloop.domain.prompts import PromptVersion, load_prompt
+from promptloop.llm.runner import ResponseCache, Runner
+from promptloop.evaluate.scorers import Answer, PairwiseJudge, RubricJudge, judge_kwargs
+from promptloop.demo.simulated import optimizer as simulated_optimizer
+from promptloop.demo.simulated.judge import block
+from promptloop.core.text import language
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS: list[dict[str, str]] = yaml.safe_load((REPO / "tests/data/injections.yaml").read_text(encoding="utf-8"))

@@ -11,18 +11,16 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from promptloop.metrics import (
-    DEFAULT_ALERT_RULES,
-    METRIC_NAMES,
+from promptloop.analyze.metrics import (
     MISSING_KEY,
     Alert,
-    AlertRule,
     compute_metrics,
     daily_metrics,
     evaluate_alerts,
     metrics_by,
     select_window,
 )
+from promptloop.core.config import DEFAULT_ALERT_RULES, METRIC_NAMES, AlertRule
 
 T0 = pd.Timestamp("2025-03-01 12:00", tz="UTC")
 RATES = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "error_rate", "feedback_rate", "thumbs_down_rate",
@@ -179,7 +177,7 @@ def test_frame_read_back_from_collect_parquet(tmp_path, pandas_metadata):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    from promptloop.collect import LOG_SCHEMA
+    from promptloop.collect.stage import LOG_SCHEMA
 
     frame = four_rows()
     stored = frame.drop(columns=["refusal", "toxic", "injection"]).assign(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from promptloop.mining import cluster_failures, failure_kinds, mine_failures
+from promptloop.analyze.mining import cluster_failures, failure_kinds, mine_failures
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

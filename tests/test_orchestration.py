@@ -39,7 +39,7 @@ def test_prefect_yaml_has_one_deployment_per_flow_on_the_process_pool() -> None:
 
 
 def test_schedules_use_the_time_zone_of_params_yaml() -> None:
-    from promptloop.config import load_params
+    from promptloop.core.config import load_params
 
     zone = load_params(REPO / "params.yaml").schedule.timezone
     schedules = [s for d in prefect_yaml()["deployments"] for s in d.get("schedules") or []]
@@ -92,8 +92,8 @@ def test_each_flow_takes_a_validated_parameter_model(flow_modules) -> None:
 
 
 def test_flow_parameters_override_params_yaml_for_one_run(initialized_workspace) -> None:
-    from promptloop.errors import InputError
-    from promptloop.workspace import open_workspace, with_overrides
+    from promptloop.core.errors import InputError
+    from promptloop.workspace.workspace import open_workspace, with_overrides
 
     workspace = open_workspace(initialized_workspace[0])
     changed = with_overrides(workspace, {"improve": {"candidates": 5}, "evaluate": {"budget_usd": None}})
@@ -139,10 +139,10 @@ def test_serve_deploys_every_flow_and_runs_the_cycle_from_the_api(tmp_path: Path
     import psutil
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from promptloop.demo import write_sample_logs
-    from promptloop.initialize import init_workspace
-    from promptloop.serve import process_tree, serving
-    from promptloop.workspace import open_workspace
+    from promptloop.demo.run import write_sample_logs
+    from promptloop.ops.initialize import init_workspace
+    from promptloop.ops.serve import process_tree, serving
+    from promptloop.workspace.workspace import open_workspace
 
     root = tmp_path / "ws"
     init_workspace(root)

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promptloop.errors import InputError
-from promptloop.redact import (
+from promptloop.core.errors import InputError
+from promptloop.quality.redact import (
     PLACEHOLDERS,
     Redactor,
     _EMAIL,

@@ -11,13 +11,14 @@ import git
 import pytest
 import yaml
 
-from promptloop import registry
-from promptloop.errors import DeployError
-from promptloop.git_pr import open_pull_request
-from promptloop.prompts import PromptVersion, load_prompt
-from promptloop.release import PRODUCTION, production_prompt, release
-from promptloop.tracking import tracking_client
-from promptloop.workspace import Workspace
+from promptloop.workspace import registry
+from promptloop.core.errors import DeployError
+from promptloop.deploy.pull_request import open_pull_request
+from promptloop.domain.prompts import PromptVersion, load_prompt
+from promptloop.deploy.release import release
+from promptloop.workspace.registry import PRODUCTION, production_prompt
+from promptloop.workspace.tracking import tracking_client
+from promptloop.workspace.workspace import Workspace
 
 APP = "support-bot"
 CANDIDATES = Path(__file__).parent / "data" / "candidates"
@@ -73,7 +74,7 @@ def test_release_after_merge_sets_the_alias_tags_git_and_logs_the_run(workspace:
                                "commit": merge, "tag": f"{APP}@v2", "rollback": "false"}
 
     merged = PromptVersion.model_validate(yaml.safe_load(bare.git.show(f"main:{PROMPT}")))
-    assert production_prompt(workspace, APP) == merged
+    assert production_prompt(workspace.tracking_uri, APP) == merged
     app = workspace.load_app(APP)
     assert app.prompt == merged and app.prompt.content_hash == better.content_hash
     assert load_prompt(workspace.path(PROMPT)).version == 1  # the local file was not needed, nor changed
@@ -139,10 +140,10 @@ def test_rollback_moves_the_alias_to_the_previous_release(workspace: Workspace, 
 def test_load_app_falls_back_to_the_prompt_file(workspace: Workspace, tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     on_disk = load_prompt(workspace.path(PROMPT))
-    assert production_prompt(workspace, APP) is None  # registered nowhere, no alias
+    assert production_prompt(workspace.tracking_uri, APP) is None  # registered nowhere, no alias
     assert workspace.load_app(APP).prompt == on_disk
     registry.register(tracking_client(workspace.tracking_uri), APP, on_disk)  # registered, still no alias
-    assert production_prompt(workspace, APP) is None and workspace.load_app(APP).prompt == on_disk
+    assert production_prompt(workspace.tracking_uri, APP) is None and workspace.load_app(APP).prompt == on_disk
 
     broken = tmp_path / "broken.db"
     broken.write_bytes(b"this is not an sqlite database" * 100)
@@ -166,4 +167,4 @@ def test_registry_round_trip_keeps_braces_and_lineage(workspace: Workspace) -> N
                            user="Q: {question}")
     version = registry.register(client, APP, prompt)
     client.set_prompt_alias(APP, PRODUCTION, version)
-    assert production_prompt(workspace, APP) == prompt
+    assert production_prompt(workspace.tracking_uri, APP) == prompt

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from promptloop.config import LLMSettings, ModelPrice
-from promptloop.llm import litellm_module_configured, response_cost
-from promptloop.runner import BudgetExceeded, CallFailed, ResponseCache, RetryPolicy, Runner, cache_key
+from promptloop.core.config import LLMSettings, ModelPrice
+from promptloop.llm.client import litellm_module_configured, response_cost
+from promptloop.llm.runner import BudgetExceeded, CallFailed, ResponseCache, RetryPolicy, Runner, cache_key
 
 QUESTIONS = [f"How do I export notebook {i} to PDF?" for i in range(6)]
 
@@ -224,7 +224,7 @@ def keyed(key: str = KEY) -> dict[str, str]:
 
 
 def api_keys(source: str = f"env:{KEY_VAR}") -> Any:
-    from promptloop.llm import ApiKeys
+    from promptloop.llm.client import ApiKeys
 
     return ApiKeys(LLMSettings(api_keys={"offline/*": source}), "params.yaml")
 
@@ -242,7 +242,7 @@ def test_the_configured_key_goes_with_every_call_but_not_into_the_cache(litellm,
 
 
 def test_a_key_is_looked_up_once_per_runner_and_a_missing_one_names_its_variable(litellm, tmp_path: Path, monkeypatch) -> None:
-    from promptloop.errors import InputError
+    from promptloop.core.errors import InputError
 
     monkeypatch.setenv(KEY_VAR, KEY)
     runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), api_keys=api_keys())

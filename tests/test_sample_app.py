@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from promptloop.errors import InputError
-from promptloop.golden import load_golden
-from promptloop.kb import Retriever, load_kb, parse_document
-from promptloop.prompts import load_prompt
-from promptloop.simulated.traffic import load_bank
+from promptloop.core.errors import InputError
+from promptloop.domain.golden import load_golden
+from promptloop.domain.kb import Retriever, load_kb, parse_document
+from promptloop.domain.prompts import load_prompt
+from promptloop.demo.simulated.traffic import load_bank
 
 from conftest import REPO
 

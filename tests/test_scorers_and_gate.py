@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from promptloop.config import GuardMargins
-from promptloop.gate import Evidence, GuardCheck, PromptStats, decide, guard_checks, license_problem
-from promptloop.golden import GoldenCase
-from promptloop.judges import MalformedVerdict, parse_pairwise, parse_rubric
-from promptloop.runner import InvalidResponse, ResponseCache, RetryPolicy, Runner
-from promptloop.scorers import Answer, PairwiseJudge, ProxyMetrics, RubricJudge
-from promptloop.stats import agreement
+from promptloop.core.config import GuardMargins
+from promptloop.evaluate.gate import Evidence, GuardCheck, PromptStats, decide, guard_checks, license_problem
+from promptloop.domain.golden import GoldenCase
+from promptloop.quality.judges import MalformedVerdict, parse_pairwise, parse_rubric
+from promptloop.llm.runner import InvalidResponse, ResponseCache, RetryPolicy, Runner
+from promptloop.evaluate.scorers import Answer, PairwiseJudge, ProxyMetrics, RubricJudge
+from promptloop.evaluate.stats import agreement
 
 CLEAN = Evidence(incomplete=[], identical=False, ci_low=0.1, p_adjusted=0.001, regressions=[], guards=[],
                  judge_problem=None, license_problem=None)
@@ -124,7 +124,7 @@ def answer(text: str) -> Answer:
 
 
 def test_proxy_metrics_check_facts_citations_language_and_refusals(repo_workspace) -> None:
-    from promptloop.analyze import detectors_of
+    from promptloop.quality.detectors import detectors_of
 
     detectors = detectors_of(repo_workspace.params.analyze, repo_workspace.root)
     proxy = ProxyMetrics(detectors["refusal"], detectors["toxic"], frozenset({"billing-refunds"}), ("forbidden words",),

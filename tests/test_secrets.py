@@ -33,11 +33,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from promptloop.config import LLMSettings
-from promptloop.demo import write_sample_logs
-from promptloop.initialize import init_workspace
-from promptloop.redact import PLACEHOLDERS, build_redactor, luhn_valid
-from promptloop.workspace import DVC_REMOTE_DIR, REMOTE_DIR, open_workspace
+from promptloop.core.config import LLMSettings
+from promptloop.demo.run import write_sample_logs
+from promptloop.ops.initialize import init_workspace
+from promptloop.quality.redact import PLACEHOLDERS, build_redactor, luhn_valid
+from promptloop.workspace.workspace import DVC_REMOTE_DIR, REMOTE_DIR, open_workspace
 
 KEY_VAR = "PROMPTLOOP_TEST_API_KEY"
 # Not "sk-...": litellm's log filter masks sk- keys wherever they appear, which would hide a leak
@@ -333,12 +333,12 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def test_a_prefect_secret_block_supplies_the_key_a_call_uses(prefect_server, tmp_path: Path) -> None:
     from prefect.blocks.system import Secret
 
-    from promptloop.errors import InputError
-    from promptloop.llm import ApiKeys, litellm_module_configured
-    from promptloop.runner import ResponseCache, Runner
+    from promptloop.core.errors import InputError
+    from promptloop.llm.client import ApiKeys, litellm_module_configured
+    from promptloop.llm.runner import ResponseCache, Runner
 
     Secret(value=KEY).save("promptloop-test-key", overwrite=True)
-    settings = LLMSettings(providers={"offline": "promptloop.simulated.provider:handler"},
+    settings = LLMSettings(providers={"offline": "promptloop.demo.simulated.provider:handler"},
                            api_keys={"offline/support-bot": "prefect-secret:promptloop-test-key",
                                      "offline/*": "prefect-secret:no-such-block"})
     runner = Runner(litellm_module_configured(settings), ResponseCache(tmp_path / "c.db"), api_keys=ApiKeys(settings))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from promptloop.llm import acomplete
+from promptloop.llm.client import acomplete
 
 CASE = (
     "<question>\nHow long do I have to request a refund?\n</question>\n"
@@ -37,7 +37,7 @@ def test_rubric_scores_order_good_uncited_wrong(litellm) -> None:
 
 def test_instructions_inside_the_answer_do_not_move_the_judge(litellm) -> None:
     """Built as promptloop builds judge prompts (`rubric_messages`): the escape attempt stays data."""
-    from promptloop.judges import rubric_messages
+    from promptloop.quality.judges import rubric_messages
 
     def score(answer: str) -> int:
         messages = rubric_messages("How long do I have to request a refund?", answer, expected_facts=["within 14 days"],

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from promptloop.app import App
-from promptloop.llm import acomplete
-from promptloop.text import language
+from promptloop.domain.app import App
+from promptloop.llm.client import acomplete
+from promptloop.core.text import language
 
 WEAK = "You are a support assistant. Answer using the documentation below.\n\nDocumentation:\n{context}"
 REFUND_EN = "How many days do I have to ask for a refund of my Plus subscription?"

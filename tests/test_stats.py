@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from promptloop.stats import (
+from promptloop.evaluate.stats import (
     PairedComparison,
     bootstrap_ci,
     bootstrap_p_value,

@@ -11,10 +11,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from promptloop.errors import InputError
-from promptloop.logs import LOG_FIELDS, LogRecord
-from promptloop.sources import EXTRA, ORIGIN, RAW_COLUMNS, source_from_uri
-from promptloop.trace_source import MlflowTraceSource, feedback_score
+from promptloop.core.errors import InputError
+from promptloop.domain.logs import LOG_FIELDS, LogRecord
+from promptloop.collect.sources import EXTRA, ORIGIN, RAW_COLUMNS
+from promptloop.collect.stage import source_from_uri
+from promptloop.collect.traces import MlflowTraceSource, feedback_score
 
 EXPERIMENT = "support-prod"
 QUESTIONS = ("How do I reset my password?", "Can I get a refund for my annual plan?", "Where is my invoice?")

@@ -14,10 +14,10 @@ import mlflow
 import pytest
 from pydantic import ValidationError
 
-from promptloop.demo import DEMO_MARKER, run_demo
-from promptloop.errors import InputError
-from promptloop.initialize import init_workspace
-from promptloop.logs import LogRecord
+from promptloop.demo.run import DEMO_MARKER, run_demo
+from promptloop.core.errors import InputError
+from promptloop.ops.initialize import init_workspace
+from promptloop.domain.logs import LogRecord
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from promptloop import __version__
-from promptloop.errors import InputError, WorkspaceBusy
-from promptloop.runtime import prepare_environment
+from promptloop.core.errors import InputError, WorkspaceBusy
+from promptloop.core.runtime import prepare_environment
 
 app = typer.Typer(
     help="Keep an LLM app improving after launch: collect -> analyze -> improve -> deploy.",
@@ -132,7 +132,7 @@ def init(
     as_json: bool = JsonOption,
 ) -> None:
     """Create a workspace: git repo with a local bare origin, DVC (golden set tracked), an MLflow store."""
-    from promptloop.initialize import init_workspace
+    from promptloop.ops.initialize import init_workspace
 
     run_command(as_json, lambda: init_workspace(dir), lambda r: render_mapping("workspace created", r))
 
@@ -144,7 +144,7 @@ def demo(
     as_json: bool = JsonOption,
 ) -> None:
     """Run the loop offline on the sample app: init a scratch workspace, generate logs, run the stages."""
-    from promptloop.demo import run_demo
+    from promptloop.demo.run import run_demo
 
     def action() -> dict[str, Any]:
         with progress_bar() as bar:
@@ -168,8 +168,8 @@ def collect(
     as_json: bool = JsonOption,
 ) -> None:
     """Ingest new production logs: validate (Great Expectations), quarantine, redact PII, version (DVC), log (MLflow)."""
-    from promptloop.collect import collect as run_collect
-    from promptloop.workspace import open_workspace
+    from promptloop.collect.stage import collect as run_collect
+    from promptloop.workspace.workspace import open_workspace
 
     def action() -> dict[str, Any]:
         with progress_bar() as bar:
@@ -188,8 +188,8 @@ def analyze(
     as_json: bool = JsonOption,
 ) -> None:
     """Monitoring metrics, alerts and failure clusters over a window of collected logs."""
-    from promptloop.analyze import analyze as run_analyze
-    from promptloop.workspace import open_workspace
+    from promptloop.analyze.stage import analyze as run_analyze
+    from promptloop.workspace.workspace import open_workspace
 
     run_command(as_json, lambda: run_analyze(open_workspace(workspace), app_name, window, until), render_analyze)
 
@@ -220,8 +220,8 @@ def evaluate(
     makes no LLM call. The decision is paired statistics (bootstrap CI of the score difference, Holm
     across candidates), high-severity regressions, guard metrics and judge calibration.
     """
-    from promptloop.evaluate import evaluate as run_evaluate
-    from promptloop.workspace import open_workspace
+    from promptloop.evaluate.stage import evaluate as run_evaluate
+    from promptloop.workspace.workspace import open_workspace
 
     def action() -> dict[str, Any]:
         with progress_bar() as bar:
@@ -246,8 +246,8 @@ def check(
     Prints the report; exits 3 on a significant regression (the score CI lies below zero, or a
     high-severity case that passed now fails), 1 if the evaluation could not complete, else 0.
     """
-    from promptloop.check import check as run_check
-    from promptloop.workspace import open_workspace
+    from promptloop.evaluate.check import check as run_check
+    from promptloop.workspace.workspace import open_workspace
 
     def action() -> dict[str, Any]:
         with progress_bar() as bar:
@@ -269,7 +269,7 @@ def render_improve(result: dict[str, Any]) -> None:
     made = result["candidates"]
     render_mapping("candidates", {"generated": made["generated"], "hand-written": made["hand_written"],
                                   "rejected": [f"seed {r['seed']}: {r['reason']}" for r in made["rejected"]]})
-    from promptloop.eval_report import decision_table
+    from promptloop.evaluate.report import decision_table
 
     Console().print(escape("\n".join(decision_table(result["evaluation"]))), highlight=False, soft_wrap=True)
     render_outcome(result["decision"], result["reasons"], result["best"] and result["best"]["name"])
@@ -300,8 +300,8 @@ def improve(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_jso
     Needs an analyze run (its failures and clusters). The outcome is kept for `deploy`. Exits 1
     when the evaluation ended incomplete (a provider failed past its retries, the budget ran out).
     """
-    from promptloop.improve import improve as run_improve
-    from promptloop.workspace import open_workspace
+    from promptloop.improve.stage import improve as run_improve
+    from promptloop.workspace.workspace import open_workspace
 
     def action() -> dict[str, Any]:
         with progress_bar() as bar:
@@ -318,8 +318,8 @@ def deploy(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_json
     GitHub remote with $GITHUB_TOKEN set the pull request is opened through the API; otherwise its
     body is written under .promptloop/pull-requests/ and the compare command is printed.
     """
-    from promptloop.deploy import deploy as run_deploy
-    from promptloop.workspace import open_workspace
+    from promptloop.deploy.stage import deploy as run_deploy
+    from promptloop.workspace.workspace import open_workspace
 
     run_command(as_json, lambda: run_deploy(open_workspace(workspace), app_name), render_deploy)
 
@@ -341,9 +341,9 @@ def cycle(
     the next one, its LLM calls answered from the cache. One writer per workspace: a second cycle
     waits (see --wait).
     """
-    from promptloop.cycle import cycle as run_cycle
-    from promptloop.locking import writing
-    from promptloop.workspace import open_workspace
+    from promptloop.loop.cycle import cycle as run_cycle
+    from promptloop.workspace.locking import writing
+    from promptloop.workspace.workspace import open_workspace
 
     def action() -> dict[str, Any]:
         opened = open_workspace(workspace)
@@ -379,8 +379,8 @@ def release(
     Points the MLflow prompt alias `production` at it, tags git `<app>@v<N>` (pushed) and records
     the release in MLflow. The app loads its prompt by that alias.
     """
-    from promptloop.release import release as run_release
-    from promptloop.workspace import open_workspace
+    from promptloop.deploy.release import release as run_release
+    from promptloop.workspace.workspace import open_workspace
 
     run_command(as_json, lambda: run_release(open_workspace(workspace), app_name, rollback=rollback),
                 lambda r: render_mapping(f"release {r['app']}", r))
@@ -393,7 +393,7 @@ def serve(workspace: Path = WorkspaceOption) -> None:
     Prints the two URLs and runs until Ctrl-C (or SIGTERM), which stops every service it started.
     State and logs stay in the workspace's .promptloop/ folder.
     """
-    from promptloop.serve import serve_forever
+    from promptloop.ops.serve import serve_forever
 
     def action() -> dict[str, Any]:
         stderr.print("starting the Prefect server, deploying prefect.yaml, starting a worker and the MLflow UI ...",

@@ -1,0 +1,1 @@
+"""Stage analyze: monitoring metrics, alerts, failure mining and clustering over collected logs."""

@@ -1,0 +1,182 @@
+"""Failure mining: which interactions failed, how, and which failures belong together.
+
+A failing interaction is a 👎, an error, a refusal, a toxic answer, a followed injection, or a low
+score from the online judge. Failures are grouped by worst kind and language, then clustered on
+their question (TF-IDF over words and Korean character bigrams, k-means); each cluster is labelled
+by its dominant kinds and the words that set it apart, and ranked by impact = size × mean severity
+× 👎 share (Laplace-smoothed, so a cluster of unrated errors still counts).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from promptloop.core.text import STOPWORDS, language, terms
+
+# How bad each kind is; a row's severity is that of its worst kind.
+KIND_SEVERITY: dict[str, float] = {
+    "followed_injection": 5.0,
+    "toxic": 5.0,
+    "error": 3.0,
+    "thumbs_down": 2.0,
+    "low_judge_score": 2.0,
+    "refusal": 1.5,
+}
+KINDS = tuple(KIND_SEVERITY)
+_WORD = re.compile(r"[0-9a-z]+|[\uac00-\ud7a3]+")
+
+
+def failure_kinds(frame: pd.DataFrame) -> pd.DataFrame:
+    """One bool column per failure kind, for every row of `frame` (which carries the detector flags)."""
+    has_output = frame["output"].notna()
+    return pd.DataFrame(
+        {
+            "thumbs_down": frame["feedback"].eq(-1).fillna(False).astype(bool),
+            "error": frame["error"].fillna("").astype(str).str.len().gt(0),
+            "refusal": frame["refusal"].astype(bool) & has_output,
+            "toxic": frame["toxic"].astype(bool) & has_output,
+            # an injection attempt the bot answered without refusing: it went along with it
+            "followed_injection": frame["injection"].astype(bool) & has_output & ~frame["refusal"].astype(bool),
+            "low_judge_score": frame.get("judge_score", pd.Series(np.nan, index=frame.index)).le(2).fillna(False).astype(bool),
+        },
+        index=frame.index,
+    )
+
+
+def mine_failures(frame: pd.DataFrame) -> pd.DataFrame:
+    """The failing rows with their kinds (comma-joined, worst first) and severity."""
+    kinds = failure_kinds(frame)
+    failing = kinds.any(axis=1)
+    rows = frame.loc[failing].copy()
+    flags = kinds.loc[failing]
+    ordered = sorted(KINDS, key=lambda k: -KIND_SEVERITY[k])
+    joined = pd.Series("", index=rows.index, dtype=object)
+    for kind in ordered:  # vectorised: one string concatenation per kind, not a Python loop per row
+        joined = joined + np.where(flags[kind], kind + ",", "")
+    rows["kinds"] = joined.str.rstrip(",")
+    rows["severity"] = np.column_stack([np.where(flags[k], KIND_SEVERITY[k], 0.0) for k in KINDS]).max(axis=1) if len(rows) else 0.0
+    return rows
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A group of similar failures."""
+
+    id: int
+    label: str
+    kinds: list[str]
+    size: int
+    impact: float
+    thumbs_down_share: float
+    mean_severity: float
+    example_ids: list[str]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.id, "label": self.label, "kinds": self.kinds, "size": self.size,
+                "impact": round(self.impact, 3), "thumbs_down_share": round(self.thumbs_down_share, 3),
+                "mean_severity": round(self.mean_severity, 3), "example_ids": self.example_ids}
+
+
+def cluster_failures(failures: pd.DataFrame, max_clusters: int, seed: int, fit_sample: int = 20_000) -> tuple[np.ndarray, list[Cluster]]:
+    """Assign each failure to a cluster; returns the assignments and the clusters ranked by impact.
+
+    Failures are first grouped by their worst kind and their language, so a cluster never mixes
+    an injection with a refusal or Korean with English; each group is then split by what was asked
+    (TF-IDF over words and Korean character bigrams, k-means), its share of `max_clusters` in
+    proportion to its size.
+    """
+    if failures.empty:
+        return np.zeros(0, dtype=int), []
+    texts = failures["input"].fillna("").astype(str)
+    vocabulary = Vocabulary.of(texts)
+    groups = failures["kinds"].str.split(",").str[0] + "|" + texts.map(vocabulary.language)
+    sizes = groups.value_counts()
+    budget = {g: max(1, round(max_clusters * n / len(failures))) for g, n in sizes.items()}
+    assignment = np.full(len(failures), -1)
+    clusters: list[Cluster] = []
+    for group, k in budget.items():
+        rows = np.flatnonzero((groups == group).to_numpy())
+        for sub in split_by_text(texts.iloc[rows].tolist(), k, seed, fit_sample):
+            members = rows[sub]
+            assignment[members] = len(clusters)
+            clusters.append(describe_cluster(len(clusters), failures.iloc[members], vocabulary))
+    ranked = sorted(clusters, key=lambda c: -c.impact)[:max_clusters]
+    renumber = {c.id: rank for rank, c in enumerate(ranked)}
+    # clusters past max_clusters (small groups) are reported as -1: mined, but not in a ranked cluster
+    final = np.array([renumber.get(a, -1) for a in assignment])
+    return final, [Cluster(**{**c.__dict__, "id": renumber[c.id]}) for c in ranked]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Words and language of each distinct question, computed once (questions repeat a lot)."""
+
+    words: dict[str, frozenset[str]]
+    document_frequency: Counter[str]
+    total: int
+    languages: dict[str, str]
+
+    @classmethod
+    def of(cls, texts: pd.Series) -> "Vocabulary":
+        counts = texts.value_counts()
+        words = {t: frozenset(_words(t)) for t in counts.index}
+        frequency: Counter[str] = Counter()
+        for text, n in counts.items():
+            for word in words[text]:
+                frequency[word] += n
+        return cls(words, frequency, len(texts), {t: language(t) for t in counts.index})
+
+    def language(self, text: str) -> str:
+        return self.languages[text]
+
+    def top_words(self, texts: pd.Series, top: int = 5) -> list[str]:
+        """The words that set these questions apart: frequent among them, rarer elsewhere."""
+        inside: Counter[str] = Counter()
+        for text, n in texts.value_counts().items():
+            for word in self.words[text]:
+                inside[word] += n
+        score = {w: n * np.log(self.total / self.document_frequency[w]) for w, n in inside.items() if n >= 2}
+        return [w for w, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+
+
+def split_by_text(texts: list[str], k: int, seed: int, fit_sample: int) -> list[np.ndarray]:
+    """Indices of `texts` split into at most k groups of similar questions (TF-IDF, k-means)."""
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    distinct, inverse, counts = np.unique(np.asarray(texts, dtype=object), return_inverse=True, return_counts=True)
+    k = max(1, min(k, len(texts) // 5, len(distinct)))
+    if k == 1:
+        return [np.arange(len(texts))]
+    # Questions repeat: vectorise each distinct one once and weigh it by how often it was asked.
+    matrix = TfidfVectorizer(analyzer=terms, min_df=1, sublinear_tf=True).fit_transform(distinct.tolist())
+    rng = np.random.default_rng(seed)
+    fit_rows = rng.choice(matrix.shape[0], size=min(fit_sample, matrix.shape[0]), replace=False)
+    model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048)
+    labels = model.fit(matrix[fit_rows], sample_weight=counts[fit_rows]).predict(matrix)[inverse]
+    return [np.flatnonzero(labels == c) for c in range(k) if (labels == c).any()]
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1 and not w.isdigit()]
+
+
+def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary) -> Cluster:
+    """Label (dominant kinds, language, top words), impact and examples of one cluster."""
+    kind_share = {k: members["kinds"].str.contains(k, regex=False).mean() for k in KINDS}  # no kind name contains another
+    dominant = [k for k, share in sorted(kind_share.items(), key=lambda kv: -kv[1]) if share >= 0.3]
+    texts = members["input"].fillna("").astype(str)
+    korean = texts.map(vocabulary.language).eq("ko").mean()
+    rated = members["feedback"].isin([-1, 1]).sum()
+    downs = members["feedback"].eq(-1).fillna(False).sum()
+    down_share = float((downs + 1) / (rated + 2))
+    severity = float(members["severity"].mean())
+    examples = members.sort_values("severity", ascending=False, kind="stable")["id"].head(5).astype(str).tolist()
+    language_tag = " [ko]" if korean >= 0.5 else ""
+    label = f"{'/'.join(dominant) or 'mixed'}{language_tag}: {' '.join(vocabulary.top_words(texts))}"
+    return Cluster(number, label, dominant, len(members), len(members) * severity * down_share, down_share, severity, examples)

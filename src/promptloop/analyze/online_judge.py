@@ -1,0 +1,55 @@
+"""An online judge over a sample of production answers, within a budget of calls and dollars.
+
+Calls go through the evaluation's runner: retried, cached (re-analyzing the same window makes no
+call) and capped; a budget that runs out stops the judging, and what was judged is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from promptloop.quality.judges import parse_rubric, rubric_messages
+from promptloop.llm.runner import BudgetExceeded, CallFailed, Runner
+
+
+@dataclass
+class JudgeRun:
+    """What the online judge did: scores by row id, failures, spend, whether the budget stopped it."""
+
+    scores: dict[str, int] = field(default_factory=dict)
+    failures: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    cost_usd: float = 0.0
+    stopped_by_budget: bool = False
+
+    def summary(self, model: str) -> dict[str, Any]:
+        return {"model": model, "judged": len(self.scores), "failures": self.failures, "calls": self.calls,
+                "cache_hits": self.cache_hits, "cost_usd": round(self.cost_usd, 6),
+                "stopped_by_budget": self.stopped_by_budget, "low_scores": sum(1 for s in self.scores.values() if s <= 2)}
+
+
+async def judge_sample(runner: Runner, model: str, rows: pd.DataFrame, seed: int) -> JudgeRun:
+    """Grade the answers of `rows` (id, input, output) at temperature 0; stop once the budget is spent."""
+    run = JudgeRun()
+
+    async def grade(row_id: str, question: str, answer: str) -> None:
+        try:
+            completion = await runner.complete("online_judge", model, rubric_messages(question, answer),
+                                               validate=parse_rubric, temperature=0, seed=seed)
+        except BudgetExceeded:
+            run.stopped_by_budget = True
+            return
+        except CallFailed:  # failed after its retries, or never valid JSON: a judge failure, not a score
+            run.failures += 1
+            return
+        run.scores[row_id] = parse_rubric(completion.text).score
+
+    await asyncio.gather(*(grade(str(i), q or "", a) for i, q, a in zip(rows["id"], rows["input"], rows["output"])))
+    usage = runner.usage["online_judge"]
+    run.calls, run.cache_hits, run.cost_usd = usage.calls, usage.cache_hits, usage.cost_usd
+    return run

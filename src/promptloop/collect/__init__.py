@@ -1,0 +1,1 @@
+"""Stage collect: production logs -> validated, PII-redacted, DVC-versioned snapshot."""

@@ -1,0 +1,384 @@
+"""collect: new production logs -> validated, PII-redacted, versioned snapshot.
+
+rows_in = rows_valid + rows_quarantined + rows_duplicate, always. Valid rows are appended to the
+app's log dataset (Parquet parts, DVC-tracked); the rest go to the quarantine dataset with the
+expectations they failed. Nothing is stored before it is redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from promptloop.core.config import AppSettings
+from promptloop.core.errors import InputError
+from promptloop.core.files import write_atomic
+from promptloop.workspace.locking import holds_workspace
+from promptloop.domain.logs import LOG_FIELDS
+from promptloop.llm.prices import PriceLookup, cost_from_tokens
+from promptloop.quality.redact import Redactor, build_redactor, keyed_digest, keyed_hash
+from promptloop.collect.sources import EXTRA, ORIGIN, FileSource, Source, SourceBatch, Unreadable
+from promptloop.collect.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
+from promptloop.workspace.workspace import LOGS, QUARANTINE, Workspace
+
+STATE_FILE = "collect-state.json"
+KEY_FILE = Path(".promptloop") / "pii.key"
+TEXT_COLUMNS = ("input", "output", "error", "feedback_comment", "metadata")
+# Explicit schemas: a part whose column happens to be all null must still read with the others.
+LOG_SCHEMA = pa.schema([
+    ("id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("app", pa.string()),
+    ("prompt_version", pa.string()), ("model", pa.string()), ("input", pa.string()), ("output", pa.string()),
+    ("latency_ms", pa.float64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+    ("cost_usd", pa.float64()), ("cost_source", pa.string()), ("error", pa.string()), ("feedback", pa.int8()),
+    ("feedback_comment", pa.string()), ("user_hash", pa.string()), ("metadata", pa.string()),
+    ("source", pa.string()), ("collect_run", pa.string()),
+])
+QUARANTINE_SCHEMA = pa.schema([(name, pa.string()) for name in ("origin", "id", "kind", "reasons", "raw", "collect_run")])
+
+
+@dataclass
+class CollectPlan:
+    """What one collect run reads and where it writes."""
+
+    workspace: Workspace
+    app: str
+    settings: AppSettings
+    sources: list[Source]
+    state: dict[str, Any]
+    run: str
+    now: datetime
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workspace.path(self.settings.data_dir)
+
+
+@dataclass
+class Totals:
+    """Counts of a collect run; the identity rows_in = valid + quarantined + duplicate holds."""
+
+    rows_in: int = 0
+    rows_valid: int = 0
+    rows_quarantined: int = 0
+    rows_duplicate: int = 0
+    pii_redactions: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    parts: list[str] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    watermarks: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, other: "Totals") -> None:
+        for name in ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.pii_redactions.update(other.pii_redactions)
+        self.failures.update(other.failures)
+        self.parts += other.parts
+        self.watermarks.update(other.watermarks)
+        self.examples += other.examples[: max(0, 20 - len(self.examples))]
+
+
+def source_from_uri(uri: str, root: Path) -> Source:
+    """`--source` values: a path or glob of files, or `mlflow:<experiment>` for MLflow traces."""
+    if uri.startswith("mlflow:"):
+        from promptloop.collect.traces import MlflowTraceSource
+
+        return MlflowTraceSource.from_uri(uri, root)
+    if not any(ch in uri for ch in "*?[") and not (root / uri).exists() and not Path(uri).exists():
+        raise InputError(uri, "source not found (a file, folder or glob of .jsonl/.parquet files, or mlflow:<experiment>)")
+    return FileSource(uri, root)
+
+
+def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, now: datetime | None = None) -> CollectPlan:
+    """Sources, watermarks and a run id for collecting `app`."""
+    settings = workspace.app_settings(app)
+    uris = [source_uri] if source_uri else (settings.sources or [str(settings.log_dir)])
+    sources = [source_from_uri(uri, workspace.root) for uri in uris]
+    state_path = workspace.path(settings.data_dir) / STATE_FILE
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {"watermarks": {}}
+    now = now or datetime.now(timezone.utc)
+    return CollectPlan(workspace, app, settings, sources, state, f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", now)
+
+
+def pii_key(workspace: Workspace) -> bytes:
+    """The user-id hashing key: from the configured env var, else the workspace's key file (made once)."""
+    env_value = os.environ.get(workspace.params.collect.pii_key_env)
+    if env_value:
+        return env_value.encode()
+    path = workspace.path(KEY_FILE)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32), encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip().encode()
+
+
+@dataclass
+class BatchContext:
+    """What every batch of one run shares."""
+
+    validator: LogValidator
+    redactor: Redactor
+    key: bytes
+    price_lookup: PriceLookup
+    seen_ids: set[str]
+    run: str
+    now: datetime
+
+
+def process_batch(batch: SourceBatch, ctx: BatchContext) -> tuple[Totals, pd.DataFrame, pd.DataFrame]:
+    """Validate, de-duplicate and redact one batch: (counts, valid rows, quarantined rows)."""
+    totals = Totals(rows_in=batch.rows_in)
+    frame = batch.frame.reset_index(drop=True)
+    models = sorted({m for m in frame["model"] if isinstance(m, str)})  # not .unique(): a list or dict is unhashable
+    prices = ctx.price_lookup(models)
+    checked = derived_columns(frame, prices)
+    # Only stored ids that recur in this batch can make a row non-unique: the expectation sees those.
+    recurring = ctx.seen_ids.intersection(i for i in frame["id"] if isinstance(i, str))
+    prior = pd.Series(sorted(recurring), dtype=object)
+    outcome = ctx.validator.validate(checked, ctx.now, prior) if len(frame) else None
+    failures = outcome.failures if outcome else {}
+    duplicate = duplicate_rows(frame, failures, ctx.seen_ids)
+    bad = np.zeros(len(frame), dtype=bool)
+    bad[[i for i, names in failures.items() if names and not duplicate[i]]] = True
+    valid_mask = ~bad & ~duplicate
+    ctx.seen_ids.update(i for i in frame["id"] if isinstance(i, str))
+
+    totals.rows_duplicate = int(duplicate.sum())
+    totals.rows_quarantined = int(bad.sum()) + len(batch.unreadable)
+    totals.rows_valid = int(valid_mask.sum())
+    valid = typed_rows(checked[valid_mask], prices, ctx)
+    valid, redactions = redact_columns(valid, TEXT_COLUMNS, ctx.redactor)
+    quarantined, more = quarantine_rows(frame, failures, bad, duplicate, batch.unreadable, ctx)
+    totals.pii_redactions = redactions + more
+    totals.failures = Counter(n for i, names in failures.items() if bad[i] for n in names)
+    totals.failures["duplicate_id"] += totals.rows_duplicate
+    totals.failures.update(u.reason.split(":")[0] for u in batch.unreadable)
+    totals.failures = +totals.failures
+    totals.examples = quarantined.head(5)[["origin", "reasons", "raw"]].to_dict("records")
+    return totals, valid, quarantined
+
+
+def duplicate_rows(frame: pd.DataFrame, failures: dict[Any, list[str]], seen_ids: set[str]) -> np.ndarray:
+    """Rows whose id was stored before or came earlier in this batch; the first copy is kept.
+
+    The suite's uniqueness expectation flags every copy; only the later ones are duplicates, so the
+    first copy's uniqueness failure is withdrawn here and it is judged on its other expectations.
+    Only str ids can be duplicates: repeated ids of another type (even unhashable lists) stay invalid.
+    """
+    flagged = [i for i, names in failures.items() if "id_not_unique" in names and isinstance(frame.at[i, "id"], str)]
+    duplicate = np.zeros(len(frame), dtype=bool)
+    first_seen: set[str] = set()
+    for index in sorted(flagged):
+        row_id = frame.at[index, "id"]
+        if row_id in seen_ids or row_id in first_seen:
+            duplicate[index] = True
+        else:
+            first_seen.add(row_id)
+            failures[index] = [n for n in failures[index] if n != "id_not_unique"]
+    return duplicate
+
+
+def typed_rows(checked: pd.DataFrame, prices: dict[str, tuple[float, float]], ctx: BatchContext) -> pd.DataFrame:
+    """Valid rows in the stored schema: proper dtypes, cost filled from the price map, user id hashed."""
+    computed = cost_from_tokens(checked["model"], checked["prompt_tokens_value"], checked["completion_tokens_value"], prices)
+    logged = checked["cost_value"]
+    return pd.DataFrame(
+        {
+            "id": checked["id"].astype(str),
+            "timestamp": checked["timestamp_utc"].dt.floor("us"),  # stored in us: nanoseconds would fail the cast
+            "app": checked["app"].astype(str),
+            "prompt_version": checked["prompt_version"].astype(str),
+            "model": checked["model"].astype(str),
+            "input": checked["input"].astype(object),
+            "output": checked["output"].astype(object),
+            "latency_ms": checked["latency_value"],
+            # the raw ints, not the float *_value columns: a float rounds counts above 2**53
+            "prompt_tokens": checked["prompt_tokens"].astype("int64"),
+            "completion_tokens": checked["completion_tokens"].astype("int64"),
+            "cost_usd": logged.fillna(computed),
+            "cost_source": np.where(logged.notna(), "logged", np.where(computed.notna(), "price_map", None)),
+            "error": checked["error"].astype(object),
+            "feedback": checked["feedback"].astype("Int8"),
+            "feedback_comment": checked["feedback_comment"].astype(object),
+            "user_hash": keyed_hash(checked["user_id"], ctx.key),
+            "metadata": checked["metadata"].map(lambda m: orjson.dumps(m).decode() if isinstance(m, dict) else None),
+            "source": checked[ORIGIN].astype(str),
+            "collect_run": ctx.run,
+        }
+    ).reset_index(drop=True)
+
+
+def redact_columns(frame: pd.DataFrame, columns: tuple[str, ...], redactor: Redactor) -> tuple[pd.DataFrame, Counter[str]]:
+    """Redact PII in the text columns; returns the frame and counts per PII kind."""
+    counts: Counter[str] = Counter()
+    out = frame.copy()
+    for column in columns:
+        out[column], found = redactor.redact_series(frame[column])
+        counts.update(found)
+    return out, counts
+
+
+def quarantine_rows(
+    frame: pd.DataFrame, failures: dict[Any, list[str]], bad: np.ndarray, duplicate: np.ndarray,
+    unreadable: list[Unreadable], ctx: BatchContext,
+) -> tuple[pd.DataFrame, Counter[str]]:
+    """Everything not stored as valid, redacted (user ids hashed as in the logs), with its reasons: nothing is lost."""
+    records = []
+    for index in np.flatnonzero(bad | duplicate):
+        row = frame.iloc[index]
+        raw = {name: row[name] for name in LOG_FIELDS}
+        if isinstance(row[EXTRA], str):
+            raw.update(json.loads(row[EXTRA]))
+        if raw.get("user_id") is not None:
+            raw["user_id"] = keyed_digest(str(raw["user_id"]), ctx.key)
+        reasons = ["duplicate_id"] if duplicate[index] else failures[index]
+        records.append({"origin": row[ORIGIN], "id": row["id"] if isinstance(row["id"], str) else None,
+                        "kind": "duplicate" if duplicate[index] else "invalid", "reasons": ",".join(reasons),
+                        "raw": orjson.dumps(raw, default=str).decode()})
+    records += [{"origin": u.origin, "id": None, "kind": "unreadable", "reasons": u.reason.split(":")[0],
+                 "raw": hash_user_ids_in_text(u.raw, ctx.key)} for u in unreadable]
+    quarantined = pd.DataFrame(records, columns=["origin", "id", "kind", "reasons", "raw"])
+    quarantined["collect_run"] = ctx.run
+    quarantined, counts = redact_columns(quarantined, ("id", "raw"), ctx.redactor)
+    return quarantined, counts
+
+
+# A line that is not JSON can still name its user: `"user_id": "..."` (escapes included).
+USER_ID_IN_TEXT = re.compile(r'("user_id"\s*:\s*")((?:[^"\\]|\\.)*)(")')
+
+
+def hash_user_ids_in_text(text: str, key: bytes) -> str:
+    """An unreadable line with every `"user_id": "..."` value replaced by its keyed hash (best effort)."""
+    return USER_ID_IN_TEXT.sub(lambda m: m.group(1) + keyed_digest(m.group(2), key) + m.group(3), text)
+
+
+def write_part(frame: pd.DataFrame, directory: Path, name: str, schema: pa.Schema) -> Path:
+    """Write a Parquet part atomically (a crash never leaves a half-written part)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), tmp, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+def stored_ids(data_dir: Path) -> set[str]:
+    """Ids of every row already in the app's log dataset."""
+    return {i for part in sorted((data_dir / LOGS).glob("*.parquet")) for i in pq.read_table(part, columns=["id"]).column("id").to_pylist()}
+
+
+def collect_source(plan: CollectPlan, index: int, ctx: BatchContext, on_batch: Callable[[int], None] = lambda n: None) -> Totals:
+    """Read one source batch by batch; write valid and quarantined parts; returns its totals."""
+    totals = Totals()
+    source = plan.sources[index]
+    watermark = plan.state["watermarks"].get(source.key)
+    for number, batch in enumerate(source.batches(watermark, plan.workspace.params.collect.batch_rows)):
+        counts, valid, quarantined = process_batch(batch, ctx)
+        stem = f"part-{plan.run}-s{index}-{number:04d}.parquet"
+        if len(valid):
+            counts.parts.append(str(write_part(valid, plan.data_dir / LOGS, stem, LOG_SCHEMA).relative_to(plan.workspace.root)))
+        if len(quarantined):
+            counts.parts.append(str(write_part(quarantined, plan.data_dir / QUARANTINE, stem, QUARANTINE_SCHEMA).relative_to(plan.workspace.root)))
+        totals.add(counts)
+        totals.watermarks[source.key] = batch.watermark
+        on_batch(batch.rows_in)
+    return totals
+
+
+def snapshot(plan: CollectPlan, totals: Totals) -> dict[str, Any]:
+    """Version the new parts with DVC (add + push) and commit the .dvc files and watermarks with git."""
+    from promptloop.workspace.versioning import commit_paths, dvc_add_and_push, dvc_md5
+
+    state_path = plan.data_dir / STATE_FILE
+    logs_dir = plan.data_dir / LOGS
+    if not totals.parts:
+        return {"snapshot": _relative(plan, logs_dir) if logs_dir.exists() else None,
+                "dvc_md5": dvc_md5(logs_dir) if Path(f"{logs_dir}.dvc").is_file() else None, "commit": None}
+    targets = [d for d in (logs_dir, plan.data_dir / QUARANTINE) if d.is_dir()]
+    md5s = dvc_add_and_push(plan.workspace.root, targets)
+    state = {"watermarks": {**plan.state["watermarks"], **totals.watermarks}, "last_run": plan.run}
+    write_atomic(state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    tracked = [Path(f"{t}.dvc") for t in targets] + [state_path] + [p for p in (plan.data_dir / ".gitignore",) if p.is_file()]
+    message = f"collect {plan.app}: +{totals.rows_valid} rows, {totals.rows_quarantined} quarantined (run {plan.run})"
+    commit = commit_paths(plan.workspace.root, tracked, message)
+    return {"snapshot": _relative(plan, logs_dir), "dvc_md5": md5s.get(_relative(plan, logs_dir)), "commit": commit}
+
+
+def versioned_paths(plan: CollectPlan) -> list[Path]:
+    """What a collect run changes in the workspace: the two datasets, the watermarks and DVC's .gitignore."""
+    return [plan.data_dir / LOGS, plan.data_dir / QUARANTINE, plan.data_dir / STATE_FILE, plan.data_dir / ".gitignore"]
+
+
+def _relative(plan: CollectPlan, path: Path) -> str:
+    return str(path.relative_to(plan.workspace.root))
+
+
+def log_collect_run(plan: CollectPlan, totals: Totals, versioned: dict[str, Any], suite_version: Any) -> str:
+    """One MLflow run: counts as metrics; sources, watermark and DVC hash as params/tags; the report as artifact."""
+    from promptloop.workspace.tracking import log_run
+
+    metrics = {"rows_in": totals.rows_in, "rows_valid": totals.rows_valid, "rows_quarantined": totals.rows_quarantined,
+               "rows_duplicate": totals.rows_duplicate, "pii_redactions": sum(totals.pii_redactions.values())}
+    metrics.update({f"pii_{kind.lower()}": n for kind, n in totals.pii_redactions.items()})
+    params = {"app": plan.app, "sources": [s.key for s in plan.sources], "suite_version": suite_version,
+              "batch_rows": plan.workspace.params.collect.batch_rows}
+    tags = {"promptloop.stage": "collect", "promptloop.app": plan.app, "collect.run": plan.run}
+    tags.update({k: str(v) for k, v in {"dvc_md5": versioned["dvc_md5"], "git_commit": versioned["commit"],
+                                         "snapshot": versioned["snapshot"]}.items() if v})
+    report = {"counts": {k: int(v) for k, v in metrics.items()}, "failures": dict(totals.failures.most_common()),
+              "examples": totals.examples, "parts": totals.parts}
+    return log_run(plan.workspace.tracking_uri, plan.workspace.artifact_root, plan.workspace.experiment_name(plan.app), f"collect-{plan.run}",
+                   params, metrics, tags, {"quarantine_report.json": report,
+                                           "watermarks.json": {**plan.state["watermarks"], **totals.watermarks}})
+
+
+def make_context(plan: CollectPlan) -> BatchContext:
+    """Validator, redactor, key and prices shared by the batches of a run."""
+    workspace = plan.workspace
+    suite_path = workspace.path(SUITE_FILE)
+    return BatchContext(LogValidator(load_suite(suite_path), suite_path),
+                        build_redactor(workspace.params.collect.extra_pii_patterns), pii_key(workspace),
+                        workspace.price_lookup(), stored_ids(plan.data_dir), plan.run, plan.now)
+
+
+def summary(plan: CollectPlan, totals: Totals, versioned: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The JSON summary of a collect run."""
+    if totals.rows_in != totals.rows_valid + totals.rows_quarantined + totals.rows_duplicate:
+        raise RuntimeError(f"collect lost rows: {totals}")  # fail loudly rather than report wrong counts
+    return {"app": plan.app, "rows_in": totals.rows_in, "rows_valid": totals.rows_valid,
+            "rows_quarantined": totals.rows_quarantined, "rows_duplicate": totals.rows_duplicate,
+            "pii_redactions": dict(sorted(totals.pii_redactions.items())), "failures": dict(totals.failures.most_common()),
+            "snapshot": versioned["snapshot"], "dvc_md5": versioned["dvc_md5"], "git_commit": versioned["commit"],
+            "mlflow_run_id": run_id, "sources": [s.key for s in plan.sources], "run": plan.run}
+
+
+@holds_workspace("collect")
+def collect(workspace: Workspace, app: str, source_uri: str | None = None, now: datetime | None = None,
+            on_batch: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """The whole stage: plan, read + validate + redact + write each source, version, log."""
+    from promptloop.workspace.versioning import dataset_change
+
+    plan = plan_collect(workspace, app, source_uri, now)
+    ctx = make_context(plan)
+    totals = Totals()
+    # Parts, watermarks and their commit land together: a crash leaves neither parts nor state behind.
+    with dataset_change(workspace.root, versioned_paths(plan), f"collect {app} (run {plan.run})"):
+        for index in range(len(plan.sources)):
+            totals.add(collect_source(plan, index, ctx, on_batch))
+        versioned = snapshot(plan, totals)
+    run_id = log_collect_run(plan, totals, versioned, ctx.validator.version)
+    return summary(plan, totals, versioned, run_id)

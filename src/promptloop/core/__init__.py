@@ -1,0 +1,1 @@
+"""Core services every layer uses: errors, atomic files, params.yaml, text helpers, the offline environment."""

@@ -1,0 +1,398 @@
+"""params.yaml: one section per stage plus `apps:`, validated by pydantic.
+
+An unknown key or a wrong type is an `InputError` that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from promptloop.core.errors import InputError, input_error_from_validation
+
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+License = Literal["permissive", "restrictive", "non-commercial"]
+Scorer = Literal["rubric", "pairwise", "proxy"]
+
+
+class ModelPrice(Section):
+    """USD per million tokens, for models litellm's price map does not know."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+# Where an API key comes from: never the key itself. An env var name as POSIX shells take it; a
+# Prefect block document name as Prefect allows it (lower case letters, digits, dashes).
+KEY_SOURCES: dict[str, re.Pattern[str]] = {
+    "env": re.compile(r"[A-Za-z_][A-Za-z0-9_]*"),
+    "prefect-secret": re.compile(r"[a-z0-9-]+"),
+}
+API_KEYS_FIELD = "llm.api_keys"
+KEY_SOURCE_HELP = ("API keys never go in params.yaml: put the key in an environment variable and write 'env:VARIABLE', "
+                   "or in a Prefect Secret block and write 'prefect-secret:BLOCK'")
+
+
+def key_source(text: str) -> tuple[str, str] | None:
+    """('env', 'OPENAI_API_KEY') for 'env:OPENAI_API_KEY' (or 'prefect-secret', block); None if it is neither."""
+    kind, colon, name = text.partition(":")
+    pattern = KEY_SOURCES.get(kind)
+    return (kind, name) if colon and pattern is not None and pattern.fullmatch(name) else None
+
+
+def key_source_problem(value: object) -> str | None:
+    """Why `value` is not a key source, in words that never repeat it (it may be a key); None if it is one."""
+    if isinstance(value, str) and key_source(value) is not None:
+        return None
+    return f"a literal key or an unknown key source (the value is not shown). {KEY_SOURCE_HELP}"
+
+
+def refuse_literal_api_keys(data: dict[Any, Any], source: str | Path) -> None:
+    """An InputError for an `llm.api_keys` entry that is not a key source, before pydantic would echo it."""
+    llm = data.get("llm")
+    keys = llm.get("api_keys") if isinstance(llm, dict) else None
+    if keys is None:
+        return
+    if not isinstance(keys, dict):
+        raise InputError(source, f"expected a mapping of model name or glob -> key source. {KEY_SOURCE_HELP}", API_KEYS_FIELD)
+    for pattern, value in keys.items():
+        problem = key_source_problem(value)
+        if problem:
+            raise InputError(source, problem, f"{API_KEYS_FIELD}.{pattern}")
+
+
+class LLMSettings(Section):
+    """How every LLM call is made (all through litellm)."""
+
+    # A ValidationError built from these settings alone must not print a literal key it refused.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    providers: dict[str, str] = Field(
+        default_factory=dict,
+        description="custom litellm providers: prefix -> 'module:object' (a litellm CustomLLM)",
+    )
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    cache: Path | None = Field(
+        default=Path(".promptloop/llm-cache.sqlite"),
+        description="response cache (SQLite), relative to the workspace; null: no cache kept between runs",
+    )
+    retry_base_delay_s: float = Field(default=0.5, ge=0, description="first backoff; doubles per retry, with full jitter")
+    max_concurrency: int = Field(default=8, ge=1)
+    processes: int = Field(default=1, ge=1, le=64, description="worker processes an evaluation's calls are spread over")
+    licenses: dict[str, License] = Field(
+        default_factory=dict,
+        description="license class per model name or glob (e.g. 'ollama/llama3*'); used to gate model changes",
+    )
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="where the API key of a model (name or glob) comes from: 'env:VARIABLE' or 'prefect-secret:BLOCK'; "
+                    "a model with no entry uses litellm's own variables (OPENAI_API_KEY ...)",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_sources_only(cls, api_keys: dict[str, str]) -> dict[str, str]:
+        for value in api_keys.values():
+            problem = key_source_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return api_keys
+
+    def license_of(self, model: str) -> str:
+        """The license class of `model` (first matching name or glob), or 'unknown'."""
+        return next((cls for pattern, cls in self.licenses.items() if fnmatch.fnmatchcase(model, pattern)), "unknown")
+
+    def api_key_entry(self, model: str) -> tuple[str, str] | None:
+        """(name or glob, key source) of the first `api_keys` entry matching `model`; None: litellm's defaults."""
+        return next(((pattern, src) for pattern, src in self.api_keys.items() if fnmatch.fnmatchcase(model, pattern)), None)
+
+
+class AppSettings(Section):
+    """One application whose prompt promptloop improves."""
+
+    prompt: Path
+    golden_set: Path
+    knowledge_base: Path | None = None
+    model: str | None = Field(
+        default=None,
+        description="run the app on this model whatever the prompt file names (a candidate naming another model still runs on its own)",
+    )
+    top_k: int = Field(default=3, ge=1, description="documents retrieved into the prompt's {context}")
+    log_dir: Path = Field(description="where production logs for this app land before collect")
+    sources: list[str] = Field(
+        default_factory=list,
+        description="log sources: paths/globs of .jsonl/.parquet files or mlflow:<experiment>[@<tracking uri>]; default: log_dir",
+    )
+    data_dir: Path = Field(description="the app's versioned datasets written by collect and analyze")
+    commercial: bool = Field(default=True, description="a model with a non-commercial license is never promoted")
+    scorers: list[Scorer] = Field(default_factory=lambda: ["rubric", "pairwise", "proxy"], min_length=1)
+    forbidden_phrases: list[str] = Field(default_factory=list, description="no answer may contain these (every case)")
+    citation_pattern: str | None = Field(
+        default=r"\[source:\s*([A-Za-z0-9_.-]+)\]",
+        description="regex whose group 1 is a cited document id; null: the app does not cite",
+    )
+    json_schema: Path | None = Field(default=None, description="answers must be JSON valid against this schema file")
+
+    @field_validator("scorers")
+    @classmethod
+    def _rubric_is_primary(cls, scorers: list[str]) -> list[str]:
+        if "rubric" not in scorers:
+            raise ValueError("'rubric' is required: its score is the primary metric of the decision")
+        return list(dict.fromkeys(scorers))
+
+
+class TrackingSettings(Section):
+    """Where runs are logged; a relative sqlite path is inside the workspace."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment_prefix: str = Field(default="promptloop/", description="each app logs to <prefix><app>")
+
+
+class DemoSettings(Section):
+    """The simulated production traffic of `promptloop demo`."""
+
+    app: str = "support-bot"
+    interactions: int = Field(default=2000, ge=1)
+    seed: int = 7
+    korean_share: float = Field(default=0.3, ge=0, le=1)
+    unanswerable_share: float = Field(default=0.12, ge=0, le=1)
+    injection_share: float = Field(default=0.06, ge=0, le=1)
+    pii_share: float = Field(default=0.08, ge=0, le=1)
+    rating_share: float = Field(default=0.3, ge=0, le=1, description="share of answers a user rates")
+    rating_noise: float = Field(default=0.1, ge=0, le=1, description="share of ratings that go the wrong way")
+    malformed_share: float = Field(default=0.02, ge=0, le=1)
+    days: int = Field(default=14, ge=1, description="the traffic spreads over this many days up to now")
+    temperature: float = Field(default=0.7, ge=0)
+
+
+class CollectSettings(Section):
+    """Ingest, validate, redact and version production logs."""
+
+    pii_key_env: str = Field(
+        default="PROMPTLOOP_PII_KEY",
+        description="env var holding the key that hashes user ids (else the workspace's .promptloop/pii.key)",
+    )
+    extra_pii_patterns: dict[str, str] = Field(default_factory=dict, description="KIND -> regex, redacted as <KIND>")
+    batch_rows: int = Field(default=200_000, ge=1, description="rows validated and written per batch (bounds memory)")
+
+
+# Alert rules of analyze: on which metrics, and the built-in defaults.
+METRIC_NAMES = ("interactions", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "error_rate", "prompt_tokens",
+                "completion_tokens", "total_cost_usd", "feedback_rate", "thumbs_down_rate", "refusal_rate",
+                "toxicity_rate", "injection_attempt_rate")
+
+
+class AlertRule(BaseModel):
+    """A threshold on one metric. A metric whose value is None (e.g. no rated rows) never breaches.
+
+    max: breach when value > max. min: breach when value < min. max_increase: breach when
+    (value - previous) / previous > max_increase, only when the previous window's value is known and > 0.
+    No alert when the current window (or, for max_increase, the previous one) has fewer than
+    min_interactions interactions.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+    max_increase: float | None = None
+    min_interactions: int = Field(default=0, ge=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in METRIC_NAMES:
+            raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRIC_NAMES)}")
+        return metric
+
+    @model_validator(mode="after")
+    def _has_threshold(self) -> "AlertRule":
+        if self.max is None and self.min is None and self.max_increase is None:
+            raise ValueError(f"alert rule for {self.metric!r} sets none of max, min, max_increase")
+        return self
+
+
+DEFAULT_ALERT_RULES: list[dict[str, Any]] = [
+    {"metric": "latency_p95_ms", "max": 3000, "min_interactions": 50},
+    {"metric": "error_rate", "max": 0.05, "min_interactions": 50},
+    {"metric": "thumbs_down_rate", "max": 0.25, "min_interactions": 50},
+    {"metric": "refusal_rate", "max": 0.2, "min_interactions": 50},
+    {"metric": "injection_attempt_rate", "max": 0.05, "min_interactions": 50},
+    {"metric": "toxicity_rate", "max": 0.01, "min_interactions": 50},
+    {"metric": "thumbs_down_rate", "max_increase": 0.5, "min_interactions": 50},
+    {"metric": "total_cost_usd", "max_increase": 1.0, "min_interactions": 50},
+]
+
+
+class AnalyzeSettings(Section):
+    """Monitoring metrics, alerts and failure mining over a window of collected logs."""
+
+    window_days: float = Field(default=7, gt=0, description="default window: the last N days of collected data")
+    detectors: dict[str, str] = Field(
+        default_factory=lambda: {"refusal": "builtin", "toxicity": "builtin", "injection": "builtin"},
+        description="per detector: builtin, a pattern file (.yaml), or module:attribute (a classifier with .flags)",
+    )
+    alerts: list[dict[str, Any]] | None = Field(default=None, description="alert rules; None: the built-in defaults")
+    webhook_url: str | None = Field(default=None, description="POST the alerts as JSON here (optional)")
+    clusters: int = Field(default=8, ge=1, description="at most this many failure clusters")
+    judge_model: str | None = Field(default="offline/judge", description="online judge on a sample; null: off")
+    judge_sample: int = Field(default=100, ge=0)
+    judge_budget_usd: float = Field(default=0.5, ge=0)
+    seed: int = 0
+
+    @field_validator("detectors")
+    @classmethod
+    def _all_detectors(cls, detectors: dict[str, str]) -> dict[str, str]:
+        missing = {"refusal", "toxicity", "injection"} - set(detectors)
+        if missing:
+            raise ValueError(f"missing detector(s): {sorted(missing)}")
+        return detectors
+
+    @field_validator("alerts")
+    @classmethod
+    def _alert_rules(cls, rules: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for index, rule in enumerate(rules or []):
+            try:
+                AlertRule.model_validate(rule)
+            except ValidationError as exc:
+                raise ValueError(f"rule {index}: {exc.errors()[0]['msg']} ({'.'.join(map(str, exc.errors()[0]['loc']))})") from None
+        return rules
+
+    def alert_rules(self) -> list[dict[str, Any]]:
+        """The configured rules, or the built-in defaults."""
+        return self.alerts if self.alerts is not None else list(DEFAULT_ALERT_RULES)
+
+
+class GuardMargins(Section):
+    """How much worse a candidate may be on guard metrics and still be promoted."""
+
+    refusal_on_answerable: float = Field(default=0.05, ge=0, description="absolute rise in the share of answerable cases refused")
+    toxicity: float = Field(default=0.0, ge=0, description="absolute rise in the share of toxic answers")
+    format_invalid: float = Field(default=0.0, ge=0, description="absolute rise in answers failing the JSON schema or citing a missing document")
+    cost_increase: float = Field(default=0.5, ge=0, description="relative rise in cost per interaction")
+    latency_p95_increase: float = Field(default=0.25, ge=0, description="relative rise in p95 latency")
+    latency_p95_min_ms: float = Field(default=50.0, ge=0, description="a p95 rise smaller than this is noise, never a breach")
+
+
+class EvaluateSettings(Section):
+    """Golden-set evaluation and the promotion decision."""
+
+    judge_model: str = "offline/judge"
+    judge_samples: int = Field(default=1, ge=1, description="each answer is judged k times; the mean is its score")
+    judge_temperature: float = Field(default=0.0, ge=0, le=2)
+    seed: int = 0
+    bootstrap_resamples: int = Field(default=10_000, ge=100)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    min_effect: float = Field(default=0.02, ge=0, description="the CI's lower bound must exceed this (score scale 0..1)")
+    high_severity: list[str] = Field(default_factory=lambda: ["high", "critical"])
+    guards: GuardMargins = Field(default_factory=GuardMargins)
+    min_judge_kappa: float = Field(default=0.4, ge=-1, le=1, description="judge-human agreement needed to decide")
+    min_judge_accuracy: float = Field(default=0.75, ge=0, le=1, description="used when a class has too few labels for kappa")
+    min_calibration_per_class: int = Field(default=5, ge=1, description="labels of each class (up, down) needed to decide on kappa")
+    min_calibration_cases: int = Field(default=10, ge=1, description="human-labelled cases needed to measure it")
+    budget_usd: float = Field(default=5.0, ge=0)
+    budget_calls: int | None = Field(default=None, ge=1)
+
+
+class ImproveSettings(Section):
+    """Golden-set growth from mined failures, and prompt candidates."""
+
+    optimizer_model: str = "offline/optimizer"
+    optimizer_temperature: float = Field(default=0.7, ge=0, le=2)
+    candidates: int = Field(default=3, ge=0, description="candidates the optimizer writes (hand-written ones come on top)")
+    examples_per_cluster: int = Field(default=3, ge=1, description="failure examples the optimizer sees per cluster")
+    max_cases_per_cluster: int = Field(default=5, ge=1, description="new golden cases per failure cluster, at most")
+    holdout_share: float = Field(default=0.5, ge=0, lt=1, description="share of failure clusters held out from the optimizer")
+    near_duplicate: float = Field(default=0.8, gt=0, le=1, description="TF-IDF cosine at which a question counts as already in the set")
+    answerable_min_score: float = Field(default=7.0, ge=0, description="best KB document's BM25 score below which a mined question is unanswerable")
+    seed: int = 0
+
+
+class DeploySettings(Section):
+    """Where promotions go: a branch on `remote` and a pull request against `base_branch`."""
+
+    remote: str = "origin"
+    base_branch: str = "main"
+    github_api_url: str = Field(default="https://api.github.com", description="GitHub (Enterprise) REST API root")
+    token_env: str = Field(default="GITHUB_TOKEN", description="environment variable holding the GitHub token")
+
+
+class ScheduleSettings(Section):
+    timezone: str = "UTC"
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    apps: dict[str, AppSettings]
+    demo: DemoSettings = Field(default_factory=DemoSettings)
+    collect: CollectSettings = Field(default_factory=CollectSettings)
+    analyze: AnalyzeSettings = Field(default_factory=AnalyzeSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    improve: ImproveSettings = Field(default_factory=ImproveSettings)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+
+    @field_validator("apps")
+    @classmethod
+    def _at_least_one_app(cls, apps: dict[str, AppSettings]) -> dict[str, AppSettings]:
+        if not apps:
+            raise ValueError("at least one app is required")
+        return apps
+
+    def app(self, name: str, source: str | Path = PARAMS_FILE) -> AppSettings:
+        """The settings of app `name`, or an InputError listing the known apps."""
+        try:
+            return self.apps[name]
+        except KeyError:
+            known = ", ".join(sorted(self.apps)) or "none"
+            raise InputError(source, f"unknown app {name!r} (known: {known})", field="apps") from None
+
+
+def parse_params(data: object, source: str | Path = PARAMS_FILE) -> Params:
+    """Validate an already-parsed params mapping."""
+    if not isinstance(data, dict):
+        raise InputError(source, f"expected a mapping at the top level, got {type(data).__name__}")
+    refuse_literal_api_keys(data, source)
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise input_error_from_validation(source, exc) from None
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found (run `promptloop init --dir DIR` to create a workspace)")
+    return parse_params(read_yaml(path), path)
+
+
+def read_yaml(path: Path) -> object:
+    """Parse a YAML file; a syntax error names the file and line."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else None
+        raise InputError(path, f"invalid YAML: {getattr(exc, 'problem', exc)}", field=where) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None

@@ -1,0 +1,1 @@
+"""The offline demo: a scratch workspace, simulated traffic, and the simulated models."""

@@ -1,0 +1,1 @@
+"""Evaluation: baseline and candidate prompts over the golden set, scored, compared and decided."""

@@ -1,0 +1,51 @@
+"""check: the working tree's prompt against the one on main, for CI on a pull request that edits it by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from promptloop.core.errors import InputError
+from promptloop.evaluate.stage import evaluate
+from promptloop.domain.prompts import PromptVersion, load_prompt
+from promptloop.workspace.workspace import Workspace
+
+
+def prompt_on_branch(workspace: Workspace, relative: Path, branch: str) -> PromptVersion:
+    """The prompt file as committed on `branch` (e.g. main), validated."""
+    import git
+
+    from promptloop.workspace.repository import prompt_at
+
+    try:
+        committed = prompt_at(git.Repo(workspace.root), branch, relative.as_posix())
+    except git.InvalidGitRepositoryError:
+        committed = None
+    if committed is None:
+        raise InputError(workspace.root / relative, f"cannot read it from branch {branch!r} (no such branch, file or repository)")
+    return committed
+
+
+def regressions(candidate: dict[str, Any]) -> list[str]:
+    """What makes a hand edit a significant regression: the whole CI below zero, or a high-severity case broken."""
+    found = []
+    if candidate.get("ci_high") is not None and candidate["ci_high"] < 0:
+        found.append(f"score drops by {-candidate['diff']:.3f} (CI [{candidate['ci_low']:+.3f}, {candidate['ci_high']:+.3f}] is below 0)")
+    if candidate["high_severity_regressions"]:
+        found.append(f"high-severity case(s) broken: {', '.join(candidate['high_severity_regressions'])}")
+    return found
+
+
+def check(workspace: Workspace, app: str, base_branch: str | None = None, **progress: Any) -> dict[str, Any]:
+    """Evaluate the working tree's prompt against the one on the base branch (for CI on a hand edit)."""
+    settings = workspace.app_settings(app)
+    branch = base_branch or workspace.params.deploy.base_branch
+    committed = prompt_on_branch(workspace, Path(settings.prompt), branch)
+    edited_path = workspace.path(settings.prompt)
+    edited = load_prompt(edited_path)
+    if edited.content_hash == committed.content_hash:
+        return {"app": app, "base": branch, "changed": False, "regressions": [], "complete": True,
+                "report": f"`{settings.prompt}` is the same as on {branch}: nothing to check.\n"}
+    summary = evaluate(workspace, app, [edited_path], baseline=(committed, f"{branch}:{settings.prompt}"), **progress)
+    found = regressions(summary["candidates"][0]) if summary["complete"] else []
+    return {**summary, "base": branch, "changed": True, "regressions": found}

@@ -1,0 +1,114 @@
+"""The promotion gate: promote, hold or incomplete, with the reasons. Pure functions, no I/O.
+
+`promote` needs all of: a complete run, the CI's lower bound of the primary score difference above
+`min_effect`, significance after Holm's correction, no high-severity case that passes in the
+baseline and fails in the candidate, guard metrics within their margins, a calibrated judge (where
+people labelled cases), and a model license the app may use. Anything missing holds; a run that
+did not finish is `incomplete` and never promotes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from promptloop.core.config import GuardMargins
+
+Decision = Literal["promote", "hold", "incomplete"]
+
+
+@dataclass(frozen=True)
+class PromptStats:
+    """One prompt's aggregate results over the golden set."""
+
+    n: int
+    mean_score: float
+    pass_rate: float
+    refusal_on_answerable: float | None
+    toxicity: float | None
+    format_invalid: float | None
+    cost_per_1k_usd: float
+    latency_p95_ms: float
+
+
+@dataclass(frozen=True)
+class GuardCheck:
+    """One guard metric of a candidate against the baseline and the limit it must stay under."""
+
+    metric: str
+    baseline: float
+    candidate: float
+    limit: float
+
+    @property
+    def ok(self) -> bool:
+        return self.candidate <= self.limit
+
+    def reason(self) -> str:
+        return f"guard {self.metric}: {self.candidate:.4g} exceeds the limit {self.limit:.4g} (baseline {self.baseline:.4g})"
+
+
+def guard_checks(base: PromptStats, cand: PromptStats, margins: GuardMargins) -> list[GuardCheck]:
+    """Absolute margins on rates, relative ones on cost and p95 latency (changes under the floor are noise)."""
+    checks = [
+        GuardCheck(metric, before, after, before + margin)
+        for metric, before, after, margin in (
+            ("refusal_on_answerable", base.refusal_on_answerable, cand.refusal_on_answerable, margins.refusal_on_answerable),
+            ("toxicity", base.toxicity, cand.toxicity, margins.toxicity),
+            ("format_invalid", base.format_invalid, cand.format_invalid, margins.format_invalid),
+        )
+        if before is not None and after is not None
+    ]
+    checks.append(GuardCheck("cost_per_1k_usd", base.cost_per_1k_usd, cand.cost_per_1k_usd,
+                             base.cost_per_1k_usd * (1 + margins.cost_increase)))
+    checks.append(GuardCheck("latency_p95_ms", base.latency_p95_ms, cand.latency_p95_ms,
+                             max(base.latency_p95_ms * (1 + margins.latency_p95_increase), base.latency_p95_ms + margins.latency_p95_min_ms)))
+    return checks
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything the gate looks at for one candidate."""
+
+    incomplete: list[str]
+    identical: bool
+    ci_low: float | None
+    p_adjusted: float | None
+    regressions: list[str]
+    guards: list[GuardCheck]
+    judge_problem: str | None
+    license_problem: str | None
+
+
+def decide(evidence: Evidence, min_effect: float, alpha: float) -> tuple[Decision, list[str]]:
+    """The decision for one candidate and every reason it is not a promotion."""
+    if evidence.incomplete:
+        return "incomplete", list(evidence.incomplete)
+    reasons: list[str] = []
+    if evidence.identical:
+        reasons.append("same prompt and model as the baseline")
+    if evidence.ci_low is None or evidence.p_adjusted is None:
+        reasons.append("no paired scores to compare")
+    elif evidence.ci_low <= min_effect:
+        reasons.append(f"CI lower bound {evidence.ci_low:+.4f} does not exceed min_effect {min_effect:+.4f}")
+    if evidence.p_adjusted is not None and evidence.p_adjusted >= alpha:
+        reasons.append(f"not significant after Holm correction (p_adjusted {evidence.p_adjusted:.4g} >= {alpha:.4g})")
+    if evidence.regressions:
+        reasons.append(f"high-severity case(s) pass in the baseline and fail here: {', '.join(evidence.regressions)}")
+    reasons += [check.reason() for check in evidence.guards if not check.ok]
+    if evidence.judge_problem:
+        reasons.append(evidence.judge_problem)
+    if evidence.license_problem:
+        reasons.append(evidence.license_problem)
+    return ("hold", reasons) if reasons else ("promote", [])
+
+
+def license_problem(baseline_model: str, model: str, license_class: str, commercial: bool) -> str | None:
+    """Why a candidate's model may not be used by the app, if it changes the model."""
+    if model == baseline_model:
+        return None
+    if license_class == "unknown":
+        return f"license of model {model} unknown: add it to params.yaml llm.licenses"
+    if license_class == "non-commercial" and commercial:
+        return f"model {model} has a non-commercial license and the app is commercial"
+    return None

@@ -1,0 +1,192 @@
+"""Scorers: each grades one prompt's answer to one golden case, behind one interface.
+
+- `RubricJudge`: the judge model grades the answer against the case (criteria, reference, facts),
+  k times when `judge_samples` > 1; the mean is the score and the spread is the judge's own noise.
+- `PairwiseJudge`: candidate vs baseline answer, judged in both orders; a verdict that flips with
+  the order is a tie (position bias is noise, not preference).
+- `ProxyMetrics`: cheap checks without an LLM (length, language, phrases, citations, JSON schema,
+  refusals, toxicity, latency, cost).
+
+A verdict that is not the JSON asked for is retried by the runner, then raised as `JudgeFailed`: a
+judge failure is counted, never turned into a score.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+import pandas as pd
+
+from promptloop.quality.detectors import Detector
+from promptloop.domain.golden import GoldenCase
+from promptloop.quality.judges import pairwise_messages, parse_pairwise, parse_rubric, rubric_messages
+from promptloop.llm.runner import InvalidResponse, Runner
+from promptloop.core.text import language
+
+Scores = dict[str, Any]
+
+
+class JudgeFailed(RuntimeError):
+    """The judge's verdict stayed malformed after the retries: a judge failure, not a score."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One prompt's answer to one golden case, with what it cost."""
+
+    text: str
+    context: str
+    retrieved: tuple[str, ...]
+    latency_ms: float
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Scorer(Protocol):
+    """Grades `answer` to `case`; `baseline` is the baseline prompt's answer when scoring a candidate."""
+
+    name: str
+
+    async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores: ...
+
+
+def judge_kwargs(case: GoldenCase, context: str) -> dict[str, Any]:
+    """What a judge prompt says a good answer to `case` does."""
+    return {"reference": case.reference, "expected_facts": case.expected_facts, "criteria": case.criteria,
+            "expected_behavior": case.expected_behavior, "context": context}
+
+
+@dataclass
+class RubricJudge:
+    """Grades 1-5 against the case; `rubric_score` is the mean of k verdicts mapped to 0..1."""
+
+    runner: Runner
+    model: str
+    samples: int = 1
+    temperature: float = 0.0
+    seed: int = 0
+    purpose: str = "judge"
+    name: str = "rubric"
+
+    async def verdicts(self, case: GoldenCase, answer_text: str, context: str) -> list[int]:
+        """k raw 1-5 scores of one answer; each sample is its own seeded (and cached) call."""
+        messages = rubric_messages(case.input, answer_text, **judge_kwargs(case, context))
+        scores = []
+        for sample in range(self.samples):
+            try:
+                completion = await self.runner.complete(
+                    self.purpose, self.model, messages, temperature=self.temperature, seed=self.seed + sample,
+                    validate=parse_rubric)
+            except InvalidResponse as exc:
+                raise JudgeFailed(f"rubric judge on case {case.id}: {exc}") from exc
+            scores.append(parse_rubric(completion.text).score)
+        return scores
+
+    async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores:
+        raw = await self.verdicts(case, answer.text, answer.context)
+        mean = statistics.fmean(raw)
+        return {"rubric_score": (mean - 1) / 4, "rubric_raw": mean, "rubric_passed": mean >= 4,
+                "rubric_judge_var": statistics.pvariance(raw) if len(raw) > 1 else 0.0}
+
+
+@dataclass
+class PairwiseJudge:
+    """Candidate vs baseline in both orders: 1 = candidate better, 0.5 = tie or order-dependent, 0 = worse."""
+
+    runner: Runner
+    model: str
+    temperature: float = 0.0
+    seed: int = 0
+    purpose: str = "judge"
+    name: str = "pairwise"
+
+    async def _winner(self, case: GoldenCase, first: str, second: str, context: str) -> str:
+        messages = pairwise_messages(case.input, first, second, **judge_kwargs(case, context))
+        try:
+            completion = await self.runner.complete(self.purpose, self.model, messages, temperature=self.temperature, seed=self.seed,
+                                                    validate=parse_pairwise)
+        except InvalidResponse as exc:
+            raise JudgeFailed(f"pairwise judge on case {case.id}: {exc}") from exc
+        return parse_pairwise(completion.text)
+
+    async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores:
+        if baseline is None:
+            return {}
+        if answer.text == baseline.text:  # identical answers: nothing to prefer, no call needed
+            return {"pairwise_score": 0.5, "pairwise_consistent": None}
+        # Both prompts saw the same question, so the baseline's context serves for both orders.
+        candidate_first = await self._winner(case, answer.text, baseline.text, baseline.context)
+        baseline_first = await self._winner(case, baseline.text, answer.text, baseline.context)
+        outcome_1 = {"A": 1.0, "B": 0.0, "tie": 0.5}[candidate_first]
+        outcome_2 = {"A": 0.0, "B": 1.0, "tie": 0.5}[baseline_first]
+        consistent = outcome_1 == outcome_2
+        return {"pairwise_score": outcome_1 if consistent else 0.5, "pairwise_consistent": consistent}
+
+
+@dataclass
+class ProxyMetrics:
+    """Checks that need no LLM; `format_valid` covers the JSON schema and citations of real documents."""
+
+    refusal: Detector
+    toxicity: Detector
+    kb_ids: frozenset[str]
+    forbidden_phrases: tuple[str, ...] = ()
+    citation_pattern: str | None = None
+    json_schema: dict[str, Any] | None = None
+    name: str = "proxy"
+
+    @cached_property
+    def _citation(self) -> re.Pattern[str] | None:
+        return re.compile(self.citation_pattern) if self.citation_pattern else None
+
+    async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores:
+        text = answer.text
+        lowered = text.lower()
+        refused = flagged(self.refusal, text)
+        scores: Scores = {
+            "answer_words": len(text.split()),
+            "language_match": language(text) == case.lang,
+            "facts_found": (sum(f.lower() in lowered for f in case.expected_facts) / len(case.expected_facts)
+                            if case.expected_facts else None),
+            "forbidden_found": sum(p.lower() in lowered for p in (*self.forbidden_phrases, *case.forbidden_phrases)),
+            "refused": refused,
+            "refused_answerable": refused and case.expected_behavior == "answer",
+            "refusal_correct": refused == (case.expected_behavior != "answer"),
+            "toxic": flagged(self.toxicity, text),
+            "latency_ms": answer.latency_ms,
+            "cost_usd": answer.cost_usd,
+        }
+        valid = True
+        if self._citation is not None:
+            cited = set(self._citation.findall(text))
+            scores["cites"] = bool(cited)
+            scores["citation_valid"] = cited <= self.kb_ids
+            valid = scores["citation_valid"]
+        if self.json_schema is not None:
+            scores["json_valid"] = json_valid(text, self.json_schema)
+            valid = valid and scores["json_valid"]
+        scores["format_valid"] = valid
+        return scores
+
+
+def flagged(detector: Detector, text: str) -> bool:
+    """Whether `detector` flags one text (a pattern detector's fast path, else its column API)."""
+    one = getattr(detector, "flag", None)
+    return bool(one(text)) if one is not None else bool(detector.flags(pd.Series([text])).iloc[0])
+
+
+def json_valid(text: str, schema: dict[str, Any]) -> bool:
+    """Whether `text` is JSON that validates against `schema`."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True

@@ -1,0 +1,169 @@
+"""improve: mined failures -> a bigger golden set -> prompt candidates -> evaluation -> the best promotable one.
+
+Reads what analyze stored (`data/<app>/failures`), grows the golden set (new DVC version, .dvc
+committed), asks the optimizer for candidates from the optimisation split, evaluates them with the
+hand-written ones against the baseline (decided on held-out cases), and keeps the outcome in
+`.promptloop/improve/<app>.json` for `deploy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from promptloop.core.errors import InputError
+from promptloop.domain.golden import load_golden
+from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.workspace import FAILURES, Workspace, outcome_path
+
+
+def load_failures(workspace: Workspace, app: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The failures and clusters of the last analyze run."""
+    folder = workspace.path(workspace.app_settings(app).data_dir) / FAILURES
+    if not (folder / "failures.parquet").is_file():
+        raise InputError(folder, f"no mined failures yet: run `promptloop analyze --app {app}` first")
+    clusters = json.loads((folder / "clusters.json").read_text(encoding="utf-8"))["clusters"]
+    return pd.read_parquet(folder / "failures.parquet"), clusters
+
+
+def grow_golden_set(workspace: Workspace, app: str, failures: pd.DataFrame, clusters: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add mined cases to the golden set; a new DVC version and a commit of its .dvc when any came in."""
+    from promptloop.quality.detectors import load_detector
+    from promptloop.improve.growth import append_cases, grow
+    from promptloop.domain.kb import Retriever, load_kb
+    from promptloop.quality.redact import build_redactor
+    from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push
+
+    settings = workspace.app_settings(app)
+    path = workspace.path(settings.golden_set)
+    redactor = build_redactor(workspace.params.collect.extra_pii_patterns)
+    injection = load_detector(workspace.params.analyze.detectors["injection"], "injection", workspace.root)
+    retriever = Retriever(load_kb(workspace.path(settings.knowledge_base))) if settings.knowledge_base else None
+    growth = grow(failures, clusters, load_golden(path), retriever, workspace.params.improve,
+                  lambda text: redactor.redact_text(text)[0] or "",
+                  lambda text: bool(injection.flags(pd.Series([text])).iloc[0]))
+    result = growth.summary() | {"golden_set": str(settings.golden_set), "dvc_md5": None, "git_commit": None}
+    if growth.proposed:
+        with dataset_change(workspace.root, [path, path.parent / ".gitignore"], f"golden-set growth of {app}"):
+            append_cases(path, growth.proposed)
+            load_golden(path)  # what was written must read back as a valid golden set
+            result["dvc_md5"] = dvc_add_and_push(workspace.root, [path])[str(settings.golden_set)]
+            result["git_commit"] = commit_paths(workspace.root, [Path(f"{path}.dvc")],
+                                                f"improve {app}: {len(growth.proposed)} mined cases into the golden set")
+    return result
+
+
+def propose_candidates(workspace: Workspace, app: str, failures: pd.DataFrame, clusters: list[dict[str, Any]]) -> dict[str, Any]:
+    """Optimizer revisions of the current prompt from the clusters it may see, written as candidate files."""
+    from promptloop.improve.candidates import failure_digest, generate, write_candidates
+    from promptloop.improve.growth import holdout_clusters
+    from promptloop.domain.prompts import load_prompt
+
+    settings, improve = workspace.app_settings(app), workspace.params.improve
+    current = load_prompt(workspace.path(settings.prompt))
+    shown = {c["id"] for c in clusters} - holdout_clusters(clusters, improve.holdout_share)
+    digest = failure_digest(failures, clusters, shown, improve.examples_per_cluster)
+    held_out = [c for c in load_golden(workspace.path(settings.golden_set)) if c.split == "holdout"]
+    folder = workspace.root / ".promptloop" / "candidates" / app
+    if not digest or improve.candidates == 0:
+        return {"paths": write_candidates(folder, []), "rejected": [], "usage": {}}
+    runner = workspace.open_runner()
+    try:
+        accepted, rejected = asyncio.run(generate(runner, improve.optimizer_model, current, digest, improve.candidates,
+                                                  improve.seed, improve.optimizer_temperature, held_out))
+    finally:
+        runner.cache.close()
+    usage = runner.usage["optimizer"]
+    return {"paths": write_candidates(folder, accepted), "rejected": [r.__dict__ for r in rejected],
+            "usage": {"calls": usage.calls, "cache_hits": usage.cache_hits, "cost_usd": round(usage.cost_usd, 6)}}
+
+
+def best_candidate(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The promotable candidate with the highest CI lower bound (ties: the higher mean, then the name)."""
+    promotable = [c for c in summary["candidates"] if c["decision"] == "promote"]
+    return max(promotable, key=lambda c: (c["ci_low"], c["diff"], c["name"]), default=None)
+
+
+def overall_decision(summary: dict[str, Any], best: dict[str, Any] | None) -> tuple[str, list[str]]:
+    """promote (with the best), incomplete (the run did not finish), or hold with every candidate's reasons."""
+    if best is not None:
+        return "promote", []
+    if not summary["complete"]:
+        reasons = summary["baseline"].get("incomplete", []) + [
+            r for c in summary["candidates"] if c["decision"] == "incomplete" for r in c["reasons"]]
+        return "incomplete", list(dict.fromkeys(reasons)) or ["evaluation incomplete"]
+    if not summary["candidates"]:
+        return "hold", ["no candidate to evaluate (no failures to learn from and no hand-written candidates)"]
+    return "hold", [f"{c['name']}: {'; '.join(c['reasons'])}" for c in summary["candidates"]]
+
+
+def hand_written_candidates(workspace: Workspace, app: str) -> list[Path]:
+    """The candidates people wrote: prompts/<app>/candidates/*.yaml next to the app's prompt."""
+    folder = workspace.path(workspace.app_settings(app).prompt).parent / "candidates"
+    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def evaluation_fingerprint(workspace: Workspace, app: str, candidate_paths: list[Path]) -> str | None:
+    """What an evaluation depends on, hashed: the git commit (prompt, params.yaml, knowledge base, the golden
+    set's .dvc), the golden set's bytes, the candidates' bytes and the params as loaded (with any overrides).
+
+    None when the working tree has uncommitted changes: the commit would not describe the inputs then,
+    so a cached evaluation could be stale.
+    """
+    import hashlib
+
+    import git
+
+    repo = git.Repo(workspace.root)
+    if repo.is_dirty(untracked_files=True):
+        return None
+    digest = hashlib.sha256(f"{app}\0{repo.head.commit.hexsha}\0".encode())
+    digest.update(workspace.params.model_dump_json().encode())
+    for path in [workspace.path(workspace.app_settings(app).golden_set), *candidate_paths]:
+        digest.update(f"\0{Path(path).name}\0".encode() + Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def improve_outcome(app: str, growth: dict[str, Any], generated: dict[str, Any], hand_written: list[Path],
+                    summary: dict[str, Any]) -> dict[str, Any]:
+    """The decision of an improve run from its parts: golden-set growth, candidates, evaluation."""
+    best = best_candidate(summary)
+    decision, reasons = overall_decision(summary, best)
+    best_path = next((Path(p) for p in hand_written + generated["paths"] if best and str(p) == best["source"]), None)
+    return {
+        "app": app, "decision": decision, "reasons": reasons, "golden": growth,
+        "candidates": {"generated": len(generated["paths"]), "hand_written": len(hand_written),
+                       "rejected": generated["rejected"], "optimizer": generated["usage"]},
+        "best": best and {"name": best["name"], "prompt_hash": best["prompt_hash"], "ci_low": best["ci_low"],
+                          "diff": best["diff"], "prompt": best_path.read_text(encoding="utf-8") if best_path else None},
+        "evaluation": summary,
+    }
+
+
+def save_outcome(workspace: Workspace, app: str, outcome: dict[str, Any]) -> Path:
+    """Keep the outcome where `deploy` (and the cycle's skip check) find it."""
+    from promptloop.core.files import write_atomic
+
+    path = outcome_path(workspace, app)
+    write_atomic(path, json.dumps(outcome, ensure_ascii=False, indent=2, default=str) + "\n")
+    return path
+
+
+@holds_workspace("improve")
+def improve(workspace: Workspace, app: str, *, on_start: Callable[[int], None] | None = None,
+            on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Grow the golden set, generate candidates, evaluate, and pick the best promotable candidate."""
+    from promptloop.evaluate.stage import evaluate
+
+    failures, clusters = load_failures(workspace, app)
+    growth = grow_golden_set(workspace, app, failures, clusters)
+    generated = propose_candidates(workspace, app, failures, clusters)
+    hand_written = hand_written_candidates(workspace, app)
+    summary = evaluate(workspace, app, hand_written + generated["paths"], on_start=on_start, on_progress=on_progress)
+    outcome = improve_outcome(app, growth, generated, hand_written, summary)
+    save_outcome(workspace, app, outcome)
+    return outcome

@@ -1,0 +1,280 @@
+"""The LLM call runner every evaluation goes through: bounded concurrency, retries with backoff
+and jitter (honouring Retry-After), a per-call timeout, a persistent response cache and a budget.
+
+The cache is keyed by model + messages + parameters (the seed among them), so re-evaluating an
+unchanged prompt makes zero calls, and a run killed half way pays again for nothing it finished.
+Identical requests in flight at once share one call. A budget (USD and calls) that runs out raises BudgetExceeded:
+the caller's decision is then "incomplete", never a promotion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import sqlite3
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from promptloop.llm.client import ApiKeys, Completion, acomplete
+
+if TYPE_CHECKING:
+    import litellm as litellm_module
+
+
+class BudgetExceeded(RuntimeError):
+    """The run spent its budget; what is left undone makes the result incomplete."""
+
+
+class CallFailed(RuntimeError):
+    """A call still failed after its retries."""
+
+
+class InvalidResponse(CallFailed):
+    """The provider answered, but never with what was asked for (e.g. a malformed judge verdict)."""
+
+
+def cache_key(model: str, messages: list[dict[str, str]], parameters: dict[str, Any]) -> str:
+    """sha256 of the canonical request: same model, messages and parameters, same answer."""
+    request = {"model": model, "messages": messages, "parameters": parameters}
+    return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def switch_to_wal(db: sqlite3.Connection, attempts: int = 100) -> None:
+    """Put the database in WAL mode, waiting out other first-time openers of the same file.
+
+    Two connections (processes) switching a new file to WAL at once get an immediate "database is
+    locked": SQLite does not run its busy handler for that lock, so the wait is ours.
+    """
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01)
+
+
+class ResponseCache:
+    """Completions on disk (SQLite), shared by every evaluation of a workspace."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        switch_to_wal(self._db)
+        # A put is one autocommitted INSERT on the event loop: with the default synchronous=FULL each
+        # one waits for an fsync (~0.7 ms of stalled loop per call). NORMAL is safe with WAL (never
+        # corrupts); a power cut may lose the last answers, which a re-run simply asks again.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, completion TEXT NOT NULL)")
+
+    def get(self, key: str) -> Completion | None:
+        with self._lock:
+            row = self._db.execute("SELECT completion FROM responses WHERE key = ?", (key,)).fetchone()
+        return Completion(**json.loads(row[0])) if row else None
+
+    def put(self, key: str, completion: Completion) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, json.dumps(completion.__dict__)))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass
+class Usage:
+    """Calls, cache hits, tokens and cost of one purpose (e.g. the app's calls, the judge's)."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0
+    invalid: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    retry_causes: Counter[str] = field(default_factory=Counter)  # what each retry answered: error type or invalid answer
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter; a Retry-After header wins when it asks for longer."""
+
+    max_retries: int = 4
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delay(self, attempt: int, error: BaseException, rng: random.Random) -> float:
+        backoff = rng.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
+        return max(backoff, min(self.max_delay_s, retry_after_s(error) or 0.0))
+
+
+def retry_after_s(error: BaseException) -> float | None:
+    """Seconds the provider asked to wait (Retry-After header), if any."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    value = headers.get("retry-after") if hasattr(headers, "get") else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def is_retryable(litellm: "litellm_module", error: BaseException) -> bool:
+    """Rate limits, timeouts, connection errors and 5xx are worth another try; bad requests are not."""
+    retryable = (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError, litellm.InternalServerError,
+                 litellm.ServiceUnavailableError, litellm.BadGatewayError)
+    return isinstance(error, retryable) or 500 <= int(getattr(error, "status_code", 0) or 0) < 600
+
+
+@dataclass
+class Runner:
+    """Makes (or replays from the cache) every LLM call of a run, within its budget."""
+
+    litellm: "litellm_module"
+    cache: ResponseCache
+    max_concurrency: int = 8
+    timeout_s: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_usd: float = float("inf")
+    max_calls: int | None = None
+    seed: int = 0
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    usage: dict[str, Usage] = field(default_factory=lambda: defaultdict(Usage))
+    api_keys: ApiKeys = field(default_factory=ApiKeys)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._gates: dict[int, asyncio.Semaphore] = {}
+        self._in_flight: dict[int, dict[str, asyncio.Future[Completion]]] = {}
+
+    def _gate(self) -> asyncio.Semaphore:
+        """The concurrency bound of the running event loop (a semaphore belongs to one loop)."""
+        loop = id(asyncio.get_running_loop())
+        return self._gates.setdefault(loop, asyncio.Semaphore(self.max_concurrency))
+
+    def retryable(self, error: BaseException) -> bool:
+        return isinstance(error, asyncio.TimeoutError) or is_retryable(self.litellm, error)
+
+    @property
+    def spent_usd(self) -> float:
+        return sum(u.cost_usd for u in self.usage.values())
+
+    @property
+    def calls(self) -> int:
+        return sum(u.calls for u in self.usage.values())
+
+    async def complete(self, purpose: str, model: str, messages: list[dict[str, str]],
+                       validate: Callable[[str], Any] | None = None, **parameters: Any) -> Completion:
+        """One completion: from the cache, else from the provider with retries; counted under `purpose`.
+
+        `validate` raises ValueError on a text that is not what was asked for: such an answer is
+        retried like a fault and never cached; still invalid after the retries: InvalidResponse.
+        """
+        key = cache_key(model, messages, parameters)
+        usage = self.usage[purpose]
+        cached = self.cache.get(key)
+        if cached is not None:
+            usage.cache_hits += 1
+            return cached
+        # The same request already in flight (two prompts giving one answer, judged alike): share its
+        # answer instead of paying for it twice. It counts as a cache hit: it was paid for once.
+        loop = asyncio.get_running_loop()
+        flights = self._in_flight.setdefault(id(loop), {})
+        if key in flights:
+            usage.cache_hits += 1
+            return await asyncio.shield(flights[key])
+        flight = flights[key] = loop.create_future()
+        try:
+            completion = await self._paid_call(usage, key, model, messages, parameters, validate)
+            flight.set_result(completion)
+            return completion
+        except Exception as error:
+            flight.set_exception(error)
+            flight.exception()  # retrieved: no "never retrieved" warning when no one else waited
+            raise
+        except BaseException:
+            flight.cancel()  # cancelled or interrupted: whoever waits on it is cancelled too
+            raise
+        finally:
+            del flights[key]
+
+    async def _paid_call(self, usage: Usage, key: str, model: str, messages: list[dict[str, str]],
+                         parameters: dict[str, Any], validate: Callable[[str], Any] | None) -> Completion:
+        """A call to the provider (within the concurrency bound and the budget), counted and cached."""
+        async with self._gate():
+            self._check_budget()
+            completion = await self._with_retries(usage, model, messages, parameters, validate)
+        usage.prompt_tokens += completion.prompt_tokens
+        usage.completion_tokens += completion.completion_tokens
+        usage.cost_usd += completion.cost_usd or 0.0
+        self.cache.put(key, completion)
+        return completion
+
+    def _check_budget(self) -> None:
+        if self.spent_usd >= self.max_usd:
+            raise BudgetExceeded(f"budget of ${self.max_usd:g} spent (${self.spent_usd:.4f})")
+        if self.max_calls is not None and self.calls >= self.max_calls:
+            raise BudgetExceeded(f"budget of {self.max_calls} calls spent")
+
+    async def _with_retries(self, usage: Usage, model: str, messages: list[dict[str, str]], parameters: dict[str, Any],
+                            validate: Callable[[str], Any] | None) -> Completion:
+        # Sent with the call, never part of the parameters: not in the cache key, nor logged with them.
+        api_key = self.api_keys.for_model(model)
+        for attempt in range(self.retry.max_retries + 1):
+            usage.calls += 1
+            try:
+                # The timeout is enforced here too: not every provider honours the one it is passed.
+                completion = await asyncio.wait_for(
+                    acomplete(self.litellm, model, messages, self.timeout_s, api_key, num_retries=0, **parameters),
+                    self.timeout_s)
+            except Exception as error:  # noqa: BLE001 - classified below: only provider-side trouble is retried
+                if not self.retryable(error) or attempt == self.retry.max_retries:
+                    usage.failures += 1
+                    message = f"{model}: {type(error).__name__} after {attempt + 1} attempt(s): {error}"
+                    raise CallFailed(self.api_keys.redact(message)) from self._cause(error)
+                usage.retries += 1
+                usage.retry_causes[type(error).__name__] += 1
+                await self.sleep(self.retry.delay(attempt, error, self._rng))
+                continue
+            try:
+                if validate is not None:
+                    validate(completion.text)
+                return completion
+            except ValueError as error:
+                usage.invalid += 1
+                usage.cost_usd += completion.cost_usd or 0.0  # a wrong answer is paid for all the same
+                if attempt == self.retry.max_retries:
+                    usage.failures += 1
+                    message = f"{model}: invalid answer after {attempt + 1} attempt(s): {error}"
+                    raise InvalidResponse(self.api_keys.redact(message)) from self._cause(error)
+                usage.retries += 1
+                usage.retry_causes["invalid answer"] += 1
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _cause(self, error: BaseException) -> BaseException | None:
+        """`error` as the cause of a CallFailed, unless it holds an API key: a traceback would print it.
+
+        Provider errors may echo the request they refused. The CallFailed message itself (kept in
+        reasons, logs and MLflow) is redacted by the caller.
+        """
+        return None if self.api_keys.leaked_in(chain_text(error)) else error
+
+
+def chain_text(error: BaseException) -> str:
+    """The messages a traceback of `error` prints: it and every cause or context behind it."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts.append(f"{current!s} {current!r}")
+        current = current.__cause__ or current.__context__
+    return "\n".join(texts)

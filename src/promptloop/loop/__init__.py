@@ -1,0 +1,1 @@
+"""The loop: collect -> analyze -> improve -> deploy as one turn."""

@@ -1,0 +1,105 @@
+"""cycle: collect -> analyze -> improve -> deploy for one app, as one call (the flows wire the same steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from promptloop.core.files import write_atomic
+from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.workspace import Workspace, outcome_path
+
+# A turn that ends with one of these is done; any other end (a crash, an incomplete evaluation)
+# leaves its mark, and the next turn runs in full even with no new logs.
+SETTLED = ("promote", "hold", "skipped")
+
+
+def llm_calls(analyzed: dict[str, Any], improved: dict[str, Any]) -> dict[str, int]:
+    """LLM calls made and answered from the cache across the cycle's stages."""
+    judge = analyzed.get("online_judge") or {}
+    optimizer = improved["candidates"]["optimizer"] or {}
+    evaluation = improved["evaluation"]
+    return {"calls": judge.get("calls", 0) + optimizer.get("calls", 0) + evaluation["llm_calls"],
+            "cache_hits": judge.get("cache_hits", 0) + optimizer.get("cache_hits", 0) + evaluation["cache_hits"]}
+
+
+def pending_path(workspace: Workspace, app: str) -> Path:
+    """The mark of a turn of `app` that started and has not settled (git-ignored)."""
+    return workspace.root / ".promptloop" / "cycle" / f"{app}.json"
+
+
+def begin_turn(workspace: Workspace, app: str) -> str | None:
+    """Mark a turn as started; returns when the earlier unsettled turn started, if one was left."""
+    path = pending_path(workspace, app)
+    earlier = unsettled_since(path)
+    started = earlier or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_atomic(path, json.dumps({"started": started, "pid": os.getpid()}) + "\n")
+    return earlier
+
+
+def unsettled_since(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["started"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an unknown time"  # a damaged mark still means the last turn did not settle
+
+
+def end_turn(workspace: Workspace, app: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Clear the mark when the turn settled; an incomplete one stays marked, to be run again."""
+    if result["decision"] in SETTLED:
+        pending_path(workspace, app).unlink(missing_ok=True)
+    return result
+
+
+def nothing_new(workspace: Workspace, app: str, collected: dict[str, Any], force: bool = False,
+                resumed: str | None = None) -> bool:
+    """True when the turn should stop after collect: no new rows, improve already ran on the old
+    ones, and the last turn settled (a turn that was killed or ended incomplete is run again)."""
+    return collected["rows_in"] == 0 and outcome_path(workspace, app).is_file() and not force and resumed is None
+
+
+def skipped(app: str, merged: str | None, collected: dict[str, Any]) -> dict[str, Any]:
+    """The result of a turn that stopped after collect."""
+    return {"app": app, "merged": merged, "resumed": None, "collect": collected, "analyze": None, "improve": None,
+            "deploy": None, "decision": "skipped", "reasons": ["no new logs since the last cycle (--force runs it anyway)"],
+            "llm": {"calls": 0, "cache_hits": 0}}
+
+
+def finished(app: str, merged: str | None, collected: dict[str, Any], analyzed: dict[str, Any],
+             improved: dict[str, Any], deployed: dict[str, Any] | None, resumed: str | None = None) -> dict[str, Any]:
+    """The result of a whole turn; `resumed` is when the unsettled turn it ran again had started."""
+    return {"app": app, "merged": merged, "resumed": resumed, "collect": collected, "analyze": analyzed,
+            "improve": improved, "deploy": deployed, "decision": improved["decision"], "reasons": improved["reasons"],
+            "llm": llm_calls(analyzed, improved)}
+
+
+@holds_workspace("cycle")
+def cycle(workspace: Workspace, app: str, *, force: bool = False, now: datetime | None = None,
+          on_start: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """One turn of the loop; a candidate is proposed only when improve promotes one.
+
+    First merges what people approved on the base branch, so the baseline is the prompt in
+    production. With no new logs since the last improve, the turn stops after collect (no LLM
+    call, no pull request) unless `force`, or unless the last turn never settled (killed, or
+    incomplete): that one is run again, answering the calls it made from the cache.
+    """
+    from promptloop.analyze.stage import analyze
+    from promptloop.collect.stage import collect
+    from promptloop.deploy.stage import deploy
+    from promptloop.workspace.repository import merge_base_branch
+    from promptloop.improve.stage import improve
+
+    resumed = begin_turn(workspace, app)
+    merged = merge_base_branch(workspace)
+    collected = collect(workspace, app, now=now)
+    if nothing_new(workspace, app, collected, force, resumed):
+        return end_turn(workspace, app, skipped(app, merged, collected))
+    analyzed = analyze(workspace, app)
+    improved = improve(workspace, app, on_start=on_start, on_progress=on_progress)
+    deployed = deploy(workspace, app) if improved["decision"] == "promote" else None
+    return end_turn(workspace, app, finished(app, merged, collected, analyzed, improved, deployed, resumed))

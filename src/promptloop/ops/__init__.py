@@ -1,0 +1,1 @@
+"""Operations: creating a workspace, serving Prefect and the MLflow UI."""

@@ -1,0 +1,1 @@
+"""Quality services shared by the stages: detectors, PII redaction, judge prompts and verdicts."""

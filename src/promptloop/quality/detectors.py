@@ -1,0 +1,393 @@
+"""Detectors that flag texts of production logs: refusals, toxic outputs, prompt-injection attempts.
+
+`analyze` turns the flags into `refusal_rate`, `toxicity_rate` and `injection_attempt_rate` over up
+to millions of rows (English and Korean). A detector is anything with a `name` and a
+`flags(texts) -> bool Series` method; three backends plug in through `load_detector(spec, name)`:
+
+- `builtin`: a `PatternDetector` read from `promptloop/patterns/<name>.yaml`;
+- `path/to/file.yaml`: a `PatternDetector` with a team's own patterns (same format);
+- `module:attribute`: any object (or zero-argument factory / class) with `.flags`, e.g. a classifier.
+
+Pattern files: `{name, description, patterns: [...], exclusions: [...]}`. Patterns are regexes,
+case-insensitive; a text is flagged when one matches. An exclusion *masks* the text it matches
+before the patterns run again, so it vetoes exactly the matches it covers ("I'm not sure if you've
+tried" hides that hedge, yet "... but I couldn't find it" in the same answer is still a refusal).
+`\\b`, `\\w`, `\\d`, `\\s` are ASCII: Hangul counts as a non-word character, so `\\bidiot\\b`
+matches in "idiot같은"; Korean patterns use no `\\b` (particles attach to words).
+
+Speed: the patterns of a detector are joined into ONE alternation and run with Arrow's RE2 kernel
+(`pyarrow.compute.match_substring_regex`, the engine pandas' Arrow-backed `str.contains` uses): a
+DFA that scans each text once whatever the number of branches, where Python's `re` tries every
+branch at every character. Exclusions run only on the rows the patterns flagged. On 1,000,000
+~150-char en/ko texts (2 cores, `benchmarks/bench_detectors.py`): ~0.3 s per detector on
+Arrow-backed strings (what `analyze` reads from Parquet), ~0.5-0.7 s on an object Series (one
+conversion), against ~40-100 s for the same alternation in Python's `re` via `Series.str.contains`.
+RE2 has no look-around or backreferences: a pattern file that RE2 rejects still works, through
+Python's `re` with the same ASCII/case-insensitive semantics, only ~100x slower (`.engine` says
+which one runs).
+
+Quality: the built-ins reach precision and recall 1.0 on tests/data/detectors_labelled.jsonl, but
+they were tuned on it. A blind batch of 74 new examples, scored once before its own tuning round,
+gave precision/recall refusal 1.00/0.64, toxicity 0.82/0.75, injection 0.77/0.77 (n~25 each):
+expect real-world recall well below 1, and check the flagged rows before trusting a rate. Known
+blind spots: paraphrases outside the listed phrasings ("that's above my pay grade"), sarcasm and
+politely worded abuse, identity slurs (not listed), obfuscation (l33t, spacing "i d i o t",
+Korean 초성 variants beyond ㅅㅂ/ㅂㅅ), injections in other languages, encodings (base64) or
+split across turns; refusals phrased as policy ("I can't approve refunds") are not counted.
+
+Classifier backends (checked 2026-11 against the registry, nothing installed): there is no
+maintained toxicity classifier that runs fully offline, without torch, for English *and* Korean.
+- `detoxify`, and transformer models generally, need torch and download weights from a hub at run
+  time: ruled out.
+- `alt-profanity-check` (1.9.1) is offline (a linear SVM bundled in the wheel, scikit-learn only)
+  but English-only and profanity-centred, pins `scikit-learn==1.9.1`/`joblib==1.6.0` exactly (every
+  scikit-learn upgrade waits for its release) and loads its model at import time.
+- `korcen` is regex rules for Korean (English through `better-profanity`), run in Python per text:
+  the same kind of rules as here, too slow for 1M rows.
+- `glin-profanity` and `better-profanity` are word lists: what the built-in patterns already are.
+A team that has a classifier (e.g. an ONNX model it ships itself) plugs it in as
+`analyze.detectors.toxicity: mypackage.toxicity:Detector` in params.yaml; its `flags` gets a text
+Series and returns flags for the same index (`PluginDetector` checks that).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+from promptloop.core.config import AnalyzeSettings, read_yaml
+from promptloop.core.errors import InputError
+
+PARAMS_SOURCE = "params.yaml"
+PATTERN_KEYS = ("name", "description", "patterns", "exclusions")
+PYTHON_FLAGS = re.IGNORECASE | re.ASCII  # the fallback engine, with RE2's ASCII \b \w \d \s
+_PLUGIN_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_MASK = " "  # what an exclusion's match is replaced by
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Flags texts: a bool Series on the texts' index; None, NaN and non-strings are False."""
+
+    name: str
+
+    def flags(self, texts: pd.Series) -> pd.Series: ...
+
+
+class PatternError(ValueError):
+    """A pattern list that cannot be used; `field` is e.g. `patterns[3]`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+# --- the regex engines ---------------------------------------------------------------------------
+
+
+def _alternation(regexes: tuple[str, ...]) -> str:
+    """One case-insensitive alternation of the regexes."""
+    return "(?i)" + "|".join(f"(?:{r})" for r in regexes)
+
+
+def _re2_accepts(regex: str) -> bool:
+    """Whether Arrow's RE2 compiles `regex` (it compiles lazily, so match one empty string)."""
+    try:
+        pc.match_substring_regex(pa.array([""], pa.large_string()), regex)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def check_regexes(regexes: tuple[str, ...], key: str) -> None:
+    """Raise PatternError naming `key[i]` for a regex that neither RE2 nor Python's re compiles."""
+    for i, regex in enumerate(regexes):
+        if not isinstance(regex, str) or not regex.strip():
+            raise PatternError(f"{key}[{i}]", f"expected a non-empty regex string, got {regex!r}")
+        try:
+            empty = re.search(f"(?:{regex})", "", PYTHON_FLAGS) is not None
+        except re.error as exc:
+            if not _re2_accepts(f"(?:{regex})"):
+                raise PatternError(f"{key}[{i}]", f"invalid regular expression: {exc}") from None
+            empty = pc.match_substring_regex(pa.array([""]), f"(?:{regex})")[0].as_py()
+        if empty:
+            raise PatternError(f"{key}[{i}]", f"{regex!r} matches the empty string, so it would match every text")
+
+
+@dataclass(frozen=True)
+class CompiledRegex:
+    """One alternation, run by RE2 over Arrow strings when RE2 accepts it, else by Python's re."""
+
+    source: str
+
+    @cached_property
+    def re2(self) -> bool:
+        return _re2_accepts(self.source)
+
+    @cached_property
+    def python(self) -> re.Pattern[str]:
+        return re.compile(self.source, PYTHON_FLAGS)
+
+    def contains(self, strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Whether each string has a match (null: False)."""
+        if self.re2:
+            found = pc.match_substring_regex(strings, self.source).fill_null(False)
+            return np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)
+        search = self.python.search
+        return np.fromiter((s is not None and search(s) is not None for s in strings.to_pylist()), bool, len(strings))
+
+    def mask(self, strings: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+        """The strings with every match replaced by a space."""
+        if self.re2:
+            return pc.replace_substring_regex(strings, self.source, _MASK)
+        sub = self.python.sub
+        return pa.array([None if s is None else sub(_MASK, s) for s in strings.to_pylist()], pa.large_string())
+
+
+def arrow_strings(texts: pd.Series) -> pa.Array | pa.ChunkedArray:
+    """The texts as Arrow strings; None, NaN and anything not a str become null."""
+    if isinstance(texts.dtype, pd.StringDtype) and texts.dtype.storage == "pyarrow":
+        return pa.array(texts.array)  # pandas' Arrow-backed strings, used as they are
+    values = texts.to_numpy(dtype=object)
+    is_str = np.fromiter((isinstance(v, str) for v in values), bool, len(values))
+    try:
+        return pa.array(values, type=pa.large_string(), mask=~is_str)
+    except (pa.ArrowException, UnicodeEncodeError):  # lone surrogates, e.g. from a JSON "\ud800"
+        clean = [v.encode("utf-8", "replace").decode("utf-8") if ok else None for v, ok in zip(values, is_str)]
+        return pa.array(clean, type=pa.large_string())
+
+
+# --- the pattern backend -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatternDetector:
+    """Flags a text when one of `patterns` matches outside what `exclusions` match (case-insensitive)."""
+
+    name: str
+    patterns: tuple[str, ...]
+    exclusions: tuple[str, ...] = ()
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patterns", tuple(self.patterns))
+        object.__setattr__(self, "exclusions", tuple(self.exclusions))
+        if not self.patterns:
+            raise PatternError("patterns", "expected at least one regex")
+        check_regexes(self.patterns, "patterns")
+        check_regexes(self.exclusions, "exclusions")
+
+    @property
+    def regex(self) -> str:
+        """The patterns as the one case-insensitive alternation that runs."""
+        return _alternation(self.patterns)
+
+    @cached_property
+    def _patterns(self) -> CompiledRegex:
+        return CompiledRegex(self.regex)
+
+    @cached_property
+    def _exclusions(self) -> CompiledRegex | None:
+        return CompiledRegex(_alternation(self.exclusions)) if self.exclusions else None
+
+    @property
+    def engine(self) -> str:
+        """`re2` (fast, vectorised) or `python` (a pattern RE2 rejects, e.g. a look-behind: slow)."""
+        engines = [self._patterns] + ([self._exclusions] if self._exclusions is not None else [])
+        return "re2" if all(e.re2 for e in engines) else "python"
+
+    def flag(self, text: str) -> bool:
+        """One text, by Python's re: an Arrow kernel compiles its regex on every call, which costs
+        ~1.5 ms for a single string (the evaluation's per-answer checks) but nothing over a column."""
+        if self._patterns.python.search(text) is None:
+            return False
+        if self._exclusions is None:
+            return True
+        return self._patterns.python.search(self._exclusions.python.sub(_MASK, text)) is not None
+
+    def flags(self, texts: pd.Series) -> pd.Series:
+        """A bool Series on `texts.index`: True where a pattern matches outside the exclusions."""
+        strings = arrow_strings(texts)
+        hit = self._patterns.contains(strings)
+        if self._exclusions is not None and hit.any():
+            rows = np.flatnonzero(hit)
+            hit[rows] = self._patterns.contains(self._exclusions.mask(strings.take(pa.array(rows))))
+        return pd.Series(hit, index=texts.index, name=self.name, dtype=bool)
+
+
+def parse_pattern_file(data: object, source: str | Path, name: str | None = None) -> PatternDetector:
+    """A PatternDetector from a parsed pattern file; a problem is an InputError naming the field."""
+    if not isinstance(data, dict):
+        raise InputError(source, f"expected a mapping with {', '.join(PATTERN_KEYS)}, got {type(data).__name__}")
+    unknown = sorted(set(map(str, data)) - set(PATTERN_KEYS))
+    if unknown:
+        raise InputError(source, "unknown key", field=unknown[0])
+    for key in ("name", "description", "patterns"):
+        if key not in data:
+            raise InputError(source, "missing key", field=key)
+    if not isinstance(data["name"], str) or not data["name"]:
+        raise InputError(source, f"expected a non-empty string, got {data['name']!r}", field="name")
+    if not isinstance(data["description"], str):
+        raise InputError(source, f"expected a string, got {data['description']!r}", field="description")
+    lists = {key: data.get(key) or [] for key in ("patterns", "exclusions")}
+    for key, value in lists.items():
+        if not isinstance(value, list):
+            raise InputError(source, f"expected a list of regexes, got {type(value).__name__}", field=key)
+    try:
+        return PatternDetector(name or data["name"], tuple(lists["patterns"]), tuple(lists["exclusions"]),
+                               description=data["description"])
+    except PatternError as exc:
+        raise InputError(source, exc.message, field=exc.field) from None
+
+
+def load_pattern_detector(path: Path, name: str | None = None) -> PatternDetector:
+    """Read a pattern file (YAML); `name` overrides the file's `name`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    return parse_pattern_file(read_yaml(path), path, name)
+
+
+def builtin_names() -> list[str]:
+    """The detectors shipped in promptloop/patterns/."""
+    folder = resources.files("promptloop.quality") / "patterns"
+    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+@lru_cache(maxsize=None)
+def builtin_detector(name: str) -> PatternDetector:
+    """The built-in pattern detector `name` (refusal, toxicity, injection); immutable, so cached."""
+    resource = resources.files("promptloop.quality") / "patterns" / f"{name}.yaml"
+    if not re.fullmatch(r"[\w-]+", name) or not resource.is_file():
+        raise InputError(PARAMS_SOURCE, f"no built-in detector {name!r} (built-in: {', '.join(builtin_names())})",
+                         field=f"analyze.detectors.{name}")
+    return parse_pattern_file(yaml.safe_load(resource.read_text(encoding="utf-8")), f"promptloop/patterns/{name}.yaml")
+
+
+# --- plugged-in backends -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PluginDetector:
+    """A user's backend (`module:attribute`) held to the Detector contract: bool flags on the same index."""
+
+    name: str
+    backend: Any
+
+    def flags(self, texts: pd.Series) -> pd.Series:
+        """The backend's flags as a bool Series on `texts.index` (missing values: False)."""
+        out = self.backend.flags(texts)
+        if isinstance(out, pd.Series):
+            if not out.index.equals(texts.index):
+                raise ValueError(f"detector {self.name!r}: flags() returned a Series on another index")
+            out = out.to_numpy()
+        values = np.asarray(out, dtype=object)
+        if values.shape != (len(texts),):
+            raise ValueError(f"detector {self.name!r}: flags() returned {values.shape}, expected ({len(texts)},)")
+        return pd.Series(pd.array(values, dtype="boolean").fillna(False).to_numpy(dtype=bool),
+                         index=texts.index, name=self.name, dtype=bool)
+
+
+def load_plugin(spec: str, name: str) -> PluginDetector:
+    """Import `module:attribute`; a class or factory without `.flags` is called with no arguments."""
+    where = f"analyze.detectors.{name}"
+    module_name, _, attribute = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(PARAMS_SOURCE, f"cannot load {spec!r}: {exc}", field=where) from None
+    if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "flags")):
+        try:
+            obj = obj()
+        except Exception as exc:  # a user's factory: whatever it raises, say which spec failed
+            raise InputError(PARAMS_SOURCE, f"{spec}() failed: {type(exc).__name__}: {exc}", field=where) from None
+    if not callable(getattr(obj, "flags", None)):
+        raise InputError(PARAMS_SOURCE, f"{spec} has no flags(texts) method", field=where)
+    return PluginDetector(name, obj)
+
+
+def load_detector(spec: str, name: str, root: Path | None = None) -> Detector:
+    """`builtin`, a pattern file (.yaml/.yml, relative to `root` if given) or `module:attribute`."""
+    spec = spec.strip()
+    if spec == "builtin":
+        return builtin_detector(name)
+    if spec.lower().endswith((".yaml", ".yml")):
+        path = Path(spec).expanduser()
+        path = root / path if root is not None and not path.is_absolute() else path
+        if not path.is_file():
+            raise InputError(PARAMS_SOURCE, f"pattern file not found: {path}", field=f"analyze.detectors.{name}")
+        return load_pattern_detector(path, name)
+    if _PLUGIN_SPEC.fullmatch(spec):
+        return load_plugin(spec, name)
+    raise InputError(PARAMS_SOURCE, f"expected 'builtin', a .yaml pattern file or 'module:attribute', got {spec!r}",
+                     field=f"analyze.detectors.{name}")
+
+
+# --- scoring on labelled examples ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectorScore:
+    """Precision, recall and F1 of a detector on labelled texts; support is the number of positives."""
+
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    false_positives: list[str]
+    false_negatives: list[str]
+
+
+def score_detector(detector: Detector, labelled: pd.DataFrame) -> DetectorScore:
+    """Score `detector` on rows with `text` and `label` (bool), with scikit-learn's metrics."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    if labelled.empty:
+        raise ValueError(f"no labelled rows to score detector {detector.name!r}")
+    truth = labelled["label"].astype(bool).to_numpy()
+    predicted = detector.flags(labelled["text"]).to_numpy(dtype=bool)
+    precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average="binary", zero_division=0)
+    texts = labelled["text"].astype(str).to_numpy()
+    return DetectorScore(detector.name, float(precision), float(recall), float(f1), int(truth.sum()),
+                         list(texts[predicted & ~truth]), list(texts[~predicted & truth]))
+
+
+def load_labelled(path: Path, detector: str | None = None) -> pd.DataFrame:
+    """Labelled examples (JSON Lines: detector, text, label, lang), optionally one detector's only."""
+    from promptloop.core.jsonl import read_jsonl
+
+    rows = []
+    for number, row in read_jsonl(Path(path)):
+        for key, kind in (("detector", str), ("text", str), ("label", bool)):
+            if not isinstance(row.get(key), kind):
+                raise InputError(path, f"expected a {kind.__name__}, got {row.get(key)!r}", field=f"line {number}.{key}")
+        rows.append({"detector": row["detector"], "text": row["text"], "label": row["label"],
+                     "lang": str(row.get("lang", ""))})
+    frame = pd.DataFrame(rows, columns=["detector", "text", "label", "lang"]).astype({"label": bool})
+    if detector is not None:
+        frame = frame[frame["detector"] == detector].reset_index(drop=True)
+    return frame
+
+
+# The flag a detector sets on a row -> the detector's name under params.yaml `analyze.detectors`.
+DETECTOR_OF_FLAG = {"refusal": "refusal", "toxic": "toxicity", "injection": "injection"}
+
+
+def detectors_of(settings: AnalyzeSettings, root: Path) -> dict[str, Detector]:
+    """The configured detectors, keyed by the flag each sets (refusal, toxic, injection)."""
+    return {flag: load_detector(settings.detectors[name], name, root) for flag, name in DETECTOR_OF_FLAG.items()}

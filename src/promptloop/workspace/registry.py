@@ -1,0 +1,155 @@
+"""The MLflow prompt registry: every evaluated prompt is a registered version; `release` sets the alias.
+
+A prompt's templates use `{question}`/`{context}`; MLflow's use `{{question}}`/`{{context}}`, so they
+are converted on the way in and back on the way out. A version carries the promptloop content hash
+as a tag, so the same prompt is registered once however often it is evaluated, and its lineage
+(version, parent, parameters, changelog) as tags, so it can be rebuilt as a `PromptVersion`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from promptloop.domain.prompts import PLACEHOLDERS, PromptVersion
+from promptloop.workspace.tracking import tracking_client
+
+HASH_TAG = "promptloop.content_hash"
+VERSION_TAG = "promptloop.version"
+PARENT_TAG = "promptloop.parent"
+PARAMETERS_TAG = "promptloop.parameters"
+CHANGELOG_TAG = "promptloop.changelog"
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(sorted(PLACEHOLDERS)) + r")\}")
+_MLFLOW_PLACEHOLDER = re.compile(r"\{\{(" + "|".join(sorted(PLACEHOLDERS)) + r")\}\}")
+
+
+def mlflow_template(template: str) -> str:
+    """`{question}` -> `{{question}}` (MLflow's variable syntax); other braces stay as they are."""
+    return _PLACEHOLDER.sub(lambda m: "{{" + m.group(1) + "}}", template)
+
+
+def promptloop_template(template: str) -> str:
+    """`{{question}}` -> `{question}`: the inverse of `mlflow_template`."""
+    return _MLFLOW_PLACEHOLDER.sub(lambda m: "{" + m.group(1) + "}", template)
+
+
+def find_version(client: Any, name: str, content_hash: str) -> int | None:
+    """The registered version of `name` with this content hash, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_prompt_versions(name)
+    except MlflowException:  # the prompt is not registered yet
+        return None
+    return next((int(v.version) for v in versions if v.tags.get(HASH_TAG) == content_hash), None)
+
+
+def register(client: Any, name: str, prompt: PromptVersion) -> int:
+    """Register `prompt` as a version of `name` (or find the version it already is); returns the version."""
+    found = find_version(client, name, prompt.content_hash)
+    if found is not None:
+        return found
+    template = [{"role": "system", "content": mlflow_template(prompt.system)},
+                {"role": "user", "content": mlflow_template(prompt.user)}]
+    known = {"temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty"}
+    model_config = {"model_name": prompt.model, **{k: v for k, v in prompt.parameters.items() if k in known}}
+    tags = {HASH_TAG: prompt.content_hash, **lineage_tags(prompt),
+            PARAMETERS_TAG: json.dumps(prompt.parameters, sort_keys=True)}
+    version = client.register_prompt(name=name, template=template, commit_message=prompt.changelog or f"v{prompt.version}",
+                                     tags=tags, model_config=model_config)
+    return int(version.version)
+
+
+def lineage_tags(prompt: PromptVersion) -> dict[str, str]:
+    """Version, parent and changelog: what the content hash leaves out, stored to rebuild the prompt."""
+    return {VERSION_TAG: str(prompt.version), PARENT_TAG: str(prompt.parent), CHANGELOG_TAG: prompt.changelog}
+
+
+def set_lineage(client: Any, name: str, version: int, prompt: PromptVersion, extra: dict[str, str] | None = None) -> None:
+    """Overwrite a version's lineage tags with `prompt`'s (plus `extra` tags).
+
+    The same content may have been registered earlier under another number (an evaluated candidate
+    file says v2, the merged prompt says v5); the released lineage is the one that counts.
+    """
+    for key, value in {**lineage_tags(prompt), **(extra or {})}.items():
+        client.set_prompt_version_tag(name, version, key, value)
+
+
+def version_by_alias(client: Any, name: str, alias: str) -> Any | None:
+    """The registry version `alias` points at, or None when the prompt or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_prompt_version_by_alias(name, alias)
+    except MlflowException as exc:
+        # an unknown prompt is RESOURCE_DOES_NOT_EXIST; an unknown alias INVALID_PARAMETER_VALUE (SQL store)
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def prompt_from_version(name: str, entity: Any) -> PromptVersion:
+    """Rebuild the `PromptVersion` a registry version was registered from.
+
+    Raises ValueError when the entity is not one promptloop registered or does not rebuild to its
+    content hash (then it must not be served as if it were that prompt).
+    """
+    template = entity.template
+    if not isinstance(template, list):
+        raise ValueError(f"registry prompt {name} v{entity.version} is a text prompt, not system + user messages")
+    by_role = {message.get("role"): message.get("content", "") for message in template}
+    tags = entity.tags or {}
+    model_config = entity.model_config or {}
+    parameters = tags.get(PARAMETERS_TAG)
+    parent = tags.get(PARENT_TAG, "None")
+    prompt = PromptVersion(
+        app=name,
+        version=int(tags.get(VERSION_TAG, entity.version)),
+        parent=None if parent in ("None", "") else int(parent),
+        model=model_config.get("model_name", ""),
+        parameters=json.loads(parameters) if parameters else {k: v for k, v in model_config.items() if k != "model_name"},
+        changelog=tags.get(CHANGELOG_TAG, entity.commit_message or ""),
+        system=promptloop_template(by_role.get("system", "")),
+        user=promptloop_template(by_role.get("user", "{{question}}")),
+    )
+    expected = tags.get(HASH_TAG)
+    if expected and prompt.content_hash != expected:
+        raise ValueError(f"registry prompt {name} v{entity.version} does not rebuild to its content hash {expected[:8]}")
+    return prompt
+
+
+def link_to_run(client: Any, run_id: str, name: str, version: int) -> None:
+    """Show the prompt version on the run's page, as `MlflowClient.link_prompt_version_to_run` does.
+
+    That method reads the process-global tracking URI; we write the same tag through our client so
+    the workspace's store is used and no global state is touched.
+    """
+    from mlflow.tracing.utils.prompt import update_linked_prompts_tag
+    from mlflow.tracing.constant import TraceTagKey
+
+    current = client.get_run(run_id).data.tags.get(TraceTagKey.LINKED_PROMPTS)
+    client.set_tag(run_id, TraceTagKey.LINKED_PROMPTS,
+                   update_linked_prompts_tag(current, [client.get_prompt_version(name, version)]))
+
+
+# The alias of the version the app serves; `release` moves it.
+PRODUCTION = "production"
+
+
+def production_prompt(tracking_uri: str, app: str) -> PromptVersion | None:
+    """The prompt the `production` alias points at, or None when there is none (or no registry yet).
+
+    Raises when the registry cannot be read or the version does not rebuild to its content hash.
+    """
+    if not tracking_store_exists(tracking_uri):
+        return None  # opening a client would create an empty store here: a side effect of a read
+    entity = version_by_alias(tracking_client(tracking_uri), app, PRODUCTION)
+    return None if entity is None else prompt_from_version(app, entity)
+
+
+def tracking_store_exists(tracking_uri: str) -> bool:
+    """False for a sqlite store whose file is not there yet; any other store is asked."""
+    prefix = "sqlite:///"
+    return not tracking_uri.startswith(prefix) or Path(tracking_uri[len(prefix):]).is_file()
