@@ -10,7 +10,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export GX_ANALYTICS_ENABLED := False
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test bench lock clean help serve screenshots
+.PHONY: install demo test test-fast lint bench lock clean help serve screenshots
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,8 +32,15 @@ demo: install  ## run the loop offline on the sample app, in .demo/
 serve: install  ## Prefect server + worker (deployments of prefect.yaml) and MLflow UI on loopback, for WORKSPACE (default .demo)
 	$(BIN)/promptloop serve --workspace $(or $(WORKSPACE),.demo)
 
-test: install  ## run the whole test suite (end-to-end tests included)
+test: lint  ## lint and type-check, then the whole test suite (unit, integration, end-to-end)
 	$(BIN)/python -m pytest
+
+test-fast: install  ## unit tests only: no workspace, no service (about a minute)
+	$(BIN)/python -m pytest tests/unit
+
+lint: install  ## ruff (style, imports, bugs) and mypy (types of src/promptloop)
+	$(BIN)/ruff check src flows tests benchmarks docs
+	$(BIN)/mypy
 
 bench: install  ## run every benchmark in benchmarks/ 3 times; one table in benchmarks/results/suite.md
 	$(BIN)/python benchmarks/suite.py --rows 1000000 --cases 1000 --mlflow-cases 200 --interactions 2000 \

@@ -31,11 +31,16 @@ def main() -> None:
         summary = runs[-1][2]
         row = {**machine(), **timing(runs), "rows": summary["metrics"]["interactions"], "failures": summary["failures"],
                "clusters": len(summary["clusters"]), "judged": (summary["online_judge"] or {}).get("judged", 0)}
-        write_result(args.results, "analyze", row,
-                     f"| rows analyzed | failures mined | clusters | judged online | median wall (of {args.repeats}) | peak memory |\n"
-                     "|---|---|---|---|---|---|\n"
-                     f"| {row['rows']:,} | {row['failures']:,} | {row['clusters']} | {row['judged']} "
-                     f"| {row['median_s']} s ({', '.join(map(str, row['runs_s']))}) | {row['peak_mb']:,} MB |\n")
+        write_result(
+            args.results,
+            "analyze",
+            row,
+            f"| rows analyzed | failures mined | clusters | judged online | median wall (of {args.repeats}) "
+            "| peak memory |\n"
+            "|---|---|---|---|---|---|\n"
+            f"| {row['rows']:,} | {row['failures']:,} | {row['clusters']} | {row['judged']} "
+            f"| {row['median_s']} s ({', '.join(map(str, row['runs_s']))}) | {row['peak_mb']:,} MB |\n",
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -25,16 +25,30 @@ def main() -> None:
         source = work / "logs.jsonl"
         make_input(source, args.rows, work, args.seed_logs)
         promptloop("init", "--dir", str(work / "template"))
-        runs = repeated(work / "template", work, args.repeats, "collect", "--app", "support-bot", "--source", str(source))
+        runs = repeated(
+            work / "template", work, args.repeats, "collect", "--app", "support-bot", "--source", str(source)
+        )
         summary = runs[-1][2]
-        row = {**machine(), **timing(runs), "rows_in": summary["rows_in"], "rows_valid": summary["rows_valid"],
-               "rows_quarantined": summary["rows_quarantined"], "pii_redactions": sum(summary["pii_redactions"].values())}
+        row = {
+            **machine(),
+            **timing(runs),
+            "rows_in": summary["rows_in"],
+            "rows_valid": summary["rows_valid"],
+            "rows_quarantined": summary["rows_quarantined"],
+            "pii_redactions": sum(summary["pii_redactions"].values()),
+        }
         row["rows_per_s"] = round(row["rows_in"] / row["median_s"])
-        write_result(args.results, "collect", row,
-                     f"| rows in | valid | quarantined | PII redactions | median wall (of {args.repeats}) | rows/s | peak memory |\n"
-                     "|---|---|---|---|---|---|---|\n"
-                     f"| {row['rows_in']:,} | {row['rows_valid']:,} | {row['rows_quarantined']:,} | {row['pii_redactions']:,} "
-                     f"| {row['median_s']} s ({', '.join(map(str, row['runs_s']))}) | {row['rows_per_s']:,} | {row['peak_mb']:,} MB |\n")
+        write_result(
+            args.results,
+            "collect",
+            row,
+            f"| rows in | valid | quarantined | PII redactions | median wall (of {args.repeats}) | rows/s "
+            "| peak memory |\n"
+            "|---|---|---|---|---|---|---|\n"
+            f"| {row['rows_in']:,} | {row['rows_valid']:,} | {row['rows_quarantined']:,} | {row['pii_redactions']:,} "
+            f"| {row['median_s']} s ({', '.join(map(str, row['runs_s']))}) | {row['rows_per_s']:,} "
+            f"| {row['peak_mb']:,} MB |\n",
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

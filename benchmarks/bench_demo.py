@@ -35,11 +35,15 @@ def main() -> None:
     cycle = runs[-1][2]["cycle"]
     row = {**machine(), **timing(runs), "interactions": args.interactions, "rows_valid": cycle["collect"]["rows_valid"],
            "llm_calls": cycle["llm"]["calls"], "decision": cycle["decision"]}
-    write_result(args.results, "demo", row,
-                 f"| interactions | rows collected | LLM calls | decision | median wall (of {args.repeats}) | peak memory |\n"
-                 "|---|---|---|---|---|---|\n"
-                 f"| {row['interactions']:,} | {row['rows_valid']:,} | {row['llm_calls']:,} | {row['decision']} "
-                 f"| {row['median_s']} s ({', '.join(map(str, row['runs_s']))}) | {row['peak_mb']:,} MB |\n")
+    write_result(
+        args.results,
+        "demo",
+        row,
+        f"| interactions | rows collected | LLM calls | decision | median wall (of {args.repeats}) | peak memory |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {row['interactions']:,} | {row['rows_valid']:,} | {row['llm_calls']:,} | {row['decision']} "
+        f"| {row['median_s']} s ({', '.join(map(str, row['runs_s']))}) | {row['peak_mb']:,} MB |\n",
+    )
 
 
 if __name__ == "__main__":

@@ -128,21 +128,33 @@ def main() -> None:
 
     host = machine()
     command = "python benchmarks/bench_detectors.py " + " ".join(sys.argv[1:])
-    lines = [f"# Detectors benchmark, {host['date']}", "",
-             f"Machine: {host['machine']}, pandas {pd.__version__}. Command: `{command.strip()}`", "",
-             "## Quality on tests/data/detectors_labelled.jsonl", "",
-             "| detector | precision | recall | F1 | support (positives) | rows | Korean |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['detector']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} | {r['rows']} "
-              f"| {r['korean']:.0%} |" for r in scores]
+    lines = [
+        f"# Detectors benchmark, {host['date']}",
+        "",
+        f"Machine: {host['machine']}, pandas {pd.__version__}. Command: `{command.strip()}`",
+        "",
+        "## Quality on tests/data/detectors_labelled.jsonl",
+        "",
+        "| detector | precision | recall | F1 | support (positives) | rows | Korean |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['detector']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} | {r['rows']} "
+        f"| {r['korean']:.0%} |"
+        for r in scores
+    ]
     lines += ["", ("The labelled set was written together with the patterns and used to tune them, so these figures "
                    "are an upper bound; on examples the patterns were never tuned on, recall is lower (see the "
-                   "docstring of src/promptloop/detectors.py)."), "",
+                   "docstring of src/promptloop/quality/detectors.py)."), "",
               f"## flags() throughput, {args.rows:,} synthetic texts (mean {mean_chars:.0f} chars, 30% Korean)", "",
               (f"| detector | median of {args.repeats}, Arrow strings | runs | rows/s | object dtype | "
                f"Python re via str.contains (from {args.baseline_rows:,} rows) | flagged |"),
               "|---|---|---|---|---|---|---|"]
-    lines += [f"| {s['detector']} | {s['median']:.2f} s | {', '.join(f'{r:.2f}' for r in s['runs'])} | "
-              f"{args.rows / s['median']:,.0f} | {s['object']:.2f} s | ~{s['re']:.0f} s | {s['share']:.1%} |" for s in speed]
+    lines += [
+        f"| {s['detector']} | {s['median']:.2f} s | {', '.join(f'{r:.2f}' for r in s['runs'])} | "
+        f"{args.rows / s['median']:,.0f} | {s['object']:.2f} s | ~{s['re']:.0f} s | {s['share']:.1%} |"
+        for s in speed
+    ]
     write_json(args.results, "detectors", {**host, "rows": args.rows, "baseline_rows": args.baseline_rows,
                                            "mean_chars": round(mean_chars),
                                            "quality": scores, "speed": speed, "peak_mb": round(own_peak_mb())})

@@ -8,10 +8,10 @@ is made). The ideal bound is calls x latency / concurrency (9.4 s); the ratio us
 own `calls_s` phase (from the first call to the last answer), and the table also gives the whole
 CLI run (imports, planning, statistics, MLflow logging). CPU per call is the CPU time of the
 process(es) making the calls during the calls phase (every thread; worker processes summed) over
-the calls made. mlflow.genai.evaluate runs on 200 cases with
-its default 10 workers (at 32 it exhausted its SQLAlchemy pool; see ANCHORS.md); its bound is
-calls x latency / workers. Each of its repetitions runs in a fresh process too, timed around the
-`evaluate` call only. Peak memory is the largest process's max RSS over the repetitions.
+the calls made. mlflow.genai.evaluate runs on 200 cases with its default 10 workers (at 32 it
+exhausts its SQLAlchemy pool: `benchmarks/mlflow_side.py --cases 200 --workers 32` shows it); its
+bound is calls x latency / workers. Each of its repetitions runs in a fresh process too, timed
+around the `evaluate` call only. Peak memory is the largest process's max RSS over the repetitions.
 
     .venv/bin/python benchmarks/bench_evaluate.py [--cases 1000] [--repeats 3] [--mlflow-cases 200] [--results DIR]
 """
@@ -42,7 +42,9 @@ def bench_workspace(root: Path, cases: int, processes: int) -> None:
     """A workspace whose app and judge are the endpoint's model; `cases` golden cases, no KB."""
     promptloop("init", "--dir", str(root))
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["llm"].update(max_concurrency=CONCURRENCY, processes=processes, max_retries=2, cache=".promptloop/bench-cache.sqlite")
+    params["llm"].update(
+        max_concurrency=CONCURRENCY, processes=processes, max_retries=2, cache=".promptloop/bench-cache.sqlite"
+    )
     params["llm"]["prices"][MODEL] = {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
     app = params["apps"]["support-bot"]
     app.update(golden_set="datasets/support-bot/bench.jsonl", knowledge_base=None, scorers=["rubric", "proxy"],
@@ -54,8 +56,18 @@ def bench_workspace(root: Path, cases: int, processes: int) -> None:
     (root / "prompts/support-bot/prompt.yaml").write_text(yaml.safe_dump(prompt, sort_keys=False, allow_unicode=True))
     with (root / "datasets/support-bot/bench.jsonl").open("w", encoding="utf-8") as out:
         for i in range(cases):
-            out.write(json.dumps({"id": f"b{i:05d}", "description": "bench", "input": f"How do I export notebook {i} to PDF?",
-                                  "reference": "Use File > Export to PDF.", "slice": "bench"}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "id": f"b{i:05d}",
+                        "description": "bench",
+                        "input": f"How do I export notebook {i} to PDF?",
+                        "reference": "Use File > Export to PDF.",
+                        "slice": "bench",
+                    }
+                )
+                + "\n"
+            )
 
 
 def timed_evaluate(root: Path) -> dict[str, float]:
@@ -92,11 +104,20 @@ def promptloop_row(work: Path, cases: int, repeats: int, processes: int) -> dict
     runs = promptloop_runs(template, work, repeats, processes)
     bound = cases * 3 * LATENCY_S / CONCURRENCY
     calls = median(runs, "calls_s")
-    return {"harness": f"`promptloop evaluate`, {processes} process{'es' if processes > 1 else ''}", "peer": False,
-            "concurrency": CONCURRENCY, "cases": cases, "calls": int(runs[0]["calls"]), "bound_s": round(bound, 2),
-            "calls_s": round(calls, 2), "runs_s": [round(r["calls_s"], 2) for r in runs], "ratio": round(calls / bound, 2),
-            "cli_s": round(median(runs, "wall_s"), 1), "cpu_ms_per_call": round(median(runs, "cpu_ms_per_call"), 2),
-            "peak_mb": round(max(r["peak_mb"] for r in runs))}
+    return {
+        "harness": f"`promptloop evaluate`, {processes} process{'es' if processes > 1 else ''}",
+        "peer": False,
+        "concurrency": CONCURRENCY,
+        "cases": cases,
+        "calls": int(runs[0]["calls"]),
+        "bound_s": round(bound, 2),
+        "calls_s": round(calls, 2),
+        "runs_s": [round(r["calls_s"], 2) for r in runs],
+        "ratio": round(calls / bound, 2),
+        "cli_s": round(median(runs, "wall_s"), 1),
+        "cpu_ms_per_call": round(median(runs, "cpu_ms_per_call"), 2),
+        "peak_mb": round(max(r["peak_mb"] for r in runs)),
+    }
 
 
 def mlflow_row(base_url: str, cases: int, repeats: int, workers: int = 10) -> dict[str, object]:
@@ -123,13 +144,17 @@ def main() -> None:
     try:
         with endpoint(LATENCY_S) as base_url:
             # litellm's OpenAI provider reads these: the app and the judge both go to the endpoint.
-            os.environ.update(OPENAI_API_BASE=base_url, OPENAI_BASE_URL=base_url, OPENAI_API_KEY="sk-bench-not-a-real-key")
+            os.environ.update(
+                OPENAI_API_BASE=base_url, OPENAI_BASE_URL=base_url, OPENAI_API_KEY="sk-bench-not-a-real-key"
+            )
             rows = [promptloop_row(work, args.cases, args.repeats, processes) for processes in (1, 2)]
             rows.append(mlflow_row(base_url, args.mlflow_cases, args.repeats))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = (f"| harness | concurrency | cases x 3 calls | evaluation wall, median of {args.repeats} (runs) | x bound | "
-             "whole CLI run | CPU per call | peak memory |\n|---|---|---|---|---|---|---|---|\n")
+    table = (
+        f"| harness | concurrency | cases x 3 calls | evaluation wall, median of {args.repeats} (runs) | x bound | "
+        "whole CLI run | CPU per call | peak memory |\n|---|---|---|---|---|---|---|---|\n"
+    )
     for r in rows:
         cli = f"{r['cli_s']} s" if r["cli_s"] is not None else "n/a"
         cpu = f"{r['cpu_ms_per_call']} ms" if r["cpu_ms_per_call"] is not None else "n/a"

@@ -8,7 +8,7 @@ Variants (each in fresh worker processes, so litellm's global settings never lea
 
 * plain           `litellm.acompletion` + `asyncio.Semaphore`, litellm defaults, model priced
 * plain-unpriced  the same with no price for the model (the peers' reference figure)
-* runner          `promptloop.runner.Runner.complete` (fresh SQLite cache, zero hits), 1 process
+* runner          `promptloop.llm.runner.Runner.complete` (fresh SQLite cache, zero hits), 1 process
 * runner-2proc    the same split over 2 worker processes (concurrency 16 each, one shared cache
                   file in WAL mode), to measure what the second core buys
 
@@ -71,15 +71,25 @@ def app_messages(case: int) -> list[dict[str, str]]:
 
 
 def grade_messages(case: int, answer: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": "You grade support answers from 1 to 5. Reply with JSON: score, passed, reason."},
-            {"role": "user", "content": f"<question>Case {case}: how do I export notebook {case} to PDF?</question>\n"
-                                        f"<answer>{answer}</answer>"}]
+    return [
+        {"role": "system", "content": "You grade support answers from 1 to 5. Reply with JSON: score, passed, reason."},
+        {
+            "role": "user",
+            "content": f"<question>Case {case}: how do I export notebook {case} to PDF?</question>\n"
+            f"<answer>{answer}</answer>",
+        },
+    ]
 
 
 def pairwise_messages(case: int, answer: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": "Compare two support answers. Reply with JSON: winner (A, B or tie), reason."},
-            {"role": "user", "content": f"<question>Case {case}</question>\n<answer_a>{answer}</answer_a>\n"
-                                        "<answer_b>Use File > Export to PDF.</answer_b>"}]
+    return [
+        {"role": "system", "content": "Compare two support answers. Reply with JSON: winner (A, B or tie), reason."},
+        {
+            "role": "user",
+            "content": f"<question>Case {case}</question>\n<answer_a>{answer}</answer_a>\n"
+            "<answer_b>Use File > Export to PDF.</answer_b>",
+        },
+    ]
 
 
 # ---- call paths ---------------------------------------------------------------------------------
@@ -88,8 +98,8 @@ def pairwise_messages(case: int, answer: str) -> list[dict[str, str]]:
 def plain_litellm(priced: bool) -> Any:
     """litellm with its defaults (offline price map), the model priced or not."""
     from promptloop.core.config import LLMSettings
-    from promptloop.llm.client import price_entries
     from promptloop.core.runtime import prepare_environment
+    from promptloop.llm.client import price_entries
 
     prepare_environment()
     import litellm
@@ -169,7 +179,7 @@ def worker(path: str, base_url: str, cases: list[range], concurrency: int, cache
         warm, close = make_caller(path, base_url, concurrency, Path(caches[0]).with_name(f"warmup-{os.getpid()}.db"))
         await run_cases(warm, range(10_000_000 + os.getpid() * 100, 10_000_000 + os.getpid() * 100 + 20))
         close()
-        for share, cache_file in zip(cases, caches):
+        for share, cache_file in zip(cases, caches, strict=True):
             call, close = make_caller(path, base_url, concurrency, Path(cache_file))
             await asyncio.to_thread(barrier.wait, 900)  # a parent gone for good must not hang us
             started, cpu = time.monotonic(), time.process_time()

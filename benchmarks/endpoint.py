@@ -102,7 +102,9 @@ def make_app(latency_s: float) -> web.Application:
         try:
             body = await request.json()
         except json.JSONDecodeError:
-            return web.json_response({"error": {"message": "invalid JSON", "type": "invalid_request_error"}}, status=400)
+            return web.json_response(
+                {"error": {"message": "invalid JSON", "type": "invalid_request_error"}}, status=400
+            )
         payload = completion_body(body, answer_for(body))
         # Sleep what is left of the latency so the answer time does not include our own parsing.
         await asyncio.sleep(max(0.0, latency_s - (time.perf_counter() - started)))

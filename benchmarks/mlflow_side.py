@@ -50,7 +50,9 @@ def scoped_env(values: dict[str, str | None]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def run_mlflow_evaluate(base_url: str, cases: int, workers: int = 10, rate_limit: str | None = None) -> tuple[float, int]:
+def run_mlflow_evaluate(
+    base_url: str, cases: int, workers: int = 10, rate_limit: str | None = None
+) -> tuple[float, int]:
     """Wall seconds of `mlflow.genai.evaluate` over `cases` cases (3 endpoint calls each), and the cases it scored."""
     from promptloop.core.runtime import prepare_environment
 

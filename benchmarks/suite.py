@@ -5,7 +5,7 @@ mlflow.genai.evaluate side) one after another, each as its own process writing i
 .md next to --out, then reads those JSON results into one table: median wall with the range of the
 repetitions, throughput, the ratio that matters, peak memory. The demo's simulated traffic is the
 input that collect and analyze replicate to --rows. --quick runs tiny sizes once each, to
-check the plumbing (tests/test_bench_suite.py): its numbers mean nothing. A benchmark, not a test.
+check the plumbing (tests/e2e/test_bench_suite.py): its numbers mean nothing. A benchmark, not a test.
 
     .venv/bin/python benchmarks/suite.py [--quick] [--out benchmarks/results/suite.md] [--repeats 3]
         [--rows 1000000] [--cases 1000] [--mlflow-cases 200] [--interactions 2000]
@@ -240,12 +240,24 @@ def report(ran: list[tuple[Benchmark, list[str]]], results: Path, sizes: Sizes, 
     shown = [shlex.join(["python", *(os.path.relpath(a, root) if a.startswith(str(root)) else a for a in argv[1:])])
              for _, argv in ran]
     note = " Quick mode: tiny sizes, the numbers only check the plumbing." if quick else ""
-    return "\n".join([
-        f"# promptloop benchmarks, {datetime.now(UTC):%Y-%m-%d}", "",
-        f"Machine: {machine_facts()}.", "",
-        f"Command: `{shlex.join(['python', os.path.relpath(Path(__file__).resolve(), root), *sys.argv[1:]])}`.{note}", "",
-        table(rows, sizes.repeats), HOW, "",
-        "Each benchmark ran as:", "", *(f"    {line}" for line in shown), ""])
+    return "\n".join(
+        [
+            f"# promptloop benchmarks, {datetime.now(UTC):%Y-%m-%d}",
+            "",
+            f"Machine: {machine_facts()}.",
+            "",
+            f"Command: `{shlex.join(['python', os.path.relpath(Path(__file__).resolve(), root), *sys.argv[1:]])}`."
+            f"{note}",
+            "",
+            table(rows, sizes.repeats),
+            HOW,
+            "",
+            "Each benchmark ran as:",
+            "",
+            *(f"    {line}" for line in shown),
+            "",
+        ]
+    )
 
 
 def main() -> None:

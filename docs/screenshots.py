@@ -26,10 +26,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
@@ -162,6 +163,7 @@ def latest_artifact_id(services: Services, key: str) -> str:
 def cases_run(root: Path, app: str) -> CasesRun:
     """The child run of the newest `evaluate <app>` run that holds the promoted prompt's per-case table
     (the baseline's when nothing was promoted)."""
+    from promptloop.domain.evaluation import CandidateResult, EvaluationResult
     from promptloop.improve.stage import best_candidate
     from promptloop.workspace.tracking import tracking_client
     from promptloop.workspace.workspace import open_workspace
@@ -180,8 +182,10 @@ def cases_run(root: Path, app: str) -> CasesRun:
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     with tempfile.TemporaryDirectory() as scratch:
         decision = json.loads(Path(client.download_artifacts(parent.info.run_id, "decision.json", scratch)).read_text())
-    best = best_candidate(decision)
-    name = best["name"] if best is not None else "baseline"
+    # decision.json holds the prompts' part of the evaluation: its candidates are all best_candidate reads.
+    candidates = [CandidateResult.model_validate(c) for c in decision["candidates"]]
+    best = best_candidate(EvaluationResult.model_construct(candidates=candidates))
+    name = best.name if best is not None else "baseline"
     if name not in children:
         raise ScreenshotError(f"run 'evaluate {app}' ({parent.info.run_id}) has no child run {name!r}")
     child = children[name]
@@ -236,7 +240,9 @@ def settle(page: Page) -> None:
     page.wait_for_timeout(SETTLE_MS)
 
 
-def shoot_prefect_run(context: BrowserContext, prefect_url: str, flow_run_id: str, out: Path, debug_dir: Path) -> Picture:
+def shoot_prefect_run(
+    context: BrowserContext, prefect_url: str, flow_run_id: str, out: Path, debug_dir: Path
+) -> Picture:
     """The cycle flow run page: state, timeline graph of its tasks and subflows, and the first log lines."""
     with page_for(context, "Prefect flow run page", debug_dir) as page:
         page.set_viewport_size(PREFECT_VIEWPORT)
@@ -247,7 +253,9 @@ def shoot_prefect_run(context: BrowserContext, prefect_url: str, flow_run_id: st
         page.get_by_text("submitting flow run").first.wait_for(state="visible")
         settle(page)
         page.screenshot(path=str(out))
-    return Picture(out, "Prefect UI: the `cycle` flow run (tasks and the collect/analyze/improve/deploy subflows, logs)")
+    return Picture(
+        out, "Prefect UI: the `cycle` flow run (tasks and the collect/analyze/improve/deploy subflows, logs)"
+    )
 
 
 def shoot_prefect_artifact(context: BrowserContext, prefect_url: str, artifact_id: str, app: str, out: Path,
@@ -261,7 +269,9 @@ def shoot_prefect_artifact(context: BrowserContext, prefect_url: str, artifact_i
         settle(page)
         # Down to just below the artifact (with its "Show raw data" button): the rest of the page is empty.
         raw = page.get_by_role("button", name="Show raw data").bounding_box()
-        height = WIDE_VIEWPORT["height"] if raw is None else min(WIDE_VIEWPORT["height"], int(raw["y"] + raw["height"] + 48))
+        height = (
+            WIDE_VIEWPORT["height"] if raw is None else min(WIDE_VIEWPORT["height"], int(raw["y"] + raw["height"] + 48))
+        )
         page.screenshot(path=str(out), clip={"x": 0, "y": 0, "width": WIDE_VIEWPORT["width"], "height": height})
     return Picture(out, "Prefect UI: the improve subflow's artifact, the evaluation's decision table")
 
@@ -329,11 +339,20 @@ def take_screenshots(workspace: Path, out_dir: Path, app: str = APP, chromium: s
         announce(f"cycle flow run {flow_run_id} completed; taking the screenshots")
         with browser(chromium) as context:
             return [
-                shoot_prefect_run(context, services.prefect_url, flow_run_id, out_dir / "prefect-cycle-run.png",
-                                  services.logs),
-                shoot_prefect_artifact(context, services.prefect_url, artifact_id, app,
-                                       out_dir / "prefect-improve-artifact.png", services.logs),
-                shoot_mlflow_cases(context, services.mlflow_url, cases, out_dir / "mlflow-eval-cases.png", services.logs),
+                shoot_prefect_run(
+                    context, services.prefect_url, flow_run_id, out_dir / "prefect-cycle-run.png", services.logs
+                ),
+                shoot_prefect_artifact(
+                    context,
+                    services.prefect_url,
+                    artifact_id,
+                    app,
+                    out_dir / "prefect-improve-artifact.png",
+                    services.logs,
+                ),
+                shoot_mlflow_cases(
+                    context, services.mlflow_url, cases, out_dir / "mlflow-eval-cases.png", services.logs
+                ),
             ]
 
 

@@ -6,9 +6,7 @@ Thin wiring of promptloop.analyze; the library does the work and is tested witho
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -16,8 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from promptloop.analyze import stage
-from promptloop.workspace.locking import writing
 from promptloop.core.runtime import prepare_environment
+from promptloop.domain.results import AnalyzeResult
+from promptloop.workspace.locking import writing
 from promptloop.workspace.workspace import open_workspace
 
 HEADLINE = ("interactions", "latency_p95_ms", "error_rate", "thumbs_down_rate", "refusal_rate",
@@ -35,7 +34,9 @@ class AnalyzeParameters(BaseModel):
 
 @task(cache_policy=NO_CACHE)
 def plan(parameters: AnalyzeParameters) -> stage.AnalyzePlan:
-    return stage.plan_analyze(open_workspace(Path(parameters.workspace)), parameters.app, parameters.window, parameters.until)
+    return stage.plan_analyze(
+        open_workspace(Path(parameters.workspace)), parameters.app, parameters.window, parameters.until
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -44,42 +45,47 @@ def load(the_plan: stage.AnalyzePlan, previous: bool) -> pd.DataFrame:
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=1800)
-def measure_and_mine(the_plan: stage.AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+def measure_and_mine(the_plan: stage.AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame) -> stage.Mined:
     return stage.analyze_frame(the_plan, frame, previous)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=600)
-def store(the_plan: stage.AnalyzePlan, mined: tuple[dict[str, Any], pd.DataFrame, np.ndarray]) -> dict[str, Any]:
-    summary, failures, assignment = mined
-    return {**summary, **stage.store_failures(the_plan, failures, assignment, summary["clusters"])}
+def store(the_plan: stage.AnalyzePlan, mined: stage.Mined) -> AnalyzeResult:
+    return stage.store_failures(the_plan, mined)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=60)
-def notify(the_plan: stage.AnalyzePlan, summary: dict[str, Any]) -> dict[str, Any]:
-    return {**summary, "webhook": stage.send_webhook(the_plan.settings.webhook_url, the_plan.app, summary["alerts"])}
+def notify(the_plan: stage.AnalyzePlan, result: AnalyzeResult) -> AnalyzeResult:
+    return result.model_copy(update={"webhook": stage.send_webhook(the_plan.settings.webhook_url, the_plan.app,
+                                                                   result.alerts)})
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=120)
-def log_run(the_plan: stage.AnalyzePlan, summary: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
-    return {**summary, "mlflow_run_id": stage.log_analyze_run(the_plan, summary, frame["latency_ms"].to_numpy())}
+def log_run(the_plan: stage.AnalyzePlan, result: AnalyzeResult, frame: pd.DataFrame) -> AnalyzeResult:
+    run_id = stage.log_analyze_run(the_plan, result, frame["latency_ms"].to_numpy())
+    return result.model_copy(update={"mlflow_run_id": run_id})
 
 
 @task(cache_policy=NO_CACHE)
-def publish(summary: dict[str, Any]) -> None:
+def publish(result: AnalyzeResult) -> None:
     """The headline table on the flow run, and the breached alerts as a failed-check artifact."""
-    metrics = summary["metrics"]
-    rows = "\n".join(f"| {k} | {metrics[k]} |" for k in HEADLINE)
-    clusters = "\n".join(f"| {c['id']} | {c['label']} | {c['size']} | {c['impact']} |" for c in summary["clusters"])
+    rows = "\n".join(f"| {k} | {result.metrics[k]} |" for k in HEADLINE)
+    clusters = "\n".join(f"| {c.id} | {c.label} | {c.size} | {c.impact} |" for c in result.clusters)
     create_markdown_artifact(
-        f"### analyze {summary['app']} ({summary['window']['start']} → {summary['window']['end']})\n\n"
-        f"| metric | value |\n|---|---|\n{rows}\n\n| cluster | label | size | impact |\n|---|---|---|---|\n{clusters}\n\n"
-        f"MLflow run: `{summary['mlflow_run_id']}`\n", key=f"analyze-{summary['app']}")
-    checks = "\n".join(f"- ❌ {a['message']}" for a in summary["alerts"]) or "- ✅ no alert rule breached"
-    create_markdown_artifact(f"### alert checks: {len(summary['alerts'])} failed\n\n{checks}\n", key=f"analyze-{summary['app']}-alerts")
+        f"### analyze {result.app} ({result.window.start} → {result.window.end})\n\n"
+        f"| metric | value |\n|---|---|\n{rows}\n\n"
+        f"| cluster | label | size | impact |\n|---|---|---|---|\n{clusters}\n\n"
+        f"MLflow run: `{result.mlflow_run_id}`\n",
+        key=f"analyze-{result.app}",
+    )
+    checks = "\n".join(f"- ❌ {a.message}" for a in result.alerts) or "- ✅ no alert rule breached"
+    create_markdown_artifact(
+        f"### alert checks: {len(result.alerts)} failed\n\n{checks}\n", key=f"analyze-{result.app}-alerts"
+    )
 
 
 @flow(name="analyze", log_prints=True)
-def analyze_flow(parameters: AnalyzeParameters = AnalyzeParameters()) -> dict[str, Any]:
+def analyze_flow(parameters: AnalyzeParameters = AnalyzeParameters()) -> AnalyzeResult:
     """analyze: window -> metrics, alerts, failure clusters -> DVC, MLflow, Prefect artifacts."""
     prepare_environment()
     with writing(Path(parameters.workspace), f"analyze flow --app {parameters.app}"):

@@ -6,7 +6,6 @@ Thin wiring of promptloop.collect; the library does the work and is tested witho
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -14,8 +13,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from promptloop.collect import stage
-from promptloop.workspace.locking import writing
 from promptloop.core.runtime import prepare_environment
+from promptloop.domain.results import CollectResult
+from promptloop.workspace.locking import writing
 from promptloop.workspace.versioning import dataset_change
 from promptloop.workspace.workspace import open_workspace
 
@@ -44,28 +44,29 @@ def read_validate_redact(plan: stage.CollectPlan, index: int, ctx: stage.BatchCo
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=600)
-def version(plan: stage.CollectPlan, totals: stage.Totals) -> dict[str, Any]:
+def version(plan: stage.CollectPlan, totals: stage.Totals) -> stage.Snapshot:
     return stage.snapshot(plan, totals)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=120)
-def log_run(plan: stage.CollectPlan, totals: stage.Totals, versioned: dict[str, Any], suite_version: Any) -> str:
+def log_run(plan: stage.CollectPlan, totals: stage.Totals, versioned: stage.Snapshot, suite_version: object) -> str:
     return stage.log_collect_run(plan, totals, versioned, suite_version)
 
 
 @task(cache_policy=NO_CACHE)
-def summarize(plan: stage.CollectPlan, totals: stage.Totals, versioned: dict[str, Any], run_id: str) -> dict[str, Any]:
+def summarize(plan: stage.CollectPlan, totals: stage.Totals, versioned: stage.Snapshot, run_id: str) -> CollectResult:
     return stage.summary(plan, totals, versioned, run_id)
 
 
 @task(cache_policy=NO_CACHE)
-def publish(summary: dict[str, Any]) -> None:
-    rows = "\n".join(f"| {k} | {summary[k]} |" for k in ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "dvc_md5", "mlflow_run_id"))
-    create_markdown_artifact(f"| collect {summary['app']} | |\n|---|---|\n{rows}\n", key=f"collect-{summary['app']}")
+def publish(result: CollectResult) -> None:
+    keys = ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "dvc_md5", "mlflow_run_id")
+    rows = "\n".join(f"| {k} | {getattr(result, k)} |" for k in keys)
+    create_markdown_artifact(f"| collect {result.app} | |\n|---|---|\n{rows}\n", key=f"collect-{result.app}")
 
 
 @flow(name="collect", log_prints=True)
-def collect_flow(parameters: CollectParameters = CollectParameters()) -> dict[str, Any]:
+def collect_flow(parameters: CollectParameters = CollectParameters()) -> CollectResult:
     """collect: read each source, validate, quarantine, redact, version with DVC, log to MLflow."""
     prepare_environment()
     root = Path(parameters.workspace)

@@ -7,7 +7,6 @@ own flow run under this one, with its own tasks and artifacts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -18,10 +17,11 @@ from flows.analyze import AnalyzeParameters, analyze_flow
 from flows.collect import CollectParameters, collect_flow
 from flows.deploy import DeployParameters, deploy_flow
 from flows.improve import ImproveParameters, improve_flow
-from promptloop.loop import cycle as stage
-from promptloop.workspace.repository import merge_base_branch
-from promptloop.workspace.locking import writing
 from promptloop.core.runtime import prepare_environment
+from promptloop.domain.results import CollectResult, CycleResult
+from promptloop.loop import cycle as stage
+from promptloop.workspace.locking import writing
+from promptloop.workspace.repository import merge_base_branch
 from promptloop.workspace.workspace import Workspace, open_workspace
 
 
@@ -32,8 +32,12 @@ class CycleParameters(BaseModel):
     workspace: str = Field(default=".", description="the workspace folder")
     force: bool = Field(default=False, description="analyze and improve even when collect found no new logs")
     window: str | None = Field(default=None, description="analyze window, e.g. 7d [default: params.yaml]")
-    candidates: int | None = Field(default=None, ge=0, description="prompts the optimizer writes [default: params.yaml improve.candidates]")
-    budget_usd: float | None = Field(default=None, ge=0, description="evaluation budget in USD [default: params.yaml evaluate.budget_usd]")
+    candidates: int | None = Field(
+        default=None, ge=0, description="prompts the optimizer writes [default: params.yaml improve.candidates]"
+    )
+    budget_usd: float | None = Field(
+        default=None, ge=0, description="evaluation budget in USD [default: params.yaml evaluate.budget_usd]"
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -53,30 +57,31 @@ def begin_turn(workspace: Workspace, app: str) -> str | None:
 
 
 @task(cache_policy=NO_CACHE)
-def nothing_new(workspace: Workspace, app: str, collected: dict[str, Any], force: bool, resumed: str | None) -> bool:
+def nothing_new(workspace: Workspace, app: str, collected: CollectResult, force: bool, resumed: str | None) -> bool:
     return stage.nothing_new(workspace, app, collected, force, resumed)
 
 
 @task(cache_policy=NO_CACHE)
-def end_turn(workspace: Workspace, app: str, result: dict[str, Any]) -> dict[str, Any]:
+def end_turn(workspace: Workspace, app: str, result: CycleResult) -> CycleResult:
     return stage.end_turn(workspace, app, result)
 
 
 @task(cache_policy=NO_CACHE)
-def publish(result: dict[str, Any]) -> None:
-    stages = {"collect": result["collect"], "analyze": result["analyze"], "improve": result["improve"] and result["improve"]["evaluation"]}
-    runs = "\n".join(f"| {name} | `{(summary or {}).get('mlflow_run_id', '')}` |" for name, summary in stages.items())
-    deployed = result["deploy"] or {}
-    reasons = "".join(f"- {reason}\n" for reason in result["reasons"])
+def publish(result: CycleResult) -> None:
+    stages = {"collect": result.collect.mlflow_run_id, "analyze": result.analyze and result.analyze.mlflow_run_id,
+              "improve": result.improve and result.improve.evaluation.mlflow_run_id}
+    runs = "\n".join(f"| {name} | `{run_id or ''}` |" for name, run_id in stages.items())
+    reasons = "".join(f"- {reason}\n" for reason in result.reasons)
     create_markdown_artifact(
-        f"### cycle {result['app']}: **{result['decision']}**\n\n{reasons}\n"
-        f"| | |\n|---|---|\n| new rows | {result['collect']['rows_valid']} |\n| branch | {deployed.get('branch')} |\n"
-        f"| LLM calls | {result['llm']['calls']} (cache: {result['llm']['cache_hits']}) |\n\n"
-        f"| stage | MLflow run |\n|---|---|\n{runs}\n", key=f"cycle-{result['app']}")
+        f"### cycle {result.app}: **{result.decision}**\n\n{reasons}\n"
+        f"| | |\n|---|---|\n| new rows | {result.collect.rows_valid} |\n"
+        f"| branch | {result.deploy.branch if result.deploy else None} |\n"
+        f"| LLM calls | {result.llm.calls} (cache: {result.llm.cache_hits}) |\n\n"
+        f"| stage | MLflow run |\n|---|---|\n{runs}\n", key=f"cycle-{result.app}")
 
 
 @flow(name="cycle", log_prints=True)
-def cycle_flow(parameters: CycleParameters = CycleParameters()) -> dict[str, Any]:
+def cycle_flow(parameters: CycleParameters = CycleParameters()) -> CycleResult:
     """cycle: one turn of the loop; stops after collect when no new logs came in (unless force)."""
     prepare_environment()
     app, folder = parameters.app, parameters.workspace
@@ -92,8 +97,10 @@ def cycle_flow(parameters: CycleParameters = CycleParameters()) -> dict[str, Any
             analyzed = analyze_flow(AnalyzeParameters(app=app, workspace=folder, window=parameters.window))
             improved = improve_flow(ImproveParameters(app=app, workspace=folder, candidates=parameters.candidates,
                                                       budget_usd=parameters.budget_usd))
-            deployed = deploy_flow(DeployParameters(app=app, workspace=folder)) if improved["decision"] == "promote" else None
-            result = stage.finished(app, merged, collected, analyzed, improved, deployed, resumed)
+            deployed = (
+                deploy_flow(DeployParameters(app=app, workspace=folder)) if improved.decision == "promote" else None
+            )
+            result = stage.finished(merged, collected, analyzed, improved, deployed, resumed)
         result = end_turn(workspace, app, result)
     publish(result)
     return result

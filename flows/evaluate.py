@@ -9,7 +9,6 @@ workspace, so a retried batch pays only for what it had not finished.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
@@ -17,10 +16,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
+from promptloop.core.runtime import prepare_environment
+from promptloop.domain.evaluation import EvaluationResult
+from promptloop.evaluate import plan as planning
+from promptloop.evaluate import run as running
 from promptloop.evaluate import stage
 from promptloop.evaluate.report import decision_table
 from promptloop.workspace.locking import writing
-from promptloop.core.runtime import prepare_environment
 from promptloop.workspace.workspace import Workspace, open_workspace
 
 
@@ -29,7 +31,9 @@ class EvaluateParameters(BaseModel):
 
     app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
     workspace: str = Field(default=".", description="the workspace folder")
-    candidates: list[str] | None = Field(default=None, description="candidate prompt files [default: prompts/<app>/candidates/*.yaml]")
+    candidates: list[str] | None = Field(
+        default=None, description="candidate prompt files [default: prompts/<app>/candidates/*.yaml]"
+    )
     batches: int = Field(default=4, ge=1, description="parts the golden set is split into; each runs as one task")
 
 
@@ -39,43 +43,43 @@ def open_(parameters: EvaluateParameters) -> Workspace:
 
 
 @task(cache_policy=NO_CACHE)
-def plan(workspace: Workspace, parameters: EvaluateParameters) -> stage.EvalPlan:
+def plan(workspace: Workspace, parameters: EvaluateParameters) -> planning.EvalPlan:
     paths = [Path(p) for p in parameters.candidates] if parameters.candidates is not None else None
-    return stage.plan_evaluation(workspace, parameters.app, paths)
+    return planning.plan_evaluation(workspace, parameters.app, paths)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=3600)
-def run_batch(workspace: Workspace, the_plan: stage.EvalPlan, case_ids: list[str], share: float) -> stage.EvalRun:
-    return stage.evaluate_batch(workspace, the_plan, case_ids, share)
+def run_batch(workspace: Workspace, the_plan: planning.EvalPlan, case_ids: list[str], share: float) -> running.EvalRun:
+    return running.evaluate_batch(workspace, the_plan, case_ids, share)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=600)
-def finish(workspace: Workspace, the_plan: stage.EvalPlan, runs: list[stage.EvalRun]) -> dict[str, Any]:
-    return stage.finish_evaluation(workspace, the_plan, stage.merge_runs(the_plan, runs))
+def finish(workspace: Workspace, the_plan: planning.EvalPlan, runs: list[running.EvalRun]) -> EvaluationResult:
+    return stage.finish_evaluation(workspace, the_plan, running.merge_runs(the_plan, runs))
 
 
 @task(cache_policy=NO_CACHE)
-def publish(summary: dict[str, Any]) -> None:
-    table = "\n".join(decision_table(summary))
-    create_markdown_artifact(f"### evaluate {summary['app']}\n\n{table}\n\nMLflow run: `{summary['mlflow_run_id']}`\n",
-                             key=f"evaluate-{summary['app']}")
+def publish(result: EvaluationResult) -> None:
+    table = "\n".join(decision_table(result))
+    create_markdown_artifact(f"### evaluate {result.app}\n\n{table}\n\nMLflow run: `{result.mlflow_run_id}`\n",
+                             key=f"evaluate-{result.app}")
 
 
 @flow(name="evaluate", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
-def evaluate_flow(parameters: EvaluateParameters = EvaluateParameters()) -> dict[str, Any]:
+def evaluate_flow(parameters: EvaluateParameters = EvaluateParameters()) -> EvaluationResult:
     """evaluate: plan -> batches of cases as parallel tasks -> statistics, decision, MLflow, artifact."""
     prepare_environment()
     with writing(Path(parameters.workspace), f"evaluate flow --app {parameters.app}"):
         workspace = open_(parameters)
         the_plan = plan(workspace, parameters)
-        batches = stage.case_batches(the_plan, parameters.batches)
+        batches = planning.case_batches(the_plan, parameters.batches)
         runs = run_batch.map(unmapped(workspace), unmapped(the_plan), batches, unmapped(1 / len(batches)))
         summary = finish(workspace, the_plan, runs)
     publish(summary)
     return summary
 
 
-def on_dask(parameters: EvaluateParameters, address: str | None = None, workers: int = 2) -> dict[str, Any]:
+def on_dask(parameters: EvaluateParameters, address: str | None = None, workers: int = 2) -> EvaluationResult:
     """Run the flow with its batches on a Dask cluster: `address` of a running scheduler, else a
     local cluster of `workers` processes (what a test or a laptop can do)."""
     import os
@@ -84,7 +88,9 @@ def on_dask(parameters: EvaluateParameters, address: str | None = None, workers:
 
     # Workers unpickle the tasks by reference (flows.evaluate.run_batch): the folder holding flows/
     # must be importable there too. A real cluster gets it from its image or a Prefect pull step.
-    importable = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
+    importable = os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p
+    )
     runner = DaskTaskRunner(address=address) if address else DaskTaskRunner(
         cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
                         "env": {"PYTHONPATH": importable}})
@@ -102,15 +108,19 @@ def main() -> None:
     parser.add_argument("--app", default="support-bot")
     parser.add_argument("--candidate", action="append", default=None)
     parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--dask", nargs="?", const="local", default=None, help="a scheduler address, or none for a local cluster")
+    parser.add_argument(
+        "--dask", nargs="?", const="local", default=None, help="a scheduler address, or none for a local cluster"
+    )
     args = parser.parse_args()
     prepare_environment()  # before Prefect starts its ephemeral API: telemetry off
-    parameters = EvaluateParameters(app=args.app, workspace=args.workspace, candidates=args.candidate, batches=args.batches)
+    parameters = EvaluateParameters(
+        app=args.app, workspace=args.workspace, candidates=args.candidate, batches=args.batches
+    )
     if args.dask is None:
         summary = evaluate_flow(parameters)
     else:
         summary = on_dask(parameters, None if args.dask == "local" else args.dask)
-    print(json.dumps(summary, default=str))
+    print(json.dumps(summary.model_dump(mode="json")))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
-from promptloop.improve import stage
+from promptloop.core.runtime import prepare_environment
+from promptloop.domain.evaluation import EvaluationResult
+from promptloop.domain.results import ClusterResult, GrowthResult, ImproveOutcome
+from promptloop.evaluate.plan import hand_written_candidates
 from promptloop.evaluate.report import decision_table
 from promptloop.evaluate.stage import evaluate as evaluate_prompts
+from promptloop.improve import stage
+from promptloop.workspace.handoff import save_outcome
 from promptloop.workspace.locking import writing
-from promptloop.core.runtime import prepare_environment
 from promptloop.workspace.workspace import Workspace, open_workspace, with_overrides
 
 
@@ -28,8 +32,12 @@ class ImproveParameters(BaseModel):
 
     app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
     workspace: str = Field(default=".", description="the workspace folder")
-    candidates: int | None = Field(default=None, ge=0, description="prompts the optimizer writes [default: params.yaml improve.candidates]")
-    budget_usd: float | None = Field(default=None, ge=0, description="evaluation budget in USD [default: params.yaml evaluate.budget_usd]")
+    candidates: int | None = Field(
+        default=None, ge=0, description="prompts the optimizer writes [default: params.yaml improve.candidates]"
+    )
+    budget_usd: float | None = Field(
+        default=None, ge=0, description="evaluation budget in USD [default: params.yaml evaluate.budget_usd]"
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -40,25 +48,27 @@ def open_(parameters: ImproveParameters) -> Workspace:
 
 
 @task(cache_policy=NO_CACHE)
-def load_failures(workspace: Workspace, app: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def load_failures(workspace: Workspace, app: str) -> tuple[pd.DataFrame, list[ClusterResult]]:
     return stage.load_failures(workspace, app)
 
 
 # Safe to retry: a failed write, push or commit rolls the golden set back to its last commit
 # (versioning.dataset_change), so the retry grows it from the same state.
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=600)
-def grow_golden_set(workspace: Workspace, app: str, mined: tuple[pd.DataFrame, list[dict[str, Any]]]) -> dict[str, Any]:
+def grow_golden_set(workspace: Workspace, app: str, mined: tuple[pd.DataFrame, list[ClusterResult]]) -> GrowthResult:
     return stage.grow_golden_set(workspace, app, *mined)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=1800)
-def propose_candidates(workspace: Workspace, app: str, mined: tuple[pd.DataFrame, list[dict[str, Any]]]) -> dict[str, Any]:
+def propose_candidates(
+    workspace: Workspace, app: str, mined: tuple[pd.DataFrame, list[ClusterResult]]
+) -> stage.Proposed:
     return stage.propose_candidates(workspace, app, *mined)
 
 
 @task(cache_policy=NO_CACHE)
 def hand_written(workspace: Workspace, app: str) -> list[Path]:
-    return stage.hand_written_candidates(workspace, app)
+    return hand_written_candidates(workspace, app)
 
 
 @task(cache_policy=NO_CACHE)
@@ -72,31 +82,31 @@ def evaluation_key(context: TaskRunContext, arguments: dict[str, Any]) -> str | 
 
 
 @task(cache_key_fn=evaluation_key, persist_result=True, retries=1, retry_delay_seconds=30, timeout_seconds=3600)
-def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path], fingerprint: str | None) -> dict[str, Any]:
+def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path], fingerprint: str | None) -> EvaluationResult:
     return evaluate_prompts(workspace, app, candidate_paths)
 
 
 @task(cache_policy=NO_CACHE)
-def decide(workspace: Workspace, app: str, growth: dict[str, Any], generated: dict[str, Any], written: list[Path],
-           summary: dict[str, Any]) -> dict[str, Any]:
-    outcome = stage.improve_outcome(app, growth, generated, written, summary)
-    stage.save_outcome(workspace, app, outcome)
+def decide(workspace: Workspace, app: str, growth: GrowthResult, proposed: stage.Proposed, written: list[Path],
+           result: EvaluationResult) -> ImproveOutcome:
+    outcome = stage.improve_outcome(app, growth, proposed, written, result)
+    save_outcome(workspace, outcome)
     return outcome
 
 
 @task(cache_policy=NO_CACHE)
-def publish(outcome: dict[str, Any]) -> None:
-    golden, best = outcome["golden"], outcome["best"]
-    headline = f"### improve {outcome['app']}: **{outcome['decision']}** {best['name'] if best else ''}\n\n"
-    reasons = "".join(f"- {reason}\n" for reason in outcome["reasons"])
-    growth = "\n".join(f"| {k} | {golden[k]} |" for k in ("added", "optimize", "holdout", "dvc_md5"))
-    table = "\n".join(decision_table(outcome["evaluation"]))
+def publish(outcome: ImproveOutcome) -> None:
+    golden, best = outcome.golden, outcome.best
+    headline = f"### improve {outcome.app}: **{outcome.decision}** {best.name if best else ''}\n\n"
+    reasons = "".join(f"- {reason}\n" for reason in outcome.reasons)
+    growth = "\n".join(f"| {k} | {getattr(golden, k)} |" for k in ("added", "optimize", "holdout", "dvc_md5"))
+    table = "\n".join(decision_table(outcome.evaluation))
     create_markdown_artifact(f"{headline}{reasons}\n| golden set | |\n|---|---|\n{growth}\n\n{table}\n\n"
-                             f"MLflow run: `{outcome['evaluation'].get('mlflow_run_id')}`\n", key=f"improve-{outcome['app']}")
+                             f"MLflow run: `{outcome.evaluation.mlflow_run_id}`\n", key=f"improve-{outcome.app}")
 
 
 @flow(name="improve", log_prints=True)
-def improve_flow(parameters: ImproveParameters = ImproveParameters()) -> dict[str, Any]:
+def improve_flow(parameters: ImproveParameters = ImproveParameters()) -> ImproveOutcome:
     """improve: grow the golden set, propose candidates, evaluate them against the baseline, decide."""
     prepare_environment()
     app = parameters.app
@@ -104,10 +114,10 @@ def improve_flow(parameters: ImproveParameters = ImproveParameters()) -> dict[st
         workspace = open_(parameters)
         mined = load_failures(workspace, app)
         growth = grow_golden_set(workspace, app, mined)
-        generated = propose_candidates(workspace, app, mined)
+        proposed = propose_candidates(workspace, app, mined)
         written = hand_written(workspace, app)
-        paths = written + generated["paths"]
-        summary = evaluate(workspace, app, paths, fingerprint(workspace, app, paths))
-        outcome = decide(workspace, app, growth, generated, written, summary)
+        paths = written + proposed.paths
+        result = evaluate(workspace, app, paths, fingerprint(workspace, app, paths))
+        outcome = decide(workspace, app, growth, proposed, written, result)
     publish(outcome)
     return outcome

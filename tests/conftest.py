@@ -1,19 +1,33 @@
-"""Shared fixtures: the checkout's sample workspace, litellm configured offline, a real workspace."""
+"""Shared fixtures: the checkout's sample workspace, litellm configured offline, a real workspace.
+
+Layout: tests/unit (fast, `make test-fast`), tests/integration, tests/e2e; `make test` runs all three."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from promptloop.core.runtime import prepare_environment
+
+if TYPE_CHECKING:
+    from promptloop.ops.initialize import InitResult
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     prepare_environment()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked by its folder: unit (no workspace, no service), integration (real git, DVC,
+    MLflow in temp folders), e2e (demo cycles, Prefect, subprocess CLIs); `-m unit` selects the fast ones."""
+    for item in items:
+        folder = item.path.parent.name
+        if folder in ("unit", "integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, folder))
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +47,7 @@ def litellm(repo_workspace) -> Any:
 
 
 @pytest.fixture(scope="session")
-def initialized_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+def initialized_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, InitResult]:
     """One real workspace (git, bare origin, DVC, MLflow) made by `init`, shared by read-only tests."""
     from promptloop.ops.initialize import init_workspace
 

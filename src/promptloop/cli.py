@@ -8,10 +8,12 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,7 +21,20 @@ from rich.table import Table
 
 from promptloop import __version__
 from promptloop.core.errors import InputError, WorkspaceBusy
+from promptloop.core.progress import ProgressHooks
 from promptloop.core.runtime import prepare_environment
+
+if TYPE_CHECKING:
+    from promptloop.demo.run import DemoResult
+    from promptloop.domain.evaluation import EvaluationResult
+    from promptloop.domain.results import (
+        AnalyzeResult,
+        CheckResult,
+        CollectResult,
+        CycleResult,
+        DeployResult,
+        ImproveOutcome,
+    )
 
 app = typer.Typer(
     help="Keep an LLM app improving after launch: collect -> analyze -> improve -> deploy.",
@@ -34,8 +49,10 @@ WorkspaceOption = typer.Option(Path("."), "--workspace", "-w", help="The workspa
 AppOption = typer.Option(..., "--app", help="The app, as named under `apps:` in params.yaml.")
 
 
-def run_command(as_json: bool, action: Callable[[], dict[str, Any]],
-                render: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+Result = TypeVar("Result", bound=BaseModel)
+
+
+def run_command(as_json: bool, action: Callable[[], Result], render: Callable[[Result], None]) -> Result:
     """Run a command body: one JSON object or a readable report; errors become exit codes."""
     prepare_environment()
     try:
@@ -51,17 +68,17 @@ def run_command(as_json: bool, action: Callable[[], dict[str, Any]],
             traceback.print_exc()
         _fail(as_json, f"{type(exc).__name__}: {exc}", "internal", 1)
     if as_json:
-        sys.stdout.write(json.dumps(result, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.write(json.dumps(result.model_dump(mode="json"), ensure_ascii=False) + "\n")
     else:
         render(result)
     return result
 
 
-def exit_if_incomplete(result: dict[str, Any]) -> None:
+def exit_if_incomplete(result: ImproveOutcome | CycleResult) -> None:
     """Exit 1 when the run ended `incomplete` (as `check` does): nothing was promoted, and a script
     or scheduler must not read that as success."""
-    if result.get("decision") == "incomplete":
-        reason = (result.get("reasons") or ["evaluation incomplete"])[0]
+    if result.decision == "incomplete":
+        reason = (result.reasons or ["evaluation incomplete"])[0]
         stderr.print(f"[bold red]error:[/] incomplete: {escape(reason)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
@@ -79,36 +96,39 @@ def progress_bar() -> Progress:
                     console=stderr, transient=True)
 
 
-def render_mapping(title: str, rows: dict[str, Any]) -> None:
+def render_mapping(title: str, rows: Mapping[str, object]) -> None:
     """A two-column table of a flat mapping on stdout."""
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, value in rows.items():
-        table.add_row(escape(key), escape(json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)))
+        table.add_row(
+            escape(key),
+            escape(json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)),
+        )
     Console().print(table)
 
 
-def render_collect(result: dict[str, Any]) -> None:
+def render_collect(result: CollectResult) -> None:
     """The collect summary as a table."""
     keys = ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "pii_redactions", "failures",
             "snapshot", "dvc_md5", "git_commit", "mlflow_run_id")
-    render_mapping(f"collect {result['app']}", {k: result[k] for k in keys})
+    render_mapping(f"collect {result.app}", result.model_dump(include=set(keys)))
 
 
-def render_analyze(result: dict[str, Any]) -> None:
+def render_analyze(result: AnalyzeResult) -> None:
     """Metrics, alerts and failure clusters as tables."""
-    render_mapping(f"analyze {result['app']}: {result['window']['start']} -> {result['window']['end']}", result["metrics"])
-    alerts = Table(title=f"alerts ({len(result['alerts'])})", title_justify="left")
+    render_mapping(f"analyze {result.app}: {result.window.start} -> {result.window.end}", result.metrics)
+    alerts = Table(title=f"alerts ({len(result.alerts)})", title_justify="left")
     for column in ("metric", "value", "threshold", "rule"):
         alerts.add_column(column)
-    for alert in result["alerts"]:
-        alerts.add_row(alert["metric"], f"{alert['value']:.4g}", f"{alert['threshold']:.4g}", alert["rule"])
-    clusters = Table(title=f"failure clusters ({result['failures']} failures)", title_justify="left")
+    for alert in result.alerts:
+        alerts.add_row(alert.metric, f"{alert.value:.4g}", f"{alert.threshold:.4g}", alert.rule)
+    clusters = Table(title=f"failure clusters ({result.failures} failures)", title_justify="left")
     for column in ("id", "label", "size", "impact"):
         clusters.add_column(column, overflow="fold")
-    for cluster in result["clusters"]:
-        clusters.add_row(str(cluster["id"]), escape(cluster["label"]), str(cluster["size"]), f"{cluster['impact']:.1f}")
+    for cluster in result.clusters:
+        clusters.add_row(str(cluster.id), escape(cluster.label), str(cluster.size), f"{cluster.impact:.1f}")
     Console().print(alerts)
     Console().print(clusters)
 
@@ -121,7 +141,9 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Show the version."
+    ),
 ) -> None:
     """promptloop: collect -> analyze -> improve -> deploy, for the prompts of LLM applications."""
 
@@ -134,28 +156,29 @@ def init(
     """Create a workspace: git repo with a local bare origin, DVC (golden set tracked), an MLflow store."""
     from promptloop.ops.initialize import init_workspace
 
-    run_command(as_json, lambda: init_workspace(dir), lambda r: render_mapping("workspace created", r))
+    run_command(as_json, lambda: init_workspace(dir), lambda r: render_mapping("workspace created", r.model_dump()))
 
 
 @app.command()
 def demo(
     dir: Path = typer.Option(Path(".demo"), "--dir", help="Scratch folder (wiped if an earlier demo made it)."),
-    interactions: int | None = typer.Option(None, "--interactions", min=1, help="Simulated interactions [default: params.yaml demo.interactions, 2000]."),
+    interactions: int | None = typer.Option(
+        None, "--interactions", min=1, help="Simulated interactions [default: params.yaml demo.interactions, 2000]."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Run the loop offline on the sample app: init a scratch workspace, generate logs, run the stages."""
     from promptloop.demo.run import run_demo
 
-    def action() -> dict[str, Any]:
+    def action() -> DemoResult:
         with progress_bar() as bar:
-            task = bar.add_task("simulating traffic", total=None)
-            return run_demo(dir, interactions, on_start=lambda total: bar.update(task, total=total),
-                            on_progress=lambda: bar.advance(task))
+            return run_demo(dir, interactions, progress=progress_hooks(bar, "simulating traffic"))
 
-    def render(result: dict[str, Any]) -> None:
-        render_mapping(f"demo workspace: {result['workspace']}", {"app": result["app"], **result["logs"]})
-        render_cycle(result["cycle"])
-        Console().print(f"\nOpen the MLflow UI on it: {escape(result['mlflow_ui'])}", highlight=False, soft_wrap=True)
+    def render(result: DemoResult) -> None:
+        logs = {"log_file": result.logs.log_file, **result.logs.model_dump(exclude={"log_file"})}
+        render_mapping(f"demo workspace: {result.workspace}", {"app": result.app, **logs})
+        render_cycle(result.cycle)
+        Console().print(f"\nOpen the MLflow UI on it: {escape(result.mlflow_ui)}", highlight=False, soft_wrap=True)
 
     run_command(as_json, action, render)
 
@@ -164,14 +187,20 @@ def demo(
 def collect(
     app_name: str = AppOption,
     workspace: Path = WorkspaceOption,
-    source: str | None = typer.Option(None, "--source", help="Read this instead of the app's configured sources: a file, folder or glob of .jsonl/.parquet, or mlflow:<experiment>[@<tracking uri>]."),
+    source: str | None = typer.Option(
+        None,
+        "--source",
+        help="Read this instead of the app's configured sources: a file, folder or glob of .jsonl/.parquet, "
+        "or mlflow:<experiment>[@<tracking uri>].",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Ingest new production logs: validate (Great Expectations), quarantine, redact PII, version (DVC), log (MLflow)."""
+    """Ingest new production logs: validate (Great Expectations), quarantine, redact PII, version (DVC), log
+    (MLflow)."""
     from promptloop.collect.stage import collect as run_collect
     from promptloop.workspace.workspace import open_workspace
 
-    def action() -> dict[str, Any]:
+    def action() -> CollectResult:
         with progress_bar() as bar:
             task = bar.add_task("collecting rows", total=None)
             return run_collect(open_workspace(workspace), app_name, source, on_batch=lambda n: bar.advance(task, n))
@@ -183,8 +212,12 @@ def collect(
 def analyze(
     app_name: str = AppOption,
     workspace: Path = WorkspaceOption,
-    window: str | None = typer.Option(None, "--window", help="Window length, e.g. 7d or 36h [default: params.yaml analyze.window_days]."),
-    until: str | None = typer.Option(None, "--until", help="Window end (ISO-8601) [default: just after the newest collected row]."),
+    window: str | None = typer.Option(
+        None, "--window", help="Window length, e.g. 7d or 36h [default: params.yaml analyze.window_days]."
+    ),
+    until: str | None = typer.Option(
+        None, "--until", help="Window end (ISO-8601) [default: just after the newest collected row]."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Monitoring metrics, alerts and failure clusters over a window of collected logs."""
@@ -194,24 +227,32 @@ def analyze(
     run_command(as_json, lambda: run_analyze(open_workspace(workspace), app_name, window, until), render_analyze)
 
 
-def render_report(result: dict[str, Any]) -> None:
+def render_report(result: EvaluationResult | CheckResult) -> None:
     """The evaluation's markdown report, as plain markdown (ready to paste into a pull request)."""
-    sys.stdout.write(result["report"])
+    sys.stdout.write(result.report)
 
 
-def progress_callbacks(bar: Progress, description: str) -> dict[str, Callable[[int], None]]:
-    """on_start/on_progress hooks that drive one task of `bar`."""
+def progress_hooks(bar: Progress, description: str) -> ProgressHooks:
+    """Hooks that drive one task of `bar`."""
     task = bar.add_task(description, total=None)
-    return {"on_start": lambda total: bar.update(task, total=total), "on_progress": lambda n: bar.advance(task, n)}
+    return ProgressHooks(start=lambda total: bar.update(task, total=total), advance=lambda n: bar.advance(task, n))
 
 
 @app.command()
 def evaluate(
     app_name: str = AppOption,
     workspace: Path = WorkspaceOption,
-    candidate: list[Path] = typer.Option(None, "--candidate", "-c", help="A candidate prompt YAML (repeatable) [default: prompts/APP/candidates/*.yaml]."),
-    baseline_only: bool = typer.Option(False, "--baseline-only", help="Score the app's prompt alone (no candidates), e.g. for the DVC stage."),
-    metrics_file: Path | None = typer.Option(None, "--metrics-file", help="Also write the baseline's metrics here, relative to the workspace (the DVC stage uses it)."),
+    candidate: list[Path] = typer.Option(
+        None, "--candidate", "-c", help="A candidate prompt YAML (repeatable) [default: prompts/APP/candidates/*.yaml]."
+    ),
+    baseline_only: bool = typer.Option(
+        False, "--baseline-only", help="Score the app's prompt alone (no candidates), e.g. for the DVC stage."
+    ),
+    metrics_file: Path | None = typer.Option(
+        None,
+        "--metrics-file",
+        help="Also write the baseline's metrics here, relative to the workspace (the DVC stage uses it).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Evaluate the app's prompt and each candidate on the golden set; promote / hold / incomplete per candidate.
@@ -223,13 +264,13 @@ def evaluate(
     from promptloop.evaluate.stage import evaluate as run_evaluate
     from promptloop.workspace.workspace import open_workspace
 
-    def action() -> dict[str, Any]:
+    def action() -> EvaluationResult:
         with progress_bar() as bar:
             if baseline_only and candidate:
                 raise InputError("--baseline-only", "cannot be combined with --candidate")
             candidates = [] if baseline_only else (candidate or None)
             return run_evaluate(open_workspace(workspace), app_name, candidates, metrics_file=metrics_file,
-                                **progress_callbacks(bar, "evaluating"))
+                                progress=progress_hooks(bar, "evaluating"))
 
     run_command(as_json, action, render_report)
 
@@ -238,7 +279,9 @@ def evaluate(
 def check(
     app_name: str = AppOption,
     workspace: Path = WorkspaceOption,
-    base: str | None = typer.Option(None, "--base", help="Branch holding the reviewed prompt [default: params.yaml deploy.base_branch]."),
+    base: str | None = typer.Option(
+        None, "--base", help="Branch holding the reviewed prompt [default: params.yaml deploy.base_branch]."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """For CI on a pull request that edits a prompt by hand: the working tree's prompt against the one on main.
@@ -249,30 +292,30 @@ def check(
     from promptloop.evaluate.check import check as run_check
     from promptloop.workspace.workspace import open_workspace
 
-    def action() -> dict[str, Any]:
+    def action() -> CheckResult:
         with progress_bar() as bar:
-            return run_check(open_workspace(workspace), app_name, base, **progress_callbacks(bar, "checking"))
+            return run_check(open_workspace(workspace), app_name, base, progress_hooks(bar, "checking"))
 
     outcome = run_command(as_json, action, render_report)
-    if not outcome.get("complete", True):
+    if not outcome.complete:
         stderr.print("[bold red]error:[/] the evaluation did not complete; see the report", highlight=False)
         raise typer.Exit(1)
-    if outcome.get("regressions"):
-        stderr.print(f"[bold red]regression:[/] {escape('; '.join(outcome['regressions']))}", highlight=False)
+    if outcome.regressions:
+        stderr.print(f"[bold red]regression:[/] {escape('; '.join(outcome.regressions))}", highlight=False)
         raise typer.Exit(3)
 
 
-def render_improve(result: dict[str, Any]) -> None:
+def render_improve(result: ImproveOutcome) -> None:
     """Golden-set growth, candidates, the decision table and the outcome."""
-    golden = {k: result["golden"][k] for k in ("added", "duplicates", "near_duplicates", "capped", "optimize", "holdout", "dvc_md5")}
-    render_mapping(f"golden set of {result['app']}", golden)
-    made = result["candidates"]
-    render_mapping("candidates", {"generated": made["generated"], "hand-written": made["hand_written"],
-                                  "rejected": [f"seed {r['seed']}: {r['reason']}" for r in made["rejected"]]})
     from promptloop.evaluate.report import decision_table
 
-    Console().print(escape("\n".join(decision_table(result["evaluation"]))), highlight=False, soft_wrap=True)
-    render_outcome(result["decision"], result["reasons"], result["best"] and result["best"]["name"])
+    keys = ("added", "duplicates", "near_duplicates", "capped", "optimize", "holdout", "dvc_md5")
+    render_mapping(f"golden set of {result.app}", {k: getattr(result.golden, k) for k in keys})
+    made = result.candidates
+    render_mapping("candidates", {"generated": made.generated, "hand-written": made.hand_written,
+                                  "rejected": [f"seed {r.seed}: {r.reason}" for r in made.rejected]})
+    Console().print(escape("\n".join(decision_table(result.evaluation))), highlight=False, soft_wrap=True)
+    render_outcome(result.decision, result.reasons, result.best.name if result.best else None)
 
 
 def render_outcome(decision: str, reasons: list[str], best: str | None) -> None:
@@ -282,15 +325,15 @@ def render_outcome(decision: str, reasons: list[str], best: str | None) -> None:
         Console().print(f"  - {escape(reason)}", highlight=False, soft_wrap=True)
 
 
-def render_deploy(result: dict[str, Any] | None) -> None:
+def render_deploy(result: DeployResult | None) -> None:
     """The pull request (or why there is none)."""
-    if not result or not result.get("branch"):
-        render_outcome(result["decision"] if result else "hold", result["reasons"] if result else [], None)
+    if not result or not result.branch:
+        render_outcome(result.decision if result else "hold", result.reasons if result else [], None)
         Console().print("no pull request opened", highlight=False)
         return
-    pr = result.get("pull_request") or {}
-    render_mapping("pull request", {"branch": result["branch"], "created": result["created"], "version": result["version"],
-                                    "url": pr.get("url") or result.get("compare"), "body": result.get("body_path")})
+    url = result.pull_request.url if result.pull_request else result.compare
+    render_mapping("pull request", {"branch": result.branch, "created": result.created, "version": result.version,
+                                    "url": url, "body": result.body_path})
 
 
 @app.command()
@@ -303,9 +346,11 @@ def improve(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_jso
     from promptloop.improve.stage import improve as run_improve
     from promptloop.workspace.workspace import open_workspace
 
-    def action() -> dict[str, Any]:
+    def action() -> ImproveOutcome:
         with progress_bar() as bar:
-            return run_improve(open_workspace(workspace), app_name, **progress_callbacks(bar, "evaluating candidates"))
+            return run_improve(
+                open_workspace(workspace), app_name, progress=progress_hooks(bar, "evaluating candidates")
+            )
 
     exit_if_incomplete(run_command(as_json, action, render_improve))
 
@@ -345,26 +390,28 @@ def cycle(
     from promptloop.workspace.locking import writing
     from promptloop.workspace.workspace import open_workspace
 
-    def action() -> dict[str, Any]:
+    def action() -> CycleResult:
         opened = open_workspace(workspace)
         with writing(opened.root, f"promptloop cycle --app {app_name}", wait), progress_bar() as bar:
-            return run_cycle(opened, app_name, force=force, **progress_callbacks(bar, "evaluating candidates"))
+            return run_cycle(opened, app_name, force=force, progress=progress_hooks(bar, "evaluating candidates"))
 
     exit_if_incomplete(run_command(as_json, action, render_cycle))
 
 
-def render_cycle(result: dict[str, Any]) -> None:
+def render_cycle(result: CycleResult) -> None:
     """Every stage's headline, then the decision and the pull request."""
-    if result.get("resumed"):
-        Console().print(f"Ran again the cycle that started at {result['resumed']} and did not finish.", highlight=False)
-    render_collect(result["collect"])
-    if result["analyze"] is None:
-        render_outcome(result["decision"], result["reasons"], None)
+    if result.resumed:
+        Console().print(f"Ran again the cycle that started at {result.resumed} and did not finish.", highlight=False)
+    render_collect(result.collect)
+    if result.analyze is None or result.improve is None:
+        render_outcome(result.decision, result.reasons, None)
         return
-    render_analyze(result["analyze"])
-    render_improve(result["improve"])
-    render_deploy(result["deploy"])
-    Console().print(f"LLM calls: {result['llm']['calls']} (answered from the cache: {result['llm']['cache_hits']})", highlight=False)
+    render_analyze(result.analyze)
+    render_improve(result.improve)
+    render_deploy(result.deploy)
+    Console().print(
+        f"LLM calls: {result.llm.calls} (answered from the cache: {result.llm.cache_hits})", highlight=False
+    )
 
 
 @app.command()
@@ -383,7 +430,7 @@ def release(
     from promptloop.workspace.workspace import open_workspace
 
     run_command(as_json, lambda: run_release(open_workspace(workspace), app_name, rollback=rollback),
-                lambda r: render_mapping(f"release {r['app']}", r))
+                lambda r: render_mapping(f"release {r.app}", r.model_dump()))
 
 
 @app.command()
@@ -395,11 +442,11 @@ def serve(workspace: Path = WorkspaceOption) -> None:
     """
     from promptloop.ops.serve import serve_forever
 
-    def action() -> dict[str, Any]:
+    def action() -> BaseModel:
         stderr.print("starting the Prefect server, deploying prefect.yaml, starting a worker and the MLflow UI ...",
                      highlight=False)
         serve_forever(workspace, announce=lambda line: Console().print(escape(line), highlight=False, soft_wrap=True))
-        return {}
+        return BaseModel()  # nothing to report: it ran until stopped
 
     run_command(False, action, lambda r: None)
 

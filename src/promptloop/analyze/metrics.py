@@ -20,13 +20,15 @@ Definitions (a public contract):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from promptloop.core.config import AlertRule
+from promptloop.domain.results import DailyMetrics, Metrics
 
 REQUIRED_COLUMNS = ("latency_ms", "error", "prompt_tokens", "completion_tokens", "cost_usd", "feedback", "output",
                     "refusal", "toxic", "injection")
@@ -36,8 +38,6 @@ MISSING_KEY = "<missing>"
 _SUMMED = ("interactions", "errors", "prompt_tokens", "completion_tokens", "cost", "cost_unknown", "rated",
            "thumbs_down", "with_output", "refusals", "toxic", "injections")
 
-MetricValue = float | int | None
-Metrics = dict[str, MetricValue]
 
 
 def select_window(frame: pd.DataFrame, end: pd.Timestamp, days: int) -> pd.DataFrame:
@@ -69,11 +69,12 @@ def metrics_by(frame: pd.DataFrame, column: str) -> dict[str, Metrics]:
     keys = [MISSING_KEY if _is_missing(value) else str(value) for value in uniques]
     key_codes, key_uniques = pd.factorize(np.asarray(keys, dtype=object))  # merges values with equal str()
     groups = _grouped(frame, key_codes[raw_codes], len(key_uniques))
-    return dict(sorted(zip((str(k) for k in key_uniques), groups)))
+    return dict(sorted(zip((str(k) for k in key_uniques), groups, strict=True)))
 
 
-def daily_metrics(frame: pd.DataFrame) -> list[Metrics]:
-    """One `{"day": "YYYY-MM-DD", **metrics}` per UTC day present, oldest first; rows without a timestamp are skipped."""
+def daily_metrics(frame: pd.DataFrame) -> list[DailyMetrics]:
+    """One `{"day": "YYYY-MM-DD", **metrics}` per UTC day present, oldest first; rows without a timestamp
+    are skipped."""
     if len(frame) == 0:
         return []
     ts = pd.to_datetime(frame["timestamp"], utc=True)
@@ -81,7 +82,7 @@ def daily_metrics(frame: pd.DataFrame) -> list[Metrics]:
     days = ts.dt.tz_localize(None).to_numpy()[present].astype("datetime64[D]").view(np.int64)
     codes, uniques = pd.factorize(days, sort=True)
     groups = _grouped(frame.loc[present] if not present.all() else frame, codes, len(uniques))
-    return [{"day": str(day), **metrics} for day, metrics in zip(uniques.astype("datetime64[D]"), groups)]
+    return [{"day": str(day), **metrics} for day, metrics in zip(uniques.astype("datetime64[D]"), groups, strict=True)]
 
 
 def _grouped(frame: pd.DataFrame, codes: np.ndarray, n_groups: int) -> list[Metrics]:
@@ -89,7 +90,7 @@ def _grouped(frame: pd.DataFrame, codes: np.ndarray, n_groups: int) -> list[Metr
     parts = _per_row(frame)
     sums = parts.groupby(codes, sort=True).sum()
     percentiles = _group_percentiles(_floats(frame["latency_ms"]), codes, n_groups)
-    return [_finish(row, pcts) for row, pcts in zip(sums.to_dict("records"), percentiles)]
+    return [_finish(row, pcts) for row, pcts in zip(sums.to_dict("records"), percentiles, strict=True)]
 
 
 def _per_row(frame: pd.DataFrame) -> pd.DataFrame:
@@ -201,7 +202,9 @@ class Alert:
     message: str
 
 
-def evaluate_alerts(current: Mapping[str, Any], previous: Mapping[str, Any] | None, rules: list[AlertRule]) -> list[Alert]:
+def evaluate_alerts(
+    current: Mapping[str, Any], previous: Mapping[str, Any] | None, rules: list[AlertRule]
+) -> list[Alert]:
     """The alerts `rules` raise on the `current` window's metrics, `previous` being the window before (or None)."""
     alerts: list[Alert] = []
     for rule in rules:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from promptloop.core.text import STOPWORDS, language, terms
+from promptloop.domain.results import ClusterResult
 
 # How bad each kind is; a row's severity is that of its worst kind.
 KIND_SEVERITY: dict[str, float] = {
@@ -42,7 +43,10 @@ def failure_kinds(frame: pd.DataFrame) -> pd.DataFrame:
             "toxic": frame["toxic"].astype(bool) & has_output,
             # an injection attempt the bot answered without refusing: it went along with it
             "followed_injection": frame["injection"].astype(bool) & has_output & ~frame["refusal"].astype(bool),
-            "low_judge_score": frame.get("judge_score", pd.Series(np.nan, index=frame.index)).le(2).fillna(False).astype(bool),
+            "low_judge_score": frame.get("judge_score", pd.Series(np.nan, index=frame.index))
+            .le(2)
+            .fillna(False)
+            .astype(bool),
         },
         index=frame.index,
     )
@@ -59,7 +63,9 @@ def mine_failures(frame: pd.DataFrame) -> pd.DataFrame:
     for kind in ordered:  # vectorised: one string concatenation per kind, not a Python loop per row
         joined = joined + np.where(flags[kind], kind + ",", "")
     rows["kinds"] = joined.str.rstrip(",")
-    rows["severity"] = np.column_stack([np.where(flags[k], KIND_SEVERITY[k], 0.0) for k in KINDS]).max(axis=1) if len(rows) else 0.0
+    rows["severity"] = (
+        np.column_stack([np.where(flags[k], KIND_SEVERITY[k], 0.0) for k in KINDS]).max(axis=1) if len(rows) else 0.0
+    )
     return rows
 
 
@@ -76,13 +82,16 @@ class Cluster:
     mean_severity: float
     example_ids: list[str]
 
-    def as_dict(self) -> dict[str, object]:
-        return {"id": self.id, "label": self.label, "kinds": self.kinds, "size": self.size,
-                "impact": round(self.impact, 3), "thumbs_down_share": round(self.thumbs_down_share, 3),
-                "mean_severity": round(self.mean_severity, 3), "example_ids": self.example_ids}
+    def result(self) -> ClusterResult:
+        """The cluster as reported and stored (rates rounded to 3 places)."""
+        return ClusterResult(id=self.id, label=self.label, kinds=self.kinds, size=self.size,
+                             impact=round(self.impact, 3), thumbs_down_share=round(self.thumbs_down_share, 3),
+                             mean_severity=round(self.mean_severity, 3), example_ids=self.example_ids)
 
 
-def cluster_failures(failures: pd.DataFrame, max_clusters: int, seed: int, fit_sample: int = 20_000) -> tuple[np.ndarray, list[Cluster]]:
+def cluster_failures(
+    failures: pd.DataFrame, max_clusters: int, seed: int, fit_sample: int = 20_000
+) -> tuple[np.ndarray, list[Cluster]]:
     """Assign each failure to a cluster; returns the assignments and the clusters ranked by impact.
 
     Failures are first grouped by their worst kind and their language, so a cluster never mixes
@@ -122,7 +131,7 @@ class Vocabulary:
     languages: dict[str, str]
 
     @classmethod
-    def of(cls, texts: pd.Series) -> "Vocabulary":
+    def of(cls, texts: pd.Series) -> Vocabulary:
         counts = texts.value_counts()
         words = {t: frozenset(_words(t)) for t in counts.index}
         frequency: Counter[str] = Counter()
@@ -168,7 +177,9 @@ def _words(text: str) -> list[str]:
 
 def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary) -> Cluster:
     """Label (dominant kinds, language, top words), impact and examples of one cluster."""
-    kind_share = {k: members["kinds"].str.contains(k, regex=False).mean() for k in KINDS}  # no kind name contains another
+    kind_share = {
+        k: members["kinds"].str.contains(k, regex=False).mean() for k in KINDS
+    }  # no kind name contains another
     dominant = [k for k, share in sorted(kind_share.items(), key=lambda kv: -kv[1]) if share >= 0.3]
     texts = members["input"].fillna("").astype(str)
     korean = texts.map(vocabulary.language).eq("ko").mean()
@@ -179,4 +190,6 @@ def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary)
     examples = members.sort_values("severity", ascending=False, kind="stable")["id"].head(5).astype(str).tolist()
     language_tag = " [ko]" if korean >= 0.5 else ""
     label = f"{'/'.join(dominant) or 'mixed'}{language_tag}: {' '.join(vocabulary.top_words(texts))}"
-    return Cluster(number, label, dominant, len(members), len(members) * severity * down_share, down_share, severity, examples)
+    return Cluster(
+        number, label, dominant, len(members), len(members) * severity * down_share, down_share, severity, examples
+    )

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 
-from promptloop.quality.judges import parse_rubric, rubric_messages
+from promptloop.domain.results import OnlineJudgeResult
 from promptloop.llm.runner import BudgetExceeded, CallFailed, Runner
+from promptloop.quality.judges import parse_rubric, rubric_messages
 
 
 @dataclass
@@ -27,10 +27,12 @@ class JudgeRun:
     cost_usd: float = 0.0
     stopped_by_budget: bool = False
 
-    def summary(self, model: str) -> dict[str, Any]:
-        return {"model": model, "judged": len(self.scores), "failures": self.failures, "calls": self.calls,
-                "cache_hits": self.cache_hits, "cost_usd": round(self.cost_usd, 6),
-                "stopped_by_budget": self.stopped_by_budget, "low_scores": sum(1 for s in self.scores.values() if s <= 2)}
+    def result(self, model: str) -> OnlineJudgeResult:
+        """What the judge did, as reported (a score of 2 or less is low)."""
+        return OnlineJudgeResult(model=model, judged=len(self.scores), failures=self.failures, calls=self.calls,
+                                 cache_hits=self.cache_hits, cost_usd=round(self.cost_usd, 6),
+                                 stopped_by_budget=self.stopped_by_budget,
+                                 low_scores=sum(1 for s in self.scores.values() if s <= 2))
 
 
 async def judge_sample(runner: Runner, model: str, rows: pd.DataFrame, seed: int) -> JudgeRun:
@@ -49,7 +51,8 @@ async def judge_sample(runner: Runner, model: str, rows: pd.DataFrame, seed: int
             return
         run.scores[row_id] = parse_rubric(completion.text).score
 
-    await asyncio.gather(*(grade(str(i), q or "", a) for i, q, a in zip(rows["id"], rows["input"], rows["output"])))
+    rows_read = zip(rows["id"], rows["input"], rows["output"], strict=True)
+    await asyncio.gather(*(grade(str(i), q or "", a) for i, q, a in rows_read))
     usage = runner.usage["online_judge"]
     run.calls, run.cache_hits, run.cost_usd = usage.calls, usage.cache_hits, usage.cost_usd
     return run

@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from promptloop.domain.results import AnalyzeResult, DailyMetrics
 
 
 def _figure_png(draw: Any) -> str:
@@ -35,10 +38,14 @@ def latency_histogram(latencies: np.ndarray) -> str:
     return _figure_png(draw)
 
 
-def daily_trends(daily: list[dict[str, Any]]) -> str:
+def daily_trends(daily: list[DailyMetrics]) -> str:
     def draw(ax: Any) -> None:
         days = [d["day"] for d in daily]
-        for key, label in (("thumbs_down_rate", "thumbs-down rate"), ("error_rate", "error rate"), ("refusal_rate", "refusal rate")):
+        for key, label in (
+            ("thumbs_down_rate", "thumbs-down rate"),
+            ("error_rate", "error rate"),
+            ("refusal_rate", "refusal rate"),
+        ):
             ax.plot(days, [d.get(key) if d.get(key) is not None else np.nan for d in daily], marker="o", label=label)
         twin = ax.twinx()
         twin.bar(days, [d.get("total_cost_usd") or 0 for d in daily], alpha=0.2, color="gray", label="cost (USD)")
@@ -50,13 +57,13 @@ def daily_trends(daily: list[dict[str, Any]]) -> str:
     return _figure_png(draw)
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def _table(rows: Sequence[Mapping[str, object]], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list):
@@ -64,20 +71,28 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def render_report(summary: dict[str, Any], latencies: np.ndarray) -> str:
+def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
     """A self-contained HTML page (charts inlined) for the MLflow run."""
-    metrics = [{"metric": k, "value": v} for k, v in summary["metrics"].items()]
-    alerts = summary["alerts"]
+    metrics = [{"metric": k, "value": v} for k, v in result.metrics.items()]
+    alerts = [a.model_dump() for a in result.alerts]
+    clusters = [c.model_dump() for c in result.clusters]
+    by_version = [{"prompt_version": k, **v} for k, v in result.by_prompt_version.items()]
     sections = [
-        f"<h1>analyze {html.escape(summary['app'])}</h1>",
-        f"<p>window {html.escape(summary['window']['start'])} → {html.escape(summary['window']['end'])}</p>",
-        "<h2>Alerts</h2>" + (_table(alerts, ["metric", "value", "threshold", "rule", "message"]) if alerts else "<p>none</p>"),
+        f"<h1>analyze {html.escape(result.app)}</h1>",
+        f"<p>window {html.escape(result.window.start)} → {html.escape(result.window.end)}</p>",
+        "<h2>Alerts</h2>"
+        + (_table(alerts, ["metric", "value", "threshold", "rule", "message"]) if alerts else "<p>none</p>"),
         "<h2>Metrics</h2>" + _table(metrics, ["metric", "value"]),
-        "<h2>By prompt version</h2>" + _table([{"prompt_version": k, **v} for k, v in summary["by_prompt_version"].items()],
-                                             ["prompt_version", "interactions", "thumbs_down_rate", "error_rate", "refusal_rate", "latency_p95_ms"]),
+        "<h2>By prompt version</h2>"
+        + _table(
+            by_version,
+            ["prompt_version", "interactions", "thumbs_down_rate", "error_rate", "refusal_rate", "latency_p95_ms"],
+        ),
         f'<h2>Latency</h2><img src="{latency_histogram(latencies)}" alt="latency histogram">' if len(latencies) else "",
-        f'<h2>Daily</h2><img src="{daily_trends(summary["daily"])}" alt="daily trends">' if summary["daily"] else "",
-        "<h2>Failure clusters</h2>" + _table(summary["clusters"], ["id", "label", "kinds", "size", "impact", "example_ids"]),
+        f'<h2>Daily</h2><img src="{daily_trends(result.daily)}" alt="daily trends">' if result.daily else "",
+        "<h2>Failure clusters</h2>" + _table(clusters, ["id", "label", "kinds", "size", "impact", "example_ids"]),
     ]
-    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style><title>analyze</title></head><body>{''.join(sections)}</body></html>"
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style><title>analyze</title></head>"
+            f"<body>{''.join(sections)}</body></html>")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import urllib.request
@@ -10,19 +11,23 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from promptloop.core.config import AlertRule, AnalyzeSettings
-from promptloop.quality.detectors import Detector, detectors_of
-from promptloop.core.errors import InputError
-from promptloop.workspace.locking import holds_workspace
 from promptloop.analyze.metrics import compute_metrics, daily_metrics, evaluate_alerts, metrics_by
 from promptloop.analyze.mining import cluster_failures, mine_failures
+from promptloop.analyze.online_judge import judge_sample
+from promptloop.analyze.report import render_report
+from promptloop.core.config import AnalyzeSettings
+from promptloop.core.errors import InputError
+from promptloop.domain.results import AlertResult, AnalyzeResult, OnlineJudgeResult, WebhookResult, Window
 from promptloop.llm.prices import fill_missing_costs
+from promptloop.quality.detectors import Detector, detectors_of
+from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.tracking import log_run
+from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push
 from promptloop.workspace.workspace import FAILURES, LOGS, Workspace
 
 COLUMNS = ["id", "timestamp", "prompt_version", "model", "input", "output", "latency_ms", "prompt_tokens",
@@ -101,14 +106,12 @@ def flag_rows(frame: pd.DataFrame, detectors: dict[str, Detector]) -> pd.DataFra
     return out
 
 
-def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series, dict[str, Any] | None]:
+def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series, OnlineJudgeResult | None]:
     """Scores of the online judge on a seeded sample of answered rows (None: judge off)."""
     settings = plan.settings
     answered = frame[frame["output"].notna()]
     if not settings.judge_model or settings.judge_sample == 0 or answered.empty:
         return pd.Series(np.nan, index=frame.index), None
-    from promptloop.analyze.online_judge import judge_sample
-
     sample = answered.sample(n=min(settings.judge_sample, len(answered)), random_state=settings.seed)
     runner = plan.workspace.open_runner(max_usd=settings.judge_budget_usd, max_calls=settings.judge_sample)
     try:
@@ -116,90 +119,104 @@ def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series,
     finally:
         runner.cache.close()
     scores = frame["id"].astype(str).map(run.scores).astype(float)
-    return scores, run.summary(settings.judge_model)
+    return scores, run.result(settings.judge_model)
 
 
-def store_failures(plan: AnalyzePlan, failures: pd.DataFrame, assignment: np.ndarray, clusters: list[dict[str, Any]]) -> dict[str, Any]:
+@dataclass
+class Mined:
+    """An analysed window: the result so far, the failing rows and each one's cluster."""
+
+    result: AnalyzeResult
+    failures: pd.DataFrame
+    assignment: np.ndarray
+
+
+def store_failures(plan: AnalyzePlan, mined: Mined) -> AnalyzeResult:
     """Write the mined failures and clusters, version them with DVC, commit the .dvc file."""
-    from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push
-
     target = plan.data_dir / FAILURES
     keep = ["id", "timestamp", "prompt_version", "model", "input", "output", "error", "feedback", "feedback_comment",
             "kinds", "severity", "judge_score"]
-    stored = failures[keep].assign(cluster=assignment, analyze_run=plan.run)
+    stored = mined.failures[keep].assign(cluster=mined.assignment, analyze_run=plan.run)
+    clusters = [c.model_dump() for c in mined.result.clusters]
     gitignore = plan.data_dir / ".gitignore"
     with dataset_change(plan.workspace.root, [target, gitignore], f"analyze {plan.app} (run {plan.run})"):
         target.mkdir(parents=True, exist_ok=True)
         stored.to_parquet(target / "failures.parquet", index=False)
         (target / "clusters.json").write_text(json.dumps({"run": plan.run, "window": [str(plan.start), str(plan.end)],
-                                                          "clusters": clusters}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+                                                          "clusters": clusters}, ensure_ascii=False, indent=2) + "\n",
+                                              encoding="utf-8")
         md5 = dvc_add_and_push(plan.workspace.root, [target])[str(target.relative_to(plan.workspace.root))]
         tracked = [Path(f"{target}.dvc")] + [p for p in (gitignore,) if p.is_file()]
-        commit = commit_paths(plan.workspace.root, tracked,
-                              f"analyze {plan.app}: {len(stored)} failures in {len(clusters)} clusters (run {plan.run})")
-    return {"failures_snapshot": str(target.relative_to(plan.workspace.root)), "dvc_md5": md5, "git_commit": commit}
+        commit = commit_paths(
+            plan.workspace.root,
+            tracked,
+            f"analyze {plan.app}: {len(stored)} failures in {len(clusters)} clusters (run {plan.run})",
+        )
+    mined.result.failures_snapshot = str(target.relative_to(plan.workspace.root))
+    mined.result.dvc_md5, mined.result.git_commit = md5, commit
+    return mined.result
 
 
-def send_webhook(url: str | None, app: str, alerts: list[dict[str, Any]]) -> dict[str, Any] | None:
+def send_webhook(url: str | None, app: str, alerts: list[AlertResult]) -> WebhookResult | None:
     """POST the alerts as JSON to the configured webhook; a failure is reported, not raised."""
     if not url or not alerts:
         return None
-    request = urllib.request.Request(url, data=json.dumps({"app": app, "alerts": alerts}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    body = json.dumps({"app": app, "alerts": [a.model_dump() for a in alerts]}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            return {"sent": True, "status": response.status}
+            return WebhookResult(sent=True, status=response.status)
     except OSError as exc:
-        return {"sent": False, "error": str(exc)}
+        return WebhookResult(sent=False, error=str(exc))
 
 
-def analyze_frame(plan: AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+def window_of(plan: AnalyzePlan) -> Window:
+    return Window(
+        start=plan.start.isoformat(), end=plan.end.isoformat(), days=(plan.end - plan.start) / pd.Timedelta(days=1)
+    )
+
+
+def analyze_frame(plan: AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame) -> Mined:
     """Metrics, alerts, failures and clusters of a window (pure apart from the online judge)."""
     detectors = detectors_of(plan.settings, plan.workspace.root)
     flagged = flag_rows(frame, detectors)
     flagged["judge_score"], judge = run_online_judge(plan, flagged)
     metrics = compute_metrics(flagged)
     previous_metrics = compute_metrics(flag_rows(previous, detectors)) if len(previous) else None
-    rules = [AlertRule.model_validate(r) for r in plan.settings.alert_rules()]
-    alerts = [a.__dict__ for a in evaluate_alerts(metrics, previous_metrics, rules)]
+    rules = plan.settings.alert_rules()
+    alerts = [AlertResult(**dataclasses.asdict(a)) for a in evaluate_alerts(metrics, previous_metrics, rules)]
     failures = mine_failures(flagged)
     assignment, clusters = cluster_failures(failures, plan.settings.clusters, plan.settings.seed)
-    summary = {
-        "app": plan.app,
-        "window": {"start": plan.start.isoformat(), "end": plan.end.isoformat(), "days": (plan.end - plan.start) / pd.Timedelta(days=1)},
-        "metrics": metrics, "previous_metrics": previous_metrics,
-        "by_prompt_version": metrics_by(flagged, "prompt_version"), "by_model": metrics_by(flagged, "model"),
-        "daily": daily_metrics(flagged), "alerts": alerts, "online_judge": judge,
-        "failures": len(failures), "clusters": [c.as_dict() for c in clusters],
-    }
-    return summary, failures, assignment
+    result = AnalyzeResult(
+        app=plan.app, window=window_of(plan), metrics=metrics, previous_metrics=previous_metrics,
+        by_prompt_version=metrics_by(flagged, "prompt_version"), by_model=metrics_by(flagged, "model"),
+        daily=daily_metrics(flagged), alerts=alerts, online_judge=judge,
+        failures=len(failures), clusters=[c.result() for c in clusters],
+    )
+    return Mined(result, failures, assignment)
 
 
-def log_analyze_run(plan: AnalyzePlan, summary: dict[str, Any], latencies: np.ndarray) -> str:
+def log_analyze_run(plan: AnalyzePlan, result: AnalyzeResult, latencies: np.ndarray) -> str:
     """One MLflow run: the window's metrics (timestamped at the window end), the HTML report, the summary."""
-    from promptloop.analyze.report import render_report
-    from promptloop.workspace.tracking import log_run
-
-    numeric = {k: v for k, v in summary["metrics"].items() if isinstance(v, (int, float)) and v is not None}
+    numeric = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and v is not None}
     tags = {"promptloop.stage": "analyze", "promptloop.app": plan.app, "analyze.run": plan.run,
-            "alerts": str(len(summary["alerts"]))}
-    tags.update({k: str(summary[k]) for k in ("dvc_md5", "git_commit") if summary.get(k)})
-    params = {"window_start": summary["window"]["start"], "window_end": summary["window"]["end"],
+            "alerts": str(len(result.alerts))}
+    tags.update({k: str(v) for k, v in (("dvc_md5", result.dvc_md5), ("git_commit", result.git_commit)) if v})
+    params = {"window_start": result.window.start, "window_end": result.window.end,
               "clusters": plan.settings.clusters, "judge_model": plan.settings.judge_model or "none"}
     return log_run(plan.workspace.tracking_uri, plan.workspace.artifact_root, plan.workspace.experiment_name(plan.app),
                    f"analyze-{plan.run}", params, numeric, tags,
-                   {"summary.json": summary, "report.html": render_report(summary, latencies)},
+                   {"summary.json": result.model_dump(mode="json"), "report.html": render_report(result, latencies)},
                    metric_time_ms=int(plan.end.timestamp() * 1000))
 
 
 @holds_workspace("analyze")
-def analyze(workspace: Workspace, app: str, window: str | None = None, until: str | None = None) -> dict[str, Any]:
+def analyze(workspace: Workspace, app: str, window: str | None = None, until: str | None = None) -> AnalyzeResult:
     """The whole stage: plan, load, measure, mine, store, report."""
     plan = plan_analyze(workspace, app, window, until)
     frame = load_window(plan, plan.start, plan.end)
     previous = load_window(plan, *plan.previous)
-    summary, failures, assignment = analyze_frame(plan, frame, previous)
-    summary.update(store_failures(plan, failures, assignment, summary["clusters"]))
-    summary["webhook"] = send_webhook(plan.settings.webhook_url, app, summary["alerts"])
-    summary["mlflow_run_id"] = log_analyze_run(plan, summary, frame["latency_ms"].to_numpy())
-    return summary
+    result = store_failures(plan, analyze_frame(plan, frame, previous))
+    result.webhook = send_webhook(plan.settings.webhook_url, app, result.alerts)
+    result.mlflow_run_id = log_analyze_run(plan, result, frame["latency_ms"].to_numpy())
+    return result

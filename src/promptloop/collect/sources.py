@@ -11,9 +11,10 @@ import gc
 import glob
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pandas as pd
@@ -114,7 +115,11 @@ class FileSource(Source):
     def read(self, watermark: dict[str, Any] | None) -> SourceBatch:
         batches = list(self.batches(watermark, max_rows=1 << 62))
         frame = pd.concat([b.frame for b in batches], ignore_index=True) if batches else empty_frame()
-        return SourceBatch(frame, [u for b in batches for u in b.unreadable], batches[-1].watermark if batches else dict(watermark or {}))
+        return SourceBatch(
+            frame,
+            [u for b in batches for u in b.unreadable],
+            batches[-1].watermark if batches else dict(watermark or {}),
+        )
 
     def batches(self, watermark: dict[str, Any] | None, max_rows: int) -> Iterator[SourceBatch]:
         seen: dict[str, Any] = dict((watermark or {}).get("files", {}))
@@ -176,7 +181,9 @@ def _append_record(record: dict[str, Any], origin: str, columns: dict[str, list[
     for name in LOG_FIELDS:
         columns[name].append(record.get(name))
     unknown = record.keys() - _FIELD_SET
-    columns[EXTRA].append(orjson.dumps({k: record[k] for k in sorted(unknown)}, default=str).decode() if unknown else None)
+    columns[EXTRA].append(
+        orjson.dumps({k: record[k] for k in sorted(unknown)}, default=str).decode() if unknown else None
+    )
     columns[ORIGIN].append(origin)
 
 
@@ -215,13 +222,21 @@ def _parse_line(raw: bytes, origin: str, pending: _Pending) -> None:
     try:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        pending.unreadable.append(Unreadable(origin, f"invalid_json: {exc}", raw.decode("utf-8", "replace").rstrip("\n")))
+        pending.unreadable.append(
+            Unreadable(origin, f"invalid_json: {exc}", raw.decode("utf-8", "replace").rstrip("\n"))
+        )
         return
     if not isinstance(record, dict):
-        pending.unreadable.append(Unreadable(origin, f"not_an_object: got {type(record).__name__}", raw.decode("utf-8", "replace").rstrip("\n")))
+        pending.unreadable.append(
+            Unreadable(
+                origin, f"not_an_object: got {type(record).__name__}", raw.decode("utf-8", "replace").rstrip("\n")
+            )
+        )
         return
     if _too_deep(raw, record):
-        pending.unreadable.append(Unreadable(origin, f"too_deep: nested over {MAX_DEPTH} levels", raw.decode("utf-8", "replace").rstrip("\n")))
+        pending.unreadable.append(
+            Unreadable(origin, f"too_deep: nested over {MAX_DEPTH} levels", raw.decode("utf-8", "replace").rstrip("\n"))
+        )
         return
     _append_record(record, origin, pending.columns)
 

@@ -13,10 +13,11 @@ import re
 import secrets
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -24,15 +25,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from promptloop.collect.sources import EXTRA, ORIGIN, FileSource, Source, SourceBatch, Unreadable
+from promptloop.collect.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
 from promptloop.core.config import AppSettings
 from promptloop.core.errors import InputError
 from promptloop.core.files import write_atomic
-from promptloop.workspace.locking import holds_workspace
 from promptloop.domain.logs import LOG_FIELDS
+from promptloop.domain.results import CollectResult
 from promptloop.llm.prices import PriceLookup, cost_from_tokens
 from promptloop.quality.redact import Redactor, build_redactor, keyed_digest, keyed_hash
-from promptloop.collect.sources import EXTRA, ORIGIN, FileSource, Source, SourceBatch, Unreadable
-from promptloop.collect.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
+from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.tracking import log_run
+from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push, dvc_md5
 from promptloop.workspace.workspace import LOGS, QUARANTINE, Workspace
 
 STATE_FILE = "collect-state.json"
@@ -47,7 +51,9 @@ LOG_SCHEMA = pa.schema([
     ("feedback_comment", pa.string()), ("user_hash", pa.string()), ("metadata", pa.string()),
     ("source", pa.string()), ("collect_run", pa.string()),
 ])
-QUARANTINE_SCHEMA = pa.schema([(name, pa.string()) for name in ("origin", "id", "kind", "reasons", "raw", "collect_run")])
+QUARANTINE_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in ("origin", "id", "kind", "reasons", "raw", "collect_run")]
+)
 
 
 @dataclass
@@ -81,7 +87,7 @@ class Totals:
     examples: list[dict[str, Any]] = field(default_factory=list)
     watermarks: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, other: "Totals") -> None:
+    def add(self, other: Totals) -> None:
         for name in ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.pii_redactions.update(other.pii_redactions)
@@ -98,18 +104,22 @@ def source_from_uri(uri: str, root: Path) -> Source:
 
         return MlflowTraceSource.from_uri(uri, root)
     if not any(ch in uri for ch in "*?[") and not (root / uri).exists() and not Path(uri).exists():
-        raise InputError(uri, "source not found (a file, folder or glob of .jsonl/.parquet files, or mlflow:<experiment>)")
+        raise InputError(
+            uri, "source not found (a file, folder or glob of .jsonl/.parquet files, or mlflow:<experiment>)"
+        )
     return FileSource(uri, root)
 
 
-def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, now: datetime | None = None) -> CollectPlan:
+def plan_collect(
+    workspace: Workspace, app: str, source_uri: str | None = None, now: datetime | None = None
+) -> CollectPlan:
     """Sources, watermarks and a run id for collecting `app`."""
     settings = workspace.app_settings(app)
     uris = [source_uri] if source_uri else (settings.sources or [str(settings.log_dir)])
     sources = [source_from_uri(uri, workspace.root) for uri in uris]
     state_path = workspace.path(settings.data_dir) / STATE_FILE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {"watermarks": {}}
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return CollectPlan(workspace, app, settings, sources, state, f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", now)
 
 
@@ -192,9 +202,19 @@ def duplicate_rows(frame: pd.DataFrame, failures: dict[Any, list[str]], seen_ids
     return duplicate
 
 
+def cost_sources(logged: pd.Series, computed: pd.Series) -> np.ndarray:
+    """Where each row's cost comes from: 'logged', 'price_map', or None when neither knows it."""
+    sources = np.full(len(logged), None, dtype=object)
+    sources[computed.notna().to_numpy()] = "price_map"
+    sources[logged.notna().to_numpy()] = "logged"
+    return sources
+
+
 def typed_rows(checked: pd.DataFrame, prices: dict[str, tuple[float, float]], ctx: BatchContext) -> pd.DataFrame:
     """Valid rows in the stored schema: proper dtypes, cost filled from the price map, user id hashed."""
-    computed = cost_from_tokens(checked["model"], checked["prompt_tokens_value"], checked["completion_tokens_value"], prices)
+    computed = cost_from_tokens(
+        checked["model"], checked["prompt_tokens_value"], checked["completion_tokens_value"], prices
+    )
     logged = checked["cost_value"]
     return pd.DataFrame(
         {
@@ -210,7 +230,7 @@ def typed_rows(checked: pd.DataFrame, prices: dict[str, tuple[float, float]], ct
             "prompt_tokens": checked["prompt_tokens"].astype("int64"),
             "completion_tokens": checked["completion_tokens"].astype("int64"),
             "cost_usd": logged.fillna(computed),
-            "cost_source": np.where(logged.notna(), "logged", np.where(computed.notna(), "price_map", None)),
+            "cost_source": cost_sources(logged, computed),
             "error": checked["error"].astype(object),
             "feedback": checked["feedback"].astype("Int8"),
             "feedback_comment": checked["feedback_comment"].astype(object),
@@ -222,7 +242,9 @@ def typed_rows(checked: pd.DataFrame, prices: dict[str, tuple[float, float]], ct
     ).reset_index(drop=True)
 
 
-def redact_columns(frame: pd.DataFrame, columns: tuple[str, ...], redactor: Redactor) -> tuple[pd.DataFrame, Counter[str]]:
+def redact_columns(
+    frame: pd.DataFrame, columns: tuple[str, ...], redactor: Redactor
+) -> tuple[pd.DataFrame, Counter[str]]:
     """Redact PII in the text columns; returns the frame and counts per PII kind."""
     counts: Counter[str] = Counter()
     out = frame.copy()
@@ -278,10 +300,16 @@ def write_part(frame: pd.DataFrame, directory: Path, name: str, schema: pa.Schem
 
 def stored_ids(data_dir: Path) -> set[str]:
     """Ids of every row already in the app's log dataset."""
-    return {i for part in sorted((data_dir / LOGS).glob("*.parquet")) for i in pq.read_table(part, columns=["id"]).column("id").to_pylist()}
+    return {
+        i
+        for part in sorted((data_dir / LOGS).glob("*.parquet"))
+        for i in pq.read_table(part, columns=["id"]).column("id").to_pylist()
+    }
 
 
-def collect_source(plan: CollectPlan, index: int, ctx: BatchContext, on_batch: Callable[[int], None] = lambda n: None) -> Totals:
+def collect_source(
+    plan: CollectPlan, index: int, ctx: BatchContext, on_batch: Callable[[int], None] = lambda n: None
+) -> Totals:
     """Read one source batch by batch; write valid and quarantined parts; returns its totals."""
     totals = Totals()
     source = plan.sources[index]
@@ -290,32 +318,49 @@ def collect_source(plan: CollectPlan, index: int, ctx: BatchContext, on_batch: C
         counts, valid, quarantined = process_batch(batch, ctx)
         stem = f"part-{plan.run}-s{index}-{number:04d}.parquet"
         if len(valid):
-            counts.parts.append(str(write_part(valid, plan.data_dir / LOGS, stem, LOG_SCHEMA).relative_to(plan.workspace.root)))
+            counts.parts.append(
+                str(write_part(valid, plan.data_dir / LOGS, stem, LOG_SCHEMA).relative_to(plan.workspace.root))
+            )
         if len(quarantined):
-            counts.parts.append(str(write_part(quarantined, plan.data_dir / QUARANTINE, stem, QUARANTINE_SCHEMA).relative_to(plan.workspace.root)))
+            counts.parts.append(
+                str(
+                    write_part(quarantined, plan.data_dir / QUARANTINE, stem, QUARANTINE_SCHEMA).relative_to(
+                        plan.workspace.root
+                    )
+                )
+            )
         totals.add(counts)
         totals.watermarks[source.key] = batch.watermark
         on_batch(batch.rows_in)
     return totals
 
 
-def snapshot(plan: CollectPlan, totals: Totals) -> dict[str, Any]:
-    """Version the new parts with DVC (add + push) and commit the .dvc files and watermarks with git."""
-    from promptloop.workspace.versioning import commit_paths, dvc_add_and_push, dvc_md5
+@dataclass(frozen=True)
+class Snapshot:
+    """The log dataset's version after a run: its folder, DVC md5 and the commit (None when nothing came in)."""
 
+    snapshot: str | None
+    dvc_md5: str | None
+    commit: str | None
+
+
+def snapshot(plan: CollectPlan, totals: Totals) -> Snapshot:
+    """Version the new parts with DVC (add + push) and commit the .dvc files and watermarks with git."""
     state_path = plan.data_dir / STATE_FILE
     logs_dir = plan.data_dir / LOGS
     if not totals.parts:
-        return {"snapshot": _relative(plan, logs_dir) if logs_dir.exists() else None,
-                "dvc_md5": dvc_md5(logs_dir) if Path(f"{logs_dir}.dvc").is_file() else None, "commit": None}
+        return Snapshot(_relative(plan, logs_dir) if logs_dir.exists() else None,
+                        dvc_md5(logs_dir) if Path(f"{logs_dir}.dvc").is_file() else None, None)
     targets = [d for d in (logs_dir, plan.data_dir / QUARANTINE) if d.is_dir()]
     md5s = dvc_add_and_push(plan.workspace.root, targets)
     state = {"watermarks": {**plan.state["watermarks"], **totals.watermarks}, "last_run": plan.run}
     write_atomic(state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
-    tracked = [Path(f"{t}.dvc") for t in targets] + [state_path] + [p for p in (plan.data_dir / ".gitignore",) if p.is_file()]
+    tracked = (
+        [Path(f"{t}.dvc") for t in targets] + [state_path] + [p for p in (plan.data_dir / ".gitignore",) if p.is_file()]
+    )
     message = f"collect {plan.app}: +{totals.rows_valid} rows, {totals.rows_quarantined} quarantined (run {plan.run})"
     commit = commit_paths(plan.workspace.root, tracked, message)
-    return {"snapshot": _relative(plan, logs_dir), "dvc_md5": md5s.get(_relative(plan, logs_dir)), "commit": commit}
+    return Snapshot(_relative(plan, logs_dir), md5s.get(_relative(plan, logs_dir)), commit)
 
 
 def versioned_paths(plan: CollectPlan) -> list[Path]:
@@ -327,23 +372,28 @@ def _relative(plan: CollectPlan, path: Path) -> str:
     return str(path.relative_to(plan.workspace.root))
 
 
-def log_collect_run(plan: CollectPlan, totals: Totals, versioned: dict[str, Any], suite_version: Any) -> str:
+def log_collect_run(plan: CollectPlan, totals: Totals, versioned: Snapshot, suite_version: object) -> str:
     """One MLflow run: counts as metrics; sources, watermark and DVC hash as params/tags; the report as artifact."""
-    from promptloop.workspace.tracking import log_run
-
     metrics = {"rows_in": totals.rows_in, "rows_valid": totals.rows_valid, "rows_quarantined": totals.rows_quarantined,
                "rows_duplicate": totals.rows_duplicate, "pii_redactions": sum(totals.pii_redactions.values())}
     metrics.update({f"pii_{kind.lower()}": n for kind, n in totals.pii_redactions.items()})
     params = {"app": plan.app, "sources": [s.key for s in plan.sources], "suite_version": suite_version,
               "batch_rows": plan.workspace.params.collect.batch_rows}
     tags = {"promptloop.stage": "collect", "promptloop.app": plan.app, "collect.run": plan.run}
-    tags.update({k: str(v) for k, v in {"dvc_md5": versioned["dvc_md5"], "git_commit": versioned["commit"],
-                                         "snapshot": versioned["snapshot"]}.items() if v})
+    tags.update({k: str(v) for k, v in {"dvc_md5": versioned.dvc_md5, "git_commit": versioned.commit,
+                                         "snapshot": versioned.snapshot}.items() if v})
     report = {"counts": {k: int(v) for k, v in metrics.items()}, "failures": dict(totals.failures.most_common()),
               "examples": totals.examples, "parts": totals.parts}
-    return log_run(plan.workspace.tracking_uri, plan.workspace.artifact_root, plan.workspace.experiment_name(plan.app), f"collect-{plan.run}",
-                   params, metrics, tags, {"quarantine_report.json": report,
-                                           "watermarks.json": {**plan.state["watermarks"], **totals.watermarks}})
+    return log_run(
+        plan.workspace.tracking_uri,
+        plan.workspace.artifact_root,
+        plan.workspace.experiment_name(plan.app),
+        f"collect-{plan.run}",
+        params,
+        metrics,
+        tags,
+        {"quarantine_report.json": report, "watermarks.json": {**plan.state["watermarks"], **totals.watermarks}},
+    )
 
 
 def make_context(plan: CollectPlan) -> BatchContext:
@@ -355,23 +405,22 @@ def make_context(plan: CollectPlan) -> BatchContext:
                         workspace.price_lookup(), stored_ids(plan.data_dir), plan.run, plan.now)
 
 
-def summary(plan: CollectPlan, totals: Totals, versioned: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """The JSON summary of a collect run."""
+def summary(plan: CollectPlan, totals: Totals, versioned: Snapshot, run_id: str) -> CollectResult:
+    """The result of a collect run."""
     if totals.rows_in != totals.rows_valid + totals.rows_quarantined + totals.rows_duplicate:
         raise RuntimeError(f"collect lost rows: {totals}")  # fail loudly rather than report wrong counts
-    return {"app": plan.app, "rows_in": totals.rows_in, "rows_valid": totals.rows_valid,
-            "rows_quarantined": totals.rows_quarantined, "rows_duplicate": totals.rows_duplicate,
-            "pii_redactions": dict(sorted(totals.pii_redactions.items())), "failures": dict(totals.failures.most_common()),
-            "snapshot": versioned["snapshot"], "dvc_md5": versioned["dvc_md5"], "git_commit": versioned["commit"],
-            "mlflow_run_id": run_id, "sources": [s.key for s in plan.sources], "run": plan.run}
+    return CollectResult(app=plan.app, rows_in=totals.rows_in, rows_valid=totals.rows_valid,
+                         rows_quarantined=totals.rows_quarantined, rows_duplicate=totals.rows_duplicate,
+                         pii_redactions=dict(sorted(totals.pii_redactions.items())),
+                         failures=dict(totals.failures.most_common()), snapshot=versioned.snapshot,
+                         dvc_md5=versioned.dvc_md5, git_commit=versioned.commit, mlflow_run_id=run_id,
+                         sources=[s.key for s in plan.sources], run=plan.run)
 
 
 @holds_workspace("collect")
 def collect(workspace: Workspace, app: str, source_uri: str | None = None, now: datetime | None = None,
-            on_batch: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+            on_batch: Callable[[int], None] = lambda n: None) -> CollectResult:
     """The whole stage: plan, read + validate + redact + write each source, version, log."""
-    from promptloop.workspace.versioning import dataset_change
-
     plan = plan_collect(workspace, app, source_uri, now)
     ctx = make_context(plan)
     totals = Totals()

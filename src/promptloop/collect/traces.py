@@ -17,14 +17,16 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
-from promptloop.core.errors import InputError
-from promptloop.domain.logs import iso
 from promptloop.collect.sources import EXTRA, ORIGIN, RAW_COLUMNS, Source, SourceBatch, frame_from_columns
+from promptloop.core.errors import InputError
+from promptloop.core.jsonl import RawJson
+from promptloop.domain.logs import iso
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -59,7 +61,7 @@ class MlflowTraceSource(Source):
     in_progress_grace_s: float = 3600.0
 
     @classmethod
-    def from_uri(cls, uri: str, root: Path) -> "MlflowTraceSource":
+    def from_uri(cls, uri: str, root: Path) -> MlflowTraceSource:
         """`mlflow:<experiment>` (store `<root>/mlflow.db`) or `mlflow:<experiment>@<tracking_uri>`."""
         if not uri.startswith(SCHEME):
             raise InputError(uri, "not an MLflow source (mlflow:<experiment>[@<tracking_uri>])")
@@ -102,7 +104,7 @@ class MlflowTraceSource(Source):
         new_watermark = {} if mark_ms is None else {"timestamp_ms": mark_ms, "trace_ids": sorted(mark_ids)}
         return SourceBatch(frame_from_columns(columns), [], new_watermark)
 
-    def _client(self) -> "MlflowClient":
+    def _client(self) -> MlflowClient:
         """A client bound to this source's tracking URI; a missing sqlite store is an input error."""
         path = sqlite_path(self.tracking_uri)
         if path is not None and not path.is_file():
@@ -112,13 +114,13 @@ class MlflowTraceSource(Source):
 
         return MlflowClient(tracking_uri=self.tracking_uri)
 
-    def _experiment_id(self, client: "MlflowClient") -> str:
+    def _experiment_id(self, client: MlflowClient) -> str:
         experiment = client.get_experiment_by_name(self.experiment)
         if experiment is None:
             raise InputError(self.key, f"MLflow experiment {self.experiment!r} not found")
         return experiment.experiment_id
 
-    def _traces(self, client: "MlflowClient", experiment_id: str, after_ms: int | None) -> Iterator["Trace"]:
+    def _traces(self, client: MlflowClient, experiment_id: str, after_ms: int | None) -> Iterator[Trace]:
         """Traces from `after_ms` on (inclusive), oldest first, one page of `page_size` at a time."""
         token: str | None = None
         while True:
@@ -158,17 +160,17 @@ def parse_watermark(watermark: dict[str, Any] | None) -> tuple[int | None, set[s
     return int(watermark["timestamp_ms"]), {str(i) for i in watermark.get("trace_ids") or []}
 
 
-def is_unfinished(info: "TraceInfo") -> bool:
+def is_unfinished(info: TraceInfo) -> bool:
     """True while the trace's root span has not ended (MLflow logs child spans as they end)."""
     return state_name(info) == "IN_PROGRESS"
 
 
-def is_scorer_trace(info: "TraceInfo") -> bool:
+def is_scorer_trace(info: TraceInfo) -> bool:
     """Traces an MLflow scorer (LLM judge) produced: evaluation, not production traffic."""
     return SOURCE_SCORER in info.tags
 
 
-def state_name(info: "TraceInfo") -> str:
+def state_name(info: TraceInfo) -> str:
     return str(getattr(info.state, "value", info.state))
 
 
@@ -177,7 +179,7 @@ def append_row(columns: dict[str, list[Any]], row: dict[str, Any]) -> None:
         columns[name].append(row.get(name))
 
 
-def trace_row(trace: "Trace", experiment: str, default_app: str | None, feedback_name: str | None) -> dict[str, Any]:
+def trace_row(trace: Trace, experiment: str, default_app: str | None, feedback_name: str | None) -> RawJson:
     """One trace as a raw row in the log-record columns (plus `_origin`, `_extra`)."""
     info = trace.info
     failed = state_name(info) == "ERROR"
@@ -208,21 +210,21 @@ def trace_row(trace: "Trace", experiment: str, default_app: str | None, feedback
 
 def request_timestamp(request_time_ms: int) -> str:
     """The trace's start (ms since the epoch) as ISO-8601 UTC."""
-    return iso(datetime.fromtimestamp(request_time_ms / 1000, tz=timezone.utc))
+    return iso(datetime.fromtimestamp(request_time_ms / 1000, tz=UTC))
 
 
-def tag_or_metadata(info: "TraceInfo", key: str) -> str | None:
+def tag_or_metadata(info: TraceInfo, key: str) -> str | None:
     """A trace tag, else the trace metadata entry of the same name (None when neither is set)."""
     value = info.tags.get(key) or info.trace_metadata.get(key)
     return value or None
 
 
-def user_id(info: "TraceInfo") -> str | None:
+def user_id(info: TraceInfo) -> str | None:
     """MLflow's end-user metadata (`update_current_trace(user=...)`), else a `user_id` tag."""
     return info.trace_metadata.get(TRACE_USER) or tag_or_metadata(info, "user_id")
 
 
-def row_metadata(info: "TraceInfo", experiment: str) -> dict[str, Any]:
+def row_metadata(info: TraceInfo, experiment: str) -> RawJson:
     """Where the row came from, plus the trace's session id when it has one."""
     metadata: dict[str, Any] = {"source": "mlflow", "experiment": experiment}
     if session := info.trace_metadata.get(TRACE_SESSION):
@@ -230,17 +232,17 @@ def row_metadata(info: "TraceInfo", experiment: str) -> dict[str, Any]:
     return metadata
 
 
-def root_span(trace: "Trace") -> "Span | None":
+def root_span(trace: Trace) -> Span | None:
     return next((s for s in trace.data.spans if s.parent_id is None), None)
 
 
-def llm_spans(trace: "Trace") -> list["Span"]:
+def llm_spans(trace: Trace) -> list[Span]:
     """The LLM / chat-model spans of the trace, in the order they started."""
     spans = [s for s in trace.data.spans if s.span_type in LLM_SPAN_TYPES]
     return sorted(spans, key=lambda s: s.start_time_ns or 0)
 
 
-def model_name(trace: "Trace") -> str | None:
+def model_name(trace: Trace) -> str | None:
     """The model of the last LLM span, else the trace's `model` tag.
 
     MLflow normalises it into `mlflow.llm.model`; litellm autolog also keeps the request's
@@ -259,7 +261,7 @@ def model_name(trace: "Trace") -> str | None:
     return tag_or_metadata(trace.info, "model")
 
 
-def request_value(trace: "Trace") -> Any:
+def request_value(trace: Trace) -> Any:
     """The trace's request: the root span's inputs, else the (possibly truncated) request preview."""
     root = root_span(trace)
     if root is not None and root.inputs is not None:
@@ -267,7 +269,7 @@ def request_value(trace: "Trace") -> Any:
     return parse_json(trace.info.request_preview)
 
 
-def response_value(trace: "Trace") -> Any:
+def response_value(trace: Trace) -> Any:
     """The trace's response: the root span's outputs, else the response preview."""
     root = root_span(trace)
     if root is not None and root.outputs is not None:
@@ -285,7 +287,7 @@ def parse_json(text: str | None) -> Any:
         return text
 
 
-def request_text(trace: "Trace") -> str | None:
+def request_text(trace: Trace) -> str | None:
     """The last user message of a chat request; a single-text-argument request is that text;
     any other request is its JSON preview."""
     value = request_value(trace)
@@ -301,7 +303,7 @@ def request_text(trace: "Trace") -> str | None:
     return trace.info.request_preview or json.dumps(value, default=str)
 
 
-def response_text(trace: "Trace") -> str | None:
+def response_text(trace: Trace) -> str | None:
     """The assistant message of the response (a chat completion, a message list or plain text)."""
     value = response_value(trace)
     if value is None or isinstance(value, str):
@@ -321,7 +323,7 @@ def response_text(trace: "Trace") -> str | None:
     return trace.info.response_preview or json.dumps(value, default=str)
 
 
-def chat_messages(value: Any) -> list[dict[str, Any]] | None:
+def chat_messages(value: Any) -> list[RawJson] | None:
     """The message list of a chat request/response (`[...]` or `{"messages": [...]}`), else None."""
     if isinstance(value, dict):
         value = value.get("messages")
@@ -330,7 +332,7 @@ def chat_messages(value: Any) -> list[dict[str, Any]] | None:
     return None
 
 
-def last_message_text(messages: list[dict[str, Any]], role: str) -> str | None:
+def last_message_text(messages: list[RawJson], role: str) -> str | None:
     """The text of the last message with `role` (None when there is none)."""
     for message in reversed(messages):
         if message.get("role") == role:
@@ -343,12 +345,12 @@ def content_text(content: Any) -> str | None:
     if content is None or isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        parts = [str(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
         return "\n".join(parts) if parts else json.dumps(content, default=str)
     return str(content)
 
 
-def token_counts(trace: "Trace") -> tuple[int | None, int | None]:
+def token_counts(trace: Trace) -> tuple[int | None, int | None]:
     """(prompt, completion) tokens: MLflow's trace-level aggregate, else the sum over LLM spans;
     None when nothing reported usage."""
     usage = trace.info.token_usage
@@ -365,7 +367,7 @@ def token_counts(trace: "Trace") -> tuple[int | None, int | None]:
     return prompt, completion
 
 
-def error_message(trace: "Trace") -> str:
+def error_message(trace: Trace) -> str:
     """The exception of a failed trace: the root span's, else the first failed span's."""
     root = root_span(trace)
     failed = [s for s in sorted(trace.data.spans, key=lambda s: s.start_time_ns or 0) if span_failed(s)]
@@ -375,11 +377,11 @@ def error_message(trace: "Trace") -> str:
     return "trace ended in state ERROR"
 
 
-def span_failed(span: "Span") -> bool:
+def span_failed(span: Span) -> bool:
     return str(getattr(span.status.status_code, "value", span.status.status_code)) == "ERROR"
 
 
-def span_error(span: "Span") -> str | None:
+def span_error(span: Span) -> str | None:
     """`Type: message` of the span's exception event, else its status description."""
     for event in reversed(span.events):
         if event.name == "exception":
@@ -390,7 +392,7 @@ def span_error(span: "Span") -> str | None:
     return span.status.description or None
 
 
-def latest_feedback(assessments: list["Assessment"], name: str | None) -> "Assessment | None":
+def latest_feedback(assessments: list[Assessment], name: str | None) -> Assessment | None:
     """The newest valid Feedback with a value: named `name`, or from a HUMAN when `name` is None."""
     matching = [
         a

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from promptloop.core.errors import InputError
+from promptloop.core.jsonl import RawJson
 from promptloop.llm.prices import cost_from_tokens
 
 SUITE_FILE = Path("expectations") / "log_record.json"
@@ -32,7 +34,7 @@ class ValidationOutcome:
     failures: dict[Any, list[str]]
 
 
-def load_suite(path: Path) -> dict[str, Any]:
+def load_suite(path: Path) -> RawJson:
     """The suite JSON; every expectation needs a type, kwargs and meta.name."""
     try:
         suite = json.loads(path.read_text(encoding="utf-8"))
@@ -42,7 +44,11 @@ def load_suite(path: Path) -> dict[str, Any]:
         raise InputError(path, f"invalid JSON: {exc.msg}", field=f"line {exc.lineno}") from None
     for index, expectation in enumerate(suite.get("expectations", [])):
         if not isinstance(expectation, dict) or not expectation.get("meta", {}).get("name"):
-            raise InputError(path, "every expectation needs meta.name (used as the quarantine reason)", field=f"expectations[{index}]")
+            raise InputError(
+                path,
+                "every expectation needs meta.name (used as the quarantine reason)",
+                field=f"expectations[{index}]",
+            )
     return suite
 
 
@@ -63,7 +69,7 @@ def numeric(values: pd.Series, integers: bool = False) -> pd.Series:
 def derived_columns(frame: pd.DataFrame, prices: Mapping[str, tuple[float, float]]) -> pd.DataFrame:
     """The raw frame plus the derived columns the suite's expectations read."""
     out = frame.copy()
-    text = frame["timestamp"].where(frame["timestamp"].map(type) == str)
+    text = frame["timestamp"].where(frame["timestamp"].map(type) == str)  # noqa: E721 (elementwise, not a type test)
     out["timestamp_text"] = text
     out["timestamp_utc"] = within_datetime_range(pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce"))
     out["latency_value"] = numeric(frame["latency_ms"])
@@ -84,26 +90,28 @@ def within_datetime_range(stamps: pd.Series) -> pd.Series:
 
 def cost_ratio(frame: pd.DataFrame, prices: Mapping[str, tuple[float, float]]) -> pd.Series:
     """Logged cost / cost from tokens and the price map; NaN where either is unknown or zero."""
-    models = frame["model"].where(frame["model"].map(type) == str)
+    models = frame["model"].where(frame["model"].map(type) == str)  # noqa: E721 (elementwise)
     expected = cost_from_tokens(models, frame["prompt_tokens_value"], frame["completion_tokens_value"], prices)
     ratio = frame["cost_value"] / expected.where(expected > 0)
     return ratio.where(frame["cost_value"] > 0)
 
 
-def columns_used(expectation: dict[str, Any], available: set[str]) -> tuple[str, ...]:
+def columns_used(expectation: RawJson, available: set[str]) -> tuple[str, ...]:
     """The columns an expectation reads: its column(s) and the frame columns its row condition names."""
     kwargs = expectation["kwargs"]
     names = [kwargs["column"]] if "column" in kwargs else list(kwargs.get("column_list", []))
     condition = kwargs.get("row_condition") or ""
     text = condition if isinstance(condition, str) else json.dumps(condition)
-    names += [c for c in dict.fromkeys(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) if c in available and c not in names]
+    names += [
+        c for c in dict.fromkeys(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) if c in available and c not in names
+    ]
     return tuple(names)
 
 
 class LogValidator:
     """The suite, validating batch after batch with Great Expectations."""
 
-    def __init__(self, suite: dict[str, Any], source: Path) -> None:
+    def __init__(self, suite: RawJson, source: Path) -> None:
         self.suite = suite
         self.source = source
 
@@ -119,12 +127,18 @@ class LogValidator:
         for columns, definition in self._definitions(frame).items():
             data = frame[list(columns)]
             if columns == ("id",) and prior_ids is not None and len(prior_ids):
-                earlier = pd.DataFrame({"id": prior_ids.to_numpy(dtype=object)}, index=pd.RangeIndex(-len(prior_ids), 0))
+                earlier = pd.DataFrame(
+                    {"id": prior_ids.to_numpy(dtype=object)}, index=pd.RangeIndex(-len(prior_ids), 0)
+                )
                 data = pd.concat([earlier, data])
             result = definition.run(
                 batch_parameters={"dataframe": data},
                 expectation_parameters={"latest_timestamp": pd.Timestamp(now + CLOCK_SKEW)},
-                result_format={"result_format": "COMPLETE", "include_unexpected_rows": False, "partial_unexpected_count": 0},
+                result_format={
+                    "result_format": "COMPLETE",
+                    "include_unexpected_rows": False,
+                    "partial_unexpected_count": 0,
+                },
             )
             collect_failures(result.results, failures)
         failures = {index: names for index, names in failures.items() if not (isinstance(index, int) and index < 0)}
@@ -142,8 +156,12 @@ class LogValidator:
         logging.getLogger("great_expectations").setLevel(logging.ERROR)
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        batch = context.data_sources.add_pandas("logs").add_dataframe_asset("rows").add_batch_definition_whole_dataframe("all")
-        grouped: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        batch = (
+            context.data_sources.add_pandas("logs")
+            .add_dataframe_asset("rows")
+            .add_batch_definition_whole_dataframe("all")
+        )
+        grouped: dict[tuple[str, ...], list[RawJson]] = {}
         for expectation in self.suite["expectations"]:
             grouped.setdefault(columns_used(expectation, set(frame.columns)), []).append(expectation)
         missing = sorted({c for cols in grouped for c in cols} - set(frame.columns))
@@ -151,9 +169,13 @@ class LogValidator:
             raise InputError(self.source, f"expectations name columns that do not exist: {missing}")
         definitions: dict[tuple[str, ...], Any] = {}
         for number, (columns, expectations) in enumerate(grouped.items()):
-            suite = context.suites.add(gx.ExpectationSuite(name=f"{self.suite.get('name', 'suite')}-{number}", expectations=expectations))
+            suite = context.suites.add(
+                gx.ExpectationSuite(name=f"{self.suite.get('name', 'suite')}-{number}", expectations=expectations)
+            )
             if len(suite.expectations) != len(expectations):
-                raise InputError(self.source, f"an expectation on {list(columns)} is not a valid Great Expectations configuration")
+                raise InputError(
+                    self.source, f"an expectation on {list(columns)} is not a valid Great Expectations configuration"
+                )
             definitions[columns] = context.validation_definitions.add(
                 gx.ValidationDefinition(name=f"group-{number}", data=batch, suite=suite)
             )

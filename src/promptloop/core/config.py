@@ -26,6 +26,7 @@ class Section(BaseModel):
 
 License = Literal["permissive", "restrictive", "non-commercial"]
 Scorer = Literal["rubric", "pairwise", "proxy"]
+SCORERS: tuple[Scorer, ...] = ("rubric", "pairwise", "proxy")
 
 
 class ModelPrice(Section):
@@ -67,7 +68,9 @@ def refuse_literal_api_keys(data: dict[Any, Any], source: str | Path) -> None:
     if keys is None:
         return
     if not isinstance(keys, dict):
-        raise InputError(source, f"expected a mapping of model name or glob -> key source. {KEY_SOURCE_HELP}", API_KEYS_FIELD)
+        raise InputError(
+            source, f"expected a mapping of model name or glob -> key source. {KEY_SOURCE_HELP}", API_KEYS_FIELD
+        )
     for pattern, value in keys.items():
         problem = key_source_problem(value)
         if problem:
@@ -91,7 +94,9 @@ class LLMSettings(Section):
         default=Path(".promptloop/llm-cache.sqlite"),
         description="response cache (SQLite), relative to the workspace; null: no cache kept between runs",
     )
-    retry_base_delay_s: float = Field(default=0.5, ge=0, description="first backoff; doubles per retry, with full jitter")
+    retry_base_delay_s: float = Field(
+        default=0.5, ge=0, description="first backoff; doubles per retry, with full jitter"
+    )
     max_concurrency: int = Field(default=8, ge=1)
     processes: int = Field(default=1, ge=1, le=64, description="worker processes an evaluation's calls are spread over")
     licenses: dict[str, License] = Field(
@@ -119,7 +124,9 @@ class LLMSettings(Section):
 
     def api_key_entry(self, model: str) -> tuple[str, str] | None:
         """(name or glob, key source) of the first `api_keys` entry matching `model`; None: litellm's defaults."""
-        return next(((pattern, src) for pattern, src in self.api_keys.items() if fnmatch.fnmatchcase(model, pattern)), None)
+        return next(
+            ((pattern, src) for pattern, src in self.api_keys.items() if fnmatch.fnmatchcase(model, pattern)), None
+        )
 
 
 class AppSettings(Section):
@@ -130,17 +137,19 @@ class AppSettings(Section):
     knowledge_base: Path | None = None
     model: str | None = Field(
         default=None,
-        description="run the app on this model whatever the prompt file names (a candidate naming another model still runs on its own)",
+        description="run the app on this model whatever the prompt file names "
+        "(a candidate naming another model still runs on its own)",
     )
     top_k: int = Field(default=3, ge=1, description="documents retrieved into the prompt's {context}")
     log_dir: Path = Field(description="where production logs for this app land before collect")
     sources: list[str] = Field(
         default_factory=list,
-        description="log sources: paths/globs of .jsonl/.parquet files or mlflow:<experiment>[@<tracking uri>]; default: log_dir",
+        description="log sources: paths/globs of .jsonl/.parquet files or mlflow:<experiment>[@<tracking uri>]; "
+        "default: log_dir",
     )
     data_dir: Path = Field(description="the app's versioned datasets written by collect and analyze")
     commercial: bool = Field(default=True, description="a model with a non-commercial license is never promoted")
-    scorers: list[Scorer] = Field(default_factory=lambda: ["rubric", "pairwise", "proxy"], min_length=1)
+    scorers: list[Scorer] = Field(default_factory=lambda: list(SCORERS), min_length=1)
     forbidden_phrases: list[str] = Field(default_factory=list, description="no answer may contain these (every case)")
     citation_pattern: str | None = Field(
         default=r"\[source:\s*([A-Za-z0-9_.-]+)\]",
@@ -222,7 +231,7 @@ class AlertRule(BaseModel):
         return metric
 
     @model_validator(mode="after")
-    def _has_threshold(self) -> "AlertRule":
+    def _has_threshold(self) -> AlertRule:
         if self.max is None and self.min is None and self.max_increase is None:
             raise ValueError(f"alert rule for {self.metric!r} sets none of max, min, max_increase")
         return self
@@ -271,23 +280,32 @@ class AnalyzeSettings(Section):
             try:
                 AlertRule.model_validate(rule)
             except ValidationError as exc:
-                raise ValueError(f"rule {index}: {exc.errors()[0]['msg']} ({'.'.join(map(str, exc.errors()[0]['loc']))})") from None
+                raise ValueError(
+                    f"rule {index}: {exc.errors()[0]['msg']} ({'.'.join(map(str, exc.errors()[0]['loc']))})"
+                ) from None
         return rules
 
-    def alert_rules(self) -> list[dict[str, Any]]:
+    def alert_rules(self) -> list[AlertRule]:
         """The configured rules, or the built-in defaults."""
-        return self.alerts if self.alerts is not None else list(DEFAULT_ALERT_RULES)
+        rules = self.alerts if self.alerts is not None else DEFAULT_ALERT_RULES
+        return [AlertRule.model_validate(rule) for rule in rules]
 
 
 class GuardMargins(Section):
     """How much worse a candidate may be on guard metrics and still be promoted."""
 
-    refusal_on_answerable: float = Field(default=0.05, ge=0, description="absolute rise in the share of answerable cases refused")
+    refusal_on_answerable: float = Field(
+        default=0.05, ge=0, description="absolute rise in the share of answerable cases refused"
+    )
     toxicity: float = Field(default=0.0, ge=0, description="absolute rise in the share of toxic answers")
-    format_invalid: float = Field(default=0.0, ge=0, description="absolute rise in answers failing the JSON schema or citing a missing document")
+    format_invalid: float = Field(
+        default=0.0, ge=0, description="absolute rise in answers failing the JSON schema or citing a missing document"
+    )
     cost_increase: float = Field(default=0.5, ge=0, description="relative rise in cost per interaction")
     latency_p95_increase: float = Field(default=0.25, ge=0, description="relative rise in p95 latency")
-    latency_p95_min_ms: float = Field(default=50.0, ge=0, description="a p95 rise smaller than this is noise, never a breach")
+    latency_p95_min_ms: float = Field(
+        default=50.0, ge=0, description="a p95 rise smaller than this is noise, never a breach"
+    )
 
 
 class EvaluateSettings(Section):
@@ -299,12 +317,18 @@ class EvaluateSettings(Section):
     seed: int = 0
     bootstrap_resamples: int = Field(default=10_000, ge=100)
     confidence: float = Field(default=0.95, gt=0, lt=1)
-    min_effect: float = Field(default=0.02, ge=0, description="the CI's lower bound must exceed this (score scale 0..1)")
+    min_effect: float = Field(
+        default=0.02, ge=0, description="the CI's lower bound must exceed this (score scale 0..1)"
+    )
     high_severity: list[str] = Field(default_factory=lambda: ["high", "critical"])
     guards: GuardMargins = Field(default_factory=GuardMargins)
     min_judge_kappa: float = Field(default=0.4, ge=-1, le=1, description="judge-human agreement needed to decide")
-    min_judge_accuracy: float = Field(default=0.75, ge=0, le=1, description="used when a class has too few labels for kappa")
-    min_calibration_per_class: int = Field(default=5, ge=1, description="labels of each class (up, down) needed to decide on kappa")
+    min_judge_accuracy: float = Field(
+        default=0.75, ge=0, le=1, description="used when a class has too few labels for kappa"
+    )
+    min_calibration_per_class: int = Field(
+        default=5, ge=1, description="labels of each class (up, down) needed to decide on kappa"
+    )
     min_calibration_cases: int = Field(default=10, ge=1, description="human-labelled cases needed to measure it")
     budget_usd: float = Field(default=5.0, ge=0)
     budget_calls: int | None = Field(default=None, ge=1)
@@ -315,12 +339,20 @@ class ImproveSettings(Section):
 
     optimizer_model: str = "offline/optimizer"
     optimizer_temperature: float = Field(default=0.7, ge=0, le=2)
-    candidates: int = Field(default=3, ge=0, description="candidates the optimizer writes (hand-written ones come on top)")
+    candidates: int = Field(
+        default=3, ge=0, description="candidates the optimizer writes (hand-written ones come on top)"
+    )
     examples_per_cluster: int = Field(default=3, ge=1, description="failure examples the optimizer sees per cluster")
     max_cases_per_cluster: int = Field(default=5, ge=1, description="new golden cases per failure cluster, at most")
-    holdout_share: float = Field(default=0.5, ge=0, lt=1, description="share of failure clusters held out from the optimizer")
-    near_duplicate: float = Field(default=0.8, gt=0, le=1, description="TF-IDF cosine at which a question counts as already in the set")
-    answerable_min_score: float = Field(default=7.0, ge=0, description="best KB document's BM25 score below which a mined question is unanswerable")
+    holdout_share: float = Field(
+        default=0.5, ge=0, lt=1, description="share of failure clusters held out from the optimizer"
+    )
+    near_duplicate: float = Field(
+        default=0.8, gt=0, le=1, description="TF-IDF cosine at which a question counts as already in the set"
+    )
+    answerable_min_score: float = Field(
+        default=7.0, ge=0, description="best KB document's BM25 score below which a mined question is unanswerable"
+    )
     seed: int = 0
 
 

@@ -21,8 +21,14 @@ OFFLINE_ENV: dict[str, str] = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
+# Prefect's temporary server gets 20 s to start by default; on a loaded machine (a shared CI runner)
+# it can take longer, and a flow run would fail for no fault of its own.
+PATIENT_ENV: dict[str, str] = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
+}
+
 
 def prepare_environment() -> None:
-    """Set the offline defaults; a value the user exported wins."""
-    for key, value in OFFLINE_ENV.items():
+    """Set the offline and start-up defaults; a value the user exported wins."""
+    for key, value in {**OFFLINE_ENV, **PATIENT_ENV}.items():
         os.environ.setdefault(key, value)

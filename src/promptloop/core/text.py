@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 _WORD = re.compile(r"[0-9a-z]+|[\uac00-\ud7a3]+", re.IGNORECASE)
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
@@ -11,6 +12,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?。])\s+|(?<=다\.)\s*|\n+")
 
 # Words too common to say anything about a topic (English); Korean particles are handled by
 # the bigram split below, which keeps stems matchable across 조사 (을/를/은/는 ...).
+Language = Literal["en", "ko"]
+
 STOPWORDS = frozenset(
     """a an the and or but if of to in on at by for with from as is are was were be been being
     do does did doing have has had i you he she it we they me my your our their this that these
@@ -38,7 +41,7 @@ def hangul_share(text: str) -> float:
     return hangul / letters if letters else 0.0
 
 
-def language(text: str) -> str:
+def language(text: str) -> Language:
     """'ko' when most letters are Hangul, else 'en'."""
     return "ko" if hangul_share(text) >= 0.3 else "en"
 

@@ -23,6 +23,7 @@ import git
 
 from promptloop.core.errors import DeployError, InputError
 from promptloop.domain.prompts import PromptVersion, dump_prompt
+from promptloop.domain.results import ProposedBranch, PullRequestLink
 from promptloop.workspace.repository import bot_identity, fetch_base, git_message, prompt_at, require_clean_tree
 from promptloop.workspace.workspace import Workspace
 
@@ -51,7 +52,7 @@ def open_pull_request(
     *,
     github_api_url: str = "https://api.github.com",
     token_env: str = "GITHUB_TOKEN",
-) -> dict[str, Any]:
+) -> ProposedBranch:
     """Propose `candidate` as the next version of `app`'s prompt: a branch on the remote and a pull request.
 
     Idempotent: the same candidate (same content hash) never opens a second branch or pull request.
@@ -88,17 +89,9 @@ def open_pull_request(
     else:
         body_path = str(write_body(workspace.root, branch, report_md, overwrite=created))
         compare = compare_hint(github, deploy.remote, deploy.base_branch, branch)
-    return {
-        "branch": branch,
-        "created": created,
-        "version": version,
-        "prompt_hash": candidate.content_hash,
-        "commit": commit,
-        "remote": deploy.remote,
-        "pull_request": pull_request,
-        "body_path": body_path,
-        "compare": compare,
-    }
+    return ProposedBranch(branch=branch, created=created, version=version, prompt_hash=candidate.content_hash,
+                          commit=commit, remote=deploy.remote, pull_request=pull_request, body_path=body_path,
+                          compare=compare)
 
 
 def check_candidate_app(app: str, candidate: PromptVersion) -> None:
@@ -132,7 +125,7 @@ def existing_branch(repo: git.Repo, remote: str, app: str, content_hash: str) ->
     """
     pattern = re.compile(rf"^refs/heads/(promptloop/{re.escape(app)}/v\d+-{content_hash[:8]})$")
     try:
-        remote_refs = repo.git.ls_remote("--heads", remote).splitlines()
+        remote_refs = str(repo.git.ls_remote("--heads", remote)).splitlines()
     except git.GitCommandError as exc:
         raise DeployError(f"git ls-remote {remote}: {git_message(exc)}") from None
     local_refs = repo.git.for_each_ref("--format=%(objectname)\t%(refname)", "refs/heads/promptloop/").splitlines()
@@ -165,7 +158,11 @@ def commit_message(app: str, prompt: PromptVersion) -> str:
     lines = [pull_request_title(app, prompt.version, prompt.content_hash), ""]
     if prompt.changelog:
         lines += [prompt.changelog, ""]
-    lines += [f"Prompt-Version: {prompt.version}", f"Prompt-Parent: {prompt.parent}", f"Prompt-Hash: {prompt.content_hash}"]
+    lines += [
+        f"Prompt-Version: {prompt.version}",
+        f"Prompt-Parent: {prompt.parent}",
+        f"Prompt-Hash: {prompt.content_hash}",
+    ]
     return "\n".join(lines)
 
 
@@ -210,8 +207,8 @@ def pull_request_title(app: str, version: int, content_hash: str) -> str:
 
 
 def github_pull_request(api_url: str, token: str, github: GitHubRepo, title: str, branch: str, base: str,
-                        body: str, *, look_up_first: bool) -> dict[str, Any]:
-    """Open the pull request (or, for a branch pushed earlier, find the one it already has): {url, number}."""
+                        body: str, *, look_up_first: bool) -> PullRequestLink:
+    """Open the pull request (or, for a branch pushed earlier, find the one it already has)."""
     import httpx
 
     path = f"/repos/{github.owner}/{github.repo}/pulls"
@@ -221,9 +218,9 @@ def github_pull_request(api_url: str, token: str, github: GitHubRepo, title: str
         if look_up_first:
             found = github_call(client, "GET", path, params={"head": f"{github.owner}:{branch}", "state": "all"})
             if isinstance(found, list) and found:
-                return {"url": found[0]["html_url"], "number": found[0]["number"]}
+                return PullRequestLink(url=found[0]["html_url"], number=found[0]["number"])
         created = github_call(client, "POST", path, json={"title": title, "head": branch, "base": base, "body": body})
-    return {"url": created["html_url"], "number": created["number"]}
+    return PullRequestLink(url=created["html_url"], number=created["number"])
 
 
 def github_call(client: Any, method: str, path: str, **kwargs: Any) -> Any:

@@ -13,12 +13,13 @@ from typing import Any
 
 import git
 
-from promptloop.workspace import registry
-from promptloop.workspace.registry import PRODUCTION
 from promptloop.core.errors import DeployError
-from promptloop.workspace.repository import bot_identity, fetch_base, git_message, prompt_at
-from promptloop.workspace.locking import holds_workspace
 from promptloop.domain.prompts import PromptVersion, dump_prompt
+from promptloop.domain.results import ReleaseResult
+from promptloop.workspace import registry
+from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.registry import PRODUCTION
+from promptloop.workspace.repository import bot_identity, fetch_base, git_message, prompt_at
 from promptloop.workspace.workspace import Workspace
 
 RELEASE_TAG = "promptloop.release_tag"
@@ -26,7 +27,7 @@ COMMIT_TAG = "promptloop.commit"
 
 
 @holds_workspace("release")
-def release(workspace: Workspace, app: str, *, rollback: bool = False) -> dict[str, Any]:
+def release(workspace: Workspace, app: str, *, rollback: bool = False) -> ReleaseResult:
     """Make the prompt merged on the base branch production (or, with `rollback`, the previous release)."""
     from promptloop.workspace.tracking import tracking_client
 
@@ -41,7 +42,7 @@ def release(workspace: Workspace, app: str, *, rollback: bool = False) -> dict[s
 
 
 def release_merged(workspace: Workspace, repo: git.Repo, client: Any, app: str, prompt_path: str,
-                   base_commit: str) -> dict[str, Any]:
+                   base_commit: str) -> ReleaseResult:
     """Release the prompt at `base_commit`.
 
     A version released before with its tag and alias in place is a no-op. After a rollback the alias
@@ -61,9 +62,19 @@ def release_merged(workspace: Workspace, repo: git.Repo, client: Any, app: str, 
     if tagged is not None:
         push_tag(repo, deploy.remote, tag)  # a no-op unless an earlier push failed
         if current is not None and int(current.version) == registry_version:
-            return outcome(app, prompt, registry_version, commit, tag, rollback=False, released=False, tag_created=False,
-                           run_id=None, message=f"{app} v{prompt.version} is already released ({tag}, registry "
-                                                f"version {registry_version} is {PRODUCTION}); nothing changed")
+            return outcome(
+                app,
+                prompt,
+                registry_version,
+                commit,
+                tag,
+                rollback=False,
+                released=False,
+                tag_created=False,
+                run_id=None,
+                message=f"{app} v{prompt.version} is already released ({tag}, registry "
+                f"version {registry_version} is {PRODUCTION}); nothing changed",
+            )
     else:
         create_tag(repo, tag, commit, f"{app} prompt v{prompt.version}: MLflow prompt registry {app} "
                                       f"version {registry_version} ({prompt.content_hash[:8]})")
@@ -75,7 +86,7 @@ def release_merged(workspace: Workspace, repo: git.Repo, client: Any, app: str, 
                    tag_created=tagged is None, run_id=run_id, message=message)
 
 
-def roll_back(workspace: Workspace, repo: git.Repo, client: Any, app: str, prompt_path: str) -> dict[str, Any]:
+def roll_back(workspace: Workspace, repo: git.Repo, client: Any, app: str, prompt_path: str) -> ReleaseResult:
     """Point `production` at the highest release tagged below the version it serves now."""
     current = registry.version_by_alias(client, app, PRODUCTION)
     if current is None:
@@ -87,7 +98,7 @@ def roll_back(workspace: Workspace, repo: git.Repo, client: Any, app: str, promp
     version, tag = max(earlier)
     commit = tagged_commit(repo, tag)
     prompt = prompt_at(repo, commit, prompt_path) if commit else None
-    if prompt is None:
+    if commit is None or prompt is None:
         raise DeployError(f"{tag}: {prompt_path} not found at the tagged commit")
     registry_version = registry.register(client, app, prompt)
     point_production(client, app, registry_version, prompt, tag, commit)
@@ -137,7 +148,9 @@ def push_tag(repo: git.Repo, remote: str, tag: str) -> None:
         raise DeployError(f"git push {remote} {tag}: {git_message(exc)}") from None
 
 
-def point_production(client: Any, app: str, registry_version: int, prompt: PromptVersion, tag: str, commit: str) -> None:
+def point_production(
+    client: Any, app: str, registry_version: int, prompt: PromptVersion, tag: str, commit: str
+) -> None:
     """Record the released lineage on the registry version, then move the alias to it."""
     registry.set_lineage(client, app, registry_version, prompt, {RELEASE_TAG: tag, COMMIT_TAG: commit})
     client.set_prompt_alias(app, PRODUCTION, registry_version)
@@ -159,9 +172,9 @@ def log_release(workspace: Workspace, client: Any, app: str, prompt: PromptVersi
 
 
 def outcome(app: str, prompt: PromptVersion, registry_version: int, commit: str, tag: str, *, rollback: bool,
-            released: bool, tag_created: bool, run_id: str | None, message: str) -> dict[str, Any]:
+            released: bool, tag_created: bool, run_id: str | None, message: str) -> ReleaseResult:
     """What `release` reports."""
-    return {"app": app, "version": prompt.version, "prompt_hash": prompt.content_hash,
-            "registry_version": registry_version, "alias": PRODUCTION, "commit": commit, "tag": tag,
-            "tag_created": tag_created, "rollback": rollback, "released": released, "mlflow_run_id": run_id,
-            "message": message}
+    return ReleaseResult(app=app, version=prompt.version, prompt_hash=prompt.content_hash,
+                         registry_version=registry_version, alias=PRODUCTION, commit=commit, tag=tag,
+                         tag_created=tag_created, rollback=rollback, released=released, mlflow_run_id=run_id,
+                         message=message)

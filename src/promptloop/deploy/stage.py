@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from promptloop.core.errors import InputError
-from promptloop.workspace.locking import holds_workspace
+from promptloop.deploy.pull_request import open_pull_request
 from promptloop.domain.prompts import PromptVersion, load_prompt
-from promptloop.workspace.workspace import Workspace, outcome_path
-
-
-def load_outcome(workspace: Workspace, app: str) -> dict[str, Any]:
-    """What the last improve run of `app` decided."""
-    path = outcome_path(workspace, app)
-    if not path.is_file():
-        raise InputError(path, f"no improve run yet: run `promptloop improve --app {app}` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+from promptloop.domain.results import BestCandidate, DeployResult, ImproveOutcome
+from promptloop.workspace.handoff import load_outcome, outcome_path
+from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.workspace import Workspace
 
 
 def prompt_diff(current: PromptVersion, candidate: PromptVersion) -> str:
@@ -30,31 +23,49 @@ def prompt_diff(current: PromptVersion, candidate: PromptVersion) -> str:
     return "".join(difflib.unified_diff(before, after, f"v{current.version}", "candidate"))
 
 
-def pull_request_body(outcome: dict[str, Any], current: PromptVersion, candidate: PromptVersion) -> str:
+def pull_request_body(outcome: ImproveOutcome, best: BestCandidate, current: PromptVersion,
+                      candidate: PromptVersion) -> str:
     """The evaluation report, then the prompt diff and what came into the golden set."""
-    golden = outcome["golden"]
-    best = outcome["best"]
-    lines = [f"Proposed by promptloop: **{best['name']}** ({candidate.changelog}); CI lower bound "
-             f"{best['ci_low']:+.3f} on held-out cases. Merge to promote, then run `promptloop release --app "
-             f"{outcome['app']}`.", "", "## Prompt diff", "", "```diff", prompt_diff(current, candidate).rstrip(), "```", "",
-             f"## Golden set: {golden['added']} mined case(s) added ({golden['optimize']} to the optimisation split, "
-             f"{golden['holdout']} held out); DVC md5 `{golden.get('dvc_md5') or 'unchanged'}`", ""]
-    return "\n".join(lines) + "\n" + outcome["evaluation"]["report"]
+    golden = outcome.golden
+    ci_low = "n/a" if best.ci_low is None else f"{best.ci_low:+.3f}"
+    lines = [
+        f"Proposed by promptloop: **{best.name}** ({candidate.changelog}); CI lower bound "
+        f"{ci_low} on held-out cases. Merge to promote, then run `promptloop release --app "
+        f"{outcome.app}`.",
+        "",
+        "## Prompt diff",
+        "",
+        "```diff",
+        prompt_diff(current, candidate).rstrip(),
+        "```",
+        "",
+        f"## Golden set: {golden.added} mined case(s) added ({golden.optimize} to the optimisation split, "
+        f"{golden.holdout} held out); DVC md5 `{golden.dvc_md5 or 'unchanged'}`",
+        "",
+    ]
+    return "\n".join(lines) + "\n" + outcome.evaluation.report
+
+
+def promoted_prompt(outcome: ImproveOutcome, source: Path) -> tuple[BestCandidate, PromptVersion]:
+    """The promoted candidate and its prompt, as improve saved them."""
+    if outcome.best is None or outcome.best.prompt is None:
+        raise InputError(source, "the outcome promotes a candidate but holds no prompt for it; run improve again",
+                         field="best.prompt")
+    return outcome.best, PromptVersion.model_validate(yaml.safe_load(outcome.best.prompt))
 
 
 @holds_workspace("deploy")
-def deploy(workspace: Workspace, app: str) -> dict[str, Any]:
+def deploy(workspace: Workspace, app: str) -> DeployResult:
     """Open (or find) the pull request of improve's promoted candidate; nothing to do after a hold."""
-    from promptloop.deploy.pull_request import open_pull_request
-
     outcome = load_outcome(workspace, app)
-    if outcome["decision"] != "promote":
-        return {"app": app, "decision": outcome["decision"], "reasons": outcome["reasons"], "branch": None, "created": False}
+    if outcome.decision != "promote":
+        return DeployResult(app=app, decision=outcome.decision, reasons=outcome.reasons)
     settings = workspace.app_settings(app)
-    candidate = PromptVersion.model_validate(yaml.safe_load(outcome["best"]["prompt"]))
+    best, candidate = promoted_prompt(outcome, outcome_path(workspace, app))
     current = load_prompt(workspace.path(settings.prompt))
     golden_dvc = Path(f"{workspace.path(settings.golden_set)}.dvc")
-    pr = open_pull_request(workspace, app, candidate, pull_request_body(outcome, current, candidate),
-                           golden_dvc if golden_dvc.is_file() else None,
-                           github_api_url=workspace.params.deploy.github_api_url, token_env=workspace.params.deploy.token_env)
-    return {"app": app, "decision": "promote", "reasons": [], **pr}
+    proposed = open_pull_request(workspace, app, candidate, pull_request_body(outcome, best, current, candidate),
+                                 golden_dvc if golden_dvc.is_file() else None,
+                                 github_api_url=workspace.params.deploy.github_api_url,
+                                 token_env=workspace.params.deploy.token_env)
+    return DeployResult(app=app, decision="promote", reasons=[], **proposed.model_dump())

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from promptloop.domain.kb import Retriever, format_context
-from promptloop.llm.client import Completion, acomplete
 from promptloop.domain.prompts import PromptVersion
+from promptloop.llm.client import Completion, acomplete
 
 if TYPE_CHECKING:
     import litellm as litellm_module
@@ -29,7 +29,7 @@ class App:
         return self.prompt.render(question, format_context(hits)), [h.doc.id for h in hits]
 
     async def ask(
-        self, litellm: "litellm_module", question: str, timeout_s: float, api_key: str | None = None, **overrides: Any
+        self, litellm: litellm_module, question: str, timeout_s: float, api_key: str | None = None, **overrides: Any
     ) -> tuple[Completion, list[str]]:
         """Answer one question; returns the completion and the retrieved document ids."""
         messages, retrieved = self.messages(question)

@@ -12,6 +12,7 @@ from promptloop.core.jsonl import read_jsonl
 
 Severity = Literal["low", "medium", "high", "critical"]
 Behavior = Literal["answer", "abstain", "refuse_injection"]
+Split = Literal["optimize", "holdout"]
 
 
 class HumanLabel(BaseModel):
@@ -43,7 +44,7 @@ class GoldenCase(BaseModel):
     severity: Severity = "medium"
     lang: Literal["en", "ko"] = "en"
     source: str = "seed"
-    split: Literal["optimize", "holdout"] = Field(
+    split: Split = Field(
         default="holdout", description="optimize: an optimizer may see it; holdout: decisions rest on these only")
     human_label: HumanLabel | None = Field(default=None, description="used to calibrate the judge")
 
@@ -58,7 +59,9 @@ def load_golden(path: Path) -> list[GoldenCase]:
         except ValidationError as exc:
             raise input_error_from_validation(path, exc, prefix=f"line {number}") from None
         if case.id in seen:
-            raise InputError(path, f"duplicate id {case.id!r} (first on line {seen[case.id]})", field=f"line {number}.id")
+            raise InputError(
+                path, f"duplicate id {case.id!r} (first on line {seen[case.id]})", field=f"line {number}.id"
+            )
         seen[case.id] = number
         cases.append(case)
     if not cases:

@@ -31,7 +31,7 @@ class LogRecord(BaseModel):
     metadata: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _output_or_error(self) -> "LogRecord":
+    def _output_or_error(self) -> LogRecord:
         if self.output is None and not self.error:
             raise ValueError("output is null but error is not set")
         return self

@@ -3,40 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+import git
 
 from promptloop.core.errors import InputError
-from promptloop.evaluate.stage import evaluate
+from promptloop.core.progress import NO_PROGRESS, ProgressHooks
+from promptloop.domain.evaluation import CandidateResult
 from promptloop.domain.prompts import PromptVersion, load_prompt
+from promptloop.domain.results import CheckResult
+from promptloop.evaluate.stage import evaluate
+from promptloop.workspace.repository import prompt_at
 from promptloop.workspace.workspace import Workspace
 
 
 def prompt_on_branch(workspace: Workspace, relative: Path, branch: str) -> PromptVersion:
     """The prompt file as committed on `branch` (e.g. main), validated."""
-    import git
-
-    from promptloop.workspace.repository import prompt_at
-
     try:
         committed = prompt_at(git.Repo(workspace.root), branch, relative.as_posix())
     except git.InvalidGitRepositoryError:
         committed = None
     if committed is None:
-        raise InputError(workspace.root / relative, f"cannot read it from branch {branch!r} (no such branch, file or repository)")
+        raise InputError(
+            workspace.root / relative, f"cannot read it from branch {branch!r} (no such branch, file or repository)"
+        )
     return committed
 
 
-def regressions(candidate: dict[str, Any]) -> list[str]:
+def regressions(candidate: CandidateResult) -> list[str]:
     """What makes a hand edit a significant regression: the whole CI below zero, or a high-severity case broken."""
     found = []
-    if candidate.get("ci_high") is not None and candidate["ci_high"] < 0:
-        found.append(f"score drops by {-candidate['diff']:.3f} (CI [{candidate['ci_low']:+.3f}, {candidate['ci_high']:+.3f}] is below 0)")
-    if candidate["high_severity_regressions"]:
-        found.append(f"high-severity case(s) broken: {', '.join(candidate['high_severity_regressions'])}")
+    if candidate.ci_high is not None and candidate.ci_high < 0 and candidate.diff is not None:
+        found.append(
+            f"score drops by {-candidate.diff:.3f} (CI [{candidate.ci_low:+.3f}, {candidate.ci_high:+.3f}] is below 0)"
+        )
+    if candidate.high_severity_regressions:
+        found.append(f"high-severity case(s) broken: {', '.join(candidate.high_severity_regressions)}")
     return found
 
 
-def check(workspace: Workspace, app: str, base_branch: str | None = None, **progress: Any) -> dict[str, Any]:
+def check(workspace: Workspace, app: str, base_branch: str | None = None,
+          progress: ProgressHooks = NO_PROGRESS) -> CheckResult:
     """Evaluate the working tree's prompt against the one on the base branch (for CI on a hand edit)."""
     settings = workspace.app_settings(app)
     branch = base_branch or workspace.params.deploy.base_branch
@@ -44,8 +50,11 @@ def check(workspace: Workspace, app: str, base_branch: str | None = None, **prog
     edited_path = workspace.path(settings.prompt)
     edited = load_prompt(edited_path)
     if edited.content_hash == committed.content_hash:
-        return {"app": app, "base": branch, "changed": False, "regressions": [], "complete": True,
-                "report": f"`{settings.prompt}` is the same as on {branch}: nothing to check.\n"}
-    summary = evaluate(workspace, app, [edited_path], baseline=(committed, f"{branch}:{settings.prompt}"), **progress)
-    found = regressions(summary["candidates"][0]) if summary["complete"] else []
-    return {**summary, "base": branch, "changed": True, "regressions": found}
+        return CheckResult(app=app, base=branch, changed=False, regressions=[], complete=True,
+                           report=f"`{settings.prompt}` is the same as on {branch}: nothing to check.\n")
+    result = evaluate(
+        workspace, app, [edited_path], baseline=(committed, f"{branch}:{settings.prompt}"), progress=progress
+    )
+    found = regressions(result.candidates[0]) if result.complete else []
+    return CheckResult(app=app, base=branch, changed=True, regressions=found, complete=result.complete,
+                       report=result.report, evaluation=result)

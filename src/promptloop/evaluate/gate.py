@@ -45,7 +45,8 @@ class GuardCheck:
         return self.candidate <= self.limit
 
     def reason(self) -> str:
-        return f"guard {self.metric}: {self.candidate:.4g} exceeds the limit {self.limit:.4g} (baseline {self.baseline:.4g})"
+        return (f"guard {self.metric}: {self.candidate:.4g} exceeds the limit {self.limit:.4g} "
+                f"(baseline {self.baseline:.4g})")
 
 
 def guard_checks(base: PromptStats, cand: PromptStats, margins: GuardMargins) -> list[GuardCheck]:
@@ -53,7 +54,12 @@ def guard_checks(base: PromptStats, cand: PromptStats, margins: GuardMargins) ->
     checks = [
         GuardCheck(metric, before, after, before + margin)
         for metric, before, after, margin in (
-            ("refusal_on_answerable", base.refusal_on_answerable, cand.refusal_on_answerable, margins.refusal_on_answerable),
+            (
+                "refusal_on_answerable",
+                base.refusal_on_answerable,
+                cand.refusal_on_answerable,
+                margins.refusal_on_answerable,
+            ),
             ("toxicity", base.toxicity, cand.toxicity, margins.toxicity),
             ("format_invalid", base.format_invalid, cand.format_invalid, margins.format_invalid),
         )
@@ -61,8 +67,17 @@ def guard_checks(base: PromptStats, cand: PromptStats, margins: GuardMargins) ->
     ]
     checks.append(GuardCheck("cost_per_1k_usd", base.cost_per_1k_usd, cand.cost_per_1k_usd,
                              base.cost_per_1k_usd * (1 + margins.cost_increase)))
-    checks.append(GuardCheck("latency_p95_ms", base.latency_p95_ms, cand.latency_p95_ms,
-                             max(base.latency_p95_ms * (1 + margins.latency_p95_increase), base.latency_p95_ms + margins.latency_p95_min_ms)))
+    checks.append(
+        GuardCheck(
+            "latency_p95_ms",
+            base.latency_p95_ms,
+            cand.latency_p95_ms,
+            max(
+                base.latency_p95_ms * (1 + margins.latency_p95_increase),
+                base.latency_p95_ms + margins.latency_p95_min_ms,
+            ),
+        )
+    )
     return checks
 
 

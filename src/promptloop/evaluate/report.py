@@ -1,107 +1,123 @@
-"""The evaluation as markdown: the decision table first, then why, then the evidence.
+"""Reporting an evaluation as markdown: the decision table first, then why, then the evidence.
 
-The same text is an MLflow artifact, the output of `promptloop check`, and (later) the body of the
-pull request that proposes a promotion.
+The same text is an MLflow artifact, the output of `promptloop check`, and the body of the pull
+request that proposes a promotion.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from promptloop.domain.evaluation import CallCounts, CandidateResult, EvaluationResult
 
 
 def _num(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _ci(c: dict[str, Any]) -> str:
-    if c.get("diff") is None:
+def _ci(c: CandidateResult) -> str:
+    if c.diff is None:
         return "n/a"
-    return f"{c['diff']:+.3f} [{_num(c['ci_low'], '+.3f')}, {_num(c['ci_high'], '+.3f')}]"
+    return f"{c.diff:+.3f} [{_num(c.ci_low, '+.3f')}, {_num(c.ci_high, '+.3f')}]"
 
 
-def decision_table(summary: dict[str, Any]) -> list[str]:
+def decision_table(result: EvaluationResult) -> list[str]:
     """One row per prompt: quality, the paired difference with its CI, cost, latency, license, decision."""
-    level = f"{summary['confidence']:.0%}"
-    lines = [f"| prompt | model | license | score | Δ score [{level} CI] | p (Holm) | W/T/L | pass rate | cost / 1k | p95 ms | decision |",
+    level = f"{result.confidence:.0%}"
+    lines = [f"| prompt | model | license | score | Δ score [{level} CI] | p (Holm) | W/T/L | pass rate | cost / 1k "
+             "| p95 ms | decision |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    b = summary["baseline"]
-    lines.append(f"| {b['name']} (v{b['version']}) | {b['model']} | {b.get('license', '')} | {_num(b.get('mean_score'))} | | | | "
-                 f"{_num(b.get('pass_rate'), '.0%')} | ${_num(b.get('cost_per_1k_usd'), '.4f')} | {_num(b.get('latency_p95_ms'), '.0f')} | baseline |")
-    for c in summary["candidates"]:
-        lines.append(f"| {c['name']} (v{c['version']}) | {c['model']} | {c['license']} | {_num(c.get('mean_score'))} | {_ci(c)} | "
-                     f"{_num(c['p_adjusted'], '.3g')} | {c['wins']}/{c['ties']}/{c['losses']} | {_num(c.get('pass_rate'), '.0%')} | "
-                     f"${_num(c.get('cost_per_1k_usd'), '.4f')} | {_num(c.get('latency_p95_ms'), '.0f')} | **{c['decision']}** |")
+    b = result.baseline
+    lines.append(f"| {b.name} (v{b.version}) | {b.model} | {b.license or ''} | {_num(b.mean_score)} | | | | "
+                 f"{_num(b.pass_rate, '.0%')} | ${_num(b.cost_per_1k_usd, '.4f')} | {_num(b.latency_p95_ms, '.0f')} "
+                 "| baseline |")
+    for c in result.candidates:
+        lines.append(f"| {c.name} (v{c.version}) | {c.model} | {c.license} | {_num(c.mean_score)} | {_ci(c)} | "
+                     f"{_num(c.p_adjusted, '.3g')} | {c.wins}/{c.ties}/{c.losses} | {_num(c.pass_rate, '.0%')} | "
+                     f"${_num(c.cost_per_1k_usd, '.4f')} | {_num(c.latency_p95_ms, '.0f')} | **{c.decision}** |")
     return lines
 
 
-def candidate_section(c: dict[str, Any]) -> list[str]:
+def candidate_section(c: CandidateResult) -> list[str]:
     """Why this decision, which cases flipped, and the guard metrics."""
-    lines = [f"### {c['name']}: {c['decision']}", "", f"`{c['source']}` · prompt hash `{c['prompt_hash'][:12]}`", ""]
-    lines += [f"- {reason}" for reason in c["reasons"]] or ["- every condition of the gate holds"]
-    if c.get("optimize_split"):
-        o = c["optimize_split"]
-        lines += ["", f"On the optimisation split ({o['n']} cases the optimizer saw): Δ {o['diff']:+.3f} "
-                      f"[{o['ci_low']:+.3f}, {o['ci_high']:+.3f}]; held out: Δ {_num(c.get('diff'), '+.3f')}."]
-    fixed, broken = c["flips"]["fixed"], c["flips"]["broken"]
+    lines = [f"### {c.name}: {c.decision}", "", f"`{c.source}` · prompt hash `{c.prompt_hash[:12]}`", ""]
+    lines += [f"- {reason}" for reason in c.reasons] or ["- every condition of the gate holds"]
+    if c.optimize_split:
+        o = c.optimize_split
+        lines += ["", f"On the optimisation split ({o.n} cases the optimizer saw): Δ {o.diff:+.3f} "
+                      f"[{o.ci_low:+.3f}, {o.ci_high:+.3f}]; held out: Δ {_num(c.diff, '+.3f')}."]
+    fixed, broken = c.flips.fixed, c.flips.broken
     lines += ["", f"Cases fixed ({len(fixed)}): {', '.join(fixed) or 'none'}",
               f"Cases broken ({len(broken)}): {', '.join(broken) or 'none'}"]
-    if c.get("pairwise_win_rate") is not None:
-        lines.append(f"Pairwise preference over the baseline (both orders): {c['pairwise_win_rate']:.2f} (0.5 = no preference)")
-    if c.get("mcnemar_p") is not None:
-        lines.append(f"McNemar exact p on pass/fail: {c['mcnemar_p']:.3g}")
-    if c["guards"]:
+    if c.pairwise_win_rate is not None:
+        lines.append(
+            f"Pairwise preference over the baseline (both orders): {c.pairwise_win_rate:.2f} (0.5 = no preference)"
+        )
+    if c.mcnemar_p is not None:
+        lines.append(f"McNemar exact p on pass/fail: {c.mcnemar_p:.3g}")
+    if c.guards:
         lines += ["", "| guard | baseline | candidate | limit | ok |", "|---|---|---|---|---|"]
-        lines += [f"| {g['metric']} | {g['baseline']:.4g} | {g['candidate']:.4g} | {g['limit']:.4g} | {'yes' if g['ok'] else '**no**'} |"
-                  for g in c["guards"]]
+        lines += [
+            f"| {g.metric} | {g.baseline:.4g} | {g.candidate:.4g} | {g.limit:.4g} | {'yes' if g.ok else '**no**'} |"
+            for g in c.guards
+        ]
     return lines + [""]
 
 
-def judge_section(summary: dict[str, Any]) -> list[str]:
+def judge_section(result: EvaluationResult) -> list[str]:
     """How far the judge can be trusted: failures, repeat variance, position consistency, human agreement."""
-    j = summary["judge"]
-    cal = j["calibration"]
-    lines = ["## Judge", "", f"- model `{j['model']}`, {j['samples']} sample(s) per answer; judge failures: {summary['judge_failures']}"]
-    if j["rubric_variance"] is not None and j["samples"] > 1:
-        lines.append(f"- mean variance of repeated rubric scores: {j['rubric_variance']:.4f}")
-    if j["position_consistency"] is not None:
-        lines.append(f"- pairwise position consistency: {j['position_consistency']:.0%} of {j['pairwise_judged']} pairs")
-    if cal["labelled"]:
-        kappa = "undefined (one class)" if cal["kappa"] is None else f"{cal['kappa']:.2f}"
-        use = f"the gate uses {cal['decided_by']}" if cal["applied"] else "too few labels to gate on"
-        lines.append(f"- agreement with people on {cal['judged']} labelled case(s): accuracy {_num(cal['accuracy'], '.0%')}, "
+    j = result.judge
+    cal = j.calibration
+    lines = ["## Judge", "",
+             f"- model `{j.model}`, {j.samples} sample(s) per answer; judge failures: {result.judge_failures}"]
+    if j.rubric_variance is not None and j.samples > 1:
+        lines.append(f"- mean variance of repeated rubric scores: {j.rubric_variance:.4f}")
+    if j.position_consistency is not None:
+        lines.append(f"- pairwise position consistency: {j.position_consistency:.0%} of {j.pairwise_judged} pairs")
+    if cal.labelled:
+        kappa = "undefined (one class)" if cal.kappa is None else f"{cal.kappa:.2f}"
+        use = f"the gate uses {cal.decided_by}" if cal.applied else "too few labels to gate on"
+        lines.append(f"- agreement with people on {cal.judged} labelled case(s): accuracy {_num(cal.accuracy, '.0%')}, "
                      f"Cohen's kappa {kappa} ({use})")
     else:
         lines.append("- no human-labelled cases: judge-human agreement not measured")
     return lines + [""]
 
 
-def retries(usage: dict[str, Any]) -> str:
-    """`12 retries: 5 RateLimitError, 4 Timeout, 3 invalid answer`; causes from older summaries may be absent."""
-    causes = ", ".join(f"{n} {cause}" for cause, n in usage.get("retry_causes", {}).items())
-    return f"{usage['retries']} retries" + (f": {causes}" if causes else "")
+def retries(usage: CallCounts) -> str:
+    """`12 retries: 5 RateLimitError, 4 Timeout, 3 invalid answer`."""
+    causes = ", ".join(f"{n} {cause}" for cause, n in usage.retry_causes.items())
+    return f"{usage.retries} retries" + (f": {causes}" if causes else "")
 
 
-def markdown_report(summary: dict[str, Any]) -> str:
+def header(result: EvaluationResult) -> list[str]:
+    """What was evaluated, on which golden-set version, under which rule; why a run is incomplete."""
+    lines = [f"# Evaluation of `{result.app}` on {result.cases} golden cases", "",
+             f"Golden set `{result.golden_set}` (DVC md5 `{result.golden_md5 or 'untracked'}`), seed {result.seed}, "
+             f"{result.resamples:,} bootstrap resamples, promote only if the CI's lower bound exceeds "
+             f"{result.min_effect:+.3f}.", ""]
+    if result.cases_optimize:
+        lines += [f"Decided on the {result.cases_decided} held-out cases; the optimizer saw the other "
+                  f"{result.cases_optimize} (their results are shown per candidate, not decided on).", ""]
+    if result.stopped:
+        lines += [f"**Incomplete: {result.stopped}.** Nothing is promoted.", ""]
+    return lines
+
+
+def markdown_report(result: EvaluationResult) -> str:
     """The whole report."""
-    usage = summary["usage"]
-    lines = [f"# Evaluation of `{summary['app']}` on {summary['cases']} golden cases", "",
-             f"Golden set `{summary['golden_set']}` (DVC md5 `{summary['golden_md5'] or 'untracked'}`), seed {summary['seed']}, "
-             f"{summary['resamples']:,} bootstrap resamples, promote only if the CI's lower bound exceeds {summary['min_effect']:+.3f}.", ""]
-    if summary["cases_optimize"]:
-        lines += [f"Decided on the {summary['cases_decided']} held-out cases; the optimizer saw the other "
-                  f"{summary['cases_optimize']} (their results are shown per candidate, not decided on).", ""]
-    if summary["stopped"]:
-        lines += [f"**Incomplete: {summary['stopped']}.** Nothing is promoted.", ""]
-    lines += decision_table(summary) + [""]
-    if summary["mde"] is not None:
-        lines += [f"With {summary['cases_decided']} cases this golden set cannot reliably see a gain under {summary['mde']:.3f} "
-                  f"(80% power); smaller true gains will usually be held.", ""]
-    for c in summary["candidates"]:
+    usage = result.usage
+    lines = header(result) + decision_table(result) + [""]
+    if result.mde is not None:
+        lines += [
+            f"With {result.cases_decided} cases this golden set cannot reliably see a gain under {result.mde:.3f} "
+            f"(80% power); smaller true gains will usually be held.",
+            "",
+        ]
+    for c in result.candidates:
         lines += candidate_section(c)
-    lines += judge_section(summary)
+    lines += judge_section(result)
     lines += ["## Calls", "",
-              f"{usage['calls']} LLM calls ({retries(usage)}), {usage['cache_hits']} answered from the cache, "
-              f"${usage['cost_usd']:.4f}.", ""]
-    if summary.get("mlflow_run_id"):
-        lines.append(f"MLflow run `{summary['mlflow_run_id']}` in experiment `{summary['experiment']}`.")
+              f"{usage.calls} LLM calls ({retries(usage)}), {usage.cache_hits} answered from the cache, "
+              f"${usage.cost_usd:.4f}.", ""]
+    if result.mlflow_run_id:
+        lines.append(f"MLflow run `{result.mlflow_run_id}` in experiment `{result.experiment}`.")
     return "\n".join(lines) + "\n"

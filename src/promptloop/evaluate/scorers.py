@@ -18,17 +18,18 @@ import re
 import statistics
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import pandas as pd
 
-from promptloop.quality.detectors import Detector
-from promptloop.domain.golden import GoldenCase
-from promptloop.quality.judges import pairwise_messages, parse_pairwise, parse_rubric, rubric_messages
-from promptloop.llm.runner import InvalidResponse, Runner
 from promptloop.core.text import language
+from promptloop.domain.golden import GoldenCase
+from promptloop.llm.runner import InvalidResponse, Runner
+from promptloop.quality.detectors import Detector
+from promptloop.quality.judges import pairwise_messages, parse_pairwise, parse_rubric, rubric_messages
 
-Scores = dict[str, Any]
+ScoreValue = float | int | bool | str | None
+Scores = dict[str, ScoreValue]  # a scorer's columns of one (prompt, case) row
 
 
 class JudgeFailed(RuntimeError):
@@ -56,10 +57,20 @@ class Scorer(Protocol):
     async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores: ...
 
 
-def judge_kwargs(case: GoldenCase, context: str) -> dict[str, Any]:
+class JudgeCase(TypedDict):
+    """What a judge prompt is told about the case besides the question and the answer."""
+
+    reference: str
+    expected_facts: list[str]
+    criteria: list[str]
+    expected_behavior: str
+    context: str
+
+
+def judge_kwargs(case: GoldenCase, context: str) -> JudgeCase:
     """What a judge prompt says a good answer to `case` does."""
-    return {"reference": case.reference, "expected_facts": case.expected_facts, "criteria": case.criteria,
-            "expected_behavior": case.expected_behavior, "context": context}
+    return JudgeCase(reference=case.reference, expected_facts=case.expected_facts, criteria=case.criteria,
+                     expected_behavior=case.expected_behavior, context=context)
 
 
 @dataclass
@@ -109,8 +120,14 @@ class PairwiseJudge:
     async def _winner(self, case: GoldenCase, first: str, second: str, context: str) -> str:
         messages = pairwise_messages(case.input, first, second, **judge_kwargs(case, context))
         try:
-            completion = await self.runner.complete(self.purpose, self.model, messages, temperature=self.temperature, seed=self.seed,
-                                                    validate=parse_pairwise)
+            completion = await self.runner.complete(
+                self.purpose,
+                self.model,
+                messages,
+                temperature=self.temperature,
+                seed=self.seed,
+                validate=parse_pairwise,
+            )
         except InvalidResponse as exc:
             raise JudgeFailed(f"pairwise judge on case {case.id}: {exc}") from exc
         return parse_pairwise(completion.text)
@@ -165,12 +182,12 @@ class ProxyMetrics:
         valid = True
         if self._citation is not None:
             cited = set(self._citation.findall(text))
-            scores["cites"] = bool(cited)
-            scores["citation_valid"] = cited <= self.kb_ids
-            valid = scores["citation_valid"]
+            valid = cited <= self.kb_ids
+            scores["cites"], scores["citation_valid"] = bool(cited), valid
         if self.json_schema is not None:
-            scores["json_valid"] = json_valid(text, self.json_schema)
-            valid = valid and scores["json_valid"]
+            parsed = json_valid(text, self.json_schema)
+            scores["json_valid"] = parsed
+            valid = valid and parsed
         scores["format_valid"] = valid
         return scores
 

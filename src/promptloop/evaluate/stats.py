@@ -14,8 +14,8 @@ Everything is pure (no import-time side effects) and returns plain Python number
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike

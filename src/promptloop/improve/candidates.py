@@ -18,15 +18,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from pydantic import ValidationError
 
 from promptloop.domain.golden import GoldenCase
-from promptloop.quality.judges import delimited, neutralised
 from promptloop.domain.prompts import PromptVersion, dump_prompt
+from promptloop.domain.results import ClusterResult
 from promptloop.llm.runner import CallFailed, InvalidResponse, Runner
+from promptloop.quality.judges import delimited, neutralised
 
 OPTIMIZER_SYSTEM = """You improve the system prompt of a customer-support assistant.
 The user message holds the current system prompt in <current_prompt> and the failure clusters seen
@@ -51,13 +51,13 @@ class Rejected:
     reason: str
 
 
-def failure_digest(failures: pd.DataFrame, clusters: list[dict[str, Any]], shown: set[int], examples: int) -> str:
+def failure_digest(failures: pd.DataFrame, clusters: list[ClusterResult], shown: set[int], examples: int) -> str:
     """The clusters the optimizer may see, worst first, each with a few failed interactions."""
     lines = []
-    for cluster in sorted((c for c in clusters if c["id"] in shown), key=lambda c: (-c["impact"], c["id"])):
-        header = f"## {cluster['label']} ({cluster['size']} failures; kinds: {', '.join(cluster['kinds'])})"
+    for cluster in sorted((c for c in clusters if c.id in shown), key=lambda c: (-c.impact, c.id)):
+        header = f"## {cluster.label} ({cluster.size} failures; kinds: {', '.join(cluster.kinds)})"
         lines.append(neutralised(header))  # the label's words come from the questions too
-        members = failures[failures["cluster"] == cluster["id"]].sort_values(["severity", "id"], ascending=[False, True])
+        members = failures[failures["cluster"] == cluster.id].sort_values(["severity", "id"], ascending=[False, True])
         for _, row in members.head(examples).iterrows():
             lines.append(example_block(row))
     return "\n".join(lines)
@@ -101,7 +101,8 @@ _WORD = re.compile(r"\w+")
 
 
 def word_runs(text: str, n: int = MIN_COPIED_WORDS) -> list[tuple[str, ...]]:
-    """Every run of `n` consecutive words of `text` in order, lower-cased; punctuation, spacing and tag escaping ignored."""
+    """Every run of `n` consecutive words of `text` in order, lower-cased; punctuation, spacing and tag
+    escaping ignored."""
     words = _WORD.findall(text.replace("&lt;", "<").lower())
     return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
@@ -159,7 +160,7 @@ async def generate(runner: Runner, model: str, current: PromptVersion, digest: s
     replies = await asyncio.gather(*(one(seed + i) for i in range(count)))
     accepted: list[PromptVersion] = []
     rejected: list[Rejected] = []
-    for s, reply in zip(range(seed, seed + count), replies):
+    for s, reply in zip(range(seed, seed + count), replies, strict=True):
         if isinstance(reply, Rejected):
             rejected.append(reply)
             continue

@@ -13,18 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from promptloop.core.config import ImproveSettings
 from promptloop.core.files import write_atomic
-from promptloop.domain.golden import GoldenCase, HumanLabel, Severity
-from promptloop.domain.kb import Retriever
 from promptloop.core.text import language, sentences, terms
+from promptloop.domain.golden import Behavior, GoldenCase, HumanLabel, Severity, Split
+from promptloop.domain.kb import Retriever
+from promptloop.domain.results import ClusterResult, GrowthResult
 
 Redact = Callable[[str], str]
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*>")
@@ -41,11 +42,12 @@ class Growth:
     unclustered: int = 0
     pii_redacted: int = 0
 
-    def summary(self) -> dict[str, Any]:
-        return {"added": len(self.proposed), "duplicates": self.duplicates, "near_duplicates": self.near_duplicates,
-                "capped": self.capped, "unclustered": self.unclustered, "pii_redacted": self.pii_redacted,
-                "optimize": sum(c.split == "optimize" for c in self.proposed),
-                "holdout": sum(c.split == "holdout" for c in self.proposed)}
+    def result(self, golden_set: str) -> GrowthResult:
+        """The counts as reported (the DVC version and commit are added once the cases are stored)."""
+        return GrowthResult(added=len(self.proposed), duplicates=self.duplicates, near_duplicates=self.near_duplicates,
+                            capped=self.capped, unclustered=self.unclustered, pii_redacted=self.pii_redacted,
+                            optimize=sum(c.split == "optimize" for c in self.proposed),
+                            holdout=sum(c.split == "holdout" for c in self.proposed), golden_set=golden_set)
 
 
 def normalized(text: str) -> str:
@@ -62,10 +64,12 @@ def severity_of(mean_severity: float) -> Severity:
     return "high" if mean_severity >= 4.5 else "medium" if mean_severity >= 2.5 else "low"
 
 
-def holdout_clusters(clusters: list[dict[str, Any]], share: float) -> set[int]:
+def holdout_clusters(clusters: list[ClusterResult], share: float) -> set[int]:
     """Every 1/share-th cluster by impact rank is held out (the top one never is: the optimizer needs it)."""
-    ranked = sorted(clusters, key=lambda c: (-c["impact"], c["id"]))
-    return {c["id"] for i, c in enumerate(ranked) if int((i + 1) * share) > int(i * share) and i > 0} if share > 0 else set()
+    ranked = sorted(clusters, key=lambda c: (-c.impact, c.id))
+    return (
+        {c.id for i, c in enumerate(ranked) if int((i + 1) * share) > int(i * share) and i > 0} if share > 0 else set()
+    )
 
 
 def reference_from_kb(question: str, retriever: Retriever, sentences_kept: int = 2) -> tuple[str, list[str], float]:
@@ -97,12 +101,13 @@ def criteria_for(kinds: list[str], lang: str, question: str, behavior: str) -> l
     return found
 
 
-def draft_case(row: pd.Series, cluster: dict[str, Any], split: str, retriever: Retriever | None,
+def draft_case(row: pd.Series, cluster: ClusterResult, split: Split, retriever: Retriever | None,
                settings: ImproveSettings, is_injection: bool) -> GoldenCase:
     """A golden case drafted from one failed interaction."""
     question = row["input"]
     kinds = [k for k in str(row["kinds"]).split(",") if k]
     reference, sources, score = reference_from_kb(question, retriever) if retriever else ("", [], 0.0)
+    behavior: Behavior
     if "followed_injection" in kinds or is_injection:
         behavior, reference, sources = "refuse_injection", "", []
     elif retriever is not None and score < settings.answerable_min_score:
@@ -111,13 +116,18 @@ def draft_case(row: pd.Series, cluster: dict[str, Any], split: str, retriever: R
         behavior = "answer"
     lang = language(question)
     label = None
-    if pd.notna(row["feedback"]) and int(row["feedback"]) in (-1, 1) and isinstance(row["output"], str) and row["output"].strip():
+    if (
+        pd.notna(row["feedback"])
+        and int(row["feedback"]) in (-1, 1)
+        and isinstance(row["output"], str)
+        and row["output"].strip()
+    ):
         comment = row["feedback_comment"] if isinstance(row["feedback_comment"], str) else ""
         label = HumanLabel(answer=row["output"], rating="up" if int(row["feedback"]) == 1 else "down", comment=comment)
     return GoldenCase(
-        id=case_id(str(row["id"])), description=f"mined: {cluster['label']}", input=question, reference=reference,
+        id=case_id(str(row["id"])), description=f"mined: {cluster.label}", input=question, reference=reference,
         expected_sources=sources, expected_behavior=behavior, criteria=criteria_for(kinds, lang, question, behavior),
-        tags=kinds, slice="mined", severity=severity_of(float(cluster["mean_severity"])), lang=lang,
+        tags=kinds, slice="mined", severity=severity_of(cluster.mean_severity), lang=lang,
         source=f"mined:{row['id']}", split=split, human_label=label,
     )
 
@@ -141,11 +151,11 @@ def near_duplicate_mask(candidates: list[str], existing: list[str], threshold: f
     return duplicate
 
 
-def grow(failures: pd.DataFrame, clusters: list[dict[str, Any]], existing: list[GoldenCase], retriever: Retriever | None,
+def grow(failures: pd.DataFrame, clusters: list[ClusterResult], existing: list[GoldenCase], retriever: Retriever | None,
          settings: ImproveSettings, redact: Redact, is_injection: Callable[[str], bool]) -> Growth:
     """Propose golden cases from `failures` (analyze's mined rows with their cluster)."""
     growth = Growth()
-    by_id = {c["id"]: c for c in clusters}
+    by_id = {c.id: c for c in clusters}
     rows = failures[failures["input"].fillna("").str.strip() != ""].copy()
     growth.unclustered = int((~rows["cluster"].isin(by_id)).sum())
     rows = rows[rows["cluster"].isin(by_id)]
@@ -175,8 +185,10 @@ def grow(failures: pd.DataFrame, clusters: list[dict[str, Any]], existing: list[
     growth.capped = len(rows) - len(kept)
     held_out = holdout_clusters(clusters, settings.holdout_share)
     for _, row in kept.iterrows():
-        split = "holdout" if row["cluster"] in held_out else "optimize"
-        growth.proposed.append(draft_case(row, by_id[row["cluster"]], split, retriever, settings, is_injection(row["input"])))
+        split: Split = "holdout" if row["cluster"] in held_out else "optimize"
+        growth.proposed.append(
+            draft_case(row, by_id[row["cluster"]], split, retriever, settings, is_injection(row["input"]))
+        )
     return growth
 
 

@@ -9,35 +9,65 @@ hand-written ones against the baseline (decided on held-out cases), and keeps th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
+import git
 import pandas as pd
+from pydantic import TypeAdapter, ValidationError
 
-from promptloop.core.errors import InputError
+from promptloop.core.errors import InputError, input_error_from_validation
+from promptloop.core.progress import NO_PROGRESS, ProgressHooks
+from promptloop.domain.evaluation import CandidateResult, Decision, EvaluationResult
 from promptloop.domain.golden import load_golden
+from promptloop.domain.kb import Retriever, load_kb
+from promptloop.domain.prompts import load_prompt
+from promptloop.domain.results import (
+    BestCandidate,
+    CandidatesResult,
+    ClusterResult,
+    GrowthResult,
+    ImproveOutcome,
+    OptimizerUsage,
+    RejectedRevision,
+)
+from promptloop.evaluate.plan import hand_written_candidates
+from promptloop.evaluate.stage import evaluate
+from promptloop.improve.candidates import failure_digest, generate, write_candidates
+from promptloop.improve.growth import append_cases, grow, holdout_clusters
+from promptloop.quality.detectors import load_detector
+from promptloop.quality.redact import build_redactor
+from promptloop.workspace.handoff import save_outcome
 from promptloop.workspace.locking import holds_workspace
-from promptloop.workspace.workspace import FAILURES, Workspace, outcome_path
+from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push
+from promptloop.workspace.workspace import FAILURES, Workspace
+
+CLUSTERS = TypeAdapter(list[ClusterResult])
 
 
-def load_failures(workspace: Workspace, app: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def load_failures(workspace: Workspace, app: str) -> tuple[pd.DataFrame, list[ClusterResult]]:
     """The failures and clusters of the last analyze run."""
     folder = workspace.path(workspace.app_settings(app).data_dir) / FAILURES
     if not (folder / "failures.parquet").is_file():
         raise InputError(folder, f"no mined failures yet: run `promptloop analyze --app {app}` first")
-    clusters = json.loads((folder / "clusters.json").read_text(encoding="utf-8"))["clusters"]
+    path = folder / "clusters.json"
+    try:
+        clusters = CLUSTERS.validate_python(json.loads(path.read_text(encoding="utf-8"))["clusters"])
+    except ValidationError as exc:  # before ValueError: it is one
+        raise input_error_from_validation(path, exc, prefix="clusters") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            path, f"not the clusters analyze writes ({exc}); run `promptloop analyze --app {app}` again"
+        ) from None
     return pd.read_parquet(folder / "failures.parquet"), clusters
 
 
-def grow_golden_set(workspace: Workspace, app: str, failures: pd.DataFrame, clusters: list[dict[str, Any]]) -> dict[str, Any]:
+def grow_golden_set(
+    workspace: Workspace, app: str, failures: pd.DataFrame, clusters: list[ClusterResult]
+) -> GrowthResult:
     """Add mined cases to the golden set; a new DVC version and a commit of its .dvc when any came in."""
-    from promptloop.quality.detectors import load_detector
-    from promptloop.improve.growth import append_cases, grow
-    from promptloop.domain.kb import Retriever, load_kb
-    from promptloop.quality.redact import build_redactor
-    from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push
-
     settings = workspace.app_settings(app)
     path = workspace.path(settings.golden_set)
     redactor = build_redactor(workspace.params.collect.extra_pii_patterns)
@@ -46,31 +76,38 @@ def grow_golden_set(workspace: Workspace, app: str, failures: pd.DataFrame, clus
     growth = grow(failures, clusters, load_golden(path), retriever, workspace.params.improve,
                   lambda text: redactor.redact_text(text)[0] or "",
                   lambda text: bool(injection.flags(pd.Series([text])).iloc[0]))
-    result = growth.summary() | {"golden_set": str(settings.golden_set), "dvc_md5": None, "git_commit": None}
+    result = growth.result(str(settings.golden_set))
     if growth.proposed:
         with dataset_change(workspace.root, [path, path.parent / ".gitignore"], f"golden-set growth of {app}"):
             append_cases(path, growth.proposed)
             load_golden(path)  # what was written must read back as a valid golden set
-            result["dvc_md5"] = dvc_add_and_push(workspace.root, [path])[str(settings.golden_set)]
-            result["git_commit"] = commit_paths(workspace.root, [Path(f"{path}.dvc")],
-                                                f"improve {app}: {len(growth.proposed)} mined cases into the golden set")
+            result.dvc_md5 = dvc_add_and_push(workspace.root, [path])[str(settings.golden_set)]
+            result.git_commit = commit_paths(workspace.root, [Path(f"{path}.dvc")],
+                                             f"improve {app}: {len(growth.proposed)} mined cases into the golden set")
     return result
 
 
-def propose_candidates(workspace: Workspace, app: str, failures: pd.DataFrame, clusters: list[dict[str, Any]]) -> dict[str, Any]:
-    """Optimizer revisions of the current prompt from the clusters it may see, written as candidate files."""
-    from promptloop.improve.candidates import failure_digest, generate, write_candidates
-    from promptloop.improve.growth import holdout_clusters
-    from promptloop.domain.prompts import load_prompt
+@dataclass
+class Proposed:
+    """The optimizer's candidates as files, the revisions it rejected, and its calls (None: not asked)."""
 
+    paths: list[Path] = field(default_factory=list)
+    rejected: list[RejectedRevision] = field(default_factory=list)
+    usage: OptimizerUsage | None = None
+
+
+def propose_candidates(
+    workspace: Workspace, app: str, failures: pd.DataFrame, clusters: list[ClusterResult]
+) -> Proposed:
+    """Optimizer revisions of the current prompt from the clusters it may see, written as candidate files."""
     settings, improve = workspace.app_settings(app), workspace.params.improve
     current = load_prompt(workspace.path(settings.prompt))
-    shown = {c["id"] for c in clusters} - holdout_clusters(clusters, improve.holdout_share)
+    shown = {c.id for c in clusters} - holdout_clusters(clusters, improve.holdout_share)
     digest = failure_digest(failures, clusters, shown, improve.examples_per_cluster)
     held_out = [c for c in load_golden(workspace.path(settings.golden_set)) if c.split == "holdout"]
     folder = workspace.root / ".promptloop" / "candidates" / app
     if not digest or improve.candidates == 0:
-        return {"paths": write_candidates(folder, []), "rejected": [], "usage": {}}
+        return Proposed(write_candidates(folder, []))
     runner = workspace.open_runner()
     try:
         accepted, rejected = asyncio.run(generate(runner, improve.optimizer_model, current, digest, improve.candidates,
@@ -78,33 +115,30 @@ def propose_candidates(workspace: Workspace, app: str, failures: pd.DataFrame, c
     finally:
         runner.cache.close()
     usage = runner.usage["optimizer"]
-    return {"paths": write_candidates(folder, accepted), "rejected": [r.__dict__ for r in rejected],
-            "usage": {"calls": usage.calls, "cache_hits": usage.cache_hits, "cost_usd": round(usage.cost_usd, 6)}}
+    return Proposed(
+        write_candidates(folder, accepted),
+        [RejectedRevision(seed=r.seed, reason=r.reason) for r in rejected],
+        OptimizerUsage(calls=usage.calls, cache_hits=usage.cache_hits, cost_usd=round(usage.cost_usd, 6)),
+    )
 
 
-def best_candidate(summary: dict[str, Any]) -> dict[str, Any] | None:
+def best_candidate(result: EvaluationResult) -> CandidateResult | None:
     """The promotable candidate with the highest CI lower bound (ties: the higher mean, then the name)."""
-    promotable = [c for c in summary["candidates"] if c["decision"] == "promote"]
-    return max(promotable, key=lambda c: (c["ci_low"], c["diff"], c["name"]), default=None)
+    promotable = [c for c in result.candidates if c.decision == "promote"]
+    return max(promotable, key=lambda c: (c.ci_low or 0.0, c.diff or 0.0, c.name), default=None)
 
 
-def overall_decision(summary: dict[str, Any], best: dict[str, Any] | None) -> tuple[str, list[str]]:
+def overall_decision(result: EvaluationResult, best: CandidateResult | None) -> tuple[Decision, list[str]]:
     """promote (with the best), incomplete (the run did not finish), or hold with every candidate's reasons."""
     if best is not None:
         return "promote", []
-    if not summary["complete"]:
-        reasons = summary["baseline"].get("incomplete", []) + [
-            r for c in summary["candidates"] if c["decision"] == "incomplete" for r in c["reasons"]]
+    if not result.complete:
+        reasons = result.baseline.incomplete + [
+            r for c in result.candidates if c.decision == "incomplete" for r in c.reasons]
         return "incomplete", list(dict.fromkeys(reasons)) or ["evaluation incomplete"]
-    if not summary["candidates"]:
+    if not result.candidates:
         return "hold", ["no candidate to evaluate (no failures to learn from and no hand-written candidates)"]
-    return "hold", [f"{c['name']}: {'; '.join(c['reasons'])}" for c in summary["candidates"]]
-
-
-def hand_written_candidates(workspace: Workspace, app: str) -> list[Path]:
-    """The candidates people wrote: prompts/<app>/candidates/*.yaml next to the app's prompt."""
-    folder = workspace.path(workspace.app_settings(app).prompt).parent / "candidates"
-    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    return "hold", [f"{c.name}: {'; '.join(c.reasons)}" for c in result.candidates]
 
 
 def evaluation_fingerprint(workspace: Workspace, app: str, candidate_paths: list[Path]) -> str | None:
@@ -114,10 +148,6 @@ def evaluation_fingerprint(workspace: Workspace, app: str, candidate_paths: list
     None when the working tree has uncommitted changes: the commit would not describe the inputs then,
     so a cached evaluation could be stale.
     """
-    import hashlib
-
-    import git
-
     repo = git.Repo(workspace.root)
     if repo.is_dirty(untracked_files=True):
         return None
@@ -128,42 +158,31 @@ def evaluation_fingerprint(workspace: Workspace, app: str, candidate_paths: list
     return digest.hexdigest()
 
 
-def improve_outcome(app: str, growth: dict[str, Any], generated: dict[str, Any], hand_written: list[Path],
-                    summary: dict[str, Any]) -> dict[str, Any]:
+def improve_outcome(app: str, growth: GrowthResult, proposed: Proposed, hand_written: list[Path],
+                    result: EvaluationResult) -> ImproveOutcome:
     """The decision of an improve run from its parts: golden-set growth, candidates, evaluation."""
-    best = best_candidate(summary)
-    decision, reasons = overall_decision(summary, best)
-    best_path = next((Path(p) for p in hand_written + generated["paths"] if best and str(p) == best["source"]), None)
-    return {
-        "app": app, "decision": decision, "reasons": reasons, "golden": growth,
-        "candidates": {"generated": len(generated["paths"]), "hand_written": len(hand_written),
-                       "rejected": generated["rejected"], "optimizer": generated["usage"]},
-        "best": best and {"name": best["name"], "prompt_hash": best["prompt_hash"], "ci_low": best["ci_low"],
-                          "diff": best["diff"], "prompt": best_path.read_text(encoding="utf-8") if best_path else None},
-        "evaluation": summary,
-    }
-
-
-def save_outcome(workspace: Workspace, app: str, outcome: dict[str, Any]) -> Path:
-    """Keep the outcome where `deploy` (and the cycle's skip check) find it."""
-    from promptloop.core.files import write_atomic
-
-    path = outcome_path(workspace, app)
-    write_atomic(path, json.dumps(outcome, ensure_ascii=False, indent=2, default=str) + "\n")
-    return path
+    best = best_candidate(result)
+    decision, reasons = overall_decision(result, best)
+    best_path = next((Path(p) for p in hand_written + proposed.paths if best and str(p) == best.source), None)
+    return ImproveOutcome(
+        app=app, decision=decision, reasons=reasons, golden=growth,
+        candidates=CandidatesResult(generated=len(proposed.paths), hand_written=len(hand_written),
+                                    rejected=proposed.rejected, optimizer=proposed.usage),
+        best=None if best is None else BestCandidate(
+            name=best.name, prompt_hash=best.prompt_hash, ci_low=best.ci_low, diff=best.diff,
+            prompt=best_path.read_text(encoding="utf-8") if best_path else None),
+        evaluation=result,
+    )
 
 
 @holds_workspace("improve")
-def improve(workspace: Workspace, app: str, *, on_start: Callable[[int], None] | None = None,
-            on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def improve(workspace: Workspace, app: str, *, progress: ProgressHooks = NO_PROGRESS) -> ImproveOutcome:
     """Grow the golden set, generate candidates, evaluate, and pick the best promotable candidate."""
-    from promptloop.evaluate.stage import evaluate
-
     failures, clusters = load_failures(workspace, app)
     growth = grow_golden_set(workspace, app, failures, clusters)
-    generated = propose_candidates(workspace, app, failures, clusters)
+    proposed = propose_candidates(workspace, app, failures, clusters)
     hand_written = hand_written_candidates(workspace, app)
-    summary = evaluate(workspace, app, hand_written + generated["paths"], on_start=on_start, on_progress=on_progress)
-    outcome = improve_outcome(app, growth, generated, hand_written, summary)
-    save_outcome(workspace, app, outcome)
+    result = evaluate(workspace, app, hand_written + proposed.paths, progress=progress)
+    outcome = improve_outcome(app, growth, proposed, hand_written, result)
+    save_outcome(workspace, outcome)
     return outcome

@@ -34,7 +34,7 @@ class Completion:
     latency_ms: float
 
 
-def litellm_module_configured(settings: LLMSettings, source: str = "params.yaml") -> "litellm_module":
+def litellm_module_configured(settings: LLMSettings, source: str = "params.yaml") -> litellm_module:
     """Import litellm offline-first, register custom providers and model prices from config."""
     prepare_environment()
     import litellm
@@ -64,7 +64,7 @@ def freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
-def price_entries(settings: LLMSettings) -> dict[str, dict[str, Any]]:
+def price_entries(settings: LLMSettings) -> dict[str, dict[str, float | str]]:
     """The configured prices as litellm `register_model` entries (USD per token)."""
     return {
         model: {
@@ -89,7 +89,7 @@ def load_object(target: str, source: str = "params.yaml") -> Any:
 
 
 async def acomplete(
-    litellm: "litellm_module",
+    litellm: litellm_module,
     model: str,
     messages: list[dict[str, str]],
     timeout_s: float,
@@ -98,7 +98,9 @@ async def acomplete(
 ) -> Completion:
     """One chat completion; errors are litellm's own exception types. No `api_key`: litellm's own env vars."""
     started = time.perf_counter()
-    response = await litellm.acompletion(model=model, messages=messages, timeout=timeout_s, api_key=api_key, **parameters)
+    response = await litellm.acompletion(
+        model=model, messages=messages, timeout=timeout_s, api_key=api_key, **parameters
+    )
     latency_ms = (time.perf_counter() - started) * 1000
     usage = response.usage
     return Completion(
@@ -111,7 +113,7 @@ async def acomplete(
     )
 
 
-def response_cost(litellm: "litellm_module", response: Any, model: str) -> float | None:
+def response_cost(litellm: litellm_module, response: Any, model: str) -> float | None:
     """Cost of one response; None when the model has no known price.
 
     litellm prices every response it returns (`_hidden_params["response_cost"]`, from its price map
@@ -137,11 +139,11 @@ def hidden_param(response: Any, name: str) -> Any:
     return getattr(hidden, name, None)
 
 
-def token_prices(litellm: "litellm_module", model: str) -> tuple[float, float] | None:
+def token_prices(litellm: litellm_module, model: str) -> tuple[float, float] | None:
     """(input, output) USD per token registered for exactly `model`, if both are known."""
     entry = litellm.model_cost.get(model) or {}
-    prices = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
-    return (float(prices[0]), float(prices[1])) if None not in prices else None
+    price_in, price_out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
+    return (float(price_in), float(price_out)) if price_in is not None and price_out is not None else None
 
 
 # --- API keys: from the environment or a Prefect Secret block, never from params.yaml ------------
@@ -198,7 +200,9 @@ def resolve_api_key(source: str, params_file: str, field_name: str) -> str:
     if kind == "env":
         value = os.environ.get(name)
         if not value:
-            raise InputError(params_file, f"environment variable {name} is not set (it should hold the API key)", field_name)
+            raise InputError(
+                params_file, f"environment variable {name} is not set (it should hold the API key)", field_name
+            )
         return value
     return prefect_secret(name, params_file, field_name)
 
@@ -214,5 +218,7 @@ def prefect_secret(block: str, params_file: str, field_name: str) -> str:
         raise InputError(params_file, f"no Prefect Secret block named {block!r} (create it in the Prefect UI or "
                                       f"with Secret(value=...).save({block!r}))", field_name) from None
     if not isinstance(value, str) or not value:
-        raise InputError(params_file, f"Prefect Secret block {block!r} does not hold the API key as a string", field_name)
+        raise InputError(
+            params_file, f"Prefect Secret block {block!r} does not hold the API key as a string", field_name
+        )
     return value

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,7 @@ def price_lookup(settings: LLMSettings, params_file: str = "params.yaml") -> Pri
 
 
 def cost_from_tokens(models: pd.Series, prompt_tokens: pd.Series, completion_tokens: pd.Series,
-                     prices: dict[str, tuple[float, float]]) -> pd.Series:
+                     prices: Mapping[str, tuple[float, float]]) -> pd.Series:
     """Cost of each row from its tokens and its model's price; NaN where the model has no price."""
     price_in = models.map({m: p[0] for m, p in prices.items()}).astype(float)
     price_out = models.map({m: p[1] for m, p in prices.items()}).astype(float)

@@ -17,9 +17,10 @@ import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from promptloop.llm.client import ApiKeys, Completion, acomplete
 
@@ -100,7 +101,9 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    retry_causes: Counter[str] = field(default_factory=Counter)  # what each retry answered: error type or invalid answer
+    retry_causes: Counter[str] = field(
+        default_factory=Counter
+    )  # what each retry answered: error type or invalid answer
 
 
 @dataclass
@@ -127,7 +130,7 @@ def retry_after_s(error: BaseException) -> float | None:
         return None
 
 
-def is_retryable(litellm: "litellm_module", error: BaseException) -> bool:
+def is_retryable(litellm: litellm_module, error: BaseException) -> bool:
     """Rate limits, timeouts, connection errors and 5xx are worth another try; bad requests are not."""
     retryable = (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError, litellm.InternalServerError,
                  litellm.ServiceUnavailableError, litellm.BadGatewayError)
@@ -138,7 +141,7 @@ def is_retryable(litellm: "litellm_module", error: BaseException) -> bool:
 class Runner:
     """Makes (or replays from the cache) every LLM call of a run, within its budget."""
 
-    litellm: "litellm_module"
+    litellm: litellm_module
     cache: ResponseCache
     max_concurrency: int = 8
     timeout_s: float = 60.0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import git
+from pydantic import BaseModel, Field
 
 from promptloop.core.runtime import prepare_environment
 from promptloop.workspace.tracking import experiment_id
@@ -21,7 +21,20 @@ from promptloop.workspace.workspace import (
 )
 
 
-def init_workspace(dest: Path, template: Path | None = None) -> dict[str, Any]:
+class InitResult(BaseModel):
+    """What `init` created."""
+
+    workspace: str
+    commit: str
+    origin: str
+    dvc_remote: str
+    dvc_tracked: list[str]
+    tracking_uri: str
+    experiments: dict[str, str] = Field(description="MLflow experiment name -> id, one per app")
+    apps: list[str]
+
+
+def init_workspace(dest: Path, template: Path | None = None) -> InitResult:
     """Create the workspace at `dest`; returns what was created."""
     prepare_environment()
     dest = dest.resolve()
@@ -35,16 +48,9 @@ def init_workspace(dest: Path, template: Path | None = None) -> dict[str, Any]:
     repo.index.commit("Initialise promptloop workspace", author=committer(repo), committer=committer(repo))
     origin = init_origin(repo, dest / REMOTE_DIR)
     experiment_ids = init_tracking(workspace)
-    return {
-        "workspace": str(dest),
-        "commit": repo.head.commit.hexsha,
-        "origin": origin,
-        "dvc_remote": str(dest / DVC_REMOTE_DIR),
-        "dvc_tracked": tracked,
-        "tracking_uri": workspace.tracking_uri,
-        "experiments": experiment_ids,
-        "apps": sorted(workspace.params.apps),
-    }
+    return InitResult(workspace=str(dest), commit=repo.head.commit.hexsha, origin=origin,
+                      dvc_remote=str(dest / DVC_REMOTE_DIR), dvc_tracked=tracked, tracking_uri=workspace.tracking_uri,
+                      experiments=experiment_ids, apps=sorted(workspace.params.apps))
 
 
 def init_git(dest: Path) -> git.Repo:

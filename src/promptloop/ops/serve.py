@@ -16,10 +16,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from promptloop.core.errors import InputError
 from promptloop.core.runtime import OFFLINE_ENV
@@ -99,7 +99,9 @@ def start(name: str, args: list[str], env: dict[str, str], cwd: Path) -> subproc
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def wait_until_up(name: str, url: str, process: subprocess.Popen, cwd: Path, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+def wait_until_up(
+    name: str, url: str, process: subprocess.Popen, cwd: Path, timeout_s: float = STARTUP_TIMEOUT_S
+) -> None:
     """Poll `url` until it answers 200; a child that exits or a timeout is an error naming its log."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -210,7 +212,9 @@ def serving(root: Path | str, *, mlflow_ui: bool = True, scheduler: bool = True)
             mlflow_port = free_port()
             services.processes["mlflow-ui"] = start_mlflow_ui(workspace, mlflow_port)
             services.mlflow_url = f"http://{HOST}:{mlflow_port}"
-        wait_until_up("prefect-server", f"{services.prefect_url}/api/health", services.processes["prefect-server"], root)
+        wait_until_up(
+            "prefect-server", f"{services.prefect_url}/api/health", services.processes["prefect-server"], root
+        )
         create_work_pool(root, env)
         deploy_all(root, env)
         services.processes["prefect-worker"] = start_worker(root, env)

@@ -55,7 +55,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -80,7 +80,8 @@ _MASK = " "  # what an exclusion's match is replaced by
 class Detector(Protocol):
     """Flags texts: a bool Series on the texts' index; None, NaN and non-strings are False."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def flags(self, texts: pd.Series) -> pd.Series: ...
 
@@ -165,7 +166,8 @@ def arrow_strings(texts: pd.Series) -> pa.Array | pa.ChunkedArray:
     try:
         return pa.array(values, type=pa.large_string(), mask=~is_str)
     except (pa.ArrowException, UnicodeEncodeError):  # lone surrogates, e.g. from a JSON "\ud800"
-        clean = [v.encode("utf-8", "replace").decode("utf-8") if ok else None for v, ok in zip(values, is_str)]
+        clean = [v.encode("utf-8", "replace").decode("utf-8") if ok else None
+                 for v, ok in zip(values, is_str, strict=True)]
         return pa.array(clean, type=pa.large_string())
 
 
@@ -266,7 +268,7 @@ def builtin_names() -> list[str]:
     return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def builtin_detector(name: str) -> PatternDetector:
     """The built-in pattern detector `name` (refusal, toxicity, injection); immutable, so cached."""
     resource = resources.files("promptloop.quality") / "patterns" / f"{name}.yaml"
@@ -375,7 +377,9 @@ def load_labelled(path: Path, detector: str | None = None) -> pd.DataFrame:
     for number, row in read_jsonl(Path(path)):
         for key, kind in (("detector", str), ("text", str), ("label", bool)):
             if not isinstance(row.get(key), kind):
-                raise InputError(path, f"expected a {kind.__name__}, got {row.get(key)!r}", field=f"line {number}.{key}")
+                raise InputError(
+                    path, f"expected a {kind.__name__}, got {row.get(key)!r}", field=f"line {number}.{key}"
+                )
         rows.append({"detector": row["detector"], "text": row["text"], "label": row["label"],
                      "lang": str(row.get("lang", ""))})
     frame = pd.DataFrame(rows, columns=["detector", "text", "label", "lang"]).astype({"label": bool})

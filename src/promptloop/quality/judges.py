@@ -75,8 +75,16 @@ def _case_blocks(reference: str, expected_facts: list[str] | None, criteria: lis
     return blocks
 
 
-def rubric_messages(question: str, answer: str, *, reference: str = "", expected_facts: list[str] | None = None,
-                    criteria: list[str] | None = None, expected_behavior: str = "answer", context: str = "") -> list[dict[str, str]]:
+def rubric_messages(
+    question: str,
+    answer: str,
+    *,
+    reference: str = "",
+    expected_facts: list[str] | None = None,
+    criteria: list[str] | None = None,
+    expected_behavior: str = "answer",
+    context: str = "",
+) -> list[dict[str, str]]:
     """Chat messages asking a judge to grade one answer."""
     blocks = [delimited("question", question), delimited("answer", answer),
               *_case_blocks(reference, expected_facts, criteria, expected_behavior, context)]

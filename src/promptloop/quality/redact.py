@@ -126,7 +126,8 @@ class Redactor:
         """Redact every str value of `values` (same index, name, str dtype); nulls and non-str stay."""
         counts: Counter[str] = Counter()
         dtype = values.dtype
-        if not (dtype == object or isinstance(dtype, (pd.StringDtype, pd.CategoricalDtype))):
+        text_like = dtype == object or isinstance(dtype, (pd.StringDtype, pd.CategoricalDtype))  # noqa: E721 (a dtype)
+        if not text_like:
             return values.copy(), counts
         redact = self._redactor(counts)
         out = [redact(v) if isinstance(v, str) else v for v in values.to_numpy(dtype=object)]
@@ -239,7 +240,9 @@ def _redact_emails(text: str, replace: Callable[[re.Match[str]], str]) -> str:
     return "".join(pieces)
 
 
-def _token_replacer(pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str]) -> Callable[[re.Match[str]], str]:
+def _token_replacer(
+    pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str]
+) -> Callable[[re.Match[str]], str]:
     """The `_TOKEN.sub` callable: runs `pattern` over the token in place (lookbehinds see the text)."""
 
     def on_token(token: re.Match[str]) -> str:

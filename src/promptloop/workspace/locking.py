@@ -15,11 +15,12 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -57,24 +58,37 @@ def file_lock(root: Path) -> FileLock:
         return _locks[path]
 
 
-def holder(root: Path) -> dict[str, Any] | None:
+class Holder(TypedDict, total=False):
+    """Who holds (or last held) the workspace, as its holder file says."""
+
+    command: str
+    pid: int
+    host: str
+    since: str
+
+
+def holder(root: Path) -> Holder | None:
     """Who holds (or last held) the workspace: pid, host, command, since."""
     try:
-        return json.loads((root / HOLDER_FILE).read_text(encoding="utf-8"))
+        found = json.loads((root / HOLDER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(found, dict):
+        return None
+    return Holder(**{k: v for k, v in found.items() if k in Holder.__annotations__})
 
 
-def describe(info: dict[str, Any] | None) -> str:
+def describe(info: Holder | None) -> str:
     """One line naming a holder, for the waiting and giving-up messages."""
     if not info:
         return "another promptloop process"
-    return f"`{info.get('command', '?')}` (pid {info.get('pid', '?')} on {info.get('host', '?')}, since {info.get('since', '?')})"
+    command, pid, host, since = (info.get(key, "?") for key in ("command", "pid", "host", "since"))
+    return f"`{command}` (pid {pid} on {host}, since {since})"
 
 
 def write_holder(root: Path, command: str) -> None:
     info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "since": datetime.now(UTC).isoformat(timespec="seconds")}
     write_atomic(root / HOLDER_FILE, json.dumps(info) + "\n")
 
 
@@ -107,7 +121,9 @@ def acquire(lock: FileLock, root: Path, wait_s: float) -> None:
     except Timeout:
         pass
     if wait_s > 0:
-        print(f"{root}: waiting for {describe(holder(root))} to finish (up to {wait_s:g} s)", file=sys.stderr, flush=True)
+        print(
+            f"{root}: waiting for {describe(holder(root))} to finish (up to {wait_s:g} s)", file=sys.stderr, flush=True
+        )
     started = time.monotonic()
     try:
         lock.acquire(timeout=wait_s)
@@ -133,7 +149,9 @@ def holds_workspace(stage: str) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @wraps(fn)
         def locked(workspace: Any, *args: Any, **kwargs: Any) -> Any:
-            command = f"promptloop {stage} --app {args[0]}" if args and isinstance(args[0], str) else f"promptloop {stage}"
+            command = (
+                f"promptloop {stage} --app {args[0]}" if args and isinstance(args[0], str) else f"promptloop {stage}"
+            )
             with writing(workspace.root, command):
                 return fn(workspace, *args, **kwargs)
         return locked  # type: ignore[return-value]

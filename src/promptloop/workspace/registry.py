@@ -57,8 +57,13 @@ def register(client: Any, name: str, prompt: PromptVersion) -> int:
     model_config = {"model_name": prompt.model, **{k: v for k, v in prompt.parameters.items() if k in known}}
     tags = {HASH_TAG: prompt.content_hash, **lineage_tags(prompt),
             PARAMETERS_TAG: json.dumps(prompt.parameters, sort_keys=True)}
-    version = client.register_prompt(name=name, template=template, commit_message=prompt.changelog or f"v{prompt.version}",
-                                     tags=tags, model_config=model_config)
+    version = client.register_prompt(
+        name=name,
+        template=template,
+        commit_message=prompt.changelog or f"v{prompt.version}",
+        tags=tags,
+        model_config=model_config,
+    )
     return int(version.version)
 
 
@@ -67,7 +72,9 @@ def lineage_tags(prompt: PromptVersion) -> dict[str, str]:
     return {VERSION_TAG: str(prompt.version), PARENT_TAG: str(prompt.parent), CHANGELOG_TAG: prompt.changelog}
 
 
-def set_lineage(client: Any, name: str, version: int, prompt: PromptVersion, extra: dict[str, str] | None = None) -> None:
+def set_lineage(
+    client: Any, name: str, version: int, prompt: PromptVersion, extra: dict[str, str] | None = None
+) -> None:
     """Overwrite a version's lineage tags with `prompt`'s (plus `extra` tags).
 
     The same content may have been registered earlier under another number (an evaluated candidate
@@ -109,14 +116,18 @@ def prompt_from_version(name: str, entity: Any) -> PromptVersion:
         version=int(tags.get(VERSION_TAG, entity.version)),
         parent=None if parent in ("None", "") else int(parent),
         model=model_config.get("model_name", ""),
-        parameters=json.loads(parameters) if parameters else {k: v for k, v in model_config.items() if k != "model_name"},
+        parameters=json.loads(parameters)
+        if parameters
+        else {k: v for k, v in model_config.items() if k != "model_name"},
         changelog=tags.get(CHANGELOG_TAG, entity.commit_message or ""),
         system=promptloop_template(by_role.get("system", "")),
         user=promptloop_template(by_role.get("user", "{{question}}")),
     )
     expected = tags.get(HASH_TAG)
     if expected and prompt.content_hash != expected:
-        raise ValueError(f"registry prompt {name} v{entity.version} does not rebuild to its content hash {expected[:8]}")
+        raise ValueError(
+            f"registry prompt {name} v{entity.version} does not rebuild to its content hash {expected[:8]}"
+        )
     return prompt
 
 
@@ -126,8 +137,8 @@ def link_to_run(client: Any, run_id: str, name: str, version: int) -> None:
     That method reads the process-global tracking URI; we write the same tag through our client so
     the workspace's store is used and no global state is touched.
     """
-    from mlflow.tracing.utils.prompt import update_linked_prompts_tag
     from mlflow.tracing.constant import TraceTagKey
+    from mlflow.tracing.utils.prompt import update_linked_prompts_tag
 
     current = client.get_run(run_id).data.tags.get(TraceTagKey.LINKED_PROMPTS)
     client.set_tag(run_id, TraceTagKey.LINKED_PROMPTS,

@@ -17,8 +17,10 @@ def require_clean_tree(repo: git.Repo) -> None:
     """Refuse to deploy from a tree with uncommitted changes or untracked files (ignored ones are fine):
     what is proposed must be what was evaluated and committed."""
     if repo.is_dirty(untracked_files=True):
-        changed = repo.git.status("--porcelain", "--untracked-files=all").splitlines()
-        listed = ", ".join(line[3:] for line in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        changed = str(repo.git.status("--porcelain", "--untracked-files=all")).splitlines()
+        listed = ", ".join(line[3:] for line in changed[:5]) + (
+            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        )
         raise DeployError(f"{repo.working_dir}: the working tree has uncommitted changes ({listed}); "
                           "commit or stash them before deploying")
 
@@ -26,7 +28,9 @@ def require_clean_tree(repo: git.Repo) -> None:
 def fetch_base(repo: git.Repo, remote: str, base_branch: str, *, tags: bool = False) -> str:
     """`git fetch <remote>`; returns the commit `<remote>/<base_branch>` points at."""
     if remote not in [r.name for r in repo.remotes]:
-        raise InputError(Path(repo.working_dir) / "params.yaml", f"no git remote named {remote!r}", field="deploy.remote")
+        raise InputError(
+            Path(repo.working_dir) / "params.yaml", f"no git remote named {remote!r}", field="deploy.remote"
+        )
     try:
         repo.git.fetch(remote, *(["--tags"] if tags else []))
         return repo.git.rev_parse("--verify", f"refs/remotes/{remote}/{base_branch}^{{commit}}")
@@ -52,7 +56,12 @@ def prompt_at(repo: git.Repo, rev: str, path: str) -> PromptVersion | None:
 def bot_identity() -> dict[str, str]:
     """Author and committer of what promptloop itself commits and tags."""
     name, email = COMMITTER
-    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+    return {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+    }
 
 
 def git_message(exc: git.GitCommandError) -> str:
@@ -71,7 +80,7 @@ def merge_base_branch(workspace: Workspace) -> str | None:
     deploy = workspace.params.deploy
     repo = git.Repo(workspace.root)
     base_commit = fetch_base(repo, deploy.remote, deploy.base_branch)
-    if repo.is_ancestor(base_commit, "HEAD"):
+    if repo.is_ancestor(repo.commit(base_commit), repo.head.commit):
         return None
     require_clean_tree(repo)
     try:

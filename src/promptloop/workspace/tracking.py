@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 MAX_PARAM_CHARS = 6000
 
@@ -50,8 +51,16 @@ def close_interrupted_runs(client: Any, experiment: str) -> None:
         client.set_terminated(run.info.run_id, status="KILLED")
 
 
-def log_contents(client: Any, run_id: str, params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str],
-                 artifacts: dict[str, Any], tables: dict[str, Any] | None = None, metric_time_ms: int | None = None) -> None:
+def log_contents(
+    client: Any,
+    run_id: str,
+    params: dict[str, Any],
+    metrics: Mapping[str, float],
+    tags: dict[str, str],
+    artifacts: dict[str, Any],
+    tables: dict[str, Any] | None = None,
+    metric_time_ms: int | None = None,
+) -> None:
     """Params, metrics and tags in one batch; artifacts (dicts as JSON, strings as text); tables via log_table."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -84,7 +93,7 @@ def log_run(
     experiment: str,
     run_name: str,
     params: dict[str, Any],
-    metrics: dict[str, float],
+    metrics: Mapping[str, float],
     tags: dict[str, str],
     artifacts: dict[str, Any],
     metric_time_ms: int | None = None,

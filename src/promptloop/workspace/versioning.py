@@ -7,8 +7,8 @@ import io
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import git
 import yaml
@@ -60,8 +60,8 @@ def commit_paths(root: Path, paths: list[Path], message: str) -> str:
 def committer(repo: git.Repo) -> git.Actor:
     """The user's git identity when configured, else promptloop's own."""
     reader = repo.config_reader()
-    name = reader.get_value("user", "name", default="")
-    email = reader.get_value("user", "email", default="")
+    name = str(reader.get_value("user", "name", default=""))
+    email = str(reader.get_value("user", "email", default=""))
     return git.Actor(name or COMMITTER[0], email or COMMITTER[1])
 
 
@@ -100,7 +100,8 @@ def roll_back_interrupted(root: Path) -> None:
         raise InputError(journal, "unreadable journal of an interrupted change; restore its paths by hand "
                                   "(git checkout + dvc checkout) and delete it") from None
     repo = git.Repo(root)
-    committed = {item.path for item in repo.head.commit.tree.traverse() if item.type == "blob"}
+    committed = {str(item.path) for item in repo.head.commit.tree.traverse()
+                 if isinstance(item, git.Blob)}
     for relative in paths:
         restore_committed(root, repo, relative, committed)
     journal.unlink()

@@ -9,9 +9,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from promptloop.domain.app import App
 from promptloop.core.config import PARAMS_FILE, AppSettings, Params, load_params
 from promptloop.core.errors import InputError
+from promptloop.domain.app import App
 from promptloop.domain.kb import Retriever, load_kb
 from promptloop.domain.prompts import PromptVersion, load_prompt
 from promptloop.llm.client import ApiKeys, litellm_module_configured
@@ -165,6 +165,3 @@ def with_overrides(workspace: Workspace, overrides: dict[str, dict[str, Any]]) -
     return Workspace(workspace.root, parse_params(data, f"{workspace.root / PARAMS_FILE} (with flow parameters)"))
 
 
-def outcome_path(workspace: Workspace, app: str) -> Path:
-    """Where the last improve run of `app` leaves its outcome for deploy (git-ignored)."""
-    return workspace.root / ".promptloop" / "improve" / f"{app}.json"

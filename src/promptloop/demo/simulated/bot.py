@@ -13,9 +13,10 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from typing import TypedDict
 
-from promptloop.domain.kb import ContextDoc, parse_context
 from promptloop.core.text import language, sentences, terms
+from promptloop.domain.kb import ContextDoc, parse_context
 
 _WORDS_TO_INT = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 _FEATURE_PATTERNS = {
@@ -54,7 +55,18 @@ RETRIEVAL_FLOOR = 7.0
 # Without scores in the context, the share of the question's terms a document must contain.
 COVERAGE_FLOOR = 0.5
 
-TEXTS = {
+class BotTexts(TypedDict):
+    """What the simulated bot says, in one language."""
+
+    openers: list[str]
+    closing: str
+    abstain: str
+    refuse: str
+    pii: str
+    no_context: str
+
+
+TEXTS: dict[str, BotTexts] = {
     "en": {
         "openers": ["Great question! ", "Thanks for reaching out! ", "Happy to help! "],
         "closing": " Let me know if there is anything else I can help you with!",

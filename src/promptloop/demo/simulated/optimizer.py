@@ -28,7 +28,8 @@ THEMES: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "abstain": (
-        r"unanswerable|hallucinat|wrong (doc|document|answer)|not (in|covered by) the (kb|documentation)|abstain|refusal",
+        r"unanswerable|hallucinat|wrong (doc|document|answer)|not (in|covered by) the (kb|documentation)"
+        r"|abstain|refusal",
         [
             "If the documentation does not contain the answer, say that you don't know instead of guessing.",
             "Never guess: if the documents do not cover the question, reply that you are not sure.",

@@ -8,16 +8,17 @@ import hmac
 import json
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import litellm
 from litellm import CustomLLM
 from litellm.types.utils import ModelResponse
 
+from promptloop.core.text import estimate_tokens
 from promptloop.demo.simulated import bot, judge, optimizer
 from promptloop.demo.simulated.settings import SimulationSettings, simulation_settings
-from promptloop.core.text import estimate_tokens
 
 Responder = Callable[[list[dict[str, str]], float, random.Random], str]
 
@@ -37,7 +38,7 @@ class OfflineProvider(CustomLLM):
     """Answers `offline/<name>` completions with the simulated model `<name>`."""
 
 
-    def completion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict,  # type: ignore[override]
+    def completion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict,
                    api_key: str | None = None, **_: Any) -> ModelResponse:
         settings = simulation_settings(optional_params)
         _authenticate(api_key, model, settings)
@@ -45,7 +46,7 @@ class OfflineProvider(CustomLLM):
             time.sleep(_latency_s(settings))
         return _respond(model, messages, model_response, optional_params, settings)
 
-    async def acompletion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict,  # type: ignore[override]
+    async def acompletion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict,
                           api_key: str | None = None, **_: Any) -> ModelResponse:
         settings = simulation_settings(optional_params)
         _authenticate(api_key, model, settings)
@@ -71,10 +72,14 @@ def _latency_s(settings: SimulationSettings) -> float:
     return settings.latency_ms * (1 + jitter) / 1000
 
 
-def _respond(model: str, messages: list, response: ModelResponse, params: dict, settings: SimulationSettings) -> ModelResponse:
+def _respond(
+    model: str, messages: list, response: ModelResponse, params: dict, settings: SimulationSettings
+) -> ModelResponse:
     responder = MODELS.get(model)
     if responder is None:
-        raise litellm.NotFoundError(f"no simulated model {model!r}; known: {sorted(MODELS)}", model=model, llm_provider="offline")
+        raise litellm.NotFoundError(
+            f"no simulated model {model!r}; known: {sorted(MODELS)}", model=model, llm_provider="offline"
+        )
     temperature = float(params.get("temperature", 1.0))
     seed = params.get("seed")
     # Same seed + same request = same answer; no seed behaves like a real sampled model.
@@ -92,12 +97,12 @@ def _respond(model: str, messages: list, response: ModelResponse, params: dict, 
     max_tokens = params.get("max_tokens")
     if max_tokens and estimate_tokens(text) > max_tokens:
         text, finish_reason = _truncate(text, int(max_tokens)), "length"
-    response.choices[0].message.content = text  # type: ignore[union-attr]
+    response.choices[0].message.content = text
     response.choices[0].finish_reason = finish_reason
     response.model = f"offline/{model}"
     prompt_tokens = sum(estimate_tokens(m.get("content") or "") + 4 for m in messages)
     completion_tokens = estimate_tokens(text)
-    response.usage = litellm.Usage(  # type: ignore[attr-defined]
+    response.usage = litellm.Usage(
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
     )
     return response

@@ -33,7 +33,9 @@ class SimulationSettings(BaseModel):
     faults: FaultMix = Field(default_factory=FaultMix)
     retry_after_s: float = Field(default=0.05, ge=0, description="Retry-After sent with a rate limit")
     down: bool = Field(default=False, description="every call fails with a 503")
-    fault_seed: int | None = Field(default=None, description="faults drawn from the request and this seed (no retry escapes them)")
+    fault_seed: int | None = Field(
+        default=None, description="faults drawn from the request and this seed (no retry escapes them)"
+    )
     api_key_sha256: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{64}$",
         description="calls must carry the API key with this sha256 (hex), else a 401; the hash, never the key",

@@ -13,19 +13,21 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import litellm as litellm_errors
 import yaml
+from pydantic import BaseModel
 
-from promptloop.domain.app import App
 from promptloop.core.config import DemoSettings
-from promptloop.core.jsonl import read_jsonl
-from promptloop.domain.logs import iso
+from promptloop.core.jsonl import RawJson, read_jsonl
 from promptloop.demo.simulated.judge import assess
+from promptloop.domain.app import App
+from promptloop.domain.logs import iso
 
 if TYPE_CHECKING:
     import litellm as litellm_module
@@ -45,7 +47,7 @@ class Question:
     expected_facts: tuple[str, ...]
 
 
-def load_bank(traffic_dir: Path) -> tuple[list[Question], dict[str, Any]]:
+def load_bank(traffic_dir: Path) -> tuple[list[Question], RawJson]:
     """The question bank (questions.jsonl) and the fake personal data (pii.yaml)."""
     questions = [
         Question(r["text"], r["lang"], r["kind"], r.get("doc_id"), tuple(r.get("expected_facts") or ()))
@@ -55,7 +57,9 @@ def load_bank(traffic_dir: Path) -> tuple[list[Question], dict[str, Any]]:
     return questions, pii
 
 
-def draw_question(bank: list[Question], pii: dict[str, Any], demo: DemoSettings, rng: random.Random) -> tuple[Question, str]:
+def draw_question(
+    bank: list[Question], pii: dict[str, Any], demo: DemoSettings, rng: random.Random
+) -> tuple[Question, str]:
     """Pick the next question by the configured shares; maybe plant personal data in it."""
     roll = rng.random()
     kind = "injection" if roll < demo.injection_share else (
@@ -83,7 +87,9 @@ def answer_quality(question: Question, asked: str, output: str) -> tuple[float, 
     return graded.quality, graded.reasons
 
 
-def user_feedback(quality: float, reasons: list[str], demo: DemoSettings, rng: random.Random) -> tuple[int | None, str | None]:
+def user_feedback(
+    quality: float, reasons: list[str], demo: DemoSettings, rng: random.Random
+) -> tuple[int | None, str | None]:
     """A rating for ~rating_share of answers: 👎 mostly for bad answers, with noise."""
     if rng.random() >= demo.rating_share:
         return None, None
@@ -104,9 +110,9 @@ def simulated_latency_ms(completion_tokens: int, rng: random.Random) -> float:
 
 
 async def simulate_interaction(
-    litellm: "litellm_module", app: App, index: int, bank: list[Question], pii: dict[str, Any],
+    litellm: litellm_module, app: App, index: int, bank: list[Question], pii: dict[str, Any],
     demo: DemoSettings, started: datetime, step: timedelta, timeout_s: float, api_key: str | None = None,
-) -> dict[str, Any]:
+) -> RawJson:
     """One logged interaction: question, the app's answer (or error), latency, tokens, rating."""
     rng = random.Random(f"{demo.seed}|{index}")
     question, asked = draw_question(bank, pii, demo, rng)
@@ -130,8 +136,14 @@ async def simulate_interaction(
     except (litellm_errors.RateLimitError, litellm_errors.Timeout, litellm_errors.InternalServerError) as exc:
         messages, retrieved = app.messages(asked)
         timed_out = isinstance(exc, litellm_errors.Timeout)
-        row.update(output=None, error=f"{type(exc).__name__}: {exc}", latency_ms=30000.0 if timed_out else round(80 + rng.random() * 200, 1),
-                   prompt_tokens=0, completion_tokens=0, cost_usd=0.0)
+        row.update(
+            output=None,
+            error=f"{type(exc).__name__}: {exc}",
+            latency_ms=30000.0 if timed_out else round(80 + rng.random() * 200, 1),
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost_usd=0.0,
+        )
         row["metadata"]["retrieved"] = retrieved
         return row
     quality, reasons = answer_quality(question, asked, completion.text)
@@ -152,14 +164,14 @@ MALFORMATIONS: dict[str, Callable[[dict[str, Any], random.Random], Any]] = {
     "negative_latency": lambda r, rng: r.update(latency_ms=-abs(r["latency_ms"]) - 1),
     "bad_feedback": lambda r, rng: r.update(feedback=5),
     "bad_timestamp": lambda r, rng: r.update(timestamp="yesterday at noon"),
-    "future_timestamp": lambda r, rng: r.update(timestamp=iso(datetime.now(timezone.utc) + timedelta(days=30))),
+    "future_timestamp": lambda r, rng: r.update(timestamp=iso(datetime.now(UTC) + timedelta(days=30))),
     "tokens_not_int": lambda r, rng: r.update(prompt_tokens="12x"),
     "output_without_error": lambda r, rng: r.update(output=None, error=None),
     "duplicate_id": lambda r, rng: None,  # handled by the caller: copies another row's id
 }
 
 
-def malform(rows: list[dict[str, Any]], share: float, rng: random.Random) -> tuple[list[str], Counter[str]]:
+def malform(rows: list[RawJson], share: float, rng: random.Random) -> tuple[list[str], Counter[str]]:
     """Extra malformed lines (~share of rows), as JSON text; a few are not even valid JSON."""
     count = round(len(rows) * share)
     lines: list[str] = []
@@ -181,16 +193,16 @@ def malform(rows: list[dict[str, Any]], share: float, rng: random.Random) -> tup
 
 
 async def generate_logs(
-    litellm: "litellm_module", app: App, bank: list[Question], pii: dict[str, Any], demo: DemoSettings,
+    litellm: litellm_module, app: App, bank: list[Question], pii: dict[str, Any], demo: DemoSettings,
     interactions: int, now: datetime, max_concurrency: int, timeout_s: float,
     on_progress: Callable[[], None] = lambda: None, api_key: str | None = None,
-) -> tuple[list[dict[str, Any]], list[str], Counter[str]]:
+) -> tuple[list[RawJson], list[str], Counter[str]]:
     """`interactions` logged interactions over `demo.days` up to `now`, plus the malformed lines."""
     started = now - timedelta(days=demo.days)
     step = timedelta(days=demo.days) / interactions
     gate = asyncio.Semaphore(max_concurrency)
 
-    async def one(index: int) -> dict[str, Any]:
+    async def one(index: int) -> RawJson:
         async with gate:
             row = await simulate_interaction(litellm, app, index, bank, pii, demo, started, step, timeout_s, api_key)
         on_progress()
@@ -201,15 +213,25 @@ async def generate_logs(
     return rows, malformed, kinds
 
 
-def summarize(rows: list[dict[str, Any]], malformed: Counter[str]) -> dict[str, Any]:
+class TrafficSummary(BaseModel):
+    """What the generated traffic holds, for the demo's report."""
+
+    interactions: int
+    malformed_rows: int
+    malformed_kinds: dict[str, int]
+    korean_share: float
+    error_rate: float
+    feedback_rate: float
+    thumbs_down_rate: float | None
+
+
+def summarize(rows: list[RawJson], malformed: Counter[str]) -> TrafficSummary:
     """What the generated traffic holds, for the demo's report."""
     rated = [r for r in rows if r.get("feedback") in (-1, 1)]
-    return {
-        "interactions": len(rows),
-        "malformed_rows": sum(malformed.values()),
-        "malformed_kinds": dict(sorted(malformed.items())),
-        "korean_share": round(sum(1 for r in rows if any("\uac00" <= ch <= "\ud7a3" for ch in r["input"])) / len(rows), 3),
-        "error_rate": round(sum(1 for r in rows if r["error"]) / len(rows), 4),
-        "feedback_rate": round(len(rated) / len(rows), 3),
-        "thumbs_down_rate": round(sum(1 for r in rated if r["feedback"] == -1) / len(rated), 3) if rated else None,
-    }
+    return TrafficSummary(
+        interactions=len(rows), malformed_rows=sum(malformed.values()), malformed_kinds=dict(sorted(malformed.items())),
+        korean_share=round(sum(1 for r in rows if any("\uac00" <= ch <= "\ud7a3" for ch in r["input"])) / len(rows), 3),
+        error_rate=round(sum(1 for r in rows if r["error"]) / len(rows), 4),
+        feedback_rate=round(len(rated) / len(rows), 3),
+        thumbs_down_rate=round(sum(1 for r in rated if r["feedback"] == -1) / len(rated), 3) if rated else None,
+    )

@@ -1,0 +1,173 @@
+"""The result of an evaluation: each prompt's aggregates, each candidate's comparison and decision.
+
+`promptloop evaluate --json` prints `EvaluationResult.model_dump(mode="json")`; improve keeps it in
+its outcome, deploy puts its report in the pull request, and MLflow gets the per-prompt parts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Decision = Literal["promote", "hold", "incomplete"]
+
+
+class Record(BaseModel):
+    """Base of every result: unknown keys are errors, so a stale or hand-edited file fails to load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromptResult(Record):
+    """One evaluated prompt: who it is, then its aggregates over the decided cases (absent without scores)."""
+
+    name: str
+    source: str
+    version: int
+    prompt_hash: str
+    model: str
+    n: int | None = None
+    mean_score: float | None = None
+    pass_rate: float | None = None
+    refusal_on_answerable: float | None = None
+    toxicity: float | None = None
+    format_invalid: float | None = None
+    cost_per_1k_usd: float | None = None
+    latency_p95_ms: float | None = None
+    license: str | None = None
+    registry_version: int | None = Field(default=None, description="its version in the MLflow prompt registry")
+
+
+class BaselineResult(PromptResult):
+    """The baseline, and why its results cannot be trusted (empty when they can)."""
+
+    incomplete: list[str] = Field(default_factory=list)
+
+
+class Flips(Record):
+    """Case ids that pass in one prompt and fail in the other."""
+
+    fixed: list[str] = Field(default_factory=list)
+    broken: list[str] = Field(default_factory=list)
+
+
+class GuardResult(Record):
+    """A guard metric of a candidate against the baseline and the limit it must stay under."""
+
+    metric: str
+    baseline: float
+    candidate: float
+    limit: float
+    ok: bool
+
+
+class SplitComparison(Record):
+    """The paired score difference on a subset of cases, with its confidence interval."""
+
+    n: int
+    diff: float
+    ci_low: float
+    ci_high: float
+
+
+class CandidateResult(PromptResult):
+    """A candidate against the baseline: the paired statistics, the gate's decision and its reasons."""
+
+    diff: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    mcnemar_p: float | None = None
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
+    pairwise_win_rate: float | None = None
+    mde: float | None = None
+    flips: Flips = Field(default_factory=Flips)
+    high_severity_regressions: list[str] = Field(default_factory=list)
+    guards: list[GuardResult] = Field(default_factory=list)
+    decision: Decision
+    reasons: list[str] = Field(default_factory=list)
+    optimize_split: SplitComparison | None = Field(
+        default=None, description="the gain on the cases the optimizer saw: reported, never decided on")
+
+
+class CalibrationResult(Record):
+    """Judge-human agreement on the labelled cases, and whether the gate uses it."""
+
+    labelled: int
+    judged: int
+    accuracy: float | None
+    kappa: float | None
+    applied: bool
+    decided_by: Literal["kappa", "accuracy"]
+    problem: str | None
+
+
+class JudgeResult(Record):
+    """How far the judge can be trusted on this run."""
+
+    model: str
+    samples: int
+    position_consistency: float | None
+    pairwise_judged: int
+    rubric_variance: float | None
+    calibration: CalibrationResult
+
+
+class CallCounts(Record):
+    """LLM calls of one purpose (or all of them): paid, from the cache, retried, failed; tokens and cost."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0
+    invalid: int = 0
+    retry_causes: dict[str, int] = Field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class UsageResult(CallCounts):
+    """All calls of an evaluation, and per purpose (`app:<prompt>`, `judge:<prompt>`, `judge:calibration`)."""
+
+    by_purpose: dict[str, CallCounts] = Field(default_factory=dict)
+
+
+class EvaluationResult(Record):
+    """The baseline and every candidate over the golden set, with the decision per candidate."""
+
+    app: str
+    cases: int
+    cases_decided: int
+    cases_optimize: int
+    complete: bool
+    stopped: str | None
+    baseline: BaselineResult
+    candidates: list[CandidateResult]
+    judge: JudgeResult
+    judge_failures: int
+    mde: float | None = Field(description="the smallest gain this golden set reliably sees (80% power)")
+    usage: UsageResult = Field(default_factory=UsageResult)
+    golden_set: str = ""
+    golden_md5: str | None = None
+    git_commit: str | None = None
+    seed: int = 0
+    confidence: float = 0.95
+    resamples: int = 0
+    min_effect: float = 0.0
+    experiment: str = ""
+    llm_calls: int = 0
+    cache_hits: int = 0
+    cost_usd: float = 0.0
+    mlflow_run_id: str | None = None
+    report: str = ""
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def prompts(self) -> list[PromptResult]:
+        """The baseline, then the candidates."""
+        return [self.baseline, *self.candidates]

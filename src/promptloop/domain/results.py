@@ -1,0 +1,275 @@
+"""What each stage returns: typed results, one per command.
+
+`--json` prints a result's `model_dump(mode="json")`. Stages hand these to each other (improve's
+outcome is saved for deploy; the cycle gathers them all), so a wrong key is a type error, not a
+KeyError at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+
+from promptloop.domain.evaluation import Decision, EvaluationResult, Record
+
+MetricValue = float | int | None
+Metrics = dict[str, MetricValue]
+DailyMetrics = dict[str, MetricValue | str]  # a day's metrics and its `day` (YYYY-MM-DD)
+CycleDecision = Literal["promote", "hold", "incomplete", "skipped"]
+
+
+class CollectResult(Record):
+    """A collect run: rows_in = rows_valid + rows_quarantined + rows_duplicate, always."""
+
+    app: str
+    rows_in: int
+    rows_valid: int
+    rows_quarantined: int
+    rows_duplicate: int
+    pii_redactions: dict[str, int]
+    failures: dict[str, int] = Field(description="quarantine reasons and how many rows each")
+    snapshot: str | None = Field(description="the log dataset folder, relative to the workspace")
+    dvc_md5: str | None
+    git_commit: str | None
+    mlflow_run_id: str
+    sources: list[str]
+    run: str
+
+
+class Window(Record):
+    """The analysed time window (ISO-8601, end exclusive)."""
+
+    start: str
+    end: str
+    days: float
+
+
+class AlertResult(Record):
+    """A breached alert rule."""
+
+    metric: str
+    value: float
+    threshold: float
+    rule: Literal["max", "min", "max_increase"]
+    previous: float | None
+    message: str
+
+
+class OnlineJudgeResult(Record):
+    """What the online judge did on a sample of production answers."""
+
+    model: str
+    judged: int
+    failures: int
+    calls: int
+    cache_hits: int
+    cost_usd: float
+    stopped_by_budget: bool
+    low_scores: int
+
+
+class ClusterResult(Record):
+    """A group of similar failures, ranked by impact."""
+
+    id: int
+    label: str
+    kinds: list[str]
+    size: int
+    impact: float
+    thumbs_down_share: float
+    mean_severity: float
+    example_ids: list[str]
+
+
+class WebhookResult(Record):
+    """Whether the alerts reached the configured webhook."""
+
+    sent: bool
+    status: int | None = None
+    error: str | None = None
+
+
+class AnalyzeResult(Record):
+    """An analyze run: the window's metrics, alerts, failures and their clusters."""
+
+    app: str
+    window: Window
+    metrics: Metrics
+    previous_metrics: Metrics | None
+    by_prompt_version: dict[str, Metrics]
+    by_model: dict[str, Metrics]
+    daily: list[DailyMetrics] = Field(description="one entry per UTC day: its `day` and metrics")
+    alerts: list[AlertResult]
+    online_judge: OnlineJudgeResult | None
+    failures: int
+    clusters: list[ClusterResult]
+    failures_snapshot: str | None = None
+    dvc_md5: str | None = None
+    git_commit: str | None = None
+    webhook: WebhookResult | None = None
+    mlflow_run_id: str | None = None
+
+
+class GrowthResult(Record):
+    """What happened to the mined failures on their way into the golden set."""
+
+    added: int
+    duplicates: int
+    near_duplicates: int
+    capped: int
+    unclustered: int
+    pii_redacted: int
+    optimize: int = Field(description="added cases the optimizer may see")
+    holdout: int = Field(description="added cases held out for the decision")
+    golden_set: str
+    dvc_md5: str | None = None
+    git_commit: str | None = None
+
+
+class RejectedRevision(Record):
+    """An optimizer revision that did not become a candidate, and why."""
+
+    seed: int
+    reason: str
+
+
+class OptimizerUsage(Record):
+    """The optimizer's calls."""
+
+    calls: int
+    cache_hits: int
+    cost_usd: float
+
+
+class CandidatesResult(Record):
+    """The candidates an improve run evaluated."""
+
+    generated: int
+    hand_written: int
+    rejected: list[RejectedRevision]
+    optimizer: OptimizerUsage | None = Field(description="None when the optimizer was not asked")
+
+
+class BestCandidate(Record):
+    """The promoted candidate: the promotable one with the highest CI lower bound."""
+
+    name: str
+    prompt_hash: str
+    ci_low: float | None
+    diff: float | None
+    prompt: str | None = Field(description="its prompt file, as YAML")
+
+
+IMPROVE_OUTCOME_SCHEMA: Literal[1] = 1
+
+
+class ImproveOutcome(Record):
+    """An improve run's decision, saved for deploy (`.promptloop/improve/<app>.json`)."""
+
+    schema_version: Literal[1] = IMPROVE_OUTCOME_SCHEMA
+    app: str
+    decision: Decision
+    reasons: list[str]
+    golden: GrowthResult
+    candidates: CandidatesResult
+    best: BestCandidate | None
+    evaluation: EvaluationResult
+
+
+class PullRequestLink(Record):
+    """A pull request opened on GitHub."""
+
+    url: str
+    number: int
+
+
+class ProposedBranch(Record):
+    """The branch (and pull request) that proposes a candidate."""
+
+    branch: str
+    created: bool = Field(description="False when the same candidate was proposed before")
+    version: int
+    prompt_hash: str
+    commit: str
+    remote: str
+    pull_request: PullRequestLink | None = None
+    body_path: str | None = Field(default=None, description="the pull request body, when none was opened")
+    compare: str | None = Field(default=None, description="where to see the change, when no pull request was opened")
+
+
+class DeployResult(Record):
+    """A deploy run: the proposal of the promoted candidate, or why there is none."""
+
+    app: str
+    decision: Decision
+    reasons: list[str]
+    branch: str | None = None
+    created: bool = False
+    version: int | None = None
+    prompt_hash: str | None = None
+    commit: str | None = None
+    remote: str | None = None
+    pull_request: PullRequestLink | None = None
+    body_path: str | None = None
+    compare: str | None = None
+
+
+class ReleaseResult(Record):
+    """A release (or rollback): which version the `production` alias now points at."""
+
+    app: str
+    version: int
+    prompt_hash: str
+    registry_version: int
+    alias: str
+    commit: str
+    tag: str
+    tag_created: bool
+    rollback: bool
+    released: bool = Field(description="False when it was released already and nothing changed")
+    mlflow_run_id: str | None
+    message: str
+
+
+class LLMCalls(Record):
+    """LLM calls a cycle made, and how many the cache answered."""
+
+    calls: int = 0
+    cache_hits: int = 0
+
+
+class CycleResult(Record):
+    """One turn of the loop: every stage's result (None for the stages it did not reach) and the decision."""
+
+    app: str
+    merged: str | None = Field(description="the merge commit of approved promotions, if any came in")
+    resumed: str | None = Field(description="when the unsettled turn this one ran again had started")
+    collect: CollectResult
+    analyze: AnalyzeResult | None
+    improve: ImproveOutcome | None
+    deploy: DeployResult | None
+    decision: CycleDecision
+    reasons: list[str]
+    llm: LLMCalls
+
+
+class CheckResult(Record):
+    """`promptloop check`: the edited prompt against the one on the base branch.
+
+    With a change, `--json` shows the evaluation's keys at the top level next to these (as it always has).
+    """
+
+    app: str
+    base: str
+    changed: bool
+    regressions: list[str]
+    complete: bool
+    report: str
+    evaluation: EvaluationResult | None = None
+
+    @model_serializer(mode="wrap")
+    def _evaluation_inline(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        evaluation = data.pop("evaluation", None)
+        return {**evaluation, **data} if isinstance(evaluation, dict) else data

@@ -1,0 +1,154 @@
+"""Planning an evaluation: which prompts, on which golden cases, scored by which scorers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from promptloop.core.config import AppSettings, EvaluateSettings, Params
+from promptloop.core.errors import InputError
+from promptloop.domain.golden import GoldenCase, load_golden
+from promptloop.domain.kb import Retriever, load_kb
+from promptloop.domain.prompts import PromptVersion, load_prompt
+from promptloop.evaluate.scorers import PairwiseJudge, ProxyMetrics, RubricJudge, Scorer
+from promptloop.llm.runner import Runner
+from promptloop.quality.detectors import detectors_of
+from promptloop.workspace.workspace import Workspace
+
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A prompt under evaluation: the baseline or a candidate, and the model it runs on."""
+
+    name: str
+    prompt: PromptVersion
+    model: str
+    source: str
+
+
+@dataclass
+class EvalPlan:
+    """What one evaluation compares, on which cases, with which settings."""
+
+    app: str
+    app_settings: AppSettings
+    settings: EvaluateSettings
+    cases: list[GoldenCase]
+    baseline: Contender
+    candidates: list[Contender]
+    retriever: Retriever | None
+    kb_ids: frozenset[str]
+    top_k: int
+
+    @property
+    def contenders(self) -> list[Contender]:
+        return [self.baseline, *self.candidates]
+
+
+def contender_model(prompt: PromptVersion, baseline_file: PromptVersion, override: str | None) -> str:
+    """The app's model override applies, unless a candidate names a model other than the baseline file's."""
+    if override and prompt.model == baseline_file.model:
+        return override
+    return prompt.model
+
+
+def candidate_names(paths: list[Path]) -> list[str]:
+    """File stems, made unique."""
+    names: list[str] = []
+    for path in paths:
+        name = path.stem if path.stem != BASELINE else f"{BASELINE}-candidate"
+        names.append(name if name not in names else f"{name}-{len(names)}")
+    return names
+
+
+def hand_written_candidates(workspace: Workspace, app: str) -> list[Path]:
+    """The candidates people wrote: prompts/<app>/candidates/*.yaml next to the app's prompt."""
+    folder = workspace.path(workspace.app_settings(app).prompt).parent / "candidates"
+    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def load_candidates(app: str, paths: list[Path]) -> list[PromptVersion]:
+    """The candidate prompt files, each for `app`."""
+    prompts = [load_prompt(path) for path in paths]
+    for path, prompt in zip(paths, prompts, strict=True):
+        if prompt.app != app:
+            raise InputError(path, f"prompt is for app {prompt.app!r}, not {app!r}", field="app")
+    return prompts
+
+
+def plan_evaluation(workspace: Workspace, app: str, candidate_paths: list[Path] | None = None,
+                    baseline: tuple[PromptVersion, str] | None = None) -> EvalPlan:
+    """Load the golden set, the baseline (the app's prompt file unless given) and the candidates.
+
+    Without candidate paths, the files in `prompts/<app>/candidates/` are the candidates.
+    """
+    settings = workspace.app_settings(app)
+    baseline_file, baseline_source = baseline or (load_prompt(workspace.path(settings.prompt)), str(settings.prompt))
+    paths = hand_written_candidates(workspace, app) if candidate_paths is None else candidate_paths
+    prompts = load_candidates(app, paths)
+    docs = load_kb(workspace.path(settings.knowledge_base)) if settings.knowledge_base else []
+    return EvalPlan(
+        app=app, app_settings=settings, settings=workspace.params.evaluate,
+        cases=load_golden(workspace.path(settings.golden_set)),
+        baseline=Contender(BASELINE, baseline_file, contender_model(baseline_file, baseline_file, settings.model),
+                           baseline_source),
+        candidates=[Contender(name, prompt, contender_model(prompt, baseline_file, settings.model), str(path))
+                    for name, prompt, path in zip(candidate_names(paths), prompts, paths, strict=True)],
+        retriever=Retriever(docs) if docs else None, kb_ids=frozenset(d.id for d in docs), top_k=settings.top_k,
+    )
+
+
+def proxy_scorers(plan: EvalPlan, root: Path, params: Params) -> list[Scorer]:
+    """The checks without an LLM, when `apps.<app>.scorers` asks for them (detectors and schema loaded once)."""
+    if "proxy" not in plan.app_settings.scorers:
+        return []
+    detectors = detectors_of(params.analyze, root)
+    app = plan.app_settings
+    schema = read_schema(root / app.json_schema) if app.json_schema else None
+    return [ProxyMetrics(detectors["refusal"], detectors["toxic"], plan.kb_ids, tuple(app.forbidden_phrases),
+                         app.citation_pattern, schema)]
+
+
+def judge_scorers(plan: EvalPlan, runner: Runner, contender: str) -> list[Scorer]:
+    """The LLM judges of one contender, their calls counted under `judge:<contender>`."""
+    settings = plan.settings
+    found: list[Scorer] = [RubricJudge(runner, settings.judge_model, settings.judge_samples, settings.judge_temperature,
+                                       settings.seed, purpose=f"judge:{contender}")]
+    if "pairwise" in plan.app_settings.scorers:
+        found.append(PairwiseJudge(runner, settings.judge_model, settings.judge_temperature, settings.seed,
+                                   purpose=f"judge:{contender}"))
+    return found
+
+
+def build_scorers(plan: EvalPlan, runner: Runner, root: Path, params: Params) -> dict[str, list[Scorer]]:
+    """Each contender's scorers (params `apps.<app>.scorers`); the proxy checks hold no state, so one
+    instance serves all."""
+    proxy = proxy_scorers(plan, root, params)
+    return {c.name: judge_scorers(plan, runner, c.name) + proxy for c in plan.contenders}
+
+
+def read_schema(path: Path) -> dict[str, object]:
+    """The JSON schema answers must follow (`apps.<app>.json_schema`)."""
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read the JSON schema: {exc}", field="apps.json_schema") from None
+    if not isinstance(schema, dict):
+        raise InputError(path, "a JSON schema is an object", field="apps.json_schema")
+    return schema
+
+
+def progress_total(plan: EvalPlan) -> int:
+    """Units of progress: one per (prompt, case) scored and per labelled case judged."""
+    return len(plan.contenders) * len(plan.cases) + sum(c.human_label is not None for c in plan.cases)
+
+
+def case_batches(plan: EvalPlan, batches: int) -> list[list[str]]:
+    """The golden set's case ids in `batches` contiguous parts of near-equal size (none empty)."""
+    ids = [c.id for c in plan.cases]
+    size, extra = divmod(len(ids), max(1, batches))
+    bounds = [i * size + min(i, extra) for i in range(max(1, batches) + 1)]
+    return [ids[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]

@@ -1,0 +1,235 @@
+"""Running an evaluation: every (prompt, case) answered and scored through the runner, in batches.
+
+Every LLM call goes through the Runner (cached, retried, budgeted). A batch of cases needs nothing
+from another batch, so batches run anywhere (a Dask worker, a worker process) and are merged back
+in plan order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from promptloop.core.runtime import prepare_environment
+from promptloop.domain.app import App
+from promptloop.domain.golden import GoldenCase
+from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan, build_scorers
+from promptloop.evaluate.scorers import Answer, JudgeFailed, RubricJudge, Scorer, ScoreValue
+from promptloop.llm.client import litellm_module_configured
+from promptloop.llm.runner import BudgetExceeded, CallFailed, ResponseCache, Runner, Usage
+from promptloop.workspace.workspace import Workspace
+
+Progress = Callable[[int], None]
+CaseRow = dict[str, ScoreValue]  # one (prompt, case): its answer and every scorer's columns
+
+
+@dataclass
+class Calibrated:
+    """The judge's verdict on one answer a person labelled."""
+
+    case_id: str
+    human_pass: bool
+    judge_pass: bool | None
+    judge_failure: str | None = None
+
+
+@dataclass
+class EvalRun:
+    """The raw outcome: one row per (prompt, case), and the judge's verdicts on human-labelled answers."""
+
+    rows: list[CaseRow] = field(default_factory=list)
+    calibration: list[Calibrated] = field(default_factory=list)
+    stopped: str | None = None
+    usage: dict[str, Usage] = field(default_factory=dict)
+    cpu_s: float = 0.0  # CPU time of the process(es) while the calls ran (for benchmarks)
+
+
+async def answer_case(runner: Runner, plan: EvalPlan, contender: Contender, case: GoldenCase) -> Answer:
+    """The contender's answer to one case: retrieval into the prompt, one app call (seeded, cached)."""
+    app = App(plan.app, contender.prompt, contender.model, plan.retriever, plan.top_k)
+    messages, retrieved = app.messages(case.input)
+    parameters = {**contender.prompt.parameters, "seed": plan.settings.seed}
+    completion = await runner.complete(f"app:{contender.name}", contender.model, messages, **parameters)
+    context = messages[0]["content"] if plan.retriever else ""
+    return Answer(completion.text, context, tuple(retrieved), completion.latency_ms, completion.cost_usd or 0.0,
+                  completion.prompt_tokens, completion.completion_tokens)
+
+
+def case_row(contender: Contender, case: GoldenCase, answer: Answer) -> CaseRow:
+    """The per-case row every scorer adds its columns to."""
+    return {"prompt": contender.name, "case_id": case.id, "split": case.split, "slice": case.slice,
+            "severity": case.severity, "lang": case.lang, "expected_behavior": case.expected_behavior,
+            "input": case.input, "answer": answer.text, "retrieved": " ".join(answer.retrieved),
+            "latency_ms": answer.latency_ms, "cost_usd": answer.cost_usd, "judge_failure": None}
+
+
+async def scored_row(scorers: list[Scorer], contender: Contender, case: GoldenCase, answer: Answer,
+                     baseline: Answer | None) -> CaseRow:
+    """The case's row with every scorer's columns; a judge that failed is recorded, not scored."""
+    row = case_row(contender, case, answer)
+    for scorer in scorers:
+        try:
+            row.update(await scorer.score(case, answer, baseline))
+        except JudgeFailed as exc:
+            row["judge_failure"] = str(exc)
+    return row
+
+
+async def calibrated(judge: RubricJudge, case: GoldenCase, context: str) -> Calibrated:
+    """The judge's verdict on the answer a person labelled (pass: a mean rubric score of 4 or more)."""
+    label = case.human_label
+    assert label is not None
+    human_pass = label.rating == "up"
+    try:
+        mean = float(np.mean(await judge.verdicts(case, label.answer, context)))
+    except JudgeFailed as exc:
+        return Calibrated(case.id, human_pass, None, str(exc))
+    return Calibrated(case.id, human_pass, mean >= 4)
+
+
+def calibration_judge(runner: Runner, scorers: dict[str, list[Scorer]]) -> RubricJudge:
+    """The baseline's rubric judge, its calls counted under `judge:calibration`."""
+    judge = next(s for s in scorers[BASELINE] if isinstance(s, RubricJudge))
+    return RubricJudge(runner, judge.model, judge.samples, judge.temperature, judge.seed, purpose="judge:calibration")
+
+
+async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list[Scorer]],
+                         on_progress: Progress | None = None) -> EvalRun:
+    """Every (prompt, case) answered and scored concurrently; a provider failure past its retries or
+    a spent budget stops the run (what finished is kept, and cached for the next run)."""
+    run = EvalRun()
+    answers: dict[tuple[str, str], asyncio.Task[Answer]] = {}
+    judge = calibration_judge(runner, scorers)
+    advance = on_progress or (lambda n: None)
+
+    async def score(contender: Contender, case: GoldenCase) -> None:
+        answer = await answers[contender.name, case.id]
+        baseline = await answers[BASELINE, case.id] if contender.name != BASELINE else None
+        run.rows.append(await scored_row(scorers[contender.name], contender, case, answer, baseline))
+        advance(1)
+
+    async def calibrate(case: GoldenCase) -> None:
+        run.calibration.append(await calibrated(judge, case, (await answers[BASELINE, case.id]).context))
+        advance(1)
+
+    # Every model's API key before the first call: a missing one stops here, before anything is spent.
+    for model in sorted({c.model for c in plan.contenders} | {judge.model}):
+        runner.api_keys.for_model(model)
+    try:
+        async with asyncio.TaskGroup() as group:
+            for contender in plan.contenders:
+                for case in plan.cases:
+                    answers[contender.name, case.id] = group.create_task(answer_case(runner, plan, contender, case))
+            for contender in plan.contenders:
+                for case in plan.cases:
+                    group.create_task(score(contender, case))
+            for case in plan.cases:
+                if case.human_label is not None:
+                    group.create_task(calibrate(case))
+    except* (CallFailed, BudgetExceeded) as failures:
+        run.stopped = str(failures.exceptions[0])
+    return in_plan_order(plan, run)
+
+
+def in_plan_order(plan: EvalPlan, run: EvalRun) -> EvalRun:
+    """Rows by prompt, then golden-set order. They arrive in completion order, which retries and
+    concurrency shuffle; the statistics (the bootstrap draws by position) must see one order."""
+    prompt_order = {c.name: i for i, c in enumerate(plan.contenders)}
+    case_order = {c.id: i for i, c in enumerate(plan.cases)}
+    run.rows.sort(key=lambda r: (prompt_order[str(r["prompt"])], case_order[str(r["case_id"])]))
+    run.calibration.sort(key=lambda c: case_order[c.case_id])
+    return run
+
+
+def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], share: float = 1.0,
+                   on_progress: Progress | None = None, concurrency: int | None = None) -> EvalRun:
+    """Answer and score the cases `case_ids` with a runner of their own (a `share` of the budget).
+
+    A batch needs nothing from another one, so batches can run anywhere (a Dask worker, another
+    process); `merge_runs` puts them back together.
+    """
+    wanted = set(case_ids)
+    part = dataclasses.replace(plan, cases=[c for c in plan.cases if c.id in wanted])
+    settings = plan.settings
+    runner = workspace.open_runner(
+        max_usd=settings.budget_usd * share,
+        max_calls=math.ceil(settings.budget_calls * share) if settings.budget_calls else None,
+        concurrency=concurrency,
+    )
+    try:
+        scorers = build_scorers(part, runner, workspace.root, workspace.params)
+        cpu = time.process_time()
+        run = asyncio.run(run_evaluation(part, runner, scorers, on_progress))
+        run.cpu_s = time.process_time() - cpu
+    finally:
+        runner.cache.close()
+    run.usage = dict(runner.usage)
+    return run
+
+
+def merge_runs(plan: EvalPlan, runs: list[EvalRun]) -> EvalRun:
+    """One run from its batches: rows and labels joined, usage added up, the first stop reason kept."""
+    usage: dict[str, Usage] = {}
+    for run in runs:
+        for purpose, used in run.usage.items():
+            total = usage.setdefault(purpose, Usage())
+            for name in Usage.__dataclass_fields__:
+                setattr(total, name, getattr(total, name) + getattr(used, name))
+    merged = EvalRun([row for run in runs for row in run.rows], [c for run in runs for c in run.calibration],
+                     next((run.stopped for run in runs if run.stopped), None), usage, sum(run.cpu_s for run in runs))
+    return in_plan_order(plan, merged)
+
+
+class Stopwatch:
+    """Wall seconds per phase, so a slow evaluation says where its time went (reported, never decided on)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
+
+
+def warm_worker(workspace: Workspace) -> None:
+    """A worker process's start: offline environment, litellm configured (its imports take seconds).
+
+    A 1 ms GIL switch interval: litellm runs part of every call in a thread, and the default 5 ms
+    wait for the GIL stretches each call under load (measured in benchmarks/bench_runner.py).
+    """
+    prepare_environment()
+    sys.setswitchinterval(0.001)
+    litellm_module_configured(workspace.params.llm)
+
+
+def run_in_processes(workspace: Workspace, plan: EvalPlan, chunks: list[list[str]], processes: int, clock: Stopwatch,
+                     on_progress: Progress | None) -> list[EvalRun]:
+    """The batches on `processes` worker processes (one event loop and runner each, the concurrency
+    shared out): one Python process is CPU-bound in litellm long before a provider's limits."""
+    if workspace.params.llm.cache:  # created here once, not raced by the workers
+        ResponseCache(workspace.path(workspace.params.llm.cache)).close()
+    concurrency = max(1, math.ceil(workspace.params.llm.max_concurrency / processes))
+    context = multiprocessing.get_context("spawn")  # no forked copies of threads or open databases
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=warm_worker, initargs=(workspace,)) as pool:
+        list(pool.map(math.sqrt, range(processes)))  # wait until every worker is warm
+        clock.lap("setup_s")
+        futures = [
+            pool.submit(evaluate_batch, workspace, plan, ids, 1 / len(chunks), None, concurrency) for ids in chunks
+        ]
+        runs = []
+        for future, ids in zip(futures, chunks, strict=True):
+            runs.append(future.result())
+            if on_progress:
+                on_progress(len(ids) * len(plan.contenders))
+    return runs

@@ -1,0 +1,386 @@
+"""Summarising an evaluation (pure): per-prompt aggregates, paired comparisons, Holm, the gate's decisions.
+
+Decisions rest on the held-out cases only; the cases an optimizer saw are reported, never decided on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypedDict
+
+import numpy as np
+import pandas as pd
+
+from promptloop.core.config import EvaluateSettings
+from promptloop.domain.evaluation import (
+    BaselineResult,
+    CalibrationResult,
+    CallCounts,
+    CandidateResult,
+    EvaluationResult,
+    Flips,
+    GuardResult,
+    JudgeResult,
+    SplitComparison,
+    UsageResult,
+)
+from promptloop.domain.golden import GoldenCase
+from promptloop.evaluate import stats
+from promptloop.evaluate.gate import Evidence, GuardCheck, PromptStats, decide, guard_checks, license_problem
+from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan
+from promptloop.evaluate.run import Calibrated, EvalRun
+from promptloop.llm.runner import Usage
+
+LicenseOf = Callable[[str], str]
+
+
+def _rate(frame: pd.DataFrame, column: str, mask: pd.Series | None = None) -> float | None:
+    if column not in frame:
+        return None
+    values = frame.loc[mask, column] if mask is not None else frame[column]
+    values = values.dropna()
+    return float(values.astype(float).mean()) if len(values) else None
+
+
+def prompt_stats(frame: pd.DataFrame) -> PromptStats:
+    """Aggregates of one prompt's scored rows."""
+    scored = frame.dropna(subset=["rubric_score"]) if "rubric_score" in frame else frame.iloc[0:0]
+    format_valid = _rate(frame, "format_valid")
+    return PromptStats(
+        n=len(scored),
+        mean_score=float(scored["rubric_score"].mean()) if len(scored) else math.nan,
+        pass_rate=float(scored["rubric_passed"].astype(float).mean()) if len(scored) else math.nan,
+        refusal_on_answerable=_rate(frame, "refused_answerable", frame["expected_behavior"] == "answer"),
+        toxicity=_rate(frame, "toxic"),
+        format_invalid=None if format_valid is None else 1 - format_valid,
+        cost_per_1k_usd=float(frame["cost_usd"].mean() * 1000) if len(frame) else 0.0,
+        latency_p95_ms=float(np.percentile(frame["latency_ms"], 95)) if len(frame) else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Judge-human agreement on the labelled cases, and whether it is enough to decide."""
+
+    labelled: int
+    judged: int
+    accuracy: float | None
+    kappa: float | None
+    applied: bool
+    problem: str | None
+    decided_by: str = "kappa"
+
+    def result(self) -> CalibrationResult:
+        return CalibrationResult(
+            labelled=self.labelled,
+            judged=self.judged,
+            accuracy=self.accuracy,
+            kappa=self.kappa,
+            applied=self.applied,
+            decided_by="accuracy" if self.decided_by == "accuracy" else "kappa",
+            problem=self.problem,
+        )
+
+
+def calibration(records: list[Calibrated], settings: EvaluateSettings) -> Calibration:
+    """Agreement on the human-labelled cases; used by the gate once there are enough of them.
+
+    Kappa decides when both human classes have `min_calibration_per_class` labels; with fewer of
+    one class (labels mined from failures are mostly 👎) kappa swings wildly, so accuracy decides.
+    """
+    judged = [r for r in records if r.judge_pass is not None]
+    if not judged:
+        return Calibration(len(records), 0, None, None, False, None)
+    human = [r.human_pass for r in judged]
+    found = stats.agreement(human, [bool(r.judge_pass) for r in judged])
+    applied = len(judged) >= settings.min_calibration_cases
+    smaller_class = min(sum(human), len(human) - sum(human))
+    use_kappa = found.kappa is not None and smaller_class >= settings.min_calibration_per_class
+    problem = calibration_problem(found, use_kappa, smaller_class, settings) if applied else None
+    return Calibration(len(records), len(judged), found.accuracy, found.kappa, applied, problem,
+                       "kappa" if use_kappa else "accuracy")
+
+
+def calibration_problem(found: stats.Agreement, use_kappa: bool, smaller_class: int,
+                        settings: EvaluateSettings) -> str | None:
+    """Why the judge may not decide: kappa (or, with too few labels of one class, accuracy) under its floor."""
+    if use_kappa and found.kappa is not None and found.kappa < settings.min_judge_kappa:
+        return (f"judge not calibrated: kappa {found.kappa:.2f} < {settings.min_judge_kappa:.2f} on {found.n} "
+                "labelled cases")
+    if not use_kappa and found.accuracy < settings.min_judge_accuracy:
+        return (f"judge not calibrated: accuracy {found.accuracy:.2f} < {settings.min_judge_accuracy:.2f} on "
+                f"{found.n} labelled cases ({smaller_class} in the smaller class: too few for kappa)")
+    return None
+
+
+def judge_result(frame: pd.DataFrame, settings: EvaluateSettings, judge: Calibration) -> JudgeResult:
+    """Position consistency of the pairwise judge, the rubric judge's own variance, its calibration."""
+    consistent = frame["pairwise_consistent"].dropna() if "pairwise_consistent" in frame else pd.Series(dtype=object)
+    variance = frame["rubric_judge_var"].dropna() if "rubric_judge_var" in frame else pd.Series(dtype=float)
+    return JudgeResult(model=settings.judge_model, samples=settings.judge_samples,
+                       position_consistency=float(consistent.astype(float).mean()) if len(consistent) else None,
+                       pairwise_judged=int(len(consistent)),
+                       rubric_variance=float(variance.mean()) if len(variance) else None,
+                       calibration=judge.result())
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate against the baseline on the cases both were scored on."""
+
+    paired: stats.PairedComparison | None
+    mcnemar_p: float | None
+    mde: float
+    regressions: list[str]
+    flips: Flips
+    pairwise_win_rate: float | None
+
+
+def no_comparison() -> Comparison:
+    """What is known of a candidate without paired scores: nothing."""
+    return Comparison(None, None, math.inf, [], Flips(), None)
+
+
+def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings) -> Comparison:
+    """Paired statistics of one candidate against the baseline."""
+    if "rubric_score" not in base or "rubric_score" not in cand:  # no verdict at all: nothing to compare
+        return no_comparison()
+    both = base.merge(cand, on="case_id", suffixes=("_b", "_c")).dropna(subset=["rubric_score_b", "rubric_score_c"])
+    if both.empty:
+        return no_comparison()
+    paired = stats.compare_paired(both["rubric_score_b"], both["rubric_score_c"], settings.confidence,
+                                  settings.bootstrap_resamples, settings.seed)
+    passed_b, passed_c = both["rubric_passed_b"].astype(bool), both["rubric_passed_c"].astype(bool)
+    diffs = both["rubric_score_c"] - both["rubric_score_b"]
+    sd = float(diffs.std(ddof=1)) if len(both) > 1 else math.nan
+    broken = both.loc[passed_b & ~passed_c]
+    high = broken.loc[broken["severity_b"].isin(settings.high_severity), "case_id"].tolist()
+    win_rate = float(both["pairwise_score_c"].mean()) if "pairwise_score_c" in both else None
+    return Comparison(
+        paired=paired, mcnemar_p=stats.mcnemar(passed_b, passed_c)[2],
+        mde=stats.minimum_detectable_effect(sd, len(both), 1 - settings.confidence) if sd > 0 else math.nan,
+        regressions=sorted(high), flips=Flips(fixed=sorted(both.loc[~passed_b & passed_c, "case_id"]),
+                                              broken=sorted(broken["case_id"])),
+        pairwise_win_rate=win_rate,
+    )
+
+
+def incomplete_reasons(frame: pd.DataFrame, n_cases: int, stopped: str | None) -> list[str]:
+    """Why a prompt's results can't be trusted: a stopped run, missing cases, judge failures."""
+    reasons = [f"evaluation stopped: {stopped}"] if stopped else []
+    failures = int(frame["judge_failure"].notna().sum()) if len(frame) else 0
+    if failures:
+        reasons.append(f"{failures} judge failure(s) (malformed verdicts after retries)")
+    missing = n_cases - len(frame)
+    if missing > 0 and not stopped:
+        reasons.append(f"{missing} case(s) without a result")
+    return reasons
+
+
+def call_counts(usage: Usage) -> CallCounts:
+    """One purpose's calls, as reported."""
+    return CallCounts(calls=usage.calls, cache_hits=usage.cache_hits, retries=usage.retries, failures=usage.failures,
+                      invalid=usage.invalid, retry_causes=dict(usage.retry_causes.most_common()),
+                      prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                      cost_usd=round(usage.cost_usd, 6))
+
+
+def usage_summary(usage: dict[str, Usage]) -> UsageResult:
+    """Calls, cache hits, retries, tokens and cost: overall and per purpose (app:<prompt>, judge:<prompt>)."""
+    per = {purpose: call_counts(u) for purpose, u in sorted(usage.items())}
+    causes = sum((u.retry_causes for u in usage.values()), Counter[str]())
+    return UsageResult(calls=sum(p.calls for p in per.values()), cache_hits=sum(p.cache_hits for p in per.values()),
+                       retries=sum(p.retries for p in per.values()), failures=sum(p.failures for p in per.values()),
+                       invalid=sum(p.invalid for p in per.values()),
+                       prompt_tokens=sum(p.prompt_tokens for p in per.values()),
+                       completion_tokens=sum(p.completion_tokens for p in per.values()),
+                       retry_causes=dict(causes.most_common()),
+                       cost_usd=round(sum(u.cost_usd for u in usage.values()), 6), by_purpose=per)
+
+
+def decision_split(cases: list[GoldenCase]) -> tuple[list[GoldenCase], list[GoldenCase]]:
+    """(cases the decision rests on, cases an optimizer saw). The decision uses held-out cases only,
+    so a candidate is judged on cases its optimizer never saw; with no optimisation split, all cases."""
+    seen = [c for c in cases if c.split == "optimize"]
+    held_out = [c for c in cases if c.split == "holdout"]
+    return (held_out, seen) if seen else (cases, [])
+
+
+def split_comparison(frame: pd.DataFrame, name: str, cases: list[GoldenCase],
+                     settings: EvaluateSettings) -> SplitComparison | None:
+    """The candidate's gain on the optimisation split: reported, never decided on (it may be overfit)."""
+    if not cases or not len(frame):
+        return None
+    ids = {c.id for c in cases}
+    part = frame[frame["case_id"].isin(ids)]
+    found = compare(part[part["prompt"] == BASELINE], part[part["prompt"] == name], settings).paired
+    if found is None:
+        return None
+    return SplitComparison(n=found.n, diff=found.mean_diff, ci_low=found.ci_low, ci_high=found.ci_high)
+
+
+def golden_set_mde(base: pd.DataFrame, settings: EvaluateSettings) -> float | None:
+    """The smallest gain this golden set can see (no-correlation planning value: sd of a diff = sqrt(2) sd)."""
+    scores = base["rubric_score"].dropna() if "rubric_score" in base else pd.Series(dtype=float)
+    if len(scores) < 2 or scores.std(ddof=1) == 0:
+        return None
+    return stats.minimum_detectable_effect(
+        math.sqrt(2) * float(scores.std(ddof=1)), len(scores), 1 - settings.confidence
+    )
+
+
+def finite(value: float | None) -> float | None:
+    """NaN/inf as None, so the result is valid JSON."""
+    return None if value is None or not math.isfinite(value) else value
+
+
+class StatsFields(TypedDict, total=False):
+    """A prompt's aggregates as result fields."""
+
+    n: int
+    mean_score: float | None
+    pass_rate: float | None
+    refusal_on_answerable: float | None
+    toxicity: float | None
+    format_invalid: float | None
+    cost_per_1k_usd: float | None
+    latency_p95_ms: float | None
+
+
+def stats_fields(prompt: PromptStats | None) -> StatsFields:
+    """A prompt's aggregates (none without scores), NaN as None."""
+    if prompt is None:
+        return StatsFields()
+    return StatsFields(n=prompt.n, mean_score=finite(prompt.mean_score), pass_rate=finite(prompt.pass_rate),
+                       refusal_on_answerable=finite(prompt.refusal_on_answerable), toxicity=finite(prompt.toxicity),
+                       format_invalid=finite(prompt.format_invalid), cost_per_1k_usd=finite(prompt.cost_per_1k_usd),
+                       latency_p95_ms=finite(prompt.latency_p95_ms))
+
+
+def baseline_result(contender: Contender, prompt: PromptStats | None, incomplete: list[str]) -> BaselineResult:
+    """The baseline's identity and aggregates."""
+    return BaselineResult(name=contender.name, source=contender.source, version=contender.prompt.version,
+                          prompt_hash=contender.prompt.content_hash, model=contender.model,
+                          incomplete=incomplete, **stats_fields(prompt))
+
+
+@dataclass(frozen=True)
+class BaselineEvidence:
+    """What every candidate's decision shares: the baseline's results, the judge's calibration, the run."""
+
+    plan: EvalPlan
+    stats: PromptStats | None
+    problems: list[str]
+    judge: Calibration
+    stopped: str | None
+    n_cases: int
+
+
+def evidence_for(base: BaselineEvidence, contender: Contender, frame: pd.DataFrame, comparison: Comparison | None,
+                 p_adjusted: float | None, license_class: str) -> tuple[Evidence, PromptStats | None]:
+    """Everything the gate looks at for one candidate, and the candidate's aggregates."""
+    plan = base.plan
+    cand_stats = prompt_stats(frame) if len(frame) else None
+    paired = comparison.paired if comparison else None
+    guards: list[GuardCheck] = (
+        guard_checks(base.stats, cand_stats, plan.settings.guards) if base.stats and cand_stats else []
+    )
+    evidence = Evidence(
+        incomplete=sorted(set(base.problems) | set(incomplete_reasons(frame, base.n_cases, base.stopped))),
+        identical=(
+            contender.prompt.content_hash == plan.baseline.prompt.content_hash
+            and contender.model == plan.baseline.model
+        ),
+        ci_low=paired.ci_low if paired else None,
+        p_adjusted=p_adjusted,
+        regressions=comparison.regressions if comparison else [],
+        guards=guards,
+        judge_problem=base.judge.problem,
+        license_problem=license_problem(
+            plan.baseline.model, contender.model, license_class, plan.app_settings.commercial
+        ),
+    )
+    return evidence, cand_stats
+
+
+class PairedFields(TypedDict, total=False):
+    """The paired comparison's figures as result fields."""
+
+    diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float
+    wins: int
+    ties: int
+    losses: int
+
+
+def paired_fields(paired: stats.PairedComparison | None) -> PairedFields:
+    """The paired difference, its CI and p-value, and the case counts (none without paired scores)."""
+    if paired is None:
+        return PairedFields()
+    return PairedFields(diff=finite(paired.mean_diff), ci_low=finite(paired.ci_low), ci_high=finite(paired.ci_high),
+                        p_value=paired.p_value, wins=paired.wins, ties=paired.ties, losses=paired.losses)
+
+
+def candidate_result(base: BaselineEvidence, contender: Contender, frame: pd.DataFrame, comparison: Comparison | None,
+                     p_adjusted: float | None, license_class: str) -> CandidateResult:
+    """One candidate's line of the decision table."""
+    evidence, cand_stats = evidence_for(base, contender, frame, comparison, p_adjusted, license_class)
+    decision, reasons = decide(evidence, base.plan.settings.min_effect, 1 - base.plan.settings.confidence)
+    found = comparison or no_comparison()
+    return CandidateResult(
+        name=contender.name, source=contender.source, version=contender.prompt.version,
+        prompt_hash=contender.prompt.content_hash, model=contender.model, **stats_fields(cand_stats),
+        license=license_class, **paired_fields(found.paired), p_adjusted=p_adjusted, mcnemar_p=found.mcnemar_p,
+        pairwise_win_rate=found.pairwise_win_rate, mde=finite(found.mde), flips=found.flips,
+        high_severity_regressions=evidence.regressions,
+        guards=[GuardResult(metric=g.metric, baseline=g.baseline, candidate=g.candidate, limit=g.limit, ok=g.ok)
+                for g in evidence.guards],
+        decision=decision, reasons=reasons,
+    )
+
+
+def comparisons_of(plan: EvalPlan, by_prompt: dict[str, pd.DataFrame]) -> tuple[dict[str, Comparison | None],
+                                                                                  dict[str, float]]:
+    """Each candidate against the baseline, and the Holm-adjusted p-values of those that could be tested."""
+    base = by_prompt[BASELINE]
+    comparisons = {c.name: compare(base, by_prompt[c.name], plan.settings) if len(by_prompt[c.name]) and len(base)
+                   else None for c in plan.candidates}
+    testable = [(name, cmp.paired.p_value) for name, cmp in comparisons.items() if cmp is not None and cmp.paired]
+    adjusted = dict(zip([name for name, _ in testable], stats.holm([p for _, p in testable]), strict=True))
+    return comparisons, adjusted
+
+
+def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> EvaluationResult:
+    """Per-prompt stats, paired comparisons, Holm-adjusted p-values and the gate's decision per candidate."""
+    settings = plan.settings
+    everything = pd.DataFrame(run.rows)
+    decided, seen = decision_split(plan.cases)
+    frame = everything[everything["case_id"].isin({c.id for c in decided})] if len(everything) else everything
+    by_prompt = {c.name: frame[frame["prompt"] == c.name] if len(frame) else frame for c in plan.contenders}
+    base_frame = by_prompt[BASELINE]
+    base = BaselineEvidence(
+        plan,
+        prompt_stats(base_frame) if len(base_frame) else None,
+        incomplete_reasons(base_frame, len(decided), run.stopped),
+        calibration(run.calibration, settings),
+        run.stopped,
+        len(decided),
+    )
+    comparisons, adjusted = comparisons_of(plan, by_prompt)
+    candidates = [candidate_result(base, c, by_prompt[c.name], comparisons[c.name], adjusted.get(c.name),
+                                   license_of(c.model)) for c in plan.candidates]
+    for contender, candidate in zip(plan.candidates, candidates, strict=True):
+        candidate.optimize_split = split_comparison(everything, contender.name, seen, settings)
+    return EvaluationResult(
+        app=plan.app, cases=len(plan.cases), cases_decided=len(decided), cases_optimize=len(seen),
+        complete=not base.problems and all(c.decision != "incomplete" for c in candidates), stopped=run.stopped,
+        baseline=baseline_result(plan.baseline, base.stats, base.problems), candidates=candidates,
+        judge=judge_result(frame, settings, base.judge),
+        judge_failures=int(frame["judge_failure"].notna().sum()) if len(frame) else 0,
+        mde=golden_set_mde(base_frame, settings),
+    )

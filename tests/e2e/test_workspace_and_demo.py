@@ -1,0 +1,140 @@
+"""`init` and `demo` make real git, DVC and MLflow state; the demo's logs follow the contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import git
+import mlflow
+import pytest
+from pydantic import ValidationError
+
+from promptloop.core.errors import InputError
+from promptloop.demo.run import DEMO_MARKER, DemoResult, run_demo
+from promptloop.domain.logs import LogRecord
+from promptloop.ops.initialize import init_workspace
+
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def test_init_makes_git_origin_dvc_and_mlflow(initialized_workspace) -> None:
+    root, created = initialized_workspace
+    repo = git.Repo(root)
+    assert repo.active_branch.name == "main" and not repo.is_dirty(untracked_files=True)
+    tracked = set(repo.git.ls_files().splitlines())
+    assert {"params.yaml", "dvc.yaml", "prefect.yaml", "prompts/support-bot/prompt.yaml",
+            "datasets/support-bot/golden.jsonl.dvc", ".dvc/config"} <= tracked
+    assert "datasets/support-bot/golden.jsonl" not in tracked  # DVC owns it, git holds its .dvc
+    origin = git.Repo(root / "remote.git")
+    assert origin.bare and origin.commit("main").hexsha == created.commit == repo.head.commit.hexsha
+    md5 = (root / "datasets/support-bot/golden.jsonl.dvc").read_text().split("md5: ")[1].split()[0]
+    assert (root / "dvc-remote/files/md5" / md5[:2] / md5[2:]).is_file()
+    client = mlflow.MlflowClient(tracking_uri=created.tracking_uri)
+    assert (
+        client.get_experiment_by_name("promptloop/support-bot").experiment_id
+        == created.experiments["promptloop/support-bot"]
+    )
+    assert (root / "mlflow.db").is_file()
+
+
+def test_init_refuses_a_folder_that_holds_something(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not an empty folder"):
+        init_workspace(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DemoResult]:
+    dest = tmp_path_factory.mktemp("demo") / "demo"
+    return dest, run_demo(dest, interactions=400, now=NOW)
+
+
+def read_lines(dest: Path, log_file: str) -> list[str]:
+    return (dest / log_file).read_text(encoding="utf-8").splitlines()
+
+
+def test_demo_logs_follow_the_log_record_contract(demo_run) -> None:
+    dest, result = demo_run
+    lines = read_lines(dest, result.logs.log_file)
+    logs = result.logs
+    assert len(lines) == logs.interactions + logs.malformed_rows == 400 + 8
+    valid = [LogRecord.model_validate_json(line) for line in lines[:400]]
+    assert len({r.id for r in valid}) == 400
+    assert all(r.app == "support-bot" and r.prompt_version == "1" for r in valid)
+    assert all(r.timestamp <= NOW for r in valid)
+    errors = [r for r in valid if r.error]
+    assert all(r.output is None for r in errors)
+
+
+def test_demo_malformed_rows_break_the_contract(demo_run) -> None:
+    dest, result = demo_run
+    ids = [json.loads(line).get("id") for line in read_lines(dest, result.logs.log_file)[:400]]
+    broken = 0
+    for line in read_lines(dest, result.logs.log_file)[400:]:
+        try:
+            row = LogRecord.model_validate_json(line)
+        except ValidationError:
+            broken += 1
+            continue
+        # what a row-level schema cannot see: a duplicate id or a timestamp in the future
+        assert row.id in ids or row.timestamp > NOW
+    assert broken >= 4
+
+
+def test_demo_traffic_has_the_configured_mix(demo_run) -> None:
+    _, result = demo_run
+    logs = result.logs
+    assert 0.2 <= logs.korean_share <= 0.4
+    assert 0.22 <= logs.feedback_rate <= 0.38
+    # v1 is weak: users press 👎 often, and mostly on bad answers
+    assert 0.25 <= logs.thumbs_down_rate <= 0.75
+
+
+def test_thumbs_down_mostly_marks_bad_answers(demo_run) -> None:
+    dest, result = demo_run
+    rows = [json.loads(line) for line in read_lines(dest, result.logs.log_file)[:400]]
+    rated = [r for r in rows if r["feedback"] in (-1, 1)]
+    korean_down = Counter(r["feedback"] for r in rated if any("\uac00" <= c <= "\ud7a3" for c in r["input"]))
+    # v1 answers Korean questions in English: most Korean ratings are 👎
+    assert korean_down[-1] > korean_down[1]
+
+
+def test_demo_is_deterministic_under_its_seed(tmp_path: Path, demo_run) -> None:
+    """A fresh process (the CLI) reproduces the questions and answers of the in-process run."""
+    dest, result = demo_run
+    completed = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "promptloop"),
+            "demo",
+            "--dir",
+            str(tmp_path / "again"),
+            "--interactions",
+            "60",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    again = json.loads(completed.stdout)
+    pick = lambda lines: [(r["id"], r["input"], r["output"], r["feedback"]) for r in map(json.loads, lines[:60])]  # noqa: E731
+    again_lines = read_lines(tmp_path / "again", again["logs"]["log_file"])
+    assert pick(again_lines) == pick(read_lines(dest, result.logs.log_file))
+
+
+def test_demo_rewrites_only_its_own_scratch_folder(tmp_path: Path, demo_run) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="not made by `promptloop demo`"):
+        run_demo(mine, interactions=5, now=NOW)
+    assert (mine / "keep.txt").read_text() == "x"
+    dest, _ = demo_run
+    assert (dest / DEMO_MARKER).is_file()

@@ -1,0 +1,134 @@
+"""params.yaml validation: unknown keys and wrong types are errors naming the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from promptloop.core.config import load_params, parse_params
+from promptloop.core.errors import InputError
+
+from conftest import REPO
+
+
+def sample_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_sample_params_validate_with_one_section_per_stage() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert set(params.apps) == {"support-bot"}
+    assert params.apps["support-bot"].model is None  # the prompt file names the model
+    assert params.llm.license_of("offline/open-bot") == "permissive"
+    assert params.llm.license_of("ollama/llama3.1:8b") == "restrictive"  # a glob
+    assert params.llm.license_of("someone/else") == "unknown"
+    for stage in ("collect", "analyze", "evaluate", "improve", "deploy"):
+        assert stage in sample_params(), stage
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "message"),
+    [
+        (lambda p: p["apps"]["support-bot"].update(modle="x"), "apps.support-bot.modle", "unknown key"),
+        (lambda p: p.update(colect={}), "colect", "unknown key"),
+        (lambda p: p["evaluate"].update(judge_samples="three"), "evaluate.judge_samples", "valid integer"),
+        (lambda p: p["evaluate"]["guards"].update(toxicty=0), "evaluate.guards.toxicty", "unknown key"),
+        (lambda p: p["llm"]["licenses"].update({"x/*": "free"}), "llm.licenses.x/*", "permissive"),
+        (
+            lambda p: p["apps"]["support-bot"].update(scorers=["pairwise"]),
+            "apps.support-bot.scorers",
+            "'rubric' is required",
+        ),
+        (lambda p: p["demo"].update(korean_share=1.5), "demo.korean_share", "less than or equal to 1"),
+        (lambda p: p["apps"]["support-bot"].pop("prompt"), "apps.support-bot.prompt", "Field required"),
+        (
+            lambda p: p["llm"]["prices"]["offline/judge"].update(input_per_mtok=-1),
+            "llm.prices.offline/judge.input_per_mtok",
+            "greater than or equal",
+        ),
+    ],
+)
+def test_config_errors_name_the_file_and_key(edit, field: str, message: str) -> None:
+    params = sample_params()
+    edit(params)
+    with pytest.raises(InputError) as caught:
+        parse_params(params, "params.yaml")
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"params.yaml: {field}: ")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_empty_apps_is_an_error() -> None:
+    params = sample_params()
+    params["apps"] = {}
+    with pytest.raises(InputError, match="apps: .*at least one app"):
+        parse_params(params)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("apps:\n  support-bot: [unclosed\n")
+    with pytest.raises(InputError) as caught:
+        load_params(bad)
+    assert str(bad) in str(caught.value) and "line " in str(caught.value)
+
+
+def test_missing_file_says_how_to_get_one(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="promptloop init"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_unknown_app_lists_the_known_ones() -> None:
+    params = load_params(REPO / "params.yaml")
+    with pytest.raises(InputError, match=r"unknown app 'nope' \(known: support-bot\)"):
+        params.app("nope")
+
+
+FAKE_KEY = "sk-live-0123456789abcdefFAKE"
+
+
+@pytest.mark.parametrize("value", [FAKE_KEY, "env:", "env:NOT A NAME", "prefect-secret:Upper_Case", "vault:x", 42])
+def test_a_literal_api_key_is_refused_without_repeating_it(value: object) -> None:
+    params = sample_params()
+    params["llm"]["api_keys"] = {"openai/*": value}
+    with pytest.raises(InputError) as caught:
+        parse_params(params, "params.yaml")
+    assert caught.value.field == "llm.api_keys.openai/*"
+    assert str(caught.value).startswith("params.yaml: llm.api_keys.openai/*: ")
+    assert "environment variable" in str(caught.value) and "Prefect Secret block" in str(caught.value)
+    assert FAKE_KEY not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_api_keys_must_be_a_mapping_and_the_error_names_the_file(tmp_path: Path) -> None:
+    params = sample_params()
+    params["llm"]["api_keys"] = FAKE_KEY
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(InputError) as caught:
+        load_params(path)
+    assert str(caught.value).startswith(f"{path}: llm.api_keys: ") and FAKE_KEY not in str(caught.value)
+
+
+def test_settings_built_in_code_refuse_a_literal_key_without_printing_it() -> None:
+    from pydantic import ValidationError
+
+    from promptloop.core.config import LLMSettings
+
+    with pytest.raises(ValidationError) as caught:
+        LLMSettings(api_keys={"openai/*": FAKE_KEY})
+    assert FAKE_KEY not in str(caught.value)
+
+
+def test_key_sources_name_the_environment_or_a_prefect_secret_block_first_match_wins() -> None:
+    params = sample_params()
+    params["llm"]["api_keys"] = {
+        "openai/gpt-4o*": "prefect-secret:openai-prod",
+        "openai/*": "env:OPENAI_KEY_FOR_PROMPTLOOP",
+    }
+    llm = parse_params(params).llm
+    assert llm.api_key_entry("openai/gpt-4o-mini") == ("openai/gpt-4o*", "prefect-secret:openai-prod")
+    assert llm.api_key_entry("openai/o3") == ("openai/*", "env:OPENAI_KEY_FOR_PROMPTLOOP")
+    assert llm.api_key_entry("anthropic/claude") is None  # litellm's own ANTHROPIC_API_KEY

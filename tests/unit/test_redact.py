@@ -1,0 +1,318 @@
+"""PII redaction: every kind found in English and Korean text, look-alikes left alone, series, hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pickle
+import random
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from promptloop.core.errors import InputError
+from promptloop.quality.redact import (
+    _EMAIL,
+    _NUMERIC,
+    PLACEHOLDERS,
+    Redactor,
+    _redact_emails,
+    _replacer,
+    build_redactor,
+    keyed_hash,
+    luhn_valid,
+)
+
+REDACTOR = Redactor()
+
+# (text, the raw PII in it, its kind)
+POSITIVES = [
+    ("My email is jordan.lee@example.com, thanks.", "jordan.lee@example.com", "EMAIL"),
+    ("Reply to sam.rivera+billing@mail.example.org please", "sam.rivera+billing@mail.example.org", "EMAIL"),
+    ("답변은 mina.park@example.com로 보내 주세요.", "mina.park@example.com", "EMAIL"),
+    ("메일은hana.choi@example.com입니다", "hana.choi@example.com", "EMAIL"),
+    ("You can call me at +1 415 555 0134.", "+1 415 555 0134", "PHONE"),
+    ("London office: +44 20 7946 0958", "+44 20 7946 0958", "PHONE"),
+    ("연락처는 +82 10-1234-5678 입니다", "+82 10-1234-5678", "PHONE"),
+    ("서울 사무실 +82-2-123-4567로 연락 주세요", "+82-2-123-4567", "PHONE"),
+    ("제 번호는 010-1234-5678입니다", "010-1234-5678", "PHONE"),
+    ("번호는01012345678이에요", "01012345678", "PHONE"),
+    ("예전 번호 011-123-4567도 있어요", "011-123-4567", "PHONE"),
+    ("안녕하세요, 02-123-4567로 연락 주셔도 됩니다.", "02-123-4567", "PHONE"),
+    ("경기 지점은 031-123-4567입니다", "031-123-4567", "PHONE"),
+    ("Call (415) 555-0134 after 5pm", "(415) 555-0134", "PHONE"),
+    ("Text 415-555-0134 or email me", "415-555-0134", "PHONE"),
+    ("Phone: 415.555.0134", "415.555.0134", "PHONE"),
+    ("Toll free 1-800-555-0199", "1-800-555-0199", "PHONE"),
+    ("주민등록번호 900101-1234567로 인증했어요", "900101-1234567", "RRN"),
+    ("제 주민등록번호는851224-2345678입니다.", "851224-2345678", "RRN"),
+    ("주민번호 0207093123456 입력", "0207093123456", "RRN"),
+    ("RRN 950630-2987654 for the record", "950630-2987654", "RRN"),
+    ("Card 4111 1111 1111 1111 was charged twice", "4111 1111 1111 1111", "CARD"),
+    ("카드번호4111-1111-1111-1111입니다", "4111-1111-1111-1111", "CARD"),
+    ("Amex 378282246310005 expired", "378282246310005", "CARD"),
+    ("Amex grouped 3782 822463 10005.", "3782 822463 10005", "CARD"),
+    ("Mastercard 5555555555554444", "5555555555554444", "CARD"),
+    ("My IP is 192.168.0.12.", "192.168.0.12", "IP"),
+    ("서버 IP는10.0.0.255이에요", "10.0.0.255", "IP"),
+    ("Blocked from 2001:0db8:85a3:0000:0000:8a2e:0370:7334 today", "2001:0db8:85a3:0000:0000:8a2e:0370:7334", "IP"),
+    ("IPv6 주소 2001:db8::8a2e:370:7334에서 접속", "2001:db8::8a2e:370:7334", "IP"),
+    ("link-local fe80::1ff:fe23:4567:890a here", "fe80::1ff:fe23:4567:890a", "IP"),
+    ("mapped ::ffff:192.0.2.1 too", "::ffff:192.0.2.1", "IP"),
+]
+
+NEGATIVES = [
+    "Refunds are possible within 14 days of being charged.",
+    "The Plus plan costs $80 per year, or $8 per month.",
+    "The Team plan launched in 2026.",
+    "Please update to version 3.17.2 and restart.",
+    "The release is scheduled for 2026-11-26 at 10:30.",
+    "Sync ran at 14:30:00 and 15:45:10 today.",
+    "It costs $1,299.00 including tax.",
+    "You can store up to 5,000 notes and 20,000 attachments.",
+    "Your verification code is 123456.",
+    "Order #20261126 ships in 2 to 5 business days.",
+    "Build 1.2.3 and 1.2.3-beta.4 are out.",
+    "256.300.1.1 is not an address, and neither is 1.2.3.4.5.",
+    "Version v1.2.3.4 fixed it.",
+    "This card 4111 1111 1111 1112 fails the checksum.",
+    "ISBN 978-3-16-148410-0 is a book.",
+    "C++ std::vector and Ruby Foo::Bar are code, add::bead is not an address.",
+    "Loopback ::1 and a bare :: are not personal.",
+    "Reach us at support at example dot com.",
+    "환불은 결제일로부터 14일 이내에 가능합니다.",
+    "2026년 11월 26일에 출시됩니다.",
+    "노트는 5,000개까지 저장됩니다. 가격은 월 8,000원입니다.",
+    "버전 3.17.2로 업데이트하세요.",
+    "123456-1234567은 월이 34라서 주민번호가 아닙니다.",
+    "900101-9234567은 성별 자리가 9라서 아닙니다.",
+    "고객센터 1588-1234로 문의하세요.",
+    "영업일 기준 5~10일이 걸립니다.",
+]
+
+
+@pytest.mark.parametrize(("text", "raw", "kind"), POSITIVES)
+def test_each_kind_is_replaced_by_its_placeholder_and_counted(text: str, raw: str, kind: str) -> None:
+    out, counts = REDACTOR.redact_text(text)
+    assert raw not in out
+    assert out == text.replace(raw, PLACEHOLDERS[kind])
+    assert counts == Counter({kind: 1})
+
+
+@pytest.mark.parametrize("text", NEGATIVES)
+def test_look_alikes_are_left_alone(text: str) -> None:
+    assert REDACTOR.redact_text(text) == (text, Counter())
+
+
+def test_korean_text_glued_to_pii_on_both_sides() -> None:
+    text = "번호는010-1234-5678이고주민번호는900101-1234567이며메일은mina@example.com이고카드는4111111111111111입니다"
+    out, counts = REDACTOR.redact_text(text)
+    assert out == "번호는<PHONE>이고주민번호는<RRN>이며메일은<EMAIL>이고카드는<CARD>입니다"
+    assert counts == Counter({"PHONE": 1, "RRN": 1, "EMAIL": 1, "CARD": 1})
+
+
+def test_a_number_glued_to_latin_letters_is_not_pii() -> None:
+    for text in ("ID A0101234567890", "token x4111111111111111y", "sku AB900101-1234567"):
+        assert REDACTOR.redact_text(text) == (text, Counter())
+
+
+def test_mixed_paragraph_keeps_no_raw_pii_and_counts_per_kind() -> None:
+    raws = {
+        "EMAIL": ["jordan.lee@example.com", "mina.park@example.com"],
+        "PHONE": ["+1 415 555 0134", "010-9876-5432", "(415) 555-0187", "+44 20 7946 0321"],
+        "RRN": ["770315-1456789"],
+        "CARD": ["5555-5555-5555-4444", "378282246310005"],
+        "IP": ["203.0.113.7", "2001:db8::1"],
+    }
+    paragraph = (
+        f"Hi, I'm Jordan ({raws['EMAIL'][0]}). Call {raws['PHONE'][0]} or {raws['PHONE'][2]}; in Seoul "
+        f"my number is {raws['PHONE'][1]}, in London {raws['PHONE'][3]}. 제 주민번호는{raws['RRN'][0]}이고 "
+        f"메일은{raws['EMAIL'][1]}로 주세요. I paid with {raws['CARD'][0]} and then {raws['CARD'][1]} "
+        f"from {raws['IP'][0]} and {raws['IP'][1]}. The refund (within 14 days, $80 per year, v3.17.2, "
+        f"2026-11-26) never came."
+    )
+    out, counts = REDACTOR.redact_text(paragraph)
+    for kind, values in raws.items():
+        for raw in values:
+            assert raw not in out, raw
+        assert out.count(PLACEHOLDERS[kind]) == len(values) == counts[kind], kind
+    assert "within 14 days, $80 per year, v3.17.2, 2026-11-26" in out
+
+
+@pytest.mark.parametrize("digits", ["4111111111111111", "5555555555554444", "378282246310005", "79927398713", "0"])
+def test_luhn_valid_numbers(digits: str) -> None:
+    assert luhn_valid(digits)
+
+
+@pytest.mark.parametrize("digits", ["4111111111111112", "1234567812345678", "79927398710", "", "4111-1111", "１２３"])
+def test_luhn_invalid_numbers(digits: str) -> None:
+    assert not luhn_valid(digits)
+
+
+def test_card_numbers_are_replaced_only_when_luhn_passes() -> None:
+    out, counts = REDACTOR.redact_text("valid 4111111111111111, invalid 4111111111111121, valid 4111 1111 1111 1111")
+    assert out == "valid <CARD>, invalid 4111111111111121, valid <CARD>"
+    assert counts == Counter({"CARD": 2})
+
+
+def test_redact_text_passes_none_through() -> None:
+    assert REDACTOR.redact_text(None) == (None, Counter())
+
+
+def test_redact_series_keeps_nulls_non_strings_index_and_name() -> None:
+    values = pd.Series(
+        ["call 010-1234-5678", None, np.nan, 42, "mail a.b@example.com or 02-123-4567", "", "nothing here"],
+        index=[70, 10, 30, 20, 60, 50, 40],
+        name="input",
+        dtype=object,
+    )
+    out, counts = REDACTOR.redact_series(values)
+    assert out.index.equals(values.index) and out.name == "input"
+    assert out[70] == "call <PHONE>"
+    assert out[10] is None and isinstance(out[30], float) and np.isnan(out[30])
+    assert out[20] == 42
+    assert out[60] == "mail <EMAIL> or <PHONE>"
+    assert out[50] == "" and out[40] == "nothing here"
+    assert counts == Counter({"PHONE": 2, "EMAIL": 1})
+    assert values[70] == "call 010-1234-5678"  # the input is not changed
+
+
+def test_redact_series_keeps_a_str_dtype_and_its_missing_values() -> None:
+    values = pd.Series(["주민번호 900101-1234567", None, "IP 10.1.2.3"], index=["a", "b", "c"], dtype="str")
+    out, counts = REDACTOR.redact_series(values)
+    assert out.dtype == values.dtype
+    assert out.tolist()[0] == "주민번호 <RRN>" and out["c"] == "IP <IP>" and pd.isna(out["b"])
+    assert counts == Counter({"RRN": 1, "IP": 1})
+
+
+def test_redact_series_leaves_a_numeric_series_alone() -> None:
+    values = pd.Series([1, 2, 3], index=[5, 6, 7])
+    out, counts = REDACTOR.redact_series(values)
+    assert out.equals(values) and counts == Counter()
+
+
+def test_extra_patterns_get_their_own_placeholder_and_count() -> None:
+    redactor = build_redactor({"ORDER_ID": r"ORD-\d{8}", "TICKET": r"(?i)tkt#\d+"})
+    out, counts = redactor.redact_text("Order ORD-20261126 (tkt#991 / TKT#12), call 010-1234-5678")
+    assert out == "Order <ORDER_ID> (<TICKET> / <TICKET>), call <PHONE>"
+    assert counts == Counter({"ORDER_ID": 1, "TICKET": 2, "PHONE": 1})
+    assert redactor.placeholders["ORDER_ID"] == "<ORDER_ID>"
+    series, series_counts = redactor.redact_series(pd.Series(["ORD-12345678", None]))
+    assert series.tolist()[0] == "<ORDER_ID>" and series_counts == Counter({"ORDER_ID": 1})
+
+
+def test_extra_patterns_win_over_built_ins_where_both_match() -> None:
+    redactor = build_redactor({"ACCOUNT": r"ACCT 4111111111111111"})
+    assert redactor.redact_text("ACCT 4111111111111111") == ("<ACCOUNT>", Counter({"ACCOUNT": 1}))
+
+
+@pytest.mark.parametrize(
+    ("name", "regex", "message"),
+    [
+        ("ORDER_ID", r"ORD-(\d+", "invalid regex"),
+        ("ORDER_ID", r"ORD-(\d+)", "non-capturing"),
+        ("ORDER_ID", r"\d*", "empty string"),
+        ("ORDER_ID", "", "non-empty"),
+        ("order_id", r"ORD-\d+", "upper case"),
+        ("1ORDER", r"ORD-\d+", "upper case"),
+        ("EMAIL", r"ORD-\d+", "built-in"),
+    ],
+)
+def test_a_bad_extra_pattern_is_an_input_error_naming_the_field(name: str, regex: str, message: str) -> None:
+    with pytest.raises(InputError) as info:
+        build_redactor({"GOOD": r"G-\d+", name: regex})
+    assert info.value.source == "params.yaml"
+    assert info.value.field == f"collect.extra_pii_patterns.{name}"
+    assert message in str(info.value)
+
+
+def test_keyed_hash_is_deterministic_per_key_and_keeps_nulls() -> None:
+    values = pd.Series(["alice", None, "bob", "alice", np.nan], index=[9, 8, 7, 6, 5], name="user_id", dtype=object)
+    first = keyed_hash(values, b"key-1")
+    assert first.equals(keyed_hash(values, b"key-1"))
+    assert first.index.equals(values.index) and first.name == "user_id"
+    assert first[9] == first[6] != first[7]
+    assert first[9] == hmac.new(b"key-1", b"alice", hashlib.sha256).hexdigest()[:32]
+    assert first[8] is None and np.isnan(first[5])
+    other = keyed_hash(values, b"key-2")
+    assert other[9] != first[9] and other[7] != first[7]
+    for digest in first.dropna():
+        assert len(digest) == 32 and int(digest, 16) >= 0
+        assert "alice" not in digest and "bob" not in digest
+
+
+def test_keyed_hash_keeps_a_str_dtype() -> None:
+    values = pd.Series(["u-1", None], dtype="str")
+    hashed = keyed_hash(values, b"k")
+    assert hashed.dtype == values.dtype and pd.isna(hashed[1]) and hashed[0] != "u-1"
+
+
+def test_keyed_hash_refuses_an_empty_key() -> None:
+    with pytest.raises(ValueError):
+        keyed_hash(pd.Series(["a"]), b"")
+
+
+def test_twenty_thousand_rows_in_two_columns_run() -> None:
+    rng = random.Random(3)
+    pii = [raw for _, raw, _ in POSITIVES]
+    filler = NEGATIVES + ["How do I export my notes to PDF?", "노트를 PDF로 내보내려면 어떻게 하나요?"]
+
+    def row_text() -> str:
+        text = " ".join(rng.sample(filler, 3))
+        return f"{text} {rng.choice(pii)} 감사합니다." if rng.random() < 0.08 else text
+
+    frame = pd.DataFrame({"input": [row_text() for _ in range(20_000)], "output": [row_text() for _ in range(20_000)]})
+    total: Counter[str] = Counter()
+    for column in ("input", "output"):
+        frame[column], counts = REDACTOR.redact_series(frame[column])
+        total += counts
+    assert 2_000 < sum(total.values()) < 5_000
+    assert not frame["input"].str.contains("010-1234-5678|900101-1234567|4111 1111 1111 1111", regex=True).any()
+
+
+# The shortcuts (digit runs for numbers, '@' anchors for emails) must equal the plain regex pass.
+_FRAGMENTS = st.sampled_from(
+    ["0", "1", "2", "5", "9", "010", "02", "031", "415", "555", "1234", "5678", "0134", "900101", "1234567",
+     "4111", "1111", "378282246310005", "192", "168", "255", "256", ".", "-", " ", "  ", "(", ")", "+", "+82 ",
+     "v", "a", "x", "_", "번호", "는", "\n", ",", "/", "#"]
+)
+_NUMBERISH = st.one_of(
+    st.lists(_FRAGMENTS, max_size=30).map("".join), st.text(alphabet="0123456789 .-()+ax번", max_size=40)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_NUMBERISH)
+def test_digit_run_shortcut_equals_one_pass_over_the_whole_text(text: str) -> None:
+    expected_counts: Counter[str] = Counter()
+    expected = _NUMERIC.sub(_replacer(PLACEHOLDERS, expected_counts), text)
+    assert REDACTOR.redact_text(text) == (expected, expected_counts)
+
+
+_EMAILISH = st.lists(
+    st.sampled_from(
+        ["a", "b.c", "x_y", "+", "-", "%", "1", "@", "@", "example", ".com", ".co.kr", ".", " ", "메일", ",", "9"]
+    ),
+    max_size=25,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_EMAILISH)
+def test_at_anchored_email_search_equals_the_regex_over_the_whole_text(text: str) -> None:
+    expected_counts: Counter[str] = Counter()
+    expected = _EMAIL.sub(_replacer(PLACEHOLDERS, expected_counts), text)
+    counts: Counter[str] = Counter()
+    assert _redact_emails(text, _replacer(PLACEHOLDERS, counts)) == expected
+    assert counts == expected_counts
+
+
+def test_a_redactor_survives_pickling_for_worker_processes() -> None:
+    redactor = build_redactor({"ORDER_ID": r"ORD-\d{8}"})
+    copy = pickle.loads(pickle.dumps(redactor))
+    assert copy == redactor
+    assert copy.redact_text("ORD-12345678 at 010-1234-5678")[0] == "<ORDER_ID> at <PHONE>"
