@@ -26,7 +26,8 @@ def main() -> None:
         make_input(source, args.rows, work, args.seed_logs)
         promptloop("init", "--dir", str(work / "template"))
         runs = repeated(
-            work / "template", work, args.repeats, "collect", "--app", "support-bot", "--source", str(source)
+            work / "template", work, args.repeats, "collect", "--app", "support-bot", "--source", str(source),
+            "--allow-outside",
         )
         summary = runs[-1][2]
         row = {

@@ -45,7 +45,7 @@ def bench_workspace(root: Path, cases: int, processes: int) -> None:
     params["llm"].update(
         max_concurrency=CONCURRENCY, processes=processes, max_retries=2, cache=".promptloop/bench-cache.sqlite"
     )
-    params["llm"]["prices"][MODEL] = {"input_per_mtok": 0.15, "output_per_mtok": 0.60}
+    params["llm"]["models"] = {MODEL: {"input_per_mtok": 0.15, "output_per_mtok": 0.60}, **params["llm"]["models"]}
     app = params["apps"]["support-bot"]
     app.update(golden_set="datasets/support-bot/bench.jsonl", knowledge_base=None, scorers=["rubric", "proxy"],
                citation_pattern=None)

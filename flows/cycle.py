@@ -21,6 +21,7 @@ from promptloop.core.runtime import prepare_environment
 from promptloop.domain.results import CollectResult, CycleResult
 from promptloop.loop import cycle as stage
 from promptloop.workspace.locking import writing
+from promptloop.workspace.preflight import app_models, preflight
 from promptloop.workspace.repository import merge_base_branch
 from promptloop.workspace.workspace import Workspace, open_workspace
 
@@ -49,6 +50,13 @@ def open_(parameters: CycleParameters) -> Workspace:
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=300)
 def merge_approved(workspace: Workspace) -> str | None:
     return merge_base_branch(workspace)
+
+
+@task(cache_policy=NO_CACHE)
+def check_models(workspace: Workspace, app: str) -> None:
+    """Keys, prices, the data policy and a clean tree, before anything is spent or written."""
+    preflight(workspace, app, app_models(workspace, app, optimizer=True, online_judge=True),
+              budget_usd=workspace.params.evaluate.budget_usd, may_deploy=True)
 
 
 @task(cache_policy=NO_CACHE)
@@ -88,6 +96,7 @@ def cycle_flow(parameters: CycleParameters = CycleParameters()) -> CycleResult:
     # The stages are subflows in this process: they re-enter the hold, so no other writer comes between them.
     with writing(Path(folder), f"cycle flow --app {app}"):
         workspace = open_(parameters)
+        check_models(workspace, app)
         resumed = begin_turn(workspace, app)
         merged = merge_approved(workspace)
         collected = collect_flow(CollectParameters(app=app, workspace=folder))

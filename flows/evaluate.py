@@ -23,6 +23,7 @@ from promptloop.evaluate import run as running
 from promptloop.evaluate import stage
 from promptloop.evaluate.report import decision_table
 from promptloop.workspace.locking import writing
+from promptloop.workspace.preflight import preflight
 from promptloop.workspace.workspace import Workspace, open_workspace
 
 
@@ -46,6 +47,12 @@ def open_(parameters: EvaluateParameters) -> Workspace:
 def plan(workspace: Workspace, parameters: EvaluateParameters) -> planning.EvalPlan:
     paths = [Path(p) for p in parameters.candidates] if parameters.candidates is not None else None
     return planning.plan_evaluation(workspace, parameters.app, paths)
+
+
+@task(cache_policy=NO_CACHE)
+def check_models(workspace: Workspace, the_plan: planning.EvalPlan) -> None:
+    """Keys, prices and the data policy of every model the evaluation calls, before any call."""
+    preflight(workspace, the_plan.app, stage.plan_roles(the_plan), budget_usd=the_plan.settings.budget_usd)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=3600)
@@ -72,6 +79,7 @@ def evaluate_flow(parameters: EvaluateParameters = EvaluateParameters()) -> Eval
     with writing(Path(parameters.workspace), f"evaluate flow --app {parameters.app}"):
         workspace = open_(parameters)
         the_plan = plan(workspace, parameters)
+        check_models(workspace, the_plan)
         batches = planning.case_batches(the_plan, parameters.batches)
         runs = run_batch.map(unmapped(workspace), unmapped(the_plan), batches, unmapped(1 / len(batches)))
         summary = finish(workspace, the_plan, runs)

@@ -24,6 +24,7 @@ from promptloop.evaluate.stage import evaluate as evaluate_prompts
 from promptloop.improve import stage
 from promptloop.workspace.handoff import save_outcome
 from promptloop.workspace.locking import writing
+from promptloop.workspace.preflight import app_models, preflight
 from promptloop.workspace.workspace import Workspace, open_workspace, with_overrides
 
 
@@ -45,6 +46,13 @@ def open_(parameters: ImproveParameters) -> Workspace:
     workspace = open_workspace(Path(parameters.workspace))
     return with_overrides(workspace, {"improve": {"candidates": parameters.candidates},
                                       "evaluate": {"budget_usd": parameters.budget_usd}})
+
+
+@task(cache_policy=NO_CACHE)
+def check_models(workspace: Workspace, app: str) -> None:
+    """Keys, prices and the data policy of the app's, judge's and optimizer's models, before any call."""
+    budget = workspace.params.evaluate.budget_usd
+    preflight(workspace, app, app_models(workspace, app, optimizer=True), budget_usd=budget)
 
 
 @task(cache_policy=NO_CACHE)
@@ -112,6 +120,7 @@ def improve_flow(parameters: ImproveParameters = ImproveParameters()) -> Improve
     app = parameters.app
     with writing(Path(parameters.workspace), f"improve flow --app {app}"):
         workspace = open_(parameters)
+        check_models(workspace, app)
         mined = load_failures(workspace, app)
         growth = grow_golden_set(workspace, app, mined)
         proposed = propose_candidates(workspace, app, mined)

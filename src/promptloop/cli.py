@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         DeployResult,
         ImproveOutcome,
     )
+    from promptloop.workspace.workspace import Workspace
 
 app = typer.Typer(
     help="Keep an LLM app improving after launch: collect -> analyze -> improve -> deploy.",
@@ -47,6 +48,10 @@ stderr = Console(stderr=True)
 JsonOption = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
 WorkspaceOption = typer.Option(Path("."), "--workspace", "-w", help="The workspace folder (made by `init`).")
 AppOption = typer.Option(..., "--app", help="The app, as named under `apps:` in params.yaml.")
+ProbeOption = typer.Option(
+    False, "--preflight",
+    help="First send each model the run uses (the app's, the judge's, ...) a 1-token request. Keys, base URLs, "
+         "prices and the app's data policy are checked before every run anyway.")
 
 
 Result = TypeVar("Result", bound=BaseModel)
@@ -178,6 +183,8 @@ def demo(
         logs = {"log_file": result.logs.log_file, **result.logs.model_dump(exclude={"log_file"})}
         render_mapping(f"demo workspace: {result.workspace}", {"app": result.app, **logs})
         render_cycle(result.cycle)
+        Console().print(f"\nData policy: were {result.app} local-only, a hosted judge would be refused before any "
+                        f"call: {escape(result.data_policy)}", highlight=False, soft_wrap=True)
         Console().print(f"\nOpen the MLflow UI on it: {escape(result.mlflow_ui)}", highlight=False, soft_wrap=True)
 
     run_command(as_json, action, render)
@@ -191,7 +198,10 @@ def collect(
         None,
         "--source",
         help="Read this instead of the app's configured sources: a file, folder or glob of .jsonl/.parquet, "
-        "or mlflow:<experiment>[@<tracking uri>].",
+        "or mlflow:<experiment>[@<tracking uri>]. Files must be inside the workspace unless --allow-outside.",
+    ),
+    allow_outside: bool = typer.Option(
+        False, "--allow-outside", help="Let --source read files outside the workspace (a path you typed yourself)."
     ),
     as_json: bool = JsonOption,
 ) -> None:
@@ -203,7 +213,8 @@ def collect(
     def action() -> CollectResult:
         with progress_bar() as bar:
             task = bar.add_task("collecting rows", total=None)
-            return run_collect(open_workspace(workspace), app_name, source, on_batch=lambda n: bar.advance(task, n))
+            return run_collect(open_workspace(workspace), app_name, source, on_batch=lambda n: bar.advance(task, n),
+                               allow_outside=allow_outside)
 
     run_command(as_json, action, render_collect)
 
@@ -225,6 +236,13 @@ def analyze(
     from promptloop.workspace.workspace import open_workspace
 
     run_command(as_json, lambda: run_analyze(open_workspace(workspace), app_name, window, until), render_analyze)
+
+
+def probe_models(workspace: Workspace, app: str, *, optimizer: bool = False, online_judge: bool = False) -> None:
+    """`--preflight`: every model of the run answers a 1-token request, or exit 2 naming it."""
+    from promptloop.workspace.preflight import app_models, preflight
+
+    preflight(workspace, app, app_models(workspace, app, optimizer=optimizer, online_judge=online_judge), probe=True)
 
 
 def render_report(result: EvaluationResult | CheckResult) -> None:
@@ -253,6 +271,7 @@ def evaluate(
         "--metrics-file",
         help="Also write the baseline's metrics here, relative to the workspace (the DVC stage uses it).",
     ),
+    probe: bool = ProbeOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Evaluate the app's prompt and each candidate on the golden set; promote / hold / incomplete per candidate.
@@ -265,11 +284,14 @@ def evaluate(
     from promptloop.workspace.workspace import open_workspace
 
     def action() -> EvaluationResult:
+        if baseline_only and candidate:
+            raise InputError("--baseline-only", "cannot be combined with --candidate")
+        opened = open_workspace(workspace)
+        if probe:
+            probe_models(opened, app_name)
         with progress_bar() as bar:
-            if baseline_only and candidate:
-                raise InputError("--baseline-only", "cannot be combined with --candidate")
             candidates = [] if baseline_only else (candidate or None)
-            return run_evaluate(open_workspace(workspace), app_name, candidates, metrics_file=metrics_file,
+            return run_evaluate(opened, app_name, candidates, metrics_file=metrics_file,
                                 progress=progress_hooks(bar, "evaluating"))
 
     run_command(as_json, action, render_report)
@@ -282,6 +304,7 @@ def check(
     base: str | None = typer.Option(
         None, "--base", help="Branch holding the reviewed prompt [default: params.yaml deploy.base_branch]."
     ),
+    probe: bool = ProbeOption,
     as_json: bool = JsonOption,
 ) -> None:
     """For CI on a pull request that edits a prompt by hand: the working tree's prompt against the one on main.
@@ -293,8 +316,11 @@ def check(
     from promptloop.workspace.workspace import open_workspace
 
     def action() -> CheckResult:
+        opened = open_workspace(workspace)
+        if probe:
+            probe_models(opened, app_name)
         with progress_bar() as bar:
-            return run_check(open_workspace(workspace), app_name, base, progress_hooks(bar, "checking"))
+            return run_check(opened, app_name, base, progress_hooks(bar, "checking"))
 
     outcome = run_command(as_json, action, render_report)
     if not outcome.complete:
@@ -337,7 +363,8 @@ def render_deploy(result: DeployResult | None) -> None:
 
 
 @app.command()
-def improve(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
+def improve(app_name: str = AppOption, workspace: Path = WorkspaceOption, probe: bool = ProbeOption,
+            as_json: bool = JsonOption) -> None:
     """Grow the golden set from mined failures, generate candidates, evaluate them on held-out cases, pick the best.
 
     Needs an analyze run (its failures and clusters). The outcome is kept for `deploy`. Exits 1
@@ -347,10 +374,11 @@ def improve(app_name: str = AppOption, workspace: Path = WorkspaceOption, as_jso
     from promptloop.workspace.workspace import open_workspace
 
     def action() -> ImproveOutcome:
+        opened = open_workspace(workspace)
+        if probe:
+            probe_models(opened, app_name, optimizer=True)
         with progress_bar() as bar:
-            return run_improve(
-                open_workspace(workspace), app_name, progress=progress_hooks(bar, "evaluating candidates")
-            )
+            return run_improve(opened, app_name, progress=progress_hooks(bar, "evaluating candidates"))
 
     exit_if_incomplete(run_command(as_json, action, render_improve))
 
@@ -377,6 +405,7 @@ def cycle(
     wait: float | None = typer.Option(None, "--wait", min=0, show_default=False,
                                help="Seconds to wait while another promptloop process writes the workspace, then "
                                     "exit 75 [default: $PROMPTLOOP_LOCK_WAIT_S, else 3600]."),
+    probe: bool = ProbeOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Merge approved promotions from main, then collect -> analyze -> improve -> deploy, once.
@@ -392,6 +421,8 @@ def cycle(
 
     def action() -> CycleResult:
         opened = open_workspace(workspace)
+        if probe:
+            probe_models(opened, app_name, optimizer=True, online_judge=True)
         with writing(opened.root, f"promptloop cycle --app {app_name}", wait), progress_bar() as bar:
             return run_cycle(opened, app_name, force=force, progress=progress_hooks(bar, "evaluating candidates"))
 

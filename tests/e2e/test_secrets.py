@@ -185,7 +185,9 @@ def planted_lines() -> list[str]:
 def configure(root: Path) -> None:
     """Every offline model's key from $KEY_VAR, an extra PII kind; committed like a person would."""
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    params["llm"]["api_keys"] = {"offline/*": f"env:{KEY_VAR}"}
+    for model, entry in params["llm"]["models"].items():
+        if model.startswith("offline/"):
+            entry["api_key"] = f"env:{KEY_VAR}"
     params["collect"]["extra_pii_patterns"] = EXTRA_KINDS
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
     subprocess.run(["git", "commit", "-qam", "API keys from the environment"], cwd=root, check=True,
@@ -230,7 +232,7 @@ def leaks(tmp_path_factory: pytest.TempPathFactory) -> Leaks:
     init_workspace(root)
     configure(root)
     workspace = open_workspace(root)
-    # The sample traffic reads llm.api_keys too (it calls the app directly, not through the runner).
+    # The sample traffic reads the llm.models keys too (it calls the app directly, not through the runner).
     os.environ[KEY_VAR] = KEY
     try:
         sample = root / write_sample_logs(workspace, "support-bot", 1500, NOW).log_file
@@ -291,7 +293,7 @@ def test_without_the_key_variable_the_cycle_fails_with_an_error_naming_it(leaks:
     assert failed.returncode == 2, failed.output[-2000:]
     assert failed.result["kind"] == "input"
     assert f"environment variable {KEY_VAR} is not set" in failed.result["error"]
-    assert "llm.api_keys.offline/*" in failed.result["error"] and "params.yaml" in failed.result["error"]
+    assert "llm.models.offline/" in failed.result["error"] and "params.yaml" in failed.result["error"]
 
 
 def test_with_a_wrong_key_the_cycle_ends_incomplete_without_a_pull_request(leaks: Leaks) -> None:
@@ -371,8 +373,8 @@ def test_a_prefect_secret_block_supplies_the_key_a_call_uses(prefect_server, tmp
 
     Secret(value=KEY).save("promptloop-test-key", overwrite=True)
     settings = LLMSettings(providers={"offline": "promptloop.demo.simulated.provider:handler"},
-                           api_keys={"offline/support-bot": "prefect-secret:promptloop-test-key",
-                                     "offline/*": "prefect-secret:no-such-block"})
+                           models={"offline/support-bot": {"api_key": "prefect-secret:promptloop-test-key"},
+                                   "offline/*": {"api_key": "prefect-secret:no-such-block"}})
     runner = Runner(litellm_module_configured(settings), ResponseCache(tmp_path / "c.db"), api_keys=ApiKeys(settings))
     requires_key = {"api_key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}
     messages = [{"role": "user", "content": "How do I export to PDF?"}]
@@ -381,5 +383,5 @@ def test_a_prefect_secret_block_supplies_the_key_a_call_uses(prefect_server, tmp
     assert completion.text and runner.usage["app"].calls == 1 and runner.usage["app"].failures == 0
     with pytest.raises(InputError, match="no Prefect Secret block named 'no-such-block'") as missing:
         asyncio.run(runner.complete("judge", "offline/judge", messages, simulation=requires_key))
-    assert missing.value.field == "llm.api_keys.offline/*"
+    assert missing.value.field == "llm.models.offline/*.api_key"
 

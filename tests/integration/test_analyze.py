@@ -159,7 +159,7 @@ def test_costs_missing_at_collect_come_from_the_price_map_at_analyze(tmp_path: P
 
     params = tmp_path / "ws" / "params.yaml"
     params.write_text(params.read_text().replace(
-        "  prices:\n", "  prices:\n    acme/unpriced-model: {input_per_mtok: 1.0, output_per_mtok: 2.0}\n"))
+        "  models:\n", "  models:\n    acme/unpriced-*: {input_per_mtok: 1.0, output_per_mtok: 2.0}\n"))
     metrics = analyze(open_workspace(tmp_path / "ws"), "support-bot").metrics
     assert metrics["cost_unknown_rows"] == 0
     assert metrics["total_cost_usd"] == pytest.approx(4 * (1000 * 1.0 + 500 * 2.0) / 1e6)

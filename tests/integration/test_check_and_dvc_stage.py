@@ -51,6 +51,21 @@ def test_check_exits_3_on_an_edit_that_breaks_high_severity_cases(workspace: Pat
     assert "high-severity case(s) broken: g004, g006" in result.stderr
 
 
+def test_check_refuses_a_pull_request_that_changes_the_code_params_yaml_loads(workspace: Path) -> None:
+    """A plug-in is code: `check` never imports one a pull request brings (it would run with CI's keys)."""
+    edit_prompt(workspace, CANDIDATES / "better.yaml")
+    params = workspace / "params.yaml"
+    before = params.read_text()
+    params.write_text(before.replace("toxicity: builtin", "toxicity: evil.module:detector"))
+    try:
+        result = run("promptloop", "check", "--app", "support-bot", "--json", cwd=workspace)
+    finally:
+        git.Repo(workspace).git.checkout("--", str(PROMPT), "params.yaml")
+    assert result.returncode == 2, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert "analyze.detectors.toxicity" in error and "does not run code a pull request brings" in error
+
+
 def test_check_exits_0_on_an_edit_that_improves_the_prompt(workspace: Path) -> None:
     edit_prompt(workspace, CANDIDATES / "better.yaml")
     try:

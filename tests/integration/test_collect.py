@@ -227,12 +227,20 @@ def test_every_pii_kind_is_redacted_everywhere_it_is_stored(workspace) -> None:
     assert PII["EMAIL"] in source.read_text()  # the source file is left untouched
 
 
-def test_unreadable_parquet_is_an_input_error_naming_the_file(workspace) -> None:
+def test_an_unreadable_parquet_file_is_quarantined_whole_and_the_other_files_still_collect(workspace) -> None:
     bad = incoming(workspace) / "broken.parquet"
     bad.parent.mkdir(parents=True, exist_ok=True)
     bad.write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(InputError, match="broken.parquet: not a readable Parquet file"):
-        collect(workspace, "support-bot", now=NOW)
+    write_jsonl(incoming(workspace) / "a.jsonl", GOOD[:3])
+    result = collect(workspace, "support-bot", now=NOW)
+    assert (result.rows_in, result.rows_valid, result.rows_quarantined) == (4, 3, 1)
+    assert result.failures == {"unreadable_parquet": 1}
+    quarantine = pd.read_parquet(workspace.path("data/support-bot/quarantine"))
+    assert quarantine[["origin", "kind", "reasons"]].values.tolist() == [
+        ["incoming/support-bot/broken.parquet", "unreadable", "unreadable_parquet"]]
+    assert collect(workspace, "support-bot", now=NOW).rows_in == 0  # quarantined once, not on every run
+    pq.write_table(pa.Table.from_pylist([dict(r, metadata=None) for r in GOOD[3:5]]), bad)  # the file is fixed
+    assert collect(workspace, "support-bot", now=NOW).rows_valid == 2
 
 
 def test_parquet_with_wrong_types_is_quarantined_row_by_row(workspace) -> None:

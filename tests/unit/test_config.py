@@ -24,6 +24,8 @@ def test_sample_params_validate_with_one_section_per_stage() -> None:
     assert params.llm.license_of("offline/open-bot") == "permissive"
     assert params.llm.license_of("ollama/llama3.1:8b") == "restrictive"  # a glob
     assert params.llm.license_of("someone/else") == "unknown"
+    assert params.llm.locality_of("offline/judge") == "local" and params.llm.locality_of("openai/gpt-4o") == "hosted"
+    assert params.llm.locality_of("someone/else") == "unknown"
     for stage in ("collect", "analyze", "evaluate", "improve", "deploy"):
         assert stage in sample_params(), stage
 
@@ -35,7 +37,16 @@ def test_sample_params_validate_with_one_section_per_stage() -> None:
         (lambda p: p.update(colect={}), "colect", "unknown key"),
         (lambda p: p["evaluate"].update(judge_samples="three"), "evaluate.judge_samples", "valid integer"),
         (lambda p: p["evaluate"]["guards"].update(toxicty=0), "evaluate.guards.toxicty", "unknown key"),
-        (lambda p: p["llm"]["licenses"].update({"x/*": "free"}), "llm.licenses.x/*", "permissive"),
+        (lambda p: p["llm"]["models"].update({"x/*": {"license": "free"}}), "llm.models.x/*.license", "permissive"),
+        (lambda p: p["llm"]["models"].update({"x/*": {"locality": "cloud"}}), "llm.models.x/*.locality", "hosted"),
+        (lambda p: p["llm"]["models"].update({"x/*": {"input_per_mtok": 1}}), "llm.models.x/*", "both"),
+        (lambda p: p["llm"]["models"].update({"x/*": {"api_base": "ftp://h"}}), "llm.models.x/*.api_base", "http"),
+        (lambda p: p["llm"].update(prices={}), "llm", "moved into llm.models"),
+        (lambda p: p["apps"]["support-bot"].update(data_policy="eu"), "apps.support-bot.data_policy", "local-only"),
+        (lambda p: p["apps"]["support-bot"].update(data_dir="../out"), "apps.support-bot.data_dir", "inside"),
+        (lambda p: p["apps"]["support-bot"].update(prompt="/etc/p.yaml"), "apps.support-bot.prompt", "inside"),
+        (lambda p: p["apps"].update({"../x": p["apps"]["support-bot"]}), "apps", "not usable as an app name"),
+        (lambda p: p["apps"].update({"-x": p["apps"]["support-bot"]}), "apps", "not usable as an app name"),
         (
             lambda p: p["apps"]["support-bot"].update(scorers=["pairwise"]),
             "apps.support-bot.scorers",
@@ -44,8 +55,8 @@ def test_sample_params_validate_with_one_section_per_stage() -> None:
         (lambda p: p["demo"].update(korean_share=1.5), "demo.korean_share", "less than or equal to 1"),
         (lambda p: p["apps"]["support-bot"].pop("prompt"), "apps.support-bot.prompt", "Field required"),
         (
-            lambda p: p["llm"]["prices"]["offline/judge"].update(input_per_mtok=-1),
-            "llm.prices.offline/judge.input_per_mtok",
+            lambda p: p["llm"]["models"]["offline/judge"].update(input_per_mtok=-1),
+            "llm.models.offline/judge.input_per_mtok",
             "greater than or equal",
         ),
     ],
@@ -93,23 +104,23 @@ FAKE_KEY = "sk-live-0123456789abcdefFAKE"
 @pytest.mark.parametrize("value", [FAKE_KEY, "env:", "env:NOT A NAME", "prefect-secret:Upper_Case", "vault:x", 42])
 def test_a_literal_api_key_is_refused_without_repeating_it(value: object) -> None:
     params = sample_params()
-    params["llm"]["api_keys"] = {"openai/*": value}
+    params["llm"]["models"]["openai/*"]["api_key"] = value
     with pytest.raises(InputError) as caught:
         parse_params(params, "params.yaml")
-    assert caught.value.field == "llm.api_keys.openai/*"
-    assert str(caught.value).startswith("params.yaml: llm.api_keys.openai/*: ")
+    assert caught.value.field == "llm.models.openai/*.api_key"
+    assert str(caught.value).startswith("params.yaml: llm.models.openai/*.api_key: ")
     assert "environment variable" in str(caught.value) and "Prefect Secret block" in str(caught.value)
     assert FAKE_KEY not in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_api_keys_must_be_a_mapping_and_the_error_names_the_file(tmp_path: Path) -> None:
+def test_a_model_entry_must_be_a_mapping_and_the_error_names_the_file(tmp_path: Path) -> None:
     params = sample_params()
-    params["llm"]["api_keys"] = FAKE_KEY
+    params["llm"]["models"]["openai/*"] = FAKE_KEY
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(InputError) as caught:
         load_params(path)
-    assert str(caught.value).startswith(f"{path}: llm.api_keys: ") and FAKE_KEY not in str(caught.value)
+    assert str(caught.value).startswith(f"{path}: llm.models.openai/*: ") and FAKE_KEY not in str(caught.value)
 
 
 def test_settings_built_in_code_refuse_a_literal_key_without_printing_it() -> None:
@@ -118,17 +129,30 @@ def test_settings_built_in_code_refuse_a_literal_key_without_printing_it() -> No
     from promptloop.core.config import LLMSettings
 
     with pytest.raises(ValidationError) as caught:
-        LLMSettings(api_keys={"openai/*": FAKE_KEY})
+        LLMSettings(models={"openai/*": {"api_key": FAKE_KEY}})
     assert FAKE_KEY not in str(caught.value)
 
 
-def test_key_sources_name_the_environment_or_a_prefect_secret_block_first_match_wins() -> None:
+def test_model_entries_name_a_key_source_and_the_first_match_wins() -> None:
     params = sample_params()
-    params["llm"]["api_keys"] = {
-        "openai/gpt-4o*": "prefect-secret:openai-prod",
-        "openai/*": "env:OPENAI_KEY_FOR_PROMPTLOOP",
+    params["llm"]["models"] = {
+        "openai/gpt-4o*": {"api_key": "prefect-secret:openai-prod", "rpm": 500},
+        "openai/*": {"api_key": "env:OPENAI_KEY_FOR_PROMPTLOOP"},
+        "ollama/*": {"api_base": "http://localhost:11434", "locality": "local"},
     }
     llm = parse_params(params).llm
-    assert llm.api_key_entry("openai/gpt-4o-mini") == ("openai/gpt-4o*", "prefect-secret:openai-prod")
-    assert llm.api_key_entry("openai/o3") == ("openai/*", "env:OPENAI_KEY_FOR_PROMPTLOOP")
-    assert llm.api_key_entry("anthropic/claude") is None  # litellm's own ANTHROPIC_API_KEY
+    assert llm.model_settings("openai/gpt-4o-mini").api_key == "prefect-secret:openai-prod"
+    assert llm.model_settings("openai/gpt-4o-mini").rpm == 500
+    assert llm.model_settings("openai/o3").api_key == "env:OPENAI_KEY_FOR_PROMPTLOOP"
+    assert llm.model_entry("anthropic/claude") is None  # litellm's own ANTHROPIC_API_KEY
+    assert llm.model_settings("ollama/qwen2.5").api_base == "http://localhost:11434"
+
+
+def test_yaml_aliases_and_huge_files_are_refused(tmp_path: Path) -> None:
+    bomb = tmp_path / "params.yaml"
+    bomb.write_text('a: &a ["x", "x"]\nb: &b [*a, *a]\nc: [*b, *b]\n')
+    with pytest.raises(InputError, match="aliases"):
+        load_params(bomb)
+    bomb.write_text("x: " + "y" * 1_100_000 + "\n")
+    with pytest.raises(InputError, match="larger than"):
+        load_params(bomb)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from promptloop.core.config import LLMSettings, ModelPrice
+from promptloop.core.config import LLMSettings, ModelSettings
 from promptloop.llm.client import litellm_module_configured, response_cost
 from promptloop.llm.runner import BudgetExceeded, CallFailed, ResponseCache, RetryPolicy, Runner, cache_key
 
@@ -124,7 +124,8 @@ def test_concurrency_is_bounded(litellm, tmp_path: Path) -> None:
     assert time.perf_counter() - started >= 0.3
 
 
-def token_cost(price: ModelPrice, prompt_tokens: int, completion_tokens: int) -> float:
+def token_cost(price: ModelSettings, prompt_tokens: int, completion_tokens: int) -> float:
+    assert price.input_per_mtok is not None and price.output_per_mtok is not None
     return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
 
 
@@ -135,7 +136,7 @@ def test_a_priced_model_costs_its_tokens_at_its_configured_price(
     monkeypatch.setattr(litellm, "completion_cost", lambda *a, **k: pytest.fail("the response was priced twice"))
     runner = Runner(litellm, ResponseCache(tmp_path / "c.db"))
     completion = asyncio.run(runner.complete("app", "offline/support-bot", messages("q"), seed=1))
-    expected = token_cost(repo_workspace.params.llm.prices["offline/support-bot"], completion.prompt_tokens,
+    expected = token_cost(repo_workspace.params.llm.model_settings("offline/support-bot"), completion.prompt_tokens,
                           completion.completion_tokens)
     assert completion.cost_usd == pytest.approx(expected) and runner.usage["app"].cost_usd == pytest.approx(expected)
 
@@ -144,7 +145,7 @@ def test_without_a_price_from_litellm_the_registered_price_or_none_is_the_cost(l
     unstamped = SimpleNamespace(
         _hidden_params={"response_cost": None}, usage=SimpleNamespace(prompt_tokens=1000, completion_tokens=200)
     )
-    price = repo_workspace.params.llm.prices["offline/judge"]
+    price = repo_workspace.params.llm.model_settings("offline/judge")
     assert response_cost(litellm, unstamped, "offline/judge") == pytest.approx(token_cost(price, 1000, 200))
     assert response_cost(litellm, unstamped, "offline/no-price-anywhere") is None
     stamped = SimpleNamespace(_hidden_params={"response_cost": 0.25}, usage=unstamped.usage)
@@ -187,8 +188,8 @@ def test_an_openai_compatible_model_is_priced_from_params_and_an_unpriced_one_co
     tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    price = ModelPrice(input_per_mtok=0.5, output_per_mtok=1.5)
-    litellm = litellm_module_configured(LLMSettings(prices={"openai/promptloop-test-priced": price}))
+    price = ModelSettings(input_per_mtok=0.5, output_per_mtok=1.5)
+    litellm = litellm_module_configured(LLMSettings(models={"openai/promptloop-test-priced": price}))
     runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), retry=RetryPolicy(max_retries=0))
 
     async def run() -> tuple[Any, Any]:
@@ -257,7 +258,7 @@ def keyed(key: str = KEY) -> dict[str, str]:
 def api_keys(source: str = f"env:{KEY_VAR}") -> Any:
     from promptloop.llm.client import ApiKeys
 
-    return ApiKeys(LLMSettings(api_keys={"offline/*": source}), "params.yaml")
+    return ApiKeys(LLMSettings(models={"offline/*": ModelSettings(api_key=source)}), "params.yaml")
 
 
 def test_the_configured_key_goes_with_every_call_but_not_into_the_cache(litellm, tmp_path: Path, monkeypatch) -> None:
@@ -287,7 +288,7 @@ def test_a_key_is_looked_up_once_per_runner_and_a_missing_one_names_its_variable
     with pytest.raises(InputError) as caught:
         asyncio.run(Runner(litellm, ResponseCache(tmp_path / "d.db"), api_keys=api_keys()).complete(
             "app", "offline/support-bot", messages("third"), simulation=keyed()))
-    assert caught.value.field == "llm.api_keys.offline/*"
+    assert caught.value.field == "llm.models.offline/*.api_key"
     assert f"environment variable {KEY_VAR} is not set" in str(caught.value)
 
 
@@ -317,3 +318,44 @@ def test_a_provider_error_echoing_the_key_is_redacted_and_not_chained(litellm, t
         asyncio.run(runner.complete("app", "offline/support-bot", messages("q")))
     assert KEY not in str(caught.value) and "<api-key> is not allowed here" in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_an_unreadable_answer_gets_a_repair_turn_not_the_identical_request(litellm, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    from promptloop.llm import runner as runner_module
+    from promptloop.llm.client import Completion
+    from promptloop.quality.judges import parse_rubric
+
+    sent: list[list[dict[str, str]]] = []
+    replies = iter(["Sure, I would give this a four out of five.", '```json\n{"score": "4", "passed": true}\n```'])
+
+    async def provider(litellm: Any, model: str, messages: list[dict[str, str]], *args: Any, **kwargs: Any) -> Any:
+        sent.append(messages)
+        return Completion(model, next(replies), 10, 5, 0.001, 1.0)
+
+    monkeypatch.setattr(runner_module, "acomplete", provider)
+    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), retry=RetryPolicy(max_repairs=2))
+    completion = asyncio.run(runner.complete("judge", "offline/judge", messages("q"), validate=parse_rubric))
+    assert parse_rubric(completion.text).score == 4
+    first, second = sent
+    assert first == messages("q")
+    assert second[:len(first)] == first and second[len(first)]["role"] == "assistant"
+    assert "could not be used" in second[-1]["content"] and "no JSON object" in second[-1]["content"]
+    used = runner.usage["judge"]
+    assert (used.calls, used.invalid, used.repairs, used.retries, used.failures) == (2, 1, 1, 0, 0)
+    # The repaired answer is what the original request's cache entry holds.
+    replay = Runner(litellm, ResponseCache(tmp_path / "c.db"))
+    assert asyncio.run(replay.complete("judge", "offline/judge", messages("q"), validate=parse_rubric)) == completion
+
+
+def test_rate_limits_space_the_calls_of_a_model_evenly() -> None:
+    from promptloop.llm.limits import RateLimiter
+
+    now = [100.0]
+    limiter = RateLimiter(rpm=60, tpm=6000, clock=lambda: now[0])
+    waits = [limiter.reserve(tokens=10) for _ in range(5)]
+    assert waits == [0.0, 1.0, 2.0, 3.0, 4.0]  # 60 a minute: one a second, the first at once
+    now[0] += 10  # idle long enough: the next goes at once
+    assert limiter.reserve(tokens=10) == 0.0
+    heavy = RateLimiter(tpm=600, clock=lambda: now[0])
+    assert [heavy.reserve(tokens=100), heavy.reserve(tokens=100)] == [0.0, 10.0]  # 100 tokens = 10 s of 600/min

@@ -100,13 +100,22 @@ def test_agreement_matches_a_hand_computed_kappa() -> None:
         agreement([True], [True, False])
 
 
-def test_verdict_parsers_accept_only_the_json_asked_for() -> None:
+def test_verdict_parsers_read_what_hosted_judges_send_and_refuse_what_is_not_a_verdict() -> None:
     assert parse_rubric('{"score": 4, "passed": true, "reason": "ok"}').score == 4
     assert parse_pairwise('{"winner": "B", "reason": "x"}') == "B"
-    for bad in ('{"score": 6}', '{"score": true}', "4/5", '{"passed": true}'):
+    # Shapes real judges answer in: fenced, prose around the object, numbers as strings or floats, any case.
+    for text in ('```json\n{"score": 4, "passed": true, "reason": "ok"}\n```',
+                 'Here is my verdict:\n{"score": "4", "passed": true, "reason": "ok"}\nHope this helps.',
+                 '{"score": 4.0, "reason": "ok"}', '```\n{"score": " 4 "}\n```'):
+        assert parse_rubric(text).score == 4, text
+    for text, winner in (('```json\n{"winner": "a", "reason": "x"}\n```', "A"), ('Verdict: {"winner": "TIE"}', "tie"),
+                         ('{"winner": "Answer B"}', "B")):
+        assert parse_pairwise(text) == winner, text
+    for bad in ('{"score": 6}', '{"score": true}', "4/5", '{"passed": true}', '{"score": 4.5}', '{"score": "four"}',
+                "I would give it a 4.", '```json\n{"score": \n```'):
         with pytest.raises(MalformedVerdict):
             parse_rubric(bad)
-    for bad in ('{"winner": "C"}', "A", "{}"):
+    for bad in ('{"winner": "C"}', "A", "{}", '{"winner": 1}'):
         with pytest.raises(MalformedVerdict):
             parse_pairwise(bad)
 
@@ -120,19 +129,22 @@ JUDGE_MESSAGES = [
 ]
 
 
-def test_an_invalid_answer_is_retried_never_cached_and_then_raised(litellm, tmp_path: Path) -> None:
+def test_an_invalid_answer_is_repaired_never_cached_and_then_raised(litellm, tmp_path: Path) -> None:
     always_malformed = {
         "error_rate": 1.0,
         "faults": {"rate_limit": 0, "timeout": 0, "server_error": 0, "malformed": 1},
         "fault_seed": 3,
     }
-    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), retry=RetryPolicy(max_retries=2, base_delay_s=0))
-    with pytest.raises(InvalidResponse, match="invalid answer after 3 attempt"):
+    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"),
+                    retry=RetryPolicy(max_retries=5, base_delay_s=0, max_repairs=2))
+    with pytest.raises(InvalidResponse, match="could not be read after 2 repair turn"):
         asyncio.run(runner.complete("judge", "offline/judge", JUDGE_MESSAGES, validate=parse_rubric, seed=0,
                                     simulation=always_malformed))
-    assert (runner.usage["judge"].calls, runner.usage["judge"].invalid, runner.usage["judge"].failures) == (3, 3, 1)
-    assert runner.usage["judge"].cost_usd > 0  # malformed answers are paid for
-    again = Runner(litellm, ResponseCache(tmp_path / "c.db"), retry=RetryPolicy(max_retries=0))
+    used = runner.usage["judge"]
+    assert (used.calls, used.invalid, used.repairs, used.failures) == (3, 3, 2, 1)
+    assert used.retries == 0 and not used.retry_causes  # malformed answers are not provider errors
+    assert used.cost_usd > 0  # malformed answers are paid for
+    again = Runner(litellm, ResponseCache(tmp_path / "c.db"), retry=RetryPolicy(max_retries=0, max_repairs=0))
     with pytest.raises(InvalidResponse):  # nothing invalid was cached: the call is made again
         asyncio.run(again.complete("judge", "offline/judge", JUDGE_MESSAGES, validate=parse_rubric, seed=0,
                                    simulation=always_malformed))

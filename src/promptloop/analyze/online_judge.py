@@ -13,7 +13,7 @@ import pandas as pd
 
 from promptloop.domain.results import OnlineJudgeResult
 from promptloop.llm.runner import BudgetExceeded, CallFailed, Runner
-from promptloop.quality.judges import parse_rubric, rubric_messages
+from promptloop.quality.judges import RUBRIC_SCHEMA, parse_rubric, rubric_messages
 
 
 @dataclass
@@ -42,7 +42,7 @@ async def judge_sample(runner: Runner, model: str, rows: pd.DataFrame, seed: int
     async def grade(row_id: str, question: str, answer: str) -> None:
         try:
             completion = await runner.complete("online_judge", model, rubric_messages(question, answer),
-                                               validate=parse_rubric, temperature=0, seed=seed)
+                                               validate=parse_rubric, schema=RUBRIC_SCHEMA, temperature=0, seed=seed)
         except BudgetExceeded:
             run.stopped_by_budget = True
             return

@@ -26,6 +26,7 @@ from promptloop.domain.results import AlertResult, AnalyzeResult, OnlineJudgeRes
 from promptloop.llm.prices import fill_missing_costs
 from promptloop.quality.detectors import Detector, detectors_of
 from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.preflight import preflight
 from promptloop.workspace.tracking import log_run
 from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push
 from promptloop.workspace.workspace import FAILURES, LOGS, Workspace
@@ -112,6 +113,7 @@ def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series,
     answered = frame[frame["output"].notna()]
     if not settings.judge_model or settings.judge_sample == 0 or answered.empty:
         return pd.Series(np.nan, index=frame.index), None
+    preflight(plan.workspace, plan.app, {"online judge": settings.judge_model}, budget_usd=settings.judge_budget_usd)
     sample = answered.sample(n=min(settings.judge_sample, len(answered)), random_state=settings.seed)
     runner = plan.workspace.open_runner(max_usd=settings.judge_budget_usd, max_calls=settings.judge_sample)
     try:
@@ -164,10 +166,17 @@ def send_webhook(url: str | None, app: str, alerts: list[AlertResult]) -> Webhoo
     body = json.dumps({"app": app, "alerts": [a.model_dump() for a in alerts]}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.build_opener(NoRedirects).open(request, timeout=5) as response:
             return WebhookResult(sent=True, status=response.status)
     except OSError as exc:
         return WebhookResult(sent=False, error=str(exc))
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    """The alerts go to the configured URL only: a redirect elsewhere is a failed delivery, not a new target."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
 
 
 def window_of(plan: AnalyzePlan) -> Window:

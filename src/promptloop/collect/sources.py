@@ -14,14 +14,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from promptloop.core.errors import InputError
 from promptloop.domain.logs import LOG_FIELDS
 
 ORIGIN = "_origin"  # "<file>:<line>" (or another source's locator) of each raw row
@@ -91,6 +90,7 @@ class FileSource(Source):
 
     pattern: str
     root: Path = Path(".")
+    max_line_bytes: int = 1_000_000  # a longer JSON Lines line is quarantined unread
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
@@ -130,17 +130,25 @@ class FileSource(Source):
             state = seen.get(name)
             if path.suffix == ".parquet":
                 digest = file_sha256(path)
-                done = state.get("rows", 0) if state and state.get("sha256") == digest else 0
-                for reached in read_parquet_rows(path, done, pending, max_rows, name):
-                    seen[name] = {"sha256": digest, "rows": reached}
-                    yielded = dict(seen)
-                    yield pending.flush({"files": yielded})
-                seen[name] = {"sha256": digest, "rows": pq.ParquetFile(path).metadata.num_rows}
+                known = state or {}
+                same = known.get("sha256") == digest
+                if same and known.get("unreadable"):
+                    continue  # quarantined as a file before; a changed file is read again
+                done = known.get("rows", 0) if same else 0
+                try:
+                    for reached in read_parquet_rows(path, done, pending, max_rows, name):
+                        seen[name] = {"sha256": digest, "rows": reached}
+                        yielded = dict(seen)
+                        yield pending.flush({"files": yielded})
+                    seen[name] = {"sha256": digest, "rows": pq.ParquetFile(path).metadata.num_rows}
+                except UnreadableFile as exc:  # quarantined whole; the other files are still collected
+                    pending.unreadable.append(Unreadable(name, f"unreadable_parquet: {exc}", ""))
+                    seen[name] = {"sha256": digest, "rows": done, "unreadable": True}
                 continue
             offset = state.get("offset", 0) if state else 0
             if state and path.stat().st_size < offset:
                 offset = 0  # the file was replaced by a shorter one: read it anew
-            for reached in read_jsonl_rows(path, offset, pending, max_rows, name):
+            for reached in read_jsonl_rows(path, offset, pending, max_rows, name, self.max_line_bytes):
                 seen[name] = {"offset": reached}
                 yielded = dict(seen)
                 yield pending.flush({"files": yielded})
@@ -190,10 +198,12 @@ def _append_record(record: dict[str, Any], origin: str, columns: dict[str, list[
 _FIELD_SET = frozenset(LOG_FIELDS)
 
 
-def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, label: str) -> Iterator[int]:
+def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, label: str,
+                    max_line_bytes: int = 1_000_000) -> Iterator[int]:
     """Fill `pending` with the rows after byte `offset`; yields the byte offset each time the batch is full.
 
-    A line that is not a JSON object is unreadable (kept with its reason). A half-written last line
+    A line that is not a JSON object is unreadable (kept with its reason); so is a line longer than
+    `max_line_bytes`, which is skipped in chunks, never held in memory whole. A half-written last line
     (no newline yet) waits for the next run: `pending.offset_after` stops before it.
     """
     line_number = _lines_before(path, offset)
@@ -202,13 +212,23 @@ def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, l
         while True:
             full = False
             with _gc_paused():  # never across a yield: the consumer's garbage must be collected
-                for raw in handle:
-                    if not raw.endswith(b"\n"):
+                while raw := handle.readline(max_line_bytes + 1):
+                    if not raw.endswith(b"\n") and len(raw) > max_line_bytes:
+                        length = skipped_line(handle, len(raw))
+                        if length is None:
+                            break  # a long line still being written: the next run sees it whole
+                        offset += length
+                        line_number += 1
+                        pending.unreadable.append(Unreadable(f"{label}:{line_number}", f"line_too_long: {length:,} "
+                                                             f"bytes, over collect.max_line_bytes ({max_line_bytes:,})",
+                                                             raw[:200].decode("utf-8", "replace") + "..."))
+                    elif not raw.endswith(b"\n"):
                         break
-                    offset += len(raw)
-                    line_number += 1
-                    if raw.strip():
-                        _parse_line(raw, f"{label}:{line_number}", pending)
+                    else:
+                        offset += len(raw)
+                        line_number += 1
+                        if raw.strip():
+                            _parse_line(raw, f"{label}:{line_number}", pending)
                     if pending.rows >= max_rows:
                         full = True
                         break
@@ -216,6 +236,15 @@ def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, l
                 break
             yield offset
     pending.offset_after = offset
+
+
+def skipped_line(handle: BinaryIO, read: int) -> int | None:
+    """Read past the rest of a line, 64 kB at a time; its whole length, or None when the file ends first."""
+    while chunk := handle.readline(1 << 16):
+        read += len(chunk)
+        if chunk.endswith(b"\n"):
+            return read
+    return None
 
 
 def _parse_line(raw: bytes, origin: str, pending: _Pending) -> None:
@@ -278,7 +307,7 @@ def _lines_before(path: Path, offset: int) -> int:
 def read_parquet_rows(path: Path, done: int, pending: _Pending, max_rows: int, label: str) -> Iterator[int]:
     """Fill `pending` with the rows after the first `done`; yields the rows done each time the batch is full.
 
-    A file that is not Parquet is an input error naming it.
+    A file that is not Parquet raises UnreadableFile.
     """
     try:
         parquet = pq.ParquetFile(path)
@@ -292,4 +321,8 @@ def read_parquet_rows(path: Path, done: int, pending: _Pending, max_rows: int, l
                 if pending.rows >= max_rows:
                     yield index
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(path, f"not a readable Parquet file: {exc}") from None
+        raise UnreadableFile(f"not a readable Parquet file: {exc}") from None
+
+
+class UnreadableFile(Exception):
+    """A whole file that cannot be read (not Parquet, truncated): quarantined as one piece."""

@@ -41,7 +41,9 @@ from promptloop.workspace.workspace import LOGS, QUARANTINE, Workspace
 
 STATE_FILE = "collect-state.json"
 KEY_FILE = Path(".promptloop") / "pii.key"
-TEXT_COLUMNS = ("input", "output", "error", "feedback_comment", "metadata")
+# Every stored string column is redacted: a log may hold personal data anywhere, ids and file names too.
+TEXT_COLUMNS = ("id", "source", "input", "output", "error", "feedback_comment", "metadata")
+LABEL_COLUMNS = ("app", "prompt_version", "model")  # few distinct values: each is redacted once
 # Explicit schemas: a part whose column happens to be all null must still read with the others.
 LOG_SCHEMA = pa.schema([
     ("id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("app", pa.string()),
@@ -97,26 +99,46 @@ class Totals:
         self.examples += other.examples[: max(0, 20 - len(self.examples))]
 
 
-def source_from_uri(uri: str, root: Path) -> Source:
-    """`--source` values: a path or glob of files, or `mlflow:<experiment>` for MLflow traces."""
+def source_from_uri(uri: str, root: Path, *, allow_outside: bool = True, max_line_bytes: int = 1_000_000) -> Source:
+    """A log source: a path or glob of files, or `mlflow:<experiment>` for MLflow traces.
+
+    Without `allow_outside`, files must be inside the workspace (`--source` needs `--allow-outside`
+    to read elsewhere; a Prefect run form never can).
+    """
     if uri.startswith("mlflow:"):
         from promptloop.collect.traces import MlflowTraceSource
 
         return MlflowTraceSource.from_uri(uri, root)
+    if not allow_outside and not inside(root, uri):
+        raise InputError(uri, "outside the workspace: pass --allow-outside to collect logs from there", "--source")
     if not any(ch in uri for ch in "*?[") and not (root / uri).exists() and not Path(uri).exists():
         raise InputError(
             uri, "source not found (a file, folder or glob of .jsonl/.parquet files, or mlflow:<experiment>)"
         )
-    return FileSource(uri, root)
+    return FileSource(uri, root, max_line_bytes)
 
 
-def plan_collect(
-    workspace: Workspace, app: str, source_uri: str | None = None, now: datetime | None = None
-) -> CollectPlan:
-    """Sources, watermarks and a run id for collecting `app`."""
+def inside(root: Path, uri: str) -> bool:
+    """True when the files `uri` names (a path or a glob) lie inside `root`."""
+    base = Path(re.split(r"[*?\[]", uri, maxsplit=1)[0] or ".")
+    where = (base if base.is_absolute() else root / base).resolve()
+    return where.is_relative_to(root.resolve())
+
+
+def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, now: datetime | None = None,
+                 allow_outside: bool = False) -> CollectPlan:
+    """Sources, watermarks and a run id for collecting `app`.
+
+    The app's configured sources may lie anywhere (params.yaml is reviewed like code); a `source_uri`
+    given for one run must be inside the workspace unless `allow_outside`.
+    """
     settings = workspace.app_settings(app)
-    uris = [source_uri] if source_uri else (settings.sources or [str(settings.log_dir)])
-    sources = [source_from_uri(uri, workspace.root) for uri in uris]
+    max_line = workspace.params.collect.max_line_bytes
+    if source_uri:
+        sources = [source_from_uri(source_uri, workspace.root, allow_outside=allow_outside, max_line_bytes=max_line)]
+    else:
+        sources = [source_from_uri(uri, workspace.root, max_line_bytes=max_line)
+                   for uri in settings.sources or [str(settings.log_dir)]]
     state_path = workspace.path(settings.data_dir) / STATE_FILE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {"watermarks": {}}
     now = now or datetime.now(UTC)
@@ -171,7 +193,7 @@ def process_batch(batch: SourceBatch, ctx: BatchContext) -> tuple[Totals, pd.Dat
     totals.rows_quarantined = int(bad.sum()) + len(batch.unreadable)
     totals.rows_valid = int(valid_mask.sum())
     valid = typed_rows(checked[valid_mask], prices, ctx)
-    valid, redactions = redact_columns(valid, TEXT_COLUMNS, ctx.redactor)
+    valid, redactions = redact_columns(valid, TEXT_COLUMNS, ctx.redactor, LABEL_COLUMNS)
     quarantined, more = quarantine_rows(frame, failures, bad, duplicate, batch.unreadable, ctx)
     totals.pii_redactions = redactions + more
     totals.failures = Counter(n for i, names in failures.items() if bad[i] for n in names)
@@ -242,14 +264,17 @@ def typed_rows(checked: pd.DataFrame, prices: dict[str, tuple[float, float]], ct
     ).reset_index(drop=True)
 
 
-def redact_columns(
-    frame: pd.DataFrame, columns: tuple[str, ...], redactor: Redactor
-) -> tuple[pd.DataFrame, Counter[str]]:
-    """Redact PII in the text columns; returns the frame and counts per PII kind."""
+def redact_columns(frame: pd.DataFrame, columns: tuple[str, ...], redactor: Redactor,
+                   labels: tuple[str, ...] = ()) -> tuple[pd.DataFrame, Counter[str]]:
+    """Redact PII in the text columns (and in the label columns, each distinct value once); returns the
+    frame and counts per PII kind."""
     counts: Counter[str] = Counter()
     out = frame.copy()
     for column in columns:
         out[column], found = redactor.redact_series(frame[column])
+        counts.update(found)
+    for column in labels:
+        out[column], found = redactor.redact_labels(frame[column])
         counts.update(found)
     return out, counts
 
@@ -275,7 +300,7 @@ def quarantine_rows(
                  "raw": hash_user_ids_in_text(u.raw, ctx.key)} for u in unreadable]
     quarantined = pd.DataFrame(records, columns=["origin", "id", "kind", "reasons", "raw"])
     quarantined["collect_run"] = ctx.run
-    quarantined, counts = redact_columns(quarantined, ("id", "raw"), ctx.redactor)
+    quarantined, counts = redact_columns(quarantined, ("origin", "id", "raw"), ctx.redactor)
     return quarantined, counts
 
 
@@ -419,9 +444,9 @@ def summary(plan: CollectPlan, totals: Totals, versioned: Snapshot, run_id: str)
 
 @holds_workspace("collect")
 def collect(workspace: Workspace, app: str, source_uri: str | None = None, now: datetime | None = None,
-            on_batch: Callable[[int], None] = lambda n: None) -> CollectResult:
+            on_batch: Callable[[int], None] = lambda n: None, allow_outside: bool = False) -> CollectResult:
     """The whole stage: plan, read + validate + redact + write each source, version, log."""
-    plan = plan_collect(workspace, app, source_uri, now)
+    plan = plan_collect(workspace, app, source_uri, now, allow_outside)
     ctx = make_context(plan)
     totals = Totals()
     # Parts, watermarks and their commit land together: a crash leaves neither parts nor state behind.

@@ -29,22 +29,23 @@ Scorer = Literal["rubric", "pairwise", "proxy"]
 SCORERS: tuple[Scorer, ...] = ("rubric", "pairwise", "proxy")
 
 
-class ModelPrice(Section):
-    """USD per million tokens, for models litellm's price map does not know."""
-
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
-
-
 # Where an API key comes from: never the key itself. An env var name as POSIX shells take it; a
 # Prefect block document name as Prefect allows it (lower case letters, digits, dashes).
 KEY_SOURCES: dict[str, re.Pattern[str]] = {
     "env": re.compile(r"[A-Za-z_][A-Za-z0-9_]*"),
     "prefect-secret": re.compile(r"[a-z0-9-]+"),
 }
-API_KEYS_FIELD = "llm.api_keys"
+MODELS_FIELD = "llm.models"
 KEY_SOURCE_HELP = ("API keys never go in params.yaml: put the key in an environment variable and write 'env:VARIABLE', "
                    "or in a Prefect Secret block and write 'prefect-secret:BLOCK'")
+# Keys of earlier versions, now fields of an `llm.models` entry.
+MOVED_TO_MODELS = {
+    "prices": "input_per_mtok / output_per_mtok",
+    "licenses": "license",
+    "api_keys": "api_key",
+}
+Locality = Literal["hosted", "local"]
+ResponseFormat = Literal["auto", "schema", "json", "none"]
 
 
 def key_source(text: str) -> tuple[str, str] | None:
@@ -62,19 +63,68 @@ def key_source_problem(value: object) -> str | None:
 
 
 def refuse_literal_api_keys(data: dict[Any, Any], source: str | Path) -> None:
-    """An InputError for an `llm.api_keys` entry that is not a key source, before pydantic would echo it."""
+    """An InputError for an `llm.models.<model>.api_key` that is not a key source, before pydantic would echo it."""
     llm = data.get("llm")
-    keys = llm.get("api_keys") if isinstance(llm, dict) else None
-    if keys is None:
+    models = llm.get("models") if isinstance(llm, dict) else None
+    if not isinstance(models, dict):
         return
-    if not isinstance(keys, dict):
-        raise InputError(
-            source, f"expected a mapping of model name or glob -> key source. {KEY_SOURCE_HELP}", API_KEYS_FIELD
-        )
-    for pattern, value in keys.items():
-        problem = key_source_problem(value)
+    for pattern, entry in models.items():
+        if not isinstance(entry, dict):  # a key pasted in place of the entry must not be echoed
+            raise InputError(source, "expected a mapping of settings (api_base, api_key, prices, license, ...); "
+                                     "the value is not shown", f"{MODELS_FIELD}.{pattern}")
+        if "api_key" in entry and entry["api_key"] is not None:
+            problem = key_source_problem(entry["api_key"])
+            if problem:
+                raise InputError(source, problem, f"{MODELS_FIELD}.{pattern}.api_key")
+
+
+class ModelSettings(Section):
+    """One model (or a glob of models): where it is served, its key, price, limits, license and locality."""
+
+    # A ValidationError built from these settings alone must not print a literal key it refused.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    api_base: str | None = Field(default=None, description="the provider's base URL, e.g. http://gpu-box:8000/v1")
+    api_key: str | None = Field(default=None, description="'env:VARIABLE' or 'prefect-secret:BLOCK'; never the key")
+    api_version: str | None = Field(default=None, description="the API version (Azure OpenAI)")
+    input_per_mtok: float | None = Field(default=None, ge=0, description="USD per million input tokens")
+    output_per_mtok: float | None = Field(default=None, ge=0, description="USD per million output tokens")
+    rpm: int | None = Field(default=None, gt=0, description="requests per minute, enforced client-side per run")
+    tpm: int | None = Field(default=None, gt=0, description="tokens per minute, enforced client-side per run")
+    license: License | None = Field(default=None, description="gates a candidate that moves the app to this model")
+    locality: Locality | None = Field(default=None, description="hosted: data leaves the machine; local: it stays")
+    response_format: ResponseFormat = Field(
+        default="auto",
+        description="structured verdicts: auto (as litellm says the model supports), schema, json, none")
+    extra: dict[str, Any] = Field(default_factory=dict, description="more provider parameters sent with every call")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_source_only(cls, api_key: str | None) -> str | None:
+        problem = None if api_key is None else key_source_problem(api_key)
         if problem:
-            raise InputError(source, problem, f"{API_KEYS_FIELD}.{pattern}")
+            raise ValueError(problem)
+        return api_key
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_only(cls, api_base: str | None) -> str | None:
+        if api_base is not None and not re.match(r"https?://[^/@\s]+", api_base):
+            raise ValueError("expected an http(s) URL without credentials, e.g. http://localhost:11434")
+        return api_base
+
+    @model_validator(mode="after")
+    def _both_prices(self) -> ModelSettings:
+        if (self.input_per_mtok is None) != (self.output_per_mtok is None):
+            raise ValueError("set both input_per_mtok and output_per_mtok, or neither")
+        return self
+
+    @property
+    def price_per_token(self) -> tuple[float, float] | None:
+        """(input, output) USD per token, when both are set."""
+        if self.input_per_mtok is None or self.output_per_mtok is None:
+            return None
+        return self.input_per_mtok / 1e6, self.output_per_mtok / 1e6
 
 
 class LLMSettings(Section):
@@ -85,48 +135,58 @@ class LLMSettings(Section):
 
     providers: dict[str, str] = Field(
         default_factory=dict,
-        description="custom litellm providers: prefix -> 'module:object' (a litellm CustomLLM)",
+        description="custom litellm providers: prefix -> 'module:object' (a litellm CustomLLM); this runs that code",
     )
-    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    models: dict[str, ModelSettings] = Field(
+        default_factory=dict,
+        description="per model name or glob (first match wins): api_base, api_key, prices, rpm/tpm, license, "
+                    "locality; a model with no entry uses litellm's defaults (OPENAI_API_KEY ...)",
+    )
     timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=6, ge=0)
+    max_retries: int = Field(default=6, ge=0, description="retries of provider errors (429, timeouts, 5xx)")
+    max_repairs: int = Field(default=2, ge=0, description="repair turns for an answer that is not what was asked")
     cache: Path | None = Field(
         default=Path(".promptloop/llm-cache.sqlite"),
         description="response cache (SQLite), relative to the workspace; null: no cache kept between runs",
     )
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_inside(cls, path: Path | None) -> Path | None:
+        return None if path is None else check_inside(path)
     retry_base_delay_s: float = Field(
         default=0.5, ge=0, description="first backoff; doubles per retry, with full jitter"
     )
     max_concurrency: int = Field(default=8, ge=1)
     processes: int = Field(default=1, ge=1, le=64, description="worker processes an evaluation's calls are spread over")
-    licenses: dict[str, License] = Field(
-        default_factory=dict,
-        description="license class per model name or glob (e.g. 'ollama/llama3*'); used to gate model changes",
-    )
-    api_keys: dict[str, str] = Field(
-        default_factory=dict,
-        description="where the API key of a model (name or glob) comes from: 'env:VARIABLE' or 'prefect-secret:BLOCK'; "
-                    "a model with no entry uses litellm's own variables (OPENAI_API_KEY ...)",
-    )
 
-    @field_validator("api_keys")
+    @model_validator(mode="before")
     @classmethod
-    def _key_sources_only(cls, api_keys: dict[str, str]) -> dict[str, str]:
-        for value in api_keys.values():
-            problem = key_source_problem(value)
-            if problem:
-                raise ValueError(problem)
-        return api_keys
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, field in MOVED_TO_MODELS.items():
+                if old in data:
+                    raise ValueError(f"llm.{old} moved into llm.models: give the model (name or glob) an entry "
+                                     f"with {field}, e.g. llm.models: {{'openai/gpt-4o*': {{...}}}}")
+        return data
+
+    def model_entry(self, model: str) -> tuple[str, ModelSettings] | None:
+        """(name or glob, settings) of the first `llm.models` entry matching `model`; None: litellm's defaults."""
+        return next(((pattern, entry) for pattern, entry in self.models.items()
+                     if fnmatch.fnmatchcase(model, pattern)), None)
+
+    def model_settings(self, model: str) -> ModelSettings:
+        """The settings of `model`: its entry, or litellm's defaults (an empty entry)."""
+        found = self.model_entry(model)
+        return found[1] if found else ModelSettings()
 
     def license_of(self, model: str) -> str:
-        """The license class of `model` (first matching name or glob), or 'unknown'."""
-        return next((cls for pattern, cls in self.licenses.items() if fnmatch.fnmatchcase(model, pattern)), "unknown")
+        """The license class of `model` from its entry, or 'unknown'."""
+        return self.model_settings(model).license or "unknown"
 
-    def api_key_entry(self, model: str) -> tuple[str, str] | None:
-        """(name or glob, key source) of the first `api_keys` entry matching `model`; None: litellm's defaults."""
-        return next(
-            ((pattern, src) for pattern, src in self.api_keys.items() if fnmatch.fnmatchcase(model, pattern)), None
-        )
+    def locality_of(self, model: str) -> str:
+        """'local' or 'hosted' from the model's entry, or 'unknown' (treated as hosted by a local-only app)."""
+        return self.model_settings(model).locality or "unknown"
 
 
 class AppSettings(Section):
@@ -156,6 +216,15 @@ class AppSettings(Section):
         description="regex whose group 1 is a cited document id; null: the app does not cite",
     )
     json_schema: Path | None = Field(default=None, description="answers must be JSON valid against this schema file")
+    data_policy: Literal["any", "local-only"] = Field(
+        default="any", description="local-only: every model of this app (app, judges, optimizer) must be local")
+
+    @field_validator("prompt", "golden_set", "knowledge_base", "log_dir", "data_dir", "json_schema")
+    @classmethod
+    def _inside_the_workspace(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            check_inside(path)
+        return path
 
     @field_validator("scorers")
     @classmethod
@@ -198,6 +267,9 @@ class CollectSettings(Section):
     )
     extra_pii_patterns: dict[str, str] = Field(default_factory=dict, description="KIND -> regex, redacted as <KIND>")
     batch_rows: int = Field(default=200_000, ge=1, description="rows validated and written per batch (bounds memory)")
+    max_line_bytes: int = Field(
+        default=1_000_000, ge=1_000,
+        description="a JSON Lines line longer than this is quarantined unread (a log record is never this big)")
 
 
 # Alert rules of analyze: on which metrics, and the built-in defaults.
@@ -258,12 +330,19 @@ class AnalyzeSettings(Section):
         description="per detector: builtin, a pattern file (.yaml), or module:attribute (a classifier with .flags)",
     )
     alerts: list[dict[str, Any]] | None = Field(default=None, description="alert rules; None: the built-in defaults")
-    webhook_url: str | None = Field(default=None, description="POST the alerts as JSON here (optional)")
+    webhook_url: str | None = Field(default=None, description="POST the alerts as JSON here (optional; http or https)")
     clusters: int = Field(default=8, ge=1, description="at most this many failure clusters")
     judge_model: str | None = Field(default="offline/judge", description="online judge on a sample; null: off")
     judge_sample: int = Field(default=100, ge=0)
     judge_budget_usd: float = Field(default=0.5, ge=0)
     seed: int = 0
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_webhook(cls, url: str | None) -> str | None:
+        if url is not None and not re.fullmatch(r"https?://[^/@\s]+(/\S*)?", url):
+            raise ValueError("expected an http(s) URL without credentials (the alerts are POSTed there)")
+        return url
 
     @field_validator("detectors")
     @classmethod
@@ -388,6 +467,8 @@ class Params(Section):
     def _at_least_one_app(cls, apps: dict[str, AppSettings]) -> dict[str, AppSettings]:
         if not apps:
             raise ValueError("at least one app is required")
+        for name in apps:
+            check_identifier(name, "an app name")
         return apps
 
     def app(self, name: str, source: str | Path = PARAMS_FILE) -> AppSettings:
@@ -397,6 +478,27 @@ class Params(Section):
         except KeyError:
             known = ", ".join(sorted(self.apps)) or "none"
             raise InputError(source, f"unknown app {name!r} (known: {known})", field="apps") from None
+
+
+# `package.module:object`: code params.yaml names (custom providers, detector plug-ins). Loading it runs it.
+PLUGIN_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+# What may name an app (it becomes part of paths, branch names, git tags and MLflow names).
+IDENTIFIER = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def check_identifier(name: str, what: str) -> str:
+    """`name` when it is a safe identifier (lower case letters, digits, `.`, `_`, `-`; no `..`); else ValueError."""
+    if not IDENTIFIER.fullmatch(name) or ".." in name:
+        raise ValueError(f"{name!r} is not usable as {what}: use lower case letters, digits, '.', '_' and '-' "
+                         "(starting with a letter or digit, no '..', at most 64 characters)")
+    return name
+
+
+def check_inside(path: Path) -> Path:
+    """`path` when it is relative and stays inside the folder it is relative to; else ValueError."""
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{path} must be a path inside the workspace (relative, without '..')")
+    return path
 
 
 def parse_params(data: object, source: str | Path = PARAMS_FILE) -> Params:
@@ -418,13 +520,38 @@ def load_params(path: str | Path) -> Params:
     return parse_params(read_yaml(path), path)
 
 
+MAX_YAML_BYTES = 1_000_000  # params, prompts and candidates are small; a bigger file is a mistake or an attack
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """A safe loader that refuses YAML aliases: `*anchor` references are how "billion laughs" files
+    expand a few kilobytes into gigabytes, and no promptloop file needs them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: Path) -> object:
-    """Parse a YAML file; a syntax error names the file and line."""
+    """Parse a YAML file (at most 1 MB, no aliases); a syntax error names the file and line."""
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise InputError(path, f"larger than {MAX_YAML_BYTES:,} bytes: not a promptloop configuration or prompt")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return parse_yaml_text(text, path)
+
+
+def parse_yaml_text(text: str, source: str | Path) -> object:
+    """Parse YAML text (at most 1 MB, no aliases) read from `source`; a syntax error names it and the line."""
+    if len(text.encode("utf-8")) > MAX_YAML_BYTES:
+        raise InputError(source, f"larger than {MAX_YAML_BYTES:,} bytes: not a promptloop configuration or prompt")
+    try:
+        return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 (a SafeLoader without aliases)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else None
-        raise InputError(path, f"invalid YAML: {getattr(exc, 'problem', exc)}", field=where) from None
-    except UnicodeDecodeError as exc:
-        raise InputError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise InputError(source, f"invalid YAML: {getattr(exc, 'problem', exc)}", field=where) from None

@@ -32,12 +32,17 @@ def input_error_from_validation(source: str | Path, exc: ValidationError, prefix
     if prefix:
         field = f"{prefix}.{field}" if field else prefix
     message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-    if err["type"] not in ("extra_forbidden", "missing") and "input" in err:
+    if err["type"] not in ("extra_forbidden", "missing") and "input" in err and not _may_hold_a_secret(field):
         message += f" (got {_short(err['input'])})"
     extra = len(exc.errors()) - 1
     if extra:
         message += f"; and {extra} more error{'s' if extra > 1 else ''}"
     return InputError(source, message, field or None)
+
+
+def _may_hold_a_secret(field: str) -> bool:
+    """Fields whose value is never echoed in an error: a key pasted into the wrong place must not be printed."""
+    return any(word in field.lower() for word in ("key", "token", "secret", "password", "parameters", "extra"))
 
 
 def _short(value: object, limit: int = 60) -> str:

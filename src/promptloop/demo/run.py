@@ -18,6 +18,7 @@ from promptloop.domain.results import AnalyzeResult, CollectResult, CycleResult
 from promptloop.llm.client import ApiKeys, litellm_module_configured
 from promptloop.loop.cycle import cycle
 from promptloop.ops.initialize import InitResult, init_workspace
+from promptloop.workspace.preflight import preflight
 from promptloop.workspace.workspace import Workspace, open_workspace
 
 DEMO_MARKER = Path(".promptloop") / "made-by-demo"
@@ -68,6 +69,7 @@ class DemoResult(BaseModel):
     cycle: CycleResult
     collect: CollectResult
     analyze: AnalyzeResult | None
+    data_policy: str = Field(description="what a local-only app answers to a hosted judge (refused before any call)")
     mlflow_ui: str = Field(description="the command that opens the MLflow UI on the workspace")
 
 
@@ -87,4 +89,19 @@ def run_demo(dest: Path, interactions: int | None = None, now: datetime | None =
     mlflow = Path(sys.executable).parent / "mlflow"
     ui = f"{mlflow} ui --backend-store-uri {workspace.tracking_uri} --host 127.0.0.1 --port 5000"
     return DemoResult(workspace=created.workspace, app=app_name, init=created, logs=logs, cycle=turn,
-                      collect=turn.collect, analyze=turn.analyze, mlflow_ui=ui)
+                      collect=turn.collect, analyze=turn.analyze, data_policy=local_only_refusal(workspace, app_name),
+                      mlflow_ui=ui)
+
+
+HOSTED_JUDGE = "openai/gpt-4o-mini"
+
+
+def local_only_refusal(workspace: Workspace, app: str) -> str:
+    """The refusal a local-only app gives a hosted judge, before any call (the demo shows it once)."""
+    local_only = workspace.app_settings(app).model_copy(update={"data_policy": "local-only"})
+    params = workspace.params.model_copy(update={"apps": {**workspace.params.apps, app: local_only}})
+    try:
+        preflight(Workspace(workspace.root, params), app, {"judge": HOSTED_JUDGE})
+    except InputError as refused:
+        return str(refused).removeprefix(f"{workspace.root / 'params.yaml'}: ")
+    return f"{HOSTED_JUDGE} was accepted: llm.models marks it local"

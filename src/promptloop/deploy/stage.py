@@ -5,8 +5,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-import yaml
-
+from promptloop.core.config import parse_yaml_text
 from promptloop.core.errors import InputError
 from promptloop.deploy.pull_request import open_pull_request
 from promptloop.domain.prompts import PromptVersion, load_prompt
@@ -51,7 +50,7 @@ def promoted_prompt(outcome: ImproveOutcome, source: Path) -> tuple[BestCandidat
     if outcome.best is None or outcome.best.prompt is None:
         raise InputError(source, "the outcome promotes a candidate but holds no prompt for it; run improve again",
                          field="best.prompt")
-    return outcome.best, PromptVersion.model_validate(yaml.safe_load(outcome.best.prompt))
+    return outcome.best, PromptVersion.model_validate(parse_yaml_text(outcome.best.prompt, source))
 
 
 @holds_workspace("deploy")

@@ -118,11 +118,16 @@ class JudgeResult(Record):
 
 
 class CallCounts(Record):
-    """LLM calls of one purpose (or all of them): paid, from the cache, retried, failed; tokens and cost."""
+    """LLM calls of one purpose (or all of them): paid, from the cache, retried, repaired, failed; tokens, cost.
+
+    `retries` answer provider errors (`retry_causes` names them); `repairs` are follow-up turns for
+    answers that could not be read (`invalid` counts those answers).
+    """
 
     calls: int = 0
     cache_hits: int = 0
     retries: int = 0
+    repairs: int = 0
     failures: int = 0
     invalid: int = 0
     retry_causes: dict[str, int] = Field(default_factory=dict)

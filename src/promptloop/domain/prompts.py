@@ -11,11 +11,19 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from promptloop.core.config import read_yaml
+from promptloop.core.config import check_identifier, read_yaml
 from promptloop.core.errors import InputError, input_error_from_validation
 
 PLACEHOLDERS = frozenset({"question", "context"})
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+# What a prompt file may ask of the model: sampling only. Where a call goes and with which key is
+# params.yaml's business (`llm.models`): a prompt or candidate that could set `api_base` would send
+# the real key to any host its author names, and a candidate is text an optimizer or a PR wrote.
+SAMPLING_PARAMETERS = frozenset({
+    "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "seed", "stop", "presence_penalty",
+    "frequency_penalty", "repetition_penalty", "logit_bias", "logprobs", "top_logprobs", "n", "response_format",
+    "reasoning_effort",
+})
 
 
 class PromptVersion(BaseModel):
@@ -31,6 +39,21 @@ class PromptVersion(BaseModel):
     changelog: str = ""
     system: str = Field(min_length=1)
     user: str = "{question}"
+
+    @field_validator("app")
+    @classmethod
+    def _safe_app_name(cls, app: str) -> str:
+        return check_identifier(app, "an app name")
+
+    @field_validator("parameters")
+    @classmethod
+    def _sampling_only(cls, parameters: dict[str, Any]) -> dict[str, Any]:
+        refused = sorted(set(parameters) - SAMPLING_PARAMETERS)
+        if refused:
+            raise ValueError(f"{', '.join(refused)} not allowed: a prompt holds sampling parameters only "
+                             f"({', '.join(sorted(SAMPLING_PARAMETERS))}); where a model is called and with which "
+                             "key is set in params.yaml llm.models")
+        return parameters
 
     @field_validator("system", "user")
     @classmethod

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import git
 
+from promptloop.core.config import PARAMS_FILE, PLUGIN_SPEC, parse_yaml_text, read_yaml
 from promptloop.core.errors import InputError
 from promptloop.core.progress import NO_PROGRESS, ProgressHooks
 from promptloop.domain.evaluation import CandidateResult
@@ -41,11 +42,40 @@ def regressions(candidate: CandidateResult) -> list[str]:
     return found
 
 
+def plugins(params: object) -> dict[str, str]:
+    """The code params.yaml names (custom providers, detector plug-ins): setting -> `module:object`."""
+    found: dict[str, str] = {}
+    for section, key in (("llm", "providers"), ("analyze", "detectors")):
+        part = params.get(section) if isinstance(params, dict) else None
+        entries = part.get(key) if isinstance(part, dict) else None
+        for name, target in (entries or {}).items():
+            if isinstance(target, str) and PLUGIN_SPEC.fullmatch(target):
+                found[f"{section}.{key}.{name}"] = target
+    return found
+
+
+def refuse_changed_plugins(workspace: Workspace, branch: str) -> None:
+    """A pull request that changes which code params.yaml loads is not run by `check`: importing that
+    code is running it, with this CI job's keys. A person reviews and merges such a change first."""
+    try:
+        committed = git.Repo(workspace.root).git.show(f"{branch}:{PARAMS_FILE}")
+    except (git.GitCommandError, git.InvalidGitRepositoryError):
+        return  # no params.yaml on the base branch to compare with: prompt_on_branch reports the branch
+    before = plugins(parse_yaml_text(str(committed), f"{branch}:{PARAMS_FILE}"))
+    after = plugins(read_yaml(workspace.root / PARAMS_FILE))
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        raise InputError(workspace.root / PARAMS_FILE,
+                         f"changes the code it loads ({', '.join(changed)}) compared with {branch}: `promptloop "
+                         "check` does not run code a pull request brings; review and merge that change first")
+
+
 def check(workspace: Workspace, app: str, base_branch: str | None = None,
           progress: ProgressHooks = NO_PROGRESS) -> CheckResult:
     """Evaluate the working tree's prompt against the one on the base branch (for CI on a hand edit)."""
     settings = workspace.app_settings(app)
     branch = base_branch or workspace.params.deploy.base_branch
+    refuse_changed_plugins(workspace, branch)
     committed = prompt_on_branch(workspace, Path(settings.prompt), branch)
     edited_path = workspace.path(settings.prompt)
     edited = load_prompt(edited_path)

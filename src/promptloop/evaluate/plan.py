@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptloop.core.config import AppSettings, EvaluateSettings, Params
@@ -42,10 +42,16 @@ class EvalPlan:
     retriever: Retriever | None
     kb_ids: frozenset[str]
     top_k: int
+    blocked: dict[str, str] = field(default_factory=dict)  # candidate -> why it may not be run at all
 
     @property
     def contenders(self) -> list[Contender]:
         return [self.baseline, *self.candidates]
+
+    @property
+    def runnable(self) -> list[Contender]:
+        """The contenders whose answers are asked for: all but the blocked candidates."""
+        return [c for c in self.contenders if c.name not in self.blocked]
 
 
 def contender_model(prompt: PromptVersion, baseline_file: PromptVersion, override: str | None) -> str:
@@ -90,7 +96,7 @@ def plan_evaluation(workspace: Workspace, app: str, candidate_paths: list[Path] 
     paths = hand_written_candidates(workspace, app) if candidate_paths is None else candidate_paths
     prompts = load_candidates(app, paths)
     docs = load_kb(workspace.path(settings.knowledge_base)) if settings.knowledge_base else []
-    return EvalPlan(
+    plan = EvalPlan(
         app=app, app_settings=settings, settings=workspace.params.evaluate,
         cases=load_golden(workspace.path(settings.golden_set)),
         baseline=Contender(BASELINE, baseline_file, contender_model(baseline_file, baseline_file, settings.model),
@@ -99,6 +105,20 @@ def plan_evaluation(workspace: Workspace, app: str, candidate_paths: list[Path] 
                     for name, prompt, path in zip(candidate_names(paths), prompts, paths, strict=True)],
         retriever=Retriever(docs) if docs else None, kb_ids=frozenset(d.id for d in docs), top_k=settings.top_k,
     )
+    plan.blocked = {c.name: problem for c in plan.candidates
+                    if (problem := locality_problem(workspace, app, c.model)) is not None}
+    return plan
+
+
+def locality_problem(workspace: Workspace, app: str, model: str) -> str | None:
+    """Why a local-only app may not send its cases to `model` (so a candidate on it is never run), if it may not."""
+    if workspace.app_settings(app).data_policy != "local-only":
+        return None
+    locality = workspace.params.llm.locality_of(model)
+    if locality == "local":
+        return None
+    return (f"model {model} is {'hosted' if locality == 'hosted' else 'not known to be local'} and app {app} is "
+            f"local-only (apps.{app}.data_policy): not run, never promoted")
 
 
 def proxy_scorers(plan: EvalPlan, root: Path, params: Params) -> list[Scorer]:
@@ -143,7 +163,7 @@ def read_schema(path: Path) -> dict[str, object]:
 
 def progress_total(plan: EvalPlan) -> int:
     """Units of progress: one per (prompt, case) scored and per labelled case judged."""
-    return len(plan.contenders) * len(plan.cases) + sum(c.human_label is not None for c in plan.cases)
+    return len(plan.runnable) * len(plan.cases) + sum(c.human_label is not None for c in plan.cases)
 
 
 def case_batches(plan: EvalPlan, batches: int) -> list[list[str]]:

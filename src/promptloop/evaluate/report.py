@@ -83,9 +83,10 @@ def judge_section(result: EvaluationResult) -> list[str]:
 
 
 def retries(usage: CallCounts) -> str:
-    """`12 retries: 5 RateLimitError, 4 Timeout, 3 invalid answer`."""
+    """`12 retries: 5 RateLimitError, 4 Timeout, 3 InternalServerError; 2 repair turns for unreadable answers`."""
     causes = ", ".join(f"{n} {cause}" for cause, n in usage.retry_causes.items())
-    return f"{usage.retries} retries" + (f": {causes}" if causes else "")
+    repaired = f"; {usage.repairs} repair turn(s) for answers that could not be read" if usage.repairs else ""
+    return f"{usage.retries} retries" + (f": {causes}" if causes else "") + repaired
 
 
 def header(result: EvaluationResult) -> list[str]:

@@ -122,14 +122,14 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
         advance(1)
 
     # Every model's API key before the first call: a missing one stops here, before anything is spent.
-    for model in sorted({c.model for c in plan.contenders} | {judge.model}):
+    for model in sorted({c.model for c in plan.runnable} | {judge.model}):
         runner.api_keys.for_model(model)
     try:
         async with asyncio.TaskGroup() as group:
-            for contender in plan.contenders:
+            for contender in plan.runnable:
                 for case in plan.cases:
                     answers[contender.name, case.id] = group.create_task(answer_case(runner, plan, contender, case))
-            for contender in plan.contenders:
+            for contender in plan.runnable:
                 for case in plan.cases:
                     group.create_task(score(contender, case))
             for case in plan.cases:
@@ -151,8 +151,9 @@ def in_plan_order(plan: EvalPlan, run: EvalRun) -> EvalRun:
 
 
 def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], share: float = 1.0,
-                   on_progress: Progress | None = None, concurrency: int | None = None) -> EvalRun:
-    """Answer and score the cases `case_ids` with a runner of their own (a `share` of the budget).
+                   on_progress: Progress | None = None, processes: int = 1) -> EvalRun:
+    """Answer and score the cases `case_ids` with a runner of their own (a `share` of the budget; one of
+    `processes` worker processes running at once, with its part of the concurrency and rate limits).
 
     A batch needs nothing from another one, so batches can run anywhere (a Dask worker, another
     process); `merge_runs` puts them back together.
@@ -163,7 +164,7 @@ def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], sh
     runner = workspace.open_runner(
         max_usd=settings.budget_usd * share,
         max_calls=math.ceil(settings.budget_calls * share) if settings.budget_calls else None,
-        concurrency=concurrency,
+        processes=processes,
     )
     try:
         scorers = build_scorers(part, runner, workspace.root, workspace.params)
@@ -181,9 +182,7 @@ def merge_runs(plan: EvalPlan, runs: list[EvalRun]) -> EvalRun:
     usage: dict[str, Usage] = {}
     for run in runs:
         for purpose, used in run.usage.items():
-            total = usage.setdefault(purpose, Usage())
-            for name in Usage.__dataclass_fields__:
-                setattr(total, name, getattr(total, name) + getattr(used, name))
+            usage.setdefault(purpose, Usage()).add(used)
     merged = EvalRun([row for run in runs for row in run.rows], [c for run in runs for c in run.calibration],
                      next((run.stopped for run in runs if run.stopped), None), usage, sum(run.cpu_s for run in runs))
     return in_plan_order(plan, merged)
@@ -219,17 +218,15 @@ def run_in_processes(workspace: Workspace, plan: EvalPlan, chunks: list[list[str
     shared out): one Python process is CPU-bound in litellm long before a provider's limits."""
     if workspace.params.llm.cache:  # created here once, not raced by the workers
         ResponseCache(workspace.path(workspace.params.llm.cache)).close()
-    concurrency = max(1, math.ceil(workspace.params.llm.max_concurrency / processes))
     context = multiprocessing.get_context("spawn")  # no forked copies of threads or open databases
     with ProcessPoolExecutor(processes, mp_context=context, initializer=warm_worker, initargs=(workspace,)) as pool:
         list(pool.map(math.sqrt, range(processes)))  # wait until every worker is warm
         clock.lap("setup_s")
-        futures = [
-            pool.submit(evaluate_batch, workspace, plan, ids, 1 / len(chunks), None, concurrency) for ids in chunks
-        ]
+        share = 1 / len(chunks)
+        futures = [pool.submit(evaluate_batch, workspace, plan, ids, share, None, processes) for ids in chunks]
         runs = []
         for future, ids in zip(futures, chunks, strict=True):
             runs.append(future.result())
             if on_progress:
-                on_progress(len(ids) * len(plan.contenders))
+                on_progress(len(ids) * len(plan.runnable))
     return runs

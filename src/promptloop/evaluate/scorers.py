@@ -26,7 +26,14 @@ from promptloop.core.text import language
 from promptloop.domain.golden import GoldenCase
 from promptloop.llm.runner import InvalidResponse, Runner
 from promptloop.quality.detectors import Detector
-from promptloop.quality.judges import pairwise_messages, parse_pairwise, parse_rubric, rubric_messages
+from promptloop.quality.judges import (
+    PAIRWISE_SCHEMA,
+    RUBRIC_SCHEMA,
+    pairwise_messages,
+    parse_pairwise,
+    parse_rubric,
+    rubric_messages,
+)
 
 ScoreValue = float | int | bool | str | None
 Scores = dict[str, ScoreValue]  # a scorer's columns of one (prompt, case) row
@@ -93,7 +100,7 @@ class RubricJudge:
             try:
                 completion = await self.runner.complete(
                     self.purpose, self.model, messages, temperature=self.temperature, seed=self.seed + sample,
-                    validate=parse_rubric)
+                    validate=parse_rubric, schema=RUBRIC_SCHEMA)
             except InvalidResponse as exc:
                 raise JudgeFailed(f"rubric judge on case {case.id}: {exc}") from exc
             scores.append(parse_rubric(completion.text).score)
@@ -127,6 +134,7 @@ class PairwiseJudge:
                 temperature=self.temperature,
                 seed=self.seed,
                 validate=parse_pairwise,
+                schema=PAIRWISE_SCHEMA,
             )
         except InvalidResponse as exc:
             raise JudgeFailed(f"pairwise judge on case {case.id}: {exc}") from exc

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from promptloop.core.config import check_inside
+from promptloop.core.errors import InputError
 from promptloop.core.progress import NO_PROGRESS, ProgressHooks
 from promptloop.domain.evaluation import EvaluationResult
 from promptloop.domain.prompts import PromptVersion
@@ -26,7 +28,15 @@ from promptloop.evaluate.run import EvalRun, Stopwatch, evaluate_batch, merge_ru
 from promptloop.evaluate.summary import summarise, usage_summary
 from promptloop.llm.client import litellm_module_configured
 from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.preflight import preflight
 from promptloop.workspace.workspace import Workspace
+
+
+def plan_roles(plan: EvalPlan) -> dict[str, str]:
+    """role -> model of every model the evaluation calls (blocked candidates are never called)."""
+    roles = {"app": plan.baseline.model, "judge": plan.settings.judge_model}
+    roles |= {f"candidate {c.name}": c.model for c in plan.runnable if c is not plan.baseline}
+    return roles
 
 
 def with_provenance(workspace: Workspace, plan: EvalPlan, run: EvalRun, result: EvaluationResult) -> EvaluationResult:
@@ -62,6 +72,14 @@ def finish_evaluation(workspace: Workspace, plan: EvalPlan, run: EvalRun, metric
     return result
 
 
+def metrics_path(metrics_file: Path) -> Path:
+    """The metrics file, which must stay inside the workspace (relative, no `..`)."""
+    try:
+        return check_inside(metrics_file)
+    except ValueError as exc:
+        raise InputError("--metrics-file", str(exc)) from None
+
+
 @holds_workspace("evaluate")
 def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None = None, *,
              baseline: tuple[PromptVersion, str] | None = None, metrics_file: Path | None = None,
@@ -71,7 +89,10 @@ def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None 
     With `llm.processes` > 1 the cases are split into that many batches, each on a worker process.
     """
     clock = Stopwatch()
+    if metrics_file is not None:
+        metrics_path(metrics_file)  # refused before anything is run
     plan = plan_evaluation(workspace, app, candidate_paths, baseline)
+    preflight(workspace, app, plan_roles(plan), budget_usd=plan.settings.budget_usd)
     progress.start(progress_total(plan))
     processes = min(workspace.params.llm.processes, len(plan.cases))
     chunks = case_batches(plan, processes)

@@ -6,7 +6,6 @@ Decisions rest on the held-out cases only; the cases an optimizer saw are report
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypedDict
@@ -181,24 +180,20 @@ def incomplete_reasons(frame: pd.DataFrame, n_cases: int, stopped: str | None) -
 
 
 def call_counts(usage: Usage) -> CallCounts:
-    """One purpose's calls, as reported."""
-    return CallCounts(calls=usage.calls, cache_hits=usage.cache_hits, retries=usage.retries, failures=usage.failures,
-                      invalid=usage.invalid, retry_causes=dict(usage.retry_causes.most_common()),
-                      prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                      cost_usd=round(usage.cost_usd, 6))
+    """One purpose's calls (or all of them, added up), as reported."""
+    return CallCounts(calls=usage.calls, cache_hits=usage.cache_hits, retries=usage.retries, repairs=usage.repairs,
+                      failures=usage.failures, invalid=usage.invalid,
+                      retry_causes=dict(usage.retry_causes.most_common()), prompt_tokens=usage.prompt_tokens,
+                      completion_tokens=usage.completion_tokens, cost_usd=round(usage.cost_usd, 6))
 
 
 def usage_summary(usage: dict[str, Usage]) -> UsageResult:
-    """Calls, cache hits, retries, tokens and cost: overall and per purpose (app:<prompt>, judge:<prompt>)."""
+    """Calls, cache hits, retries, repairs, tokens and cost: overall and per purpose (app:<prompt>, judge:<prompt>)."""
+    total = Usage()
+    for used in usage.values():
+        total.add(used)
     per = {purpose: call_counts(u) for purpose, u in sorted(usage.items())}
-    causes = sum((u.retry_causes for u in usage.values()), Counter[str]())
-    return UsageResult(calls=sum(p.calls for p in per.values()), cache_hits=sum(p.cache_hits for p in per.values()),
-                       retries=sum(p.retries for p in per.values()), failures=sum(p.failures for p in per.values()),
-                       invalid=sum(p.invalid for p in per.values()),
-                       prompt_tokens=sum(p.prompt_tokens for p in per.values()),
-                       completion_tokens=sum(p.completion_tokens for p in per.values()),
-                       retry_causes=dict(causes.most_common()),
-                       cost_usd=round(sum(u.cost_usd for u in usage.values()), 6), by_purpose=per)
+    return UsageResult(**call_counts(total).model_dump(), by_purpose=per)
 
 
 def decision_split(cases: list[GoldenCase]) -> tuple[list[GoldenCase], list[GoldenCase]]:
@@ -344,12 +339,19 @@ def candidate_result(base: BaselineEvidence, contender: Contender, frame: pd.Dat
     )
 
 
+def blocked_result(contender: Contender, reason: str, license_class: str) -> CandidateResult:
+    """A candidate that was not run (its model may not see the app's data): held, with the reason."""
+    return CandidateResult(name=contender.name, source=contender.source, version=contender.prompt.version,
+                           prompt_hash=contender.prompt.content_hash, model=contender.model, license=license_class,
+                           decision="hold", reasons=[reason])
+
+
 def comparisons_of(plan: EvalPlan, by_prompt: dict[str, pd.DataFrame]) -> tuple[dict[str, Comparison | None],
                                                                                   dict[str, float]]:
     """Each candidate against the baseline, and the Holm-adjusted p-values of those that could be tested."""
     base = by_prompt[BASELINE]
     comparisons = {c.name: compare(base, by_prompt[c.name], plan.settings) if len(by_prompt[c.name]) and len(base)
-                   else None for c in plan.candidates}
+                   else None for c in plan.candidates if c.name not in plan.blocked}
     testable = [(name, cmp.paired.p_value) for name, cmp in comparisons.items() if cmp is not None and cmp.paired]
     adjusted = dict(zip([name for name, _ in testable], stats.holm([p for _, p in testable]), strict=True))
     return comparisons, adjusted
@@ -372,8 +374,9 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
         len(decided),
     )
     comparisons, adjusted = comparisons_of(plan, by_prompt)
-    candidates = [candidate_result(base, c, by_prompt[c.name], comparisons[c.name], adjusted.get(c.name),
-                                   license_of(c.model)) for c in plan.candidates]
+    candidates = [blocked_result(c, plan.blocked[c.name], license_of(c.model)) if c.name in plan.blocked
+                  else candidate_result(base, c, by_prompt[c.name], comparisons[c.name], adjusted.get(c.name),
+                                        license_of(c.model)) for c in plan.candidates]
     for contender, candidate in zip(plan.candidates, candidates, strict=True):
         candidate.optimize_split = split_comparison(everything, contender.name, seen, settings)
     return EvaluationResult(

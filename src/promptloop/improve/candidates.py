@@ -14,7 +14,6 @@ MLflow's own evaluation loop (see evaluate.py for why we keep ours) and has no h
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from promptloop.domain.golden import GoldenCase
 from promptloop.domain.prompts import PromptVersion, dump_prompt
 from promptloop.domain.results import ClusterResult
 from promptloop.llm.runner import CallFailed, InvalidResponse, Runner
-from promptloop.quality.judges import delimited, neutralised
+from promptloop.quality.judges import delimited, json_object_in, neutralised
 
 OPTIMIZER_SYSTEM = """You improve the system prompt of a customer-support assistant.
 The user message holds the current system prompt in <current_prompt> and the failure clusters seen
@@ -78,12 +77,21 @@ def optimizer_messages(current: PromptVersion, digest: str) -> list[dict[str, st
     return [{"role": "system", "content": OPTIMIZER_SYSTEM}, {"role": "user", "content": user}]
 
 
+REVISION_SCHEMA: dict[str, object] = {
+    "title": "prompt_revision", "type": "object", "additionalProperties": False,
+    "properties": {"system": {"type": "string"}, "changelog": {"type": "string"}},
+    "required": ["system", "changelog"],
+}
+
+
 def parse_revision(text: str) -> dict[str, str]:
-    """The optimizer's JSON reply; anything else is a ValueError (retried by the runner)."""
-    data = json.loads(text)
-    if not isinstance(data, dict) or not isinstance(data.get("system"), str) or not data["system"].strip():
+    """The optimizer's JSON reply (fences and prose around it tolerated); anything else is a ValueError,
+    which the runner answers with a repair turn."""
+    data = json_object_in(text)
+    system = data.get("system")
+    if not isinstance(system, str) or not system.strip():
         raise ValueError("expected JSON with a non-empty 'system' string")
-    return {"system": data["system"], "changelog": str(data.get("changelog", "")).strip()}
+    return {"system": system, "changelog": str(data.get("changelog", "")).strip()}
 
 
 def quoted_case(prompt: PromptVersion, held_out: list[GoldenCase]) -> GoldenCase | None:
@@ -149,7 +157,7 @@ async def generate(runner: Runner, model: str, current: PromptVersion, digest: s
 
     async def one(s: int) -> dict[str, str] | Rejected:
         try:
-            reply = await runner.complete("optimizer", model, messages, validate=parse_revision,
+            reply = await runner.complete("optimizer", model, messages, validate=parse_revision, schema=REVISION_SCHEMA,
                                           temperature=temperature, seed=s)
         except InvalidResponse as exc:
             return Rejected(s, f"no valid revision: {exc}")

@@ -41,6 +41,7 @@ from promptloop.quality.detectors import load_detector
 from promptloop.quality.redact import build_redactor
 from promptloop.workspace.handoff import save_outcome
 from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.preflight import app_models, preflight
 from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push
 from promptloop.workspace.workspace import FAILURES, Workspace
 
@@ -178,6 +179,8 @@ def improve_outcome(app: str, growth: GrowthResult, proposed: Proposed, hand_wri
 @holds_workspace("improve")
 def improve(workspace: Workspace, app: str, *, progress: ProgressHooks = NO_PROGRESS) -> ImproveOutcome:
     """Grow the golden set, generate candidates, evaluate, and pick the best promotable candidate."""
+    budget = workspace.params.evaluate.budget_usd
+    preflight(workspace, app, app_models(workspace, app, optimizer=True), budget_usd=budget)
     failures, clusters = load_failures(workspace, app)
     growth = grow_golden_set(workspace, app, failures, clusters)
     proposed = propose_candidates(workspace, app, failures, clusters)

@@ -1,7 +1,8 @@
 """Every LLM call goes through litellm; this module owns how.
 
-Providers and prices come from `params.yaml` (`llm:`), so switching the app, the judge or the
-optimizer to OpenAI, Anthropic, Ollama or vLLM is a model-name change.
+Providers, base URLs, keys and prices come from `params.yaml` (`llm.models`), so switching the app,
+the judge or the optimizer to OpenAI, Anthropic, Azure, Ollama or vLLM is a model-name change plus
+one entry there.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from promptloop.core.config import API_KEYS_FIELD, LLMSettings, key_source
+from promptloop.core.config import MODELS_FIELD, LLMSettings, key_source
 from promptloop.core.errors import InputError
 from promptloop.core.runtime import prepare_environment
+from promptloop.core.secrets import REDACTED, holds_secret, redact_secrets, remember_secret
 
 if TYPE_CHECKING:
     import litellm as litellm_module
@@ -46,8 +48,9 @@ def litellm_module_configured(settings: LLMSettings, source: str = "params.yaml"
     for prefix, target in settings.providers.items():
         if prefix not in registered:
             litellm.custom_provider_map.append({"provider": prefix, "custom_handler": load_object(target, source)})
-    if settings.prices:
-        litellm.register_model(price_entries(settings))
+    entries = price_entries(settings)
+    if entries:
+        litellm.register_model(entries)
     freeze_long_lived_objects()
     return litellm
 
@@ -65,18 +68,74 @@ def freeze_long_lived_objects() -> None:
 
 
 def price_entries(settings: LLMSettings) -> dict[str, dict[str, float | str]]:
-    """The configured prices as litellm `register_model` entries (USD per token)."""
-    return {
-        model: {
-            "input_cost_per_token": price.input_per_mtok / 1e6,
-            "output_cost_per_token": price.output_per_mtok / 1e6,
-            "cache_creation_input_token_cost": 0.0,
-            "cache_read_input_token_cost": 0.0,
-            "litellm_provider": model.split("/", 1)[0],
-            "mode": "chat",
-        }
-        for model, price in settings.prices.items()
-    }
+    """The prices `llm.models` gives exact model names, as litellm `register_model` entries (USD per token).
+
+    A glob's price cannot be registered; the runner prices those calls itself (`call_cost`).
+    """
+    entries: dict[str, dict[str, float | str]] = {}
+    for model, entry in settings.models.items():
+        price = entry.price_per_token
+        if price is not None and not any(ch in model for ch in "*?["):
+            entries[model] = {"input_cost_per_token": price[0], "output_cost_per_token": price[1],
+                              "cache_creation_input_token_cost": 0.0, "cache_read_input_token_cost": 0.0,
+                              "litellm_provider": model.split("/", 1)[0], "mode": "chat"}
+    return entries
+
+
+def call_options(settings: LLMSettings, model: str) -> dict[str, Any]:
+    """Where and how to call `model` as its `llm.models` entry says: base URL, API version, extra parameters.
+
+    Sent with each call, never part of the cache key: the same model answers the same wherever it runs.
+    """
+    entry = settings.model_settings(model)
+    options: dict[str, Any] = dict(entry.extra)
+    if entry.api_base:
+        options["api_base"] = entry.api_base
+    if entry.api_version:
+        options["api_version"] = entry.api_version
+    return options
+
+
+def structured_output(litellm: litellm_module, settings: LLMSettings, model: str,
+                      schema: dict[str, Any]) -> dict[str, Any]:
+    """The `response_format` that asks `model` for JSON following `schema`, as far as the model supports it.
+
+    `auto` (the default of an `llm.models` entry): a JSON schema where litellm says the model takes
+    one, JSON mode where it takes `response_format` at all, nothing otherwise (the verdict parser
+    copes with prose and fences either way).
+    """
+    mode = settings.model_settings(model).response_format
+    if mode == "auto":
+        mode = "schema" if _supports(litellm.supports_response_schema, model) else (
+            "json" if "response_format" in _supported_params(litellm, model) else "none")
+    if mode == "schema":
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": schema.get("title", "verdict"), "schema": schema}}}
+    if mode == "json":
+        return {"response_format": {"type": "json_object"}}
+    return {}
+
+
+def _supports(check: Any, model: str) -> bool:
+    try:
+        return bool(check(model=model))
+    except Exception:  # litellm raises for models it does not know: then it cannot say it supports anything
+        return False
+
+
+def _supported_params(litellm: litellm_module, model: str) -> list[str]:
+    try:
+        return list(litellm.get_supported_openai_params(model=model) or [])
+    except Exception:  # an unknown provider: no parameter is known to be supported
+        return []
+
+
+def call_cost(settings: LLMSettings, model: str, completion: Completion) -> float | None:
+    """The call's cost: from the model's `llm.models` price when it has one, else what litellm priced."""
+    price = settings.model_settings(model).price_per_token
+    if price is None:
+        return completion.cost_usd
+    return completion.prompt_tokens * price[0] + completion.completion_tokens * price[1]
 
 
 def load_object(target: str, source: str = "params.yaml") -> Any:
@@ -148,15 +207,15 @@ def token_prices(litellm: litellm_module, model: str) -> tuple[float, float] | N
 
 # --- API keys: from the environment or a Prefect Secret block, never from params.yaml ------------
 
-REDACTED_KEY = "<api-key>"
+REDACTED_KEY = REDACTED
 
 
 @dataclass
 class ApiKeys:
-    """The API key of each model as `llm.api_keys` says, looked up on a model's first call and kept.
+    """The API key of each model as its `llm.models` entry says, looked up on a model's first call and kept.
 
     One lookup per source per runner keeps the hot path a dict lookup (a Prefect Secret is an API
-    call). Models with no entry get None: litellm then reads its own variables (OPENAI_API_KEY ...).
+    call). Models with no key source get None: litellm then reads its own variables (OPENAI_API_KEY ...).
     """
 
     settings: LLMSettings = field(default_factory=LLMSettings)
@@ -170,25 +229,26 @@ class ApiKeys:
             return self._by_model[model]
         except KeyError:
             pass
-        entry = self.settings.api_key_entry(model)
-        key = None if entry is None else self._resolve(*entry)
+        found = self.settings.model_entry(model)
+        source = found[1].api_key if found else None
+        key = None if found is None or source is None else self._resolve(found[0], source)
         self._by_model[model] = key
         return key
 
     def _resolve(self, pattern: str, source: str) -> str:
         if source not in self._by_source:
-            self._by_source[source] = resolve_api_key(source, self.params_file, f"{API_KEYS_FIELD}.{pattern}")
+            key = resolve_api_key(source, self.params_file, f"{MODELS_FIELD}.{pattern}.api_key")
+            remember_secret(key)
+            self._by_source[source] = key
         return self._by_source[source]
 
     def redact(self, text: str) -> str:
-        """`text` with every key resolved so far replaced by a placeholder (for error messages)."""
-        for key in self._by_source.values():
-            text = text.replace(key, REDACTED_KEY)
-        return text
+        """`text` with every known key replaced by a placeholder (for error messages)."""
+        return redact_secrets(text)
 
     def leaked_in(self, text: str) -> bool:
-        """True when `text` holds one of the keys resolved so far."""
-        return any(key in text for key in self._by_source.values())
+        """True when `text` holds a known key."""
+        return holds_secret(text)
 
 
 def resolve_api_key(source: str, params_file: str, field_name: str) -> str:

@@ -1,4 +1,4 @@
-"""Model prices: params.yaml's `llm.prices` first, then litellm's (bundled, offline) price map."""
+"""Model prices: params.yaml's `llm.models` first (name or glob), then litellm's (bundled, offline) price map."""
 
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ def model_prices(models: list[str], litellm: Any) -> dict[str, tuple[float, floa
 
 def price_lookup(settings: LLMSettings, params_file: str = "params.yaml") -> PriceLookup:
     """A cached lookup: model names -> (input, output) USD per token, for the models with a price."""
-    configured = {m: (p.input_per_mtok / 1e6, p.output_per_mtok / 1e6) for m, p in settings.prices.items()}
-    cache: dict[str, tuple[float, float]] = dict(configured)
+    cache: dict[str, tuple[float, float]] = {}
 
     def lookup(models: list[str]) -> dict[str, tuple[float, float]]:
+        for model in models:
+            price = settings.model_settings(model).price_per_token
+            if model not in cache and price is not None:
+                cache[model] = price
         unknown = [m for m in models if m not in cache]
         if unknown:  # litellm takes seconds to import: only when its price map is needed
             from promptloop.llm.client import litellm_module_configured

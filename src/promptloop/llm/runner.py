@@ -1,5 +1,6 @@
 """The LLM call runner every evaluation goes through: bounded concurrency, retries with backoff
-and jitter (honouring Retry-After), a per-call timeout, a persistent response cache and a budget.
+and jitter (honouring Retry-After), repair turns for answers that cannot be read, client-side rate
+limits per model, a per-call timeout, a persistent response cache and a budget.
 
 The cache is keyed by model + messages + parameters (the seed among them), so re-evaluating an
 unchanged prompt makes zero calls, and a run killed half way pays again for nothing it finished.
@@ -18,11 +19,14 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptloop.llm.client import ApiKeys, Completion, acomplete
+from promptloop.core.config import LLMSettings
+from promptloop.core.text import estimate_tokens
+from promptloop.llm.client import ApiKeys, Completion, acomplete, call_cost, call_options, structured_output
+from promptloop.llm.limits import RateLimiter, limiter_for
 
 if TYPE_CHECKING:
     import litellm as litellm_module
@@ -101,9 +105,14 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    retry_causes: Counter[str] = field(
-        default_factory=Counter
-    )  # what each retry answered: error type or invalid answer
+    repairs: int = 0  # follow-up turns asking again for an answer that could not be read
+    retry_causes: Counter[str] = field(default_factory=Counter)  # the provider error each retry answered
+
+    def add(self, other: Usage) -> Usage:
+        """Add `other`'s counts to these (batches and purposes are summed this way); returns self."""
+        for name in Usage.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
 
 
 @dataclass
@@ -113,6 +122,7 @@ class RetryPolicy:
     max_retries: int = 4
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
+    max_repairs: int = 2  # follow-up turns for an answer that is not what was asked
 
     def delay(self, attempt: int, error: BaseException, rng: random.Random) -> float:
         backoff = rng.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
@@ -152,11 +162,21 @@ class Runner:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     usage: dict[str, Usage] = field(default_factory=lambda: defaultdict(Usage))
     api_keys: ApiKeys = field(default_factory=ApiKeys)
+    llm: LLMSettings = field(default_factory=LLMSettings)
+    share: float = 1.0  # of the run's rate limits, for one of several worker processes
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._gates: dict[int, asyncio.Semaphore] = {}
         self._in_flight: dict[int, dict[str, asyncio.Future[Completion]]] = {}
+        self._limiters: dict[str, RateLimiter | None] = {}
+
+    def _limiter(self, model: str) -> RateLimiter | None:
+        """The model's client-side rate limiter (`llm.models.<model>.rpm` / `tpm`), if it has limits."""
+        if model not in self._limiters:
+            entry = self.llm.model_settings(model)
+            self._limiters[model] = limiter_for(entry.rpm, entry.tpm, self.share, self.sleep)
+        return self._limiters[model]
 
     def _gate(self) -> asyncio.Semaphore:
         """The concurrency bound of the running event loop (a semaphore belongs to one loop)."""
@@ -175,12 +195,17 @@ class Runner:
         return sum(u.calls for u in self.usage.values())
 
     async def complete(self, purpose: str, model: str, messages: list[dict[str, str]],
-                       validate: Callable[[str], Any] | None = None, **parameters: Any) -> Completion:
+                       validate: Callable[[str], Any] | None = None, schema: dict[str, Any] | None = None,
+                       **parameters: Any) -> Completion:
         """One completion: from the cache, else from the provider with retries; counted under `purpose`.
 
-        `validate` raises ValueError on a text that is not what was asked for: such an answer is
-        retried like a fault and never cached; still invalid after the retries: InvalidResponse.
+        `schema` (a JSON schema) asks for structured output where the model supports it. `validate`
+        raises ValueError on a text that is not what was asked for: the model is then told what was
+        wrong and asked again (a repair turn), and a wrong answer is never cached; still invalid
+        after `max_repairs` turns: InvalidResponse.
         """
+        if schema is not None:
+            parameters = {**parameters, **structured_output(self.litellm, self.llm, model, schema)}
         key = cache_key(model, messages, parameters)
         usage = self.usage[purpose]
         cached = self.cache.get(key)
@@ -229,15 +254,43 @@ class Runner:
 
     async def _with_retries(self, usage: Usage, model: str, messages: list[dict[str, str]], parameters: dict[str, Any],
                             validate: Callable[[str], Any] | None) -> Completion:
+        """The answer, repaired until `validate` accepts it (provider errors are retried below, apart)."""
+        conversation = messages
+        for repair in range(self.retry.max_repairs + 1):
+            completion = await self._call(usage, model, conversation, parameters)
+            try:
+                if validate is not None:
+                    validate(completion.text)
+                return completion
+            except ValueError as error:
+                usage.invalid += 1
+                usage.cost_usd += completion.cost_usd or 0.0  # a wrong answer is paid for all the same
+                if repair == self.retry.max_repairs:
+                    usage.failures += 1
+                    message = (f"{model}: an answer that could not be read after {repair} repair turn(s): {error}")
+                    raise InvalidResponse(self.api_keys.redact(message)) from self._cause(error)
+                usage.repairs += 1
+                conversation = repair_turn(messages, completion.text, error)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def _call(self, usage: Usage, model: str, messages: list[dict[str, str]],
+                    parameters: dict[str, Any]) -> Completion:
+        """One answer from the provider; rate limits, timeouts, connection errors and 5xx are retried."""
         # Sent with the call, never part of the parameters: not in the cache key, nor logged with them.
         api_key = self.api_keys.for_model(model)
+        options = call_options(self.llm, model)
+        limiter = self._limiter(model)
         for attempt in range(self.retry.max_retries + 1):
+            if limiter is not None:
+                await limiter.acquire(sum(estimate_tokens(m.get("content") or "") for m in messages))
             usage.calls += 1
             try:
                 # The timeout is enforced here too: not every provider honours the one it is passed.
                 completion = await asyncio.wait_for(
-                    acomplete(self.litellm, model, messages, self.timeout_s, api_key, num_retries=0, **parameters),
+                    acomplete(self.litellm, model, messages, self.timeout_s, api_key, num_retries=0,
+                              **options, **parameters),
                     self.timeout_s)
+                return replace(completion, cost_usd=call_cost(self.llm, model, completion))
             except Exception as error:  # noqa: BLE001 - classified below: only provider-side trouble is retried
                 if not self.retryable(error) or attempt == self.retry.max_retries:
                     usage.failures += 1
@@ -246,20 +299,6 @@ class Runner:
                 usage.retries += 1
                 usage.retry_causes[type(error).__name__] += 1
                 await self.sleep(self.retry.delay(attempt, error, self._rng))
-                continue
-            try:
-                if validate is not None:
-                    validate(completion.text)
-                return completion
-            except ValueError as error:
-                usage.invalid += 1
-                usage.cost_usd += completion.cost_usd or 0.0  # a wrong answer is paid for all the same
-                if attempt == self.retry.max_retries:
-                    usage.failures += 1
-                    message = f"{model}: invalid answer after {attempt + 1} attempt(s): {error}"
-                    raise InvalidResponse(self.api_keys.redact(message)) from self._cause(error)
-                usage.retries += 1
-                usage.retry_causes["invalid answer"] += 1
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _cause(self, error: BaseException) -> BaseException | None:
@@ -281,3 +320,17 @@ def chain_text(error: BaseException) -> str:
         texts.append(f"{current!s} {current!r}")
         current = current.__cause__ or current.__context__
     return "\n".join(texts)
+
+
+REPAIR_REQUEST = ("Your reply could not be used: {error}. Reply again with only the JSON object that was asked for: "
+                  "no code fence, no text before or after it.")
+
+
+def repair_turn(messages: list[dict[str, str]], reply: str, error: ValueError) -> list[dict[str, str]]:
+    """The request again, followed by the unreadable reply and what was wrong with it.
+
+    Asking the identical request again gets the identical answer from a model at temperature 0;
+    telling it what was wrong gets a different one.
+    """
+    return [*messages, {"role": "assistant", "content": reply},
+            {"role": "user", "content": REPAIR_REQUEST.format(error=str(error)[:300])}]

@@ -16,6 +16,7 @@ from promptloop.domain.results import AnalyzeResult, CollectResult, CycleResult,
 from promptloop.improve.stage import improve
 from promptloop.workspace.handoff import outcome_path
 from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.preflight import app_models, preflight
 from promptloop.workspace.repository import merge_base_branch
 from promptloop.workspace.workspace import Workspace
 
@@ -94,6 +95,8 @@ def cycle(workspace: Workspace, app: str, *, force: bool = False, now: datetime 
     call, no pull request) unless `force`, or unless the last turn never settled (killed, or
     incomplete): that one is run again, answering the calls it made from the cache.
     """
+    preflight(workspace, app, app_models(workspace, app, optimizer=True, online_judge=True),
+              budget_usd=workspace.params.evaluate.budget_usd, may_deploy=True)
     resumed = begin_turn(workspace, app)
     merged = merge_base_branch(workspace)
     collected = collect(workspace, app, now=now)

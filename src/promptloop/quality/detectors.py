@@ -66,13 +66,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from promptloop.core.config import AnalyzeSettings, read_yaml
+from promptloop.core.config import PLUGIN_SPEC, AnalyzeSettings, read_yaml
 from promptloop.core.errors import InputError
 
 PARAMS_SOURCE = "params.yaml"
 PATTERN_KEYS = ("name", "description", "patterns", "exclusions")
 PYTHON_FLAGS = re.IGNORECASE | re.ASCII  # the fallback engine, with RE2's ASCII \b \w \d \s
-_PLUGIN_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _MASK = " "  # what an exclusion's match is replaced by
 
 
@@ -333,7 +332,7 @@ def load_detector(spec: str, name: str, root: Path | None = None) -> Detector:
         if not path.is_file():
             raise InputError(PARAMS_SOURCE, f"pattern file not found: {path}", field=f"analyze.detectors.{name}")
         return load_pattern_detector(path, name)
-    if _PLUGIN_SPEC.fullmatch(spec):
+    if PLUGIN_SPEC.fullmatch(spec):
         return load_plugin(spec, name)
     raise InputError(PARAMS_SOURCE, f"expected 'builtin', a .yaml pattern file or 'module:attribute', got {spec!r}",
                      field=f"analyze.detectors.{name}")

@@ -2,7 +2,8 @@
 
 Questions and answers go in as clearly delimited data, with every protocol tag inside them made
 inert (nothing in the data can end its block or forge another); the judge is told to ignore
-instructions inside them. A verdict that is not the JSON asked for is a judge failure, never a score.
+instructions inside them. Verdicts are read tolerantly (fences, prose around the JSON, "4" or 4.0 for
+4, "a" for A); a verdict that still cannot be read is a judge failure, never a score.
 """
 
 from __future__ import annotations
@@ -100,6 +101,23 @@ def pairwise_messages(question: str, answer_a: str, answer_b: str, *, reference:
     return [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": "\n".join(blocks)}]
 
 
+# What a verdict must look like, as a JSON schema (sent as `response_format` where the model takes one).
+RUBRIC_SCHEMA: dict[str, object] = {
+    "title": "rubric_verdict", "type": "object", "additionalProperties": False,
+    "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}, "passed": {"type": "boolean"},
+                   "reason": {"type": "string"}},
+    "required": ["score", "passed", "reason"],
+}
+PAIRWISE_SCHEMA: dict[str, object] = {
+    "title": "pairwise_verdict", "type": "object", "additionalProperties": False,
+    "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}, "reason": {"type": "string"}},
+    "required": ["winner", "reason"],
+}
+_FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)```", re.DOTALL)
+_WINNERS = {"a": "A", "answer a": "A", "answer_a": "A", "b": "B", "answer b": "B", "answer_b": "B",
+            "tie": "tie", "draw": "tie", "equal": "tie"}
+
+
 @dataclass(frozen=True)
 class RubricVerdict:
     score: int
@@ -111,24 +129,62 @@ class MalformedVerdict(ValueError):
     """The judge did not return the JSON verdict asked for."""
 
 
+def json_object_in(text: str) -> dict[str, object]:
+    """The JSON object of a model's reply: bare, in a code fence, or with prose around it (the first one).
+
+    Hosted models wrap JSON they were asked for in ```json fences or a sentence more often than not;
+    that is a reading problem, not a wrong answer. A reply with no JSON object raises ValueError.
+    """
+    stripped = text.strip()
+    decoder = json.JSONDecoder()
+    for candidate in (stripped, *(m.group(1).strip() for m in _FENCE.finditer(stripped))):
+        try:
+            found = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(found, dict):
+            return found
+    for start in (i for i, ch in enumerate(stripped) if ch == "{"):
+        try:
+            found, _ = decoder.raw_decode(stripped, start)
+        except ValueError:
+            continue
+        if isinstance(found, dict):
+            return found
+    raise ValueError("no JSON object in the reply")
+
+
+def integer_score(value: object) -> int:
+    """A 1-5 score given as 4, 4.0, "4" or "4.0"; anything else raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"score {value!r} is not a number from 1 to 5")
+    if isinstance(value, str):
+        value = float(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or not 1 <= value <= 5:
+        raise ValueError(f"score {value!r} is not an integer from 1 to 5")
+    return value
+
+
 def parse_rubric(text: str) -> RubricVerdict:
     """A validated rubric verdict; anything else raises MalformedVerdict."""
     try:
-        data = json.loads(text)
-        score = data["score"]
-        if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
-            raise ValueError(f"score {score!r} is not an integer from 1 to 5")
-        return RubricVerdict(score, bool(data.get("passed", score >= 4)), str(data.get("reason", "")))
+        data = json_object_in(text)
+        score = integer_score(data["score"])
+        passed = data.get("passed", score >= 4)
+        return RubricVerdict(score, passed if isinstance(passed, bool) else score >= 4, str(data.get("reason", "")))
     except (ValueError, KeyError, TypeError) as exc:
         raise MalformedVerdict(f"malformed verdict ({exc}): {text[:80]!r}") from None
 
 
 def parse_pairwise(text: str) -> str:
-    """The winner of a validated pairwise verdict: "A", "B" or "tie"; else MalformedVerdict."""
+    """The winner of a validated pairwise verdict: "A", "B" or "tie" (in any case); else MalformedVerdict."""
     try:
-        winner = json.loads(text)["winner"]
+        winner = json_object_in(text)["winner"]
     except (ValueError, KeyError, TypeError) as exc:
         raise MalformedVerdict(f"malformed verdict ({exc}): {text[:80]!r}") from None
-    if winner not in ("A", "B", "tie"):
+    found = _WINNERS.get(winner.strip().lower()) if isinstance(winner, str) else None
+    if found is None:
         raise MalformedVerdict(f"malformed verdict (winner {winner!r} is not A, B or tie): {text[:80]!r}")
-    return winner
+    return found

@@ -133,6 +133,23 @@ class Redactor:
         out = [redact(v) if isinstance(v, str) else v for v in values.to_numpy(dtype=object)]
         return _like(values, out), counts
 
+    def redact_labels(self, values: pd.Series) -> tuple[pd.Series, Counter[str]]:
+        """Like `redact_series` for columns of few distinct values (app, model, version): each is redacted
+        once, and its redactions counted once per row that holds it."""
+        counts: Counter[str] = Counter()
+        distinct = {v for v in values.to_numpy(dtype=object) if isinstance(v, str)}
+        changed: dict[str, tuple[str, Counter[str]]] = {}
+        for value in distinct:
+            redacted, found = self.redact_text(value)
+            if found:
+                changed[value] = (str(redacted), found)
+        if not changed:
+            return values.copy(), counts
+        for value, (_, found) in changed.items():
+            rows = int((values == value).sum())
+            counts.update({kind: n * rows for kind, n in found.items()})
+        return values.map(lambda v: changed[v][0] if isinstance(v, str) and v in changed else v), counts
+
     def _redactor(self, counts: Counter[str]) -> Callable[[str], str]:
         """A str -> str function that redacts and adds what it replaced to `counts`."""
         replace = _replacer(self.placeholders, counts)

@@ -5,22 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import git
-import yaml
 from pydantic import ValidationError
 
+from promptloop.core.config import parse_yaml_text
 from promptloop.core.errors import DeployError, InputError, input_error_from_validation
 from promptloop.domain.prompts import PromptVersion
 from promptloop.workspace.workspace import COMMITTER, Workspace
 
 
+def uncommitted_changes(repo: git.Repo) -> str | None:
+    """The uncommitted changes and untracked files (ignored ones are fine), listed briefly; None when clean."""
+    if not repo.is_dirty(untracked_files=True):
+        return None
+    changed = [line[3:] for line in str(repo.git.status("--porcelain", "--untracked-files=all")).splitlines()]
+    return ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+
+
 def require_clean_tree(repo: git.Repo) -> None:
     """Refuse to deploy from a tree with uncommitted changes or untracked files (ignored ones are fine):
     what is proposed must be what was evaluated and committed."""
-    if repo.is_dirty(untracked_files=True):
-        changed = str(repo.git.status("--porcelain", "--untracked-files=all")).splitlines()
-        listed = ", ".join(line[3:] for line in changed[:5]) + (
-            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        )
+    listed = uncommitted_changes(repo)
+    if listed is not None:
         raise DeployError(f"{repo.working_dir}: the working tree has uncommitted changes ({listed}); "
                           "commit or stash them before deploying")
 
@@ -46,9 +51,7 @@ def prompt_at(repo: git.Repo, rev: str, path: str) -> PromptVersion | None:
         return None
     source = f"{rev[:12]}:{path}"
     try:
-        return PromptVersion.model_validate(yaml.safe_load(text))
-    except yaml.YAMLError as exc:
-        raise InputError(source, f"invalid YAML: {exc}") from None
+        return PromptVersion.model_validate(parse_yaml_text(str(text), source))
     except ValidationError as exc:
         raise input_error_from_validation(source, exc) from None
 

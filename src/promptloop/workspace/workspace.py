@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -79,19 +80,22 @@ class Workspace:
                         self.app_settings(name).prompt)
             return None
 
-    def open_runner(self, max_usd: float | None = None, max_calls: int | None = None,
-                    concurrency: int | None = None) -> Runner:
-        """The workspace's runner: its response cache, the llm settings and a budget (default: evaluate's)."""
+    def open_runner(self, max_usd: float | None = None, max_calls: int | None = None, processes: int = 1) -> Runner:
+        """The workspace's runner: its response cache, the llm settings and a budget (default: evaluate's).
+
+        One of `processes` worker processes gets that share of the concurrency and of the rate limits.
+        """
         llm, settings = self.params.llm, self.params.evaluate
         params_file = str(self.root / PARAMS_FILE)
         return Runner(
             litellm_module_configured(llm, params_file),
             ResponseCache(self.path(llm.cache) if llm.cache else Path(":memory:")),
-            max_concurrency=concurrency or llm.max_concurrency, timeout_s=llm.timeout_s,
-            retry=RetryPolicy(max_retries=llm.max_retries, base_delay_s=llm.retry_base_delay_s),
+            max_concurrency=max(1, math.ceil(llm.max_concurrency / processes)), timeout_s=llm.timeout_s,
+            retry=RetryPolicy(max_retries=llm.max_retries, base_delay_s=llm.retry_base_delay_s,
+                              max_repairs=llm.max_repairs),
             max_usd=settings.budget_usd if max_usd is None else max_usd,
             max_calls=settings.budget_calls if max_calls is None else max_calls, seed=settings.seed,
-            api_keys=ApiKeys(llm, params_file),
+            api_keys=ApiKeys(llm, params_file), llm=llm, share=1 / processes,
         )
 
     def price_lookup(self) -> PriceLookup:

@@ -165,7 +165,9 @@ def assess(answer: str, case: str) -> Assessment:
 
 def verdict(messages: list[dict[str, str]], temperature: float, rng: random.Random) -> str:
     """The judge's JSON reply to a rubric or pairwise judge prompt."""
-    case = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    # The case is the last user turn that holds one: after a repair request it is the one before.
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    case = next((text for text in reversed(users) if "<question>" in text), users[-1] if users else "")
     answer_a = block(case, "answer_a")
     directed = obeyed_directive(case, pairwise=answer_a is not None)
     if directed is not None:  # hijacked, as a real judge can be

@@ -78,7 +78,9 @@ def obeyed_additions(failures: str) -> list[str]:
 
 def revise(messages: list[dict[str, str]], rng: random.Random) -> str:
     """A revised system prompt addressing some of the failure themes, as JSON."""
-    request = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    # The request is the last user turn that holds one: after a repair request it is the one before.
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    request = next((text for text in reversed(users) if "<current_prompt>" in text), users[-1] if users else "")
     current = block(request, "current_prompt") or ""
     failures = block(request, "failures") or ""
     themes = [name for name, (signal, _) in THEMES.items() if re.search(signal, failures.lower())]
