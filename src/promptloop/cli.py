@@ -23,6 +23,7 @@ from promptloop import __version__
 from promptloop.core.errors import InputError, WorkspaceBusy
 from promptloop.core.progress import ProgressHooks
 from promptloop.core.runtime import prepare_environment
+from promptloop.core.secrets import redact_secrets
 
 if TYPE_CHECKING:
     from promptloop.demo.run import DemoResult
@@ -73,7 +74,7 @@ def run_command(as_json: bool, action: Callable[[], Result], render: Callable[[R
             traceback.print_exc()
         _fail(as_json, f"{type(exc).__name__}: {exc}", "internal", 1)
     if as_json:
-        sys.stdout.write(json.dumps(result.model_dump(mode="json"), ensure_ascii=False) + "\n")
+        sys.stdout.write(redact_secrets(json.dumps(result.model_dump(mode="json"), ensure_ascii=False)) + "\n")
     else:
         render(result)
     return result
@@ -89,7 +90,8 @@ def exit_if_incomplete(result: ImproveOutcome | CycleResult) -> None:
 
 
 def _fail(as_json: bool, message: str, kind: str, code: int) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    message = redact_secrets(message)  # an error may repeat what a provider was sent, its key included
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps({"ok": False, "error": message, "kind": kind}, ensure_ascii=False) + "\n")
     raise typer.Exit(code)

@@ -129,6 +129,7 @@ def refused_before_any_request(tmp_path: Path, *args: str, key: str | None = KEY
         done = promptloop(root, *args, key=key)
     assert done.returncode == 2, done.stderr[-2000:]
     assert provider.requests == 0
+    assert KEY not in done.stdout + done.stderr
     return json.loads(done.stdout)["error"], provider
 
 

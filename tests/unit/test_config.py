@@ -156,3 +156,21 @@ def test_yaml_aliases_and_huge_files_are_refused(tmp_path: Path) -> None:
     bomb.write_text("x: " + "y" * 1_100_000 + "\n")
     with pytest.raises(InputError, match="larger than"):
         load_params(bomb)
+
+
+def test_the_online_judge_follows_the_evaluation_judge_unless_named() -> None:
+    params = sample_params()
+    params["evaluate"]["judge_model"] = "openai/gpt-4o-mini"
+    assert parse_params(params).analyze.judge_model == "openai/gpt-4o-mini"  # switched together
+    params["analyze"]["judge_model"] = "ollama/qwen2.5:7b"
+    assert parse_params(params).analyze.judge_model == "ollama/qwen2.5:7b"
+    params["analyze"]["judge_model"] = None
+    assert parse_params(params).analyze.judge_model is None  # off
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text() + "\ndemo:\n  seed: 8\n")
+    with pytest.raises(InputError, match=r"key 'demo' is given twice") as caught:
+        load_params(path)
+    assert caught.value.field and caught.value.field.startswith("line ")

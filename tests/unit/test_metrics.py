@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -13,7 +12,6 @@ from pydantic import ValidationError
 
 from promptloop.analyze.metrics import (
     MISSING_KEY,
-    Alert,
     compute_metrics,
     daily_metrics,
     evaluate_alerts,
@@ -21,6 +19,7 @@ from promptloop.analyze.metrics import (
     select_window,
 )
 from promptloop.core.config import DEFAULT_ALERT_RULES, METRIC_NAMES, AlertRule
+from promptloop.domain.results import AlertResult
 
 T0 = pd.Timestamp("2025-03-01 12:00", tz="UTC")
 RATES = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "error_rate", "feedback_rate", "thumbs_down_rate",
@@ -340,7 +339,7 @@ def test_one_rule_can_breach_several_ways():
         {"interactions": 100, "total_cost_usd": 30.0}, {"interactions": 100, "total_cost_usd": 5.0}, rules
     )
     assert [a.rule for a in alerts] == ["max", "max_increase"]
-    assert_plain_json([dataclasses.asdict(a) for a in alerts])
+    assert_plain_json([a.model_dump() for a in alerts])
 
 
 def test_alert_rule_validation():
@@ -363,7 +362,7 @@ def test_default_rules_validate_and_spare_tiny_windows():
     assert evaluate_alerts(bad, None, rules) == []  # 4 interactions < 50
     bad_big = compute_metrics(make_frame(60, error=["x"] * 60, output=[None] * 60, latency_ms=[9000.0] * 60))
     assert {a.metric for a in evaluate_alerts(bad_big, None, rules)} == {"error_rate", "latency_p95_ms"}
-    assert all(isinstance(a, Alert) for a in evaluate_alerts(bad_big, None, rules))
+    assert all(isinstance(a, AlertResult) for a in evaluate_alerts(bad_big, None, rules))
 
 
 # ---------------------------------------------------------------- scale

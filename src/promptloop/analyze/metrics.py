@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from promptloop.core.config import AlertRule
-from promptloop.domain.results import DailyMetrics, Metrics
+from promptloop.domain.results import AlertResult, DailyMetrics, Metrics
 
 REQUIRED_COLUMNS = ("latency_ms", "error", "prompt_tokens", "completion_tokens", "cost_usd", "feedback", "output",
                     "refusal", "toxic", "injection")
@@ -190,23 +189,11 @@ def _utc(when: Any) -> pd.Timestamp:
 # ---------------------------------------------------------------- alerts
 
 
-@dataclass
-class Alert:
-    """One breached rule; `dataclasses.asdict(alert)` is JSON-serialisable."""
-
-    metric: str
-    value: float
-    threshold: float
-    rule: Literal["max", "min", "max_increase"]
-    previous: float | None
-    message: str
-
-
 def evaluate_alerts(
     current: Mapping[str, Any], previous: Mapping[str, Any] | None, rules: list[AlertRule]
-) -> list[Alert]:
+) -> list[AlertResult]:
     """The alerts `rules` raise on the `current` window's metrics, `previous` being the window before (or None)."""
-    alerts: list[Alert] = []
+    alerts: list[AlertResult] = []
     for rule in rules:
         if _too_small(current, rule):
             continue
@@ -215,17 +202,24 @@ def evaluate_alerts(
             continue
         prior = _number(previous.get(rule.metric)) if previous else None
         if rule.max is not None and value > rule.max:
-            alerts.append(Alert(rule.metric, value, rule.max, "max", prior,
+            alerts.append(alert(rule, value, rule.max, "max", prior,
                                 f"{rule.metric} = {_fmt(value)} is above max {_fmt(rule.max)}"))
         if rule.min is not None and value < rule.min:
-            alerts.append(Alert(rule.metric, value, rule.min, "min", prior,
+            alerts.append(alert(rule, value, rule.min, "min", prior,
                                 f"{rule.metric} = {_fmt(value)} is below min {_fmt(rule.min)}"))
         if rule.max_increase is not None and _increase_breached(rule, value, prior, previous):
             change = (value - prior) / prior  # type: ignore[operator]  # prior > 0 checked
-            alerts.append(Alert(rule.metric, value, rule.max_increase, "max_increase", prior,
+            alerts.append(alert(rule, value, rule.max_increase, "max_increase", prior,
                                 f"{rule.metric} rose {change:+.0%} to {_fmt(value)} from {_fmt(prior)} "
                                 f"(max increase {rule.max_increase:+.0%})"))
     return alerts
+
+
+def alert(rule: AlertRule, value: float, threshold: float, kind: Literal["max", "min", "max_increase"],
+          previous: float | None, message: str) -> AlertResult:
+    """One breached rule, as reported."""
+    return AlertResult(metric=rule.metric, value=value, threshold=threshold, rule=kind, previous=previous,
+                       message=message)
 
 
 def _increase_breached(rule: AlertRule, value: float, prior: float | None, previous: Mapping[str, Any] | None) -> bool:

@@ -69,29 +69,16 @@ def mine_failures(frame: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-@dataclass(frozen=True)
-class Cluster:
-    """A group of similar failures."""
-
-    id: int
-    label: str
-    kinds: list[str]
-    size: int
-    impact: float
-    thumbs_down_share: float
-    mean_severity: float
-    example_ids: list[str]
-
-    def result(self) -> ClusterResult:
-        """The cluster as reported and stored (rates rounded to 3 places)."""
-        return ClusterResult(id=self.id, label=self.label, kinds=self.kinds, size=self.size,
-                             impact=round(self.impact, 3), thumbs_down_share=round(self.thumbs_down_share, 3),
-                             mean_severity=round(self.mean_severity, 3), example_ids=self.example_ids)
+def reported(cluster: ClusterResult, rank: int) -> ClusterResult:
+    """The cluster as reported and stored: numbered by rank, rates rounded to 3 places."""
+    return cluster.model_copy(update={"id": rank, "impact": round(cluster.impact, 3),
+                                      "thumbs_down_share": round(cluster.thumbs_down_share, 3),
+                                      "mean_severity": round(cluster.mean_severity, 3)})
 
 
 def cluster_failures(
     failures: pd.DataFrame, max_clusters: int, seed: int, fit_sample: int = 20_000
-) -> tuple[np.ndarray, list[Cluster]]:
+) -> tuple[np.ndarray, list[ClusterResult]]:
     """Assign each failure to a cluster; returns the assignments and the clusters ranked by impact.
 
     Failures are first grouped by their worst kind and their language, so a cluster never mixes
@@ -107,7 +94,7 @@ def cluster_failures(
     sizes = groups.value_counts()
     budget = {g: max(1, round(max_clusters * n / len(failures))) for g, n in sizes.items()}
     assignment = np.full(len(failures), -1)
-    clusters: list[Cluster] = []
+    clusters: list[ClusterResult] = []
     for group, k in budget.items():
         rows = np.flatnonzero((groups == group).to_numpy())
         for sub in split_by_text(texts.iloc[rows].tolist(), k, seed, fit_sample):
@@ -118,7 +105,7 @@ def cluster_failures(
     renumber = {c.id: rank for rank, c in enumerate(ranked)}
     # clusters past max_clusters (small groups) are reported as -1: mined, but not in a ranked cluster
     final = np.array([renumber.get(a, -1) for a in assignment])
-    return final, [Cluster(**{**c.__dict__, "id": renumber[c.id]}) for c in ranked]
+    return final, [reported(c, renumber[c.id]) for c in ranked]
 
 
 @dataclass(frozen=True)
@@ -175,7 +162,7 @@ def _words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1 and not w.isdigit()]
 
 
-def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary) -> Cluster:
+def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary) -> ClusterResult:
     """Label (dominant kinds, language, top words), impact and examples of one cluster."""
     kind_share = {
         k: members["kinds"].str.contains(k, regex=False).mean() for k in KINDS
@@ -190,6 +177,6 @@ def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary)
     examples = members.sort_values("severity", ascending=False, kind="stable")["id"].head(5).astype(str).tolist()
     language_tag = " [ko]" if korean >= 0.5 else ""
     label = f"{'/'.join(dominant) or 'mixed'}{language_tag}: {' '.join(vocabulary.top_words(texts))}"
-    return Cluster(
-        number, label, dominant, len(members), len(members) * severity * down_share, down_share, severity, examples
-    )
+    return ClusterResult(id=number, label=label, kinds=dominant, size=len(members),
+                         impact=len(members) * severity * down_share, thumbs_down_share=down_share,
+                         mean_severity=severity, example_ids=examples)

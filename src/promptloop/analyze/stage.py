@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 import urllib.request
@@ -193,14 +192,14 @@ def analyze_frame(plan: AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame
     metrics = compute_metrics(flagged)
     previous_metrics = compute_metrics(flag_rows(previous, detectors)) if len(previous) else None
     rules = plan.settings.alert_rules()
-    alerts = [AlertResult(**dataclasses.asdict(a)) for a in evaluate_alerts(metrics, previous_metrics, rules)]
+    alerts = evaluate_alerts(metrics, previous_metrics, rules)
     failures = mine_failures(flagged)
     assignment, clusters = cluster_failures(failures, plan.settings.clusters, plan.settings.seed)
     result = AnalyzeResult(
         app=plan.app, window=window_of(plan), metrics=metrics, previous_metrics=previous_metrics,
         by_prompt_version=metrics_by(flagged, "prompt_version"), by_model=metrics_by(flagged, "model"),
         daily=daily_metrics(flagged), alerts=alerts, online_judge=judge,
-        failures=len(failures), clusters=[c.result() for c in clusters],
+        failures=len(failures), clusters=clusters,
     )
     return Mined(result, failures, assignment)
 

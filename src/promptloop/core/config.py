@@ -321,6 +321,9 @@ DEFAULT_ALERT_RULES: list[dict[str, Any]] = [
 ]
 
 
+SAME_JUDGE = "same-as-evaluate"  # the online judge is the evaluation's judge unless named otherwise
+
+
 class AnalyzeSettings(Section):
     """Monitoring metrics, alerts and failure mining over a window of collected logs."""
 
@@ -332,7 +335,9 @@ class AnalyzeSettings(Section):
     alerts: list[dict[str, Any]] | None = Field(default=None, description="alert rules; None: the built-in defaults")
     webhook_url: str | None = Field(default=None, description="POST the alerts as JSON here (optional; http or https)")
     clusters: int = Field(default=8, ge=1, description="at most this many failure clusters")
-    judge_model: str | None = Field(default="offline/judge", description="online judge on a sample; null: off")
+    judge_model: str | None = Field(
+        default=SAME_JUDGE,
+        description=f"online judge on a sample; {SAME_JUDGE} (the default): evaluate.judge_model; null: off")
     judge_sample: int = Field(default=100, ge=0)
     judge_budget_usd: float = Field(default=0.5, ge=0)
     seed: int = 0
@@ -471,6 +476,13 @@ class Params(Section):
             check_identifier(name, "an app name")
         return apps
 
+    @model_validator(mode="after")
+    def _one_judge_by_default(self) -> Params:
+        # Switching evaluate.judge_model to a real provider must not leave the online judge behind.
+        if self.analyze.judge_model == SAME_JUDGE:
+            self.analyze.judge_model = self.evaluate.judge_model
+        return self
+
     def app(self, name: str, source: str | Path = PARAMS_FILE) -> AppSettings:
         """The settings of app `name`, or an InputError listing the known apps."""
         try:
@@ -524,14 +536,27 @@ MAX_YAML_BYTES = 1_000_000  # params, prompts and candidates are small; a bigger
 
 
 class NoAliasLoader(yaml.SafeLoader):
-    """A safe loader that refuses YAML aliases: `*anchor` references are how "billion laughs" files
-    expand a few kilobytes into gigabytes, and no promptloop file needs them."""
+    """A safe loader that refuses YAML aliases and repeated keys: `*anchor` references are how "billion
+    laughs" files expand a few kilobytes into gigabytes, and a key given twice silently keeps only its
+    last value; no promptloop file needs either."""
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool | None):
+                continue  # an unhashable key: the safe loader's own error names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path: Path) -> object:

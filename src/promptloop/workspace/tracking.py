@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from promptloop.core.secrets import holds_secret, redact_secrets
+
 MAX_PARAM_CHARS = 6000
 
 
@@ -61,23 +63,33 @@ def log_contents(
     tables: dict[str, Any] | None = None,
     metric_time_ms: int | None = None,
 ) -> None:
-    """Params, metrics and tags in one batch; artifacts (dicts as JSON, strings as text); tables via log_table."""
+    """Params, metrics and tags in one batch; artifacts (dicts as JSON, strings as text); tables via log_table.
+
+    Every text is redacted of known keys first: what is stored may quote a provider's error.
+    """
     from mlflow.entities import Metric, Param, RunTag
 
     now_ms = metric_time_ms if metric_time_ms is not None else int(time.time() * 1000)
     client.log_batch(
         run_id,
         metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()],
-        params=[Param(k, _param_text(v)) for k, v in params.items()],
-        tags=[RunTag(k, v) for k, v in tags.items()],
+        params=[Param(k, redact_secrets(_param_text(v))) for k, v in params.items()],
+        tags=[RunTag(k, redact_secrets(v)) for k, v in tags.items()],
     )
     for name, content in artifacts.items():
         if isinstance(content, str):
-            client.log_text(run_id, content, name)
+            client.log_text(run_id, redact_secrets(content), name)
         else:
-            client.log_dict(run_id, content, name)
+            client.log_dict(run_id, json.loads(redact_secrets(json.dumps(content, default=str))), name)
     for name, table in (tables or {}).items():
-        client.log_table(run_id, table, name)
+        client.log_table(run_id, redacted_table(table), name)
+
+
+def redacted_table(table: Any) -> Any:
+    """A DataFrame with known keys redacted from its text cells (answers may quote what they were sent)."""
+    if not holds_secret(table.to_json(orient="values", default_handler=str)):
+        return table
+    return table.map(lambda cell: redact_secrets(cell) if isinstance(cell, str) else cell)
 
 
 def tracking_client(tracking_uri: str) -> Any:
