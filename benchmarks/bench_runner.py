@@ -105,7 +105,7 @@ def plain_litellm(priced: bool) -> Any:
     import litellm
 
     if priced:
-        litellm.register_model(price_entries(LLMSettings(prices={MODEL: PRICE})))
+        litellm.register_model(price_entries(LLMSettings(models={MODEL: PRICE})))
     return litellm
 
 
@@ -114,7 +114,7 @@ def product_litellm() -> Any:
     from promptloop.core.config import LLMSettings
     from promptloop.llm.client import litellm_module_configured
 
-    return litellm_module_configured(LLMSettings(prices={MODEL: PRICE}))
+    return litellm_module_configured(LLMSettings(models={MODEL: PRICE}))
 
 
 def make_caller(path: str, base_url: str, concurrency: int, cache_file: Path) -> tuple[Any, Any]:

@@ -57,7 +57,8 @@ def check_models(workspace: Workspace, the_plan: planning.EvalPlan) -> None:
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, timeout_seconds=3600)
 def run_batch(workspace: Workspace, the_plan: planning.EvalPlan, case_ids: list[str], share: float) -> running.EvalRun:
-    return running.evaluate_batch(workspace, the_plan, case_ids, share)
+    # The batches run side by side: each takes its share of the concurrency and of the rate limits.
+    return running.evaluate_batch(workspace, the_plan, case_ids, share, None, max(1, round(1 / share)))
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, timeout_seconds=600)

@@ -318,11 +318,8 @@ def check(
     from promptloop.workspace.workspace import open_workspace
 
     def action() -> CheckResult:
-        opened = open_workspace(workspace)
-        if probe:
-            probe_models(opened, app_name)
         with progress_bar() as bar:
-            return run_check(opened, app_name, base, progress_hooks(bar, "checking"))
+            return run_check(open_workspace(workspace), app_name, base, progress_hooks(bar, "checking"), probe)
 
     outcome = run_command(as_json, action, render_report)
     if not outcome.complete:

@@ -359,3 +359,18 @@ def test_rate_limits_space_the_calls_of_a_model_evenly() -> None:
     assert limiter.reserve(tokens=10) == 0.0
     heavy = RateLimiter(tpm=600, clock=lambda: now[0])
     assert [heavy.reserve(tokens=100), heavy.reserve(tokens=100)] == [0.0, 10.0]  # 100 tokens = 10 s of 600/min
+
+
+def test_structured_output_is_asked_for_the_same_way_before_and_after_any_call(litellm, repo_workspace) -> None:
+    """The request (and so its cache key) may not depend on what litellm learnt from earlier calls."""
+    from promptloop.llm.client import structured_output
+    from promptloop.quality.judges import RUBRIC_SCHEMA
+
+    llm = repo_workspace.params.llm
+    before = structured_output(litellm, llm, "offline/judge", RUBRIC_SCHEMA)
+    asyncio.run(litellm.acompletion(model="offline/judge", messages=messages("q")))
+    assert structured_output(litellm, llm, "offline/judge", RUBRIC_SCHEMA) == before == {}
+    hosted = structured_output(litellm, llm, "openai/gpt-4o-mini", RUBRIC_SCHEMA)
+    assert hosted["response_format"]["type"] == "json_schema"
+    assert structured_output(litellm, llm, "ollama/qwen2.5:7b", RUBRIC_SCHEMA) == {
+        "response_format": {"type": "json_object"}}

@@ -148,3 +148,25 @@ def test_a_log_line_over_the_limit_is_quarantined_without_being_read_whole(tmp_p
     assert too_long.origin == "logs.jsonl:2" and too_long.reason.startswith("line_too_long: 5,000,027 bytes")
     assert pending.offset_after == path.stat().st_size  # read past, not waiting for it
     assert peak < 1_000_000  # the 5 MB line never sat in memory
+
+
+def test_a_key_pasted_into_extra_is_refused_without_being_echoed() -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["llm"]["models"]["openai/*"]["extra"] = {"api_key": FAKE_KEY}
+    from promptloop.core.config import parse_params
+
+    with pytest.raises(InputError) as caught:
+        parse_params(params, "params.yaml")
+    assert "may not go in extra" in str(caught.value) and FAKE_KEY not in str(caught.value)
+
+
+def test_label_columns_are_redacted_once_per_value_and_counted_per_row() -> None:
+    import pandas as pd
+
+    from promptloop.quality.redact import build_redactor
+
+    models = pd.Series(["offline/bot", "bot for kim@example.com", "bot for kim@example.com", None])
+    redacted, counts = build_redactor({}).redact_labels(models)
+    assert redacted.tolist()[:3] == ["offline/bot", "bot for <EMAIL>", "bot for <EMAIL>"]
+    assert pd.isna(redacted.iloc[3]) and redacted.dtype == models.dtype
+    assert counts == {"EMAIL": 2}

@@ -45,6 +45,9 @@ MOVED_TO_MODELS = {
     "api_keys": "api_key",
 }
 Locality = Literal["hosted", "local"]
+# Where a call goes and how it authenticates: never from `extra` (nor from a prompt file).
+TRANSPORT_KEYS = frozenset({"api_base", "base_url", "api_key", "api_version", "extra_headers", "headers",
+                            "custom_llm_provider"})
 ResponseFormat = Literal["auto", "schema", "json", "none"]
 
 
@@ -106,10 +109,19 @@ class ModelSettings(Section):
             raise ValueError(problem)
         return api_key
 
+    @field_validator("extra")
+    @classmethod
+    def _no_transport_or_secrets(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        refused = sorted(k for k in extra if k in TRANSPORT_KEYS or re.search(r"key|token|secret|passw|auth", k, re.I))
+        if refused:
+            raise ValueError(f"{', '.join(refused)} may not go in extra: the base URL is api_base, the key is "
+                             "api_key (a key source, never the key)")
+        return extra
+
     @field_validator("api_base")
     @classmethod
     def _http_only(cls, api_base: str | None) -> str | None:
-        if api_base is not None and not re.match(r"https?://[^/@\s]+", api_base):
+        if api_base is not None and not re.fullmatch(r"https?://[^/@\s]+(/\S*)?", api_base):
             raise ValueError("expected an http(s) URL without credentials, e.g. http://localhost:11434")
         return api_base
 

@@ -46,7 +46,7 @@ def write_sample_logs(workspace: Workspace, app_name: str, interactions: int, no
     app = workspace.load_app(app_name)
     bank, pii = load_bank(workspace.path(settings.golden_set).parent / "traffic")
     litellm = litellm_module_configured(params.llm, str(workspace.root / "params.yaml"))
-    api_key = ApiKeys(params.llm, str(workspace.root / "params.yaml")).for_model(app.model)  # as llm.api_keys says
+    api_key = ApiKeys(params.llm, str(workspace.root / "params.yaml")).for_model(app.model)  # as llm.models says
     progress.start(interactions)
     rows, malformed, kinds = asyncio.run(
         generate_logs(litellm, app, bank, pii, params.demo, interactions, now, params.llm.max_concurrency,

@@ -12,7 +12,9 @@ from promptloop.core.progress import NO_PROGRESS, ProgressHooks
 from promptloop.domain.evaluation import CandidateResult
 from promptloop.domain.prompts import PromptVersion, load_prompt
 from promptloop.domain.results import CheckResult
+from promptloop.evaluate.plan import contender_model, locality_problem
 from promptloop.evaluate.stage import evaluate
+from promptloop.workspace.preflight import app_models, preflight
 from promptloop.workspace.repository import prompt_at
 from promptloop.workspace.workspace import Workspace
 
@@ -71,11 +73,17 @@ def refuse_changed_plugins(workspace: Workspace, branch: str) -> None:
 
 
 def check(workspace: Workspace, app: str, base_branch: str | None = None,
-          progress: ProgressHooks = NO_PROGRESS) -> CheckResult:
-    """Evaluate the working tree's prompt against the one on the base branch (for CI on a hand edit)."""
+          progress: ProgressHooks = NO_PROGRESS, probe: bool = False) -> CheckResult:
+    """Evaluate the working tree's prompt against the one on the base branch (for CI on a hand edit).
+
+    With `probe`, each model first answers a 1-token request: after the plug-in check, since probing
+    configures the providers params.yaml names.
+    """
     settings = workspace.app_settings(app)
     branch = base_branch or workspace.params.deploy.base_branch
     refuse_changed_plugins(workspace, branch)
+    if probe:
+        preflight(workspace, app, app_models(workspace, app), probe=True)
     committed = prompt_on_branch(workspace, Path(settings.prompt), branch)
     edited_path = workspace.path(settings.prompt)
     edited = load_prompt(edited_path)
@@ -86,5 +94,8 @@ def check(workspace: Workspace, app: str, base_branch: str | None = None,
         workspace, app, [edited_path], baseline=(committed, f"{branch}:{settings.prompt}"), progress=progress
     )
     found = regressions(result.candidates[0]) if result.complete else []
+    # A local-only app's prompt moved to a model its data may not reach: held without a call, and a regression.
+    moved = locality_problem(workspace, app, contender_model(edited, committed, settings.model))
+    found += [moved] if moved else []
     return CheckResult(app=app, base=branch, changed=True, regressions=found, complete=result.complete,
                        report=result.report, evaluation=result)

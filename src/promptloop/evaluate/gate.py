@@ -123,7 +123,7 @@ def license_problem(baseline_model: str, model: str, license_class: str, commerc
     if model == baseline_model:
         return None
     if license_class == "unknown":
-        return f"license of model {model} unknown: add it to params.yaml llm.licenses"
+        return f"license of model {model} unknown: give it a license in params.yaml llm.models"
     if license_class == "non-commercial" and commercial:
         return f"model {model} has a non-commercial license and the app is commercial"
     return None

@@ -105,6 +105,10 @@ def structured_output(litellm: litellm_module, settings: LLMSettings, model: str
     copes with prose and fences either way).
     """
     mode = settings.model_settings(model).response_format
+    if mode == "auto" and model.split("/", 1)[0] in settings.providers:
+        # A custom provider: litellm knows nothing of it, and what it says changes once it has been called
+        # (the same request must always be the same cache key).
+        mode = "none"
     if mode == "auto":
         mode = "schema" if _supports(litellm.supports_response_schema, model) else (
             "json" if "response_format" in _supported_params(litellm, model) else "none")

@@ -148,7 +148,8 @@ class Redactor:
         for value, (_, found) in changed.items():
             rows = int((values == value).sum())
             counts.update({kind: n * rows for kind, n in found.items()})
-        return values.map(lambda v: changed[v][0] if isinstance(v, str) and v in changed else v), counts
+        out = [changed[v][0] if isinstance(v, str) and v in changed else v for v in values.to_numpy(dtype=object)]
+        return _like(values, out), counts
 
     def _redactor(self, counts: Counter[str]) -> Callable[[str], str]:
         """A str -> str function that redacts and adds what it replaced to `counts`."""

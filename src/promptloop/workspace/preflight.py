@@ -104,8 +104,9 @@ def probe_model(litellm: Any, keys: ApiKeys, workspace: Workspace, role: str, mo
     settings = workspace.params.llm
     messages = [{"role": "user", "content": "Reply with OK."}]
     try:
+        # With the parameters every real call carries (a provider that refuses `seed` fails here, not later).
         asyncio.run(acomplete(litellm, model, messages, PROBE_TIMEOUT_S, keys.for_model(model), num_retries=0,
-                              max_tokens=1, **call_options(settings, model)))
+                              max_tokens=1, temperature=0, seed=0, **call_options(settings, model)))
     except InputError:
         raise
     except Exception as exc:  # any provider error: the run would fail the same way, after spending

@@ -99,7 +99,7 @@ class Workspace:
         )
 
     def price_lookup(self) -> PriceLookup:
-        """Model prices from params.yaml `llm.prices`, then litellm's price map."""
+        """Model prices from params.yaml `llm.models` (name or glob), then litellm's price map."""
         return price_lookup(self.params.llm, str(self.root / PARAMS_FILE))
 
     def experiment_name(self, app: str) -> str:
