@@ -82,13 +82,13 @@ def price_entries(settings: LLMSettings) -> dict[str, dict[str, float | str]]:
     return entries
 
 
-def call_options(settings: LLMSettings, model: str) -> dict[str, Any]:
+def call_options(settings: LLMSettings, model: str) -> dict[str, object]:
     """Where and how to call `model` as its `llm.models` entry says: base URL, API version, extra parameters.
 
     Sent with each call, never part of the cache key: the same model answers the same wherever it runs.
     """
     entry = settings.model_settings(model)
-    options: dict[str, Any] = dict(entry.extra)
+    options: dict[str, object] = dict(entry.extra)
     if entry.api_base:
         options["api_base"] = entry.api_base
     if entry.api_version:
@@ -97,7 +97,7 @@ def call_options(settings: LLMSettings, model: str) -> dict[str, Any]:
 
 
 def structured_output(litellm: litellm_module, settings: LLMSettings, model: str,
-                      schema: dict[str, Any]) -> dict[str, Any]:
+                      schema: dict[str, object]) -> dict[str, dict[str, object]]:
     """The `response_format` that asks `model` for JSON following `schema`, as far as the model supports it.
 
     `auto` (the default of an `llm.models` entry): a JSON schema where litellm says the model takes
