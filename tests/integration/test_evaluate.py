@@ -172,7 +172,11 @@ def test_a_fifth_of_calls_failing_gives_the_same_scores_and_decisions_and_report
     faults = {"error_rate": 0.2, "faults": {"rate_limit": 1, "timeout": 1, "server_error": 1, "malformed": 1},
               "retry_after_s": 0.01}
     monkeypatch.setenv("PROMPTLOOP_SIMULATION", json.dumps(faults))
-    flaky = with_settings(workspace, llm={"cache": None, "retry_base_delay_s": 0.0, "max_retries": 8})
+    # Faults are random here, so budgets are set for certainty: a verdict stays unreadable only if 7 turns in a
+    # row are malformed (0.05**7, about 1e-9 per verdict); with the default 2 repairs it is 1.25e-4 per verdict,
+    # which over ~1,000 verdicts failed about one run in eight.
+    flaky = with_settings(workspace, llm={"cache": None, "retry_base_delay_s": 0.0, "max_retries": 8,
+                                          "max_repairs": 6})
     result = evaluate(
         flaky, "support-bot", [CANDIDATES / "better.yaml", CANDIDATES / "terse.yaml", CANDIDATES / "same.yaml"]
     )
