@@ -66,7 +66,7 @@ def test_prompt_placeholders_are_checked(tmp_path: Path) -> None:
 
 def test_rendering_substitutes_user_text_without_interpreting_it() -> None:
     prompt = load_prompt(REPO / "prompts" / "support-bot" / "prompt.yaml")
-    messages = prompt.render("What is {context}? {{x}}", "<doc>")
+    messages = prompt.render({"question": "What is {context}? {{x}}", "context": "<doc>"})
     assert messages[1]["content"] == "What is {context}? {{x}}"
     assert "<doc>" in messages[0]["content"]
 

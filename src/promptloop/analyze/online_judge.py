@@ -35,14 +35,15 @@ class JudgeRun:
                                  low_scores=sum(1 for s in self.scores.values() if s <= 2))
 
 
-async def judge_sample(runner: Runner, model: str, rows: pd.DataFrame, seed: int) -> JudgeRun:
+async def judge_sample(runner: Runner, model: str, rows: pd.DataFrame, seed: int, description: str = "") -> JudgeRun:
     """Grade the answers of `rows` (id, input, output) at temperature 0; stop once the budget is spent."""
     run = JudgeRun()
 
     async def grade(row_id: str, question: str, answer: str) -> None:
         try:
-            completion = await runner.complete("online_judge", model, rubric_messages(question, answer),
-                                               validate=parse_rubric, schema=RUBRIC_SCHEMA, temperature=0, seed=seed)
+            messages = rubric_messages(question, answer, description=description)
+            completion = await runner.complete("online_judge", model, messages, validate=parse_rubric,
+                                               schema=RUBRIC_SCHEMA, temperature=0, seed=seed)
         except BudgetExceeded:
             run.stopped_by_budget = True
             return

@@ -116,7 +116,8 @@ def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series,
     sample = answered.sample(n=min(settings.judge_sample, len(answered)), random_state=settings.seed)
     runner = plan.workspace.open_runner(max_usd=settings.judge_budget_usd, max_calls=settings.judge_sample)
     try:
-        run = asyncio.run(judge_sample(runner, settings.judge_model, sample, settings.seed))
+        description = plan.workspace.app_settings(plan.app).description
+        run = asyncio.run(judge_sample(runner, settings.judge_model, sample, settings.seed, description))
     finally:
         runner.cache.close()
     scores = frame["id"].astype(str).map(run.scores).astype(float)

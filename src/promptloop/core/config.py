@@ -206,6 +206,10 @@ class AppSettings(Section):
 
     prompt: Path
     golden_set: Path
+    description: str = Field(default="", description="what the app is for, in one line: the judges and the "
+                             "optimizer are told (e.g. 'answers questions about our billing API')")
+    target: str = Field(default="template", description="what answers a case: template (the prompt, one model call), "
+                        "python:package.module:function (your code) or an http(s):// endpoint")
     knowledge_base: Path | None = None
     model: str | None = Field(
         default=None,
@@ -237,6 +241,16 @@ class AppSettings(Section):
         if path is not None:
             check_inside(path)
         return path
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, target: str) -> str:
+        if target == "template" or target.startswith(("http://", "https://")):
+            return target
+        module, _, function = target.removeprefix("python:").partition(":")
+        if not target.startswith("python:") or not module or not function:
+            raise ValueError(f"{target!r}: expected template, python:package.module:function or an http(s):// URL")
+        return target
 
     @field_validator("scorers")
     @classmethod

@@ -17,8 +17,8 @@ from promptloop.workspace.workspace import Workspace
 
 def prompt_diff(current: PromptVersion, candidate: PromptVersion) -> str:
     """A unified diff of the two prompt versions' templates."""
-    before = f"{current.system}\n{current.user}\n".splitlines(keepends=True)
-    after = f"{candidate.system}\n{candidate.user}\n".splitlines(keepends=True)
+    before = current.text.splitlines(keepends=True)
+    after = candidate.text.splitlines(keepends=True)
     return "".join(difflib.unified_diff(before, after, f"v{current.version}", "candidate"))
 
 

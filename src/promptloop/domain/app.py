@@ -1,16 +1,34 @@
-"""The application being improved: retrieval into the prompt's {context}, then one model call."""
+"""The application being improved, as a prompt template: retrieval into `context`, then one model call."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from promptloop.domain.kb import Retriever, format_context
-from promptloop.domain.prompts import PromptVersion
+from promptloop.domain.prompts import Message, PromptVersion
 from promptloop.llm.client import Completion, acomplete
 
 if TYPE_CHECKING:
     import litellm as litellm_module
+
+Inputs = Mapping[str, object]
+
+
+def as_inputs(question: str | Inputs) -> dict[str, object]:
+    """A bare question as the inputs `{question: ...}`."""
+    return {"question": question} if isinstance(question, str) else dict(question)
+
+
+def retrieval_query(inputs: Inputs) -> str:
+    """What the retriever searches for: the question, else the last user turn."""
+    question = inputs.get("question")
+    if isinstance(question, str):
+        return question
+    history = inputs.get("history")
+    turns = [t["content"] for t in history if t.get("role") == "user"] if isinstance(history, list) else []
+    return str(turns[-1]) if turns else ""
 
 
 @dataclass
@@ -23,14 +41,17 @@ class App:
     retriever: Retriever | None = None
     top_k: int = 3
 
-    def messages(self, question: str) -> tuple[list[dict[str, str]], list[str]]:
-        """The chat messages for `question` and the ids of the documents retrieved into them."""
-        hits = self.retriever.search(question, self.top_k) if self.retriever else []
-        return self.prompt.render(question, format_context(hits)), [h.doc.id for h in hits]
+    def messages(self, question: str | Inputs) -> tuple[list[Message], list[str]]:
+        """The chat messages for one case's inputs (or a bare question) and the ids of the documents
+        retrieved into them; the retriever fills `context` unless the inputs hold one."""
+        inputs = as_inputs(question)
+        hits = self.retriever.search(retrieval_query(inputs), self.top_k) if self.retriever else []
+        if self.retriever is not None and "context" not in inputs:
+            inputs["context"] = format_context(hits)
+        return self.prompt.render(inputs), [h.doc.id for h in hits]
 
-    async def ask(
-        self, litellm: litellm_module, question: str, timeout_s: float, api_key: str | None = None, **overrides: Any
-    ) -> tuple[Completion, list[str]]:
+    async def ask(self, litellm: litellm_module, question: str | Inputs, timeout_s: float, api_key: str | None = None,
+                  **overrides: Any) -> tuple[Completion, list[str]]:
         """Answer one question; returns the completion and the retrieved document ids."""
         messages, retrieved = self.messages(question)
         parameters = {**self.prompt.parameters, **overrides}

@@ -135,11 +135,12 @@ def proxy_scorers(plan: EvalPlan, root: Path, params: Params) -> list[Scorer]:
 def judge_scorers(plan: EvalPlan, runner: Runner, contender: str) -> list[Scorer]:
     """The LLM judges of one contender, their calls counted under `judge:<contender>`."""
     settings = plan.settings
+    description = plan.app_settings.description
     found: list[Scorer] = [RubricJudge(runner, settings.judge_model, settings.judge_samples, settings.judge_temperature,
-                                       settings.seed, purpose=f"judge:{contender}")]
+                                       settings.seed, purpose=f"judge:{contender}", description=description)]
     if "pairwise" in plan.app_settings.scorers:
         found.append(PairwiseJudge(runner, settings.judge_model, settings.judge_temperature, settings.seed,
-                                   purpose=f"judge:{contender}"))
+                                   purpose=f"judge:{contender}", description=description))
     return found
 
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from promptloop.core.runtime import prepare_environment
-from promptloop.domain.app import App
 from promptloop.domain.golden import GoldenCase
 from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan, build_scorers
 from promptloop.evaluate.scorers import Answer, JudgeFailed, RubricJudge, Scorer, ScoreValue
+from promptloop.evaluate.targets import Request, Target, build_target
 from promptloop.llm.client import litellm_module_configured
 from promptloop.llm.runner import BudgetExceeded, CallFailed, ResponseCache, Runner, Usage
 from promptloop.workspace.workspace import Workspace
@@ -53,15 +53,11 @@ class EvalRun:
     cpu_s: float = 0.0  # CPU time of the process(es) while the calls ran (for benchmarks)
 
 
-async def answer_case(runner: Runner, plan: EvalPlan, contender: Contender, case: GoldenCase) -> Answer:
-    """The contender's answer to one case: retrieval into the prompt, one app call (seeded, cached)."""
-    app = App(plan.app, contender.prompt, contender.model, plan.retriever, plan.top_k)
-    messages, retrieved = app.messages(case.input)
-    parameters = {**contender.prompt.parameters, "seed": plan.settings.seed}
-    completion = await runner.complete(f"app:{contender.name}", contender.model, messages, **parameters)
-    context = messages[0]["content"] if plan.retriever else ""
-    return Answer(completion.text, context, tuple(retrieved), completion.latency_ms, completion.cost_usd or 0.0,
-                  completion.prompt_tokens, completion.completion_tokens)
+async def answer_case(runner: Runner, plan: EvalPlan, target: Target, contender: Contender,
+                      case: GoldenCase) -> Answer:
+    """The contender's answer to one case, from the app's target (seeded, cached)."""
+    request = Request(f"app:{contender.name}", contender.prompt, contender.model, case, plan.settings.seed)
+    return await target.answer(runner, request)
 
 
 def case_row(contender: Contender, case: GoldenCase, answer: Answer) -> CaseRow:
@@ -99,10 +95,11 @@ async def calibrated(judge: RubricJudge, case: GoldenCase, context: str) -> Cali
 def calibration_judge(runner: Runner, scorers: dict[str, list[Scorer]]) -> RubricJudge:
     """The baseline's rubric judge, its calls counted under `judge:calibration`."""
     judge = next(s for s in scorers[BASELINE] if isinstance(s, RubricJudge))
-    return RubricJudge(runner, judge.model, judge.samples, judge.temperature, judge.seed, purpose="judge:calibration")
+    return RubricJudge(runner, judge.model, judge.samples, judge.temperature, judge.seed, purpose="judge:calibration",
+                       description=judge.description)
 
 
-async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list[Scorer]],
+async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list[Scorer]], target: Target,
                          on_progress: Progress | None = None) -> EvalRun:
     """Every (prompt, case) answered and scored concurrently; a provider failure past its retries or
     a spent budget stops the run (what finished is kept, and cached for the next run)."""
@@ -128,7 +125,8 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
         async with asyncio.TaskGroup() as group:
             for contender in plan.runnable:
                 for case in plan.cases:
-                    answers[contender.name, case.id] = group.create_task(answer_case(runner, plan, contender, case))
+                    answers[contender.name, case.id] = group.create_task(
+                        answer_case(runner, plan, target, contender, case))
             for contender in plan.runnable:
                 for case in plan.cases:
                     group.create_task(score(contender, case))
@@ -168,8 +166,9 @@ def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], sh
     )
     try:
         scorers = build_scorers(part, runner, workspace.root, workspace.params)
+        target = build_target(plan.app, plan.app_settings.target, workspace.root, plan.retriever, plan.top_k)
         cpu = time.process_time()
-        run = asyncio.run(run_evaluation(part, runner, scorers, on_progress))
+        run = asyncio.run(run_evaluation(part, runner, scorers, target, on_progress))
         run.cpu_s = time.process_time() - cpu
     finally:
         runner.cache.close()

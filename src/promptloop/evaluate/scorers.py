@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol, TypedDict
 
@@ -54,6 +54,7 @@ class Answer:
     cost_usd: float
     prompt_tokens: int
     completion_tokens: int
+    extra: dict[str, object] = field(default_factory=dict)  # what a python:/http: target returned besides
 
 
 class Scorer(Protocol):
@@ -72,12 +73,16 @@ class JudgeCase(TypedDict):
     criteria: list[str]
     expected_behavior: str
     context: str
+    description: str
+    inputs: dict[str, object]
+    history: list[dict[str, str]]
 
 
-def judge_kwargs(case: GoldenCase, context: str) -> JudgeCase:
-    """What a judge prompt says a good answer to `case` does."""
+def judge_kwargs(case: GoldenCase, context: str, description: str = "") -> JudgeCase:
+    """What a judge prompt says a good answer to `case` does, and what the app is for."""
     return JudgeCase(reference=case.reference, expected_facts=case.expected_facts, criteria=case.criteria,
-                     expected_behavior=case.expected_behavior, context=context)
+                     expected_behavior=case.expected_behavior, context=context, description=description,
+                     inputs=case.other_inputs, history=case.history)
 
 
 @dataclass
@@ -91,10 +96,11 @@ class RubricJudge:
     seed: int = 0
     purpose: str = "judge"
     name: str = "rubric"
+    description: str = ""  # what the app is for (apps.<app>.description)
 
     async def verdicts(self, case: GoldenCase, answer_text: str, context: str) -> list[int]:
         """k raw 1-5 scores of one answer; each sample is its own seeded (and cached) call."""
-        messages = rubric_messages(case.input, answer_text, **judge_kwargs(case, context))
+        messages = rubric_messages(case.input, answer_text, **judge_kwargs(case, context, self.description))
         scores = []
         for sample in range(self.samples):
             try:
@@ -123,9 +129,10 @@ class PairwiseJudge:
     seed: int = 0
     purpose: str = "judge"
     name: str = "pairwise"
+    description: str = ""
 
     async def _winner(self, case: GoldenCase, first: str, second: str, context: str) -> str:
-        messages = pairwise_messages(case.input, first, second, **judge_kwargs(case, context))
+        messages = pairwise_messages(case.input, first, second, **judge_kwargs(case, context, self.description))
         try:
             completion = await self.runner.complete(
                 self.purpose,

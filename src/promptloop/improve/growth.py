@@ -23,7 +23,7 @@ import pandas as pd
 from promptloop.core.config import ImproveSettings
 from promptloop.core.files import write_atomic
 from promptloop.core.text import language, sentences, terms
-from promptloop.domain.golden import Behavior, GoldenCase, HumanLabel, Severity, Split
+from promptloop.domain.golden import Behavior, Expectations, GoldenCase, HumanLabel, Severity, Split
 from promptloop.domain.kb import Retriever
 from promptloop.domain.results import ClusterResult, GrowthResult
 
@@ -124,12 +124,23 @@ def draft_case(row: pd.Series, cluster: ClusterResult, split: Split, retriever: 
     ):
         comment = row["feedback_comment"] if isinstance(row["feedback_comment"], str) else ""
         label = HumanLabel(answer=row["output"], rating="up" if int(row["feedback"]) == 1 else "down", comment=comment)
+    expectations = Expectations(expected_response=reference, expected_sources=sources, expected_behavior=behavior,
+                                guidelines=criteria_for(kinds, lang, question, behavior))
     return GoldenCase(
-        id=case_id(str(row["id"])), description=f"mined: {cluster.label}", input=question, reference=reference,
-        expected_sources=sources, expected_behavior=behavior, criteria=criteria_for(kinds, lang, question, behavior),
-        tags=kinds, slice="mined", severity=severity_of(cluster.mean_severity), lang=lang,
+        id=case_id(str(row["id"])), description=f"mined: {cluster.label}", inputs=logged_inputs(row, question),
+        expectations=expectations, tags=kinds, slice="mined", severity=severity_of(cluster.mean_severity), lang=lang,
         source=f"mined:{row['id']}", split=split, human_label=label,
     )
+
+
+def logged_inputs(row: pd.Series, question: str) -> dict[str, object]:
+    """The case's inputs: what the app logged (`inputs`, JSON), with the redacted question."""
+    logged = row.get("inputs")
+    try:
+        inputs = json.loads(logged) if isinstance(logged, str) and logged else {}
+    except ValueError:
+        inputs = {}
+    return {**(inputs if isinstance(inputs, dict) else {}), "question": question}
 
 
 def near_duplicate_mask(candidates: list[str], existing: list[str], threshold: float) -> np.ndarray:

@@ -112,7 +112,8 @@ def propose_candidates(
     runner = workspace.open_runner()
     try:
         accepted, rejected = asyncio.run(generate(runner, improve.optimizer_model, current, digest, improve.candidates,
-                                                  improve.seed, improve.optimizer_temperature, held_out))
+                                                  improve.seed, improve.optimizer_temperature, held_out,
+                                                  settings.description))
     finally:
         runner.cache.close()
     usage = runner.usage["optimizer"]

@@ -207,6 +207,22 @@ class Runner:
         if schema is not None:
             parameters = {**parameters, **structured_output(self.litellm, self.llm, model, schema)}
         key = cache_key(model, messages, parameters)
+        return await self._once(purpose, key, lambda usage: self._paid_call(usage, key, model, messages, parameters,
+                                                                             validate))
+
+    async def post_json(self, purpose: str, url: str, payload: dict[str, Any],
+                        validate: Callable[[str], Any] | None = None) -> Completion:
+        """One POST of `payload` to an app's HTTP endpoint, with the cache, concurrency bound, budget, timeout
+        and retries of a model call (429, 5xx, timeouts and connection errors are retried; other 4xx are not).
+
+        The reply's body is the completion's text; `validate` raising ValueError on it is an InvalidResponse
+        (an app is not asked again the way a model is: it would answer the same).
+        """
+        key = cache_key(f"http:{url}", [], {"payload": payload})
+        return await self._once(purpose, key, lambda usage: self._paid_post(usage, key, url, payload, validate))
+
+    async def _once(self, purpose: str, key: str, pay: Callable[[Usage], Awaitable[Completion]]) -> Completion:
+        """The answer to request `key`: from the cache, from an identical request in flight, else paid for."""
         usage = self.usage[purpose]
         cached = self.cache.get(key)
         if cached is not None:
@@ -221,7 +237,7 @@ class Runner:
             return await asyncio.shield(flights[key])
         flight = flights[key] = loop.create_future()
         try:
-            completion = await self._paid_call(usage, key, model, messages, parameters, validate)
+            completion = await pay(usage)
             flight.set_result(completion)
             return completion
         except Exception as error:
@@ -233,6 +249,44 @@ class Runner:
             raise
         finally:
             del flights[key]
+
+    async def _paid_post(self, usage: Usage, key: str, url: str, payload: dict[str, Any],
+                         validate: Callable[[str], Any] | None) -> Completion:
+        """The app's reply over HTTP (within the concurrency bound and the budget), counted and cached."""
+        import httpx
+
+        async with self._gate():
+            self._check_budget()
+            for attempt in range(self.retry.max_retries + 1):
+                usage.calls += 1
+                started = time.perf_counter()
+                try:
+                    async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
+                        response = await client.post(url, json=payload)
+                    response.raise_for_status()
+                    break
+                except (httpx.TransportError, httpx.HTTPStatusError) as error:
+                    status = error.response.status_code if isinstance(error, httpx.HTTPStatusError) else 0
+                    retryable = status == 0 or status == 429 or status >= 500
+                    if not retryable or attempt == self.retry.max_retries:
+                        usage.failures += 1
+                        message = f"{url}: {type(error).__name__} after {attempt + 1} attempt(s): {error}"
+                        raise CallFailed(self.api_keys.redact(message)) from None
+                    usage.retries += 1
+                    usage.retry_causes[f"HTTP {status}" if status else type(error).__name__] += 1
+                    await self.sleep(self.retry.delay(attempt, error, self._rng))
+        text = response.text
+        if validate is not None:
+            try:
+                validate(text)
+            except ValueError as error:
+                usage.invalid += 1
+                usage.failures += 1
+                raise InvalidResponse(f"{url}: a reply that could not be read: {error}") from None
+        completion = Completion(model=url, text=text, prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
+                                latency_ms=round((time.perf_counter() - started) * 1000, 3))
+        self.cache.put(key, completion)
+        return completion
 
     async def _paid_call(self, usage: Usage, key: str, model: str, messages: list[dict[str, str]],
                          parameters: dict[str, Any], validate: Callable[[str], Any] | None) -> Completion:

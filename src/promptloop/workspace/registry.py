@@ -1,9 +1,10 @@
 """The MLflow prompt registry: every evaluated prompt is a registered version; `release` sets the alias.
 
-A prompt's templates use `{question}`/`{context}`; MLflow's use `{{question}}`/`{{context}}`, so they
-are converted on the way in and back on the way out. A version carries the promptloop content hash
-as a tag, so the same prompt is registered once however often it is evaluated, and its lineage
-(version, parent, parameters, changelog) as tags, so it can be rebuilt as a `PromptVersion`.
+A `messages` prompt is in MLflow's syntax already (`{{ variable }}`); a first-form prompt's
+`{question}`/`{context}` are converted to `{{question}}`/`{{context}}` on the way in and back on the way
+out. A version carries the promptloop content hash as a tag, so the same prompt is registered once
+however often it is evaluated, and its form and lineage (version, parent, parameters, changelog) as
+tags, so it can be rebuilt as a `PromptVersion`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ VERSION_TAG = "promptloop.version"
 PARENT_TAG = "promptloop.parent"
 PARAMETERS_TAG = "promptloop.parameters"
 CHANGELOG_TAG = "promptloop.changelog"
+FORM_TAG = "promptloop.form"  # how the prompt file is written: system-user (first form) or messages
+LEGACY_FORM = "system-user"
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(sorted(PLACEHOLDERS)) + r")\}")
 _MLFLOW_PLACEHOLDER = re.compile(r"\{\{(" + "|".join(sorted(PLACEHOLDERS)) + r")\}\}")
 
@@ -51,17 +54,19 @@ def register(client: Any, name: str, prompt: PromptVersion) -> int:
     found = find_version(client, name, prompt.content_hash)
     if found is not None:
         return found
-    template = [{"role": "system", "content": mlflow_template(prompt.system)},
-                {"role": "user", "content": mlflow_template(prompt.user)}]
+    template = [{"role": t["role"], "content": mlflow_template(t["content"]) if prompt.legacy else t["content"]}
+                for t in prompt.templates]
     known = {"temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty"}
     model_config = {"model_name": prompt.model, **{k: v for k, v in prompt.parameters.items() if k in known}}
-    tags = {HASH_TAG: prompt.content_hash, **lineage_tags(prompt),
+    tags = {HASH_TAG: prompt.content_hash, FORM_TAG: LEGACY_FORM if prompt.legacy else "messages",
+            **lineage_tags(prompt),
             PARAMETERS_TAG: json.dumps(prompt.parameters, sort_keys=True)}
     version = client.register_prompt(
         name=name,
         template=template,
         commit_message=prompt.changelog or f"v{prompt.version}",
         tags=tags,
+        response_format=prompt.response_format,
         model_config=model_config,
     )
     return int(version.version)
@@ -108,6 +113,7 @@ def prompt_from_version(name: str, entity: Any) -> PromptVersion:
         raise ValueError(f"registry prompt {name} v{entity.version} is a text prompt, not system + user messages")
     by_role = {message.get("role"): message.get("content", "") for message in template}
     tags = entity.tags or {}
+    legacy = tags.get(FORM_TAG, LEGACY_FORM) == LEGACY_FORM
     model_config = entity.model_config or {}
     parameters = tags.get(PARAMETERS_TAG)
     parent = tags.get(PARENT_TAG, "None")
@@ -120,8 +126,10 @@ def prompt_from_version(name: str, entity: Any) -> PromptVersion:
         if parameters
         else {k: v for k, v in model_config.items() if k != "model_name"},
         changelog=tags.get(CHANGELOG_TAG, entity.commit_message or ""),
-        system=promptloop_template(by_role.get("system", "")),
-        user=promptloop_template(by_role.get("user", "{{question}}")),
+        **({"system": promptloop_template(by_role.get("system", "")),
+            "user": promptloop_template(by_role.get("user", "{{question}}"))} if legacy else
+           {"messages": [{"role": m.get("role"), "content": m.get("content", "")} for m in template],
+            "response_format": entity.response_format}),
     )
     expected = tags.get(HASH_TAG)
     if expected and prompt.content_hash != expected:
