@@ -211,6 +211,7 @@ class AppSettings(Section):
     target: str = Field(default="template", description="what answers a case: template (the prompt, one model call), "
                         "python:package.module:function (your code) or an http(s):// endpoint")
     knowledge_base: Path | None = None
+    judges: Path | None = Field(default=None, description="the app's judge files (*.yaml); default judges/<app>")
     model: str | None = Field(
         default=None,
         description="run the app on this model whatever the prompt file names "
@@ -235,7 +236,7 @@ class AppSettings(Section):
     data_policy: Literal["any", "local-only"] = Field(
         default="any", description="local-only: every model of this app (app, judges, optimizer) must be local")
 
-    @field_validator("prompt", "golden_set", "knowledge_base", "log_dir", "data_dir", "json_schema")
+    @field_validator("prompt", "golden_set", "knowledge_base", "judges", "log_dir", "data_dir", "json_schema")
     @classmethod
     def _inside_the_workspace(cls, path: Path | None) -> Path | None:
         if path is not None:
