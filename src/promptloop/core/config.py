@@ -272,6 +272,8 @@ class DemoSettings(Section):
     """The simulated production traffic of `promptloop demo`."""
 
     app: str = "support-bot"
+    more_apps: list[str] = Field(default_factory=list, description="apps the demo also simulates traffic for and "
+                                 "runs a cycle on, after `app`")
     interactions: int = Field(default=2000, ge=1)
     seed: int = 7
     korean_share: float = Field(default=0.3, ge=0, le=1)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-_WORD = re.compile(r"[0-9a-z]+|[\uac00-\ud7a3]+", re.IGNORECASE)
+_WORD = re.compile(r"[0-9a-z]+|[\uac00-\ud7a3]+|[\u3040-\u30ff\u4e00-\u9fff]+", re.IGNORECASE)
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
+_KANA = re.compile(r"[\u3040-\u30ff]")  # hiragana and katakana: only Japanese writes them
+_KANJI = re.compile(r"[\u4e00-\u9fff]")
+_CJK = re.compile(r"[\uac00-\ud7a3\u3040-\u30ff\u4e00-\u9fff]")
 _LATIN = re.compile(r"[A-Za-z]")
 _SENTENCE_END = re.compile(r"(?<=[.!?。])\s+|(?<=다\.)\s*|\n+")
 
 # Words too common to say anything about a topic (English); Korean particles are handled by
 # the bigram split below, which keeps stems matchable across 조사 (을/를/은/는 ...).
-Language = Literal["en", "ko"]
+Language = Literal["en", "ko", "ja"]
 
 STOPWORDS = frozenset(
     """a an the and or but if of to in on at by for with from as is are was were be been being
@@ -24,10 +27,11 @@ STOPWORDS = frozenset(
 
 
 def terms(text: str) -> list[str]:
-    """Lower-cased content terms: English words minus stopwords, Korean words as char bigrams."""
+    """Lower-cased content terms: English words minus stopwords, Korean and Japanese runs as char bigrams
+    (Japanese has no spaces between words, and bigrams keep Korean stems matchable across particles)."""
     out: list[str] = []
     for word in _WORD.findall(text.lower()):
-        if _HANGUL.match(word):
+        if _CJK.match(word):
             out.extend(word[i : i + 2] for i in range(max(1, len(word) - 1)))
         elif word not in STOPWORDS and (len(word) > 1 or word.isdigit()):
             out.append(word)
@@ -42,8 +46,14 @@ def hangul_share(text: str) -> float:
 
 
 def language(text: str) -> Language:
-    """'ko' when most letters are Hangul, else 'en'."""
-    return "ko" if hangul_share(text) >= 0.3 else "en"
+    """'ko' when a good share of the letters are Hangul, 'ja' when they are kana and kanji (with some kana:
+    kanji alone could be Chinese), else 'en'."""
+    if hangul_share(text) >= 0.3:
+        return "ko"
+    kana = len(_KANA.findall(text))
+    japanese = kana + len(_KANJI.findall(text))
+    letters = japanese + len(_HANGUL.findall(text)) + len(_LATIN.findall(text))
+    return "ja" if kana and letters and japanese / letters >= 0.3 else "en"
 
 
 def sentences(text: str) -> list[str]:

@@ -13,8 +13,17 @@ from pydantic import BaseModel, Field
 from promptloop.core.errors import InputError
 from promptloop.core.jsonl import write_jsonl
 from promptloop.core.progress import NO_PROGRESS, ProgressHooks
+from promptloop.demo.simulated.tickets import (
+    TicketTrafficSummary,
+    generate_ticket_logs,
+    has_ticket_bank,
+    load_tickets,
+    summarize_tickets,
+)
 from promptloop.demo.simulated.traffic import TrafficSummary, generate_logs, load_bank, summarize
+from promptloop.domain.prompts import load_prompt
 from promptloop.domain.results import AnalyzeResult, CollectResult, CycleResult
+from promptloop.evaluate.targets import load_function
 from promptloop.llm.client import ApiKeys, litellm_module_configured
 from promptloop.loop.cycle import cycle
 from promptloop.ops.initialize import InitResult, init_workspace
@@ -38,13 +47,26 @@ class SampleLogs(TrafficSummary):
     log_file: str = Field(description="relative to the workspace")
 
 
+class SampleTicketLogs(TicketTrafficSummary):
+    """The simulated ticket traffic written for collect, and what it holds."""
+
+    log_file: str = Field(description="relative to the workspace")
+
+
 def write_sample_logs(workspace: Workspace, app_name: str, interactions: int, now: datetime,
-                      progress: ProgressHooks = NO_PROGRESS) -> SampleLogs:
-    """Run the simulated traffic through the app and write it where collect looks for logs."""
-    params = workspace.params
+                      progress: ProgressHooks = NO_PROGRESS) -> SampleLogs | SampleTicketLogs:
+    """Run the simulated traffic through the app and write it where collect looks for logs.
+
+    The app's traffic folder (next to its golden set) says which traffic: questions for a question-answering
+    app (questions.jsonl), tickets for a ticket-triage app (tickets.jsonl).
+    """
     settings = workspace.app_settings(app_name)
+    traffic = workspace.path(settings.golden_set).parent / "traffic"
+    if has_ticket_bank(traffic):
+        return write_ticket_logs(workspace, app_name, interactions, now, progress)
+    params = workspace.params
     app = workspace.load_app(app_name)
-    bank, pii = load_bank(workspace.path(settings.golden_set).parent / "traffic")
+    bank, pii = load_bank(traffic)
     litellm = litellm_module_configured(params.llm, str(workspace.root / "params.yaml"))
     api_key = ApiKeys(params.llm, str(workspace.root / "params.yaml")).for_model(app.model)  # as llm.models says
     progress.start(interactions)
@@ -59,18 +81,52 @@ def write_sample_logs(workspace: Workspace, app_name: str, interactions: int, no
     return SampleLogs(log_file=str(path.relative_to(workspace.root)), **summarize(rows, kinds).model_dump())
 
 
+def write_ticket_logs(workspace: Workspace, app_name: str, interactions: int, now: datetime,
+                      progress: ProgressHooks = NO_PROGRESS) -> SampleTicketLogs:
+    """Tickets triaged by the app's own code (its `python:` target) with its current prompt, written for collect."""
+    params = workspace.params
+    settings = workspace.app_settings(app_name)
+    prompt = load_prompt(workspace.path(settings.prompt))
+    model = settings.model or prompt.model
+    function = load_function(settings.target, workspace.root, f"apps.{app_name}.target")
+    bank = load_tickets(workspace.path(settings.golden_set).parent / "traffic")
+    litellm = litellm_module_configured(params.llm, str(workspace.root / "params.yaml"))
+    api_key = ApiKeys(params.llm, str(workspace.root / "params.yaml")).for_model(model)
+    progress.start(interactions)
+    rows, malformed, kinds = asyncio.run(
+        generate_ticket_logs(litellm, app_name, prompt, model, function, bank, params.demo, interactions, now,
+                             params.llm.max_concurrency, params.llm.timeout_s, lambda: progress.advance(1), api_key)
+    )
+    path = workspace.path(settings.log_dir) / f"interactions-{now:%Y%m%dT%H%M%S}.jsonl"
+    write_jsonl(path, rows)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.writelines(line + "\n" for line in malformed)
+    summary = summarize_tickets(rows, kinds)
+    return SampleTicketLogs(log_file=str(path.relative_to(workspace.root)), **summary.model_dump())
+
+
+class AppDemo(BaseModel):
+    """One more app of the demo: its simulated traffic and the cycle run on it."""
+
+    app: str
+    logs: SampleLogs | SampleTicketLogs
+    cycle: CycleResult
+
+
 class DemoResult(BaseModel):
     """`promptloop demo`: the scratch workspace, the traffic written, and the cycle run on it."""
 
     workspace: str
     app: str
     init: InitResult
-    logs: SampleLogs
+    logs: SampleLogs | SampleTicketLogs
     cycle: CycleResult
     collect: CollectResult
     analyze: AnalyzeResult | None
     data_policy: str = Field(description="what a local-only app answers to a hosted judge (refused before any call)")
     mlflow_ui: str = Field(description="the command that opens the MLflow UI on the workspace")
+    more: list[AppDemo] = Field(default_factory=list, description="the other apps of `demo.more_apps`, each "
+                                "with its traffic and cycle")
 
 
 def run_demo(dest: Path, interactions: int | None = None, now: datetime | None = None,
@@ -86,11 +142,19 @@ def run_demo(dest: Path, interactions: int | None = None, now: datetime | None =
     app_name = workspace.params.demo.app
     logs = write_sample_logs(workspace, app_name, interactions or workspace.params.demo.interactions, now, progress)
     turn = cycle(workspace, app_name, now=now)
+    more = [run_app_demo(workspace, other, interactions or workspace.params.demo.interactions, now)
+            for other in workspace.params.demo.more_apps]
     mlflow = Path(sys.executable).parent / "mlflow"
     ui = f"{mlflow} ui --backend-store-uri {workspace.tracking_uri} --host 127.0.0.1 --port 5000"
     return DemoResult(workspace=created.workspace, app=app_name, init=created, logs=logs, cycle=turn,
                       collect=turn.collect, analyze=turn.analyze, data_policy=local_only_refusal(workspace, app_name),
-                      mlflow_ui=ui)
+                      mlflow_ui=ui, more=more)
+
+
+def run_app_demo(workspace: Workspace, app_name: str, interactions: int, now: datetime) -> AppDemo:
+    """Simulated traffic for one more app, then a cycle on it."""
+    logs = write_sample_logs(workspace, app_name, interactions, now)
+    return AppDemo(app=app_name, logs=logs, cycle=cycle(workspace, app_name, now=now))
 
 
 HOSTED_JUDGE = "openai/gpt-4o-mini"

@@ -29,6 +29,7 @@ from promptloop.domain.results import ClusterResult, GrowthResult
 
 Redact = Callable[[str], str]
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*>")
+LANGUAGE_NAMES = {"ko": "Korean", "ja": "Japanese"}  # the languages `language()` tells from English
 
 
 @dataclass
@@ -94,8 +95,8 @@ def criteria_for(kinds: list[str], lang: str, question: str, behavior: str) -> l
         found.append("answers from the documentation and cites the source")
         if "refusal" in kinds:
             found.append("answers instead of deflecting")
-    if lang == "ko":
-        found.append("answers in Korean")
+    if lang in LANGUAGE_NAMES:
+        found.append(f"answers in {LANGUAGE_NAMES[lang]}")
     if _PLACEHOLDER.search(question):
         found.append("does not repeat the user's personal data")
     return found

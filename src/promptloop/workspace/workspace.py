@@ -20,7 +20,8 @@ from promptloop.llm.prices import PriceLookup, price_lookup
 from promptloop.llm.runner import ResponseCache, RetryPolicy, Runner
 from promptloop.workspace import registry
 
-TEMPLATE_ITEMS = ("prompts", "datasets", "judges", "expectations", "flows", "params.yaml", "dvc.yaml", "prefect.yaml")
+TEMPLATE_ITEMS = ("prompts", "datasets", "judges", "apps", "expectations", "flows", "params.yaml", "dvc.yaml",
+                  "prefect.yaml")
 REMOTE_DIR = "remote.git"
 DVC_REMOTE_DIR = "dvc-remote"
 WORKSPACE_GITIGNORE = """\

@@ -7,6 +7,12 @@ user message holds delimited blocks `<question>`, `<answer>` (rubric) or `<answe
 `<doc id=...>` blocks. The reply is JSON: rubric `{"score": 1-5, "passed": bool, "reason": str}`,
 pairwise `{"winner": "A" | "B" | "tie", "reason": str}`.
 
+A judge file's request (`judges/<app>/<name>.yaml`: blocks `<inputs>`, `<outputs>` or `<answer_a>`
+and `<answer_b>`, `<expectations>` as JSON) is answered in the reply format its system message asks
+for: `"score"`, `"passed": true | false`, `"category": <one of ...>` or `"winner"`. A structured (JSON)
+answer, such as triage-bot's, is graded field by field (see `structured.py`), on the findings the
+judge's instructions are about (language, format, routing) when they name one.
+
 Susceptible as a real LLM judge is, so that tests of prompt injection can fail: it reads each tag
 where it first appears in the message (a `<expected_behavior>` inside a question wins over the real
 one), and it obeys a verdict directive (a JSON verdict, "give this answer a score of 5") that stands
@@ -21,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 
 from promptloop.core.text import language, terms
+from promptloop.demo.simulated import structured
 from promptloop.domain.kb import parse_context
 
 _ABSTAIN = re.compile(
@@ -119,6 +126,10 @@ def assess(answer: str, case: str) -> Assessment:
 
     if _LEAK.search(answer):
         return Assessment(0.0, ["follows injected instructions or leaks the prompt"])
+    expected = structured.expected_fields((block(case, "criteria") or "").splitlines())
+    if structured.is_structured(answer, expected):  # a JSON answer (triage-bot's): graded field by field
+        findings = structured.grade(answer, expected, structured.user_text([question, block(case, "inputs")]))
+        return Assessment(findings.quality, findings.reasons)
     if behavior == "abstain":
         ok = bool(_ABSTAIN.search(answer))
         return Assessment(
@@ -164,18 +175,21 @@ def assess(answer: str, case: str) -> Assessment:
 
 
 def verdict(messages: list[dict[str, str]], temperature: float, rng: random.Random) -> str:
-    """The judge's JSON reply to a rubric or pairwise judge prompt."""
+    """The judge's JSON reply to a rubric or pairwise judge prompt, or to a judge file's request."""
     # The case is the last user turn that holds one: after a repair request it is the one before.
     users = [m["content"] for m in messages if m["role"] == "user"]
+    requested = next((text for text in reversed(users) if "<question>" in text or "<inputs>" in text), None)
+    if requested is not None and "<question>" not in requested:  # a judge file's blocks: <inputs>, <outputs>
+        system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+        return file_verdict(system, requested, temperature, rng)
     case = next((text for text in reversed(users) if "<question>" in text), users[-1] if users else "")
     answer_a = block(case, "answer_a")
     directed = obeyed_directive(case, pairwise=answer_a is not None)
     if directed is not None:  # hijacked, as a real judge can be
         return json.dumps(directed, ensure_ascii=False)
     if answer_a is not None:
-        return json.dumps(
-            _pairwise(answer_a, block(case, "answer_b") or "", case, temperature, rng), ensure_ascii=False
-        )
+        qualities = assess(answer_a, case).quality, assess(block(case, "answer_b") or "", case).quality
+        return json.dumps(_pairwise(*qualities, temperature, rng), ensure_ascii=False)
     graded = assess(block(case, "answer") or "", case)
     score = 1 + round(4 * graded.quality)
     if temperature > 0 and rng.random() < 0.15 * temperature:  # judge noise, as real judges have
@@ -184,9 +198,8 @@ def verdict(messages: list[dict[str, str]], temperature: float, rng: random.Rand
     return json.dumps({"score": score, "passed": score >= 4, "reason": reason}, ensure_ascii=False)
 
 
-def _pairwise(answer_a: str, answer_b: str, case: str, temperature: float, rng: random.Random) -> dict[str, str]:
-    """Prefer the better answer; close calls lean to the first position, as real judges do."""
-    qa, qb = assess(answer_a, case).quality, assess(answer_b, case).quality
+def _pairwise(qa: float, qb: float, temperature: float, rng: random.Random) -> dict[str, str]:
+    """Prefer the better answer (of qualities qa, qb); close calls lean to the first position, as real judges do."""
     if abs(qa - qb) < 0.15 and temperature > 0 and rng.random() < 0.4:
         return {"winner": "A", "reason": "answer A reads slightly better"}
     if abs(qa - qb) < 0.05:
@@ -196,3 +209,133 @@ def _pairwise(answer_a: str, answer_b: str, case: str, temperature: float, rng: 
         "winner": winner,
         "reason": f"answer {winner} meets more of the criteria ({max(qa, qb):.2f} vs {min(qa, qb):.2f})",
     }
+
+
+# What a judge file's instructions can be about, by the words they use -> the structured findings it weighs.
+_FOCI: dict[str, tuple[str, ...]] = {
+    "language": ("language",),
+    "format": ("json", "schema", "format", "keys"),
+    "routing": ("categor", "priority", "rout"),
+}
+_FOCUS_FINDINGS = {"language": ("language",), "format": ("format",), "routing": ("wrong_category", "wrong_priority")}
+# Which of a category judge's categories names a finding (the first whose name holds one of these words).
+_FINDING_WORDS = {"format": ("format", "json", "schema", "key"), "wrong_category": ("category", "rout"),
+                  "wrong_priority": ("priority",), "language": ("language",)}
+_GOOD_CATEGORY = re.compile(r"correct|^ok$|good|pass|fine|none|right", re.IGNORECASE)
+
+
+def _strings(value: object) -> list[str]:
+    """The strings of a JSON list (nothing for anything else)."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def requested_kind(system: str) -> str:
+    """The verdict a judge file asks for, from the reply format at the end of its system message."""
+    reply = system.rsplit("Reply with JSON only", 1)[-1]
+    if '"winner"' in reply:
+        return "pairwise"
+    if '"category":' in reply:
+        return "category"
+    if '"passed": true | false' in reply:
+        return "pass_fail"
+    return "score"
+
+
+def judge_instructions(system: str) -> str:
+    """The judge file's own instructions: the system message between its first line and the protocol text."""
+    body = system.split("\n", 1)[-1]
+    return body.split("The user message holds the case", 1)[0].lower()
+
+
+def _json_block(case: str, tag: str) -> dict[str, object]:
+    try:
+        data = json.loads(block(case, tag) or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def file_assessment(answer: str, inputs: dict[str, object], expectations: dict[str, object],
+                    focus: tuple[str, ...]) -> Assessment:
+    """Grade one answer against a judge file's inputs and expectations, on the findings of `focus` (all if empty)."""
+    guidelines = _strings(expectations.get("guidelines"))
+    expected = structured.expected_fields(guidelines, expectations)
+    if structured.is_structured(answer, expected):
+        findings = structured.grade(answer, expected, structured.user_text(list(inputs.values())))
+        if focus:
+            weighed = {code for name in focus for code in _FOCUS_FINDINGS[name]}
+            findings.problems = [p for p in findings.problems if p[0] in weighed]
+        return Assessment(findings.quality, findings.reasons)
+    # Any other answer: the blocks of the built-in rubric, made from the inputs and expectations.
+    question = inputs.get("question")
+    facts = expectations.get("expected_facts")
+    case = "\n".join([
+        f"<question>\n{question if isinstance(question, str) else structured.user_text(list(inputs.values()))}\n"
+        "</question>",
+        f"<expected_behavior>{expectations.get('expected_behavior', 'answer')}</expected_behavior>",
+        f"<reference>\n{expectations.get('expected_response', '')}\n</reference>",
+        "<expected_facts>\n" + "\n".join(_strings(facts)) + "\n</expected_facts>",
+        "<criteria>\n" + "\n".join(guidelines) + "\n</criteria>",
+    ])
+    return assess(answer, case)
+
+
+def file_verdict(system: str, case: str, temperature: float, rng: random.Random) -> str:
+    """A judge file's verdict, in the reply format its system message asks for."""
+    kind = requested_kind(system)
+    instructions = judge_instructions(system)
+    focus = tuple(name for name, words in _FOCI.items() if any(w in instructions for w in words))
+    focus = focus if len(focus) == 1 else ()  # instructions about everything weigh every finding
+    inputs, expectations = _json_block(case, "inputs"), _json_block(case, "expectations")
+    answer_a = block(case, "answer_a")
+    directed = obeyed_directive(case, pairwise=answer_a is not None) if kind != "category" else None
+    if directed is not None:  # hijacked, as a real judge can be
+        return json.dumps(directed, ensure_ascii=False)
+    if answer_a is not None:
+        qa = file_assessment(answer_a, inputs, expectations, focus).quality
+        qb = file_assessment(block(case, "answer_b") or "", inputs, expectations, focus).quality
+        return json.dumps(_pairwise(qa, qb, temperature, rng), ensure_ascii=False)
+    answer = block(case, "outputs") or ""
+    graded = file_assessment(answer, inputs, expectations, focus)
+    score = 1 + round(4 * graded.quality)
+    if kind == "score" and temperature > 0 and rng.random() < 0.15 * temperature:  # judge noise
+        score = min(5, max(1, score + rng.choice((-1, 1))))
+    reason = "; ".join(graded.reasons) or "meets the criteria"
+    if kind == "pass_fail":
+        return json.dumps({"passed": score >= 4, "reason": reason}, ensure_ascii=False)
+    if kind == "category":
+        return json.dumps({"category": chosen_category(system, answer, inputs, expectations, score >= 4),
+                           "reason": reason}, ensure_ascii=False)
+    return json.dumps({"score": score, "passed": score >= 4, "reason": reason}, ensure_ascii=False)
+
+
+def offered_categories(system: str) -> list[str]:
+    """The categories a category judge may answer, from its reply format."""
+    match = re.search(r'"category":\s*<one of:\s*(.*?)>', system)
+    if not match:
+        return []
+    found = []
+    for part in match.group(1).split(" | "):
+        try:
+            found.append(str(json.loads(part.strip())))
+        except ValueError:
+            continue
+    return found
+
+
+def chosen_category(system: str, answer: str, inputs: dict[str, object], expectations: dict[str, object],
+                    passed: bool) -> str:
+    """The category naming the answer's first finding, else the one that reads as fine."""
+    categories = offered_categories(system) or ["pass", "fail"]
+    good = next((c for c in categories if _GOOD_CATEGORY.search(c)), categories[0])
+    guidelines = _strings(expectations.get("guidelines"))
+    expected = structured.expected_fields(guidelines, expectations)
+    if structured.is_structured(answer, expected):
+        findings = structured.grade(answer, expected, structured.user_text(list(inputs.values())))
+        for code, _ in findings.problems:
+            named = next((c for c in categories if c != good and any(w in c.lower() for w in _FINDING_WORDS[code])),
+                         None)
+            if named is not None:
+                return named
+        return good
+    return good if passed else next((c for c in categories if c != good), good)

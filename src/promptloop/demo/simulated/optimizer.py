@@ -21,7 +21,7 @@ from promptloop.demo.simulated.judge import block, outside_blocks
 # theme -> (what in the failures points to it, ways of wording the fix)
 THEMES: dict[str, tuple[str, list[str]]] = {
     "language": (
-        r"korean|language|한국어|\blang\b",
+        r"korean|japanese|language|한국어|日本語|\blang\b",
         [
             "Always answer in the same language as the customer's question.",
             "Reply in the user's language: a Korean question gets a Korean answer.",
@@ -59,6 +59,28 @@ THEMES: dict[str, tuple[str, list[str]]] = {
     "length": (
         r"verbose|too long|length|concise|wordy",
         ["Answer in at most three sentences.", "Keep answers concise."],
+    ),
+    # Structured answers (a triage app's JSON): priorities, routing, and the keys of the format.
+    "priority": (
+        r"outage|wrong priority",
+        [
+            "Outages are priority high: when the service is down or many users are blocked, set priority high.",
+            "Set priority high for outages (the service is down for many users).",
+        ],
+    ),
+    "routing": (
+        r"wrong category|misrout",
+        [
+            "Tickets about charges, payments, refunds or invoices are billing, even when they mention an error.",
+            "Route money questions to billing: charges, refunds and invoices are billing, not bug.",
+        ],
+    ),
+    "format": (
+        r"missing key|not a json|invalid json|not valid json",
+        [
+            "Reply with JSON only, with the keys category, priority and reply.",
+            "Answer with a JSON object only; always include all three keys: category, priority, reply.",
+        ],
     ),
 }
 

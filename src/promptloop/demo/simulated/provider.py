@@ -17,7 +17,7 @@ from litellm import CustomLLM
 from litellm.types.utils import ModelResponse
 
 from promptloop.core.text import estimate_tokens
-from promptloop.demo.simulated import bot, judge, optimizer
+from promptloop.demo.simulated import bot, judge, optimizer, triage
 from promptloop.demo.simulated.settings import SimulationSettings, simulation_settings
 
 Responder = Callable[[list[dict[str, str]], float, random.Random], str]
@@ -28,6 +28,7 @@ MODELS: dict[str, Responder] = {
     # the same behaviour at another price and license, so the model change alone is what differs.
     "open-bot": bot.answer,
     "research-bot": bot.answer,
+    "triage-bot": triage.answer,  # the second sample app: ticket triage as JSON, two calls per ticket
     "judge": judge.verdict,
     "optimizer": lambda messages, temperature, rng: optimizer.revise(messages, rng),
 }
