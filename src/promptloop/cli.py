@@ -185,6 +185,10 @@ def demo(
         logs = {"log_file": result.logs.log_file, **result.logs.model_dump(exclude={"log_file"})}
         render_mapping(f"demo workspace: {result.workspace}", {"app": result.app, **logs})
         render_cycle(result.cycle)
+        for other in result.more:
+            other_logs = {"log_file": other.logs.log_file, **other.logs.model_dump(exclude={"log_file"})}
+            render_mapping(f"\nthen {other.app}", {"app": other.app, **other_logs})
+            render_cycle(other.cycle)
         Console().print(f"\nData policy: were {result.app} local-only, a hosted judge would be refused before any "
                         f"call: {escape(result.data_policy)}", highlight=False, soft_wrap=True)
         Console().print(f"\nOpen the MLflow UI on it: {escape(result.mlflow_ui)}", highlight=False, soft_wrap=True)

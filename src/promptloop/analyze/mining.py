@@ -29,7 +29,8 @@ KIND_SEVERITY: dict[str, float] = {
     "refusal": 1.5,
 }
 KINDS = tuple(KIND_SEVERITY)
-_WORD = re.compile(r"[0-9a-z]+|[\uac00-\ud7a3]+")
+_WORD = re.compile(r"[0-9a-z]+|[\uac00-\ud7a3]+|[\u3040-\u30ff\u4e00-\u9fff]+")
+_JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 
 
 def failure_kinds(frame: pd.DataFrame) -> pd.DataFrame:
@@ -159,7 +160,13 @@ def split_by_text(texts: list[str], k: int, seed: int, fit_sample: int) -> list[
 
 
 def _words(text: str) -> list[str]:
-    return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1 and not w.isdigit()]
+    words = []
+    for word in _WORD.findall(text.lower()):
+        if _JAPANESE.match(word):  # no spaces between Japanese words: its runs are phrases, split into bigrams
+            words.extend(word[i : i + 2] for i in range(len(word) - 1))
+        elif word not in STOPWORDS and len(word) > 1 and not word.isdigit():
+            words.append(word)
+    return words
 
 
 def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary) -> ClusterResult:
@@ -169,13 +176,15 @@ def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary)
     }  # no kind name contains another
     dominant = [k for k, share in sorted(kind_share.items(), key=lambda kv: -kv[1]) if share >= 0.3]
     texts = members["input"].fillna("").astype(str)
-    korean = texts.map(vocabulary.language).eq("ko").mean()
+    languages = texts.map(vocabulary.language)
+    shares = languages[languages != "en"].value_counts() / max(1, len(languages))
+    tagged = [str(lang) for lang, share in shares.items() if share >= 0.5]  # a language most questions are in
     rated = members["feedback"].isin([-1, 1]).sum()
     downs = members["feedback"].eq(-1).fillna(False).sum()
     down_share = float((downs + 1) / (rated + 2))
     severity = float(members["severity"].mean())
     examples = members.sort_values("severity", ascending=False, kind="stable")["id"].head(5).astype(str).tolist()
-    language_tag = " [ko]" if korean >= 0.5 else ""
+    language_tag = f" [{tagged[0]}]" if tagged else ""
     label = f"{'/'.join(dominant) or 'mixed'}{language_tag}: {' '.join(vocabulary.top_words(texts))}"
     return ClusterResult(id=number, label=label, kinds=dominant, size=len(members),
                          impact=len(members) * severity * down_share, thumbs_down_share=down_share,
