@@ -138,3 +138,29 @@ def test_demo_rewrites_only_its_own_scratch_folder(tmp_path: Path, demo_run) -> 
     assert (mine / "keep.txt").read_text() == "x"
     dest, _ = demo_run
     assert (dest / DEMO_MARKER).is_file()
+
+
+def test_demo_runs_a_cycle_for_triage_bot_to_a_pull_request(demo_run) -> None:
+    """The second sample app, of another shape: tickets in Japanese and English, JSON answers, two calls each."""
+    dest, result = demo_run
+    [triage] = result.more
+    assert triage.app == "triage-bot"
+    lines = read_lines(dest, triage.logs.log_file)
+    assert len(lines) == triage.logs.interactions + triage.logs.malformed_rows == 400 + 8
+    valid = [LogRecord.model_validate_json(line) for line in lines[:400]]
+    assert all(r.app == "triage-bot" and r.prompt_version == "1" for r in valid)
+    assert 0.25 <= triage.logs.japanese_share <= 0.45
+    assert 0.4 <= triage.logs.thumbs_down_rate <= 0.9  # v1 misroutes, underrates outages, answers in English
+    turn = triage.cycle
+    assert turn.decision == "promote", turn.reasons
+    assert turn.improve.golden.added > 0
+    branch = turn.deploy.branch
+    assert branch.startswith("promptloop/triage-bot/v2-")
+    remote = git.Repo(dest / "remote.git")
+    assert sorted(h.name for h in remote.heads) == sorted(["main", result.cycle.deploy.branch, branch])
+    changed = remote.git.diff("--name-only", "main", branch).splitlines()
+    assert sorted(changed) == ["datasets/triage-bot/golden.jsonl.dvc", "prompts/triage-bot/prompt.yaml",
+                               "reports/triage-bot/v2.md"]
+    # The optimizer read the agents' comments and added instructions the v1 prompt lacked.
+    proposed = remote.git.show(f"{branch}:prompts/triage-bot/prompt.yaml")
+    assert "version: 2" in proposed and "{{ ticket }}" in proposed
