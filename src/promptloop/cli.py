@@ -166,6 +166,62 @@ def init(
     run_command(as_json, lambda: init_workspace(dir), lambda r: render_mapping("workspace created", r.model_dump()))
 
 
+@app.command("new-app")
+def new_app(
+    name: str = typer.Argument(..., help="The app's name (letters, digits, - and _), as it will appear under apps:."),
+    workspace: Path = WorkspaceOption,
+    target: str = typer.Option(
+        "template", "--target",
+        help="What answers a case: template (the prompt, one model call), python:package.module:function "
+             "(your code, calling models through prompt.complete) or an http(s):// endpoint of your app."),
+    description: str = typer.Option("", "--description", help="What the app is for, in one line (judges and "
+                                                              "the optimizer are told)."),
+    model: str = typer.Option("offline/support-bot", "--model",
+                              help="The prompt's model [default: a simulated model, so the app runs offline]."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Scaffold an app: params.yaml entry, a prompt, a golden set with three example cases, a judge file.
+
+    The golden set is tracked with DVC, everything is committed, and the app gets its MLflow
+    experiment; the next steps are printed.
+    """
+    from promptloop.ops import new_app as scaffold
+
+    def render(result: scaffold.NewAppResult) -> None:
+        render_mapping(f"app {result.app} created", {"files": ", ".join(result.files), "target": result.target,
+                                                    "experiment": result.experiment, "commit": result.commit[:12]})
+        console = Console()
+        console.print("Next steps:")
+        for number, step in enumerate(result.next_steps, start=1):
+            console.print(f"  {number}. {step}", markup=False)
+
+    run_command(as_json, lambda: scaffold.new_app(workspace, name, target, description, model), render)
+
+
+golden_app = typer.Typer(help="The golden set: import cases.", no_args_is_help=True)
+app.add_typer(golden_app, name="golden")
+
+
+@golden_app.command("import")
+def golden_import(
+    source: str = typer.Argument(..., help="A .csv or .jsonl file, or mlflow:<evaluation dataset name or id>."),
+    app_name: str = AppOption,
+    workspace: Path = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Add cases to the app's golden set: validated, deduplicated (same id or same inputs), one DVC version, one commit.
+
+    CSV columns: one per input (question, or inputs.NAME), MLflow's expectation names (expected_response,
+    expected_facts and guidelines separated by |, expected_behavior, or expectations.NAME), and
+    optionally id, tags, slice, severity, split, lang.
+    """
+    from promptloop.ops.golden_import import import_golden
+    from promptloop.workspace.workspace import open_workspace
+
+    run_command(as_json, lambda: import_golden(open_workspace(workspace), app_name, source),
+                lambda r: render_mapping("golden set updated", r.model_dump()))
+
+
 @app.command()
 def demo(
     dir: Path = typer.Option(Path(".demo"), "--dir", help="Scratch folder (wiped if an earlier demo made it)."),

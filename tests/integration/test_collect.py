@@ -69,6 +69,7 @@ MALFORMED: list[tuple[Any, str]] = [
     (row(118, metadata=["not", "an", "object"]), "metadata_type"),
     (row(119, input=None), "input_missing"),
     (row(120, app=None, model=7), "app_missing"),
+    (row(121, inputs="just the question"), "inputs_type"),
     ("{not json", "invalid_json"),
     ("[1, 2, 3]", "not_an_object"),
 ]
@@ -77,6 +78,8 @@ GOOD = [row(i) for i in range(1, 11)] + [
     row(12, cost_usd=None),  # cost computed from the price map
     row(13, feedback=-1, feedback_comment="wrong answer"),
     row(14, timestamp="2026-11-20T08:00:00Z"),
+    row(15, inputs={"question": "question 15", "customer_tier": "gold",
+                    "history": [{"role": "user", "content": "I am ann@example.com"}]}),
 ]
 
 
@@ -111,6 +114,10 @@ def test_every_malformed_kind_is_quarantined_and_counts_add_up(workspace) -> Non
     assert str(stored["timestamp"].dtype) == "datetime64[us, UTC]" and stored["prompt_tokens"].dtype == "int64"
     r12 = stored.set_index("id").loc["r12"]
     assert r12["cost_source"] == "price_map" and r12["cost_usd"] == pytest.approx(100 * 0.15e-6 + 20 * 0.6e-6)
+    # The app's logged inputs are kept (for mined cases), redacted like every other text.
+    inputs = json.loads(stored.set_index("id").loc["r15", "inputs"])
+    assert inputs["customer_tier"] == "gold" and inputs["history"][0]["content"] == "I am <EMAIL>"
+    assert pd.isna(stored.set_index("id").loc["r1", "inputs"])
 
     quarantine = pd.read_parquet(workspace.path("data/support-bot/quarantine"))
     pairs = zip(quarantine["origin"], quarantine["reasons"], strict=True)

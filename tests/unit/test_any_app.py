@@ -168,3 +168,24 @@ def test_the_template_target_answers_messages_prompts_with_retrieval_left_out(li
     runner = _runner(litellm)
     answer = asyncio.run(TemplateTarget().answer(runner, Request("app:x", TIERED, TIERED.model, CASE, seed=0)))
     assert answer.text and answer.context == "" and runner.usage["app:x"].calls == 1
+
+
+def test_a_mined_failure_becomes_a_case_with_the_logged_inputs_and_conversation() -> None:
+    import pandas as pd
+
+    from promptloop.core.config import ImproveSettings
+    from promptloop.domain.results import ClusterResult
+    from promptloop.improve.growth import draft_case
+
+    logged = {"question": "raw question", "customer_tier": "gold",
+              "history": [{"role": "user", "content": "I booked room 12."}]}
+    row = pd.Series({"id": "log-7", "input": "Can I check out late?", "output": "No.", "kinds": "thumbs_down",
+                     "feedback": -1, "feedback_comment": "wrong", "inputs": json.dumps(logged)})
+    cluster = ClusterResult(id=0, label="late checkout", kinds=["thumbs_down"], size=1, impact=1.0,
+                            thumbs_down_share=1.0, mean_severity=2.0, example_ids=["log-7"])
+    case = draft_case(row, cluster, "optimize", None, ImproveSettings(), is_injection=False)
+    assert case.inputs == {"question": "Can I check out late?", "customer_tier": "gold",
+                           "history": [{"role": "user", "content": "I booked room 12."}]}
+    assert case.history and case.human_label is not None and case.human_label.rating == "down"
+    unlogged = draft_case(row.drop("inputs"), cluster, "optimize", None, ImproveSettings(), is_injection=False)
+    assert unlogged.inputs == {"question": "Can I check out late?"}

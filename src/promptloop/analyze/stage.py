@@ -21,6 +21,7 @@ from promptloop.analyze.online_judge import judge_sample
 from promptloop.analyze.report import render_report
 from promptloop.core.config import AnalyzeSettings
 from promptloop.core.errors import InputError
+from promptloop.domain.logs import STORED_LOG_SCHEMA
 from promptloop.domain.results import AlertResult, AnalyzeResult, OnlineJudgeResult, WebhookResult, Window
 from promptloop.llm.prices import fill_missing_costs
 from promptloop.quality.detectors import Detector, detectors_of
@@ -31,7 +32,7 @@ from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_ad
 from promptloop.workspace.workspace import FAILURES, LOGS, Workspace
 
 COLUMNS = ["id", "timestamp", "prompt_version", "model", "input", "output", "latency_ms", "prompt_tokens",
-           "completion_tokens", "cost_usd", "error", "feedback", "feedback_comment"]
+           "completion_tokens", "cost_usd", "error", "feedback", "feedback_comment", "inputs"]
 FLAGS = {"refusal": "output", "toxic": "output", "injection": "input"}  # flag column -> the text it reads
 
 
@@ -69,7 +70,8 @@ def logs_dataset(data_dir: Path) -> ds.Dataset:
     parts = sorted((data_dir / LOGS).glob("*.parquet"))
     if not parts:
         raise InputError(data_dir / LOGS, "no collected logs yet: run `promptloop collect` first")
-    return ds.dataset([str(p) for p in parts], format="parquet")
+    # The stored schema: parts collected before a column existed (`inputs`) read it as null.
+    return ds.dataset([str(p) for p in parts], format="parquet", schema=STORED_LOG_SCHEMA)
 
 
 def plan_analyze(workspace: Workspace, app: str, window: str | None = None, until: str | None = None) -> AnalyzePlan:

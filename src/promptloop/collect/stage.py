@@ -30,7 +30,7 @@ from promptloop.collect.validate import SUITE_FILE, LogValidator, derived_column
 from promptloop.core.config import AppSettings
 from promptloop.core.errors import InputError
 from promptloop.core.files import write_atomic
-from promptloop.domain.logs import LOG_FIELDS
+from promptloop.domain.logs import LOG_FIELDS, STORED_LOG_SCHEMA
 from promptloop.domain.results import CollectResult
 from promptloop.llm.prices import PriceLookup, cost_from_tokens
 from promptloop.quality.redact import Redactor, build_redactor, keyed_digest, keyed_hash
@@ -42,17 +42,10 @@ from promptloop.workspace.workspace import LOGS, QUARANTINE, Workspace
 STATE_FILE = "collect-state.json"
 KEY_FILE = Path(".promptloop") / "pii.key"
 # Every stored string column is redacted: a log may hold personal data anywhere, ids and file names too.
-TEXT_COLUMNS = ("id", "source", "input", "output", "error", "feedback_comment", "metadata")
+TEXT_COLUMNS = ("id", "source", "input", "output", "error", "feedback_comment", "metadata", "inputs")
 LABEL_COLUMNS = ("app", "prompt_version", "model")  # few distinct values: each is redacted once
 # Explicit schemas: a part whose column happens to be all null must still read with the others.
-LOG_SCHEMA = pa.schema([
-    ("id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("app", pa.string()),
-    ("prompt_version", pa.string()), ("model", pa.string()), ("input", pa.string()), ("output", pa.string()),
-    ("latency_ms", pa.float64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
-    ("cost_usd", pa.float64()), ("cost_source", pa.string()), ("error", pa.string()), ("feedback", pa.int8()),
-    ("feedback_comment", pa.string()), ("user_hash", pa.string()), ("metadata", pa.string()),
-    ("source", pa.string()), ("collect_run", pa.string()),
-])
+LOG_SCHEMA = STORED_LOG_SCHEMA
 QUARANTINE_SCHEMA = pa.schema(
     [(name, pa.string()) for name in ("origin", "id", "kind", "reasons", "raw", "collect_run")]
 )
@@ -257,11 +250,17 @@ def typed_rows(checked: pd.DataFrame, prices: dict[str, tuple[float, float]], ct
             "feedback": checked["feedback"].astype("Int8"),
             "feedback_comment": checked["feedback_comment"].astype(object),
             "user_hash": keyed_hash(checked["user_id"], ctx.key),
-            "metadata": checked["metadata"].map(lambda m: orjson.dumps(m).decode() if isinstance(m, dict) else None),
+            "metadata": checked["metadata"].map(json_object),
             "source": checked[ORIGIN].astype(str),
             "collect_run": ctx.run,
+            "inputs": checked["inputs"].map(json_object),
         }
     ).reset_index(drop=True)
+
+
+def json_object(value: object) -> str | None:
+    """A mapping column (metadata, inputs) as stored: JSON text (redacted like any other text), else null."""
+    return orjson.dumps(value, default=str).decode() if isinstance(value, dict) else None
 
 
 def redact_columns(frame: pd.DataFrame, columns: tuple[str, ...], redactor: Redactor,

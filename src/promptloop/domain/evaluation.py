@@ -115,6 +115,9 @@ class JudgeResult(Record):
     pairwise_judged: int
     rubric_variance: float | None
     calibration: CalibrationResult
+    primary: str = "rubric (built-in)"  # or the app's primary judge file
+    guard_agreement: dict[str, CalibrationResult] = Field(
+        default_factory=dict, description="each guard judge file's agreement with people (reported, not gated)")
 
 
 class CallCounts(Record):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+import pyarrow as pa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 
@@ -29,6 +30,9 @@ class LogRecord(BaseModel):
     feedback_comment: str | None = None
     user_id: str | None = None
     metadata: dict[str, Any] | None = None
+    # What the app's prompt was filled with: its variables and `history` (the conversation so far).
+    # A failure mined from this row becomes a golden case with these inputs.
+    inputs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _output_or_error(self) -> LogRecord:
@@ -38,6 +42,17 @@ class LogRecord(BaseModel):
 
 
 LOG_FIELDS: tuple[str, ...] = tuple(LogRecord.model_fields)
+
+# The collected log dataset's columns, as collect stores them (redacted, user ids hashed, mappings as JSON).
+# Explicit: a part whose column happens to be all null must still read with the others.
+STORED_LOG_SCHEMA = pa.schema([
+    ("id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("app", pa.string()),
+    ("prompt_version", pa.string()), ("model", pa.string()), ("input", pa.string()), ("output", pa.string()),
+    ("latency_ms", pa.float64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+    ("cost_usd", pa.float64()), ("cost_source", pa.string()), ("error", pa.string()), ("feedback", pa.int8()),
+    ("feedback_comment", pa.string()), ("user_hash", pa.string()), ("metadata", pa.string()),
+    ("source", pa.string()), ("collect_run", pa.string()), ("inputs", pa.string()),
+])
 
 
 def iso(ts: datetime) -> str:

@@ -9,7 +9,8 @@ did not finish is `incomplete` and never promotes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from promptloop.core.config import GuardMargins
@@ -29,6 +30,7 @@ class PromptStats:
     format_invalid: float | None
     cost_per_1k_usd: float
     latency_p95_ms: float
+    judge_fail_rates: dict[str, float] = field(default_factory=dict)  # guard judge file -> share of fails
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,10 @@ class GuardCheck:
                 f"(baseline {self.baseline:.4g})")
 
 
-def guard_checks(base: PromptStats, cand: PromptStats, margins: GuardMargins) -> list[GuardCheck]:
-    """Absolute margins on rates, relative ones on cost and p95 latency (changes under the floor are noise)."""
+def guard_checks(base: PromptStats, cand: PromptStats, margins: GuardMargins,
+                 judge_margins: Mapping[str, float] | None = None) -> list[GuardCheck]:
+    """Absolute margins on rates (the app's guard judges' fail rates among them, each with its `max_drop`),
+    relative ones on cost and p95 latency (changes under the floor are noise)."""
     checks = [
         GuardCheck(metric, before, after, before + margin)
         for metric, before, after, margin in (
@@ -65,6 +69,10 @@ def guard_checks(base: PromptStats, cand: PromptStats, margins: GuardMargins) ->
         )
         if before is not None and after is not None
     ]
+    checks += [GuardCheck(f"judge {name} fail rate", base.judge_fail_rates[name], cand.judge_fail_rates[name],
+                          base.judge_fail_rates[name] + margin)
+               for name, margin in sorted((judge_margins or {}).items())
+               if name in base.judge_fail_rates and name in cand.judge_fail_rates]
     checks.append(GuardCheck("cost_per_1k_usd", base.cost_per_1k_usd, cand.cost_per_1k_usd,
                              base.cost_per_1k_usd * (1 + margins.cost_increase)))
     checks.append(

@@ -11,9 +11,10 @@ from promptloop.core.errors import InputError
 from promptloop.domain.golden import GoldenCase, load_golden
 from promptloop.domain.kb import Retriever, load_kb
 from promptloop.domain.prompts import PromptVersion, load_prompt
-from promptloop.evaluate.scorers import PairwiseJudge, ProxyMetrics, RubricJudge, Scorer
+from promptloop.evaluate.scorers import GuardJudge, PairwiseJudge, ProxyMetrics, RubricJudge, Scorer
 from promptloop.llm.runner import Runner
 from promptloop.quality.detectors import detectors_of
+from promptloop.quality.judge_files import JudgeFile, load_judges
 from promptloop.workspace.workspace import Workspace
 
 BASELINE = "baseline"
@@ -43,6 +44,15 @@ class EvalPlan:
     kb_ids: frozenset[str]
     top_k: int
     blocked: dict[str, str] = field(default_factory=dict)  # candidate -> why it may not be run at all
+    judges: list[JudgeFile] = field(default_factory=list)  # the app's judge files
+
+    @property
+    def guard_judges(self) -> list[JudgeFile]:
+        return [j for j in self.judges if j.role == "guard"]
+
+    def primary_judge(self, pairwise: bool) -> JudgeFile | None:
+        """The judge file that replaces the built-in rubric (or pairwise) judge, if the app has one."""
+        return next((j for j in self.judges if j.role == "primary" and (j.kind == "pairwise") == pairwise), None)
 
     @property
     def contenders(self) -> list[Contender]:
@@ -104,6 +114,7 @@ def plan_evaluation(workspace: Workspace, app: str, candidate_paths: list[Path] 
         candidates=[Contender(name, prompt, contender_model(prompt, baseline_file, settings.model), str(path))
                     for name, prompt, path in zip(candidate_names(paths), prompts, paths, strict=True)],
         retriever=Retriever(docs) if docs else None, kb_ids=frozenset(d.id for d in docs), top_k=settings.top_k,
+        judges=load_judges(workspace.path(settings.judges or Path("judges") / app)),
     )
     plan.blocked = {c.name: problem for c in plan.candidates
                     if (problem := locality_problem(workspace, app, c.model)) is not None}
@@ -135,13 +146,22 @@ def proxy_scorers(plan: EvalPlan, root: Path, params: Params) -> list[Scorer]:
 def judge_scorers(plan: EvalPlan, runner: Runner, contender: str) -> list[Scorer]:
     """The LLM judges of one contender, their calls counted under `judge:<contender>`."""
     settings = plan.settings
-    description = plan.app_settings.description
-    found: list[Scorer] = [RubricJudge(runner, settings.judge_model, settings.judge_samples, settings.judge_temperature,
-                                       settings.seed, purpose=f"judge:{contender}", description=description)]
-    if "pairwise" in plan.app_settings.scorers:
-        found.append(PairwiseJudge(runner, settings.judge_model, settings.judge_temperature, settings.seed,
-                                   purpose=f"judge:{contender}", description=description))
+    description, purpose = plan.app_settings.description, f"judge:{contender}"
+    primary, pairwise = plan.primary_judge(pairwise=False), plan.primary_judge(pairwise=True)
+    found: list[Scorer] = [RubricJudge(runner, judge_model(primary, settings), settings.judge_samples,
+                                       settings.judge_temperature, settings.seed, purpose=purpose,
+                                       description=description, file=primary)]
+    if "pairwise" in plan.app_settings.scorers or pairwise is not None:
+        found.append(PairwiseJudge(runner, judge_model(pairwise, settings), settings.judge_temperature, settings.seed,
+                                   purpose=purpose, description=description, file=pairwise))
+    found += [GuardJudge(runner, judge_model(guard, settings), guard, settings.judge_temperature, settings.seed,
+                         purpose=purpose, description=description) for guard in plan.guard_judges]
     return found
+
+
+def judge_model(judge: JudgeFile | None, settings: EvaluateSettings) -> str:
+    """A judge file's own model, else evaluate.judge_model."""
+    return judge.model if judge is not None and judge.model else settings.judge_model
 
 
 def build_scorers(plan: EvalPlan, runner: Runner, root: Path, params: Params) -> dict[str, list[Scorer]]:

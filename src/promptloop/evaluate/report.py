@@ -79,6 +79,13 @@ def judge_section(result: EvaluationResult) -> list[str]:
                      f"Cohen's kappa {kappa} ({use})")
     else:
         lines.append("- no human-labelled cases: judge-human agreement not measured")
+    if j.primary != "rubric (built-in)":
+        lines.append(f"- the primary score comes from the app's judge file `{j.primary}`")
+    for name, agreement in sorted(j.guard_agreement.items()):
+        kappa = "undefined" if agreement.kappa is None else f"{agreement.kappa:.2f}"
+        measured = (f"accuracy {_num(agreement.accuracy, '.0%')}, Cohen's kappa {kappa} on {agreement.judged} labelled "
+                    "case(s)" if agreement.judged else "no labelled case judged")
+        lines.append(f"- guard judge `{name}`: agreement with people: {measured} (reported, not gated)")
     return lines + [""]
 
 

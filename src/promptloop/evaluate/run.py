@@ -22,7 +22,7 @@ import numpy as np
 from promptloop.core.runtime import prepare_environment
 from promptloop.domain.golden import GoldenCase
 from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan, build_scorers
-from promptloop.evaluate.scorers import Answer, JudgeFailed, RubricJudge, Scorer, ScoreValue
+from promptloop.evaluate.scorers import Answer, GuardJudge, JudgeFailed, RubricJudge, Scorer, ScoreValue
 from promptloop.evaluate.targets import Request, Target, build_target
 from promptloop.llm.client import litellm_module_configured
 from promptloop.llm.runner import BudgetExceeded, CallFailed, ResponseCache, Runner, Usage
@@ -40,6 +40,7 @@ class Calibrated:
     human_pass: bool
     judge_pass: bool | None
     judge_failure: str | None = None
+    guards: dict[str, bool | None] = field(default_factory=dict)  # each guard judge file's verdict
 
 
 @dataclass
@@ -80,23 +81,30 @@ async def scored_row(scorers: list[Scorer], contender: Contender, case: GoldenCa
     return row
 
 
-async def calibrated(judge: RubricJudge, case: GoldenCase, context: str) -> Calibrated:
-    """The judge's verdict on the answer a person labelled (pass: a mean rubric score of 4 or more)."""
+async def calibrated(judge: RubricJudge, guards: list[GuardJudge], case: GoldenCase, context: str) -> Calibrated:
+    """The judges' verdicts on the answer a person labelled (rubric pass: a mean score of 4 or more)."""
     label = case.human_label
     assert label is not None
     human_pass = label.rating == "up"
+    verdicts: dict[str, bool | None] = {}
+    for guard in guards:  # each judge is calibrated on its own: one that fails here says nothing of the others
+        try:
+            verdicts[guard.name] = await guard.passed(case, label.answer, context)
+        except JudgeFailed:
+            verdicts[guard.name] = None
     try:
         mean = float(np.mean(await judge.verdicts(case, label.answer, context)))
     except JudgeFailed as exc:
-        return Calibrated(case.id, human_pass, None, str(exc))
-    return Calibrated(case.id, human_pass, mean >= 4)
+        return Calibrated(case.id, human_pass, None, str(exc), verdicts)
+    return Calibrated(case.id, human_pass, mean >= 4, guards=verdicts)
 
 
-def calibration_judge(runner: Runner, scorers: dict[str, list[Scorer]]) -> RubricJudge:
-    """The baseline's rubric judge, its calls counted under `judge:calibration`."""
+def calibration_judges(runner: Runner, scorers: dict[str, list[Scorer]]) -> tuple[RubricJudge, list[GuardJudge]]:
+    """The baseline's rubric judge and guard judges, their calls counted under `judge:calibration`."""
     judge = next(s for s in scorers[BASELINE] if isinstance(s, RubricJudge))
-    return RubricJudge(runner, judge.model, judge.samples, judge.temperature, judge.seed, purpose="judge:calibration",
-                       description=judge.description)
+    guards = [dataclasses.replace(s, purpose="judge:calibration") for s in scorers[BASELINE]
+              if isinstance(s, GuardJudge)]
+    return dataclasses.replace(judge, purpose="judge:calibration"), guards
 
 
 async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list[Scorer]], target: Target,
@@ -105,7 +113,7 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
     a spent budget stops the run (what finished is kept, and cached for the next run)."""
     run = EvalRun()
     answers: dict[tuple[str, str], asyncio.Task[Answer]] = {}
-    judge = calibration_judge(runner, scorers)
+    judge, guards = calibration_judges(runner, scorers)
     advance = on_progress or (lambda n: None)
 
     async def score(contender: Contender, case: GoldenCase) -> None:
@@ -115,11 +123,13 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
         advance(1)
 
     async def calibrate(case: GoldenCase) -> None:
-        run.calibration.append(await calibrated(judge, case, (await answers[BASELINE, case.id]).context))
+        run.calibration.append(await calibrated(judge, guards, case, (await answers[BASELINE, case.id]).context))
         advance(1)
 
     # Every model's API key before the first call: a missing one stops here, before anything is spent.
-    for model in sorted({c.model for c in plan.runnable} | {judge.model}):
+    judge_models = {model for found in scorers.values() for scorer in found
+                    if isinstance(model := getattr(scorer, "model", None), str)}
+    for model in sorted({c.model for c in plan.runnable} | judge_models):
         runner.api_keys.for_model(model)
     try:
         async with asyncio.TaskGroup() as group:
@@ -164,13 +174,14 @@ def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], sh
         max_calls=math.ceil(settings.budget_calls * share) if settings.budget_calls else None,
         processes=processes,
     )
+    target = build_target(plan.app, plan.app_settings.target, workspace.root, plan.retriever, plan.top_k)
     try:
         scorers = build_scorers(part, runner, workspace.root, workspace.params)
-        target = build_target(plan.app, plan.app_settings.target, workspace.root, plan.retriever, plan.top_k)
         cpu = time.process_time()
         run = asyncio.run(run_evaluation(part, runner, scorers, target, on_progress))
         run.cpu_s = time.process_time() - cpu
     finally:
+        target.close()
         runner.cache.close()
     run.usage = dict(runner.usage)
     return run

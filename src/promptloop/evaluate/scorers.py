@@ -26,6 +26,7 @@ from promptloop.core.text import language
 from promptloop.domain.golden import GoldenCase
 from promptloop.llm.runner import InvalidResponse, Runner
 from promptloop.quality.detectors import Detector
+from promptloop.quality.judge_files import JudgeFile, score_of
 from promptloop.quality.judges import (
     PAIRWISE_SCHEMA,
     RUBRIC_SCHEMA,
@@ -60,7 +61,8 @@ class Answer:
 class Scorer(Protocol):
     """Grades `answer` to `case`; `baseline` is the baseline prompt's answer when scoring a candidate."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores: ...
 
@@ -98,19 +100,32 @@ class RubricJudge:
     name: str = "rubric"
     description: str = ""  # what the app is for (apps.<app>.description)
 
+    file: JudgeFile | None = None  # the app's primary judge file, replacing the built-in rubric
+
     async def verdicts(self, case: GoldenCase, answer_text: str, context: str) -> list[int]:
         """k raw 1-5 scores of one answer; each sample is its own seeded (and cached) call."""
-        messages = rubric_messages(case.input, answer_text, **judge_kwargs(case, context, self.description))
+        if self.file is not None:
+            messages = self.file.messages(self.description, case.inputs, expectations_of(case), answer_text, context)
+        else:
+            messages = rubric_messages(case.input, answer_text, **judge_kwargs(case, context, self.description))
         scores = []
         for sample in range(self.samples):
             try:
                 completion = await self.runner.complete(
                     self.purpose, self.model, messages, temperature=self.temperature, seed=self.seed + sample,
-                    validate=parse_rubric, schema=RUBRIC_SCHEMA)
+                    validate=self.read, schema=None if self.file else RUBRIC_SCHEMA)
             except InvalidResponse as exc:
-                raise JudgeFailed(f"rubric judge on case {case.id}: {exc}") from exc
-            scores.append(parse_rubric(completion.text).score)
+                raise JudgeFailed(f"{self.label} judge on case {case.id}: {exc}") from exc
+            scores.append(self.read(completion.text))
         return scores
+
+    def read(self, text: str) -> int:
+        """The 1-5 score of a verdict; MalformedVerdict (a ValueError) when the reply holds none."""
+        return score_of(self.file.verdict(text)) if self.file else parse_rubric(text).score
+
+    @property
+    def label(self) -> str:
+        return self.file.name if self.file else "rubric"
 
     async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores:
         raw = await self.verdicts(case, answer.text, answer.context)
@@ -131,8 +146,14 @@ class PairwiseJudge:
     name: str = "pairwise"
     description: str = ""
 
+    file: JudgeFile | None = None  # the app's primary pairwise judge file, replacing the built-in one
+
     async def _winner(self, case: GoldenCase, first: str, second: str, context: str) -> str:
-        messages = pairwise_messages(case.input, first, second, **judge_kwargs(case, context, self.description))
+        if self.file is not None:
+            messages = self.file.messages(self.description, case.inputs, expectations_of(case), (first, second),
+                                          context)
+        else:
+            messages = pairwise_messages(case.input, first, second, **judge_kwargs(case, context, self.description))
         try:
             completion = await self.runner.complete(
                 self.purpose,
@@ -141,10 +162,10 @@ class PairwiseJudge:
                 temperature=self.temperature,
                 seed=self.seed,
                 validate=parse_pairwise,
-                schema=PAIRWISE_SCHEMA,
+                schema=None if self.file else PAIRWISE_SCHEMA,
             )
         except InvalidResponse as exc:
-            raise JudgeFailed(f"pairwise judge on case {case.id}: {exc}") from exc
+            raise JudgeFailed(f"{self.file.name if self.file else 'pairwise'} judge on case {case.id}: {exc}") from exc
         return parse_pairwise(completion.text)
 
     async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores:
@@ -159,6 +180,43 @@ class PairwiseJudge:
         outcome_2 = {"A": 0.0, "B": 1.0, "tie": 0.5}[baseline_first]
         consistent = outcome_1 == outcome_2
         return {"pairwise_score": outcome_1 if consistent else 0.5, "pairwise_consistent": consistent}
+
+
+def expectations_of(case: GoldenCase) -> dict[str, object]:
+    """The case's expectations a judge file is shown: the ones set, MLflow's names and the app's own."""
+    return case.expectations.model_dump(exclude_defaults=True)
+
+
+@dataclass
+class GuardJudge:
+    """A guard judge file: did the answer pass? (`guard_<name>_passed`); the gate holds a candidate whose
+    pass rate falls more than the file's `max_drop` below the baseline's."""
+
+    runner: Runner
+    model: str
+    file: JudgeFile
+    temperature: float = 0.0
+    seed: int = 0
+    purpose: str = "judge"
+    description: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    async def passed(self, case: GoldenCase, answer_text: str, context: str) -> bool:
+        """The judge's verdict on one answer (a judge failure raises JudgeFailed)."""
+        messages = self.file.messages(self.description, case.inputs, expectations_of(case), answer_text, context)
+        try:
+            completion = await self.runner.complete(self.purpose, self.model, messages, temperature=self.temperature,
+                                                    seed=self.seed, validate=self.file.verdict)
+        except InvalidResponse as exc:
+            raise JudgeFailed(f"{self.file.name} judge on case {case.id}: {exc}") from exc
+        verdict = self.file.verdict(completion.text)
+        return bool(verdict.passed)
+
+    async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores:
+        return {self.file.column: await self.passed(case, answer.text, answer.context)}
 
 
 @dataclass

@@ -36,6 +36,7 @@ def plan_roles(plan: EvalPlan) -> dict[str, str]:
     """role -> model of every model the evaluation calls (blocked candidates are never called)."""
     roles = {"app": plan.baseline.model, "judge": plan.settings.judge_model}
     roles |= {f"candidate {c.name}": c.model for c in plan.runnable if c is not plan.baseline}
+    roles |= {f"judge {j.name}": j.model for j in plan.judges if j.model}
     return roles
 
 

@@ -57,7 +57,19 @@ def prompt_stats(frame: pd.DataFrame) -> PromptStats:
         format_invalid=None if format_valid is None else 1 - format_valid,
         cost_per_1k_usd=float(frame["cost_usd"].mean() * 1000) if len(frame) else 0.0,
         latency_p95_ms=float(np.percentile(frame["latency_ms"], 95)) if len(frame) else 0.0,
+        judge_fail_rates={name: 1 - rate for name, rate in guard_pass_rates(frame).items()},
     )
+
+
+def guard_pass_rates(frame: pd.DataFrame) -> dict[str, float]:
+    """Guard judge file name -> share of the judged answers it passed (columns `guard_<name>_passed`)."""
+    rates = {}
+    for column in frame.columns:
+        if column.startswith("guard_") and column.endswith("_passed"):
+            rate = _rate(frame, column)
+            if rate is not None:
+                rates[column.removeprefix("guard_").removesuffix("_passed")] = rate
+    return rates
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,20 @@ def calibration(records: list[Calibrated], settings: EvaluateSettings) -> Calibr
     problem = calibration_problem(found, use_kappa, smaller_class, settings) if applied else None
     return Calibration(len(records), len(judged), found.accuracy, found.kappa, applied, problem,
                        "kappa" if use_kappa else "accuracy")
+
+
+def guard_agreement(records: list[Calibrated], guards: list[str]) -> dict[str, CalibrationResult]:
+    """Each guard judge's agreement with people on the labelled answers: reported, never gated on
+    (a guard compares a candidate with the baseline; its calibration tells how far to trust that)."""
+    found = {}
+    for name in guards:
+        judged = [(r.human_pass, r.guards[name]) for r in records if r.guards.get(name) is not None]
+        agreement = stats.agreement([h for h, _ in judged], [bool(j) for _, j in judged]) if judged else None
+        found[name] = CalibrationResult(labelled=len(records), judged=len(judged),
+                                        accuracy=agreement.accuracy if agreement else None,
+                                        kappa=agreement.kappa if agreement else None, applied=False,
+                                        decided_by="accuracy", problem=None)
+    return found
 
 
 def calibration_problem(found: stats.Agreement, use_kappa: bool, smaller_class: int,
@@ -281,7 +307,8 @@ def evidence_for(base: BaselineEvidence, contender: Contender, frame: pd.DataFra
     cand_stats = prompt_stats(frame) if len(frame) else None
     paired = comparison.paired if comparison else None
     guards: list[GuardCheck] = (
-        guard_checks(base.stats, cand_stats, plan.settings.guards) if base.stats and cand_stats else []
+        guard_checks(base.stats, cand_stats, plan.settings.guards, {j.name: j.max_drop for j in plan.guard_judges})
+        if base.stats and cand_stats else []
     )
     evidence = Evidence(
         incomplete=sorted(set(base.problems) | set(incomplete_reasons(frame, base.n_cases, base.stopped))),
@@ -383,7 +410,10 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
         app=plan.app, cases=len(plan.cases), cases_decided=len(decided), cases_optimize=len(seen),
         complete=not base.problems and all(c.decision != "incomplete" for c in candidates), stopped=run.stopped,
         baseline=baseline_result(plan.baseline, base.stats, base.problems), candidates=candidates,
-        judge=judge_result(frame, settings, base.judge),
+        judge=judge_result(frame, settings, base.judge).model_copy(update={
+            "primary": next((j.name for j in plan.judges if j.role == "primary" and j.kind != "pairwise"),
+                            "rubric (built-in)"),
+            "guard_agreement": guard_agreement(run.calibration, [j.name for j in plan.guard_judges])}),
         judge_failures=int(frame["judge_failure"].notna().sum()) if len(frame) else 0,
         mde=golden_set_mde(base_frame, settings),
     )

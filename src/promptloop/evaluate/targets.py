@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +52,9 @@ class Target(Protocol):
 
     async def answer(self, runner: Runner, request: Request) -> Answer: ...
 
+    def close(self) -> None:
+        """Release what the target holds (threads) once the run is over."""
+
 
 def answer_of(text: str, context: str, completions: list[Completion], retrieved: tuple[str, ...] = (),
               latency_ms: float | None = None, extra: Mapping[str, object] | None = None) -> Answer:
@@ -67,6 +71,9 @@ class TemplateTarget:
 
     retriever: Retriever | None = None
     top_k: int = 3
+
+    def close(self) -> None:
+        pass
 
     async def answer(self, runner: Runner, request: Request) -> Answer:
         app = App("", request.prompt, request.model, self.retriever, self.top_k)
@@ -161,6 +168,20 @@ class PythonTarget:
 
     spec: str
     function: Callable[..., Any]
+    threads: int = 32  # sync functions run at once (each mostly waits for its model calls)
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _threads(self) -> ThreadPoolExecutor:
+        """The target's own threads: a sync function blocks its thread until its model calls return, and
+        litellm runs part of each call on the loop's default executor, which blocked functions must not fill."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="promptloop-target")
+        return self._pool
 
     async def answer(self, runner: Runner, request: Request) -> Answer:
         inputs = as_inputs(request.case.inputs)
@@ -170,7 +191,8 @@ class PythonTarget:
         if inspect.iscoroutinefunction(self.function):
             result = await self.function(prompt, dict(inputs))
         else:
-            result = await asyncio.to_thread(self.function, prompt, dict(inputs))
+            result = await asyncio.get_running_loop().run_in_executor(self._threads(), self.function, prompt,
+                                                                      dict(inputs))
         took_ms = (time.perf_counter() - started) * 1000
         text, context, retrieved, extra = target_result(result, self.spec)
         # Latency: the model calls' own when they were answered (cached calls keep the time they took).
@@ -191,6 +213,9 @@ class HttpTarget:
     """`http(s)://...`: the app's own endpoint answers; promptloop sends the rendered prompt and the inputs."""
 
     url: str
+
+    def close(self) -> None:
+        pass
 
     async def answer(self, runner: Runner, request: Request) -> Answer:
         prompt = request.prompt

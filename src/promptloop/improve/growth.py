@@ -175,6 +175,8 @@ def grow(failures: pd.DataFrame, clusters: list[ClusterResult], existing: list[G
     growth.pii_redacted = int((cleaned != rows["input"]).sum())
     rows["input"] = cleaned
     rows["output"] = rows["output"].map(lambda t: redact(t) if isinstance(t, str) else t)
+    if "inputs" in rows:  # the logged inputs (JSON text): redacted again for the same reason
+        rows["inputs"] = rows["inputs"].map(lambda t: redact(t) if isinstance(t, str) else t)
 
     # A cluster's quota counts its members already in the set (from an earlier run on the same logs).
     sources = {c.source for c in existing}

@@ -1,0 +1,207 @@
+"""An app promptloop did not design: made with `new-app`, its own variables, a conversation, its own
+code as a `python:` target (written outside the project) or its own HTTP endpoint, its own judge
+files; evaluated to a decision with every model call through the runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import git
+import pytest
+
+from promptloop.core.errors import InputError
+from promptloop.domain.golden import load_golden
+from promptloop.evaluate.stage import evaluate
+from promptloop.ops.golden_import import import_golden
+from promptloop.ops.initialize import init_workspace
+from promptloop.ops.new_app import new_app
+from promptloop.workspace.workspace import Workspace, open_workspace
+
+PROMPT = """\
+app: concierge
+version: 1
+model: offline/support-bot
+parameters: {temperature: 0.2, max_tokens: 300}
+changelog: first
+messages:
+  - role: system
+    content: |
+      You are the concierge of a hotel. The guest is a {{ customer_tier }} member.
+  - role: user
+    content: "{{ question }}"
+"""
+BETTER = PROMPT.replace("version: 1", "version: 2\nparent: 1").replace("changelog: first", "changelog: better")
+BETTER = BETTER.replace(
+    "member.\n", "member.\n      Always answer in the same language as the customer's question.\n"
+    "      Never guess: if you do not know, reply that you are not sure.\n")
+CSV = """\
+question,inputs.customer_tier,expected_response,guidelines,lang,split
+Can I check out at 2 pm?,gold,Gold members may check out at 2 pm.,mentions 2 pm|is polite,en,holdout
+レイトチェックアウトはできますか？,silver,シルバー会員は13時までです。,answers in Japanese,ja,holdout
+Is breakfast included?,gold,Breakfast is included for gold members.,,en,optimize
+Can I check out at 2 pm?,gold,duplicate of the first row,,en,holdout
+"""
+CONVERSATION = {"id": "conv-1", "inputs": {"question": "And can I keep the room until then?", "customer_tier": "gold",
+                                          "history": [{"role": "user", "content": "I arrive at 11 pm."},
+                                                      {"role": "assistant", "content": "We will keep your room."}]},
+                "expectations": {"guidelines": ["answers about keeping the room"]}, "lang": "en"}
+# The app's own code, outside the project: two model calls per case, through promptloop's runner.
+APP_CODE = '''
+def answer(prompt, inputs):
+    draft = prompt.complete()
+    checked = prompt.complete([{"role": "system", "content": "Check this reply."},
+                               {"role": "user", "content": draft}], temperature=0)
+    return {"output": f"[{inputs['customer_tier']}] {draft}", "context": "", "checked": checked}
+'''
+
+
+def make_app(root: Path, name: str, target: str, outside: Path) -> Workspace:
+    """A workspace with app `name` made by `new-app`, given its prompt, cases, a candidate and a judge."""
+    init_workspace(root)
+    new_app(root, name, target=target, description="the concierge of a hotel")
+    (root / "prompts" / name / "prompt.yaml").write_text(PROMPT.replace("concierge", name, 1), encoding="utf-8")
+    candidates = root / "prompts" / name / "candidates"
+    candidates.mkdir()
+    (candidates / "better.yaml").write_text(BETTER.replace("concierge", name, 1), encoding="utf-8")
+    golden = root / "datasets" / name / "golden.jsonl"
+    golden.write_text(json.dumps(CONVERSATION) + "\n", encoding="utf-8")  # the examples replaced
+    (outside / "cases.csv").write_text(CSV, encoding="utf-8")
+    repo = git.Repo(root)
+    repo.git.add(A=True)
+    repo.index.commit("the concierge app")
+    workspace = open_workspace(root)
+    imported = import_golden(workspace, name, str(outside / "cases.csv"))
+    assert (imported.read, imported.added, imported.duplicates) == (4, 3, 1)
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder outside every workspace holding the app's own code, importable as `hotel_app`."""
+    folder = tmp_path_factory.mktemp("outside")
+    (folder / "hotel_app.py").write_text(APP_CODE, encoding="utf-8")
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+
+
+def test_a_new_python_app_is_evaluated_to_a_decision_with_every_call_through_the_runner(
+        tmp_path: Path, outside: Path) -> None:
+    workspace = make_app(tmp_path / "ws", "concierge", "python:hotel_app:answer", outside)
+    cases = load_golden(workspace.path(workspace.app_settings("concierge").golden_set))
+    assert [c.id for c in cases][0] == "conv-1" and {c.lang for c in cases} == {"en", "ja"}
+    first = evaluate(workspace, "concierge")
+    assert first.complete, first.candidates[0].reasons
+    [better] = first.candidates
+    assert better.decision in ("promote", "hold") and (first.cases, first.baseline.n) == (4, 3)  # 1 optimize case
+    app_calls = first.usage.by_purpose["app:baseline"]
+    # Two model calls per case, made by the app's code through the runner (identical requests: one paid call).
+    assert app_calls.calls + app_calls.cache_hits == 2 * 4 and app_calls.calls > 0
+    assert "helpful" in first.judge.guard_agreement
+    assert any(g.metric == "judge helpful fail rate" for g in better.guards)
+    again = evaluate(workspace, "concierge")
+    assert again.usage.calls == 0 and again.usage.cache_hits > 0
+    assert [c.decision for c in again.candidates] == [better.decision]
+
+
+class HotelHandler(BaseHTTPRequestHandler):
+    """An app in another language, as far as promptloop knows: it answers from the rendered prompt."""
+
+    requests: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        HotelHandler.requests.append(body)
+        messages = body["prompt"]["messages"]
+        guarded = "not sure" in messages[0]["content"]
+        reply = {"output": ("I'm not sure. " if guarded else "") + f"Dear {body['inputs']['customer_tier']} guest, "
+                           f"about '{messages[-1]['content']}': yes.", "context": "hotel rules"}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hotel_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HotelHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/answer"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_http_app_on_loopback_is_evaluated_to_a_decision_and_replayed_from_the_cache(
+        tmp_path: Path, outside: Path, hotel_server: str) -> None:
+    HotelHandler.requests.clear()
+    workspace = make_app(tmp_path / "ws", "hotel", hotel_server, outside)
+    first = evaluate(workspace, "hotel")
+    assert first.complete and first.candidates[0].decision in ("promote", "hold")
+    assert len(HotelHandler.requests) == 2 * 4 and first.usage.by_purpose["app:baseline"].calls == 4
+    sent = next(r for r in HotelHandler.requests if r["inputs"].get("history"))
+    assert [m["role"] for m in sent["prompt"]["messages"]] == ["system", "user", "assistant", "user"]
+    assert sent["prompt"]["model"] == "offline/support-bot" and sent["prompt"]["parameters"]["seed"] == 0
+    again = evaluate(workspace, "hotel")
+    assert again.usage.calls == 0 and len(HotelHandler.requests) == 2 * 4
+
+
+def test_new_app_refuses_what_would_overwrite_or_not_load(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    init_workspace(root)
+    with pytest.raises(InputError, match="apps.support-bot: app 'support-bot' exists already"):
+        new_app(root, "support-bot")
+    with pytest.raises(InputError, match=r"apps\.x\.target: .*expected template, python:"):
+        new_app(root, "x", target="ruby:app")
+    created = new_app(root, "notes", target="python:notes_app:answer")
+    assert git.Repo(root).is_dirty(untracked_files=True) is False  # committed, golden set tracked by DVC
+    assert (root / "datasets" / "notes" / "golden.jsonl.dvc").is_file()
+    assert any("notes_app:answer(prompt, inputs)" in step for step in created.next_steps)
+    params = (root / "params.yaml").read_text(encoding="utf-8")
+    assert "# promptloop configuration" in params and "notes:" in params  # comments kept
+    assert len(load_golden(root / "datasets" / "notes" / "golden.jsonl")) == 3
+
+
+def test_an_invalid_import_row_names_its_line_and_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    init_workspace(root)
+    golden = root / "datasets" / "support-bot" / "golden.jsonl"
+    before = golden.read_bytes()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,severity\nfine question,high\nsecond,urgent\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad\.csv: line 3\.severity"):
+        import_golden(open_workspace(root), "support-bot", str(bad))
+    assert golden.read_bytes() == before
+
+
+def test_new_app_and_golden_import_from_the_command_line(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    init_workspace(root)
+    cli = [str(Path(sys.executable).parent / "promptloop")]
+    made = subprocess.run([*cli, "new-app", "triage", "-w", str(root), "--description", "routes tickets"],
+                          capture_output=True, text=True, check=False)
+    assert made.returncode == 0, made.stderr
+    assert "Next steps:" in made.stdout and "golden import" in made.stdout
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(textwrap.dedent("""\
+        {"id": "t1", "inputs": {"question": "My invoice is wrong"}, "expectations": {"expected_facts": ["billing"]}}
+        {"id": "t2", "input": "App crashes on start", "reference": "Routed to the bug team.", "slice": "bugs"}
+        """), encoding="utf-8")
+    imported = subprocess.run([*cli, "golden", "import", str(cases), "--app", "triage", "-w", str(root), "--json"],
+                              capture_output=True, text=True, check=False)
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["added"] == 2
+    assert len(load_golden(root / "datasets" / "triage" / "golden.jsonl")) == 5
