@@ -70,13 +70,14 @@ def test_golden_set_has_english_and_japanese_cases_split_and_labelled() -> None:
         assert set(case.inputs) == {"ticket", "customer_tier", "product"}
         assert language(case.inputs["ticket"]) == case.lang, case.id
         extra = case.expectations.model_extra or {}
-        assert f"category is {extra['category']}" in case.criteria and f"priority is {extra['priority']}" in case.criteria
+        assert {f"category is {extra['category']}", f"priority is {extra['priority']}"} <= set(case.criteria)
 
 
 def test_prompt_v1_uses_the_ticket_variables_and_names_the_schema() -> None:
     prompt = load_prompt(PROMPT)
     assert prompt.variables == {"ticket", "customer_tier", "product"}
-    assert prompt.response_format is not None and prompt.response_format["required"] == ["category", "priority", "reply"]
+    assert prompt.response_format is not None
+    assert prompt.response_format["required"] == ["category", "priority", "reply"]
 
 
 def test_the_app_makes_two_calls_the_second_given_the_first_classification() -> None:
@@ -121,9 +122,9 @@ def test_japanese_is_told_apart_and_split_into_terms() -> None:
     assert "ダウ" in terms(OUTAGE_JA) and "api" in terms(OUTAGE_JA)
 
 
-GOOD = json.dumps({"category": "bug", "priority": "high", "reply": "緊急の案件として対応しています。"}, ensure_ascii=False)
-WRONG_CATEGORY = json.dumps({"category": "account", "priority": "high", "reply": "緊急の案件として対応しています。"},
-                            ensure_ascii=False)
+URGENT_JA = "緊急の案件として対応しています。"
+GOOD = json.dumps({"category": "bug", "priority": "high", "reply": URGENT_JA}, ensure_ascii=False)
+WRONG_CATEGORY = json.dumps({"category": "account", "priority": "high", "reply": URGENT_JA}, ensure_ascii=False)
 ENGLISH = json.dumps({"category": "bug", "priority": "high", "reply": "We are on it."})
 INPUTS = {"ticket": OUTAGE_JA, "customer_tier": "enterprise", "product": "api"}
 EXPECTATIONS = {"category": "bug", "priority": "high", "guidelines": ["category is bug", "priority is high"]}

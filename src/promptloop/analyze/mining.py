@@ -160,7 +160,7 @@ def split_by_text(texts: list[str], k: int, seed: int, fit_sample: int) -> list[
 
 
 def _words(text: str) -> list[str]:
-    words = []
+    words: list[str] = []
     for word in _WORD.findall(text.lower()):
         if _JAPANESE.match(word):  # no spaces between Japanese words: its runs are phrases, split into bigrams
             words.extend(word[i : i + 2] for i in range(len(word) - 1))
