@@ -31,6 +31,7 @@ KIND_SEVERITY: dict[str, float] = {
 KINDS = tuple(KIND_SEVERITY)
 _WORD = re.compile(r"[0-9a-z]+|[\uac00-\ud7a3]+|[\u3040-\u30ff\u4e00-\u9fff]+")
 _JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+_HIRAGANA_ONLY = re.compile(r"^[\u3040-\u309f]+$")  # particles and endings (です, って): no topic in them
 
 
 def failure_kinds(frame: pd.DataFrame) -> pd.DataFrame:
@@ -163,7 +164,8 @@ def _words(text: str) -> list[str]:
     words: list[str] = []
     for word in _WORD.findall(text.lower()):
         if _JAPANESE.match(word):  # no spaces between Japanese words: its runs are phrases, split into bigrams
-            words.extend(word[i : i + 2] for i in range(len(word) - 1))
+            bigrams = (word[i : i + 2] for i in range(len(word) - 1))
+            words.extend(b for b in bigrams if not _HIRAGANA_ONLY.match(b))
         elif word not in STOPWORDS and len(word) > 1 and not word.isdigit():
             words.append(word)
     return words
