@@ -235,3 +235,26 @@ def test_an_mlflow_evaluation_dataset_becomes_golden_cases(tmp_path: Path) -> No
     assert cases[-2].criteria == ["names the menu"] and cases[-2].source == "mlflow:regressions"
     with pytest.raises(InputError, match="no MLflow evaluation dataset named 'missing'"):
         import_golden(workspace, "support-bot", "mlflow:missing")
+
+
+def test_a_messages_prompt_goes_into_mlflows_registry_and_comes_back_the_same(tmp_path: Path) -> None:
+    from mlflow.entities.model_registry import PromptVersion as MlflowPromptVersion
+
+    from promptloop.domain.prompts import PromptVersion
+    from promptloop.workspace import registry
+    from promptloop.workspace.tracking import tracking_client
+
+    prompt = PromptVersion.model_validate({
+        "app": "concierge", "version": 3, "parent": 2, "model": "offline/support-bot", "changelog": "tiers",
+        "parameters": {"temperature": 0.1}, "response_format": {"type": "object", "properties": {}},
+        "messages": [{"role": "system", "content": "Guest tier: {{ customer_tier }}."},
+                     {"role": "user", "content": "{{question}}"}]})
+    client = tracking_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    version = registry.register(client, "concierge", prompt)
+    entity = client.get_prompt_version("concierge", version)
+    rebuilt = registry.prompt_from_version("concierge", entity)
+    assert rebuilt.content_hash == prompt.content_hash and rebuilt.messages == prompt.messages
+    inputs = {"customer_tier": "gold", "question": "Late checkout?"}
+    assert MlflowPromptVersion(name="concierge", version=version, template=entity.template).format(**inputs) == \
+        prompt.render(inputs)
+    assert registry.register(client, "concierge", prompt) == version  # the same content is registered once
