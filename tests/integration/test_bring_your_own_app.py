@@ -205,3 +205,56 @@ def test_new_app_and_golden_import_from_the_command_line(tmp_path: Path) -> None
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["added"] == 2
     assert len(load_golden(root / "datasets" / "triage" / "golden.jsonl")) == 5
+
+
+def test_an_mlflow_evaluation_dataset_becomes_golden_cases(tmp_path: Path) -> None:
+    import mlflow
+    from mlflow.genai.datasets import create_dataset
+
+    root = tmp_path / "ws"
+    init_workspace(root)
+    workspace = open_workspace(root)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(workspace.tracking_uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(workspace.experiment_name("support-bot"))
+        assert experiment is not None
+        dataset = create_dataset(name="regressions", experiment_id=experiment.experiment_id)
+        dataset.merge_records([
+            {"inputs": {"question": "Can I export my notes to PDF?"},
+             "expectations": {"expected_response": "Yes, from the Share menu.", "guidelines": ["names the menu"]}},
+            {"inputs": {"question": "Is there a dark mode?"}, "expectations": {"expected_facts": ["Settings"]}},
+        ])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    before = len(load_golden(workspace.path(workspace.app_settings("support-bot").golden_set)))
+    result = import_golden(workspace, "support-bot", "mlflow:regressions")
+    assert (result.read, result.added) == (2, 2) and git.Repo(root).is_dirty() is False
+    cases = load_golden(workspace.path(workspace.app_settings("support-bot").golden_set))
+    assert len(cases) == before + 2
+    assert cases[-2].criteria == ["names the menu"] and cases[-2].source == "mlflow:regressions"
+    with pytest.raises(InputError, match="no MLflow evaluation dataset named 'missing'"):
+        import_golden(workspace, "support-bot", "mlflow:missing")
+
+
+def test_a_messages_prompt_goes_into_mlflows_registry_and_comes_back_the_same(tmp_path: Path) -> None:
+    from mlflow.entities.model_registry import PromptVersion as MlflowPromptVersion
+
+    from promptloop.domain.prompts import PromptVersion
+    from promptloop.workspace import registry
+    from promptloop.workspace.tracking import tracking_client
+
+    prompt = PromptVersion.model_validate({
+        "app": "concierge", "version": 3, "parent": 2, "model": "offline/support-bot", "changelog": "tiers",
+        "parameters": {"temperature": 0.1}, "response_format": {"type": "object", "properties": {}},
+        "messages": [{"role": "system", "content": "Guest tier: {{ customer_tier }}."},
+                     {"role": "user", "content": "{{question}}"}]})
+    client = tracking_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    version = registry.register(client, "concierge", prompt)
+    entity = client.get_prompt_version("concierge", version)
+    rebuilt = registry.prompt_from_version("concierge", entity)
+    assert rebuilt.content_hash == prompt.content_hash and rebuilt.messages == prompt.messages
+    inputs = {"customer_tier": "gold", "question": "Late checkout?"}
+    assert MlflowPromptVersion(name="concierge", version=version, template=entity.template).format(**inputs) == \
+        prompt.render(inputs)
+    assert registry.register(client, "concierge", prompt) == version  # the same content is registered once
