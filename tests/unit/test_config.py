@@ -19,7 +19,9 @@ def sample_params() -> dict:
 
 def test_sample_params_validate_with_one_section_per_stage() -> None:
     params = load_params(REPO / "params.yaml")
-    assert set(params.apps) == {"support-bot"}
+    assert set(params.apps) == {"support-bot", "triage-bot"}
+    assert params.apps["triage-bot"].target == "python:apps.triage_bot:answer"
+    assert params.demo.more_apps == ["triage-bot"]
     assert params.apps["support-bot"].model is None  # the prompt file names the model
     assert params.llm.license_of("offline/open-bot") == "permissive"
     assert params.llm.license_of("ollama/llama3.1:8b") == "restrictive"  # a glob
@@ -100,7 +102,7 @@ def test_missing_file_says_how_to_get_one(tmp_path: Path) -> None:
 
 def test_unknown_app_lists_the_known_ones() -> None:
     params = load_params(REPO / "params.yaml")
-    with pytest.raises(InputError, match=r"unknown app 'nope' \(known: support-bot\)"):
+    with pytest.raises(InputError, match=r"unknown app 'nope' \(known: support-bot, triage-bot\)"):
         params.app("nope")
 
 

@@ -135,8 +135,8 @@ async def simulate_ticket(litellm: litellm_module, app_name: str, prompt: Prompt
         "timestamp": iso(started + step * index + timedelta(seconds=rng.random() * step.total_seconds())),
         "app": app_name, "prompt_version": str(prompt.version), "model": model, "input": sample.text,
         "feedback": None, "feedback_comment": None, "user_id": f"agent-{rng.randrange(25):02d}",
-        "metadata": {"channel": rng.choice(("email", "chat", "web form")), "customer_tier": inputs["customer_tier"],
-                     "product": inputs["product"]},
+        "metadata": {"channel": rng.choice(("email", "chat", "web form"))},
+        "inputs": inputs,  # what the prompt was filled with: a case mined from this row replays them
     }
     live = LivePrompt(prompt, model, inputs, litellm, asyncio.get_running_loop(), timeout_s, api_key,
                       {"temperature": demo.temperature, "seed": demo.seed * 1_000_003 + index,
