@@ -125,7 +125,9 @@ def answer(messages: list[dict[str, str]], temperature: float, rng: random.Rando
     docs = parse_context(system + "\n" + user)
     question = re.sub(r"<doc [^>]*>.*?</doc>", " ", user, flags=re.DOTALL).strip()
     features = read_features(system)
-    reply_lang = language(question) if features.matches_language else "en"
+    asked_in = language(question)
+    # It speaks the languages of its documentation (English, Korean); any other question gets English.
+    reply_lang = asked_in if features.matches_language and asked_in in TEXTS else "en"
     texts = TEXTS[reply_lang]
 
     if _INJECTION.search(question):
