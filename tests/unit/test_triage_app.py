@@ -186,3 +186,19 @@ def test_the_simulated_optimizer_fixes_triage_failures_from_agents_comments() ->
     for name in ("matches_language", "outages_high", "money_is_billing", "json_keys"):
         assert any(getattr(f, name) for f in fixed), name
     assert any(f == triage.TriageFeatures(True, True, True, True) for f in fixed)
+
+
+def test_the_simulated_judge_grades_a_plain_answer_for_a_judge_file_as_the_rubric_does() -> None:
+    from promptloop.quality.judge_files import JudgeFile
+
+    judge = JudgeFile(name="facts", kind="pass_fail",
+                      instructions="Does {{ outputs }} state the facts in {{ expectations }}?")
+    inputs = {"question": "How long is the refund window?"}
+    expectations = {"expected_facts": ["within 14 days"]}
+
+    def passed(answer: str) -> bool | None:
+        messages = judge.messages("", inputs, expectations, answer)
+        return judge.verdict(verdict(messages, 0.0, random.Random(0))).passed
+
+    assert passed("Refunds are possible within 14 days of the charge.") is True
+    assert passed("Please contact our support team.") is False
