@@ -180,7 +180,8 @@ def test_frame_read_back_from_collect_parquet(tmp_path, pandas_metadata):
 
     frame = four_rows()
     stored = frame.drop(columns=["refusal", "toxic", "injection"]).assign(
-        cost_source="litellm", feedback_comment=None, user_hash="u", metadata="{}", source="s", collect_run="run")
+        cost_source="litellm", feedback_comment=None, user_hash="u", metadata="{}", source="s", collect_run="run",
+        inputs=None)
     table = pa.Table.from_pandas(stored[LOG_SCHEMA.names], schema=LOG_SCHEMA, preserve_index=False)
     pq.write_table(table if pandas_metadata else table.replace_schema_metadata(None), tmp_path / "p.parquet")
     read = pq.read_table(tmp_path / "p.parquet").to_pandas()
