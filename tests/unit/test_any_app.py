@@ -187,5 +187,6 @@ def test_a_mined_failure_becomes_a_case_with_the_logged_inputs_and_conversation(
     assert case.inputs == {"question": "Can I check out late?", "customer_tier": "gold",
                            "history": [{"role": "user", "content": "I booked room 12."}]}
     assert case.history and case.human_label is not None and case.human_label.rating == "down"
+    assert case.criteria == ["does what the request asks"]  # no knowledge base: no "cites the source"
     unlogged = draft_case(row.drop("inputs"), cluster, "optimize", None, ImproveSettings(), is_injection=False)
     assert unlogged.inputs == {"question": "Can I check out late?"}
