@@ -32,7 +32,7 @@ def test_init_json_is_one_object_on_stdout(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip().splitlines()) == 1
     created = json.loads(result.stdout)
-    assert created["workspace"] == str(tmp_path / "ws") and created["apps"] == ["support-bot"]
+    assert created["workspace"] == str(tmp_path / "ws") and created["apps"] == ["support-bot", "triage-bot"]
 
 
 def test_bad_input_exits_2_with_one_line_naming_the_folder(tmp_path: Path) -> None:
