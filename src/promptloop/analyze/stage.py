@@ -116,7 +116,9 @@ def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series,
         return pd.Series(np.nan, index=frame.index), None
     preflight(plan.workspace, plan.app, {"online judge": settings.judge_model}, budget_usd=settings.judge_budget_usd)
     sample = answered.sample(n=min(settings.judge_sample, len(answered)), random_state=settings.seed)
-    runner = plan.workspace.open_runner(max_usd=settings.judge_budget_usd, max_calls=settings.judge_sample)
+    # The sample bounds the answers judged; the budget is in dollars. A cap on calls would count retries
+    # and repair turns too, so a provider's 429s would leave some rows unjudged, which ones by timing.
+    runner = plan.workspace.open_runner(max_usd=settings.judge_budget_usd, max_calls=None)
     try:
         description = plan.workspace.app_settings(plan.app).description
         run = asyncio.run(judge_sample(runner, settings.judge_model, sample, settings.seed, description))
