@@ -209,8 +209,9 @@ def grow(failures: pd.DataFrame, clusters: list[ClusterResult], existing: list[G
 
 
 def append_cases(path: Path, cases: list[GoldenCase]) -> None:
-    """Add cases to a golden set file (one JSON object per line, unset fields left out), in one rename."""
-    text = path.read_text(encoding="utf-8")
+    """Add cases to a golden set file (one JSON object per line, unset fields left out), in one rename;
+    a missing file is created."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
     if text and not text.endswith("\n"):
         text += "\n"
     added = "".join(json.dumps(case.model_dump(exclude_defaults=True), ensure_ascii=False) + "\n" for case in cases)

@@ -24,9 +24,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from promptloop.core.errors import InputError, input_error_from_validation
-from promptloop.core.files import write_atomic
 from promptloop.core.jsonl import read_jsonl
 from promptloop.domain.golden import GoldenCase, load_golden
+from promptloop.improve.growth import append_cases
 from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push
 from promptloop.workspace.workspace import Workspace
 
@@ -143,11 +143,7 @@ def import_golden(workspace: Workspace, app: str, source: str) -> ImportResult:
         added.append(case)
     dvc_file = Path(f"{golden}.dvc")
     with dataset_change(workspace.root, [golden, dvc_file], f"golden import into {app}"):
-        text = golden.read_text(encoding="utf-8") if golden.is_file() else ""
-        if text and not text.endswith("\n"):
-            text += "\n"
-        lines = "".join(json.dumps(c.model_dump(exclude_defaults=True), ensure_ascii=False) + "\n" for c in added)
-        write_atomic(golden, text + lines)
+        append_cases(golden, added)
         md5 = dvc_add_and_push(workspace.root, [golden])[str(golden.relative_to(workspace.root))]
         commit = commit_paths(workspace.root, [dvc_file], f"golden import: {len(added)} case(s) into {app} from "
                                                           f"{Path(source).name}")
