@@ -138,7 +138,7 @@ def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, 
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {"watermarks": {}}
     now = now or datetime.now(UTC)
     plan = CollectPlan(workspace, app, settings, sources, state, f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", now)
-    prepare_trace_sources(plan)
+    prepare_trace_sources(sources, workspace, app, settings)
     return plan
 
 
@@ -460,7 +460,9 @@ def collect(workspace: Workspace, app: str, source_uri: str | None = None, now: 
     with dataset_change(workspace.root, versioned_paths(plan), f"collect {app} (run {plan.run})"):
         for index in range(len(plan.sources)):
             totals.add(collect_source(plan, index, ctx, on_batch))
-        late = collect_late_feedback(plan, ctx.redactor)
+        late = collect_late_feedback(plan.sources, plan.state["watermarks"], plan.now,
+                                     workspace.params.collect.feedback_lookback_days, plan.data_dir / LOGS,
+                                     workspace.root, ctx.redactor)
         totals.feedback_updated += late.updated
         totals.parts += late.parts
         totals.watermarks.update(late.watermarks)

@@ -10,20 +10,23 @@ a new DVC version of the log dataset, and the rows are counted as `feedback_upda
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from promptloop.collect.sources import Source
 from promptloop.collect.traces import Feedback, MlflowTraceSource
+from promptloop.core.config import AppSettings
 from promptloop.domain.logs import STORED_LOG_SCHEMA
 from promptloop.quality.redact import Redactor
-from promptloop.workspace.workspace import LOGS
-
-if TYPE_CHECKING:
-    from promptloop.collect.stage import CollectPlan
+from promptloop.workspace.workspace import Workspace
 
 RELEASE_STAGE = "release"  # the promptloop.stage tag of release and rollback runs (deploy/release.py)
 DAY_MS = 86_400_000
@@ -34,19 +37,19 @@ def feedback_key(source: MlflowTraceSource) -> str:
     return f"{source.key}#feedback"
 
 
-def trace_sources(plan: CollectPlan) -> list[MlflowTraceSource]:
-    return [s for s in plan.sources if isinstance(s, MlflowTraceSource)]
+def trace_sources(sources: Sequence[Source]) -> list[MlflowTraceSource]:
+    return [s for s in sources if isinstance(s, MlflowTraceSource)]
 
 
-def prepare_trace_sources(plan: CollectPlan) -> None:
+def prepare_trace_sources(sources: Sequence[Source], workspace: Workspace, app: str, settings: AppSettings) -> None:
     """Give each MLflow source the collected app (for untagged traces), its mapping and its releases."""
-    sources = trace_sources(plan)
-    if not sources:
+    traced = trace_sources(sources)
+    if not traced:
         return
-    releases = release_history(plan.workspace.tracking_uri, plan.workspace.experiment_name(plan.app))
-    for source in sources:
-        source.app = source.app or plan.app
-        source.trace_mapping = dict(plan.settings.trace_mapping)
+    releases = release_history(workspace.tracking_uri, workspace.experiment_name(app))
+    for source in traced:
+        source.app = source.app or app
+        source.trace_mapping = dict(settings.trace_mapping)
         source.releases = releases
 
 
@@ -76,19 +79,20 @@ class FeedbackOutcome:
     watermarks: dict[str, Any] = field(default_factory=dict)
 
 
-def collect_late_feedback(plan: CollectPlan, redactor: Redactor) -> FeedbackOutcome:
-    """Apply feedback that changed since the last run to the stored rows of every MLflow source."""
+def collect_late_feedback(sources: Sequence[Source], watermarks: dict[str, Any], now: datetime, lookback_days: float,
+                          logs_dir: Path, root: Path, redactor: Redactor) -> FeedbackOutcome:
+    """Apply feedback that changed since the last run to the stored rows (in `logs_dir`) of every MLflow
+    source; `watermarks` are the previous run's, `now` the run's time (the lookback ends there)."""
     outcome = FeedbackOutcome()
-    now_ms = int(plan.now.timestamp() * 1000)
-    lookback_ms = int(plan.workspace.params.collect.feedback_lookback_days * DAY_MS)
-    for source in trace_sources(plan):
+    now_ms = int(now.timestamp() * 1000)
+    for source in trace_sources(sources):
         key = feedback_key(source)
-        previous = plan.state["watermarks"].get(key) or {}
-        changes, mark = source.feedback_changes(now_ms - lookback_ms, previous.get("updated_ms"))
+        previous = watermarks.get(key) or {}
+        changes, mark = source.feedback_changes(now_ms - int(lookback_days * DAY_MS), previous.get("updated_ms"))
         if changes:
-            updated, parts = update_stored_feedback(plan.data_dir / LOGS, changes, redactor)
+            updated, parts = update_stored_feedback(logs_dir, changes, redactor)
             outcome.updated += updated
-            outcome.parts += [str(p.relative_to(plan.workspace.root)) for p in parts]
+            outcome.parts += [str(p.relative_to(root)) for p in parts]
         if mark is not None and mark != previous.get("updated_ms"):
             outcome.watermarks[key] = {"updated_ms": mark}
     return outcome
@@ -97,8 +101,6 @@ def collect_late_feedback(plan: CollectPlan, redactor: Redactor) -> FeedbackOutc
 def update_stored_feedback(logs_dir: Path, changes: dict[str, Feedback],
                            redactor: Redactor) -> tuple[int, list[Path]]:
     """Rewrite the stored rows whose feedback differs from `changes`; (rows updated, parts rewritten)."""
-    from promptloop.collect.stage import write_part
-
     comments = redacted_comments(changes, redactor)
     updated, rewritten = 0, []
     for part in sorted(logs_dir.glob("*.parquet")):
@@ -113,7 +115,8 @@ def update_stored_feedback(logs_dir: Path, changes: dict[str, Feedback],
             frame.at[index, "feedback"] = changes[row_id][0]
             frame.at[index, "feedback_comment"] = comments[row_id]
         frame["feedback"] = frame["feedback"].astype("Int8")
-        rewritten.append(write_part(frame, logs_dir, part.name, STORED_LOG_SCHEMA))
+        rewrite_part(frame, part)
+        rewritten.append(part)
         updated += len(hits)
     return updated, rewritten
 
@@ -128,3 +131,11 @@ def redacted_comments(changes: dict[str, Feedback], redactor: Redactor) -> dict[
 def same_feedback(stored: tuple[Any, Any], new: Feedback) -> bool:
     """Stored (score, comment) equal to the new one, with pandas' missing values as None."""
     return tuple(None if pd.isna(v) else v for v in stored) == new
+
+
+def rewrite_part(frame: pd.DataFrame, path: Path) -> None:
+    """Replace a stored part atomically (a crash leaves the old part or the new one, never half of one)."""
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(pa.Table.from_pandas(frame, schema=STORED_LOG_SCHEMA, preserve_index=False), tmp,
+                   compression="zstd")
+    os.replace(tmp, path)

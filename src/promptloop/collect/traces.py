@@ -267,7 +267,7 @@ def trace_row(trace: Trace, experiment: str, default_app: str | None, feedback_n
         "error": error_message(trace) if failed else None,
         "feedback": None if feedback is None else feedback_score(feedback.value),
         "feedback_comment": None if feedback is None else feedback.rationale,
-        "user_id": user_id(info) or text_of(mapped.get("user_id")) or argument_user_id(trace, mapping or {}),
+        "user_id": user_id(info) or text_of(mapped.get("user_id")) or argument_user_id(trace),
         "metadata": row_metadata(info, experiment, text_of(mapped.get("session_id"))),
         "inputs": mapped_inputs(mapped),
         ORIGIN: f"mlflow:{info.trace_id}",
@@ -530,10 +530,8 @@ def mapped_inputs(mapped: dict[str, Any]) -> RawJson | None:
     return inputs or None
 
 
-def argument_user_id(trace: Trace, mapping: dict[str, str]) -> str | None:
-    """The request's `user_id` argument, unless a mapping says where the user id is."""
-    if "user_id" in mapping:
-        return None
+def argument_user_id(trace: Trace) -> str | None:
+    """The request's `user_id` argument (a traced function's parameter), else None."""
     value = request_value(trace)
     if isinstance(value, dict):
         for name in USER_ARGUMENTS:
