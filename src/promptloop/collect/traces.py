@@ -81,7 +81,6 @@ class MlflowTraceSource(Source):
     in_progress_grace_s: float = 3600.0
     trace_mapping: dict[str, str] = field(default_factory=dict)  # log field -> JSON path
     releases: list[tuple[int, str]] = field(default_factory=list)  # (ms, prompt version) the alias moved to
-    bodies_read: int = 0  # traces read with their spans (a run with nothing new reads none)
 
     @classmethod
     def from_uri(cls, uri: str, root: Path) -> MlflowTraceSource:
@@ -114,7 +113,6 @@ class MlflowTraceSource(Source):
             return SourceBatch(frame_from_columns(columns), [], dict(watermark or {}))
         for trace in self._new_traces(client, experiment_id, after_ms, read_at_mark, spans=True):
             info = trace.info
-            self.bodies_read += 1
             if not is_scorer_trace(info):
                 append_row(columns, self.row(trace))
             if mark_ms is None or info.request_time > mark_ms:
