@@ -118,8 +118,8 @@ def render_mapping(title: str, rows: Mapping[str, object]) -> None:
 
 def render_collect(result: CollectResult) -> None:
     """The collect summary as a table."""
-    keys = ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "pii_redactions", "failures",
-            "snapshot", "dvc_md5", "git_commit", "mlflow_run_id")
+    keys = ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "feedback_updated", "pii_redactions",
+            "failures", "snapshot", "dvc_md5", "git_commit", "mlflow_run_id")
     render_mapping(f"collect {result.app}", result.model_dump(include=set(keys)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from promptloop.collect.sources import EXTRA, ORIGIN, RAW_COLUMNS
@@ -290,3 +293,144 @@ def test_unknown_experiment_or_store_is_an_input_error(store: Store, tmp_path: P
 )
 def test_feedback_score(value: Any, score: int | None) -> None:
     assert feedback_score(value) == score
+
+
+# --- Issue 16: multi-argument functions, untagged traces, late feedback, a no-op collect ---------
+
+SERVER = "https://10.20.30.40:8443/api"
+
+
+def _ask(litellm: Any) -> Any:
+    """A traced function with several arguments and no app/prompt_version tags (as in the field).
+
+    Its model call is an LLM span with the attributes `mlflow.litellm.autolog()` records (model,
+    token usage), written by hand: litellm's MLflow logger keeps the client of the first tracking
+    store it wrote to, and these tests write to several.
+    """
+    import mlflow
+
+    @mlflow.trace(name="ask")
+    def ask(question: str, user_id: str, server_url: str) -> str:
+        messages = [{"role": "user", "content": question}]
+        with mlflow.start_span("litellm-completion", span_type="LLM") as span:
+            span.set_inputs({"model": "offline/support-bot", "messages": messages})
+            response = litellm.completion(model="offline/support-bot", messages=messages, temperature=0)
+            usage = {"input_tokens": response.usage.prompt_tokens, "output_tokens": response.usage.completion_tokens,
+                     "total_tokens": response.usage.total_tokens}
+            span.set_attributes({"mlflow.llm.model": "offline/support-bot", "mlflow.chat.tokenUsage": usage})
+            span.set_outputs(response.model_dump())
+        return str(response.choices[0].message.content)
+
+    return ask
+
+
+def test_a_multi_argument_request_maps_by_default_and_by_trace_mapping(store: Store, litellm: Any) -> None:
+    import mlflow
+
+    with restore_mlflow_globals():
+        mlflow.set_tracking_uri(store.tracking_uri)
+        mlflow.set_experiment("arguments")
+        _ask(litellm)("How do I reset my password?", "alice-01", SERVER)
+
+        @mlflow.trace(name="handle")
+        def handle(payload: dict[str, Any], account: dict[str, str]) -> dict[str, str]:
+            return {"reply": f"echo {payload['text']}"}
+
+        handle({"text": "Where is my invoice?", "channel": "web"}, {"id": "bob-02", "session": "s-9"})
+        mlflow.flush_trace_async_logging()
+
+    default = MlflowTraceSource(store.tracking_uri, "arguments").read(None).frame.to_dict("records")
+    asked, handled = default
+    assert asked["input"] == "How do I reset my password?" and asked["user_id"] == "alice-01"
+    assert SERVER not in str(asked["input"]) and asked["inputs"] is None
+    assert handled["user_id"] is None  # neither a user_id argument nor a mapping
+
+    mapping = {"input": "$.payload.text", "output": "$.reply", "user_id": "$.account.id",
+               "session_id": "$.account.session", "inputs.channel": '$["payload"].channel'}
+    mapped = MlflowTraceSource(store.tracking_uri, "arguments", trace_mapping=mapping).read(None)
+    asked, handled = mapped.frame.to_dict("records")
+    assert (handled["input"], handled["output"]) == ("Where is my invoice?", "echo Where is my invoice?")
+    assert handled["user_id"] == "bob-02"
+    assert handled["metadata"]["session_id"] == "s-9" and handled["inputs"] == {"channel": "web"}
+    # Paths that find nothing in a trace leave it to the defaults.
+    assert asked["input"] == "How do I reset my password?" and asked["user_id"] == "alice-01"
+
+
+def _stored(workspace: Any) -> pd.DataFrame:
+    logs = workspace.path(workspace.app_settings("support-bot").data_dir) / "logs"
+    return pd.concat([pq.read_table(p).to_pandas() for p in sorted(logs.glob("*.parquet"))], ignore_index=True)
+
+
+def test_untagged_traces_and_late_feedback_are_collected_exactly_once(
+    workspace: Any, litellm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five untagged traces of a three-argument function: all stored once with the collected app and
+    the version released at their time; feedback logged after the first collect arrives in the
+    second, once each; a third collect with nothing new reads no trace body and stores nothing."""
+    import git
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import AssessmentSource
+
+    from promptloop.collect.stage import collect
+    from promptloop.workspace.tracking import log_run
+
+    user = AssessmentSource(source_type="HUMAN", source_id="user")
+    questions = [f"Question number {i} about my account?" for i in range(5)]
+    with restore_mlflow_globals():
+        mlflow.set_tracking_uri(workspace.tracking_uri)
+        mlflow.set_experiment("support-prod")
+        ask = _ask(litellm)
+        ids = []
+        for number, question in enumerate(questions):
+            if number == 2:  # versions 1..: released between the second and the third trace
+                mlflow.flush_trace_async_logging()
+                log_run(workspace.tracking_uri, workspace.artifact_root, workspace.experiment_name("support-bot"),
+                        "release support-bot v7", {"version": 7}, {}, {"promptloop.stage": "release"}, {})
+                time.sleep(0.01)  # the release run and the next trace must not share a millisecond
+            ask(question, f"user-{number}", SERVER)
+            ids.append(mlflow.get_last_active_trace_id())
+        mlflow.flush_trace_async_logging()
+        mlflow.log_feedback(trace_id=ids[0], name="user_feedback", value=False, source=user)
+
+        first = collect(workspace, "support-bot", source_uri="mlflow:support-prod")
+        counts = (first.rows_in, first.rows_valid, first.rows_quarantined, first.rows_duplicate)
+        assert counts == (5, 5, 0, 0), first.failures
+        assert first.feedback_updated == 0  # its feedback came with the row
+        stored = _stored(workspace)
+        assert sorted(stored["id"]) == sorted(ids)
+        assert set(stored["app"]) == {"support-bot"}
+        by_id = stored.set_index("id")
+        assert [by_id.at[i, "prompt_version"] for i in ids] == ["unknown", "unknown", "7", "7", "7"]
+        assert [by_id.at[i, "input"] for i in ids] == questions
+        assert by_id["user_hash"].notna().all() and not stored.astype(str).apply(
+            lambda c: c.str.contains("user-1|10.20.30.40")).any().any()
+
+        # Late feedback: three new thumbs and one changed mind, all after the first collect.
+        for trace_id, value in ((ids[1], True), (ids[2], False), (ids[3], True), (ids[0], True)):
+            mlflow.log_feedback(trace_id=trace_id, name="user_feedback", value=value, source=user)
+        second = collect(workspace, "support-bot", source_uri="mlflow:support-prod")
+        assert (second.rows_in, second.feedback_updated) == (0, 4)
+        assert second.dvc_md5 != first.dvc_md5 and second.git_commit is not None
+        stored = _stored(workspace)
+        assert sorted(stored["id"]) == sorted(ids)  # updated in place, not appended
+        feedback = stored.set_index("id").loc[ids, "feedback"]
+        assert [None if pd.isna(v) else int(v) for v in feedback] == [1, 1, -1, 1, None]
+
+        bodies = []
+        search = MlflowClient.search_traces
+
+        def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+            page = search(self, *args, **kwargs)
+            bodies.extend(t.info.trace_id for t in page if kwargs.get("include_spans", True))
+            return page
+
+        monkeypatch.setattr(MlflowClient, "search_traces", counting)
+        head = git.Repo(workspace.root).head.commit.hexsha
+        started = time.perf_counter()
+        third = collect(workspace, "support-bot", source_uri="mlflow:support-prod")
+        print(f"no-op collect: {time.perf_counter() - started:.2f} s")  # reported, never asserted
+        assert (third.rows_in, third.feedback_updated, third.git_commit) == (0, 0, None)
+        assert bodies == [] and third.dvc_md5 == second.dvc_md5
+        assert git.Repo(workspace.root).head.commit.hexsha == head
+        assert len(_stored(workspace)) == 5

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from promptloop.collect.sources import EXTRA, ORIGIN, FileSource, Source, SourceBatch, Unreadable
+from promptloop.collect.trace_collect import collect_late_feedback, prepare_trace_sources
 from promptloop.collect.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
 from promptloop.core.config import AppSettings
 from promptloop.core.errors import InputError
@@ -76,6 +77,7 @@ class Totals:
     rows_valid: int = 0
     rows_quarantined: int = 0
     rows_duplicate: int = 0
+    feedback_updated: int = 0  # stored rows whose feedback changed later (MLflow sources)
     pii_redactions: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     parts: list[str] = field(default_factory=list)
@@ -83,7 +85,7 @@ class Totals:
     watermarks: dict[str, Any] = field(default_factory=dict)
 
     def add(self, other: Totals) -> None:
-        for name in ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate"):
+        for name in ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "feedback_updated"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.pii_redactions.update(other.pii_redactions)
         self.failures.update(other.failures)
@@ -135,7 +137,9 @@ def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, 
     state_path = workspace.path(settings.data_dir) / STATE_FILE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {"watermarks": {}}
     now = now or datetime.now(UTC)
-    return CollectPlan(workspace, app, settings, sources, state, f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", now)
+    plan = CollectPlan(workspace, app, settings, sources, state, f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", now)
+    prepare_trace_sources(sources, workspace, app, settings)
+    return plan
 
 
 def pii_key(workspace: Workspace) -> bytes:
@@ -383,6 +387,8 @@ def snapshot(plan: CollectPlan, totals: Totals) -> Snapshot:
         [Path(f"{t}.dvc") for t in targets] + [state_path] + [p for p in (plan.data_dir / ".gitignore",) if p.is_file()]
     )
     message = f"collect {plan.app}: +{totals.rows_valid} rows, {totals.rows_quarantined} quarantined (run {plan.run})"
+    if totals.feedback_updated:
+        message += f", {totals.feedback_updated} rows with new feedback"
     commit = commit_paths(plan.workspace.root, tracked, message)
     return Snapshot(_relative(plan, logs_dir), md5s.get(_relative(plan, logs_dir)), commit)
 
@@ -399,7 +405,8 @@ def _relative(plan: CollectPlan, path: Path) -> str:
 def log_collect_run(plan: CollectPlan, totals: Totals, versioned: Snapshot, suite_version: object) -> str:
     """One MLflow run: counts as metrics; sources, watermark and DVC hash as params/tags; the report as artifact."""
     metrics = {"rows_in": totals.rows_in, "rows_valid": totals.rows_valid, "rows_quarantined": totals.rows_quarantined,
-               "rows_duplicate": totals.rows_duplicate, "pii_redactions": sum(totals.pii_redactions.values())}
+               "rows_duplicate": totals.rows_duplicate, "pii_redactions": sum(totals.pii_redactions.values()),
+               "feedback_updated": totals.feedback_updated}
     metrics.update({f"pii_{kind.lower()}": n for kind, n in totals.pii_redactions.items()})
     params = {"app": plan.app, "sources": [s.key for s in plan.sources], "suite_version": suite_version,
               "batch_rows": plan.workspace.params.collect.batch_rows}
@@ -435,6 +442,7 @@ def summary(plan: CollectPlan, totals: Totals, versioned: Snapshot, run_id: str)
         raise RuntimeError(f"collect lost rows: {totals}")  # fail loudly rather than report wrong counts
     return CollectResult(app=plan.app, rows_in=totals.rows_in, rows_valid=totals.rows_valid,
                          rows_quarantined=totals.rows_quarantined, rows_duplicate=totals.rows_duplicate,
+                         feedback_updated=totals.feedback_updated,
                          pii_redactions=dict(sorted(totals.pii_redactions.items())),
                          failures=dict(totals.failures.most_common()), snapshot=versioned.snapshot,
                          dvc_md5=versioned.dvc_md5, git_commit=versioned.commit, mlflow_run_id=run_id,
@@ -452,6 +460,12 @@ def collect(workspace: Workspace, app: str, source_uri: str | None = None, now: 
     with dataset_change(workspace.root, versioned_paths(plan), f"collect {app} (run {plan.run})"):
         for index in range(len(plan.sources)):
             totals.add(collect_source(plan, index, ctx, on_batch))
+        late = collect_late_feedback(plan.sources, plan.state["watermarks"], plan.now,
+                                     workspace.params.collect.feedback_lookback_days, plan.data_dir / LOGS,
+                                     workspace.root, ctx.redactor)
+        totals.feedback_updated += late.updated
+        totals.parts += late.parts
+        totals.watermarks.update(late.watermarks)
         versioned = snapshot(plan, totals)
     run_id = log_collect_run(plan, totals, versioned, ctx.validator.version)
     return summary(plan, totals, versioned, run_id)

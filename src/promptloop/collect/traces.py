@@ -8,17 +8,30 @@ tracking URI is never read nor changed), oldest first, page by page.
 Watermark: `{"timestamp_ms": <request time of the newest trace read>, "trace_ids": [<ids read at
 exactly that millisecond>]}`, so traces sharing that millisecond are neither lost nor read twice.
 A trace still IN_PROGRESS holds the watermark back (it and everything after it wait for the next
-run) unless it started more than `in_progress_grace_s` ago (then it is read as it is).
+run) unless it started more than `in_progress_grace_s` ago (then it is read as it is). Trace bodies
+(spans) are fetched only when a metadata-only search found something new: a run with nothing new
+reads none.
+
+Fields: `trace_mapping` (log field -> JSON path into the request, or the response for `output`)
+says where the user's message, user id, ... are; without it a multi-argument request's input is its
+argument named question/input/query/message/prompt (or the last user message of `messages`) and
+its user id the argument named user_id. A trace without an `app` tag belongs to the source's app
+(`--app`); without a `prompt_version` tag its version is the one released (the registry alias
+`production`) at the trace's start, else `unknown`.
+
+Late feedback: `feedback_changes` re-reads the metadata of the traces started in the lookback
+window and returns the feedback of those whose user Feedback changed since the last run.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from promptloop.collect.sources import EXTRA, ORIGIN, RAW_COLUMNS, Source, SourceBatch, frame_from_columns
 from promptloop.core.errors import InputError
 from promptloop.core.jsonl import RawJson
+from promptloop.core.jsonpath import find, parse_path
 from promptloop.domain.logs import iso
 
 if TYPE_CHECKING:
@@ -45,6 +59,12 @@ SPAN_TOKEN_USAGE = "mlflow.chat.tokenUsage"  # SpanAttributeKey.CHAT_USAGE
 LLM_SPAN_TYPES = frozenset({"LLM", "CHAT_MODEL"})
 HUMAN = "HUMAN"
 
+UNKNOWN_VERSION = "unknown"
+Feedback = tuple[int | None, str | None]  # (score, comment) of a trace's user feedback
+# Argument names taken as the user's message / user id of a multi-argument request without a mapping.
+INPUT_ARGUMENTS = ("question", "input", "query", "message", "prompt")
+USER_ARGUMENTS = ("user_id",)
+
 POSITIVE = frozenset({"thumbs_up", "up", "positive"})
 NEGATIVE = frozenset({"thumbs_down", "down", "negative"})
 
@@ -59,6 +79,8 @@ class MlflowTraceSource(Source):
     feedback_name: str | None = None  # None: any HUMAN Feedback; else only Feedback of this name
     page_size: int = 100
     in_progress_grace_s: float = 3600.0
+    trace_mapping: dict[str, str] = field(default_factory=dict)  # log field -> JSON path
+    releases: list[tuple[int, str]] = field(default_factory=list)  # (ms, prompt version) the alias moved to
 
     @classmethod
     def from_uri(cls, uri: str, root: Path) -> MlflowTraceSource:
@@ -86,23 +108,63 @@ class MlflowTraceSource(Source):
         after_ms, read_at_mark = parse_watermark(watermark)
         columns: dict[str, list[Any]] = {c: [] for c in RAW_COLUMNS}
         mark_ms, mark_ids = after_ms, set(read_at_mark)
-        seen: set[str] = set()
-        now_ms = int(time.time() * 1000)
-        for trace in self._traces(client, experiment_id, after_ms):
+        # Metadata first: bodies are fetched only when there is something new to read.
+        if next(self._new_traces(client, experiment_id, after_ms, read_at_mark, spans=False), None) is None:
+            return SourceBatch(frame_from_columns(columns), [], dict(watermark or {}))
+        for trace in self._new_traces(client, experiment_id, after_ms, read_at_mark, spans=True):
             info = trace.info
-            if info.trace_id in seen or (info.request_time == after_ms and info.trace_id in read_at_mark):
-                continue  # read by the last run (or twice by an offset page shifting under us)
-            if is_unfinished(info) and now_ms - info.request_time < self.in_progress_grace_s * 1000:
-                break  # still running: it and everything after it wait for the next run
-            seen.add(info.trace_id)
             if not is_scorer_trace(info):
-                append_row(columns, trace_row(trace, self.experiment, self.app, self.feedback_name))
+                append_row(columns, self.row(trace))
             if mark_ms is None or info.request_time > mark_ms:
                 mark_ms, mark_ids = info.request_time, {info.trace_id}
             else:
                 mark_ids.add(info.trace_id)
         new_watermark = {} if mark_ms is None else {"timestamp_ms": mark_ms, "trace_ids": sorted(mark_ids)}
         return SourceBatch(frame_from_columns(columns), [], new_watermark)
+
+    def row(self, trace: Trace) -> RawJson:
+        """The trace's row, with this source's mapping, app and release history."""
+        row = trace_row(trace, self.experiment, self.app, self.feedback_name, self.trace_mapping)
+        if row["prompt_version"] is None:
+            row["prompt_version"] = released_version(self.releases, trace.info.request_time)
+        return row
+
+    def _new_traces(self, client: MlflowClient, experiment_id: str, after_ms: int | None, read_at_mark: set[str],
+                    *, spans: bool) -> Iterator[Trace]:
+        """The traces after the watermark that are ready to read, oldest first."""
+        seen: set[str] = set()
+        now_ms = int(time.time() * 1000)
+        for trace in self._traces(client, experiment_id, after_ms, spans=spans):
+            info = trace.info
+            if info.trace_id in seen or (info.request_time == after_ms and info.trace_id in read_at_mark):
+                continue  # read by the last run (or twice by an offset page shifting under us)
+            if is_unfinished(info) and now_ms - info.request_time < self.in_progress_grace_s * 1000:
+                return  # still running: it and everything after it wait for the next run
+            seen.add(info.trace_id)
+            yield trace
+
+    def feedback_changes(self, since_ms: int, mark_ms: int | None) -> tuple[dict[str, Feedback], int | None]:
+        """(trace id -> (score, comment) of its user feedback now, new mark) for the traces started from
+        `since_ms` on whose user Feedback was created or updated at or after `mark_ms` (None: any).
+
+        Metadata only (no spans). The mark is the newest feedback update time seen; `>=` re-reads the
+        mark's millisecond, so feedback written in it after this run is not lost (the caller stores
+        only values that differ).
+        """
+        client = self._client()
+        experiment_id = self._experiment_id(client)
+        changes: dict[str, Feedback] = {}
+        newest = mark_ms
+        for trace in self._traces(client, experiment_id, since_ms, spans=False):
+            info = trace.info
+            stamps = [feedback_time(a) for a in info.assessments if is_user_feedback(a, self.feedback_name)]
+            if not stamps or (mark_ms is not None and max(stamps) < mark_ms):
+                continue
+            newest = max(stamps) if newest is None else max(newest, *stamps)
+            feedback = latest_feedback(info.assessments, self.feedback_name)
+            changes[info.trace_id] = (None, None) if feedback is None else (
+                feedback_score(feedback.value), feedback.rationale)
+        return changes, newest
 
     def _client(self) -> MlflowClient:
         """A client bound to this source's tracking URI; a missing sqlite store is an input error."""
@@ -120,7 +182,8 @@ class MlflowTraceSource(Source):
             raise InputError(self.key, f"MLflow experiment {self.experiment!r} not found")
         return experiment.experiment_id
 
-    def _traces(self, client: MlflowClient, experiment_id: str, after_ms: int | None) -> Iterator[Trace]:
+    def _traces(self, client: MlflowClient, experiment_id: str, after_ms: int | None, *,
+                spans: bool) -> Iterator[Trace]:
         """Traces from `after_ms` on (inclusive), oldest first, one page of `page_size` at a time."""
         token: str | None = None
         while True:
@@ -130,7 +193,7 @@ class MlflowTraceSource(Source):
                 order_by=["timestamp_ms ASC", "request_id ASC"],
                 max_results=self.page_size,
                 page_token=token,
-                include_spans=True,
+                include_spans=spans,
             )
             yield from page
             token = page.token
@@ -179,9 +242,11 @@ def append_row(columns: dict[str, list[Any]], row: dict[str, Any]) -> None:
         columns[name].append(row.get(name))
 
 
-def trace_row(trace: Trace, experiment: str, default_app: str | None, feedback_name: str | None) -> RawJson:
+def trace_row(trace: Trace, experiment: str, default_app: str | None, feedback_name: str | None,
+              mapping: dict[str, str] | None = None) -> RawJson:
     """One trace as a raw row in the log-record columns (plus `_origin`, `_extra`)."""
     info = trace.info
+    mapped = mapped_fields(trace, mapping or {})
     failed = state_name(info) == "ERROR"
     prompt_tokens, completion_tokens = token_counts(trace)
     feedback = latest_feedback(info.assessments, feedback_name)
@@ -191,8 +256,8 @@ def trace_row(trace: Trace, experiment: str, default_app: str | None, feedback_n
         "app": tag_or_metadata(info, "app") or default_app,
         "prompt_version": tag_or_metadata(info, "prompt_version"),
         "model": model_name(trace),
-        "input": request_text(trace),
-        "output": None if failed else response_text(trace),
+        "input": text_of(mapped["input"]) if "input" in mapped else request_text(trace),
+        "output": None if failed else (text_of(mapped["output"]) if "output" in mapped else response_text(trace)),
         "latency_ms": info.execution_duration,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -200,8 +265,9 @@ def trace_row(trace: Trace, experiment: str, default_app: str | None, feedback_n
         "error": error_message(trace) if failed else None,
         "feedback": None if feedback is None else feedback_score(feedback.value),
         "feedback_comment": None if feedback is None else feedback.rationale,
-        "user_id": user_id(info),
-        "metadata": row_metadata(info, experiment),
+        "user_id": user_id(info) or text_of(mapped.get("user_id")) or argument_user_id(trace),
+        "metadata": row_metadata(info, experiment, text_of(mapped.get("session_id"))),
+        "inputs": mapped_inputs(mapped),
         ORIGIN: f"mlflow:{info.trace_id}",
         EXTRA: None,
     }
@@ -224,10 +290,10 @@ def user_id(info: TraceInfo) -> str | None:
     return info.trace_metadata.get(TRACE_USER) or tag_or_metadata(info, "user_id")
 
 
-def row_metadata(info: TraceInfo, experiment: str) -> RawJson:
+def row_metadata(info: TraceInfo, experiment: str, mapped_session: str | None = None) -> RawJson:
     """Where the row came from, plus the trace's session id when it has one."""
     metadata: dict[str, Any] = {"source": "mlflow", "experiment": experiment}
-    if session := info.trace_metadata.get(TRACE_SESSION):
+    if session := info.trace_metadata.get(TRACE_SESSION) or mapped_session:
         metadata["session_id"] = session
     return metadata
 
@@ -298,6 +364,14 @@ def request_text(trace: Trace) -> str | None:
         return last_message_text(messages, "user")
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), str):
         return next(iter(value.values()))
+    if isinstance(value, dict):
+        # Several arguments: the one that is the user's message, never the JSON of all of them
+        # (it would store user ids and other arguments as the question).
+        for name in INPUT_ARGUMENTS:
+            if isinstance(value.get(name), str):
+                return str(value[name])
+        if (messages := chat_messages(value.get("messages"))) is not None:
+            return last_message_text(messages, "user")
     if value is None:
         return None
     return trace.info.request_preview or json.dumps(value, default=str)
@@ -395,12 +469,7 @@ def span_error(span: Span) -> str | None:
 def latest_feedback(assessments: list[Assessment], name: str | None) -> Assessment | None:
     """The newest valid Feedback with a value: named `name`, or from a HUMAN when `name` is None."""
     matching = [
-        a
-        for a in assessments
-        if getattr(a, "feedback", None) is not None
-        and a.valid is not False
-        and a.feedback.value is not None
-        and (a.name == name if name is not None else str(a.source.source_type) == HUMAN)
+        a for a in assessments if is_user_feedback(a, name) and a.valid is not False and a.feedback.value is not None
     ]
     if not matching:
         return None
@@ -423,3 +492,65 @@ def feedback_score(value: Any) -> int | None:
         if word in NEGATIVE:
             return -1
     return None
+
+
+def mapped_fields(trace: Trace, mapping: dict[str, str]) -> dict[str, Any]:
+    """Log field -> the value its JSON path finds (in the response for `output`, else the request);
+    fields whose path finds nothing are left out (the defaults apply)."""
+    found: dict[str, Any] = {}
+    request = response = None
+    for name, path in mapping.items():
+        if name == "output":
+            response = response_value(trace) if response is None else response
+            value = find(response, parse_path(path))
+        else:
+            request = request_value(trace) if request is None else request
+            value = find(request, parse_path(path))
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def text_of(value: Any) -> str | None:
+    """A mapped value as text: strings as they are, a message's content, anything else as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "content" in value:
+        return content_text(value["content"])
+    if isinstance(value, (int, float, bool)):
+        return str(value)
+    return json.dumps(value, default=str)
+
+
+def mapped_inputs(mapped: dict[str, Any]) -> RawJson | None:
+    """The `inputs.<name>` fields as the row's inputs (the case inputs of a failure mined from it)."""
+    inputs = {name.removeprefix("inputs."): value for name, value in mapped.items() if name.startswith("inputs.")}
+    return inputs or None
+
+
+def argument_user_id(trace: Trace) -> str | None:
+    """The request's `user_id` argument (a traced function's parameter), else None."""
+    value = request_value(trace)
+    if isinstance(value, dict):
+        for name in USER_ARGUMENTS:
+            if isinstance(value.get(name), (str, int)) and not isinstance(value.get(name), bool):
+                return str(value[name])
+    return None
+
+
+def released_version(releases: list[tuple[int, str]], at_ms: int) -> str:
+    """The prompt version released (alias `production`) at `at_ms`: the last release at or before it."""
+    index = bisect.bisect_right([ms for ms, _ in releases], at_ms)
+    return releases[index - 1][1] if index else UNKNOWN_VERSION
+
+
+def is_user_feedback(assessment: Assessment, name: str | None) -> bool:
+    """A Feedback assessment that counts as the user's: named `name`, or from a HUMAN when `name` is None."""
+    if getattr(assessment, "feedback", None) is None:
+        return False
+    return assessment.name == name if name is not None else str(assessment.source.source_type) == HUMAN
+
+
+def feedback_time(assessment: Assessment) -> int:
+    """When the assessment was last written (ms)."""
+    return int(assessment.last_update_time_ms or assessment.create_time_ms or 0)

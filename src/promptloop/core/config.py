@@ -8,12 +8,13 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from promptloop.core.errors import InputError, input_error_from_validation
+from promptloop.core.jsonpath import parse_path
 
 PARAMS_FILE = "params.yaml"
 
@@ -201,6 +202,25 @@ class LLMSettings(Section):
         return self.model_settings(model).locality or "unknown"
 
 
+# The log fields an MLflow trace's request/response can be mapped to (plus `inputs.<name>`).
+TRACE_FIELDS = ("input", "output", "user_id", "session_id")
+
+
+def _trace_field(name: str) -> str:
+    if name not in TRACE_FIELDS and not (name.startswith("inputs.") and len(name) > len("inputs.")):
+        raise ValueError(f"{name!r}: not a mapped log field ({', '.join(TRACE_FIELDS)} or inputs.<name>)")
+    return name
+
+
+def _json_path(path: str) -> str:
+    parse_path(path)
+    return path
+
+
+TraceField = Annotated[str, AfterValidator(_trace_field)]
+JsonPath = Annotated[str, AfterValidator(_json_path)]
+
+
 class AppSettings(Section):
     """One application whose prompt promptloop improves."""
 
@@ -225,6 +245,11 @@ class AppSettings(Section):
         "default: log_dir",
     )
     data_dir: Path = Field(description="the app's versioned datasets written by collect and analyze")
+    trace_mapping: dict[TraceField, JsonPath] = Field(
+        default_factory=dict,
+        description="MLflow traces: log field (input, user_id, session_id, inputs.<name>: into the trace's request; "
+        "output: into its response) -> JSON path such as $.question or $.messages[-1].content",
+    )
     commercial: bool = Field(default=True, description="a model with a non-commercial license is never promoted")
     scorers: list[Scorer] = Field(default_factory=lambda: list(SCORERS), min_length=1)
     forbidden_phrases: list[str] = Field(default_factory=list, description="no answer may contain these (every case)")
@@ -299,6 +324,9 @@ class CollectSettings(Section):
     max_line_bytes: int = Field(
         default=1_000_000, ge=1_000,
         description="a JSON Lines line longer than this is quarantined unread (a log record is never this big)")
+    feedback_lookback_days: float = Field(
+        default=7.0, ge=0,
+        description="MLflow traces: feedback logged on traces up to this old is re-read and updates stored rows")
 
 
 # Alert rules of analyze: on which metrics, and the built-in defaults.

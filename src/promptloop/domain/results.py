@@ -27,6 +27,7 @@ class CollectResult(Record):
     rows_valid: int
     rows_quarantined: int
     rows_duplicate: int
+    feedback_updated: int = Field(default=0, description="stored rows whose user feedback arrived or changed later")
     pii_redactions: dict[str, int]
     failures: dict[str, int] = Field(description="quarantine reasons and how many rows each")
     snapshot: str | None = Field(description="the log dataset folder, relative to the workspace")
