@@ -284,3 +284,21 @@ def test_the_offline_judge_answers_the_classifier_prompt_and_only_it() -> None:
     rubric = [{"role": "system", "content": "You grade the answers"}, {"role": "user", "content": "<question>\nq\n"
                                                                       "</question>\n<answer>\na\n</answer>"}]
     assert not simulated.is_request(rubric) and "score" in json.loads(verdict(rubric, 0.0, random.Random(0)))
+
+
+def test_the_classifier_follows_the_evaluations_judge_unless_named_or_turned_off() -> None:
+    import yaml
+
+    from promptloop.core.config import parse_params
+    from promptloop.core.errors import InputError
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text(encoding="utf-8"))
+    data["evaluate"]["judge_model"] = "openai/gpt-4o-mini"
+    assert parse_params(data).analyze.classifier_model == "openai/gpt-4o-mini"
+    data["analyze"]["classifier_model"] = "anthropic/claude-haiku-4-5"
+    assert parse_params(data).analyze.classifier_model == "anthropic/claude-haiku-4-5"
+    data["analyze"]["classifier_model"] = None
+    assert parse_params(data).analyze.classifier_model is None
+    data["analyze"]["classifier_sample"] = -1
+    with pytest.raises(InputError, match="classifier_sample"):
+        parse_params(data)
