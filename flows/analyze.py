@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from promptloop.analyze import stage
+from promptloop.analyze.classifier import quality_notes
 from promptloop.core.runtime import prepare_environment
 from promptloop.domain.results import AnalyzeResult
 from promptloop.workspace.locking import writing
@@ -69,11 +70,12 @@ def log_run(the_plan: stage.AnalyzePlan, result: AnalyzeResult, frame: pd.DataFr
 @task(cache_policy=NO_CACHE)
 def publish(result: AnalyzeResult) -> None:
     """The headline table on the flow run, and the breached alerts as a failed-check artifact."""
-    rows = "\n".join(f"| {k} | {result.metrics[k]} |" for k in HEADLINE)
+    notes = quality_notes(result.detector_quality)  # each detector rate's check by the LLM classifier
+    rows = "\n".join(f"| {k} | {result.metrics[k]} | {notes.get(k, '')} |" for k in HEADLINE)
     clusters = "\n".join(f"| {c.id} | {c.label} | {c.size} | {c.impact} |" for c in result.clusters)
     create_markdown_artifact(
         f"### analyze {result.app} ({result.window.start} → {result.window.end})\n\n"
-        f"| metric | value |\n|---|---|\n{rows}\n\n"
+        f"| metric | value | fast layer checked by an LLM |\n|---|---|---|\n{rows}\n\n"
         f"| cluster | label | size | impact |\n|---|---|---|---|\n{clusters}\n\n"
         f"MLflow run: `{result.mlflow_run_id}`\n",
         key=f"analyze-{result.app}",

@@ -124,8 +124,14 @@ def render_collect(result: CollectResult) -> None:
 
 
 def render_analyze(result: AnalyzeResult) -> None:
-    """Metrics, alerts and failure clusters as tables."""
-    render_mapping(f"analyze {result.app}: {result.window.start} -> {result.window.end}", result.metrics)
+    """Metrics (each detector rate with the LLM classifier's check of it), alerts and failure clusters."""
+    from promptloop.analyze.classifier import classifier_summary, quality_notes
+
+    notes = quality_notes(result.detector_quality)
+    rows = {key: f"{value} · {notes[key]}" if key in notes else value for key, value in result.metrics.items()}
+    render_mapping(f"analyze {result.app}: {result.window.start} -> {result.window.end}", rows)
+    if result.detector_quality is not None:
+        Console().print(escape(classifier_summary(result.detector_quality)), highlight=False)
     alerts = Table(title=f"alerts ({len(result.alerts)})", title_justify="left")
     for column in ("metric", "value", "threshold", "rule"):
         alerts.add_column(column)

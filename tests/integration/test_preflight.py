@@ -85,7 +85,7 @@ def test_check_calls_moving_a_local_only_app_to_a_hosted_model_a_regression(work
 def test_the_probe_sends_each_model_one_request_and_names_the_one_that_fails(workspace: Workspace,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     roles = app_models(workspace, APP, optimizer=True, online_judge=True)
-    assert set(roles) == {"app", "judge", "optimizer", "online judge"}
+    assert set(roles) == {"app", "judge", "optimizer", "online judge", "classifier"}
     preflight(workspace, APP, roles, probe=True)  # the simulated models answer
     monkeypatch.setenv("PROMPTLOOP_SIMULATION", json.dumps({"down": True}))
     with pytest.raises(InputError, match=r"the app model 'offline/support-bot' did not answer a 1-token probe: "

@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from promptloop.analyze.classifier import classifier_summary, quality_notes
 from promptloop.domain.results import AnalyzeResult, DailyMetrics
+
+CHECKED = "fast layer checked by an LLM"  # the column of each detector rate's precision/recall estimate
 
 
 def _figure_png(draw: Any) -> str:
@@ -73,7 +76,8 @@ def _fmt(value: object) -> str:
 
 def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
     """A self-contained HTML page (charts inlined) for the MLflow run."""
-    metrics = [{"metric": k, "value": v} for k, v in result.metrics.items()]
+    notes = quality_notes(result.detector_quality)
+    metrics = [{"metric": k, "value": v, CHECKED: notes.get(k)} for k, v in result.metrics.items()]
     alerts = [a.model_dump() for a in result.alerts]
     clusters = [c.model_dump() for c in result.clusters]
     by_version = [{"prompt_version": k, **v} for k, v in result.by_prompt_version.items()]
@@ -82,7 +86,8 @@ def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
         f"<p>window {html.escape(result.window.start)} → {html.escape(result.window.end)}</p>",
         "<h2>Alerts</h2>"
         + (_table(alerts, ["metric", "value", "threshold", "rule", "message"]) if alerts else "<p>none</p>"),
-        "<h2>Metrics</h2>" + _table(metrics, ["metric", "value"]),
+        "<h2>Metrics</h2>" + _table(metrics, ["metric", "value", CHECKED])
+        + (f"<p>{html.escape(classifier_summary(result.detector_quality))}</p>" if result.detector_quality else ""),
         "<h2>By prompt version</h2>"
         + _table(
             by_version,

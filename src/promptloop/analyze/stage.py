@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
+from promptloop.analyze.classifier import classifier_enabled, classify, quality_metrics
 from promptloop.analyze.metrics import compute_metrics, daily_metrics, evaluate_alerts, metrics_by
 from promptloop.analyze.mining import cluster_failures, mine_failures
 from promptloop.analyze.online_judge import judge_sample
@@ -22,7 +23,14 @@ from promptloop.analyze.report import render_report
 from promptloop.core.config import AnalyzeSettings
 from promptloop.core.errors import InputError
 from promptloop.domain.logs import STORED_LOG_SCHEMA
-from promptloop.domain.results import AlertResult, AnalyzeResult, OnlineJudgeResult, WebhookResult, Window
+from promptloop.domain.results import (
+    AlertResult,
+    AnalyzeResult,
+    DetectorQualityResult,
+    OnlineJudgeResult,
+    WebhookResult,
+    Window,
+)
 from promptloop.llm.prices import fill_missing_costs
 from promptloop.quality.detectors import Detector, detectors_of
 from promptloop.workspace.locking import holds_workspace
@@ -128,6 +136,21 @@ def run_online_judge(plan: AnalyzePlan, frame: pd.DataFrame) -> tuple[pd.Series,
     return scores, run.result(settings.judge_model)
 
 
+def run_classifier(plan: AnalyzePlan, flagged: pd.DataFrame,
+                   detectors: dict[str, Detector]) -> tuple[pd.DataFrame, DetectorQualityResult | None]:
+    """The LLM classifier's labels on a sample and the unsure rows (analyze/classifier.py); None: off."""
+    settings, model = plan.settings, plan.settings.classifier_model
+    if not model or not classifier_enabled(settings, flagged):
+        return flagged, None
+    preflight(plan.workspace, plan.app, {"classifier": model}, budget_usd=settings.classifier_budget_usd)
+    # A budget in dollars, not calls: retries of a provider's 429s must not decide which rows get labels.
+    runner = plan.workspace.open_runner(max_usd=settings.classifier_budget_usd, max_calls=None)
+    try:
+        return classify(runner, settings, flagged, detectors, plan.workspace.app_settings(plan.app).description)
+    finally:
+        runner.cache.close()
+
+
 @dataclass
 class Mined:
     """An analysed window: the result so far, the failing rows and each one's cluster."""
@@ -190,9 +213,9 @@ def window_of(plan: AnalyzePlan) -> Window:
 
 
 def analyze_frame(plan: AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame) -> Mined:
-    """Metrics, alerts, failures and clusters of a window (pure apart from the online judge)."""
+    """Metrics, alerts, failures and clusters of a window (pure apart from the LLM classifier and online judge)."""
     detectors = detectors_of(plan.settings, plan.workspace.root)
-    flagged = flag_rows(frame, detectors)
+    flagged, quality = run_classifier(plan, flag_rows(frame, detectors), detectors)
     flagged["judge_score"], judge = run_online_judge(plan, flagged)
     metrics = compute_metrics(flagged)
     previous_metrics = compute_metrics(flag_rows(previous, detectors)) if len(previous) else None
@@ -203,7 +226,7 @@ def analyze_frame(plan: AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame
     result = AnalyzeResult(
         app=plan.app, window=window_of(plan), metrics=metrics, previous_metrics=previous_metrics,
         by_prompt_version=metrics_by(flagged, "prompt_version"), by_model=metrics_by(flagged, "model"),
-        daily=daily_metrics(flagged), alerts=alerts, online_judge=judge,
+        daily=daily_metrics(flagged), alerts=alerts, online_judge=judge, detector_quality=quality,
         failures=len(failures), clusters=clusters,
     )
     return Mined(result, failures, assignment)
@@ -212,11 +235,13 @@ def analyze_frame(plan: AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame
 def log_analyze_run(plan: AnalyzePlan, result: AnalyzeResult, latencies: np.ndarray) -> str:
     """One MLflow run: the window's metrics (timestamped at the window end), the HTML report, the summary."""
     numeric = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and v is not None}
+    numeric.update(quality_metrics(result.detector_quality))
     tags = {"promptloop.stage": "analyze", "promptloop.app": plan.app, "analyze.run": plan.run,
             "alerts": str(len(result.alerts))}
     tags.update({k: str(v) for k, v in (("dvc_md5", result.dvc_md5), ("git_commit", result.git_commit)) if v})
     params = {"window_start": result.window.start, "window_end": result.window.end,
-              "clusters": plan.settings.clusters, "judge_model": plan.settings.judge_model or "none"}
+              "clusters": plan.settings.clusters, "judge_model": plan.settings.judge_model or "none",
+              "classifier_model": plan.settings.classifier_model or "none"}
     return log_run(plan.workspace.tracking_uri, plan.workspace.artifact_root, plan.workspace.experiment_name(plan.app),
                    f"analyze-{plan.run}", params, numeric, tags,
                    {"summary.json": result.model_dump(mode="json"), "report.html": render_report(result, latencies)},

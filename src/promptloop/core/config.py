@@ -397,6 +397,15 @@ class AnalyzeSettings(Section):
         description=f"online judge on a sample; {SAME_JUDGE} (the default): evaluate.judge_model; null: off")
     judge_sample: int = Field(default=100, ge=0)
     judge_budget_usd: float = Field(default=0.5, ge=0)
+    classifier_model: str | None = Field(
+        default=SAME_JUDGE,
+        description=f"LLM classifier over the detectors' flags; {SAME_JUDGE} (the default): evaluate.judge_model; "
+                    "null: off")
+    classifier_sample: int = Field(default=200, ge=0, description="seeded random rows the classifier labels: the "
+                                                                  "sample the detectors' precision/recall come from")
+    classifier_unsure_max: int = Field(default=200, ge=0,
+                                       description="at most this many rows the detectors are unsure of, labelled too")
+    classifier_budget_usd: float = Field(default=1.0, ge=0)
     seed: int = 0
 
     @field_validator("webhook_url")
@@ -538,6 +547,8 @@ class Params(Section):
         # Switching evaluate.judge_model to a real provider must not leave the online judge behind.
         if self.analyze.judge_model == SAME_JUDGE:
             self.analyze.judge_model = self.evaluate.judge_model
+        if self.analyze.classifier_model == SAME_JUDGE:
+            self.analyze.classifier_model = self.evaluate.judge_model
         return self
 
     def app(self, name: str, source: str | Path = PARAMS_FILE) -> AppSettings:

@@ -70,6 +70,44 @@ class OnlineJudgeResult(Record):
     low_scores: int
 
 
+class FlagQuality(Record):
+    """How well one fast detector did on this traffic, as an LLM classifier judged a random sample of it.
+
+    precision = P(LLM positive | fast positive), recall = P(fast positive | LLM positive), each with its
+    Wilson 95% interval and the rows behind it; None when that denominator is 0.
+    """
+
+    flag: str
+    metric: str
+    sample: int = Field(description="random-sample rows the classifier labelled that this flag applies to")
+    fast_positive: int
+    llm_positive: int
+    both_positive: int
+    precision: float | None
+    precision_ci: tuple[float, float] | None
+    recall: float | None
+    recall_ci: tuple[float, float] | None
+    llm_rate: float | None = Field(description="the LLM-positive share of the sample: an estimate of the rate")
+    llm_rate_ci: tuple[float, float] | None
+
+
+class DetectorQualityResult(Record):
+    """What the LLM classifier did: rows labelled (random sample, unsure rows), failures, spend, estimates."""
+
+    model: str
+    sample_rows: int = Field(description="rows drawn for the random sample")
+    sample_labelled: int
+    unsure_rows: int = Field(description="rows outside the sample some detector was unsure of")
+    unsure_labelled: int
+    failures: int = Field(description="rows whose call failed or never gave a readable verdict: no label")
+    not_labelled_budget: int = Field(description="rows left unlabelled because the budget ran out")
+    calls: int
+    cache_hits: int
+    cost_usd: float
+    stopped_by_budget: bool
+    flags: list[FlagQuality]
+
+
 class ClusterResult(Record):
     """A group of similar failures, ranked by impact."""
 
@@ -103,6 +141,7 @@ class AnalyzeResult(Record):
     daily: list[DailyMetrics] = Field(description="one entry per UTC day: its `day` and metrics")
     alerts: list[AlertResult]
     online_judge: OnlineJudgeResult | None
+    detector_quality: DetectorQualityResult | None = None
     failures: int
     clusters: list[ClusterResult]
     failures_snapshot: str | None = None

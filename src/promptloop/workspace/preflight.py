@@ -31,7 +31,7 @@ PROBE_TIMEOUT_S = 60.0
 def app_models(workspace: Workspace, app: str, *, optimizer: bool = False,
                online_judge: bool = False) -> dict[str, str]:
     """role -> model of the models a stage of `app` calls: the app's (its prompt file's, unless the app
-    overrides it), the judge's, and as asked the optimizer's and the online judge's."""
+    overrides it), the judge's, and as asked the optimizer's and analyze's (online judge, classifier)."""
     params, settings = workspace.params, workspace.app_settings(app)
     roles = {"app": settings.model or load_prompt(workspace.path(settings.prompt)).model,
              "judge": params.evaluate.judge_model}
@@ -39,6 +39,8 @@ def app_models(workspace: Workspace, app: str, *, optimizer: bool = False,
         roles["optimizer"] = params.improve.optimizer_model
     if online_judge and params.analyze.judge_model:
         roles["online judge"] = params.analyze.judge_model
+    if online_judge and params.analyze.classifier_model:  # analyze's LLM classifier runs with the online judge
+        roles["classifier"] = params.analyze.classifier_model
     return roles
 
 
