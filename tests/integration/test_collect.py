@@ -326,7 +326,7 @@ def first_offset(workspace, name: str) -> int:
 
 
 def test_rotation_copytruncate_and_rewrites_between_two_collects_lose_no_row(workspace) -> None:
-    """Every way a log file changes under collect, at once: each row is read once, or read again as a duplicate."""
+    """Every way a log file changes under collect, at once: each row is read once, or again as a duplicate."""
     folder = incoming(workspace)
     for name, first in (("renamed", range(1, 6)), ("copied", range(6, 11)), ("same_size", range(11, 16)),
                         ("unchanged", range(16, 21))):
@@ -347,8 +347,11 @@ def test_rotation_copytruncate_and_rewrites_between_two_collects_lose_no_row(wor
     assert (folder / "same_size.jsonl").stat().st_size == size
 
     second = collect(workspace, "support-bot", now=NOW)
-    # 2 + 1 (renamed), 2 + 1 (copied), 5 (same_size), 0 (unchanged): each new row once, no old row again
-    assert (second.rows_in, second.rows_valid, second.rows_quarantined, second.rows_duplicate) == (11, 11, 0, 0)
+    # renamed: 2 + 1 new; copied: the copy's 5 collected rows again as duplicates, 2 + 1 new; same_size:
+    # 5 new; unchanged: nothing
+    assert (second.rows_in, second.rows_valid, second.rows_quarantined, second.rows_duplicate) == (16, 11, 0, 5)
+    duplicates = pd.read_parquet(workspace.path("data/support-bot/quarantine")).query("kind == 'duplicate'")
+    assert sorted(duplicates["id"]) == sorted(f"r{i}" for i in range(6, 11))
     stored = pd.read_parquet(workspace.path("data/support-bot/logs"))
     expected = [*range(1, 27), *range(31, 36)]
     assert sorted(stored["id"]) == sorted(f"r{i}" for i in expected)

@@ -45,6 +45,12 @@ def source(tmp_path: Path) -> FileSource:
     return FileSource("logs", tmp_path)
 
 
+def reason(path: Path, watermark: dict[str, Any]) -> str:
+    """Why the file would be read from where it is (see `Start.reason`)."""
+    marks = {name: ReadMark.from_state(state, name) for name, state in watermark["files"].items()}
+    return start_of(path, marks.get(f"logs/{path.name}"), marks.items()).reason
+
+
 def first_read(source: FileSource, text: str) -> tuple[Path, dict[str, Any]]:
     path = source.root / "logs" / "app.jsonl"
     append(path, text)
@@ -57,6 +63,7 @@ def test_an_unchanged_file_reads_nothing_and_keeps_its_watermark(source: FileSou
     _, watermark = first_read(source, lines("a", 0, 5))
     again = source.read(watermark)
     assert again.rows_in == 0 and again.watermark == watermark
+    assert reason(source.root / "logs" / "app.jsonl", watermark) == "continued"
 
 
 def test_a_growing_file_is_read_from_where_it_stopped(source: FileSource) -> None:
@@ -71,6 +78,7 @@ def test_a_growing_file_is_read_from_where_it_stopped(source: FileSource) -> Non
 def test_a_file_truncated_in_place_and_regrown_is_read_from_its_start(source: FileSource, new_rows: int) -> None:
     path, watermark = first_read(source, lines("a", 0, 8))
     rewrite_in_place(path, lines("b", 0, new_rows))
+    assert reason(path, watermark) == ("truncated" if new_rows < 8 else "rewritten")
     batch = source.read(watermark)
     # The old code read on from the old offset: the longer file lost its first rows, mid-line.
     assert ids(batch) == [f"b{n}" for n in range(new_rows)] and not batch.unreadable
@@ -79,10 +87,13 @@ def test_a_file_truncated_in_place_and_regrown_is_read_from_its_start(source: Fi
 
 
 def test_a_file_rotated_by_rename_gives_its_last_rows_and_the_new_file_all_of_its(source: FileSource) -> None:
+    """Same inode under a new name: the rotated file goes on from its old entry."""
     path, watermark = first_read(source, lines("a", 0, 5))
     append(path, lines("a", 5, 7))  # written after the collect, before the rotation
     path.rename(path.with_name("app.jsonl.1"))
     append(path, lines("b", 0, 3))
+    assert (reason(path, watermark), reason(path.with_name("app.jsonl.1"), watermark)) == (
+        "replaced", "continues logs/app.jsonl")
     batch = source.read(watermark)
     assert sorted(ids(batch)) == ["a5", "a6", "b0", "b1", "b2"]  # each row once, none skipped
     origins = dict(zip(batch.frame["id"], batch.frame["_origin"], strict=True))
@@ -94,16 +105,21 @@ def test_a_file_rotated_by_rename_gives_its_last_rows_and_the_new_file_all_of_it
     assert ids(source.read(batch.watermark)) == ["c0", "c1"]
 
 
+def test_a_copy_delivered_under_another_name_is_read_whole(source: FileSource) -> None:
+    path, watermark = first_read(source, lines("a", 0, 3))
+    shutil.copyfile(path, path.with_name("again.jsonl"))
+    assert ids(source.read(watermark)) == ["a0", "a1", "a2"]  # collect counts them as duplicates
+
+
 @pytest.mark.parametrize("new_rows", [2, 9], ids=["shorter", "longer"])
-def test_copytruncate_reads_the_copy_on_from_the_watermark_and_the_truncated_file_anew(
-    source: FileSource, new_rows: int
-) -> None:
+def test_copytruncate_reads_the_copy_whole_and_the_truncated_file_anew(source: FileSource, new_rows: int) -> None:
+    """The copy is a new file: its first rows come again (collect counts them as duplicates by id)."""
     path, watermark = first_read(source, lines("a", 0, 5))
     append(path, lines("a", 5, 7))
     shutil.copyfile(path, path.with_name("app.jsonl-20261202"))  # logrotate's copytruncate, with dateext
     rewrite_in_place(path, lines("b", 0, new_rows))
     batch = source.read(watermark)
-    assert sorted(ids(batch)) == ["a5", "a6", *[f"b{n}" for n in range(new_rows)]]
+    assert sorted(ids(batch)) == [*[f"a{n}" for n in range(7)], *[f"b{n}" for n in range(new_rows)]]
     assert source.read(batch.watermark).rows_in == 0
 
 
@@ -111,7 +127,7 @@ def test_a_file_rewritten_with_other_content_of_the_same_size_is_read_again(sour
     path, watermark = first_read(source, lines("a", 0, 5))
     size = path.stat().st_size
     rewrite_in_place(path, lines("b", 0, 5))
-    assert path.stat().st_size == size
+    assert path.stat().st_size == size and reason(path, watermark) == "rewritten"
     assert ids(source.read(watermark)) == [f"b{n}" for n in range(5)]
 
 
@@ -120,12 +136,11 @@ def test_a_file_replaced_by_another_file_is_read_again(source: FileSource) -> No
     replacement = path.with_name("tmp")
     replacement.write_text(lines("a", 0, 4) + lines("b", 0, 3))  # longer, and a different inode
     os.replace(replacement, path)
-    start = start_of(path, ReadMark.from_state(watermark["files"]["logs/app.jsonl"], "f"), [])
-    assert (start.offset, start.reason) == (0, "replaced")
+    assert reason(path, watermark) == "replaced"
     assert len(source.read(watermark).frame) == 7  # a0..a3 again (duplicates by id for collect), b0..b2
 
 
-def test_a_copy_of_what_was_read_elsewhere_continues_its_entry(source: FileSource) -> None:
+def test_a_file_replaced_by_a_longer_copy_of_itself_continues_its_entry(source: FileSource) -> None:
     """A file synced by rename (rsync) has a new inode but holds the bytes read: nothing is read twice."""
     path, watermark = first_read(source, lines("a", 0, 5))
     replacement = path.with_name("tmp")

@@ -5,9 +5,10 @@ before it, the file's `inode`, and the sha256 of two windows of the bytes read: 
 64 KiB (or all of them when fewer), and `tail`, the 64 KiB before the offset. The next run reads on
 from the offset only when the file still holds those bytes there; otherwise the file was truncated,
 rotated or rewritten, and it is read again from its start (rows already stored are then duplicates
-by id). A file found under another name (`app.log.1` after a rotation by rename, or logrotate's
-copy in copytruncate mode) continues the entry whose bytes it holds, so it is neither re-read nor
-skipped.
+by id). A file renamed by a rotation (`app.log` -> `app.log.1`, same inode) continues its old
+entry, so the rows written between the last run and the rotation are read, once. A copy under
+another name (logrotate's copytruncate mode, a file delivered again) is read whole: what it shares
+with files already read comes back as duplicates by id, counted, never as new rows.
 
 Trade-off: hashing the whole prefix would make a 1 GB file cost 1 GB of reading each run (hashlib
 states cannot be saved), so only the two windows are checked, at most 128 KiB per file. A file up
@@ -128,9 +129,9 @@ def holds(handle: BinaryIO, size: int, first: bytes, mark: ReadMark) -> PrefixWi
 def start_of(path: Path, own: ReadMark | None, known: Iterable[tuple[str, ReadMark]]) -> Start:
     """Where to read `path` from, given its own entry (None for a file never seen) and every known entry.
 
-    In order: its own entry, when the file still holds the bytes it describes; an old entry without
-    hashes, when the file is at least that long; another entry whose bytes it holds (same inode
-    first: a rotated file); else the start of the file.
+    In order: an old entry of its own without hashes, when the file is at least that long; its own
+    entry, when the file still holds the bytes it describes; the entry of another name with its inode
+    whose bytes it holds (a file rotated by rename); else the start of the file.
     """
     stat = path.stat()
     with path.open("rb") as handle:
@@ -139,14 +140,17 @@ def start_of(path: Path, own: ReadMark | None, known: Iterable[tuple[str, ReadMa
             return Start(own.offset, own.lines, prefix_windows(handle, own.offset), "unverified")
         if own is not None and own.inode == stat.st_ino and (windows := holds(handle, stat.st_size, first, own)):
             return Start(own.offset, own.lines, windows, "continued")
-        # Another entry it continues: the inode's own entry first, then any whose bytes it holds.
-        others = sorted(known, key=lambda item: (item[1].inode != stat.st_ino, item[1] is not own, item[0]))
+        # The entry of the file it was before a rename (rotation keeps the inode), or its own entry
+        # when it was replaced by a copy of what was read (a sync by rename). A copy under another
+        # name is a re-delivery: read whole, its rows already stored are duplicates.
+        others = sorted((item for item in known if item[1].inode == stat.st_ino or item[1] is own),
+                        key=lambda item: (item[1] is not own, item[0]))
         for name, mark in others:
             if mark.offset and (windows := holds(handle, stat.st_size, first, mark)):
                 reason = "continued" if mark is own else f"continues {name}"
                 return Start(mark.offset, mark.lines, windows, reason)
     if own is None or own.offset == 0:
         return Start(0, 0, PrefixWindows(), "new")
-    if stat.st_size < own.offset:
-        return Start(0, 0, PrefixWindows(), "truncated")
-    return Start(0, 0, PrefixWindows(), "rewritten" if own.inode == stat.st_ino else "replaced")
+    if own.inode is not None and own.inode != stat.st_ino:
+        return Start(0, 0, PrefixWindows(), "replaced")  # another file under that name: rotated, or a new copy
+    return Start(0, 0, PrefixWindows(), "truncated" if stat.st_size < own.offset else "rewritten")

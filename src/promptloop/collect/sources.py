@@ -93,8 +93,9 @@ class FileSource(Source):
     Watermark, per file. Parquet: the sha256 of the file and the rows read. JSON Lines: the byte
     offset reached, the lines before it, the inode and hashes of the bytes before it (see
     `collect.fingerprint`), so a file that grows is read from where the last run stopped, and one
-    truncated, rotated or rewritten since is read again from its start; a rotated file found again
-    under another name (`app.jsonl.1`) goes on from where its bytes were read. In a folder, rotated
+    truncated, rotated or rewritten since is read again from its start; a file rotated by rename
+    (`app.jsonl.1`, same inode) goes on from its old entry, a copy under another name is read whole
+    (its rows already stored are duplicates by id). In a folder, rotated
     JSON Lines files (`app.jsonl.1`, logrotate's `app.jsonl-20261202`) are read too, so the rows
     written between the last collect and a rotation are not left behind.
     """
@@ -115,7 +116,8 @@ class FileSource(Source):
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 
     def files(self) -> list[Path]:
-        """The matching files, sorted; a folder means every .jsonl/.json/.parquet inside it."""
+        """The matching files, sorted; a folder means every .jsonl/.json/.parquet inside it, and rotated
+        JSON Lines files (`.jsonl.1`, `.jsonl-20261202`)."""
         path = Path(self.pattern) if Path(self.pattern).is_absolute() else self.root / self.pattern
         if path.is_dir():
             found = [p for p in path.rglob("*") if p.suffix == ".parquet" or ROTATED_JSONL.search(p.name)]
