@@ -231,6 +231,7 @@ def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, l
     """
     windows = windows if windows is not None else PrefixWindows()
     line_number = _lines_before(path, offset) if line_number is None else line_number
+    consumed: list[bytes] = []  # lines read past, given to `windows` in blocks: a call per line costs ~5%
     with path.open("rb") as handle:
         handle.seek(offset)
         while True:
@@ -238,6 +239,8 @@ def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, l
             with _gc_paused():  # never across a yield: the consumer's garbage must be collected
                 while raw := handle.readline(max_line_bytes + 1):
                     if not raw.endswith(b"\n") and len(raw) > max_line_bytes:
+                        windows.feed(b"".join(consumed))
+                        consumed.clear()
                         before = windows.copy()  # restored when the line turns out to be unfinished
                         windows.feed(raw)
                         length = skipped_line(handle, len(raw), windows.feed)
@@ -254,12 +257,17 @@ def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, l
                     else:
                         offset += len(raw)
                         line_number += 1
-                        windows.feed(raw)
+                        consumed.append(raw)
+                        if len(consumed) == 4096:
+                            windows.feed(b"".join(consumed))
+                            consumed.clear()
                         if raw.strip():
                             _parse_line(raw, f"{label}:{line_number}", pending)
                     if pending.rows >= max_rows:
                         full = True
                         break
+            windows.feed(b"".join(consumed))
+            consumed.clear()
             pending.lines_after = line_number
             if not full:
                 break
