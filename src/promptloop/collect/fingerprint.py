@@ -19,7 +19,8 @@ before the offset and is. The inode says where a file went (rotation by rename k
 trusted alone, since a deleted file's inode is reused: the windows decide.
 
 Entries written before these fields existed hold only `offset`: they are "unverified", trusted when
-the file is at least that long (as they always were) and given their windows from then on.
+the file is at least that long (as they always were), and get their windows once a run stores
+something (collect writes the watermarks only then).
 """
 
 from __future__ import annotations
