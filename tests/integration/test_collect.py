@@ -286,3 +286,74 @@ def test_small_batches_give_the_same_result_as_one(tmp_path: Path) -> None:
     assert results[0][0] == results[1][0]
     assert results[0][0]["rows_duplicate"] == 2
     pd.testing.assert_frame_equal(results[0][1].drop(columns=["user_hash"]), results[1][1].drop(columns=["user_hash"]))
+
+
+def rewrite_in_place(path: Path, rows: list[Any]) -> None:
+    """Truncate the file and write it again, same inode: `> app.jsonl`, or logrotate's copytruncate."""
+    inode = path.stat().st_ino
+    path.open("w").close()
+    write_jsonl(path, rows)
+    assert path.stat().st_ino == inode
+
+
+def test_a_log_truncated_and_rewritten_between_two_collects_loses_no_row(workspace) -> None:
+    """Issue 16's case: 19 rows collected, the file truncated and rewritten longer; none may be skipped."""
+    source = incoming(workspace) / "a.jsonl"
+    first_rows = [row(i) for i in range(1, 20)] + ["{not json"]
+    write_jsonl(source, first_rows)
+    first = collect(workspace, "support-bot", now=NOW)
+    assert (first.rows_in, first.rows_valid, first.rows_quarantined) == (20, 19, 1)
+
+    second_rows = [row(i) for i in range(1, 6)] + [row(i) for i in range(20, 45)]  # 5 re-delivered, 25 new
+    rewrite_in_place(source, second_rows)
+    assert source.stat().st_size > first_offset(workspace, "incoming/support-bot/a.jsonl")
+    second = collect(workspace, "support-bot", now=NOW)
+    assert (second.rows_in, second.rows_valid, second.rows_quarantined, second.rows_duplicate) == (30, 25, 0, 5)
+
+    runs = (first, second)
+    rows_in = sum(r.rows_in for r in runs)
+    assert rows_in == len(first_rows) + len(second_rows)  # every line of both versions read: nothing skipped
+    assert rows_in == sum(r.rows_valid + r.rows_quarantined + r.rows_duplicate for r in runs)
+    stored = pd.read_parquet(workspace.path("data/support-bot/logs"))
+    assert sorted(stored["id"]) == sorted(f"r{i}" for i in range(1, 45))
+    assert collect(workspace, "support-bot", now=NOW).rows_in == 0
+
+
+def first_offset(workspace, name: str) -> int:
+    state = json.loads(workspace.path("data/support-bot/collect-state.json").read_text())
+    [files] = [w["files"] for w in state["watermarks"].values()]
+    return int(files[name]["offset"])
+
+
+def test_rotation_copytruncate_and_rewrites_between_two_collects_lose_no_row(workspace) -> None:
+    """Every way a log file changes under collect, at once: each row is read once, or again as a duplicate."""
+    folder = incoming(workspace)
+    for name, first in (("renamed", range(1, 6)), ("copied", range(6, 11)), ("same_size", range(11, 16)),
+                        ("unchanged", range(16, 21))):
+        write_jsonl(folder / f"{name}.jsonl", [row(i) for i in first])
+    assert collect(workspace, "support-bot", now=NOW).rows_valid == 20
+
+    # rotation by rename: two rows written after the collect stay in renamed.jsonl.1; a new file starts
+    write_jsonl(folder / "renamed.jsonl", [row(21), row(22)])
+    (folder / "renamed.jsonl").rename(folder / "renamed.jsonl.1")
+    write_jsonl(folder / "renamed.jsonl", [row(23)])
+    # copytruncate: copied with two rows written after the collect, then truncated and regrown shorter
+    write_jsonl(folder / "copied.jsonl", [row(24), row(25)])
+    (folder / "copied.jsonl.1").write_bytes((folder / "copied.jsonl").read_bytes())
+    rewrite_in_place(folder / "copied.jsonl", [row(26)])
+    # rewritten with other rows of exactly the same size (ids r11..r15 become r31..r35)
+    size = (folder / "same_size.jsonl").stat().st_size
+    rewrite_in_place(folder / "same_size.jsonl", [row(i, input=f"question {i - 20}") for i in range(31, 36)])
+    assert (folder / "same_size.jsonl").stat().st_size == size
+
+    second = collect(workspace, "support-bot", now=NOW)
+    # renamed: 2 + 1 new; copied: the copy's 5 collected rows again as duplicates, 2 + 1 new; same_size:
+    # 5 new; unchanged: nothing
+    assert (second.rows_in, second.rows_valid, second.rows_quarantined, second.rows_duplicate) == (16, 11, 0, 5)
+    duplicates = pd.read_parquet(workspace.path("data/support-bot/quarantine")).query("kind == 'duplicate'")
+    assert sorted(duplicates["id"]) == sorted(f"r{i}" for i in range(6, 11))
+    stored = pd.read_parquet(workspace.path("data/support-bot/logs"))
+    expected = [*range(1, 27), *range(31, 36)]
+    assert sorted(stored["id"]) == sorted(f"r{i}" for i in expected)
+    assert stored.set_index("id").loc["r21", "source"] == "incoming/support-bot/renamed.jsonl.1:6"
+    assert collect(workspace, "support-bot", now=NOW).rows_in == 0

@@ -10,8 +10,10 @@ import contextlib
 import gc
 import glob
 import hashlib
+import logging
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,11 +23,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from promptloop.collect.fingerprint import PrefixWindows, ReadMark, start_of
 from promptloop.domain.logs import LOG_FIELDS
 
 ORIGIN = "_origin"  # "<file>:<line>" (or another source's locator) of each raw row
 EXTRA = "_extra"  # JSON of keys outside the contract, None when there are none
 RAW_COLUMNS = (*LOG_FIELDS, ORIGIN, EXTRA)
+log = logging.getLogger(__name__)
+# A JSON Lines file in a folder, current or rotated (`.1`, `.2`, ... or logrotate's `-YYYYMMDD`)
+ROTATED_JSONL = re.compile(r"\.jsonl?(?:[.-]\d+)?$")
 MAX_DEPTH = 254  # orjson reads 1024 nested levels but writes only 254, and rows are written back as JSON
 
 
@@ -84,8 +90,14 @@ def frame_from_columns(columns: dict[str, list[Any]]) -> pd.DataFrame:
 class FileSource(Source):
     """JSON Lines or Parquet files: one file, a folder, or a glob.
 
-    Watermark: per file, its size and the sha256 of what was read, and for JSON Lines the byte
-    offset reached, so a file that grows is read from where the last run stopped.
+    Watermark, per file. Parquet: the sha256 of the file and the rows read. JSON Lines: the byte
+    offset reached, the lines before it, the inode and hashes of the bytes before it (see
+    `collect.fingerprint`), so a file that grows is read from where the last run stopped, and one
+    truncated, rotated or rewritten since is read again from its start; a file rotated by rename
+    (`app.jsonl.1`, same inode) goes on from its old entry, a copy under another name is read whole
+    (its rows already stored are duplicates by id). In a folder, rotated
+    JSON Lines files (`app.jsonl.1`, logrotate's `app.jsonl-20261202`) are read too, so the rows
+    written between the last collect and a rotation are not left behind.
     """
 
     pattern: str
@@ -104,10 +116,11 @@ class FileSource(Source):
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 
     def files(self) -> list[Path]:
-        """The matching files, sorted; a folder means every .jsonl/.json/.parquet inside it."""
+        """The matching files, sorted; a folder means every .jsonl/.json/.parquet inside it, and rotated
+        JSON Lines files (`.jsonl.1`, `.jsonl-20261202`)."""
         path = Path(self.pattern) if Path(self.pattern).is_absolute() else self.root / self.pattern
         if path.is_dir():
-            found = [p for p in path.rglob("*") if p.suffix in (".jsonl", ".json", ".parquet")]
+            found = [p for p in path.rglob("*") if p.suffix == ".parquet" or ROTATED_JSONL.search(p.name)]
         else:
             found = [Path(p) for p in glob.glob(str(path), recursive=True)]
         return sorted(p for p in found if p.is_file())
@@ -123,6 +136,9 @@ class FileSource(Source):
 
     def batches(self, watermark: dict[str, Any] | None, max_rows: int) -> Iterator[SourceBatch]:
         seen: dict[str, Any] = dict((watermark or {}).get("files", {}))
+        # The JSON Lines entries as this run found them: a rotated file may continue any of them.
+        marks = {name: ReadMark.from_state(state, f"watermarks.{self.key}.files.{name}")
+                 for name, state in seen.items() if isinstance(state, dict) and "offset" in state}
         yielded = dict(seen)  # the file states as of the last batch handed out
         pending = _Pending()
         for path in self.files():
@@ -145,14 +161,17 @@ class FileSource(Source):
                     pending.unreadable.append(Unreadable(name, f"unreadable_parquet: {exc}", ""))
                     seen[name] = {"sha256": digest, "rows": done, "unreadable": True}
                 continue
-            offset = state.get("offset", 0) if state else 0
-            if state and path.stat().st_size < offset:
-                offset = 0  # the file was replaced by a shorter one: read it anew
-            for reached in read_jsonl_rows(path, offset, pending, max_rows, name, self.max_line_bytes):
-                seen[name] = {"offset": reached}
+            inode = path.stat().st_ino
+            start = start_of(path, marks.get(name), marks.items())
+            if start.reason in ("truncated", "rewritten", "replaced"):
+                log.warning("%s: %s since the last collect, read again from its start", name, start.reason)
+            lines = start.lines if start.lines is not None else _lines_before(path, start.offset)
+            for reached in read_jsonl_rows(path, start.offset, pending, max_rows, name, self.max_line_bytes,
+                                           windows=start.windows, line_number=lines):
+                seen[name] = start.windows.mark(reached, pending.lines_after, inode).to_state()
                 yielded = dict(seen)
                 yield pending.flush({"files": yielded})
-            seen[name] = {"offset": pending.offset_after}
+            seen[name] = start.windows.mark(pending.offset_after, pending.lines_after, inode).to_state()
         # a last batch for the rows left, or for a watermark that moved without rows (an empty file)
         if pending.rows or seen != yielded:
             yield pending.flush({"files": dict(seen)})
@@ -165,6 +184,7 @@ class _Pending:
         self.columns: dict[str, list[Any]] = {c: [] for c in RAW_COLUMNS}
         self.unreadable: list[Unreadable] = []
         self.offset_after = 0  # where the last JSON Lines file was read up to
+        self.lines_after = 0  # and the lines before that point
 
     @property
     def rows(self) -> int:
@@ -199,14 +219,19 @@ _FIELD_SET = frozenset(LOG_FIELDS)
 
 
 def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, label: str,
-                    max_line_bytes: int = 1_000_000) -> Iterator[int]:
+                    max_line_bytes: int = 1_000_000, *, windows: PrefixWindows | None = None,
+                    line_number: int | None = None) -> Iterator[int]:
     """Fill `pending` with the rows after byte `offset`; yields the byte offset each time the batch is full.
 
     A line that is not a JSON object is unreadable (kept with its reason); so is a line longer than
     `max_line_bytes`, which is skipped in chunks, never held in memory whole. A half-written last line
-    (no newline yet) waits for the next run: `pending.offset_after` stops before it.
+    (no newline yet) waits for the next run: `pending.offset_after` stops before it. Every byte read
+    past is fed to `windows` (the watermark's fingerprints); `line_number` is the count of lines before
+    `offset` when known (else counted), and `pending.lines_after` the count before each yielded offset.
     """
-    line_number = _lines_before(path, offset)
+    windows = windows if windows is not None else PrefixWindows()
+    line_number = _lines_before(path, offset) if line_number is None else line_number
+    consumed: list[bytes] = []  # lines read past, given to `windows` in blocks: a call per line costs ~5%
     with path.open("rb") as handle:
         handle.seek(offset)
         while True:
@@ -214,8 +239,13 @@ def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, l
             with _gc_paused():  # never across a yield: the consumer's garbage must be collected
                 while raw := handle.readline(max_line_bytes + 1):
                     if not raw.endswith(b"\n") and len(raw) > max_line_bytes:
-                        length = skipped_line(handle, len(raw))
+                        windows.feed(b"".join(consumed))
+                        consumed.clear()
+                        before = windows.copy()  # restored when the line turns out to be unfinished
+                        windows.feed(raw)
+                        length = skipped_line(handle, len(raw), windows.feed)
                         if length is None:
+                            windows.head, windows.tail = before.head, before.tail
                             break  # a long line still being written: the next run sees it whole
                         offset += length
                         line_number += 1
@@ -227,21 +257,30 @@ def read_jsonl_rows(path: Path, offset: int, pending: _Pending, max_rows: int, l
                     else:
                         offset += len(raw)
                         line_number += 1
+                        consumed.append(raw)
+                        if len(consumed) == 4096:
+                            windows.feed(b"".join(consumed))
+                            consumed.clear()
                         if raw.strip():
                             _parse_line(raw, f"{label}:{line_number}", pending)
                     if pending.rows >= max_rows:
                         full = True
                         break
+            windows.feed(b"".join(consumed))
+            consumed.clear()
+            pending.lines_after = line_number
             if not full:
                 break
             yield offset
     pending.offset_after = offset
 
 
-def skipped_line(handle: BinaryIO, read: int) -> int | None:
-    """Read past the rest of a line, 64 kB at a time; its whole length, or None when the file ends first."""
+def skipped_line(handle: BinaryIO, read: int, feed: Callable[[bytes], None] = lambda chunk: None) -> int | None:
+    """Read past the rest of a line, 64 kB at a time (each chunk given to `feed`); its whole length, or
+    None when the file ends first."""
     while chunk := handle.readline(1 << 16):
         read += len(chunk)
+        feed(chunk)
         if chunk.endswith(b"\n"):
             return read
     return None
