@@ -70,7 +70,7 @@ from promptloop.core.config import PLUGIN_SPEC, AnalyzeSettings, read_yaml
 from promptloop.core.errors import InputError
 
 PARAMS_SOURCE = "params.yaml"
-PATTERN_KEYS = ("name", "description", "patterns", "exclusions")
+PATTERN_KEYS = ("name", "description", "patterns", "exclusions", "unsure")
 PYTHON_FLAGS = re.IGNORECASE | re.ASCII  # the fallback engine, with RE2's ASCII \b \w \d \s
 _MASK = " "  # what an exclusion's match is replaced by
 
@@ -181,14 +181,17 @@ class PatternDetector:
     patterns: tuple[str, ...]
     exclusions: tuple[str, ...] = ()
     description: str = field(default="", compare=False)
+    weak: tuple[str, ...] = ()  # the file's `unsure:` cues: not enough to flag, enough to ask the LLM layer
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patterns", tuple(self.patterns))
         object.__setattr__(self, "exclusions", tuple(self.exclusions))
+        object.__setattr__(self, "weak", tuple(self.weak))
         if not self.patterns:
             raise PatternError("patterns", "expected at least one regex")
         check_regexes(self.patterns, "patterns")
         check_regexes(self.exclusions, "exclusions")
+        check_regexes(self.weak, "unsure")
 
     @property
     def regex(self) -> str:
@@ -203,10 +206,14 @@ class PatternDetector:
     def _exclusions(self) -> CompiledRegex | None:
         return CompiledRegex(_alternation(self.exclusions)) if self.exclusions else None
 
+    @cached_property
+    def _weak(self) -> CompiledRegex | None:
+        return CompiledRegex(_alternation(self.weak)) if self.weak else None
+
     @property
     def engine(self) -> str:
         """`re2` (fast, vectorised) or `python` (a pattern RE2 rejects, e.g. a look-behind: slow)."""
-        engines = [self._patterns] + ([self._exclusions] if self._exclusions is not None else [])
+        engines = [self._patterns] + [e for e in (self._exclusions, self._weak) if e is not None]
         return "re2" if all(e.re2 for e in engines) else "python"
 
     def flag(self, text: str) -> bool:
@@ -227,6 +234,20 @@ class PatternDetector:
             hit[rows] = self._patterns.contains(self._exclusions.mask(strings.take(pa.array(rows))))
         return pd.Series(hit, index=texts.index, name=self.name, dtype=bool)
 
+    def unsure(self, texts: pd.Series) -> pd.Series:
+        """Texts the patterns cannot decide, for the LLM layer: not flagged, yet a pattern matched before an
+        exclusion masked it (a quoted slur, "jailbreak an iPhone", a hedge about the user) or a weak `unsure:`
+        cue matched ("I think", "probably", a group word next to "all")."""
+        strings = arrow_strings(texts)
+        raw = self._patterns.contains(strings)
+        undecided = raw.copy()
+        if self._weak is not None:
+            undecided |= self._weak.contains(strings)
+        if self._exclusions is not None and raw.any():
+            rows = np.flatnonzero(raw)
+            raw[rows] = self._patterns.contains(self._exclusions.mask(strings.take(pa.array(rows))))
+        return pd.Series(undecided & ~raw, index=texts.index, name=self.name, dtype=bool)
+
 
 def parse_pattern_file(data: object, source: str | Path, name: str | None = None) -> PatternDetector:
     """A PatternDetector from a parsed pattern file; a problem is an InputError naming the field."""
@@ -242,13 +263,13 @@ def parse_pattern_file(data: object, source: str | Path, name: str | None = None
         raise InputError(source, f"expected a non-empty string, got {data['name']!r}", field="name")
     if not isinstance(data["description"], str):
         raise InputError(source, f"expected a string, got {data['description']!r}", field="description")
-    lists = {key: data.get(key) or [] for key in ("patterns", "exclusions")}
+    lists = {key: data.get(key) or [] for key in ("patterns", "exclusions", "unsure")}
     for key, value in lists.items():
         if not isinstance(value, list):
             raise InputError(source, f"expected a list of regexes, got {type(value).__name__}", field=key)
     try:
         return PatternDetector(name or data["name"], tuple(lists["patterns"]), tuple(lists["exclusions"]),
-                               description=data["description"])
+                               description=data["description"], weak=tuple(lists["unsure"]))
     except PatternError as exc:
         raise InputError(source, exc.message, field=exc.field) from None
 
@@ -289,14 +310,23 @@ class PluginDetector:
 
     def flags(self, texts: pd.Series) -> pd.Series:
         """The backend's flags as a bool Series on `texts.index` (missing values: False)."""
-        out = self.backend.flags(texts)
+        return self._checked(self.backend.flags(texts), texts, "flags")
+
+    def __getattr__(self, attribute: str) -> Any:
+        """`unsure` (and any other optional method) only when the backend has it, so that
+        `getattr(detector, "unsure", None)` tells whether the backend can say which rows it cannot decide."""
+        if attribute == "unsure" and callable(getattr(self.backend, "unsure", None)):
+            return lambda texts: self._checked(self.backend.unsure(texts), texts, "unsure")
+        raise AttributeError(attribute)
+
+    def _checked(self, out: Any, texts: pd.Series, method: str) -> pd.Series:
         if isinstance(out, pd.Series):
             if not out.index.equals(texts.index):
-                raise ValueError(f"detector {self.name!r}: flags() returned a Series on another index")
+                raise ValueError(f"detector {self.name!r}: {method}() returned a Series on another index")
             out = out.to_numpy()
         values = np.asarray(out, dtype=object)
         if values.shape != (len(texts),):
-            raise ValueError(f"detector {self.name!r}: flags() returned {values.shape}, expected ({len(texts)},)")
+            raise ValueError(f"detector {self.name!r}: {method}() returned {values.shape}, expected ({len(texts)},)")
         return pd.Series(pd.array(values, dtype="boolean").fillna(False).to_numpy(dtype=bool),
                          index=texts.index, name=self.name, dtype=bool)
 
@@ -388,9 +418,10 @@ def load_labelled(path: Path, detector: str | None = None) -> pd.DataFrame:
 
 
 # The flag a detector sets on a row -> the detector's name under params.yaml `analyze.detectors`.
-DETECTOR_OF_FLAG = {"refusal": "refusal", "toxic": "toxicity", "injection": "injection"}
+DETECTOR_OF_FLAG = {"refusal": "refusal", "uncertain": "uncertainty", "toxic": "toxicity", "biased": "bias",
+                    "injection": "injection"}
 
 
 def detectors_of(settings: AnalyzeSettings, root: Path) -> dict[str, Detector]:
-    """The configured detectors, keyed by the flag each sets (refusal, toxic, injection)."""
+    """The configured detectors, keyed by the flag each sets (refusal, uncertain, toxic, biased, injection)."""
     return {flag: load_detector(settings.detectors[name], name, root) for flag, name in DETECTOR_OF_FLAG.items()}
