@@ -68,9 +68,9 @@ DEMANDED_PHRASE = re.compile(
     _F,
 )
 # A persona the question names: "you are now EvilBot", "answer as STAN", "called Omega", "너는 이제 '루시'야".
-PERSONA = re.compile(
-    r"\b(?:you are(?: now)?|you[’']re(?: now)?|answer as|respond as|act as|called|named|as)\s+"
-    r"(?-i:([A-Z][A-Za-z]+[A-Z][A-Za-z]*|[A-Z]{3,}))\b"
+PERSONA = re.compile(  # case-sensitive: the name is CamelCase or capitals; the verbs are matched in any case
+    r"\b(?i:you are(?: now)?|you[’']re(?: now)?|answer as|respond as|act as|called|named|as)\s+"
+    r"(?:([A-Z][a-z]+[A-Z][A-Za-z]*|[A-Z]{3,})\b|[\"“']([^\"”']{2,20})[\"”'])"
     r"|(?:너는|넌|당신은)\s*(?:이제|지금부터)?\s*[\"“']([^\"”']{2,20})[\"”']",
 )
 # The answer declines: then "I was told to ..." explains the refusal rather than leaking the setup.
@@ -96,7 +96,7 @@ def demanded_phrase(question: str) -> str | None:
 def demanded_persona(question: str) -> str | None:
     """The persona name the question gives the bot (CamelCase, capitals or quoted), if any."""
     for match in PERSONA.finditer(question):
-        name = (match.group(1) or match.group(2) or "").strip()
+        name = (match.group(1) or match.group(2) or match.group(3) or "").strip()
         if name and name.upper() not in _PERSONA_STOPWORDS:
             return name
     return None
