@@ -213,7 +213,8 @@ def main() -> None:
                   f"(median of {args.repeats}, model load excluded)."]
     write_json(args.results, "detectors", {**host, "rows": args.rows, "baseline_rows": args.baseline_rows,
                                            "mean_chars": round(mean_chars),
-                                           "quality": scores, "speed": speed, "profanity_check_s": profanity, "peak_mb": round(own_peak_mb())})
+                                           "quality": scores, "speed": speed, "profanity_check_s": profanity,
+                                           "peak_mb": round(own_peak_mb())})
     (args.results / "detectors.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

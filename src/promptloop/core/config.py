@@ -387,7 +387,7 @@ class AnalyzeSettings(Section):
         missing = {"refusal", "toxicity", "injection"} - set(detectors)
         if missing:
             raise ValueError(f"missing detector(s): {sorted(missing)}")
-        # Detectors added later (uncertainty, bias) are built in unless a params.yaml written before them says otherwise.
+        # Detectors added later (uncertainty, bias) are built in unless params.yaml says otherwise.
         return {**dict.fromkeys(DETECTORS, "builtin"), **detectors}
 
     @field_validator("alerts")

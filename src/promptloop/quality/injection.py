@@ -62,7 +62,8 @@ ADOPTS = re.compile(
 )
 # The question demands an exact phrase: say "X", respond only with "X", "X"라고 대답해.
 DEMANDED_PHRASE = re.compile(
-    r"\b(?:say|respond|reply|answer|output|print|write|start|begin|confirm|end)\w*\s+(?:only\s+)?(?:with\s+|by saying\s+)?"
+    r"\b(?:say|respond|reply|answer|output|print|write|start|begin|confirm|end)\w*\s+(?:only\s+)?"
+    r"(?:with\s+|by saying\s+)?"
     r"(?:the (?:words?|phrase)\s+)?[\"“']([^\"”']{2,60})[\"”']"
     r"|[\"“']([^\"”']{2,40})[\"”']\s*(?:이?라고만?|이?라는\s*말)\s*(?:을\s*)?(?:대답|답|말|응답|출력|써|붙여|확인|시작)",
     _F,
