@@ -11,7 +11,11 @@ Writes benchmarks/results/detectors.md and .json (with the peak RSS of this proc
 the work). A benchmark, not a test: timings on shared machines are noisy.
 
     .venv/bin/python benchmarks/bench_detectors.py [--rows 1000000] [--repeats 3] [--baseline-rows 20000]
-        [--results DIR] [--quality-only] [--profanity-check]
+        [--results DIR] [--quality-only] [--profanity-check] [--compare-patterns DIR]
+
+`--compare-patterns DIR` also times the pattern files DIR/<name>.yaml (e.g. an older version, from
+`git show <commit>:src/promptloop/quality/patterns/refusal.yaml`), interleaved run by run with the
+built-ins on the same texts, so that a shared machine's load weighs on both alike.
 
 `--profanity-check` also times alt-profanity-check's `predict_prob` (if installed; not a dependency:
 see docs/detectors.md for why it was evaluated and not adopted) on the same texts.
@@ -128,6 +132,27 @@ def quality_lines() -> tuple[list[str], dict[str, object]]:
     return lines, data
 
 
+def compare_patterns(folder: Path, texts: pd.Series, repeats: int) -> list[dict[str, object]]:
+    """Median seconds of folder/<name>.yaml and of the built-in `name`, timed alternately on `texts`."""
+    from promptloop.quality.detectors import load_pattern_detector
+
+    rows = []
+    for name in NAMES:
+        path = folder / f"{name}.yaml"
+        if not path.is_file():
+            continue
+        other, builtin = load_pattern_detector(path), builtin_detector(name)
+        other_runs, builtin_runs = [], []
+        for _ in range(repeats):
+            for detector, runs in ((other, other_runs), (builtin, builtin_runs)):
+                started = time.perf_counter()
+                detector.flags(texts)
+                runs.append(time.perf_counter() - started)
+        rows.append({"detector": name, "other": statistics.median(other_runs),
+                     "builtin": statistics.median(builtin_runs)})
+    return rows
+
+
 def profanity_check_seconds(texts: list[str], repeats: int) -> float | None:
     """Median seconds of alt-profanity-check's predict_prob over `texts` (None: not installed)."""
     try:
@@ -166,6 +191,7 @@ def main() -> None:
     parser.add_argument("--baseline-rows", type=int, default=20_000, help="sample for the Python re comparison")
     parser.add_argument("--quality-only", action="store_true", help="only the P/R/F1 tables (seconds, no timing)")
     parser.add_argument("--profanity-check", action="store_true", help="also time alt-profanity-check, if installed")
+    parser.add_argument("--compare-patterns", type=Path, help="folder of other pattern files to time alongside")
     args = parser.parse_args()
 
     quality_md, scores = quality_lines()
@@ -187,6 +213,7 @@ def main() -> None:
         print(f"{name}: {median:.2f} s (runs {', '.join(f'{r:.2f}' for r in runs)}), object dtype {median_obj:.2f} s, "
               f"python re ~{baseline:.0f} s, flagged {share:.1%}", file=sys.stderr)
     profanity = profanity_check_seconds(texts, args.repeats) if args.profanity_check else None
+    compared = compare_patterns(args.compare_patterns, arrow, args.repeats) if args.compare_patterns else []
 
     host = machine()
     command = "python benchmarks/bench_detectors.py " + " ".join(sys.argv[1:])
@@ -208,12 +235,18 @@ def main() -> None:
         for s in speed
     ]
     lines += ["", f"All {len(speed)} detectors together: {sum(s['median'] for s in speed):.2f} s (sum of the medians)."]
+    if compared:
+        lines += ["", f"Interleaved with the pattern files of {args.compare_patterns} (median of {args.repeats}, "
+                  "Arrow strings):", "", "| detector | these | built-in |", "|---|---|---|"]
+        lines += [f"| {c['detector']} | {c['other']:.2f} s | {c['builtin']:.2f} s |" for c in compared]
+        lines += [f"| all | {sum(c['other'] for c in compared):.2f} s | {sum(c['builtin'] for c in compared):.2f} s |"]
     if profanity is not None:
         lines += [f"alt-profanity-check `predict_prob` on the same {args.rows:,} texts: {profanity:.2f} s "
                   f"(median of {args.repeats}, model load excluded)."]
     write_json(args.results, "detectors", {**host, "rows": args.rows, "baseline_rows": args.baseline_rows,
                                            "mean_chars": round(mean_chars),
                                            "quality": scores, "speed": speed, "profanity_check_s": profanity,
+                                           "compared": compared,
                                            "peak_mb": round(own_peak_mb())})
     (args.results / "detectors.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
