@@ -1,51 +1,51 @@
-"""Detectors that flag texts of production logs: refusals, toxic outputs, prompt-injection attempts.
+"""Detectors that flag texts of production logs: refusals, hedges, toxic or biased answers, injection attempts.
 
-`analyze` turns the flags into `refusal_rate`, `toxicity_rate` and `injection_attempt_rate` over up
-to millions of rows (English and Korean). A detector is anything with a `name` and a
-`flags(texts) -> bool Series` method; three backends plug in through `load_detector(spec, name)`:
+`analyze` turns the flags into `refusal_rate`, `uncertainty_rate`, `toxicity_rate`, `bias_rate` and
+`injection_attempt_rate` over up to millions of rows (English and Korean); whether an attempt was
+*followed* is read from the answer by `promptloop.quality.injection`. A detector is anything with a
+`name` and a `flags(texts) -> bool Series` method, and optionally `unsure(texts) -> bool Series`
+(the rows it cannot decide, for the LLM classifier layer). Three backends plug in through
+`load_detector(spec, name)`:
 
-- `builtin`: a `PatternDetector` read from `promptloop/patterns/<name>.yaml`;
+- `builtin`: a `PatternDetector` read from `promptloop/quality/patterns/<name>.yaml`;
 - `path/to/file.yaml`: a `PatternDetector` with a team's own patterns (same format);
 - `module:attribute`: any object (or zero-argument factory / class) with `.flags`, e.g. a classifier.
 
-Pattern files: `{name, description, patterns: [...], exclusions: [...]}`. Patterns are regexes,
-case-insensitive; a text is flagged when one matches. An exclusion *masks* the text it matches
-before the patterns run again, so it vetoes exactly the matches it covers ("I'm not sure if you've
-tried" hides that hedge, yet "... but I couldn't find it" in the same answer is still a refusal).
-`\\b`, `\\w`, `\\d`, `\\s` are ASCII: Hangul counts as a non-word character, so `\\bidiot\\b`
-matches in "idiot같은"; Korean patterns use no `\\b` (particles attach to words).
+Pattern files: `{name, description, patterns: [...], exclusions: [...], unsure: [...]}`. Patterns
+are regexes, case-insensitive; a text is flagged when one matches. An exclusion *masks* the text it
+matches before the patterns run again, so it vetoes exactly the matches it covers ("I'm not sure if
+you've tried" hides that hedge, yet "... but I couldn't find it" in the same answer is still a
+refusal). `unsure` cues never flag; `unsure()` returns the unflagged texts that match one, or that
+a pattern matched before an exclusion masked it. `\\b`, `\\w`, `\\d`, `\\s` are ASCII: Hangul counts
+as a non-word character, so `\\bidiot\\b` matches in "idiot같은"; Korean patterns use no `\\b`
+(particles attach to words).
 
-Speed: the patterns of a detector are joined into ONE alternation and run with Arrow's RE2 kernel
-(`pyarrow.compute.match_substring_regex`, the engine pandas' Arrow-backed `str.contains` uses): a
-DFA that scans each text once whatever the number of branches, where Python's `re` tries every
-branch at every character. Exclusions run only on the rows the patterns flagged. On 1,000,000
-~150-char en/ko texts (2 cores, `benchmarks/bench_detectors.py`): ~0.3 s per detector on
-Arrow-backed strings (what `analyze` reads from Parquet), ~0.5-0.7 s on an object Series (one
-conversion), against ~40-100 s for the same alternation in Python's `re` via `Series.str.contains`.
+Speed: the patterns of a detector are joined into a few alternations (at most CHUNK_CHARS
+characters each) run with Arrow's RE2 kernel (`pyarrow.compute.match_substring_regex`): a DFA that
+scans each text once whatever the number of branches, where Python's `re` tries every branch at
+every character. Exclusions run only on the rows the patterns flagged. One alternation per detector
+was the rule until the lists grew past what RE2's DFA memory budget holds; beyond it RE2 falls back
+to a far slower engine, hence the chunks. Figures: docs/detectors.md (`benchmarks/bench_detectors.py`).
 RE2 has no look-around or backreferences: a pattern file that RE2 rejects still works, through
 Python's `re` with the same ASCII/case-insensitive semantics, only ~100x slower (`.engine` says
 which one runs).
 
-Quality: the built-ins reach precision and recall 1.0 on tests/data/detectors_labelled.jsonl, but
-they were tuned on it. A blind batch of 74 new examples, scored once before its own tuning round,
-gave precision/recall refusal 1.00/0.64, toxicity 0.82/0.75, injection 0.77/0.77 (n~25 each):
-expect real-world recall well below 1, and check the flagged rows before trusting a rate. Known
-blind spots: paraphrases outside the listed phrasings ("that's above my pay grade"), sarcasm and
-politely worded abuse, identity slurs (not listed), obfuscation (l33t, spacing "i d i o t",
-Korean 초성 variants beyond ㅅㅂ/ㅂㅅ), injections in other languages, encodings (base64) or
-split across turns; refusals phrased as policy ("I can't approve refunds") are not counted.
+Quality: docs/detectors.md reports precision/recall/F1 per detector and language on
+tests/data/detectors_heldout.jsonl, a set the patterns were never tuned on (refusal and toxicity
+F1 0.81-0.86, injection attempts 0.74-0.81, uncertainty 0.95-0.97, bias 0.57-0.79), how the sets
+were made, and the tuning rounds. On detectors_labelled.jsonl and detectors_dev.jsonl, which they
+were tuned on, they score 0.99-1.00: an upper bound. Recall is the weak side: expect real-world
+rates to undercount, and read the flagged and `unsure()` rows before trusting a rate. Known blind
+spots: paraphrases outside the listed phrasings, sarcasm and politely worded abuse, obfuscation
+beyond spaced-out slurs, injections in other languages, encodings (base64) or split across turns.
 
-Classifier backends (checked 2026-11 against the registry, nothing installed): there is no
-maintained toxicity classifier that runs fully offline, without torch, for English *and* Korean.
-- `detoxify`, and transformer models generally, need torch and download weights from a hub at run
-  time: ruled out.
-- `alt-profanity-check` (1.9.1) is offline (a linear SVM bundled in the wheel, scikit-learn only)
-  but English-only and profanity-centred, pins `scikit-learn==1.9.1`/`joblib==1.6.0` exactly (every
-  scikit-learn upgrade waits for its release) and loads its model at import time.
-- `korcen` is regex rules for Korean (English through `better-profanity`), run in Python per text:
-  the same kind of rules as here, too slow for 1M rows.
-- `glin-profanity` and `better-profanity` are word lists: what the built-in patterns already are.
-A team that has a classifier (e.g. an ONNX model it ships itself) plugs it in as
+Classifier backends (checked 2026-12 against the registry): there is no maintained toxicity
+classifier that runs fully offline, without torch, for English *and* Korean. `alt-profanity-check`
+(a linear SVM in its wheel, English only) was measured as a layer OR-ed with the patterns and not
+adopted (docs/detectors.md: no gain on the dev set, ~9x the five pattern detectors' time, exact
+scikit-learn/joblib pins). `detoxify` and transformer models need torch and download weights at run
+time; `korcen`, `glin-profanity` and `better-profanity` are word lists or rules run per text in
+Python. A team that has a classifier (e.g. an ONNX model it ships itself) plugs it in as
 `analyze.detectors.toxicity: mypackage.toxicity:Detector` in params.yaml; its `flags` gets a text
 Series and returns flags for the same index (`PluginDetector` checks that).
 """
