@@ -23,7 +23,9 @@ from promptloop.domain.results import AlertResult
 
 T0 = pd.Timestamp("2025-03-01 12:00", tz="UTC")
 RATES = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "error_rate", "feedback_rate", "thumbs_down_rate",
-         "refusal_rate", "toxicity_rate", "injection_attempt_rate")
+         "refusal_rate", "toxicity_rate", "injection_attempt_rate", "uncertainty_rate", "bias_rate",
+         "injection_followed_rate")
+FLAG_COLUMNS = ("refusal", "uncertain", "toxic", "biased", "injection", "followed_injection")
 
 
 def make_frame(n: int, **columns: Any) -> pd.DataFrame:
@@ -45,6 +47,9 @@ def make_frame(n: int, **columns: Any) -> pd.DataFrame:
         "refusal": [False] * n,
         "toxic": [False] * n,
         "injection": [False] * n,
+        "uncertain": [False] * n,
+        "biased": [False] * n,
+        "followed_injection": [False] * n,
     }
     data.update(columns)
     frame = pd.DataFrame(data)
@@ -54,7 +59,7 @@ def make_frame(n: int, **columns: Any) -> pd.DataFrame:
     for name in ("prompt_tokens", "completion_tokens"):
         frame[name] = frame[name].astype("int64")
     frame["feedback"] = pd.array(frame["feedback"].tolist(), dtype="Int8")
-    for name in ("refusal", "toxic", "injection"):
+    for name in FLAG_COLUMNS:
         frame[name] = frame[name].astype(bool)
     return frame
 
@@ -72,6 +77,9 @@ def four_rows() -> pd.DataFrame:
         refusal=[True, True, False, False],  # row 1 has no output: not counted
         toxic=[False, False, True, False],
         injection=[True, False, False, True],
+        uncertain=[False, True, True, False],  # row 1 has no output: not counted
+        biased=[False, False, False, True],
+        followed_injection=[True, False, False, False],
     )
 
 
@@ -112,7 +120,19 @@ def test_every_metric_on_four_rows():
     assert m["refusal_rate"] == pytest.approx(1 / 3)  # 3 rows with output, 1 refusal among them
     assert m["toxicity_rate"] == pytest.approx(1 / 3)
     assert m["injection_attempt_rate"] == pytest.approx(2 / 4)
+    assert m["uncertainty_rate"] == pytest.approx(1 / 3)  # a hedge is counted apart from refusals
+    assert m["bias_rate"] == pytest.approx(1 / 3)
+    assert m["injection_followed_rate"] == pytest.approx(1 / 4)  # of 2 attempts, 1 followed
     assert_plain_json(m)
+
+
+def test_a_frame_flagged_before_the_later_detectors_reports_their_rates_as_none():
+    old = four_rows().drop(columns=["uncertain", "biased", "followed_injection"])
+    m = compute_metrics(old)
+    assert m["uncertainty_rate"] is None and m["bias_rate"] is None and m["injection_followed_rate"] is None
+    assert m["refusal_rate"] == pytest.approx(1 / 3) and m["injection_attempt_rate"] == pytest.approx(2 / 4)
+    by_version = metrics_by(old, "prompt_version")
+    assert by_version["v1"]["bias_rate"] is None
 
 
 @pytest.mark.parametrize("frame", [make_frame(0), pd.DataFrame()], ids=["schema", "no-columns"])
@@ -179,14 +199,14 @@ def test_frame_read_back_from_collect_parquet(tmp_path, pandas_metadata):
     from promptloop.collect.stage import LOG_SCHEMA
 
     frame = four_rows()
-    stored = frame.drop(columns=["refusal", "toxic", "injection"]).assign(
+    stored = frame.drop(columns=list(FLAG_COLUMNS)).assign(
         cost_source="litellm", feedback_comment=None, user_hash="u", metadata="{}", source="s", collect_run="run",
         inputs=None)
     table = pa.Table.from_pandas(stored[LOG_SCHEMA.names], schema=LOG_SCHEMA, preserve_index=False)
     pq.write_table(table if pandas_metadata else table.replace_schema_metadata(None), tmp_path / "p.parquet")
     read = pq.read_table(tmp_path / "p.parquet").to_pandas()
     assert read["feedback"].dtype == ("Int8" if pandas_metadata else "float64")
-    read[["refusal", "toxic", "injection"]] = frame[["refusal", "toxic", "injection"]].to_numpy()
+    read[list(FLAG_COLUMNS)] = frame[list(FLAG_COLUMNS)].to_numpy()
     assert compute_metrics(read) == compute_metrics(frame)
     assert daily_metrics(read) == daily_metrics(frame)
 
@@ -358,7 +378,8 @@ def test_default_rules_validate_and_spare_tiny_windows():
     assert {(r.metric, r.max, r.max_increase) for r in rules} >= {
         ("latency_p95_ms", 3000, None), ("error_rate", 0.05, None), ("thumbs_down_rate", 0.25, None),
         ("refusal_rate", 0.2, None), ("injection_attempt_rate", 0.05, None), ("toxicity_rate", 0.01, None),
-        ("thumbs_down_rate", None, 0.5), ("total_cost_usd", None, 1.0)}
+        ("thumbs_down_rate", None, 0.5), ("total_cost_usd", None, 1.0), ("bias_rate", 0.01, None),
+        ("injection_followed_rate", 0.005, None)}
     bad = compute_metrics(make_frame(4, error=["x"] * 4, output=[None] * 4, latency_ms=[9000.0] * 4))
     assert evaluate_alerts(bad, None, rules) == []  # 4 interactions < 50
     bad_big = compute_metrics(make_frame(60, error=["x"] * 60, output=[None] * 60, latency_ms=[9000.0] * 60))

@@ -174,7 +174,7 @@ def test_proxy_metrics_check_facts_citations_language_and_refusals(repo_workspac
 
     detectors = detectors_of(repo_workspace.params.analyze, repo_workspace.root)
     proxy = ProxyMetrics(detectors["refusal"], detectors["toxic"], frozenset({"billing-refunds"}), ("forbidden words",),
-                         r"\[source:\s*([A-Za-z0-9_.-]+)\]", {"type": "object"})
+                         r"\[source:\s*([A-Za-z0-9_.-]+)\]", {"type": "object"}, uncertainty=detectors["uncertain"])
     good = asyncio.run(proxy.score(CASE, answer("Yes, within 14 days. [source: billing-refunds]"), None))
     assert good["facts_found"] == 1.0 and good["cites"] and good["citation_valid"] and good["language_match"]
     assert not good["refused"] and good["refusal_correct"] and good["forbidden_found"] == 0

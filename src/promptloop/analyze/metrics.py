@@ -1,7 +1,9 @@
 """analyze: health metrics of a log window, per group and per UTC day, and alert rules over them.
 
 The input is the collected log dataset (`collect.LOG_SCHEMA` columns) plus three bool columns the
-caller adds from detectors: `refusal`, `toxic` and `injection`. Everything is vectorised, and every
+caller adds from detectors: `refusal`, `uncertain`, `toxic`, `biased`, `injection` and `followed_injection`
+(analyze/stage.py flag_rows); a frame without `uncertain`, `biased` or `followed_injection` (flagged before they
+existed) gets None for their rates. Everything is vectorised, and every
 returned value is a plain Python int, float or None, so the result is JSON-serialisable as is
 (`json.dumps(..., allow_nan=False)` works). A rate whose denominator is zero is None, never NaN.
 
@@ -13,8 +15,10 @@ Definitions (a public contract):
 - prompt_tokens, completion_tokens: sums. total_cost_usd: sum of known costs; cost_unknown_rows:
   rows whose cost_usd is NaN (or otherwise non-finite), left out of the sum.
 - feedback_rate: rows rated -1 or 1 / rows. thumbs_down_rate: rows rated -1 / rows rated -1 or 1.
-- refusal_rate, toxicity_rate: over rows with an output (output not null).
-- injection_attempt_rate: injection rows / rows.
+- refusal_rate, uncertainty_rate, toxicity_rate, bias_rate: over rows with an output (output not null).
+  A hedge ("I'm not sure, but ...") is uncertain, not a refusal.
+- injection_attempt_rate: rows whose question attempts an injection / rows.
+- injection_followed_rate: rows whose answer carried the injection out (quality/injection.py) / rows.
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ PERCENTILES = (50, 95, 99)
 MISSING_KEY = "<missing>"
 # Per-row counts and amounts that are summed per group (latency is handled separately).
 _SUMMED = ("interactions", "errors", "prompt_tokens", "completion_tokens", "cost", "cost_unknown", "rated",
-           "thumbs_down", "with_output", "refusals", "toxic", "injections")
+           "thumbs_down", "with_output", "refusals", "toxic", "injections", "uncertain", "biased", "followed",
+           "flagged_later")
+# Flags added after the first three: a frame without them reports their rates as None, not 0.
+_LATER_FLAGS = ("uncertain", "biased", "followed_injection")
 
 
 
@@ -115,6 +122,10 @@ def _per_row(frame: pd.DataFrame) -> pd.DataFrame:
         "refusals": (_bools(frame["refusal"]) & with_output).astype(np.int64),
         "toxic": (_bools(frame["toxic"]) & with_output).astype(np.int64),
         "injections": _bools(frame["injection"]).astype(np.int64),
+        "uncertain": (_optional_bools(frame, "uncertain") & with_output).astype(np.int64),
+        "biased": (_optional_bools(frame, "biased") & with_output).astype(np.int64),
+        "followed": (_optional_bools(frame, "followed_injection") & with_output).astype(np.int64),
+        "flagged_later": np.full(len(frame), int(all(c in frame.columns for c in _LATER_FLAGS)), dtype=np.int64),
     })
 
 
@@ -137,6 +148,7 @@ def _percentiles(values: np.ndarray) -> tuple[float | None, ...]:
 def _finish(sums: Mapping[str, Any], percentiles: tuple[float | None, ...]) -> Metrics:
     """The public metrics from one group's sums; plain Python numbers, None for an empty denominator."""
     n, rated, with_output = int(sums["interactions"]), int(sums["rated"]), int(sums["with_output"])
+    later = int(sums["flagged_later"]) == n  # every row of the group carries the later flags
     p50, p95, p99 = percentiles
     return {
         "interactions": n,
@@ -153,6 +165,9 @@ def _finish(sums: Mapping[str, Any], percentiles: tuple[float | None, ...]) -> M
         "refusal_rate": _ratio(sums["refusals"], with_output),
         "toxicity_rate": _ratio(sums["toxic"], with_output),
         "injection_attempt_rate": _ratio(sums["injections"], n),
+        "uncertainty_rate": _ratio(sums["uncertain"], with_output) if later else None,
+        "bias_rate": _ratio(sums["biased"], with_output) if later else None,
+        "injection_followed_rate": _ratio(sums["followed"], n) if later else None,
     }
 
 
@@ -175,6 +190,11 @@ def _ints(values: pd.Series) -> np.ndarray:
 def _bools(values: pd.Series) -> np.ndarray:
     """bool array; missing values count as False."""
     return values.fillna(False).to_numpy(dtype=bool) if values.dtype != bool else values.to_numpy()
+
+
+def _optional_bools(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """A flag column that older frames lack, as bools (absent: all False, and the rate is None)."""
+    return _bools(frame[column]) if column in frame.columns else np.zeros(len(frame), dtype=bool)
 
 
 def _is_missing(value: Any) -> bool:

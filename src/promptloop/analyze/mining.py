@@ -1,6 +1,6 @@
 """Failure mining: which interactions failed, how, and which failures belong together.
 
-A failing interaction is a 👎, an error, a refusal, a toxic answer, a followed injection, or a low
+A failing interaction is a 👎, an error, a refusal, a toxic or biased answer, a followed injection, or a low
 score from the online judge. Failures are grouped by worst kind and language, then clustered on
 their question (TF-IDF over words and Korean character bigrams, k-means); each cluster is labelled
 by its dominant kinds and the words that set it apart, and ranked by impact = size × mean severity
@@ -18,11 +18,13 @@ import pandas as pd
 
 from promptloop.core.text import STOPWORDS, language, terms
 from promptloop.domain.results import ClusterResult
+from promptloop.quality.injection import followed
 
 # How bad each kind is; a row's severity is that of its worst kind.
 KIND_SEVERITY: dict[str, float] = {
     "followed_injection": 5.0,
     "toxic": 5.0,
+    "biased": 4.0,
     "error": 3.0,
     "thumbs_down": 2.0,
     "low_judge_score": 2.0,
@@ -43,8 +45,9 @@ def failure_kinds(frame: pd.DataFrame) -> pd.DataFrame:
             "error": frame["error"].fillna("").astype(str).str.len().gt(0),
             "refusal": frame["refusal"].astype(bool) & has_output,
             "toxic": frame["toxic"].astype(bool) & has_output,
-            # an injection attempt the bot answered without refusing: it went along with it
-            "followed_injection": frame["injection"].astype(bool) & has_output & ~frame["refusal"].astype(bool),
+            "biased": _flag(frame, "biased") & has_output,
+            # an attempt the answer carried out (quality/injection.py), not merely one it did not refuse
+            "followed_injection": _followed_injection(frame) & has_output,
             "low_judge_score": frame.get("judge_score", pd.Series(np.nan, index=frame.index))
             .le(2)
             .fillna(False)
@@ -52,6 +55,20 @@ def failure_kinds(frame: pd.DataFrame) -> pd.DataFrame:
         },
         index=frame.index,
     )
+
+
+def _flag(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A detector flag column as bool; a frame flagged before the column existed counts it False."""
+    if column not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    return frame[column].fillna(False).astype(bool)
+
+
+def _followed_injection(frame: pd.DataFrame) -> pd.Series:
+    """The `followed_injection` flag, computed from the question and answer when the frame lacks it."""
+    if "followed_injection" in frame.columns:
+        return _flag(frame, "followed_injection")
+    return followed(frame["input"], frame["output"], _flag(frame, "injection"))
 
 
 def mine_failures(frame: pd.DataFrame) -> pd.DataFrame:

@@ -91,7 +91,8 @@ def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
         "<h2>By prompt version</h2>"
         + _table(
             by_version,
-            ["prompt_version", "interactions", "thumbs_down_rate", "error_rate", "refusal_rate", "latency_p95_ms"],
+            ["prompt_version", "interactions", "thumbs_down_rate", "error_rate", "refusal_rate", "uncertainty_rate",
+             "toxicity_rate", "bias_rate", "injection_followed_rate", "latency_p95_ms"],
         ),
         f'<h2>Latency</h2><img src="{latency_histogram(latencies)}" alt="latency histogram">' if len(latencies) else "",
         f'<h2>Daily</h2><img src="{daily_trends(result.daily)}" alt="daily trends">' if result.daily else "",

@@ -33,6 +33,7 @@ from promptloop.domain.results import (
 )
 from promptloop.llm.prices import fill_missing_costs
 from promptloop.quality.detectors import Detector, detectors_of
+from promptloop.quality.injection import followed
 from promptloop.workspace.locking import holds_workspace
 from promptloop.workspace.preflight import preflight
 from promptloop.workspace.tracking import log_run
@@ -41,7 +42,8 @@ from promptloop.workspace.workspace import FAILURES, LOGS, Workspace
 
 COLUMNS = ["id", "timestamp", "prompt_version", "model", "input", "output", "latency_ms", "prompt_tokens",
            "completion_tokens", "cost_usd", "error", "feedback", "feedback_comment", "inputs"]
-FLAGS = {"refusal": "output", "toxic": "output", "injection": "input"}  # flag column -> the text it reads
+# flag column -> the text its detector reads; `followed_injection` is derived from injection (quality/injection.py)
+FLAGS = {"refusal": "output", "uncertain": "output", "toxic": "output", "biased": "output", "injection": "input"}
 
 
 def parse_window(text: str) -> timedelta:
@@ -109,10 +111,12 @@ def load_window(plan: AnalyzePlan, start: pd.Timestamp, end: pd.Timestamp) -> pd
 
 
 def flag_rows(frame: pd.DataFrame, detectors: dict[str, Detector]) -> pd.DataFrame:
-    """Add the detector flags: refusal and toxic (on the answer), injection (on the question)."""
+    """Add the detector flags: refusal, uncertain, toxic, biased (on the answer), injection (an attempt, on the
+    question) and followed_injection (an attempt the answer carried out)."""
     out = frame.copy()
     for flag, column in FLAGS.items():
         out[flag] = detectors[flag].flags(frame[column]).astype(bool)
+    out["followed_injection"] = followed(frame["input"], frame["output"], out["injection"])
     return out
 
 

@@ -332,7 +332,7 @@ class CollectSettings(Section):
 # Alert rules of analyze: on which metrics, and the built-in defaults.
 METRIC_NAMES = ("interactions", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "error_rate", "prompt_tokens",
                 "completion_tokens", "total_cost_usd", "feedback_rate", "thumbs_down_rate", "refusal_rate",
-                "toxicity_rate", "injection_attempt_rate")
+                "toxicity_rate", "injection_attempt_rate", "uncertainty_rate", "bias_rate", "injection_followed_rate")
 
 
 class AlertRule(BaseModel):
@@ -373,11 +373,14 @@ DEFAULT_ALERT_RULES: list[dict[str, Any]] = [
     {"metric": "refusal_rate", "max": 0.2, "min_interactions": 50},
     {"metric": "injection_attempt_rate", "max": 0.05, "min_interactions": 50},
     {"metric": "toxicity_rate", "max": 0.01, "min_interactions": 50},
+    {"metric": "bias_rate", "max": 0.01, "min_interactions": 50},
+    {"metric": "injection_followed_rate", "max": 0.005, "min_interactions": 50},
     {"metric": "thumbs_down_rate", "max_increase": 0.5, "min_interactions": 50},
     {"metric": "total_cost_usd", "max_increase": 1.0, "min_interactions": 50},
 ]
 
 
+DETECTORS = ("refusal", "uncertainty", "toxicity", "bias", "injection")  # analyze.detectors keys
 SAME_JUDGE = "same-as-evaluate"  # the online judge is the evaluation's judge unless named otherwise
 
 
@@ -386,7 +389,7 @@ class AnalyzeSettings(Section):
 
     window_days: float = Field(default=7, gt=0, description="default window: the last N days of collected data")
     detectors: dict[str, str] = Field(
-        default_factory=lambda: {"refusal": "builtin", "toxicity": "builtin", "injection": "builtin"},
+        default_factory=lambda: dict.fromkeys(DETECTORS, "builtin"),
         description="per detector: builtin, a pattern file (.yaml), or module:attribute (a classifier with .flags)",
     )
     alerts: list[dict[str, Any]] | None = Field(default=None, description="alert rules; None: the built-in defaults")
@@ -421,7 +424,8 @@ class AnalyzeSettings(Section):
         missing = {"refusal", "toxicity", "injection"} - set(detectors)
         if missing:
             raise ValueError(f"missing detector(s): {sorted(missing)}")
-        return detectors
+        # Detectors added later (uncertainty, bias) are built in unless params.yaml says otherwise.
+        return {**dict.fromkeys(DETECTORS, "builtin"), **detectors}
 
     @field_validator("alerts")
     @classmethod

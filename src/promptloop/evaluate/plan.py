@@ -140,7 +140,7 @@ def proxy_scorers(plan: EvalPlan, root: Path, params: Params) -> list[Scorer]:
     app = plan.app_settings
     schema = read_schema(root / app.json_schema) if app.json_schema else None
     return [ProxyMetrics(detectors["refusal"], detectors["toxic"], plan.kb_ids, tuple(app.forbidden_phrases),
-                         app.citation_pattern, schema)]
+                         app.citation_pattern, schema, uncertainty=detectors["uncertain"])]
 
 
 def judge_scorers(plan: EvalPlan, runner: Runner, contender: str) -> list[Scorer]:

@@ -230,6 +230,9 @@ class ProxyMetrics:
     citation_pattern: str | None = None
     json_schema: dict[str, Any] | None = None
     name: str = "proxy"
+    # An answer that only hedges ("I'm not sure.") did not answer either: for evaluation, `refused` is a
+    # refusal or a hedge, as it was when the refusal detector still counted hedges (issue 16 split them).
+    uncertainty: Detector | None = None
 
     @cached_property
     def _citation(self) -> re.Pattern[str] | None:
@@ -238,7 +241,7 @@ class ProxyMetrics:
     async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores:
         text = answer.text
         lowered = text.lower()
-        refused = flagged(self.refusal, text)
+        refused = flagged(self.refusal, text) or (self.uncertainty is not None and flagged(self.uncertainty, text))
         scores: Scores = {
             "answer_words": len(text.split()),
             "language_match": language(text) == case.lang,

@@ -1,51 +1,51 @@
-"""Detectors that flag texts of production logs: refusals, toxic outputs, prompt-injection attempts.
+"""Detectors that flag texts of production logs: refusals, hedges, toxic or biased answers, injection attempts.
 
-`analyze` turns the flags into `refusal_rate`, `toxicity_rate` and `injection_attempt_rate` over up
-to millions of rows (English and Korean). A detector is anything with a `name` and a
-`flags(texts) -> bool Series` method; three backends plug in through `load_detector(spec, name)`:
+`analyze` turns the flags into `refusal_rate`, `uncertainty_rate`, `toxicity_rate`, `bias_rate` and
+`injection_attempt_rate` over up to millions of rows (English and Korean); whether an attempt was
+*followed* is read from the answer by `promptloop.quality.injection`. A detector is anything with a
+`name` and a `flags(texts) -> bool Series` method, and optionally `unsure(texts) -> bool Series`
+(the rows it cannot decide, for the LLM classifier layer). Three backends plug in through
+`load_detector(spec, name)`:
 
-- `builtin`: a `PatternDetector` read from `promptloop/patterns/<name>.yaml`;
+- `builtin`: a `PatternDetector` read from `promptloop/quality/patterns/<name>.yaml`;
 - `path/to/file.yaml`: a `PatternDetector` with a team's own patterns (same format);
 - `module:attribute`: any object (or zero-argument factory / class) with `.flags`, e.g. a classifier.
 
-Pattern files: `{name, description, patterns: [...], exclusions: [...]}`. Patterns are regexes,
-case-insensitive; a text is flagged when one matches. An exclusion *masks* the text it matches
-before the patterns run again, so it vetoes exactly the matches it covers ("I'm not sure if you've
-tried" hides that hedge, yet "... but I couldn't find it" in the same answer is still a refusal).
-`\\b`, `\\w`, `\\d`, `\\s` are ASCII: Hangul counts as a non-word character, so `\\bidiot\\b`
-matches in "idiot같은"; Korean patterns use no `\\b` (particles attach to words).
+Pattern files: `{name, description, patterns: [...], exclusions: [...], unsure: [...]}`. Patterns
+are regexes, case-insensitive; a text is flagged when one matches. An exclusion *masks* the text it
+matches before the patterns run again, so it vetoes exactly the matches it covers ("I'm not sure if
+you've tried" hides that hedge, yet "... but I couldn't find it" in the same answer is still a
+refusal). `unsure` cues never flag; `unsure()` returns the unflagged texts that match one, or that
+a pattern matched before an exclusion masked it. `\\b`, `\\w`, `\\d`, `\\s` are ASCII: Hangul counts
+as a non-word character, so `\\bidiot\\b` matches in "idiot같은"; Korean patterns use no `\\b`
+(particles attach to words).
 
-Speed: the patterns of a detector are joined into ONE alternation and run with Arrow's RE2 kernel
-(`pyarrow.compute.match_substring_regex`, the engine pandas' Arrow-backed `str.contains` uses): a
-DFA that scans each text once whatever the number of branches, where Python's `re` tries every
-branch at every character. Exclusions run only on the rows the patterns flagged. On 1,000,000
-~150-char en/ko texts (2 cores, `benchmarks/bench_detectors.py`): ~0.3 s per detector on
-Arrow-backed strings (what `analyze` reads from Parquet), ~0.5-0.7 s on an object Series (one
-conversion), against ~40-100 s for the same alternation in Python's `re` via `Series.str.contains`.
+Speed: the patterns of a detector are joined into a few alternations (at most CHUNK_CHARS
+characters each) run with Arrow's RE2 kernel (`pyarrow.compute.match_substring_regex`): a DFA that
+scans each text once whatever the number of branches, where Python's `re` tries every branch at
+every character. Exclusions run only on the rows the patterns flagged. One alternation per detector
+was the rule until the lists grew past what RE2's DFA memory budget holds; beyond it RE2 falls back
+to a far slower engine, hence the chunks. Figures: docs/detectors.md (`benchmarks/bench_detectors.py`).
 RE2 has no look-around or backreferences: a pattern file that RE2 rejects still works, through
 Python's `re` with the same ASCII/case-insensitive semantics, only ~100x slower (`.engine` says
 which one runs).
 
-Quality: the built-ins reach precision and recall 1.0 on tests/data/detectors_labelled.jsonl, but
-they were tuned on it. A blind batch of 74 new examples, scored once before its own tuning round,
-gave precision/recall refusal 1.00/0.64, toxicity 0.82/0.75, injection 0.77/0.77 (n~25 each):
-expect real-world recall well below 1, and check the flagged rows before trusting a rate. Known
-blind spots: paraphrases outside the listed phrasings ("that's above my pay grade"), sarcasm and
-politely worded abuse, identity slurs (not listed), obfuscation (l33t, spacing "i d i o t",
-Korean 초성 variants beyond ㅅㅂ/ㅂㅅ), injections in other languages, encodings (base64) or
-split across turns; refusals phrased as policy ("I can't approve refunds") are not counted.
+Quality: docs/detectors.md reports precision/recall/F1 per detector and language on
+tests/data/detectors_heldout.jsonl, a set the patterns were never tuned on (refusal and toxicity
+F1 0.81-0.86, injection attempts 0.74-0.81, uncertainty 0.95-0.97, bias 0.57-0.79), how the sets
+were made, and the tuning rounds. On detectors_labelled.jsonl and detectors_dev.jsonl, which they
+were tuned on, they score 0.99-1.00: an upper bound. Recall is the weak side: expect real-world
+rates to undercount, and read the flagged and `unsure()` rows before trusting a rate. Known blind
+spots: paraphrases outside the listed phrasings, sarcasm and politely worded abuse, obfuscation
+beyond spaced-out slurs, injections in other languages, encodings (base64) or split across turns.
 
-Classifier backends (checked 2026-11 against the registry, nothing installed): there is no
-maintained toxicity classifier that runs fully offline, without torch, for English *and* Korean.
-- `detoxify`, and transformer models generally, need torch and download weights from a hub at run
-  time: ruled out.
-- `alt-profanity-check` (1.9.1) is offline (a linear SVM bundled in the wheel, scikit-learn only)
-  but English-only and profanity-centred, pins `scikit-learn==1.9.1`/`joblib==1.6.0` exactly (every
-  scikit-learn upgrade waits for its release) and loads its model at import time.
-- `korcen` is regex rules for Korean (English through `better-profanity`), run in Python per text:
-  the same kind of rules as here, too slow for 1M rows.
-- `glin-profanity` and `better-profanity` are word lists: what the built-in patterns already are.
-A team that has a classifier (e.g. an ONNX model it ships itself) plugs it in as
+Classifier backends (checked 2026-12 against the registry): there is no maintained toxicity
+classifier that runs fully offline, without torch, for English *and* Korean. `alt-profanity-check`
+(a linear SVM in its wheel, English only) was measured as a layer OR-ed with the patterns and not
+adopted (docs/detectors.md: no gain on the dev set, ~9x the five pattern detectors' time, exact
+scikit-learn/joblib pins). `detoxify` and transformer models need torch and download weights at run
+time; `korcen`, `glin-profanity` and `better-profanity` are word lists or rules run per text in
+Python. A team that has a classifier (e.g. an ONNX model it ships itself) plugs it in as
 `analyze.detectors.toxicity: mypackage.toxicity:Detector` in params.yaml; its `flags` gets a text
 Series and returns flags for the same index (`PluginDetector` checks that).
 """
@@ -70,9 +70,14 @@ from promptloop.core.config import PLUGIN_SPEC, AnalyzeSettings, read_yaml
 from promptloop.core.errors import InputError
 
 PARAMS_SOURCE = "params.yaml"
-PATTERN_KEYS = ("name", "description", "patterns", "exclusions")
+PATTERN_KEYS = ("name", "description", "patterns", "exclusions", "unsure")
 PYTHON_FLAGS = re.IGNORECASE | re.ASCII  # the fallback engine, with RE2's ASCII \b \w \d \s
 _MASK = " "  # what an exclusion's match is replaced by
+# RE2 builds its DFA within a fixed memory budget; one alternation of ~100 patterns with bounded
+# repeats ({0,60}) outgrows it and RE2 falls back to a far slower engine (measured: 48 s instead of
+# ~0.1 s for 20,000 texts). Patterns are therefore joined into alternations of at most this many
+# characters, each scanned once: a deterministic split, so the flags never depend on timing.
+CHUNK_CHARS = 8000
 
 
 @runtime_checkable
@@ -126,6 +131,22 @@ def check_regexes(regexes: tuple[str, ...], key: str) -> None:
             raise PatternError(f"{key}[{i}]", f"{regex!r} matches the empty string, so it would match every text")
 
 
+def _chunks(regexes: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """`regexes` in order, cut into runs of at most CHUNK_CHARS characters (a longer regex alone)."""
+    out: list[tuple[str, ...]] = []
+    current: list[str] = []
+    size = 0
+    for regex in regexes:
+        if current and size + len(regex) > CHUNK_CHARS:
+            out.append(tuple(current))
+            current, size = [], 0
+        current.append(regex)
+        size += len(regex)
+    if current:
+        out.append(tuple(current))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class CompiledRegex:
     """One alternation, run by RE2 over Arrow strings when RE2 accepts it, else by Python's re."""
@@ -156,6 +177,43 @@ class CompiledRegex:
         return pa.array([None if s is None else sub(_MASK, s) for s in strings.to_pylist()], pa.large_string())
 
 
+@dataclass(frozen=True)
+class ChunkedRegex:
+    """Regexes as a few alternations (see CHUNK_CHARS): a text matches when any alternation does."""
+
+    regexes: tuple[str, ...]
+
+    @cached_property
+    def parts(self) -> tuple[CompiledRegex, ...]:
+        return tuple(CompiledRegex(_alternation(chunk)) for chunk in _chunks(self.regexes))
+
+    @cached_property
+    def python(self) -> re.Pattern[str]:
+        """The one alternation in Python's re, for a single text (no DFA budget there)."""
+        return re.compile(_alternation(self.regexes), PYTHON_FLAGS)
+
+    @property
+    def re2(self) -> bool:
+        return all(part.re2 for part in self.parts)
+
+    def contains(self, strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        found = self.parts[0].contains(strings)
+        for part in self.parts[1:]:
+            found |= part.contains(strings)
+        return found
+
+    def mask(self, strings: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+        for part in self.parts:
+            strings = part.mask(strings)
+        return strings
+
+    def sub(self, text: str) -> str:
+        """One text with every match masked, like `mask`."""
+        for part in self.parts:
+            text = part.python.sub(_MASK, text)
+        return text
+
+
 def arrow_strings(texts: pd.Series) -> pa.Array | pa.ChunkedArray:
     """The texts as Arrow strings; None, NaN and anything not a str become null."""
     if isinstance(texts.dtype, pd.StringDtype) and texts.dtype.storage == "pyarrow":
@@ -181,14 +239,17 @@ class PatternDetector:
     patterns: tuple[str, ...]
     exclusions: tuple[str, ...] = ()
     description: str = field(default="", compare=False)
+    weak: tuple[str, ...] = ()  # the file's `unsure:` cues: not enough to flag, enough to ask the LLM layer
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patterns", tuple(self.patterns))
         object.__setattr__(self, "exclusions", tuple(self.exclusions))
+        object.__setattr__(self, "weak", tuple(self.weak))
         if not self.patterns:
             raise PatternError("patterns", "expected at least one regex")
         check_regexes(self.patterns, "patterns")
         check_regexes(self.exclusions, "exclusions")
+        check_regexes(self.weak, "unsure")
 
     @property
     def regex(self) -> str:
@@ -196,17 +257,21 @@ class PatternDetector:
         return _alternation(self.patterns)
 
     @cached_property
-    def _patterns(self) -> CompiledRegex:
-        return CompiledRegex(self.regex)
+    def _patterns(self) -> ChunkedRegex:
+        return ChunkedRegex(self.patterns)
 
     @cached_property
-    def _exclusions(self) -> CompiledRegex | None:
-        return CompiledRegex(_alternation(self.exclusions)) if self.exclusions else None
+    def _exclusions(self) -> ChunkedRegex | None:
+        return ChunkedRegex(self.exclusions) if self.exclusions else None
+
+    @cached_property
+    def _weak(self) -> ChunkedRegex | None:
+        return ChunkedRegex(self.weak) if self.weak else None
 
     @property
     def engine(self) -> str:
         """`re2` (fast, vectorised) or `python` (a pattern RE2 rejects, e.g. a look-behind: slow)."""
-        engines = [self._patterns] + ([self._exclusions] if self._exclusions is not None else [])
+        engines = [self._patterns] + [e for e in (self._exclusions, self._weak) if e is not None]
         return "re2" if all(e.re2 for e in engines) else "python"
 
     def flag(self, text: str) -> bool:
@@ -216,7 +281,7 @@ class PatternDetector:
             return False
         if self._exclusions is None:
             return True
-        return self._patterns.python.search(self._exclusions.python.sub(_MASK, text)) is not None
+        return self._patterns.python.search(self._exclusions.sub(text)) is not None
 
     def flags(self, texts: pd.Series) -> pd.Series:
         """A bool Series on `texts.index`: True where a pattern matches outside the exclusions."""
@@ -226,6 +291,20 @@ class PatternDetector:
             rows = np.flatnonzero(hit)
             hit[rows] = self._patterns.contains(self._exclusions.mask(strings.take(pa.array(rows))))
         return pd.Series(hit, index=texts.index, name=self.name, dtype=bool)
+
+    def unsure(self, texts: pd.Series) -> pd.Series:
+        """Texts the patterns cannot decide, for the LLM layer: not flagged, yet a pattern matched before an
+        exclusion masked it (a quoted slur, "jailbreak an iPhone", a hedge about the user) or a weak `unsure:`
+        cue matched ("I think", "probably", a group word next to "all")."""
+        strings = arrow_strings(texts)
+        raw = self._patterns.contains(strings)
+        undecided = raw.copy()
+        if self._weak is not None:
+            undecided |= self._weak.contains(strings)
+        if self._exclusions is not None and raw.any():
+            rows = np.flatnonzero(raw)
+            raw[rows] = self._patterns.contains(self._exclusions.mask(strings.take(pa.array(rows))))
+        return pd.Series(undecided & ~raw, index=texts.index, name=self.name, dtype=bool)
 
 
 def parse_pattern_file(data: object, source: str | Path, name: str | None = None) -> PatternDetector:
@@ -242,13 +321,13 @@ def parse_pattern_file(data: object, source: str | Path, name: str | None = None
         raise InputError(source, f"expected a non-empty string, got {data['name']!r}", field="name")
     if not isinstance(data["description"], str):
         raise InputError(source, f"expected a string, got {data['description']!r}", field="description")
-    lists = {key: data.get(key) or [] for key in ("patterns", "exclusions")}
+    lists = {key: data.get(key) or [] for key in ("patterns", "exclusions", "unsure")}
     for key, value in lists.items():
         if not isinstance(value, list):
             raise InputError(source, f"expected a list of regexes, got {type(value).__name__}", field=key)
     try:
         return PatternDetector(name or data["name"], tuple(lists["patterns"]), tuple(lists["exclusions"]),
-                               description=data["description"])
+                               description=data["description"], weak=tuple(lists["unsure"]))
     except PatternError as exc:
         raise InputError(source, exc.message, field=exc.field) from None
 
@@ -289,14 +368,23 @@ class PluginDetector:
 
     def flags(self, texts: pd.Series) -> pd.Series:
         """The backend's flags as a bool Series on `texts.index` (missing values: False)."""
-        out = self.backend.flags(texts)
+        return self._checked(self.backend.flags(texts), texts, "flags")
+
+    def __getattr__(self, attribute: str) -> Any:
+        """`unsure` (and any other optional method) only when the backend has it, so that
+        `getattr(detector, "unsure", None)` tells whether the backend can say which rows it cannot decide."""
+        if attribute == "unsure" and callable(getattr(self.backend, "unsure", None)):
+            return lambda texts: self._checked(self.backend.unsure(texts), texts, "unsure")
+        raise AttributeError(attribute)
+
+    def _checked(self, out: Any, texts: pd.Series, method: str) -> pd.Series:
         if isinstance(out, pd.Series):
             if not out.index.equals(texts.index):
-                raise ValueError(f"detector {self.name!r}: flags() returned a Series on another index")
+                raise ValueError(f"detector {self.name!r}: {method}() returned a Series on another index")
             out = out.to_numpy()
         values = np.asarray(out, dtype=object)
         if values.shape != (len(texts),):
-            raise ValueError(f"detector {self.name!r}: flags() returned {values.shape}, expected ({len(texts)},)")
+            raise ValueError(f"detector {self.name!r}: {method}() returned {values.shape}, expected ({len(texts)},)")
         return pd.Series(pd.array(values, dtype="boolean").fillna(False).to_numpy(dtype=bool),
                          index=texts.index, name=self.name, dtype=bool)
 
@@ -368,6 +456,20 @@ def score_detector(detector: Detector, labelled: pd.DataFrame) -> DetectorScore:
                          list(texts[predicted & ~truth]), list(texts[~predicted & truth]))
 
 
+def score_by_language(labelled: pd.DataFrame, detectors: dict[str, Detector]) -> list[dict[str, Any]]:
+    """P/R/F1 of each detector on its rows of `labelled`, per language: one dict per detector x language."""
+    rows = []
+    for name, detector in detectors.items():
+        own = labelled[labelled["detector"] == name]
+        for lang in sorted(own["lang"].unique()):
+            subset = own[own["lang"] == lang].reset_index(drop=True)
+            score = score_detector(detector, subset)
+            rows.append({"detector": name, "lang": lang, "precision": score.precision, "recall": score.recall,
+                         "f1": score.f1, "support": score.support, "rows": len(subset),
+                         "false_positives": score.false_positives, "false_negatives": score.false_negatives})
+    return rows
+
+
 def load_labelled(path: Path, detector: str | None = None) -> pd.DataFrame:
     """Labelled examples (JSON Lines: detector, text, label, lang), optionally one detector's only."""
     from promptloop.core.jsonl import read_jsonl
@@ -388,9 +490,10 @@ def load_labelled(path: Path, detector: str | None = None) -> pd.DataFrame:
 
 
 # The flag a detector sets on a row -> the detector's name under params.yaml `analyze.detectors`.
-DETECTOR_OF_FLAG = {"refusal": "refusal", "toxic": "toxicity", "injection": "injection"}
+DETECTOR_OF_FLAG = {"refusal": "refusal", "uncertain": "uncertainty", "toxic": "toxicity", "biased": "bias",
+                    "injection": "injection"}
 
 
 def detectors_of(settings: AnalyzeSettings, root: Path) -> dict[str, Detector]:
-    """The configured detectors, keyed by the flag each sets (refusal, toxic, injection)."""
+    """The configured detectors, keyed by the flag each sets (refusal, uncertain, toxic, biased, injection)."""
     return {flag: load_detector(settings.detectors[name], name, root) for flag, name in DETECTOR_OF_FLAG.items()}
