@@ -369,6 +369,11 @@ class AnalyzeSettings(Section):
         description=f"online judge on a sample; {SAME_JUDGE} (the default): evaluate.judge_model; null: off")
     judge_sample: int = Field(default=100, ge=0)
     judge_budget_usd: float = Field(default=0.5, ge=0)
+    label_model: str | None = Field(
+        default=SAME_JUDGE,
+        description=f"names each failure cluster's topic, one call per cluster; {SAME_JUDGE} (the default): "
+                    "evaluate.judge_model; null: off (clusters are labelled by their distinctive words)")
+    label_budget_usd: float = Field(default=0.1, ge=0, description="spend cap of the cluster labeller")
     seed: int = 0
 
     @field_validator("webhook_url")
@@ -510,6 +515,8 @@ class Params(Section):
         # Switching evaluate.judge_model to a real provider must not leave the online judge behind.
         if self.analyze.judge_model == SAME_JUDGE:
             self.analyze.judge_model = self.evaluate.judge_model
+        if self.analyze.label_model == SAME_JUDGE:
+            self.analyze.label_model = self.evaluate.judge_model
         return self
 
     def app(self, name: str, source: str | Path = PARAMS_FILE) -> AppSettings:
