@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from html import escape as html_escape
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -39,6 +40,25 @@ def test_demo_clusters_name_the_planted_failures_of_prompt_v1(demo) -> None:
     assert result.metrics["injection_attempt_rate"] > 0.03 and result.metrics["thumbs_down_rate"] > 0.3
     assert {a.metric for a in result.alerts} >= {"thumbs_down_rate"}
     assert result.online_judge.judged == 100 and result.online_judge.low_scores > 0
+
+
+def test_demo_clusters_are_named_by_topic_with_two_examples(demo) -> None:
+    result = demo.analyze
+    labels = result.cluster_labels
+    # params.yaml's label_model is the offline judge: every cluster's topic named by one call
+    assert labels is not None and labels.model == "offline/judge"
+    assert labels.labelled == len(result.clusters) and labels.fallbacks == 0 and labels.calls == len(result.clusters)
+    for cluster in result.clusters:
+        assert cluster.labelled_by == "llm" and cluster.topic and cluster.label.endswith(f": {cluster.topic}")
+        assert len(cluster.examples) == 2 and len(set(cluster.examples)) == 2
+    assert any(all("\uac00" <= ch <= "\ud7a3" or not ch.isalpha() for ch in c.topic) for c in result.clusters
+               if "[ko]" in c.label)  # Korean clusters get Korean topics
+    assert max(c.size for c in result.clusters) <= 0.3 * result.failures
+    stored = json.loads((Path(demo.workspace) / result.failures_snapshot / "clusters.json").read_text("utf-8"))
+    assert [c["examples"] for c in stored["clusters"]] == [c.examples for c in result.clusters]
+    tracking = mlflow.MlflowClient(tracking_uri=open_workspace(Path(demo.workspace)).tracking_uri)
+    html = mlflow.artifacts.load_text(f"{tracking.get_run(result.mlflow_run_id).info.artifact_uri}/report.html")
+    assert all(html_escape(c.examples[0]) in html for c in result.clusters)
 
 
 def test_demo_analyze_is_versioned_and_logged(demo) -> None:
