@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from promptloop.analyze.mining import cluster_failures, failure_kinds, mine_failures, with_topic
+from promptloop.analyze.report import cluster_table
 from promptloop.analyze.topics import (
     EXAMPLE_CHARS,
     LABEL_SYSTEM,
@@ -23,7 +24,7 @@ from promptloop.analyze.topics import (
     parse_topic,
     topic_words,
 )
-from promptloop.domain.results import ClusterResult
+from promptloop.domain.results import AnalyzeResult, ClusterResult
 from promptloop.llm.runner import ResponseCache, Runner
 
 
@@ -240,3 +241,12 @@ def test_topics_named_by_the_llm_and_the_terms_label_when_it_fails(litellm, tmp_
     cluster = ClusterResult(id=0, label="thumbs_down [ko]: 결제 환불 카드", kinds=["thumbs_down"], size=3, impact=1.0,
                             thumbs_down_share=1.0, mean_severity=2.0, example_ids=[], topic="결제 환불 카드")
     assert with_topic(cluster, "카드 이중 결제").label == "thumbs_down [ko]: 카드 이중 결제"
+
+
+def test_the_report_shows_each_clusters_examples_escaped() -> None:
+    cluster = ClusterResult(id=0, label="thumbs_down: pdf export", kinds=["thumbs_down"], size=3, impact=1.0,
+                            thumbs_down_share=1.0, mean_severity=2.0, example_ids=["r1"], topic="pdf export",
+                            labelled_by="llm", examples=["<script>alert(1)</script> export?", "pdf & print"])
+    table = cluster_table(AnalyzeResult.model_construct(clusters=[cluster]))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; export?<br>pdf &amp; print" in table and "<script>" not in table
+    assert "<td>llm</td>" in table
