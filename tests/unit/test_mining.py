@@ -24,6 +24,7 @@ from promptloop.analyze.topics import (
     parse_topic,
     topic_words,
 )
+from promptloop.demo.simulated import labeller
 from promptloop.domain.results import AnalyzeResult, ClusterResult
 from promptloop.llm.runner import ResponseCache, Runner
 
@@ -250,3 +251,10 @@ def test_the_report_shows_each_clusters_examples_escaped() -> None:
     table = cluster_table(AnalyzeResult.model_construct(clusters=[cluster]))
     assert "&lt;script&gt;alert(1)&lt;/script&gt; export?<br>pdf &amp; print" in table and "<script>" not in table
     assert "<td>llm</td>" in table
+
+
+def test_the_offline_labeller_names_the_commonest_words_but_not_the_app() -> None:
+    messages = label_messages("Nimbus Notes, a note-taking app",
+                              ["Nimbus notes won't sync my notebook", "nimbus sync fails on my notebook", "Yes."])
+    assert json.loads(labeller.topic_reply(messages)) == {"topic": "notebook sync fails"}
+    assert labeller.is_label_request(messages) and not labeller.is_label_request(messages[1:])

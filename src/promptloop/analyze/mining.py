@@ -122,7 +122,7 @@ def split_large(parts: list[np.ndarray], texts: pd.Series, limit: float, seed: i
     todo = list(parts)
     while todo:
         members = todo.pop()
-        halves = split_by_text(texts.iloc[members].tolist(), 2, seed, fit_sample, vocabulary) \
+        halves = split_by_text(texts.iloc[members].tolist(), 2, seed, fit_sample, vocabulary, n_init=1) \
             if len(members) > limit else [np.arange(len(members))]
         if len(halves) < 2:
             done.append(members)
@@ -167,7 +167,8 @@ class Vocabulary:
         return [w for w, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
 
 
-def split_by_text(texts: list[str], k: int, seed: int, fit_sample: int, vocabulary: Vocabulary) -> list[np.ndarray]:
+def split_by_text(texts: list[str], k: int, seed: int, fit_sample: int, vocabulary: Vocabulary,
+                  n_init: int = 3) -> list[np.ndarray]:
     """Indices of `texts` split into at most k groups of similar conversations (TF-IDF, k-means)."""
     from sklearn.cluster import MiniBatchKMeans
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -180,7 +181,7 @@ def split_by_text(texts: list[str], k: int, seed: int, fit_sample: int, vocabula
     matrix = TfidfVectorizer(analyzer=vocabulary.analyzer, min_df=1, sublinear_tf=True).fit_transform(distinct.tolist())
     rng = np.random.default_rng(seed)
     fit_rows = rng.choice(matrix.shape[0], size=min(fit_sample, matrix.shape[0]), replace=False)
-    model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048)
+    model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=n_init, batch_size=2048)
     labels = model.fit(matrix[fit_rows], sample_weight=counts[fit_rows]).predict(matrix)[inverse]
     return [np.flatnonzero(labels == c) for c in range(k) if (labels == c).any()]
 
