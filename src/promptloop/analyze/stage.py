@@ -251,7 +251,8 @@ def log_analyze_run(plan: AnalyzePlan, result: AnalyzeResult, latencies: np.ndar
             "alerts": str(len(result.alerts))}
     tags.update({k: str(v) for k, v in (("dvc_md5", result.dvc_md5), ("git_commit", result.git_commit)) if v})
     params = {"window_start": result.window.start, "window_end": result.window.end,
-              "clusters": plan.settings.clusters, "judge_model": plan.settings.judge_model or "none"}
+              "clusters": plan.settings.clusters, "judge_model": plan.settings.judge_model or "none",
+              "label_model": plan.settings.label_model or "none"}
     return log_run(plan.workspace.tracking_uri, plan.workspace.artifact_root, plan.workspace.experiment_name(plan.app),
                    f"analyze-{plan.run}", params, numeric, tags,
                    {"summary.json": result.model_dump(mode="json"), "report.html": render_report(result, latencies)},
