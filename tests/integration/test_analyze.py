@@ -144,6 +144,28 @@ def test_window_change_alerts_and_the_webhook(tmp_path: Path) -> None:
     assert Hook.received[-1]["app"] == "support-bot" and len(Hook.received[-1]["alerts"]) == len(result.alerts)
 
 
+def conversation(i: int, earlier: str, last: str) -> dict:
+    """A 👎 row whose last turn says nothing; the topic is in the user turn before it (logged history)."""
+    turns = [{"role": "user", "content": earlier}, {"role": "assistant", "content": "Do you mean all of them?"}]
+    return row(i, 1, input=last, feedback=-1, inputs={"history": turns})
+
+
+def test_clusters_of_a_real_workspace_follow_the_conversation_and_name_its_topic(workspace) -> None:
+    export, charge = "How do I export my notebooks to PDF?", "Why was my card charged twice for Plus?"
+    write_rows(workspace, [conversation(i, export if i % 2 else charge, ("Yes.", "Okay", "yes please")[i % 3])
+                           for i in range(40)])
+    collect(workspace, "support-bot", now=NOW)
+    result = analyze(workspace, "support-bot", window="7d")
+    assert result.failures == 40 and result.cluster_labels.fallbacks == 0
+    topics = {}
+    for cluster in result.clusters:  # each cluster is one earlier question, named by its words
+        earlier = {e.split(" → ")[0] for e in cluster.examples}
+        assert len(earlier) == 1 and cluster.labelled_by == "llm", cluster
+        topics[earlier.pop()] = cluster.topic
+    assert set(topics) == {export, charge} and sum(c.size for c in result.clusters) == 40
+    assert set(topics[export].split()) <= {"export", "notebooks", "pdf"} and "charged" in topics[charge]
+
+
 def test_empty_window_and_never_collected_app(tmp_path: Path) -> None:
     init_workspace(tmp_path / "ws")
     workspace = open_workspace(tmp_path / "ws")
