@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from html import escape as html_escape
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -39,6 +40,25 @@ def test_demo_clusters_name_the_planted_failures_of_prompt_v1(demo) -> None:
     assert result.metrics["injection_attempt_rate"] > 0.03 and result.metrics["thumbs_down_rate"] > 0.3
     assert {a.metric for a in result.alerts} >= {"thumbs_down_rate"}
     assert result.online_judge.judged == 100 and result.online_judge.low_scores > 0
+
+
+def test_demo_clusters_are_named_by_topic_with_two_examples(demo) -> None:
+    result = demo.analyze
+    labels = result.cluster_labels
+    # params.yaml's label_model is the offline judge: every cluster's topic named by one call
+    assert labels is not None and labels.model == "offline/judge"
+    assert labels.labelled == len(result.clusters) and labels.fallbacks == 0 and labels.calls == len(result.clusters)
+    for cluster in result.clusters:
+        assert cluster.labelled_by == "llm" and cluster.topic and cluster.label.endswith(f": {cluster.topic}")
+        assert len(cluster.examples) == 2 and len(set(cluster.examples)) == 2
+    assert any(all("\uac00" <= ch <= "\ud7a3" or not ch.isalpha() for ch in c.topic) for c in result.clusters
+               if "[ko]" in c.label)  # Korean clusters get Korean topics
+    assert max(c.size for c in result.clusters) <= 0.3 * result.failures
+    stored = json.loads((Path(demo.workspace) / result.failures_snapshot / "clusters.json").read_text("utf-8"))
+    assert [c["examples"] for c in stored["clusters"]] == [c.examples for c in result.clusters]
+    tracking = mlflow.MlflowClient(tracking_uri=open_workspace(Path(demo.workspace)).tracking_uri)
+    html = mlflow.artifacts.load_text(f"{tracking.get_run(result.mlflow_run_id).info.artifact_uri}/report.html")
+    assert all(html_escape(c.examples[0]) in html for c in result.clusters)
 
 
 def test_demo_analyze_is_versioned_and_logged(demo) -> None:
@@ -122,6 +142,28 @@ def test_window_change_alerts_and_the_webhook(tmp_path: Path) -> None:
     assert ("thumbs_down_rate", "max_increase") in rules and ("error_rate", "max") in rules
     assert result.webhook == WebhookResult(sent=True, status=204)
     assert Hook.received[-1]["app"] == "support-bot" and len(Hook.received[-1]["alerts"]) == len(result.alerts)
+
+
+def conversation(i: int, earlier: str, last: str) -> dict:
+    """A 👎 row whose last turn says nothing; the topic is in the user turn before it (logged history)."""
+    turns = [{"role": "user", "content": earlier}, {"role": "assistant", "content": "Do you mean all of them?"}]
+    return row(i, 1, input=last, feedback=-1, inputs={"history": turns})
+
+
+def test_clusters_of_a_real_workspace_follow_the_conversation_and_name_its_topic(workspace) -> None:
+    export, charge = "How do I export my notebooks to PDF?", "Why was my card charged twice for Plus?"
+    write_rows(workspace, [conversation(i, export if i % 2 else charge, ("Yes.", "Okay", "yes please")[i % 3])
+                           for i in range(40)])
+    collect(workspace, "support-bot", now=NOW)
+    result = analyze(workspace, "support-bot", window="7d")
+    assert result.failures == 40 and result.cluster_labels.fallbacks == 0
+    topics = {}
+    for cluster in result.clusters:  # each cluster is one earlier question, named by its words
+        earlier = {e.split(" → ")[0] for e in cluster.examples}
+        assert len(earlier) == 1 and cluster.labelled_by == "llm", cluster
+        topics[earlier.pop()] = cluster.topic
+    assert set(topics) == {export, charge} and sum(c.size for c in result.clusters) == 40
+    assert set(topics[export].split()) <= {"export", "notebooks", "pdf"} and "charged" in topics[charge]
 
 
 def test_empty_window_and_never_collected_app(tmp_path: Path) -> None:

@@ -176,6 +176,17 @@ def test_the_online_judge_follows_the_evaluation_judge_unless_named() -> None:
     assert parse_params(params).analyze.judge_model is None  # off
 
 
+def test_the_cluster_labeller_follows_the_evaluation_judge_unless_named() -> None:
+    params = sample_params()
+    params["evaluate"]["judge_model"] = "openai/gpt-4o-mini"
+    params["analyze"].pop("label_model", None)
+    assert parse_params(params).analyze.label_model == "openai/gpt-4o-mini"
+    params["analyze"]["judge_model"] = None  # the online judge off: the labeller is still on
+    assert parse_params(params).analyze.label_model == "openai/gpt-4o-mini"
+    params["analyze"]["label_model"] = None
+    assert parse_params(params).analyze.label_model is None  # off: clusters named by their words
+
+
 def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text() + "\ndemo:\n  seed: 8\n")

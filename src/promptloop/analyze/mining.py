@@ -2,21 +2,23 @@
 
 A failing interaction is a 👎, an error, a refusal, a toxic or biased answer, a followed injection, or a low
 score from the online judge. Failures are grouped by worst kind and language, then clustered on
-their question (TF-IDF over words and Korean character bigrams, k-means); each cluster is labelled
-by its dominant kinds and the words that set it apart, and ranked by impact = size × mean severity
-× 👎 share (Laplace-smoothed, so a cluster of unrated errors still counts).
+their conversation (the user turn before the last and the last one; TF-IDF over topic words, see
+topics.py; k-means), and a cluster over 30% of all failures is split again. Each cluster is labelled
+by its dominant kinds and the words that set it apart (analyze's stage may then name its topic with
+an LLM), carries two example questions, and is ranked by impact = size × mean severity × 👎 share
+(Laplace-smoothed, so a cluster of unrated errors still counts).
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from promptloop.core.text import STOPWORDS, language, terms
+from promptloop.analyze.topics import conversation_texts, example_texts, topic_words
+from promptloop.core.text import language
 from promptloop.domain.results import ClusterResult
 from promptloop.quality.injection import followed
 
@@ -31,9 +33,8 @@ KIND_SEVERITY: dict[str, float] = {
     "refusal": 1.5,
 }
 KINDS = tuple(KIND_SEVERITY)
-_WORD = re.compile(r"[0-9a-z]+|[\uac00-\ud7a3]+|[\u3040-\u30ff\u4e00-\u9fff]+")
-_JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
-_HIRAGANA_ONLY = re.compile(r"^[\u3040-\u309f]+$")  # particles and endings (です, って): no topic in them
+MAX_CLUSTER_SHARE = 0.3  # a cluster holding more of all failures is a grab-bag: it is split again
+EXAMPLES_SHOWN = 2
 
 
 def failure_kinds(frame: pd.DataFrame) -> pd.DataFrame:
@@ -96,30 +97,33 @@ def reported(cluster: ClusterResult, rank: int) -> ClusterResult:
 
 
 def cluster_failures(
-    failures: pd.DataFrame, max_clusters: int, seed: int, fit_sample: int = 20_000
+    failures: pd.DataFrame, max_clusters: int, seed: int, fit_sample: int = 20_000,
+    max_share: float = MAX_CLUSTER_SHARE,
 ) -> tuple[np.ndarray, list[ClusterResult]]:
     """Assign each failure to a cluster; returns the assignments and the clusters ranked by impact.
 
     Failures are first grouped by their worst kind and their language, so a cluster never mixes
     an injection with a refusal or Korean with English; each group is then split by what was asked
-    (TF-IDF over words and Korean character bigrams, k-means), its share of `max_clusters` in
-    proportion to its size.
+    in the conversation (TF-IDF over topic words, k-means), its share of `max_clusters` in proportion
+    to its size. A cluster holding more than `max_share` of all failures is split again.
     """
     if failures.empty:
         return np.zeros(0, dtype=int), []
-    texts = failures["input"].fillna("").astype(str)
+    texts = conversation_texts(failures)
     vocabulary = Vocabulary.of(texts)
     groups = failures["kinds"].str.split(",").str[0] + "|" + texts.map(vocabulary.language)
     sizes = groups.value_counts()
     budget = {g: max(1, round(max_clusters * n / len(failures))) for g, n in sizes.items()}
-    assignment = np.full(len(failures), -1)
-    clusters: list[ClusterResult] = []
+    parts: list[np.ndarray] = []
     for group, k in budget.items():
         rows = np.flatnonzero((groups == group).to_numpy())
-        for sub in split_by_text(texts.iloc[rows].tolist(), k, seed, fit_sample):
-            members = rows[sub]
-            assignment[members] = len(clusters)
-            clusters.append(describe_cluster(len(clusters), failures.iloc[members], vocabulary))
+        parts.extend(rows[sub] for sub in split_by_text(texts.iloc[rows].tolist(), k, seed, fit_sample, vocabulary))
+    parts = split_large(parts, texts, max_share * len(failures), seed, fit_sample, vocabulary)
+    assignment = np.full(len(failures), -1)
+    clusters: list[ClusterResult] = []
+    for members in parts:
+        assignment[members] = len(clusters)
+        clusters.append(describe_cluster(len(clusters), failures.iloc[members], texts.iloc[members], vocabulary))
     ranked = sorted(clusters, key=lambda c: -c.impact)[:max_clusters]
     renumber = {c.id: rank for rank, c in enumerate(ranked)}
     # clusters past max_clusters (small groups) are reported as -1: mined, but not in a ranked cluster
@@ -127,11 +131,28 @@ def cluster_failures(
     return final, [reported(c, renumber[c.id]) for c in ranked]
 
 
+def split_large(parts: list[np.ndarray], texts: pd.Series, limit: float, seed: int, fit_sample: int,
+                vocabulary: Vocabulary) -> list[np.ndarray]:
+    """`parts` (row indices) with every part over `limit` rows split in two, again, until none is over it
+    or what is left cannot be split (its texts are identical or have no topic words)."""
+    done: list[np.ndarray] = []
+    todo = list(parts)
+    while todo:
+        members = todo.pop()
+        halves = split_by_text(texts.iloc[members].tolist(), 2, seed, fit_sample, vocabulary, n_init=1) \
+            if len(members) > limit else [np.arange(len(members))]
+        if len(halves) < 2:
+            done.append(members)
+        else:  # both halves are non-empty and smaller: this ends
+            todo.extend(members[h] for h in halves)
+    return sorted(done, key=lambda m: int(m[0]))  # in order of first row: the same input, the same clusters
+
+
 @dataclass(frozen=True)
 class Vocabulary:
-    """Words and language of each distinct question, computed once (questions repeat a lot)."""
+    """Topic words and language of each distinct conversation, computed once (questions repeat a lot)."""
 
-    words: dict[str, frozenset[str]]
+    tokens: dict[str, list[str]]
     document_frequency: Counter[str]
     total: int
     languages: dict[str, str]
@@ -139,62 +160,55 @@ class Vocabulary:
     @classmethod
     def of(cls, texts: pd.Series) -> Vocabulary:
         counts = texts.value_counts()
-        words = {t: frozenset(_words(t)) for t in counts.index}
+        tokens = {t: topic_words(t) for t in counts.index}
         frequency: Counter[str] = Counter()
         for text, n in counts.items():
-            for word in words[text]:
+            for word in set(tokens[text]):
                 frequency[word] += n
-        return cls(words, frequency, len(texts), {t: language(t) for t in counts.index})
+        return cls(tokens, frequency, len(texts), {t: language(t) for t in counts.index})
 
     def language(self, text: str) -> str:
         return self.languages[text]
+
+    def analyzer(self, text: str) -> list[str]:
+        """The TF-IDF analyzer: the words cached for `text`."""
+        return self.tokens[text]
 
     def top_words(self, texts: pd.Series, top: int = 5) -> list[str]:
         """The words that set these questions apart: frequent among them, rarer elsewhere."""
         inside: Counter[str] = Counter()
         for text, n in texts.value_counts().items():
-            for word in self.words[text]:
+            for word in set(self.tokens[text]):
                 inside[word] += n
         score = {w: n * np.log(self.total / self.document_frequency[w]) for w, n in inside.items() if n >= 2}
         return [w for w, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
 
 
-def split_by_text(texts: list[str], k: int, seed: int, fit_sample: int) -> list[np.ndarray]:
-    """Indices of `texts` split into at most k groups of similar questions (TF-IDF, k-means)."""
+def split_by_text(texts: list[str], k: int, seed: int, fit_sample: int, vocabulary: Vocabulary,
+                  n_init: int = 3) -> list[np.ndarray]:
+    """Indices of `texts` split into at most k groups of similar conversations (TF-IDF, k-means)."""
     from sklearn.cluster import MiniBatchKMeans
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     distinct, inverse, counts = np.unique(np.asarray(texts, dtype=object), return_inverse=True, return_counts=True)
     k = max(1, min(k, len(texts) // 5, len(distinct)))
-    if k == 1:
+    if k == 1 or not any(vocabulary.tokens[t] for t in distinct):  # no topic words ("Yes.", "Okay"): one group
         return [np.arange(len(texts))]
     # Questions repeat: vectorise each distinct one once and weigh it by how often it was asked.
-    matrix = TfidfVectorizer(analyzer=terms, min_df=1, sublinear_tf=True).fit_transform(distinct.tolist())
+    matrix = TfidfVectorizer(analyzer=vocabulary.analyzer, min_df=1, sublinear_tf=True).fit_transform(distinct.tolist())
     rng = np.random.default_rng(seed)
     fit_rows = rng.choice(matrix.shape[0], size=min(fit_sample, matrix.shape[0]), replace=False)
-    model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048)
+    model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=n_init, batch_size=2048)
     labels = model.fit(matrix[fit_rows], sample_weight=counts[fit_rows]).predict(matrix)[inverse]
     return [np.flatnonzero(labels == c) for c in range(k) if (labels == c).any()]
 
 
-def _words(text: str) -> list[str]:
-    words: list[str] = []
-    for word in _WORD.findall(text.lower()):
-        if _JAPANESE.match(word):  # no spaces between Japanese words: its runs are phrases, split into bigrams
-            bigrams = (word[i : i + 2] for i in range(len(word) - 1))
-            words.extend(b for b in bigrams if not _HIRAGANA_ONLY.match(b))
-        elif word not in STOPWORDS and len(word) > 1 and not word.isdigit():
-            words.append(word)
-    return words
-
-
-def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary) -> ClusterResult:
-    """Label (dominant kinds, language, top words), impact and examples of one cluster."""
+def describe_cluster(number: int, members: pd.DataFrame, texts: pd.Series, vocabulary: Vocabulary) -> ClusterResult:
+    """Label (dominant kinds, language, distinctive words), impact and examples of one cluster."""
     kind_share = {
         k: members["kinds"].str.contains(k, regex=False).mean() for k in KINDS
     }  # no kind name contains another
     dominant = [k for k, share in sorted(kind_share.items(), key=lambda kv: -kv[1]) if share >= 0.3]
-    texts = members["input"].fillna("").astype(str)
     languages = texts.map(vocabulary.language)
     shares = languages[languages != "en"].value_counts() / max(1, len(languages))
     tagged = [str(lang) for lang, share in shares.items() if share >= 0.5]  # a language most questions are in
@@ -202,9 +216,25 @@ def describe_cluster(number: int, members: pd.DataFrame, vocabulary: Vocabulary)
     downs = members["feedback"].eq(-1).fillna(False).sum()
     down_share = float((downs + 1) / (rated + 2))
     severity = float(members["severity"].mean())
-    examples = members.sort_values("severity", ascending=False, kind="stable")["id"].head(5).astype(str).tolist()
+    example_ids = members.sort_values("severity", ascending=False, kind="stable")["id"].head(5).astype(str).tolist()
     language_tag = f" [{tagged[0]}]" if tagged else ""
-    label = f"{'/'.join(dominant) or 'mixed'}{language_tag}: {' '.join(vocabulary.top_words(texts))}"
-    return ClusterResult(id=number, label=label, kinds=dominant, size=len(members),
-                         impact=len(members) * severity * down_share, thumbs_down_share=down_share,
-                         mean_severity=severity, example_ids=examples)
+    topic = " ".join(vocabulary.top_words(texts))
+    return ClusterResult(id=number, label=f"{'/'.join(dominant) or 'mixed'}{language_tag}: {topic}", kinds=dominant,
+                         size=len(members), impact=len(members) * severity * down_share,
+                         thumbs_down_share=down_share, mean_severity=severity, example_ids=example_ids,
+                         topic=topic or None, labelled_by="terms",
+                         examples=example_texts(texts, members["severity"], EXAMPLES_SHOWN))
+
+
+def cluster_conversations(failures: pd.DataFrame, assignment: np.ndarray, clusters: list[ClusterResult],
+                          n: int) -> dict[int, list[str]]:
+    """Up to `n` distinct conversations of each cluster, highest severity first (what its topic is named from)."""
+    texts = conversation_texts(failures)
+    return {c.id: example_texts(texts[assignment == c.id], failures["severity"][assignment == c.id], n)
+            for c in clusters}
+
+
+def with_topic(cluster: ClusterResult, topic: str) -> ClusterResult:
+    """The cluster labelled with an LLM-named topic, after its kinds and language as before."""
+    prefix = cluster.label.partition(": ")[0]  # kinds and language tag: never contain ": "
+    return cluster.model_copy(update={"label": f"{prefix}: {topic}", "topic": topic, "labelled_by": "llm"})

@@ -74,12 +74,23 @@ def _fmt(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def cluster_table(result: AnalyzeResult) -> str:
+    """The failure clusters: label (and how it was named), kinds, size, impact, two example questions."""
+    head = "".join(f"<th>{c}</th>" for c in ("id", "label", "labelled by", "kinds", "size", "impact", "examples"))
+    rows = "".join(
+        f"<tr><td>{c.id}</td><td>{html.escape(c.label)}</td><td>{c.labelled_by}</td>"
+        f"<td>{html.escape(', '.join(c.kinds))}</td><td>{c.size}</td><td>{_fmt(c.impact)}</td>"
+        f"<td>{'<br>'.join(html.escape(e) for e in c.examples)}</td></tr>"
+        for c in result.clusters
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
 def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
     """A self-contained HTML page (charts inlined) for the MLflow run."""
     notes = quality_notes(result.detector_quality)
     metrics = [{"metric": k, "value": v, CHECKED: notes.get(k)} for k, v in result.metrics.items()]
     alerts = [a.model_dump() for a in result.alerts]
-    clusters = [c.model_dump() for c in result.clusters]
     by_version = [{"prompt_version": k, **v} for k, v in result.by_prompt_version.items()]
     sections = [
         f"<h1>analyze {html.escape(result.app)}</h1>",
@@ -96,7 +107,7 @@ def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
         ),
         f'<h2>Latency</h2><img src="{latency_histogram(latencies)}" alt="latency histogram">' if len(latencies) else "",
         f'<h2>Daily</h2><img src="{daily_trends(result.daily)}" alt="daily trends">' if result.daily else "",
-        "<h2>Failure clusters</h2>" + _table(clusters, ["id", "label", "kinds", "size", "impact", "example_ids"]),
+        "<h2>Failure clusters</h2>" + cluster_table(result),
     ]
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}")

@@ -17,9 +17,10 @@ import pyarrow.dataset as ds
 
 from promptloop.analyze.classifier import classifier_enabled, classify, quality_metrics
 from promptloop.analyze.metrics import compute_metrics, daily_metrics, evaluate_alerts, metrics_by
-from promptloop.analyze.mining import cluster_failures, mine_failures
+from promptloop.analyze.mining import cluster_conversations, cluster_failures, mine_failures, with_topic
 from promptloop.analyze.online_judge import judge_sample
 from promptloop.analyze.report import render_report
+from promptloop.analyze.topics import name_topics
 from promptloop.core.config import AnalyzeSettings
 from promptloop.core.errors import InputError
 from promptloop.domain.logs import STORED_LOG_SCHEMA
@@ -27,6 +28,8 @@ from promptloop.domain.results import (
     AlertResult,
     AnalyzeResult,
     DetectorQualityResult,
+    ClusterLabelsResult,
+    ClusterResult,
     OnlineJudgeResult,
     WebhookResult,
     Window,
@@ -155,6 +158,31 @@ def run_classifier(plan: AnalyzePlan, flagged: pd.DataFrame,
         runner.cache.close()
 
 
+LABEL_EXAMPLES = 8  # conversations of a cluster shown to the labeller
+
+
+def label_clusters(plan: AnalyzePlan, failures: pd.DataFrame, assignment: np.ndarray,
+                   clusters: list[ClusterResult]) -> tuple[list[ClusterResult], ClusterLabelsResult | None]:
+    """Each cluster's topic named by `analyze.label_model` (None: off); a cluster it cannot name keeps its
+    distinctive-words label, counted as a fallback."""
+    model = plan.settings.label_model
+    if not model or not clusters:
+        return clusters, None
+    budget = plan.settings.label_budget_usd
+    preflight(plan.workspace, plan.app, {"cluster labeller": model}, budget_usd=budget)
+    conversations = cluster_conversations(failures, assignment, clusters, LABEL_EXAMPLES)
+    runner = plan.workspace.open_runner(max_usd=budget, max_calls=None)
+    try:
+        description = plan.workspace.app_settings(plan.app).description
+        run = asyncio.run(name_topics(runner, model, conversations, description, plan.settings.seed))
+    finally:
+        runner.cache.close()
+    named = [with_topic(c, run.topics[c.id]) if c.id in run.topics else c for c in clusters]
+    return named, ClusterLabelsResult(model=model, labelled=len(run.topics), fallbacks=run.fallbacks,
+                                      calls=run.calls, cache_hits=run.cache_hits, cost_usd=round(run.cost_usd, 6),
+                                      stopped_by_budget=run.stopped_by_budget)
+
+
 @dataclass
 class Mined:
     """An analysed window: the result so far, the failing rows and each one's cluster."""
@@ -227,11 +255,12 @@ def analyze_frame(plan: AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame
     alerts = evaluate_alerts(metrics, previous_metrics, rules)
     failures = mine_failures(flagged)
     assignment, clusters = cluster_failures(failures, plan.settings.clusters, plan.settings.seed)
+    clusters, labels = label_clusters(plan, failures, assignment, clusters)
     result = AnalyzeResult(
         app=plan.app, window=window_of(plan), metrics=metrics, previous_metrics=previous_metrics,
         by_prompt_version=metrics_by(flagged, "prompt_version"), by_model=metrics_by(flagged, "model"),
         daily=daily_metrics(flagged), alerts=alerts, online_judge=judge, detector_quality=quality,
-        failures=len(failures), clusters=clusters,
+        failures=len(failures), clusters=clusters, cluster_labels=labels,
     )
     return Mined(result, failures, assignment)
 
@@ -245,7 +274,8 @@ def log_analyze_run(plan: AnalyzePlan, result: AnalyzeResult, latencies: np.ndar
     tags.update({k: str(v) for k, v in (("dvc_md5", result.dvc_md5), ("git_commit", result.git_commit)) if v})
     params = {"window_start": result.window.start, "window_end": result.window.end,
               "clusters": plan.settings.clusters, "judge_model": plan.settings.judge_model or "none",
-              "classifier_model": plan.settings.classifier_model or "none"}
+              "classifier_model": plan.settings.classifier_model or "none",
+              "label_model": plan.settings.label_model or "none"}
     return log_run(plan.workspace.tracking_uri, plan.workspace.artifact_root, plan.workspace.experiment_name(plan.app),
                    f"analyze-{plan.run}", params, numeric, tags,
                    {"summary.json": result.model_dump(mode="json"), "report.html": render_report(result, latencies)},

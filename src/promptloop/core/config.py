@@ -409,6 +409,11 @@ class AnalyzeSettings(Section):
     classifier_unsure_max: int = Field(default=200, ge=0,
                                        description="at most this many rows the detectors are unsure of, labelled too")
     classifier_budget_usd: float = Field(default=1.0, ge=0)
+    label_model: str | None = Field(
+        default=SAME_JUDGE,
+        description=f"names each failure cluster's topic, one call per cluster; {SAME_JUDGE} (the default): "
+                    "evaluate.judge_model; null: off (clusters are labelled by their distinctive words)")
+    label_budget_usd: float = Field(default=0.1, ge=0, description="spend cap of the cluster labeller")
     seed: int = 0
 
     @field_validator("webhook_url")
@@ -553,6 +558,8 @@ class Params(Section):
             self.analyze.judge_model = self.evaluate.judge_model
         if self.analyze.classifier_model == SAME_JUDGE:
             self.analyze.classifier_model = self.evaluate.judge_model
+        if self.analyze.label_model == SAME_JUDGE:
+            self.analyze.label_model = self.evaluate.judge_model
         return self
 
     def app(self, name: str, source: str | Path = PARAMS_FILE) -> AppSettings:

@@ -119,6 +119,22 @@ class ClusterResult(Record):
     thumbs_down_share: float
     mean_severity: float
     example_ids: list[str]
+    topic: str | None = Field(default=None, description="what its users asked about (the label after the kinds)")
+    labelled_by: Literal["llm", "terms"] = Field(
+        default="terms", description="llm: topic named by analyze.label_model; terms: its distinctive words")
+    examples: list[str] = Field(default_factory=list, description="2 of its questions, highest severity first")
+
+
+class ClusterLabelsResult(Record):
+    """What the cluster labeller (analyze.label_model) did; a fallback is a cluster labelled by its terms."""
+
+    model: str
+    labelled: int
+    fallbacks: int
+    calls: int
+    cache_hits: int
+    cost_usd: float
+    stopped_by_budget: bool
 
 
 class WebhookResult(Record):
@@ -144,6 +160,7 @@ class AnalyzeResult(Record):
     detector_quality: DetectorQualityResult | None = None
     failures: int
     clusters: list[ClusterResult]
+    cluster_labels: ClusterLabelsResult | None = None
     failures_snapshot: str | None = None
     dvc_md5: str | None = None
     git_commit: str | None = None

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 
 from promptloop.core.text import language, terms
-from promptloop.demo.simulated import classifier, structured
+from promptloop.demo.simulated import classifier, labeller, structured
 from promptloop.domain.kb import parse_context
 
 _ABSTAIN = re.compile(
@@ -178,6 +178,8 @@ def verdict(messages: list[dict[str, str]], temperature: float, rng: random.Rand
     """The judge's JSON reply to a rubric or pairwise judge prompt, or to a judge file's request."""
     if classifier.is_request(messages):  # analyze's classifier: labels of one interaction
         return classifier.labels(messages, temperature, rng)
+    if labeller.is_label_request(messages):  # analyze naming a failure cluster's topic
+        return labeller.topic_reply(messages)
     # The case is the last user turn that holds one: after a repair request it is the one before.
     users = [m["content"] for m in messages if m["role"] == "user"]
     requested = next((text for text in reversed(users) if "<question>" in text or "<inputs>" in text), None)
