@@ -27,9 +27,9 @@ from promptloop.domain.logs import STORED_LOG_SCHEMA
 from promptloop.domain.results import (
     AlertResult,
     AnalyzeResult,
-    DetectorQualityResult,
     ClusterLabelsResult,
     ClusterResult,
+    DetectorQualityResult,
     OnlineJudgeResult,
     WebhookResult,
     Window,
