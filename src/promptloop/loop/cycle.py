@@ -27,12 +27,11 @@ SETTLED = ("promote", "hold", "skipped")
 
 def llm_calls(analyzed: AnalyzeResult, improved: ImproveOutcome) -> LLMCalls:
     """LLM calls made and answered from the cache across the cycle's stages."""
-    judge, optimizer, evaluation = analyzed.online_judge, improved.candidates.optimizer, improved.evaluation
-    classifier = analyzed.detector_quality
-    return LLMCalls(calls=(judge.calls if judge else 0) + (classifier.calls if classifier else 0)
-                    + (optimizer.calls if optimizer else 0) + evaluation.llm_calls,
-                    cache_hits=(judge.cache_hits if judge else 0) + (classifier.cache_hits if classifier else 0)
-                    + (optimizer.cache_hits if optimizer else 0) + evaluation.cache_hits)
+    parts = [analyzed.online_judge, analyzed.detector_quality, analyzed.cluster_labels, improved.candidates.optimizer]
+    spent = [p for p in parts if p is not None]
+    evaluation = improved.evaluation
+    return LLMCalls(calls=sum(p.calls for p in spent) + evaluation.llm_calls,
+                    cache_hits=sum(p.cache_hits for p in spent) + evaluation.cache_hits)
 
 
 def pending_path(workspace: Workspace, app: str) -> Path:
