@@ -70,30 +70,40 @@ WINDOW_MARGIN = 3
 _KR_COMPANY_NUMBER = re.compile(r"1[568]\d\d[ .\-]?\d{4}")
 _HANGUL_CJK = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3]")
 
-# --- the prefilter: a text none of these match holds nothing any recognizer accepts (tested) -----
+# --- the prefilter: a text none of these cues match holds nothing any recognizer accepts (tested) ---
 # Every numeric kind (phone, SSN, RRN, card, IPv4, IBAN's digits) lies in a 7+ char run of digits
-# and separators; emails need '@'; IPv6 two ':' around hex; passports a context word; addresses a
-# street suffix or a Korean road name before a number.
+# and separators; emails need '@'; IPv6 two ':' around hex; passports a context word (they are
+# accepted only next to one); a US address a house number before a capitalised word, a Korean one
+# 로/길 before a number. Each cue starts with a character set or is a substring test, so `re`
+# skips to candidates at C speed (one alternation of them all cost ~40x more per text).
 _US_SUFFIX = (
     r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Drive|Dr|Lane|Ln|Way|Court|Ct|Place|Pl|Terrace|Ter"
     r"|Parkway|Pkwy|Highway|Hwy|Circle|Cir|Square|Sq|Trail|Trl|Plaza|Loop|Alley"
 )
 _KR_ROAD = r"[가-힣]{2,}[가-힣0-9]*(?:로|길)"
-PREFILTER = re.compile(
-    r"[\d+(\[][\d\s.()\[\]\-+/~]{5,}\d"  # a digit run
-    r"|@"
-    r"|:[0-9A-Fa-f]{0,4}:"
-    r"|(?i:passport|passeport|reisepass|pasaporte|passaporto|pass-nr)|여권"
-    rf"|\b(?:{_US_SUFFIX})\b"
-    rf"|{_KR_ROAD}\s?\d"
-)
-_PASSPORT_CUE = re.compile(r"(?i:passport|passeport|reisepass|pasaporte|passaporto|pass-nr)|여권")
 _DIGIT_RUN = re.compile(r"[\d+(\[][\d\s.()\[\]\-+/~]{5,}\d")
+_IPV6_CUE = re.compile(r":[0-9A-Fa-f]{0,4}:")
+_IP_CUE = re.compile(rf"{_DIGIT_RUN.pattern}|{_IPV6_CUE.pattern}")
+_US_ADDRESS_CUE = re.compile(r"[0-9][A-Za-z]?\s+[A-Z0-9]")  # house number, then the street's first word
+_KR_ADDRESS_CUE = re.compile(r"[로길]\s?\d")
+_PASSPORT_CUE = re.compile(r"(?i:passport|passeport|reisepass|pasaporte|passaporto|pass-nr)|여권")
+_PASS_STEM = re.compile("[Pp][Aa][Ss]")  # starts every Latin _PASSPORT_CUE word, in any case
+# _DIGIT_RUN for ASCII texts: a character set of ASCII digits first lets `re` skip ~3x faster
+_DIGIT_RUN_ASCII = re.compile(r"[0-9+(\[][0-9\s.()\[\]\-+/~]{5,}[0-9]")
 
 
 def could_hold_pii(text: str) -> bool:
     """The cheap test run on every text: False means no recognizer can accept anything in it."""
-    return PREFILTER.search(text) is not None
+    if "@" in text:
+        return True
+    ascii_only = text.isascii()  # then [0-9] is \d, and Hangul cues cannot match
+    if (_DIGIT_RUN_ASCII if ascii_only else _DIGIT_RUN).search(text) or _US_ADDRESS_CUE.search(text):
+        return True
+    if not ascii_only and (_KR_ADDRESS_CUE.search(text) or "여권" in text):
+        return True
+    if ":" in text and _IPV6_CUE.search(text):
+        return True
+    return _PASS_STEM.search(text) is not None
 
 
 @dataclass(frozen=True, order=True)
@@ -226,11 +236,11 @@ def _recognizers() -> tuple[tuple[EntityRecognizer, re.Pattern[str] | None], ...
         (PhoneRecognizer(supported_regions=REGIONS, leniency=1), digits),
         (pii_custom.KrPhoneRecognizer(), digits),
         (pii_custom.UsLocalPhoneRecognizer(), digits),
-        (IpRecognizer(), re.compile(r"[\d.]{7}|:[0-9A-Fa-f]{0,4}:")),
+        (IpRecognizer(), _IP_CUE),
         (pii_custom.OfflineEmailRecognizer(), re.compile("@")),
         *((recognizer, _PASSPORT_CUE) for recognizer in passports),
-        (pii_custom.UsAddressRecognizer(), re.compile(rf"\b(?:{_US_SUFFIX})\b")),
-        (pii_custom.KrRoadAddressRecognizer(), re.compile(rf"{_KR_ROAD}\s?\d")),
+        (pii_custom.UsAddressRecognizer(), _US_ADDRESS_CUE),
+        (pii_custom.KrRoadAddressRecognizer(), _KR_ADDRESS_CUE),
     )
 
 
