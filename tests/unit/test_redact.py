@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from promptloop.core.errors import InputError
 from promptloop.quality.pii_custom import OFFLINE_TLD
-from promptloop.quality.pii_recognizers import could_hold_pii, find_pii, rrn_birth_date_ok
+from promptloop.quality.pii_recognizers import could_hold_pii, could_hold_pii_column, find_pii, rrn_birth_date_ok
 from promptloop.quality.redact import (
     PLACEHOLDERS,
     Redactor,
@@ -281,7 +281,8 @@ _FRAGMENTS = st.sampled_from(
     ["0", "1", "2", "5", "9", "010", "02", "031", "415", "555", "1234", "5678", "0134", "900101", "1234567",
      "4111", "1111", "378282246310005", "192", "168", "255", "256", ".", "-", " ", "  ", "(", ")", "+", "+82 ",
      "+44 ", "+49 ", "DE89", "GB29 NWBK", "3704", "v", "a", "x", "_", "번호", "는", "\n", ",", "/", "#", ":", "::",
-     "fe80", "@", "mina@example.com", "call ", "ssn ", "passport ", "여권 ", "Main St", " Ave", "세종대로 ", "길 "]
+     "fe80", "@", "mina@example.com", "call ", "ssn ", "passport ", "여권 ", "Main St", " Ave", "세종대로 ", "길 ",
+     "\u3000", "\xa0", "\x1c", "\t", "١٢٣", "０１０"]
 )
 _TEXTS = st.one_of(
     st.lists(_FRAGMENTS, max_size=30).map("".join), st.text(alphabet="0123456789 .-()+:@ax번로길St", max_size=40)
@@ -295,6 +296,10 @@ def test_the_prefilter_and_cues_lose_nothing_a_recognizer_finds(text: str) -> No
     assert find_pii(text) == ungated
     if ungated:
         assert could_hold_pii(text)
+    # the column form (RE2 over Arrow strings) flags at least every text the per-text form does
+    column = could_hold_pii_column(np.array([text, None, 7], dtype=object)).tolist()
+    assert column[1:] == [False, False]
+    assert column[0] or not could_hold_pii(text)
 
 
 def test_a_redactor_survives_pickling_for_worker_processes() -> None:

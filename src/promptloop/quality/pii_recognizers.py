@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from presidio_analyzer import EntityRecognizer
 
@@ -104,6 +106,30 @@ def could_hold_pii(text: str) -> bool:
     if ":" in text and _IPV6_CUE.search(text):
         return True
     return _PASS_STEM.search(text) is not None
+
+
+# `could_hold_pii` as one RE2 pattern (RE2 has no backtracking, so one alternation is cheap):
+# \p{Nd} is Python's \d, _SPACE Python's \s (str.isspace), so it matches wherever a cue does.
+_SPACE = r"[\t\n\v\f\r\x1c-\x1f\x85\p{Z}]"
+_RE2_PREFILTER = "|".join((
+    "@",
+    rf"[\p{{Nd}}+(\[](?:\p{{Nd}}|{_SPACE}|[.()\[\]\-+/~]){{5,}}\p{{Nd}}",
+    rf"[0-9][A-Za-z]?{_SPACE}+[A-Z0-9]",
+    rf"[로길]{_SPACE}?\p{{Nd}}",
+    "여권",
+    ":[0-9A-Fa-f]{0,4}:",
+    "[Pp][Aa][Ss]",
+))
+
+
+def could_hold_pii_column(values: np.ndarray) -> np.ndarray:
+    """`could_hold_pii` of each str in `values` (objects) at C speed; non-str values are False."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    texts = pa.array([v if isinstance(v, str) else None for v in values], type=pa.large_string())
+    found = pc.match_substring_regex(texts, _RE2_PREFILTER)
+    return np.asarray(found.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 @dataclass(frozen=True, order=True)
