@@ -12,15 +12,17 @@ recognizers; `usaddress` (a CRF model inside its wheel) confirms US addresses. A
 spaCy model (the recognizers are called without Presidio's NLP engine) and no public-suffix download
 (tldextract reads its bundled snapshot). `pii_recognizers` says which recognizer covers what.
 
-How it stays fast: a Presidio pass costs ~0.1-1 ms per text, far too slow for the 1M rows `collect`
-handles, so one cheap regex (`pii_recognizers.PREFILTER`: a 7+ char digit run, '@', two ':' around
-hex, a passport word, a street suffix or a Korean road name before a number) is searched in every
-text, and only texts it finds run the recognizers. It is a superset of what every recognizer needs
-(each runs only behind its own part of it, and tests check the gated and ungated runs agree), so
-recall does not depend on it. The extra patterns, as one alternation, run over every text first.
-Overlapping findings are replaced as one span, so no fragment of either survives. Placeholders
-hold no digit, '@' or ':'. Measured on 100k synthetic log rows x 2 columns (~8% with PII):
-see docs/collect.md ("PII redaction") for the table and the command.
+How it stays fast: a Presidio pass costs milliseconds per text (mostly `phonenumbers`), far too
+slow for the 1M rows `collect` handles, so every text is first checked for cheap cues
+(`pii_recognizers.could_hold_pii`: a 7+ char digit run, '@', two ':' around hex, a house number
+before a capitalised word, 로/길 before a number, a passport word; in `redact_series` one RE2 pattern
+over the whole Arrow column), and only texts with a cue run the recognizers. The cues are a superset
+of what every recognizer can accept (tests check the gated and ungated runs agree), so recall does
+not depend on them. A distinct text runs the recognizers once per column; repeats replay it. The
+extra patterns, as one alternation, run over every text first. Overlapping findings are replaced as
+one span, so no fragment of either survives. Placeholders hold no digit, '@' or ':'. Before
+Presidio, hand-written regexes did 1M rows x 2 columns in ~5 s; docs/pii.md ("Speed") has what
+this costs now, measured, with the command.
 """
 
 from __future__ import annotations
