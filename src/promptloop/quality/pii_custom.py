@@ -89,7 +89,7 @@ class OfflineEmailRecognizer(EmailRecognizer):
 
 # House number, 1-5 words, a street suffix; then optionally a unit, a city, a state and a ZIP.
 _US_CANDIDATE = re.compile(
-    rf"\b[0-9]{{1,6}}[A-Za-z]?(?:\s+[A-Z0-9][\w.'\-]*){{1,5}}?\s+(?:{_US_SUFFIX})\b\.?(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
+    rf"\b[0-9]{{1,6}}[A-Za-z]?(?:\s+[A-Z0-9][\w.'\-]*){{1,5}}?\s+(?:{_US_SUFFIX})\b(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
     r"(?:,?\s+(?:Apt|Suite|Ste|Unit|Fl|Floor|#)\.?\s*#?[\w\-]+)?"
     r"(?:,\s*[A-Z][a-z]+(?:\s[A-Z][a-z]+){0,2})?"
     r"(?:,?\s*[A-Z]{2})?"
