@@ -389,3 +389,19 @@ def test_a_first_redaction_in_a_fresh_process_touches_no_network() -> None:
                          env=None, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "Mail <EMAIL> or <EMAIL>, call <PHONE>, SSN <SSN>"
+
+
+def test_a_megabyte_of_digit_groups_loses_every_long_digit_run_without_the_recognizers() -> None:
+    text = "call 010-1234-5678 " + "12345678 " * 5_000  # 45,000 chars of digit runs: over the window budget
+    out, counts = REDACTOR.redact_text(text)
+    assert "1234567" not in out and "010-1234" not in out
+    assert set(counts) == {"NUMBER"}
+
+
+def test_a_long_text_is_read_in_overlapping_pieces_and_loses_nothing() -> None:
+    filler = "How do I export my notes? " * 400  # ~10,000 chars: three whole-text pieces
+    values = ["mina.park@example.com", "536-22-8471", "1234 Elm Street", "010-9876-5432"]
+    text = filler + filler.join(f" {value}. " for value in values) + filler
+    out, counts = REDACTOR.redact_text(text)
+    assert not [v for v in values if v in out]
+    assert counts == Counter({"EMAIL": 1, "SSN": 1, "ADDRESS": 1, "PHONE": 1})

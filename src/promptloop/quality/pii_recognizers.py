@@ -56,7 +56,7 @@ KIND_OF_ENTITY: dict[str, str] = {
                                          "ES_PASSPORT", "IN_PASSPORT", "KR_PASSPORT")},
 }
 # Where two findings overlap, the one of the earlier kind names the merged span.
-KIND_ORDER = ("RRN", "CARD", "SSN", "IBAN", "PASSPORT", "PHONE", "IP", "EMAIL", "ADDRESS")
+KIND_ORDER = ("RRN", "CARD", "SSN", "IBAN", "PASSPORT", "PHONE", "IP", "EMAIL", "ADDRESS", "NUMBER")
 
 MIN_SCORE = 0.4  # Presidio's scores: a validated checksum is 1.0, phonenumbers 0.4, weak regexes 0.05-0.1
 CONTEXT_BOOST = 0.35  # what Presidio's LemmaContextAwareEnhancer adds for a context word nearby
@@ -68,6 +68,11 @@ REGIONS = ("US", "KR", "GB", "DE", "FR")
 # phonenumbers takes short codes ("1680") as valid numbers; a person's number has 7+ digits (555-0134).
 MIN_PHONE_DIGITS = 7
 WINDOW_MARGIN = 3
+WINDOW_PIECE = (256, 64)  # digit-run windows longer than 256 chars are read in pieces overlapping by 64
+# A text whose digit-run windows add up to more than this is not read by the numeric recognizers
+# (~3 s per 10,000 chars of digit groups): each of its 7+ digit runs is replaced as <NUMBER>.
+MAX_DIGIT_WINDOW_CHARS = 20_000
+TEXT_PIECE = (4096, 512)  # and whole texts in pieces of 4,096 overlapping by 512 (US addresses are long)
 # Korean nationwide company numbers (1588-1234 ...) are not a person's.
 _KR_COMPANY_NUMBER = re.compile(r"1[568]\d\d[ .\-]?\d{4}")
 _HANGUL_CJK = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3]")
@@ -155,11 +160,21 @@ def find_pii(text: str, *, gated: bool = True) -> list[Finding]:
     shadow = _HANGUL_CJK.sub(";", text)
     lowered = text.lower()
     found: list[Finding] = []
+    windows = _digit_windows(shadow) if gated else []
+    too_long = sum(end - start for start, end in windows) > MAX_DIGIT_WINDOW_CHARS
+    if too_long:  # a hostile megabyte of numbers: every long digit run goes, unrecognized
+        found += [Finding(start + WINDOW_MARGIN, min(end - WINDOW_MARGIN, len(text)), "NUMBER", 1.0)
+                  for start, end in windows]
     for recognizer, cue in _recognizers():
         if gated and cue is not None and cue.search(text) is None:
             continue
+        if too_long and cue is _DIGIT_RUN:
+            continue
         source = text if getattr(recognizer, "reads_hangul", False) else shadow
-        spans = _digit_windows(source) if gated and cue is _DIGIT_RUN else [(0, len(source))]
+        if gated and cue is _DIGIT_RUN:
+            spans = [piece for window in windows for piece in _pieces(*window, *WINDOW_PIECE)]
+        else:
+            spans = _pieces(0, len(source), *TEXT_PIECE)
         for start, end in spans:
             for result in recognizer.analyze(source[start:end], recognizer.supported_entities, None):  # type: ignore[arg-type]
                 result.start, result.end = result.start + start, result.end + start
@@ -167,6 +182,18 @@ def find_pii(text: str, *, gated: bool = True) -> list[Finding]:
                 if finding is not None:
                     found.append(finding)
     return merge_overlaps(found)
+
+
+def _pieces(start: int, end: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, end) as pieces of at most `size` chars, each overlapping the next by `overlap`.
+
+    Presidio de-duplicates a call's results pairwise and `phonenumbers` slows down on long runs, so
+    one call over a megabyte of digits would take minutes; pieces keep the cost linear. A value up
+    to `overlap` chars long lies whole in some piece; one cut by a piece edge is a partial finding
+    that merges with the whole one."""
+    if end - start <= size:
+        return [(start, end)]
+    return [(at, min(at + size, end)) for at in range(start, end - overlap, size - overlap)]
 
 
 def _digit_windows(text: str) -> list[tuple[int, int]]:
