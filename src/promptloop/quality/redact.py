@@ -42,8 +42,6 @@ from promptloop.quality.pii_recognizers import Finding, could_hold_pii, could_ho
 
 PII_KINDS = ("EMAIL", "PHONE", "RRN", "CARD", "IP", "SSN", "IBAN", "PASSPORT", "ADDRESS")
 PLACEHOLDERS: dict[str, str] = {kind: f"<{kind}>" for kind in PII_KINDS}
-# Digit runs of a text too long for the numeric recognizers (pii_recognizers.MAX_DIGIT_WINDOW_CHARS).
-UNRECOGNIZED_NUMBER = "NUMBER"
 
 PARAMS_SOURCE = "params.yaml"
 EXTRA_FIELD = "collect.extra_pii_patterns"
@@ -197,6 +195,7 @@ def _replace_findings(text: str, findings: list[Finding], placeholders: Mapping[
     pieces: list[str] = []
     last = 0
     for finding in findings:
+        # NUMBER (digit runs of a text too long to read) has no entry: it is no kind one can plant
         pieces += (text[last : finding.start], placeholders.get(finding.kind, f"<{finding.kind}>"))
         counts[finding.kind] += 1
         last = finding.end
