@@ -52,8 +52,14 @@ PLANTED: dict[str, list[str]] = {
     "RRN": ["880808-1357913"],
     "CARD": ["4000 0566 5566 5556"],
     "IP": ["203.0.113.77", "2001:db8:85a3::8a2e:370:7334"],
+    "SSN": ["536-22-7319"],
+    "IBAN": ["DE89 3704 0044 0532 0130 00"],
+    "PASSPORT": ["912807319"],
+    "ADDRESS": ["7319 Canary Street", "테헤란로 7319"],
     "ORDER_ID": ["ORD-73192468"],
 }
+# Passport numbers are taken only next to a context word (alone they are any 9-digit number).
+CONTEXT = {"PASSPORT": "passport "}
 USER_ID = "user-canary-7319"  # hashed by collect, never stored as is
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 # The real CLI entry point, with every logger (litellm's too) at DEBUG: more output that could leak.
@@ -283,8 +289,9 @@ def test_the_planted_values_cover_every_pii_kind_the_redactor_knows() -> None:
     redactor = build_redactor(EXTRA_KINDS)
     assert set(PLANTED) == set(redactor.placeholders) == set(PLACEHOLDERS) | set(EXTRA_KINDS)
     for kind, values in PLANTED.items():
-        for value in values:  # each is redacted whole when it stands alone
-            assert redactor.redact_text(f"value: {value}.")[0] == f"value: <{kind}>.", value
+        for value in values:  # each is redacted whole when it stands alone (after its context word)
+            context = CONTEXT.get(kind, "")
+            assert redactor.redact_text(f"value: {context}{value}.")[0] == f"value: {context}<{kind}>.", value
     assert luhn_valid(PLANTED["CARD"][0].replace(" ", ""))
 
 

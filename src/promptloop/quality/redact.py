@@ -1,27 +1,28 @@
 """PII redaction for production LLM logs (English and Korean): typed placeholders, counts per kind.
 
-Emails, phone numbers (international, Korean, North-American), Korean resident registration
-numbers (RRN), credit-card numbers (Luhn-checked), IPv4/IPv6 addresses and configurable extra
-patterns are replaced by `<EMAIL>`, `<PHONE>`, `<RRN>`, `<CARD>`, `<IP>`, `<ORDER_ID>` ...
+US social security numbers, phone numbers (any `+` number; US, Korean, UK, German, French national
+formats; US 7-digit local numbers), credit-card numbers (Luhn), IBANs (mod-97), passport numbers
+(next to a context word), emails, IPv4/IPv6 addresses, Korean resident registration numbers (RRN),
+US street and Korean road-name addresses, and configurable extra patterns are replaced by `<SSN>`,
+`<PHONE>`, `<CARD>`, `<IBAN>`, `<PASSPORT>`, `<EMAIL>`, `<IP>`, `<RRN>`, `<ADDRESS>`, `<ORDER_ID>` ...
 
-Why the patterns are written by hand: we evaluated Presidio. Its analyzer needs a spaCy model
-downloaded from a model hub, which this offline machine cannot fetch, and a per-row NLP pass is far
-too slow for the 1M rows `collect` handles; its pattern recognizers are the same idea as here
-(regex + checksum). phonenumbers-style libraries cover phones only, not Korean RRNs.
+The recognizers are Microsoft Presidio's (`presidio-analyzer`, phones through Google's
+`phonenumbers`), with promptloop's Korean, US-local-phone and address recognizers written as Presidio
+recognizers; `usaddress` (a CRF model inside its wheel) confirms US addresses. All run offline: no
+spaCy model (the recognizers are called without Presidio's NLP engine) and no public-suffix download
+(tldextract reads its bundled snapshot). `pii_recognizers` says which recognizer covers what.
 
-How it stays fast (1M rows x 2 columns in ~5 s): one alternation of every kind with a named group
-per kind, run over each whole text, is the obvious design, but `re` then tries every branch at
-every character: ~17 us per 100-char text, over 60 s for 1M rows x 2 columns. So the kinds are split
-by a character each match must hold, which is cheap to look for:
-- phones, RRNs, cards and IPv4 lie in a 7+ char run of digits and separators (`_TOKEN`, found at C
-  speed because it starts with a character set); ONE alternation of these four kinds with named
-  groups runs only inside such runs, with the whole text around it for its lookbehinds;
-- emails need '@' and IPv6 addresses '::' or 7 ':', so those passes run only on texts that have them;
-- the extra patterns, as one alternation, run over every text first.
-The replacement callable reads the kind from `match.lastgroup`, counts it, and checks what a regex
-cannot: Luhn for cards, 8+ digits for '+' numbers (a match failing its check stays as it is).
-Placeholders hold no digit, '@' or ':', so no later pass can match inside one. Measured on 1M
-synthetic log rows x 2 columns (~100 and ~190 chars, 8% with PII): ~5 s on this machine.
+How it stays fast: a Presidio pass costs milliseconds per text (mostly `phonenumbers`), far too
+slow for the 1M rows `collect` handles, so every text is first checked for cheap cues
+(`pii_recognizers.could_hold_pii`: a 7+ char digit run, '@', two ':' around hex, a house number
+before a capitalised word, 로/길 before a number, a passport word; in `redact_series` one RE2 pattern
+over the whole Arrow column), and only texts with a cue run the recognizers. The cues are a superset
+of what every recognizer can accept (tests check the gated and ungated runs agree), so recall does
+not depend on them. A distinct text runs the recognizers once per column; repeats replay it. The
+extra patterns, as one alternation, run over every text first. Overlapping findings are replaced as
+one span, so no fragment of either survives. Placeholders hold no digit, '@' or ':'. Before
+Presidio, hand-written regexes did 1M rows x 2 columns in ~5 s; docs/pii.md ("Speed") has what
+this costs now, measured, with the command.
 """
 
 from __future__ import annotations
@@ -37,65 +38,14 @@ import numpy as np
 import pandas as pd
 
 from promptloop.core.errors import InputError
+from promptloop.quality.pii_recognizers import Finding, could_hold_pii, could_hold_pii_column, find_pii
 
-PLACEHOLDERS: dict[str, str] = {"EMAIL": "<EMAIL>", "PHONE": "<PHONE>", "RRN": "<RRN>", "CARD": "<CARD>", "IP": "<IP>"}
+PII_KINDS = ("EMAIL", "PHONE", "RRN", "CARD", "IP", "SSN", "IBAN", "PASSPORT", "ADDRESS")
+PLACEHOLDERS: dict[str, str] = {kind: f"<{kind}>" for kind in PII_KINDS}
 
 PARAMS_SOURCE = "params.yaml"
 EXTRA_FIELD = "collect.extra_pii_patterns"
 _KIND_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
-
-# --- the built-in patterns, compiled with ASCII semantics: \d is 0-9, \w is [A-Za-z0-9_] ---------
-# Numbers may touch Hangul ("번호는010-1234-5678입니다") but not an ASCII letter or digit.
-_LEFT = r"(?<!\w)"
-_SEP = r"[ .\-]"
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_IPV4 = rf"(?:{_OCTET}\.){{3}}{_OCTET}"
-_H = r"[0-9A-Fa-f]{1,4}"
-_IPV6_FORMS = "|".join(
-    (
-        rf"::ffff:{_IPV4}",
-        rf"(?:{_H}:){{7}}{_H}",
-        rf"(?:{_H}:){{1,6}}:{_H}",
-        rf"(?:{_H}:){{1,5}}(?::{_H}){{1,2}}",
-        rf"(?:{_H}:){{1,4}}(?::{_H}){{1,3}}",
-        rf"(?:{_H}:){{1,3}}(?::{_H}){{1,4}}",
-        rf"(?:{_H}:){{1,2}}(?::{_H}){{1,5}}",
-        rf"{_H}:(?::{_H}){{1,6}}",
-        rf":(?::{_H}){{2,7}}",  # at least two groups: "::1" and "::" say nothing about a person
-        rf"(?:{_H}:){{2,7}}:",
-    )
-)
-
-EMAIL_REGEX = r"(?<![\w.%+\-])[\w.%+\-]++@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
-# only an address holding a digit (not "add::bead"); not glued to more hex, ':' or ".digit"
-IPV6_REGEX = rf"(?<![\w:.])(?=[0-9A-Fa-f:]*\d)(?:{_IPV6_FORMS})(?![\w:]|\.\d)"
-# The kinds that lie in a digit run, in the order they win where two match at one place.
-NUMERIC_REGEXES: dict[str, str] = {
-    # YYMMDD with a plausible month and day, then 7 digits starting with the 1-8 gender/century digit
-    "RRN": rf"{_LEFT}\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])[- ]?[1-8]\d{{6}}(?!\d)",
-    # 13-19 digits in a row, 4-4-4-4 (Visa, Mastercard ...), 4-6-5 (Amex) or 4-6-4 (Diners)
-    "CARD": rf"{_LEFT}(?:\d{{13,19}}|\d{{4}}(?:[ \-]\d{{4}}){{3}}|\d{{4}}[ \-]\d{{6}}[ \-]\d{{4,5}})(?!\d)",
-    "PHONE": "|".join(
-        (
-            rf"\+[1-9]\d{{0,2}}(?:{_SEP}?\(?\d{{1,4}}\)?){{1,3}}{_SEP}?\d{{3,4}}(?!\d)",  # +82 10-1234-5678
-            rf"{_LEFT}(?:01[016789]|0(?:2|[3-6][1-5]|[578]0)){_SEP}?\d{{3,4}}{_SEP}?\d{{4}}(?!\d)",  # 010, 02, 031
-            rf"{_LEFT}(?:1{_SEP})?[2-9]\d\d{_SEP}[2-9]\d\d{_SEP}\d{{4}}(?!\d)",  # 415-555-0134
-            rf"(?:{_LEFT}1{_SEP}?)?\((?:[2-9]\d\d|0\d{{1,2}})\){_SEP}?\d{{3,4}}{_SEP}\d{{4}}(?!\d)",  # (415) 555-0134
-        )
-    ),
-    # four octets 0-255, not part of a longer dotted number (1.2.3.4.5) nor after a letter (v1.2.3.4)
-    "IP": rf"(?<![\w.]){_IPV4}(?!\.?\d)",
-}
-
-_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.%+-")  # EMAIL_REGEX's
-_EMAIL = re.compile(f"(?P<EMAIL>(?a:{EMAIL_REGEX}))")
-_IPV6 = re.compile(f"(?P<IP>(?a:{IPV6_REGEX}))")
-_NUMERIC = re.compile("|".join(f"(?P<{kind}>(?a:{regex}))" for kind, regex in NUMERIC_REGEXES.items()))
-# A run of digits and separators (7+ chars) that every phone, RRN, card and IPv4 address lies in.
-# It starts with a character set, so `re` skips the text between runs at C speed (explicit [0-9]
-# ranges measure ~1.5x faster here than \d).
-_TOKEN = re.compile(r"[+(0-9](?<![0-9A-Za-z_][0-9])[0-9 .()\-]{5,}[0-9]")
-
 
 @dataclass(frozen=True)
 class Redactor:
@@ -130,7 +80,15 @@ class Redactor:
         if not text_like:
             return values.copy(), counts
         redact = self._redactor(counts)
-        out = [redact(v) if isinstance(v, str) else v for v in values.to_numpy(dtype=object)]
+        raw = values.to_numpy(dtype=object)
+        if self._extras is not None:  # the extras run on every text
+            return _like(values, [redact(v) if isinstance(v, str) else v for v in raw]), counts
+        # RE2 over the whole column finds the few texts that could hold PII (~10x cheaper than a
+        # Python regex search per text); only those are looked at one by one.
+        candidates = could_hold_pii_column(raw)
+        out = raw.copy()
+        for i in np.flatnonzero(candidates):
+            out[i] = redact(raw[i])
         return _like(values, out), counts
 
     def redact_labels(self, values: pd.Series) -> tuple[pd.Series, Counter[str]]:
@@ -153,18 +111,25 @@ class Redactor:
 
     def _redactor(self, counts: Counter[str]) -> Callable[[str], str]:
         """A str -> str function that redacts and adds what it replaced to `counts`."""
-        replace = _replacer(self.placeholders, counts)
+        placeholders = self.placeholders
+        replace = _replacer(placeholders, counts)
         extras = self._extras.sub if self._extras is not None else None
-        ipv6, tokens, on_token = _IPV6.sub, _TOKEN.sub, _token_replacer(_NUMERIC, replace)
+
+        # Logs repeat texts (a template's greeting, a pasted signature): each distinct one that needs
+        # the recognizers runs them once per call; a repeat replays its result and counts.
+        seen: dict[str, tuple[str, Counter[str]]] = {}
 
         def redact(text: str) -> str:
             if extras is not None:
                 text = extras(replace, text)
-            if "@" in text:
-                text = _redact_emails(text, replace)
-            if "::" in text or text.count(":") >= 7:
-                text = ipv6(replace, text)
-            return tokens(on_token, text)
+            if not could_hold_pii(text):  # most texts: one regex search, no recognizer
+                return text
+            if text not in seen:
+                found: Counter[str] = Counter()
+                seen[text] = (_replace_findings(text, find_pii(text), placeholders, found), found)
+            redacted, found = seen[text]
+            counts.update(found)
+            return redacted
 
         return redact
 
@@ -213,69 +178,29 @@ def _like(values: pd.Series, out: list[object] | np.ndarray) -> pd.Series:
 
 
 def _replacer(placeholders: Mapping[str, str], counts: Counter[str]) -> Callable[[re.Match[str]], str]:
-    """The `re.sub` callable: the kind's placeholder (counted), or the match itself if `_CHECKED` says no."""
+    """The `re.sub` callable for the extra patterns: the kind's placeholder, counted."""
 
     def replace(match: re.Match[str]) -> str:
-        kind, text = match.lastgroup or "", match.group()
-        if kind in _CHECKED and not _CHECKED[kind](text):
-            return text
+        kind = match.lastgroup or ""
         counts[kind] += 1
         return placeholders[kind]
 
     return replace
 
 
-def _card_ok(text: str) -> bool:
-    """A card number must pass Luhn."""
-    return luhn_valid(text.replace(" ", "").replace("-", ""))
-
-
-def _phone_ok(text: str) -> bool:
-    """An international number needs 8+ digits (so every phone is 7+ chars, inside a `_TOKEN` run)."""
-    return text[0] != "+" or sum(ch.isdigit() for ch in text) >= 8
-
-
-_CHECKED: dict[str, Callable[[str], bool]] = {"CARD": _card_ok, "PHONE": _phone_ok}
-
-
-def _redact_emails(text: str, replace: Callable[[re.Match[str]], str]) -> str:
-    """`_EMAIL.sub(replace, text)`, but the regex is tried only where the local part before an '@'
-    starts (trying it at every letter costs ~5 us per 250-char text)."""
-    pieces: list[str] = []
-    last, at = 0, text.find("@")
-    while at != -1:
-        start = at
-        while start > last and text[start - 1] in _LOCAL_CHARS:
-            start -= 1
-        hit = _EMAIL.match(text, start) if start < at else None
-        if hit:
-            pieces += (text[last:start], replace(hit))
-            last = hit.end()
-        at = text.find("@", max(at + 1, last))
-    if not pieces:
+def _replace_findings(text: str, findings: list[Finding], placeholders: Mapping[str, str], counts: Counter[str]) -> str:
+    """`text` with each (non-overlapping, sorted) finding replaced by its kind's placeholder, counted."""
+    if not findings:
         return text
+    pieces: list[str] = []
+    last = 0
+    for finding in findings:
+        # NUMBER (digit runs of a text too long to read) has no entry: it is no kind one can plant
+        pieces += (text[last : finding.start], placeholders.get(finding.kind, f"<{finding.kind}>"))
+        counts[finding.kind] += 1
+        last = finding.end
     pieces.append(text[last:])
     return "".join(pieces)
-
-
-def _token_replacer(
-    pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str]
-) -> Callable[[re.Match[str]], str]:
-    """The `_TOKEN.sub` callable: runs `pattern` over the token in place (lookbehinds see the text)."""
-
-    def on_token(token: re.Match[str]) -> str:
-        text, start, end = token.string, token.start(), token.end()
-        pieces: list[str] = []
-        last = start
-        for hit in pattern.finditer(text, start, end):
-            pieces += (text[last : hit.start()], replace(hit))
-            last = hit.end()
-        if not pieces:
-            return token.group()
-        pieces.append(text[last:end])
-        return "".join(pieces)
-
-    return on_token
 
 
 def _checked_extra(name: object, regex: object) -> str:

@@ -39,7 +39,7 @@ _LEAK = re.compile(r"my instructions|unrestricted mode|new rules|system prompt:|
 _CITATION = re.compile(r"\[source:\s*([a-z0-9-]+)\]|\"sources\":\s*\[\s*\"([a-z0-9-]+)\"")
 _PII = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+|\d{2,4}[ -]\d{3,4}[ -]\d{4}|\d{6}-\d{7}")
 # Redacted personal data (collect's placeholders): echoed back, it was personal data in the answer.
-_PLACEHOLDER = re.compile(r"<(?:EMAIL|PHONE|RRN|CARD|IP|[A-Z]+_ID)>")
+_PLACEHOLDER = re.compile(r"<(?:EMAIL|PHONE|RRN|CARD|IP|SSN|IBAN|PASSPORT|ADDRESS|[A-Z]+_ID)>")
 _PRODUCT_WORDS = {"nimbus", "notes", "app", "님버스", "노트"}
 
 
