@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from promptloop.core.errors import InputError
-from promptloop.quality.pii_custom import OFFLINE_TLD
-from promptloop.quality.pii_recognizers import could_hold_pii, could_hold_pii_column, find_pii, rrn_birth_date_ok
+from promptloop.quality.pii_custom import OFFLINE_TLD, rrn_birth_date_ok
+from promptloop.quality.pii_recognizers import could_hold_pii, could_hold_pii_column, find_pii
 from promptloop.quality.redact import (
     PLACEHOLDERS,
     Redactor,

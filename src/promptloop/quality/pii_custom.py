@@ -5,6 +5,7 @@ Imported only by `pii_recognizers._recognizers` (importing Presidio imports spaC
 
 from __future__ import annotations
 
+import calendar
 import re
 from typing import Any
 
@@ -13,7 +14,21 @@ import usaddress
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.predefined_recognizers import EmailRecognizer
 
-from promptloop.quality.pii_recognizers import _KR_ROAD, _US_SUFFIX, rrn_birth_date_ok
+_US_SUFFIX = (
+    r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Drive|Dr|Lane|Ln|Way|Court|Ct|Place|Pl|Terrace|Ter"
+    r"|Parkway|Pkwy|Highway|Hwy|Circle|Cir|Square|Sq|Trail|Trl|Plaza|Loop|Alley"
+)
+_KR_ROAD = r"[가-힣]{2,}[가-힣0-9]*(?:로|길)"
+
+
+def rrn_birth_date_ok(digits: str) -> bool:
+    """The RRN's YYMMDD is a real date in the century its 7th digit (1-8) names."""
+    century = {"1": 1900, "2": 1900, "5": 1900, "6": 1900, "3": 2000, "4": 2000, "7": 2000, "8": 2000}.get(digits[6])
+    if century is None:
+        return False
+    year, month, day = century + int(digits[:2]), int(digits[2:4]), int(digits[4:6])
+    return 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+
 
 # tldextract fetches the public-suffix list from the internet by default (and caches it under ~):
 # no URL and no cache dir leaves it its bundled snapshot only.

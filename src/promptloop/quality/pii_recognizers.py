@@ -28,7 +28,6 @@ recognizers read a same-length copy of the text with Hangul and CJK letters turn
 
 from __future__ import annotations
 
-import calendar
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -83,11 +82,6 @@ _HANGUL_CJK = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf
 # accepted only next to one); a US address a house number before a capitalised word, a Korean one
 # 로/길 before a number. Each cue starts with a character set or is a substring test, so `re`
 # skips to candidates at C speed (one alternation of them all cost ~40x more per text).
-_US_SUFFIX = (
-    r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Drive|Dr|Lane|Ln|Way|Court|Ct|Place|Pl|Terrace|Ter"
-    r"|Parkway|Pkwy|Highway|Hwy|Circle|Cir|Square|Sq|Trail|Trl|Plaza|Loop|Alley"
-)
-_KR_ROAD = r"[가-힣]{2,}[가-힣0-9]*(?:로|길)"
 _DIGIT_RUN = re.compile(r"[\d+(\[][\d\s.()\[\]\-+/~]{5,}\d")
 _IPV6_CUE = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IP_CUE = re.compile(rf"{_DIGIT_RUN.pattern}|{_IPV6_CUE.pattern}")
@@ -295,12 +289,3 @@ def _recognizers() -> tuple[tuple[EntityRecognizer, re.Pattern[str] | None], ...
         (pii_custom.UsAddressRecognizer(), _US_ADDRESS_CUE),
         (pii_custom.KrRoadAddressRecognizer(), _KR_ADDRESS_CUE),
     )
-
-
-def rrn_birth_date_ok(digits: str) -> bool:
-    """The RRN's YYMMDD is a real date in the century its 7th digit (1-8) names."""
-    century = {"1": 1900, "2": 1900, "5": 1900, "6": 1900, "3": 2000, "4": 2000, "7": 2000, "8": 2000}.get(digits[6])
-    if century is None:
-        return False
-    year, month, day = century + int(digits[:2]), int(digits[2:4]), int(digits[4:6])
-    return 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
