@@ -132,6 +132,8 @@ def test_topic_words_drop_contractions_stop_words_filler_and_korean_particles() 
     assert topic_words("그래요") == [] and topic_words("감사합니다 네") == []
     assert topic_words("비밀번호가 재설정 링크를 못 받았어요") == ["비밀번호", "재설정", "링크", "받았"]
     assert topic_words("パスワードを忘れました")[:2] == ["パス", "スワ"]  # Japanese: bigrams, as before
+    # a redacted value (collect's placeholders) is not a topic
+    assert topic_words("my <RRN> and <EMAIL> are on the invoice") == ["invoice"]
 
 
 def history(*turns: str) -> str:

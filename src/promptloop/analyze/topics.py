@@ -71,6 +71,9 @@ _JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 _HIRAGANA_ONLY = re.compile(r"^[\u3040-\u309f]+$")  # particles and endings (です, って): no topic in them
 
 
+_PII_PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")
+
+
 def expand_contractions(text: str) -> str:
     """Lower-cased English with contractions undone: "don't" -> "do not", "I'm" -> "i"."""
     text = text.lower()
@@ -91,7 +94,8 @@ def topic_words(text: str) -> list[str]:
     """The words of `text` that can name a topic, per language (English, Korean stems, Japanese bigrams)."""
     words: list[str] = []
     stops = english_stops()
-    for token in _TOKEN.findall(expand_contractions(text)):
+    # collect's PII placeholders (<EMAIL>, <RRN> ...) say that something was redacted, not what was asked
+    for token in _TOKEN.findall(expand_contractions(_PII_PLACEHOLDER.sub(" ", text))):
         if _HANGUL.match(token):
             stem = korean_stem(token)
             if token not in KOREAN_STOPS and stem not in KOREAN_STOPS and len(stem) > 1:
