@@ -171,8 +171,11 @@ def planted_lines() -> list[str]:
     """Rows with every planted value in every text field: valid ones, an error, invalid, duplicate, unreadable."""
     email, (phone, phone_kr), rrn, card = PLANTED["EMAIL"][0], PLANTED["PHONE"], PLANTED["RRN"][0], PLANTED["CARD"][0]
     ipv4, ipv6, order = *PLANTED["IP"], PLANTED["ORDER_ID"][0]
+    ssn, iban, passport, (address, address_kr) = (PLANTED["SSN"][0], PLANTED["IBAN"][0], PLANTED["PASSPORT"][0],
+                                                  PLANTED["ADDRESS"])
     everything = (
-        f"mail {email}, call {phone} or {phone_kr}, RRN {rrn}, card {card}, from {ipv4} / {ipv6}, order {order}"
+        f"mail {email}, call {phone} or {phone_kr}, RRN {rrn}, card {card}, from {ipv4} / {ipv6}, order {order}, "
+        f"SSN {ssn}, IBAN {iban}, {CONTEXT['PASSPORT']}{passport}, I live at {address} / {address_kr}"
     )
     rows = [
         log_row("planted-1", input=f"My export to PDF fails. {everything}", feedback=-1,
