@@ -197,6 +197,9 @@ def store_failures(plan: AnalyzePlan, mined: Mined) -> AnalyzeResult:
     target = plan.data_dir / FAILURES
     keep = ["id", "timestamp", "prompt_version", "model", "input", "output", "error", "feedback", "feedback_comment",
             "kinds", "severity", "judge_score"]
+    # The logged inputs (JSON) go with them: a golden case drafted from a failure needs the prompt's other
+    # variables and the conversation before the question, not only the question.
+    keep += [c for c in ("inputs",) if c in mined.failures]
     stored = mined.failures[keep].assign(cluster=mined.assignment, analyze_run=plan.run)
     clusters = [c.model_dump() for c in mined.result.clusters]
     gitignore = plan.data_dir / ".gitignore"
