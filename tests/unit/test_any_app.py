@@ -190,3 +190,23 @@ def test_a_mined_failure_becomes_a_case_with_the_logged_inputs_and_conversation(
     assert case.criteria == ["does what the request asks"]  # no knowledge base: no "cites the source"
     unlogged = draft_case(row.drop("inputs"), cluster, "optimize", None, ImproveSettings(), is_injection=False)
     assert unlogged.inputs == {"question": "Can I check out late?"}
+
+
+def test_a_thumbs_up_on_a_row_mined_only_for_a_low_judge_score_does_not_calibrate_the_judge() -> None:
+    """The row was chosen because a judge scored it low: the person's 👍 disagrees with a judge by
+    construction, so it is not a label the judge's agreement is measured on."""
+    import pandas as pd
+
+    from promptloop.core.config import ImproveSettings
+    from promptloop.domain.results import ClusterResult
+    from promptloop.improve.growth import draft_case
+
+    cluster = ClusterResult(id=0, label="api tokens", kinds=["low_judge_score"], size=1, impact=1.0,
+                            thumbs_down_share=0.0, mean_severity=2.0, example_ids=["log-8"])
+    row = pd.Series({"id": "log-8", "input": "Where is my API token?", "output": "Under Settings.",
+                     "kinds": "low_judge_score", "feedback": 1, "feedback_comment": "helpful"})
+    assert draft_case(row, cluster, "optimize", None, ImproveSettings(), is_injection=False).human_label is None
+    flagged = row.copy()
+    flagged["kinds"] = "low_judge_score,refusal"  # also mined for what a detector found: the label stays
+    label = draft_case(flagged, cluster, "optimize", None, ImproveSettings(), is_injection=False).human_label
+    assert label is not None and label.rating == "up" and label.comment == "helpful"

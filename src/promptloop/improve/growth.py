@@ -5,7 +5,7 @@ A mined case is a draft a person reviews in the pull request: its expected behav
 the failure (a followed injection -> refuse it; a question the knowledge base does not cover ->
 abstain; else answer) and its reference is extracted from the best-matching KB document.
 The user's 👍/👎 and comment on the logged answer are kept as the human label the judge is
-calibrated against.
+calibrated against, unless the row was mined only because a judge scored it low (see JUDGE_FOUND_KINDS).
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from promptloop.domain.results import ClusterResult, GrowthResult
 Redact = Callable[[str], str]
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*>")
 LANGUAGE_NAMES = {"ko": "Korean", "ja": "Japanese"}  # the languages `language()` tells from English
+# Failure kinds a judge's verdict found. A row mined for these alone was chosen because a judge scored
+# it low; a person's 👍 on it is a judge-human disagreement selected by construction, and calibrating
+# the judge on it would count that disagreement against the judge every time.
+JUDGE_FOUND_KINDS = frozenset({"low_judge_score"})
 
 
 @dataclass
@@ -120,7 +124,8 @@ def draft_case(row: pd.Series, cluster: ClusterResult, split: Split, retriever: 
     lang = language(question)
     label = None
     if (
-        pd.notna(row["feedback"])
+        not set(kinds) <= JUDGE_FOUND_KINDS
+        and pd.notna(row["feedback"])
         and int(row["feedback"]) in (-1, 1)
         and isinstance(row["output"], str)
         and row["output"].strip()
