@@ -130,10 +130,30 @@ INPUTS = {"ticket": OUTAGE_JA, "customer_tier": "enterprise", "product": "api"}
 EXPECTATIONS = {"category": "bug", "priority": "high", "guidelines": ["category is bug", "priority is high"]}
 
 
-def file_verdict(name: str, answer: str | tuple[str, str]) -> Any:
+def file_verdict(name: str, answer: str | tuple[str, str], inputs: dict[str, Any] = INPUTS,
+                 expectations: dict[str, Any] = EXPECTATIONS) -> Any:
     judge = next(j for j in load_judges(REPO / "judges" / "triage-bot") if j.name == name)
-    messages = judge.messages("sorts support tickets", INPUTS, EXPECTATIONS, answer)
+    messages = judge.messages("sorts support tickets", inputs, expectations, answer)
     return judge.verdict(verdict(messages, 0.0, random.Random(0)))
+
+
+def test_the_simulated_judge_applies_the_rules_its_instructions_state_to_a_mined_case() -> None:
+    """A case mined from the logs names no category or priority; judges/triage-bot/triage.yaml says
+    "outages are priority high; charges, refunds and invoices are billing", and the judge holds the
+    answer to that, as a real judge given those rules would."""
+    mined = {"guidelines": ["does what the request asks", "answers in Japanese"], "expected_behavior": "answer"}
+    outage = {"question": OUTAGE_JA}
+    normal = json.dumps({"category": "bug", "priority": "normal", "reply": URGENT_JA}, ensure_ascii=False)
+    assert file_verdict("triage", normal, outage, mined).score == 3
+    assert file_verdict("triage", GOOD, outage, mined).score == 5
+    # routing.yaml states no rule: without expectations it has nothing to hold the priority to.
+    assert file_verdict("routing", normal, outage, mined).label == "correct"
+    billing = json.dumps({"category": "bug", "priority": "normal", "reply": "We are on it."})
+    assert file_verdict("triage", billing, {"question": BILLING_ERROR}, {}).score == 3
+    # The case's own expectations win over the rules; a judge without the rules has nothing to hold it to.
+    told = {**mined, "priority": "normal"}
+    assert file_verdict("triage", normal, outage, told).score == 5
+    assert structured.with_ruled_fields(mined, "grade the triage.", OUTAGE_JA) == mined
 
 
 def test_the_simulated_judge_answers_each_kind_of_judge_file() -> None:

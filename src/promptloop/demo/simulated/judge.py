@@ -228,11 +228,6 @@ _FINDING_WORDS = {"format": ("format", "json", "schema", "key"), "wrong_category
 _GOOD_CATEGORY = re.compile(r"correct|^ok$|good|pass|fine|none|right", re.IGNORECASE)
 
 
-def _strings(value: object) -> list[str]:
-    """The strings of a JSON list (nothing for anything else)."""
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
-
-
 def requested_kind(system: str) -> str:
     """The verdict a judge file asks for, from the reply format at the end of its system message."""
     reply = system.rsplit("Reply with JSON only", 1)[-1]
@@ -262,7 +257,7 @@ def _json_block(case: str, tag: str) -> dict[str, object]:
 def file_assessment(answer: str, inputs: dict[str, object], expectations: dict[str, object],
                     focus: tuple[str, ...]) -> Assessment:
     """Grade one answer against a judge file's inputs and expectations, on the findings of `focus` (all if empty)."""
-    guidelines = _strings(expectations.get("guidelines"))
+    guidelines = structured.strings(expectations.get("guidelines"))
     expected = structured.expected_fields(guidelines, expectations)
     if structured.is_structured(answer, expected):
         findings = structured.grade(answer, expected, structured.user_text(list(inputs.values())))
@@ -278,7 +273,7 @@ def file_assessment(answer: str, inputs: dict[str, object], expectations: dict[s
         "</question>",
         f"<expected_behavior>{expectations.get('expected_behavior', 'answer')}</expected_behavior>",
         f"<reference>\n{expectations.get('expected_response', '')}\n</reference>",
-        "<expected_facts>\n" + "\n".join(_strings(facts)) + "\n</expected_facts>",
+        "<expected_facts>\n" + "\n".join(structured.strings(facts)) + "\n</expected_facts>",
         "<criteria>\n" + "\n".join(guidelines) + "\n</criteria>",
     ])
     return assess(answer, case)
@@ -291,6 +286,7 @@ def file_verdict(system: str, case: str, temperature: float, rng: random.Random)
     focus = tuple(name for name, words in _FOCI.items() if any(w in instructions for w in words))
     focus = focus if len(focus) == 1 else ()  # instructions about everything weigh every finding
     inputs, expectations = _json_block(case, "inputs"), _json_block(case, "expectations")
+    expectations = structured.with_ruled_fields(expectations, instructions, structured.user_text(list(inputs.values())))
     answer_a = block(case, "answer_a")
     directed = obeyed_directive(case, pairwise=answer_a is not None) if kind != "category" else None
     if directed is not None:  # hijacked, as a real judge can be
@@ -332,7 +328,7 @@ def chosen_category(system: str, answer: str, inputs: dict[str, object], expecta
     """The category naming the answer's first finding, else the one that reads as fine."""
     categories = offered_categories(system) or ["pass", "fail"]
     good = next((c for c in categories if _GOOD_CATEGORY.search(c)), categories[0])
-    guidelines = _strings(expectations.get("guidelines"))
+    guidelines = structured.strings(expectations.get("guidelines"))
     expected = structured.expected_fields(guidelines, expectations)
     if structured.is_structured(answer, expected):
         findings = structured.grade(answer, expected, structured.user_text(list(inputs.values())))

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from promptloop.core.text import language
+from promptloop.demo.simulated import triage
 
 # The keys a triage answer must hold (the second sample app's JSON schema).
 TRIAGE_KEYS = ("category", "priority", "reply")
@@ -61,6 +62,26 @@ def expected_fields(guidelines: list[str], expectations: dict[str, object] | Non
         if match:
             found.setdefault(match.group(1).lower(), match.group(2).lower())
     return found
+
+
+def with_ruled_fields(expectations: dict[str, object], instructions: str, user: str) -> dict[str, object]:
+    """The expectations, plus the fields the judge's own instructions fix for this ticket where the case
+    names none: told "outages are priority high", an outage's priority is high; told "charges ... are
+    billing", a ticket about money is billing. A real judge applies the rules it is given to every
+    case, also to a case mined from the logs that carries no expected category or priority."""
+    named = expected_fields(strings(expectations.get("guidelines")), expectations)
+    rules = triage.read_features(" ".join(instructions.split()))  # a rule may wrap across the file's lines
+    ruled = {}
+    if rules.money_is_billing and triage.is_about_money(user):
+        ruled["category"] = "billing"
+    if rules.outages_high and triage.is_outage(user):
+        ruled["priority"] = "high"
+    return {**expectations, **{k: v for k, v in ruled.items() if k not in named}}
+
+
+def strings(value: object) -> list[str]:
+    """The strings of a JSON list (nothing for anything else)."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def is_structured(answer: str, expected: dict[str, str]) -> bool:

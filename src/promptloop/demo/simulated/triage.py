@@ -83,9 +83,17 @@ def read_ticket(user_message: str) -> Ticket:
     return Ticket(body[-1].strip(), tier.group(1).lower() if tier else "", product.group(1).strip() if product else "")
 
 
+def is_about_money(ticket: str) -> bool:
+    return bool(_MONEY.search(ticket))
+
+
+def is_outage(ticket: str) -> bool:
+    return bool(_OUTAGE.search(ticket))
+
+
 def classify(ticket: str, features: TriageFeatures) -> tuple[str, str]:
     """(category, priority) the model picks for a ticket."""
-    money, outage = bool(_MONEY.search(ticket)), bool(_OUTAGE.search(ticket))
+    money, outage = is_about_money(ticket), is_outage(ticket)
     if money and features.money_is_billing:
         category = "billing"
     elif outage or _BROKEN.search(ticket):
