@@ -134,6 +134,10 @@ def test_topic_words_drop_contractions_stop_words_filler_and_korean_particles() 
     assert topic_words("パスワードを忘れました")[:2] == ["パス", "スワ"]  # Japanese: bigrams, as before
     # a redacted value (collect's placeholders) is not a topic
     assert topic_words("my <RRN> and <EMAIL> are on the invoice") == ["invoice"]
+    # and not in a label request either, which quotes them as data (‹RRN›)
+    [request] = [m["content"] for m in label_messages("", ["my <RRN> is on the invoice"]) if m["role"] == "user"]
+    assert "‹RRN›" in request and json.loads(labeller.topic_reply([{"role": "user", "content": request}])) == {
+        "topic": "invoice"}
 
 
 def history(*turns: str) -> str:

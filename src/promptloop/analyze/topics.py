@@ -71,7 +71,8 @@ _JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 _HIRAGANA_ONLY = re.compile(r"^[\u3040-\u309f]+$")  # particles and endings (です, って): no topic in them
 
 
-_PII_PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")
+# collect's PII placeholders, also as a label request quotes them (`_as_data`: ‹RRN›)
+_PII_PLACEHOLDER = re.compile(r"[<‹][A-Z][A-Z0-9_]*[>›]")
 
 
 def expand_contractions(text: str) -> str:
