@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from promptloop.core.errors import InputError
 from promptloop.demo.run import DEMO_MARKER, DemoResult, run_demo
+from promptloop.domain.golden import load_golden
 from promptloop.domain.logs import LogRecord
 from promptloop.ops.initialize import init_workspace
 
@@ -154,6 +155,10 @@ def test_demo_runs_a_cycle_for_triage_bot_to_a_pull_request(demo_run) -> None:
     turn = triage.cycle
     assert turn.decision == "promote", turn.reasons
     assert turn.improve.golden.added > 0
+    # A case mined from the logs keeps what the app logged: the tier and product besides the ticket.
+    mined = [c for c in load_golden(dest / "datasets/triage-bot/golden.jsonl") if c.source.startswith("mined:")]
+    assert len(mined) == turn.improve.golden.added
+    assert all({"ticket", "customer_tier", "product"} <= set(c.inputs) for c in mined)
     branch = turn.deploy.branch
     assert branch.startswith("promptloop/triage-bot/v2-")
     remote = git.Repo(dest / "remote.git")
