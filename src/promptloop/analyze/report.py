@@ -4,60 +4,43 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from promptloop.analyze.charts import coverage_text, daily_figure, figure_png, latency_figure, partial_days
 from promptloop.analyze.classifier import classifier_summary, quality_notes
-from promptloop.domain.results import AnalyzeResult, DailyMetrics
+from promptloop.domain.results import AnalyzeResult, ClusterResult, DailyMetrics, Window
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CHECKED = "fast layer checked by an LLM"  # the column of each detector rate's precision/recall estimate
+EXAMPLES_PER_CLUSTER = 2
+DAILY_COLUMNS = ["interactions", "thumbs_down_rate", "error_rate", "refusal_rate", "latency_p95_ms", "total_cost_usd"]
 
 
-def _figure_png(draw: Any) -> str:
-    """Render a matplotlib drawing function to an inline PNG data URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless; chosen here, not at import time
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 3))
-    draw(axes)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+def _png_uri(figure: Figure) -> str:
+    """A figure as an inline PNG data URI."""
+    return "data:image/png;base64," + base64.b64encode(figure_png(figure)).decode()
 
 
 def latency_histogram(latencies: np.ndarray) -> str:
-    def draw(ax: Any) -> None:
-        ax.hist(latencies, bins=50, color="#4c72b0")
-        ax.set_xlabel("latency (ms)")
-        ax.set_ylabel("interactions")
-        ax.set_title("Latency")
-    return _figure_png(draw)
+    """The latency histogram (clipped at the p99, with its overflow bin) as a data URI."""
+    return _png_uri(latency_figure(latencies))
 
 
-def daily_trends(daily: list[DailyMetrics]) -> str:
-    def draw(ax: Any) -> None:
-        days = [d["day"] for d in daily]
-        for key, label in (
-            ("thumbs_down_rate", "thumbs-down rate"),
-            ("error_rate", "error rate"),
-            ("refusal_rate", "refusal rate"),
-        ):
-            ax.plot(days, [d.get(key) if d.get(key) is not None else np.nan for d in daily], marker="o", label=label)
-        twin = ax.twinx()
-        twin.bar(days, [d.get("total_cost_usd") or 0 for d in daily], alpha=0.2, color="gray", label="cost (USD)")
-        twin.set_ylabel("cost (USD)")
-        ax.set_ylabel("rate")
-        ax.legend(loc="upper left", fontsize=7)
-        ax.tick_params(axis="x", rotation=45, labelsize=7)
-        ax.set_title("Daily trends")
-    return _figure_png(draw)
+def daily_trends(daily: list[DailyMetrics], window: Window) -> str:
+    """The daily rates and cost, partial days marked, as a data URI."""
+    return _png_uri(daily_figure(daily, partial_days(daily, window)))
+
+
+def daily_table(daily: list[DailyMetrics], window: Window) -> str:
+    """One row per day; a day the window covers only in part says so (its rates are of a part-day)."""
+    partial = partial_days(daily, window)
+    rows = [{**d, "in window": coverage_text(partial.get(str(d["day"])))} for d in daily]
+    return _table(rows, ["day", "in window", *DAILY_COLUMNS])
 
 
 def _table(rows: Sequence[Mapping[str, object]], columns: list[str]) -> str:
@@ -74,13 +57,22 @@ def _fmt(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def cluster_examples(cluster: ClusterResult) -> str:
+    """A cluster's example questions (already PII-redacted), escaped; ids only where no text was stored."""
+    if cluster.examples:
+        return "<br>".join(html.escape(e) for e in cluster.examples[:EXAMPLES_PER_CLUSTER])
+    ids = ", ".join(cluster.example_ids[:EXAMPLES_PER_CLUSTER])
+    return html.escape(f"no question text stored (rows {ids})" if ids else "no question text stored")
+
+
 def cluster_table(result: AnalyzeResult) -> str:
     """The failure clusters: label (and how it was named), kinds, size, impact, two example questions."""
-    head = "".join(f"<th>{c}</th>" for c in ("id", "label", "labelled by", "kinds", "size", "impact", "examples"))
+    columns = ("id", "label", "labelled by", "kinds", "size", "impact", "example questions")
+    head = "".join(f"<th>{c}</th>" for c in columns)
     rows = "".join(
         f"<tr><td>{c.id}</td><td>{html.escape(c.label)}</td><td>{c.labelled_by}</td>"
         f"<td>{html.escape(', '.join(c.kinds))}</td><td>{c.size}</td><td>{_fmt(c.impact)}</td>"
-        f"<td>{'<br>'.join(html.escape(e) for e in c.examples)}</td></tr>"
+        f"<td>{cluster_examples(c)}</td></tr>"
         for c in result.clusters
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
@@ -106,10 +98,11 @@ def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
              "toxicity_rate", "bias_rate", "injection_followed_rate", "latency_p95_ms"],
         ),
         f'<h2>Latency</h2><img src="{latency_histogram(latencies)}" alt="latency histogram">' if len(latencies) else "",
-        f'<h2>Daily</h2><img src="{daily_trends(result.daily)}" alt="daily trends">' if result.daily else "",
+        (f'<h2>Daily</h2><img src="{daily_trends(result.daily, result.window)}" alt="daily trends">'
+         + daily_table(result.daily, result.window)) if result.daily else "",
         "<h2>Failure clusters</h2>" + cluster_table(result),
     ]
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}")
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%;height:auto}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style><title>analyze</title></head>"
             f"<body>{''.join(sections)}</body></html>")
