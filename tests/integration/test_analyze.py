@@ -75,6 +75,9 @@ def test_demo_analyze_is_versioned_and_logged(demo) -> None:
     assert run.data.tags["alerts"] == str(len(result.alerts))
     html = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/report.html")
     assert "Failure clusters" in html and "data:image/png;base64," in html
+    # The window ends just after the newest row, so its last day is partial, and the table says so.
+    assert f"<td>{result.daily[-1]['day']}</td><td>partial (" in html
+    assert "latency histogram clipped at the p99" in html and "overflow bin &gt; p99 (" in html
     history = mlflow.MlflowClient(tracking_uri=workspace.tracking_uri).get_metric_history(
         run.info.run_id, "interactions"
     )

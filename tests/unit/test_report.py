@@ -162,3 +162,6 @@ def test_the_report_has_both_charts_the_daily_table_and_the_cluster_questions() 
     assert page.count('src="data:image/png;base64,') == 2
     assert "partial (15.0 h of 24)" in page and "where is &lt;my&gt; refund?<br>and now?" in page
     assert "img{max-width:100%" in page
+    assert "overflow bin &gt; p99 (10 rows)" in page and 'alt="daily trends; partial days: 2026-05-01"' in page
+    no_latency = render_report(result, np.full(3, np.nan))  # every row failed before an answer: nothing to plot
+    assert "<h2>Latency</h2>" not in no_latency and no_latency.count("data:image/png") == 1

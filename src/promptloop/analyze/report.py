@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from promptloop.analyze.charts import coverage_text, daily_figure, figure_png, latency_figure, partial_days
+from promptloop.analyze.charts import (
+    coverage_text,
+    daily_figure,
+    figure_png,
+    latency_bins,
+    latency_figure,
+    partial_days,
+)
 from promptloop.analyze.classifier import classifier_summary, quality_notes
 from promptloop.domain.results import AnalyzeResult, ClusterResult, DailyMetrics, Window
 
@@ -34,6 +41,18 @@ def latency_histogram(latencies: np.ndarray) -> str:
 def daily_trends(daily: list[DailyMetrics], window: Window) -> str:
     """The daily rates and cost, partial days marked, as a data URI."""
     return _png_uri(daily_figure(daily, partial_days(daily, window)))
+
+
+def latency_alt(latencies: np.ndarray) -> str:
+    """The latency chart's alt text: where the axis is clipped and how many rows lie past it."""
+    bins = latency_bins(latencies)
+    return f"latency histogram clipped at the p99 ({bins.p99:,.0f} ms); overflow bin {bins.overflow_label}"
+
+
+def daily_alt(daily: list[DailyMetrics], window: Window) -> str:
+    """The daily chart's alt text, naming its partial days."""
+    partial = partial_days(daily, window)
+    return "daily trends" + (f"; partial days: {', '.join(sorted(partial))}" if partial else "")
 
 
 def daily_table(daily: list[DailyMetrics], window: Window) -> str:
@@ -97,8 +116,10 @@ def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
             ["prompt_version", "interactions", "thumbs_down_rate", "error_rate", "refusal_rate", "uncertainty_rate",
              "toxicity_rate", "bias_rate", "injection_followed_rate", "latency_p95_ms"],
         ),
-        f'<h2>Latency</h2><img src="{latency_histogram(latencies)}" alt="latency histogram">' if len(latencies) else "",
-        (f'<h2>Daily</h2><img src="{daily_trends(result.daily, result.window)}" alt="daily trends">'
+        (f'<h2>Latency</h2><img src="{latency_histogram(latencies)}" alt="{html.escape(latency_alt(latencies))}">'
+         if np.isfinite(np.asarray(latencies, dtype=float)).any() else ""),
+        (f'<h2>Daily</h2><img src="{daily_trends(result.daily, result.window)}"'
+         f' alt="{html.escape(daily_alt(result.daily, result.window))}">'
          + daily_table(result.daily, result.window)) if result.daily else "",
         "<h2>Failure clusters</h2>" + cluster_table(result),
     ]
