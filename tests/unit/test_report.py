@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -54,7 +55,7 @@ def test_latency_bins_stop_at_the_p99_and_count_the_slower_rows_as_overflow() ->
 
 
 def test_latency_bins_skip_missing_values_and_survive_identical_ones() -> None:
-    bins = latency_bins(np.array([500.0, 500.0, np.nan, 500.0]))
+    bins = latency_bins(np.array([500.0, 500.0, np.nan, None, pd.NA, 500.0], dtype=object))
     assert bins.overflow == 0 and int(bins.counts.sum()) == 3 and bins.edges[-1] > bins.edges[0]
     with pytest.raises(ValueError, match="no finite latency"):
         latency_bins(np.array([np.nan]))

@@ -46,10 +46,15 @@ class LatencyBins:
         return f"> p99 ({self.overflow} rows)"
 
 
+def finite_latencies(latencies: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The latencies as floats, without the missing ones (None, NaN, pd.NA of a nullable column)."""
+    values = pd.to_numeric(pd.Series(latencies, dtype=object), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return values[np.isfinite(values)]
+
+
 def latency_bins(latencies: Sequence[float] | np.ndarray, bins: int = LATENCY_BINS) -> LatencyBins:
     """Bin the finite latencies up to their p99; the slower ones are counted as overflow."""
-    values = np.asarray(latencies, dtype=float)
-    values = values[np.isfinite(values)]
+    values = finite_latencies(latencies)
     if not len(values):
         raise ValueError("no finite latency to plot")
     p99 = float(np.percentile(values, 99))

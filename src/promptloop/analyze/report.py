@@ -13,6 +13,7 @@ from promptloop.analyze.charts import (
     coverage_text,
     daily_figure,
     figure_png,
+    finite_latencies,
     latency_bins,
     latency_figure,
     partial_days,
@@ -117,7 +118,7 @@ def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
              "toxicity_rate", "bias_rate", "injection_followed_rate", "latency_p95_ms"],
         ),
         (f'<h2>Latency</h2><img src="{latency_histogram(latencies)}" alt="{html.escape(latency_alt(latencies))}">'
-         if np.isfinite(np.asarray(latencies, dtype=float)).any() else ""),
+         if len(finite_latencies(latencies)) else ""),
         (f'<h2>Daily</h2><img src="{daily_trends(result.daily, result.window)}"'
          f' alt="{html.escape(daily_alt(result.daily, result.window))}">'
          + daily_table(result.daily, result.window)) if result.daily else "",
