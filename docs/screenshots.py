@@ -118,7 +118,7 @@ def run_cycle(services: Services, app: str, timeout_s: float = CYCLE_TIMEOUT_S) 
         from prefect.client.orchestration import get_client
         from prefect.deployments import run_deployment
 
-        parameters = {"parameters": {"app": app, "workspace": ".", "force": True}}
+        parameters = {"app": app, "workspace": ".", "force": True}
         started = await run_deployment("cycle/cycle", parameters=parameters, timeout=0)
         deadline = time.monotonic() + timeout_s
         async with get_client() as client:

@@ -11,12 +11,13 @@ import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
 
 from promptloop.analyze import stage
 from promptloop.analyze.classifier import quality_notes
 from promptloop.core.runtime import prepare_environment
 from promptloop.domain.results import AnalyzeResult
+from promptloop.ops.flow_form import OptionalText
+from promptloop.workspace.links import mlflow_ui_url, run_link
 from promptloop.workspace.locking import writing
 from promptloop.workspace.workspace import open_workspace
 
@@ -24,20 +25,9 @@ HEADLINE = ("interactions", "latency_p95_ms", "error_rate", "thumbs_down_rate", 
             "injection_attempt_rate", "total_cost_usd")
 
 
-class AnalyzeParameters(BaseModel):
-    """What the Prefect UI shows as the form of an analyze run."""
-
-    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
-    workspace: str = Field(default=".", description="the workspace folder")
-    window: str | None = Field(default=None, description="window length, e.g. 7d [default: params.yaml]")
-    until: str | None = Field(default=None, description="window end, ISO-8601 [default: newest collected row]")
-
-
 @task(cache_policy=NO_CACHE)
-def plan(parameters: AnalyzeParameters) -> stage.AnalyzePlan:
-    return stage.plan_analyze(
-        open_workspace(Path(parameters.workspace)), parameters.app, parameters.window, parameters.until
-    )
+def plan(workspace: str, app: str, window: str | None, until: str | None) -> stage.AnalyzePlan:
+    return stage.plan_analyze(open_workspace(Path(workspace)), app, window, until)
 
 
 @task(cache_policy=NO_CACHE)
@@ -68,7 +58,7 @@ def log_run(the_plan: stage.AnalyzePlan, result: AnalyzeResult, frame: pd.DataFr
 
 
 @task(cache_policy=NO_CACHE)
-def publish(result: AnalyzeResult) -> None:
+def publish(result: AnalyzeResult, ui_url: str | None) -> None:
     """The headline table on the flow run, and the breached alerts as a failed-check artifact."""
     notes = quality_notes(result.detector_quality)  # each detector rate's check by the LLM classifier
     rows = "\n".join(f"| {k} | {result.metrics[k]} | {notes.get(k, '')} |" for k in HEADLINE)
@@ -77,7 +67,7 @@ def publish(result: AnalyzeResult) -> None:
         f"### analyze {result.app} ({result.window.start} → {result.window.end})\n\n"
         f"| metric | value | fast layer checked by an LLM |\n|---|---|---|\n{rows}\n\n"
         f"| cluster | label | size | impact |\n|---|---|---|---|\n{clusters}\n\n"
-        f"MLflow run: `{result.mlflow_run_id}`\n",
+        f"MLflow run: {run_link(result.mlflow_run_id, ui_url)}\n",
         key=f"analyze-{result.app}",
     )
     checks = "\n".join(f"- ❌ {a.message}" for a in result.alerts) or "- ✅ no alert rule breached"
@@ -87,13 +77,21 @@ def publish(result: AnalyzeResult) -> None:
 
 
 @flow(name="analyze", log_prints=True)
-def analyze_flow(parameters: AnalyzeParameters = AnalyzeParameters()) -> AnalyzeResult:
-    """analyze: window -> metrics, alerts, failure clusters -> DVC, MLflow, Prefect artifacts."""
+def analyze_flow(app: str = "support-bot", workspace: str = ".", window: OptionalText = None,
+                 until: OptionalText = None) -> AnalyzeResult:
+    """analyze: window -> metrics, alerts, failure clusters -> DVC, MLflow, Prefect artifacts.
+
+    Args:
+        app: the app, a name under `apps:` in params.yaml
+        workspace: the workspace folder; "." is the folder the deployment was made from
+        window: length of the analysed window, e.g. 7d or 24h; empty: from params.yaml (analyze.window_days)
+        until: end of the window, ISO-8601 (2026-11-30T00:00:00+00:00); empty: the newest collected row
+    """
     prepare_environment()
-    with writing(Path(parameters.workspace), f"analyze flow --app {parameters.app}"):
-        the_plan = plan(parameters)
+    with writing(Path(workspace), f"analyze flow --app {app}"):
+        the_plan = plan(workspace, app, window, until)
         frame = load(the_plan, previous=False)
         summary = store(the_plan, measure_and_mine(the_plan, frame, load(the_plan, previous=True)))
         summary = log_run(the_plan, notify(the_plan, summary), frame)
-    publish(summary)
+    publish(summary, mlflow_ui_url(the_plan.workspace))
     return summary

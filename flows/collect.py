@@ -10,27 +10,20 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
 
 from promptloop.collect import stage
 from promptloop.core.runtime import prepare_environment
 from promptloop.domain.results import CollectResult
+from promptloop.ops.flow_form import OptionalText
+from promptloop.workspace.links import mlflow_ui_url, run_link
 from promptloop.workspace.locking import writing
 from promptloop.workspace.versioning import dataset_change
 from promptloop.workspace.workspace import open_workspace
 
 
-class CollectParameters(BaseModel):
-    """What the Prefect UI shows as the form of a collect run."""
-
-    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
-    workspace: str = Field(default=".", description="the workspace folder")
-    source: str | None = Field(default=None, description="read this instead of the app's configured sources")
-
-
 @task(cache_policy=NO_CACHE)
-def plan(parameters: CollectParameters) -> stage.CollectPlan:
-    return stage.plan_collect(open_workspace(Path(parameters.workspace)), parameters.app, parameters.source)
+def plan(workspace: str, app: str, source: str | None) -> stage.CollectPlan:
+    return stage.plan_collect(open_workspace(Path(workspace)), app, source)
 
 
 @task(cache_policy=NO_CACHE)
@@ -59,25 +52,31 @@ def summarize(plan: stage.CollectPlan, totals: stage.Totals, versioned: stage.Sn
 
 
 @task(cache_policy=NO_CACHE)
-def publish(result: CollectResult) -> None:
-    keys = ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "dvc_md5", "mlflow_run_id")
+def publish(result: CollectResult, ui_url: str | None) -> None:
+    keys = ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "dvc_md5")
     rows = "\n".join(f"| {k} | {getattr(result, k)} |" for k in keys)
+    rows += f"\n| mlflow_run_id | {run_link(result.mlflow_run_id, ui_url)} |"
     create_markdown_artifact(f"| collect {result.app} | |\n|---|---|\n{rows}\n", key=f"collect-{result.app}")
 
 
 @flow(name="collect", log_prints=True)
-def collect_flow(parameters: CollectParameters = CollectParameters()) -> CollectResult:
-    """collect: read each source, validate, quarantine, redact, version with DVC, log to MLflow."""
+def collect_flow(app: str = "support-bot", workspace: str = ".", source: OptionalText = None) -> CollectResult:
+    """collect: read each source, validate, quarantine, redact, version with DVC, log to MLflow.
+
+    Args:
+        app: the app, a name under `apps:` in params.yaml
+        workspace: the workspace folder; "." is the folder the deployment was made from
+        source: a log file or glob inside the workspace to read instead of the app's sources; empty: from params.yaml
+    """
     prepare_environment()
-    root = Path(parameters.workspace)
-    with writing(root, f"collect flow --app {parameters.app}"):
-        the_plan = plan(parameters)
+    with writing(Path(workspace), f"collect flow --app {app}"):
+        the_plan = plan(workspace, app, source)
         ctx = prepare(the_plan)
         totals = stage.Totals()
-        with dataset_change(the_plan.workspace.root, stage.versioned_paths(the_plan), f"collect {parameters.app}"):
+        with dataset_change(the_plan.workspace.root, stage.versioned_paths(the_plan), f"collect {app}"):
             for index in range(len(the_plan.sources)):
                 totals.add(read_validate_redact(the_plan, index, ctx))
             versioned = version(the_plan, totals)
         summary = summarize(the_plan, totals, versioned, log_run(the_plan, totals, versioned, ctx.validator.version))
-    publish(summary)
+    publish(summary, mlflow_ui_url(the_plan.workspace))
     return summary

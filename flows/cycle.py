@@ -8,42 +8,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
 
-from flows.analyze import AnalyzeParameters, analyze_flow
-from flows.collect import CollectParameters, collect_flow
-from flows.deploy import DeployParameters, deploy_flow
-from flows.improve import ImproveParameters, improve_flow
+from flows.analyze import analyze_flow
+from flows.collect import collect_flow
+from flows.deploy import deploy_flow
+from flows.improve import improve_flow
 from promptloop.core.runtime import prepare_environment
 from promptloop.domain.results import CollectResult, CycleResult
 from promptloop.loop import cycle as stage
+from promptloop.loop.summary import cycle_report, result_line
+from promptloop.ops.flow_form import OptionalAmount, OptionalCount, OptionalText
+from promptloop.workspace.links import mlflow_ui_url
 from promptloop.workspace.locking import writing
 from promptloop.workspace.preflight import app_models, preflight
 from promptloop.workspace.repository import merge_base_branch
 from promptloop.workspace.workspace import Workspace, open_workspace
 
 
-class CycleParameters(BaseModel):
-    """What the Prefect UI shows as the form of a cycle run."""
-
-    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
-    workspace: str = Field(default=".", description="the workspace folder")
-    force: bool = Field(default=False, description="analyze and improve even when collect found no new logs")
-    window: str | None = Field(default=None, description="analyze window, e.g. 7d [default: params.yaml]")
-    candidates: int | None = Field(
-        default=None, ge=0, description="prompts the optimizer writes [default: params.yaml improve.candidates]"
-    )
-    budget_usd: float | None = Field(
-        default=None, ge=0, description="evaluation budget in USD [default: params.yaml evaluate.budget_usd]"
-    )
-
-
 @task(cache_policy=NO_CACHE)
-def open_(parameters: CycleParameters) -> Workspace:
-    return open_workspace(Path(parameters.workspace))
+def open_(folder: str) -> Workspace:
+    return open_workspace(Path(folder))
 
 
 # Safe to retry: a merge that already happened is a no-op.
@@ -75,41 +62,41 @@ def end_turn(workspace: Workspace, app: str, result: CycleResult) -> CycleResult
 
 
 @task(cache_policy=NO_CACHE)
-def publish(result: CycleResult) -> None:
-    stages = {"collect": result.collect.mlflow_run_id, "analyze": result.analyze and result.analyze.mlflow_run_id,
-              "improve": result.improve and result.improve.evaluation.mlflow_run_id}
-    runs = "\n".join(f"| {name} | `{run_id or ''}` |" for name, run_id in stages.items())
-    reasons = "".join(f"- {reason}\n" for reason in result.reasons)
-    create_markdown_artifact(
-        f"### cycle {result.app}: **{result.decision}**\n\n{reasons}\n"
-        f"| | |\n|---|---|\n| new rows | {result.collect.rows_valid} |\n"
-        f"| branch | {result.deploy.branch if result.deploy else None} |\n"
-        f"| LLM calls | {result.llm.calls} (cache: {result.llm.cache_hits}) |\n\n"
-        f"| stage | MLflow run |\n|---|---|\n{runs}\n", key=f"cycle-{result.app}")
+def publish(workspace: Workspace, result: CycleResult) -> str:
+    """The decision, the pull request and the stages' MLflow runs on the cycle run's own page; its one-line result."""
+    create_markdown_artifact(cycle_report(result, mlflow_ui_url(workspace)), key=f"cycle-{result.app}",
+                             description=f"cycle {result.app}: {result.decision}")
+    return result_line(result)
 
 
 @flow(name="cycle", log_prints=True)
-def cycle_flow(parameters: CycleParameters = CycleParameters()) -> CycleResult:
-    """cycle: one turn of the loop; stops after collect when no new logs came in (unless force)."""
+def cycle_flow(app: str = "support-bot", workspace: str = ".", force: bool = False, window: OptionalText = None,
+               candidates: OptionalCount = None, budget_usd: OptionalAmount = None) -> CycleResult:
+    """cycle: one turn of the loop; stops after collect when no new logs came in (unless force).
+
+    Args:
+        app: the app, a name under `apps:` in params.yaml
+        workspace: the workspace folder; "." is the folder the deployment was made from
+        force: analyze and improve even when collect found no new logs (they were improved on already)
+        window: length of the analysed window, e.g. 7d or 24h; empty: from params.yaml (analyze.window_days)
+        candidates: prompts the optimizer writes; empty: from params.yaml (improve.candidates)
+        budget_usd: most the evaluation may spend, in USD; empty: from params.yaml (evaluate.budget_usd)
+    """
     prepare_environment()
-    app, folder = parameters.app, parameters.workspace
     # The stages are subflows in this process: they re-enter the hold, so no other writer comes between them.
-    with writing(Path(folder), f"cycle flow --app {app}"):
-        workspace = open_(parameters)
-        check_models(workspace, app)
-        resumed = begin_turn(workspace, app)
-        merged = merge_approved(workspace)
-        collected = collect_flow(CollectParameters(app=app, workspace=folder))
-        if nothing_new(workspace, app, collected, parameters.force, resumed):
+    with writing(Path(workspace), f"cycle flow --app {app}"):
+        opened = open_(workspace)
+        check_models(opened, app)
+        resumed = begin_turn(opened, app)
+        merged = merge_approved(opened)
+        collected = collect_flow(app=app, workspace=workspace)
+        if nothing_new(opened, app, collected, force, resumed):
             result = stage.skipped(app, merged, collected)
         else:
-            analyzed = analyze_flow(AnalyzeParameters(app=app, workspace=folder, window=parameters.window))
-            improved = improve_flow(ImproveParameters(app=app, workspace=folder, candidates=parameters.candidates,
-                                                      budget_usd=parameters.budget_usd))
-            deployed = (
-                deploy_flow(DeployParameters(app=app, workspace=folder)) if improved.decision == "promote" else None
-            )
+            analyzed = analyze_flow(app=app, workspace=workspace, window=window)
+            improved = improve_flow(app=app, workspace=workspace, candidates=candidates, budget_usd=budget_usd)
+            deployed = deploy_flow(app=app, workspace=workspace) if improved.decision == "promote" else None
             result = stage.finished(merged, collected, analyzed, improved, deployed, resumed)
-        result = end_turn(workspace, app, result)
-    publish(result)
+        result = end_turn(opened, app, result)
+    get_run_logger().info(publish(opened, result))
     return result

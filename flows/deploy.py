@@ -10,25 +10,18 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
 
 from promptloop.core.runtime import prepare_environment
 from promptloop.deploy import stage
 from promptloop.domain.results import DeployResult
 from promptloop.workspace.handoff import load_outcome
+from promptloop.workspace.links import mlflow_ui_url, run_link
 from promptloop.workspace.workspace import Workspace, open_workspace
 
 
-class DeployParameters(BaseModel):
-    """What the Prefect UI shows as the form of a deploy run."""
-
-    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
-    workspace: str = Field(default=".", description="the workspace folder")
-
-
 @task(cache_policy=NO_CACHE)
-def open_(parameters: DeployParameters) -> Workspace:
-    return open_workspace(Path(parameters.workspace))
+def open_(folder: str) -> Workspace:
+    return open_workspace(Path(folder))
 
 
 @task(cache_policy=NO_CACHE)
@@ -43,10 +36,10 @@ def open_pull_request(workspace: Workspace, app: str) -> DeployResult:
 
 
 @task(cache_policy=NO_CACHE)
-def publish(result: DeployResult, run_id: str | None) -> None:
+def publish(result: DeployResult, run_id: str | None, ui_url: str | None) -> None:
     url = result.pull_request.url if result.pull_request else result.compare
     rows = {"decision": result.decision, "branch": result.branch, "created": result.created, "version": result.version,
-            "pull request": url, "body": result.body_path, "evaluation MLflow run": run_id}
+            "pull request": url, "body": result.body_path, "evaluation MLflow run": run_link(run_id, ui_url)}
     table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
     reasons = "".join(f"- {reason}\n" for reason in result.reasons)
     create_markdown_artifact(
@@ -55,11 +48,16 @@ def publish(result: DeployResult, run_id: str | None) -> None:
 
 
 @flow(name="deploy", log_prints=True)
-def deploy_flow(parameters: DeployParameters = DeployParameters()) -> DeployResult:
-    """deploy: open (or find) the pull request of the candidate the last improve run promoted."""
+def deploy_flow(app: str = "support-bot", workspace: str = ".") -> DeployResult:
+    """deploy: open (or find) the pull request of the candidate the last improve run promoted.
+
+    Args:
+        app: the app, a name under `apps:` in params.yaml
+        workspace: the workspace folder; "." is the folder the deployment was made from
+    """
     prepare_environment()
-    workspace = open_(parameters)
-    run_id = evaluation_run(workspace, parameters.app)
-    result = open_pull_request(workspace, parameters.app)
-    publish(result, run_id)
+    opened = open_(workspace)
+    run_id = evaluation_run(opened, app)
+    result = open_pull_request(opened, app)
+    publish(result, run_id, mlflow_ui_url(opened))
     return result

@@ -9,12 +9,12 @@ workspace, so a retried batch pays only for what it had not finished.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
 
 from promptloop.core.runtime import prepare_environment
 from promptloop.domain.evaluation import EvaluationResult
@@ -22,31 +22,22 @@ from promptloop.evaluate import plan as planning
 from promptloop.evaluate import run as running
 from promptloop.evaluate import stage
 from promptloop.evaluate.report import decision_table
+from promptloop.ops.flow_form import Count, OptionalTexts
+from promptloop.workspace.links import mlflow_ui_url, run_link
 from promptloop.workspace.locking import writing
 from promptloop.workspace.preflight import preflight
 from promptloop.workspace.workspace import Workspace, open_workspace
 
 
-class EvaluateParameters(BaseModel):
-    """What the Prefect UI shows as the form of an evaluate run."""
-
-    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
-    workspace: str = Field(default=".", description="the workspace folder")
-    candidates: list[str] | None = Field(
-        default=None, description="candidate prompt files [default: prompts/<app>/candidates/*.yaml]"
-    )
-    batches: int = Field(default=4, ge=1, description="parts the golden set is split into; each runs as one task")
+@task(cache_policy=NO_CACHE)
+def open_(folder: str) -> Workspace:
+    return open_workspace(Path(folder))
 
 
 @task(cache_policy=NO_CACHE)
-def open_(parameters: EvaluateParameters) -> Workspace:
-    return open_workspace(Path(parameters.workspace))
-
-
-@task(cache_policy=NO_CACHE)
-def plan(workspace: Workspace, parameters: EvaluateParameters) -> planning.EvalPlan:
-    paths = [Path(p) for p in parameters.candidates] if parameters.candidates is not None else None
-    return planning.plan_evaluation(workspace, parameters.app, paths)
+def plan(workspace: Workspace, app: str, candidates: list[str] | None) -> planning.EvalPlan:
+    paths = [Path(p) for p in candidates] if candidates is not None else None
+    return planning.plan_evaluation(workspace, app, paths)
 
 
 @task(cache_policy=NO_CACHE)
@@ -67,30 +58,40 @@ def finish(workspace: Workspace, the_plan: planning.EvalPlan, runs: list[running
 
 
 @task(cache_policy=NO_CACHE)
-def publish(result: EvaluationResult) -> None:
+def publish(result: EvaluationResult, ui_url: str | None) -> None:
     table = "\n".join(decision_table(result))
-    create_markdown_artifact(f"### evaluate {result.app}\n\n{table}\n\nMLflow run: `{result.mlflow_run_id}`\n",
+    run = run_link(result.mlflow_run_id, ui_url)
+    create_markdown_artifact(f"### evaluate {result.app}\n\n{table}\n\nMLflow run: {run}\n",
                              key=f"evaluate-{result.app}")
 
 
 @flow(name="evaluate", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
-def evaluate_flow(parameters: EvaluateParameters = EvaluateParameters()) -> EvaluationResult:
-    """evaluate: plan -> batches of cases as parallel tasks -> statistics, decision, MLflow, artifact."""
+def evaluate_flow(app: str = "support-bot", workspace: str = ".", candidates: OptionalTexts = None,
+                  batches: Count = 4) -> EvaluationResult:
+    """evaluate: plan -> batches of cases as parallel tasks -> statistics, decision, MLflow, artifact.
+
+    Args:
+        app: the app, a name under `apps:` in params.yaml
+        workspace: the workspace folder; "." is the folder the deployment was made from
+        candidates: candidate prompt files; empty: every prompts/<app>/candidates/*.yaml
+        batches: parts the golden set is split into; each runs as one task
+    """
     prepare_environment()
-    with writing(Path(parameters.workspace), f"evaluate flow --app {parameters.app}"):
-        workspace = open_(parameters)
-        the_plan = plan(workspace, parameters)
-        check_models(workspace, the_plan)
-        batches = planning.case_batches(the_plan, parameters.batches)
-        runs = run_batch.map(unmapped(workspace), unmapped(the_plan), batches, unmapped(1 / len(batches)))
-        summary = finish(workspace, the_plan, runs)
-    publish(summary)
+    with writing(Path(workspace), f"evaluate flow --app {app}"):
+        opened = open_(workspace)
+        the_plan = plan(opened, app, candidates)
+        check_models(opened, the_plan)
+        parts = planning.case_batches(the_plan, batches)
+        runs = run_batch.map(unmapped(opened), unmapped(the_plan), parts, unmapped(1 / len(parts)))
+        summary = finish(opened, the_plan, runs)
+    publish(summary, mlflow_ui_url(opened))
     return summary
 
 
-def on_dask(parameters: EvaluateParameters, address: str | None = None, workers: int = 2) -> EvaluationResult:
-    """Run the flow with its batches on a Dask cluster: `address` of a running scheduler, else a
-    local cluster of `workers` processes (what a test or a laptop can do)."""
+def on_dask(parameters: dict[str, Any], address: str | None = None, workers: int = 2) -> EvaluationResult:
+    """Run the flow with `parameters` (its arguments by name) and its batches on a Dask cluster:
+    `address` of a running scheduler, else a local cluster of `workers` processes (what a test or a
+    laptop can do)."""
     import os
 
     from prefect_dask import DaskTaskRunner
@@ -103,7 +104,7 @@ def on_dask(parameters: EvaluateParameters, address: str | None = None, workers:
     runner = DaskTaskRunner(address=address) if address else DaskTaskRunner(
         cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
                         "env": {"PYTHONPATH": importable}})
-    return evaluate_flow.with_options(task_runner=runner)(parameters)
+    return evaluate_flow.with_options(task_runner=runner)(**parameters)
 
 
 def main() -> None:
@@ -122,11 +123,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     prepare_environment()  # before Prefect starts its ephemeral API: telemetry off
-    parameters = EvaluateParameters(
-        app=args.app, workspace=args.workspace, candidates=args.candidate, batches=args.batches
-    )
+    parameters = {"app": args.app, "workspace": args.workspace, "candidates": args.candidate, "batches": args.batches}
     if args.dask is None:
-        summary = evaluate_flow(parameters)
+        summary = evaluate_flow(**parameters)
     else:
         summary = on_dask(parameters, None if args.dask == "local" else args.dask)
     print(json.dumps(summary.model_dump(mode="json")))

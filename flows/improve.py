@@ -13,7 +13,6 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from pydantic import BaseModel, Field
 
 from promptloop.core.runtime import prepare_environment
 from promptloop.domain.evaluation import EvaluationResult
@@ -22,30 +21,18 @@ from promptloop.evaluate.plan import hand_written_candidates
 from promptloop.evaluate.report import decision_table
 from promptloop.evaluate.stage import evaluate as evaluate_prompts
 from promptloop.improve import stage
+from promptloop.ops.flow_form import OptionalAmount, OptionalCount
 from promptloop.workspace.handoff import save_outcome
+from promptloop.workspace.links import mlflow_ui_url, run_link
 from promptloop.workspace.locking import writing
 from promptloop.workspace.preflight import app_models, preflight
 from promptloop.workspace.workspace import Workspace, open_workspace, with_overrides
 
 
-class ImproveParameters(BaseModel):
-    """What the Prefect UI shows as the form of an improve run."""
-
-    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
-    workspace: str = Field(default=".", description="the workspace folder")
-    candidates: int | None = Field(
-        default=None, ge=0, description="prompts the optimizer writes [default: params.yaml improve.candidates]"
-    )
-    budget_usd: float | None = Field(
-        default=None, ge=0, description="evaluation budget in USD [default: params.yaml evaluate.budget_usd]"
-    )
-
-
 @task(cache_policy=NO_CACHE)
-def open_(parameters: ImproveParameters) -> Workspace:
-    workspace = open_workspace(Path(parameters.workspace))
-    return with_overrides(workspace, {"improve": {"candidates": parameters.candidates},
-                                      "evaluate": {"budget_usd": parameters.budget_usd}})
+def open_(folder: str, candidates: int | None, budget_usd: float | None) -> Workspace:
+    return with_overrides(open_workspace(Path(folder)), {"improve": {"candidates": candidates},
+                                                         "evaluate": {"budget_usd": budget_usd}})
 
 
 @task(cache_policy=NO_CACHE)
@@ -103,30 +90,38 @@ def decide(workspace: Workspace, app: str, growth: GrowthResult, proposed: stage
 
 
 @task(cache_policy=NO_CACHE)
-def publish(outcome: ImproveOutcome) -> None:
+def publish(outcome: ImproveOutcome, ui_url: str | None) -> None:
     golden, best = outcome.golden, outcome.best
     headline = f"### improve {outcome.app}: **{outcome.decision}** {best.name if best else ''}\n\n"
     reasons = "".join(f"- {reason}\n" for reason in outcome.reasons)
     growth = "\n".join(f"| {k} | {getattr(golden, k)} |" for k in ("added", "optimize", "holdout", "dvc_md5"))
     table = "\n".join(decision_table(outcome.evaluation))
+    run = run_link(outcome.evaluation.mlflow_run_id, ui_url)
     create_markdown_artifact(f"{headline}{reasons}\n| golden set | |\n|---|---|\n{growth}\n\n{table}\n\n"
-                             f"MLflow run: `{outcome.evaluation.mlflow_run_id}`\n", key=f"improve-{outcome.app}")
+                             f"MLflow run: {run}\n", key=f"improve-{outcome.app}")
 
 
 @flow(name="improve", log_prints=True)
-def improve_flow(parameters: ImproveParameters = ImproveParameters()) -> ImproveOutcome:
-    """improve: grow the golden set, propose candidates, evaluate them against the baseline, decide."""
+def improve_flow(app: str = "support-bot", workspace: str = ".", candidates: OptionalCount = None,
+                 budget_usd: OptionalAmount = None) -> ImproveOutcome:
+    """improve: grow the golden set, propose candidates, evaluate them against the baseline, decide.
+
+    Args:
+        app: the app, a name under `apps:` in params.yaml
+        workspace: the workspace folder; "." is the folder the deployment was made from
+        candidates: prompts the optimizer writes; empty: from params.yaml (improve.candidates)
+        budget_usd: most the evaluation may spend, in USD; empty: from params.yaml (evaluate.budget_usd)
+    """
     prepare_environment()
-    app = parameters.app
-    with writing(Path(parameters.workspace), f"improve flow --app {app}"):
-        workspace = open_(parameters)
-        check_models(workspace, app)
-        mined = load_failures(workspace, app)
-        growth = grow_golden_set(workspace, app, mined)
-        proposed = propose_candidates(workspace, app, mined)
-        written = hand_written(workspace, app)
+    with writing(Path(workspace), f"improve flow --app {app}"):
+        opened = open_(workspace, candidates, budget_usd)
+        check_models(opened, app)
+        mined = load_failures(opened, app)
+        growth = grow_golden_set(opened, app, mined)
+        proposed = propose_candidates(opened, app, mined)
+        written = hand_written(opened, app)
         paths = written + proposed.paths
-        result = evaluate(workspace, app, paths, fingerprint(workspace, app, paths))
-        outcome = decide(workspace, app, growth, proposed, written, result)
-    publish(outcome)
+        result = evaluate(opened, app, paths, fingerprint(opened, app, paths))
+        outcome = decide(opened, app, growth, proposed, written, result)
+    publish(outcome, mlflow_ui_url(opened))
     return outcome

@@ -10,27 +10,19 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
 
 from promptloop.core.runtime import prepare_environment
 from promptloop.deploy import release as stage
 from promptloop.domain.results import ReleaseResult
+from promptloop.workspace.links import mlflow_ui_url, run_link
 from promptloop.workspace.workspace import Workspace, open_workspace
 
-HEADLINE = ("version", "tag", "registry_version", "alias", "commit", "released", "rollback", "mlflow_run_id")
-
-
-class ReleaseParameters(BaseModel):
-    """What the Prefect UI shows as the form of a release run."""
-
-    app: str = Field(default="support-bot", description="app name under apps: in params.yaml")
-    workspace: str = Field(default=".", description="the workspace folder")
-    rollback: bool = Field(default=False, description="point production back at the previous release instead")
+HEADLINE = ("version", "tag", "registry_version", "alias", "commit", "released", "rollback")
 
 
 @task(cache_policy=NO_CACHE)
-def open_(parameters: ReleaseParameters) -> Workspace:
-    return open_workspace(Path(parameters.workspace))
+def open_(folder: str) -> Workspace:
+    return open_workspace(Path(folder))
 
 
 # Safe to retry: releasing a version that is already production changes nothing.
@@ -40,16 +32,24 @@ def release(workspace: Workspace, app: str, rollback: bool) -> ReleaseResult:
 
 
 @task(cache_policy=NO_CACHE)
-def publish(result: ReleaseResult) -> None:
+def publish(result: ReleaseResult, ui_url: str | None) -> None:
     rows = "\n".join(f"| {k} | {getattr(result, k)} |" for k in HEADLINE)
+    rows += f"\n| mlflow_run_id | {run_link(result.mlflow_run_id, ui_url)} |"
     create_markdown_artifact(f"### release {result.app}\n\n{result.message}\n\n| | |\n|---|---|\n{rows}\n",
                              key=f"release-{result.app}")
 
 
 @flow(name="release", log_prints=True)
-def release_flow(parameters: ReleaseParameters = ReleaseParameters()) -> ReleaseResult:
-    """release: the prompt merged on the base branch becomes production (MLflow alias, git tag, run)."""
+def release_flow(app: str = "support-bot", workspace: str = ".", rollback: bool = False) -> ReleaseResult:
+    """release: the prompt merged on the base branch becomes production (MLflow alias, git tag, run).
+
+    Args:
+        app: the app, a name under `apps:` in params.yaml
+        workspace: the workspace folder; "." is the folder the deployment was made from
+        rollback: point production back at the previous release instead of the merged prompt
+    """
     prepare_environment()
-    result = release(open_(parameters), parameters.app, parameters.rollback)
-    publish(result)
+    opened = open_(workspace)
+    result = release(opened, app, rollback)
+    publish(result, mlflow_ui_url(opened))
     return result

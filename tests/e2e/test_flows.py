@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -33,8 +34,9 @@ def flows():
     try:
         import flows.analyze
         import flows.collect
+        import flows.cycle
 
-        yield SimpleNamespace(collect=flows.collect, analyze=flows.analyze)
+        yield SimpleNamespace(collect=flows.collect, analyze=flows.analyze, cycle=flows.cycle)
     finally:
         sys.path.remove(str(REPO))
 
@@ -68,9 +70,7 @@ def test_collect_flow_runs_the_stage_and_publishes_its_table(prefect_server, flo
     (tmp_path / "ws/incoming/support-bot").mkdir(parents=True)
     (tmp_path / "ws/incoming/support-bot/a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{bad\n")
 
-    state = flows.collect.collect_flow(
-        flows.collect.CollectParameters(workspace=str(tmp_path / "ws")), return_state=True
-    )
+    state = flows.collect.collect_flow(workspace=str(tmp_path / "ws"), return_state=True)
     assert state.is_completed()
     summary = state.result()
     assert (summary.rows_in, summary.rows_valid, summary.rows_quarantined) == (6, 5, 1)
@@ -84,14 +84,39 @@ def test_collect_flow_runs_the_stage_and_publishes_its_table(prefect_server, flo
     assert table and "| rows_valid | 5 |" in table[0].data
 
 
-@pytest.mark.e2e
-def test_analyze_flow_publishes_headline_and_failed_checks(prefect_server, flows, tmp_path: Path) -> None:
-    from prefect.client.orchestration import get_client
-
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A demo workspace after its cycle (run by the library): improve ran, no new logs since."""
     from promptloop.demo.run import run_demo
 
-    demo = run_demo(tmp_path / "demo", interactions=300)
-    state = flows.analyze.analyze_flow(flows.analyze.AnalyzeParameters(workspace=demo.workspace), return_state=True)
+    return run_demo(tmp_path_factory.mktemp("demo") / "demo", interactions=300)
+
+
+async def flow_run_artifacts(flow_run_id: Any) -> dict[str, str]:
+    """The artifacts on one flow run itself (not on its subflows' runs), by key."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return {a.key: a.data for a in await client.read_artifacts() if a.flow_run_id == flow_run_id}
+
+
+async def flow_run_log(flow_run_id: Any) -> list[str]:
+    """The messages the flow run logged, once the log handler sent them to the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    await APILogHandler.aflush()
+    async with get_client() as client:
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
+
+
+@pytest.mark.e2e
+def test_analyze_flow_publishes_headline_and_failed_checks(prefect_server, flows, demo) -> None:
+    from prefect.client.orchestration import get_client
+
+    state = flows.analyze.analyze_flow(workspace=demo.workspace, return_state=True)
     assert state.is_completed()
     summary = state.result()
     assert summary.metrics["interactions"] > 0 and summary.mlflow_run_id
@@ -104,6 +129,46 @@ def test_analyze_flow_publishes_headline_and_failed_checks(prefect_server, flows
     assert "| thumbs_down_rate |" in published["analyze-support-bot"]
     checks = published["analyze-support-bot-alerts"]
     assert f"{len(summary.alerts)} failed" in checks and checks.count("❌") == len(summary.alerts)
+
+
+@pytest.mark.e2e
+def test_a_cycle_with_no_new_logs_says_it_stopped_after_collect_and_how_to_force_it(prefect_server, flows,
+                                                                                      demo) -> None:
+    from promptloop.loop.summary import FORCE_HINT
+
+    state = flows.cycle.cycle_flow(workspace=demo.workspace, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    assert result.decision == "skipped" and result.analyze is None and result.collect.rows_in == 0
+    run_id = state.state_details.flow_run_id
+    assert FORCE_HINT in asyncio.run(flow_run_artifacts(run_id))["cycle-support-bot"]
+    assert "support-bot: skipped: no new logs since the last cycle; run it with force to analyze and improve anyway" \
+        in asyncio.run(flow_run_log(run_id))
+
+
+@pytest.mark.e2e
+def test_a_forced_cycle_publishes_its_decision_and_pull_request_on_its_own_run(
+    prefect_server, flows, demo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from promptloop.loop.summary import FORCE_HINT, result_line
+    from promptloop.workspace.links import UI_URL_ENV
+
+    monkeypatch.setenv(UI_URL_ENV, "http://127.0.0.1:5999")  # as `promptloop serve` tells its worker
+    state = flows.cycle.cycle_flow(workspace=demo.workspace, force=True, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    # The demo's candidate again: the same decision, on the branch its first cycle opened.
+    assert result.decision == "promote" and result.deploy and result.deploy.branch and not result.deploy.created
+    run_id = state.state_details.flow_run_id
+    page = asyncio.run(flow_run_artifacts(run_id))["cycle-support-bot"]
+    assert page.startswith(f"### cycle support-bot: **promote** {result.improve.best.name}")
+    assert "| prompt | model |" in page and f"| {result.improve.best.name} (v" in page  # the decision table
+    assert f"branch `{result.deploy.branch}`" in page and FORCE_HINT not in page
+    evaluation = result.improve.evaluation.mlflow_run_id
+    assert f"[`{evaluation}`](http://127.0.0.1:5999/#/runs/{evaluation})" in page
+    line = result_line(result)
+    assert line.startswith(f"support-bot: promote {result.improve.best.name} -> branch {result.deploy.branch}, ")
+    assert line in asyncio.run(flow_run_log(run_id))
 
 
 @pytest.mark.e2e

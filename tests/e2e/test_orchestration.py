@@ -1,4 +1,4 @@
-"""Orchestration: prefect.yaml, the flows' parameter forms, and `serve` end to end (a real Prefect server,
+"""Orchestration: prefect.yaml, the flows' imports, and `serve` end to end (a real Prefect server,
 process worker and MLflow UI; the `cycle` deployment triggered through the API as the UI does)."""
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def test_prefect_yaml_has_one_deployment_per_flow_on_the_process_pool() -> None:
     for name, deployment in deployments.items():
         assert deployment["entrypoint"] == f"flows/{name}.py:{name}_flow"
         assert deployment["work_pool"]["name"] == "promptloop"
-        assert deployment["parameters"]["parameters"]["app"] == APP
-        assert deployment["parameters"]["parameters"]["workspace"] == "."
+        assert deployment["parameters"]["app"] == APP
+        assert deployment["parameters"]["workspace"] == "."
     assert deployments["cycle"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert {n for n, d in deployments.items() if d.get("schedules")} == {"collect", "analyze", "cycle"}
 
@@ -57,38 +57,6 @@ def test_flows_import_without_side_effects(tmp_path: Path) -> None:
     assert list(cwd.iterdir()) == []
     # `import prefect` itself makes its home folder; it must stay empty (no database, no profile, no logs)
     assert not home.exists() or list(home.iterdir()) == []
-
-
-@pytest.fixture(scope="module")
-def flow_modules():
-    sys.path.insert(0, str(REPO))
-    try:
-        import flows.analyze
-        import flows.collect
-        import flows.cycle
-        import flows.deploy
-        import flows.improve
-        import flows.release
-
-        yield {name: getattr(flows, name) for name in FLOWS}
-    finally:
-        sys.path.remove(str(REPO))
-
-
-def test_each_flow_takes_a_validated_parameter_model(flow_modules) -> None:
-    from pydantic import ValidationError
-
-    for name, module in flow_modules.items():
-        model = getattr(module, f"{name.capitalize()}Parameters")
-        assert model().app == APP and model().workspace == "."
-        assert model.model_validate({"app": "other", "workspace": "/w"}).workspace == "/w"
-        flow = getattr(module, f"{name}_flow")
-        assert flow.name == name and list(flow.parameters.properties) == ["parameters"]
-    for bad in ({"candidates": -1}, {"budget_usd": "a lot"}):
-        with pytest.raises(ValidationError):
-            flow_modules["cycle"].CycleParameters.model_validate(bad)
-    with pytest.raises(ValidationError):
-        flow_modules["release"].ReleaseParameters.model_validate({"rollback": "sometimes"})
 
 
 def test_flow_parameters_override_params_yaml_for_one_run(initialized_workspace) -> None:
@@ -160,6 +128,7 @@ def test_serve_deploys_every_flow_and_runs_the_cycle_from_the_api(tmp_path: Path
             assert response.status == 200
         with temporary_settings({PREFECT_API_URL: services.env["PREFECT_API_URL"]}):
             seen = asyncio.run(deploy_and_run_cycle())
+        mlflow_url = services.mlflow_url
         tree += [p for process in services.processes.values() for p in process_tree(process)]
 
     # Every process serve started, and everything they started, is gone.
@@ -173,8 +142,11 @@ def test_serve_deploys_every_flow_and_runs_the_cycle_from_the_api(tmp_path: Path
         crons = sorted((s.schedule.cron, s.schedule.timezone) for s in deployment.schedules)
         assert crons == sorted((s["cron"], s["timezone"]) for s in declared[name].get("schedules") or [])
         assert deployment.work_pool_name == "promptloop"
-        assert deployment.parameters["parameters"]["app"] == APP
+        assert deployment.parameters["app"] == APP
     cycle = deployments["cycle"]
+    # The form of the Run button: flat fields, as tests/unit/test_flow_forms.py checks for every flow.
+    form = cycle.parameter_openapi_schema["properties"]
+    assert list(form)[:3] == ["app", "workspace", "force"] and all(f.get("description") for f in form.values())
     assert cycle.global_concurrency_limit is not None and cycle.global_concurrency_limit.limit == 1
     assert cycle.concurrency_options.collision_strategy.value == "ENQUEUE"
 
@@ -189,6 +161,8 @@ def test_serve_deploys_every_flow_and_runs_the_cycle_from_the_api(tmp_path: Path
     parents = [r for r in evaluations if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].info.run_id in table and parents[0].info.run_id in seen["artifacts"][f"improve-{APP}"]
+    # serve told the worker where its MLflow UI is: the cycle's artifact links the evaluation run there
+    assert f"({mlflow_url}/#/runs/{parents[0].info.run_id})" in table
 
     assert len(git.Repo(root).git.log("--format=%H", "--", golden_dvc).split()) > golden_commits
     branches = [h.name for h in git.Repo(root / "remote.git").heads]

@@ -291,6 +291,8 @@ class TrackingSettings(Section):
 
     uri: str = "sqlite:///mlflow.db"
     experiment_prefix: str = Field(default="promptloop/", description="each app logs to <prefix><app>")
+    ui_url: str | None = Field(default=None, description="the MLflow UI's address (http://host:5000): run ids in "
+                               "Prefect artifacts become links to it")
 
 
 class DemoSettings(Section):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from promptloop.core.errors import InputError
 from promptloop.core.runtime import OFFLINE_ENV
+from promptloop.workspace.links import UI_URL_ENV
 from promptloop.workspace.workspace import Workspace, open_workspace
 
 WORK_POOL = "promptloop"
@@ -212,6 +213,7 @@ def serving(root: Path | str, *, mlflow_ui: bool = True, scheduler: bool = True)
             mlflow_port = free_port()
             services.processes["mlflow-ui"] = start_mlflow_ui(workspace, mlflow_port)
             services.mlflow_url = f"http://{HOST}:{mlflow_port}"
+            env.setdefault(UI_URL_ENV, services.mlflow_url)  # the worker's flow runs link their MLflow runs here
         wait_until_up(
             "prefect-server", f"{services.prefect_url}/api/health", services.processes["prefect-server"], root
         )
