@@ -424,7 +424,9 @@ def render_deploy(result: DeployResult | None) -> None:
         return
     url = result.pull_request.url if result.pull_request else result.compare
     render_mapping("pull request", {"branch": result.branch, "created": result.created, "version": result.version,
-                                    "url": url, "body": result.body_path})
+                                    "url": url, "body": result.body_path,
+                                    "challenger": None if result.challenger_version is None
+                                    else f"{result.app} registry version {result.challenger_version}"})
 
 
 @app.command()
@@ -519,7 +521,7 @@ def release(
 ) -> None:
     """After a person merged the pull request: make the prompt on main production.
 
-    Points the MLflow prompt alias `production` at it, tags git `<app>@v<N>` (pushed) and records
+    Points the MLflow prompt alias `champion` at it, tags git `<app>@v<N>` (pushed) and records
     the release in MLflow. The app loads its prompt by that alias.
     """
     from promptloop.deploy.release import release as run_release

@@ -84,7 +84,8 @@ def test_after_a_merge_release_points_production_at_it_and_a_second_cycle_does_n
 
     workspace = open_workspace(root)
     released = release(workspace, "support-bot")
-    assert released.version == 2 and released.alias == "production" and released.tag == "support-bot@v2"
+    assert released.version == 2 and released.alias == "champion" and released.tag == "support-bot@v2"
+    assert released.registry_version == result.deploy.challenger_version  # what deploy named the challenger
     assert "support-bot@v2" in [t.name for t in git.Repo(root / "remote.git").tags]
     assert workspace.load_app("support-bot").prompt.content_hash == result.improve.best.prompt_hash
 

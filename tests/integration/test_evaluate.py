@@ -139,11 +139,40 @@ def test_mlflow_has_a_parent_run_a_child_per_prompt_tables_and_registry_versions
     assert len(table["data"]) == decided.cases and {"input", "answer", "rubric_score"} <= set(table["columns"])
     linked = json.loads(better.data.tags["mlflow.linkedPrompts"])
     assert linked == [{"name": "support-bot", "version": str(better.data.params["registry_version"])}]
-    # The baseline and "same" share content, so they are one registry version; three versions in all.
-    versions = client.search_prompt_versions("support-bot")
-    assert len(versions) == 3
     registered = client.get_prompt_version("support-bot", int(better.data.params["registry_version"]))
     assert "{{context}}" in registered.template[0]["content"]
+
+
+def test_the_app_prompt_holds_the_baseline_and_the_winner_and_the_rest_are_candidates(
+    workspace: Workspace, decided: EvaluationResult
+) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=workspace.tracking_uri, registry_uri=workspace.tracking_uri)
+    children = {r.info.run_name: r for r in client.search_runs(
+        [client.get_run(decided.mlflow_run_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{decided.mlflow_run_id}'")}
+    app = {int(v.version): v for v in client.search_prompt_versions("support-bot")}
+    # Three candidates were evaluated; only the baseline and the winner are versions of the app's prompt,
+    # and the latest of them is the winner, not the last (or weakest) candidate evaluated.
+    assert sorted(v.tags["promptloop.content_hash"] for v in app.values()) == sorted(
+        [decided.baseline.prompt_hash, by_name(decided)["better"].prompt_hash])
+    latest = app[max(app)]
+    assert latest.tags["promptloop.content_hash"] == by_name(decided)["better"].prompt_hash
+    assert (decided.baseline.registry_name, by_name(decided)["better"].registry_name) == ("support-bot",) * 2
+    # terse and same (held) are versions of support-bot-candidates, "same" although it equals the baseline
+    held = client.search_prompt_versions("support-bot-candidates")
+    assert sorted(v.tags["promptloop.content_hash"] for v in held) == sorted(
+        by_name(decided)[name].prompt_hash for name in ("terse", "same"))
+    assert {by_name(decided)[name].registry_name for name in ("terse", "same")} == {"support-bot-candidates"}
+    assert children["terse"].data.params["registry_name"] == "support-bot-candidates"
+    # Each version's commit message is its changelog and names the run that evaluated it (also a tag).
+    for version in [*app.values(), *held]:
+        run_id = version.tags["promptloop.evaluation_run"]
+        assert run_id in {r.info.run_id for r in children.values()}
+        changelog = version.tags["promptloop.changelog"] or f"v{version.tags['promptloop.version']}"
+        assert version.commit_message == f"{changelog}\n\nevaluation run: {run_id}"
+    assert latest.tags["promptloop.evaluation_run"] == children["better"].info.run_id
 
 
 def test_a_provider_that_fails_past_its_retries_makes_the_run_incomplete(

@@ -24,6 +24,7 @@ from promptloop.improve.growth import holdout_clusters, near_duplicate_mask, sev
 from promptloop.improve.stage import improve
 from promptloop.ops.initialize import init_workspace
 from promptloop.quality.redact import build_redactor
+from promptloop.workspace.tracking import tracking_client
 from promptloop.workspace.workspace import open_workspace
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -91,6 +92,15 @@ def test_candidates_come_from_the_optimizer_and_the_best_is_promoted_on_held_out
     assert (prompt.version, prompt.parent) == (2, 1) and prompt.changelog.startswith("addresses")
     assert outcome.best.prompt == Path(best.source).read_text(encoding="utf-8")
     assert json.loads((root / ".promptloop/improve/support-bot.json").read_text())["best"]["name"] == best.name
+    # The registry: the app's latest prompt version is the winner; the other candidates are not versions of it.
+    client = tracking_client(open_workspace(root).tracking_uri)
+    versions = client.search_prompt_versions("support-bot")
+    app_versions = {int(v.version): v.tags["promptloop.content_hash"] for v in versions}
+    assert app_versions[max(app_versions)] == best.prompt_hash == outcome.best.prompt_hash
+    assert set(app_versions.values()) == {evaluation.baseline.prompt_hash, best.prompt_hash}
+    others = {c.prompt_hash for c in evaluation.candidates if c.name != best.name}
+    held = {v.tags["promptloop.content_hash"] for v in client.search_prompt_versions("support-bot-candidates")}
+    assert held == others
 
 
 def test_a_second_improve_with_no_new_failures_adds_nothing_and_makes_no_call(improved) -> None:

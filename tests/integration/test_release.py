@@ -1,5 +1,6 @@
-"""release after a person merges: the registry alias `production`, an annotated git tag on the remote and
-an MLflow run linking them; releasing twice changes nothing; rollback; `load_app` follows the alias."""
+"""release after a person merges: the registry alias `champion`, an annotated git tag on the remote and
+an MLflow run linking them; releasing twice changes nothing; rollback; `load_app` follows the alias;
+deploy names the proposed version `challenger` until release makes it `champion`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from promptloop.deploy.pull_request import open_pull_request
 from promptloop.deploy.release import release
 from promptloop.domain.prompts import PromptVersion, load_prompt
 from promptloop.workspace import registry
-from promptloop.workspace.registry import PRODUCTION, production_prompt
+from promptloop.workspace.registry import CHALLENGER, CHAMPION, LEGACY_PRODUCTION, production_prompt
 from promptloop.workspace.tracking import tracking_client
 from promptloop.workspace.workspace import Workspace
 
@@ -59,7 +60,7 @@ def test_release_after_merge_sets_the_alias_tags_git_and_logs_the_run(
 
     assert (result.version, result.tag, result.commit) == (2, f"{APP}@v2", merge)
     assert result.released and result.tag_created and not result.rollback
-    alias = client.get_prompt_version_by_alias(APP, PRODUCTION)
+    alias = client.get_prompt_version_by_alias(APP, CHAMPION)
     assert int(alias.version) == result.registry_version
     assert alias.tags[registry.HASH_TAG] == better.content_hash
     assert (alias.tags["promptloop.version"], alias.tags["promptloop.parent"]) == ("2", "1")
@@ -93,7 +94,7 @@ def test_releasing_the_same_version_twice_is_a_no_op(workspace: Workspace, bette
     assert again.model_dump(include=same) == first.model_dump(include=same)
     assert len(release_runs(workspace)) == 1
     assert [t.name for t in git.Repo(workspace.root / "remote.git").tags] == [f"{APP}@v2"]
-    assert int(tracking_client(workspace.tracking_uri).get_prompt_version_by_alias(APP, PRODUCTION).version) \
+    assert int(tracking_client(workspace.tracking_uri).get_prompt_version_by_alias(APP, CHAMPION).version) \
         == first.registry_version
 
 
@@ -125,7 +126,7 @@ def test_rollback_moves_the_alias_to_the_previous_release(workspace: Workspace, 
     assert (back.version, back.registry_version, back.tag, back.commit) == \
            (1, v1.registry_version, f"{APP}@v1", v1.commit)
     client = tracking_client(workspace.tracking_uri)
-    assert int(client.get_prompt_version_by_alias(APP, PRODUCTION).version) == v1.registry_version
+    assert int(client.get_prompt_version_by_alias(APP, CHAMPION).version) == v1.registry_version
     run = client.get_run(back.mlflow_run_id)
     assert run.info.run_name == f"rollback {APP} v1" and run.data.params["rollback"] == "true"
     assert run.data.params["tag"] == f"{APP}@v1"
@@ -168,5 +169,56 @@ def test_registry_round_trip_keeps_braces_and_lineage(workspace: Workspace) -> N
                            system='Reply as JSON like {"answer": "..."}; show {{question}} as typed.\n{context}\n',
                            user="Q: {question}")
     version = registry.register(client, APP, prompt)
-    client.set_prompt_alias(APP, PRODUCTION, version)
+    client.set_prompt_alias(APP, CHAMPION, version)
     assert production_prompt(workspace.tracking_uri, APP) == prompt
+
+
+def test_deploy_names_the_challenger_and_release_makes_it_the_champion(workspace: Workspace,
+                                                                       tmp_path: Path) -> None:
+    from promptloop.deploy.stage import deploy
+    from promptloop.domain.results import GrowthResult
+    from promptloop.evaluate.stage import evaluate
+    from promptloop.improve.stage import Proposed, improve_outcome
+    from promptloop.workspace.handoff import save_outcome
+
+    candidates = [CANDIDATES / "better.yaml", CANDIDATES / "terse.yaml"]
+    result = evaluate(workspace, APP, candidates)
+    growth = GrowthResult(added=0, duplicates=0, near_duplicates=0, capped=0, unclustered=0, pii_redacted=0,
+                          optimize=0, holdout=0, golden_set="golden/support-bot.jsonl")
+    outcome = improve_outcome(APP, growth, Proposed(), candidates, result)
+    assert outcome.decision == "promote" and outcome.best is not None and outcome.best.name == "better"
+    save_outcome(workspace, outcome)  # under .promptloop/, git-ignored: the tree stays clean
+    client = tracking_client(workspace.tracking_uri)
+    assert registry.version_by_alias(client, APP, CHALLENGER) is None
+
+    proposed = deploy(workspace, APP)
+
+    winner = next(c for c in result.candidates if c.name == "better")
+    assert proposed.challenger_version == winner.registry_version and winner.registry_name == APP
+    challenger = client.get_prompt_version_by_alias(APP, CHALLENGER)
+    assert int(challenger.version) == winner.registry_version
+    assert challenger.tags[registry.HASH_TAG] == outcome.best.prompt_hash
+    assert registry.version_by_alias(client, APP, CHAMPION) is None  # proposed, not released
+    assert deploy(workspace, APP).challenger_version == winner.registry_version  # again: the same, no new version
+
+    merge_on_remote(workspace, proposed.branch or "", tmp_path / "clone")
+    released = release(workspace, APP)
+
+    assert released.alias == CHAMPION == "champion" and released.registry_version == winner.registry_version
+    assert int(client.get_prompt_version_by_alias(APP, CHAMPION).version) == winner.registry_version
+    assert registry.version_by_alias(client, APP, CHALLENGER) is None  # its pull request is merged
+    app_versions = client.search_prompt_versions(APP)
+    assert len(app_versions) == 2  # v1 (the baseline) and the winner; terse is a candidate only
+    assert [v.tags[registry.HASH_TAG] for v in client.search_prompt_versions(registry.candidates_name(APP))] == \
+        [next(c for c in result.candidates if c.name == "terse").prompt_hash]
+
+
+def test_a_registry_released_with_the_older_production_alias_is_still_served(workspace: Workspace,
+                                                                             better) -> None:
+    client = tracking_client(workspace.tracking_uri)
+    version = registry.register(client, APP, better)
+    client.set_prompt_alias(APP, LEGACY_PRODUCTION, version)
+    assert production_prompt(workspace.tracking_uri, APP) == better
+    v1 = release(workspace, APP)  # the next release sets `champion`, which wins from then on
+    assert int(client.get_prompt_version_by_alias(APP, CHAMPION).version) == v1.registry_version != version
+    assert production_prompt(workspace.tracking_uri, APP) == load_prompt(workspace.path(PROMPT))

@@ -56,7 +56,7 @@ def prepare_trace_sources(sources: Sequence[Source], workspace: Workspace, app: 
 def release_history(tracking_uri: str, experiment: str) -> list[tuple[int, str]]:
     """(start time in ms, prompt version) of every release and rollback of the app, oldest first.
 
-    Each one moved the registry alias `production` to that version, so the last one started at or
+    Each one moved the registry alias `champion` (`production` before it) to that version, so the last one started at or
     before a moment is the version the app served then.
     """
     from promptloop.workspace.tracking import tracking_client

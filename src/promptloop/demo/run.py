@@ -27,6 +27,7 @@ from promptloop.evaluate.targets import load_function
 from promptloop.llm.client import ApiKeys, litellm_module_configured
 from promptloop.loop.cycle import cycle
 from promptloop.ops.initialize import InitResult, init_workspace
+from promptloop.ops.mlflow_ui import ui_command
 from promptloop.workspace.preflight import preflight
 from promptloop.workspace.workspace import Workspace, open_workspace
 
@@ -144,8 +145,7 @@ def run_demo(dest: Path, interactions: int | None = None, now: datetime | None =
     turn = cycle(workspace, app_name, now=now)
     more = [run_app_demo(workspace, other, interactions or workspace.params.demo.interactions, now)
             for other in workspace.params.demo.more_apps]
-    mlflow = Path(sys.executable).parent / "mlflow"
-    ui = f"{mlflow} ui --backend-store-uri {workspace.tracking_uri} --host 127.0.0.1 --port 5000"
+    ui = ui_command(str(Path(sys.executable).parent / "mlflow"), workspace.tracking_uri)
     return DemoResult(workspace=created.workspace, app=app_name, init=created, logs=logs, cycle=turn,
                       collect=turn.collect, analyze=turn.analyze, data_policy=local_only_refusal(workspace, app_name),
                       mlflow_ui=ui, more=more)

@@ -1,8 +1,9 @@
 """release: after a person merges a prompt's pull request, make the merged version production.
 
-The prompt on `<remote>/<base>` is registered in the MLflow prompt registry, the alias `production`
-points at it, git gets the tag `<app>@v<N>` on that commit, and an MLflow run records the link
-(version, registry version, commit, tag). `rollback` points the alias back at the previous release.
+The prompt on `<remote>/<base>` is registered in the MLflow prompt registry, the alias `champion`
+points at it (and `challenger`, which named it while its pull request was open, is removed), git
+gets the tag `<app>@v<N>` on that commit, and an MLflow run records the link (version, registry
+version, commit, tag). `rollback` points `champion` back at the previous release.
 The alias is what the app serves (`Workspace.load_app`); the tags are the release history.
 """
 
@@ -18,7 +19,7 @@ from promptloop.domain.prompts import PromptVersion, dump_prompt
 from promptloop.domain.results import ReleaseResult
 from promptloop.workspace import registry
 from promptloop.workspace.locking import holds_workspace
-from promptloop.workspace.registry import PRODUCTION
+from promptloop.workspace.registry import CHAMPION
 from promptloop.workspace.repository import bot_identity, fetch_base, git_message, prompt_at
 from promptloop.workspace.workspace import Workspace
 
@@ -58,7 +59,8 @@ def release_merged(workspace: Workspace, repo: git.Repo, client: Any, app: str, 
         check_same_release(repo, tag, tagged, prompt_path, prompt)
     commit = tagged or base_commit  # a version keeps the commit it was first released from
     registry_version = registry.register(client, app, prompt)
-    current = registry.version_by_alias(client, app, PRODUCTION)
+    # `champion` itself, not the older `production` alias: a registry released before gets it now
+    current = registry.version_by_alias(client, app, CHAMPION)
     if tagged is not None:
         push_tag(repo, deploy.remote, tag)  # a no-op unless an earlier push failed
         if current is not None and int(current.version) == registry_version:
@@ -73,7 +75,7 @@ def release_merged(workspace: Workspace, repo: git.Repo, client: Any, app: str, 
                 tag_created=False,
                 run_id=None,
                 message=f"{app} v{prompt.version} is already released ({tag}, registry "
-                f"version {registry_version} is {PRODUCTION}); nothing changed",
+                f"version {registry_version} is {CHAMPION}); nothing changed",
             )
     else:
         create_tag(repo, tag, commit, f"{app} prompt v{prompt.version}: MLflow prompt registry {app} "
@@ -81,16 +83,16 @@ def release_merged(workspace: Workspace, repo: git.Repo, client: Any, app: str, 
         push_tag(repo, deploy.remote, tag)
     point_production(client, app, registry_version, prompt, tag, commit)
     run_id = log_release(workspace, client, app, prompt, registry_version, commit, tag, rollback=False)
-    message = f"{app} v{prompt.version} is {PRODUCTION} (registry version {registry_version}, {tag})"
+    message = f"{app} v{prompt.version} is {CHAMPION} (registry version {registry_version}, {tag})"
     return outcome(app, prompt, registry_version, commit, tag, rollback=False, released=True,
                    tag_created=tagged is None, run_id=run_id, message=message)
 
 
 def roll_back(workspace: Workspace, repo: git.Repo, client: Any, app: str, prompt_path: str) -> ReleaseResult:
-    """Point `production` at the highest release tagged below the version it serves now."""
-    current = registry.version_by_alias(client, app, PRODUCTION)
+    """Point `champion` at the highest release tagged below the version it serves now."""
+    current = registry.champion_version(client, app)
     if current is None:
-        raise DeployError(f"{app}: nothing to roll back: no prompt version is {PRODUCTION} yet")
+        raise DeployError(f"{app}: nothing to roll back: no prompt version is {CHAMPION} yet")
     serving = int(current.tags.get(registry.VERSION_TAG, 0))
     earlier = [(version, tag) for version, tag in released_versions(repo, app) if version < serving]
     if not earlier:
@@ -153,7 +155,8 @@ def point_production(
 ) -> None:
     """Record the released lineage on the registry version, then move the alias to it."""
     registry.set_lineage(client, app, registry_version, prompt, {RELEASE_TAG: tag, COMMIT_TAG: commit})
-    client.set_prompt_alias(app, PRODUCTION, registry_version)
+    client.set_prompt_alias(app, CHAMPION, registry_version)
+    registry.clear_challenger(client, app, registry_version)
 
 
 def log_release(workspace: Workspace, client: Any, app: str, prompt: PromptVersion, registry_version: int,
@@ -175,6 +178,6 @@ def outcome(app: str, prompt: PromptVersion, registry_version: int, commit: str,
             released: bool, tag_created: bool, run_id: str | None, message: str) -> ReleaseResult:
     """What `release` reports."""
     return ReleaseResult(app=app, version=prompt.version, prompt_hash=prompt.content_hash,
-                         registry_version=registry_version, alias=PRODUCTION, commit=commit, tag=tag,
+                         registry_version=registry_version, alias=CHAMPION, commit=commit, tag=tag,
                          tag_created=tag_created, rollback=rollback, released=released, mlflow_run_id=run_id,
                          message=message)

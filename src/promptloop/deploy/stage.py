@@ -12,6 +12,7 @@ from promptloop.domain.prompts import PromptVersion, load_prompt
 from promptloop.domain.results import BestCandidate, DeployResult, ImproveOutcome
 from promptloop.workspace.handoff import load_outcome, outcome_path
 from promptloop.workspace.locking import holds_workspace
+from promptloop.workspace.registry import name_challenger
 from promptloop.workspace.workspace import Workspace
 
 
@@ -67,4 +68,7 @@ def deploy(workspace: Workspace, app: str) -> DeployResult:
                                  golden_dvc if golden_dvc.is_file() else None,
                                  github_api_url=workspace.params.deploy.github_api_url,
                                  token_env=workspace.params.deploy.token_env)
-    return DeployResult(app=app, decision="promote", reasons=[], **proposed.model_dump())
+    # The registry names what the open pull request proposes (the same content evaluate registered).
+    challenger = name_challenger(workspace.tracking_uri, app, candidate, outcome.evaluation.mlflow_run_id)
+    return DeployResult(app=app, decision="promote", reasons=[], challenger_version=challenger,
+                        **proposed.model_dump())

@@ -37,6 +37,8 @@ class PromptResult(Record):
     latency_p95_ms: float | None = None
     license: str | None = None
     registry_version: int | None = Field(default=None, description="its version in the MLflow prompt registry")
+    registry_name: str | None = Field(default=None, description="the registry prompt that version belongs to: the "
+                                      "app's for the baseline and the winner, `<app>-candidates` for the others")
 
 
 class BaselineResult(PromptResult):
@@ -179,3 +181,9 @@ class EvaluationResult(Record):
     def prompts(self) -> list[PromptResult]:
         """The baseline, then the candidates."""
         return [self.baseline, *self.candidates]
+
+
+def best_candidate(result: EvaluationResult) -> CandidateResult | None:
+    """The promotable candidate with the highest CI lower bound (ties: the higher mean, then the name)."""
+    promotable = [c for c in result.candidates if c.decision == "promote"]
+    return max(promotable, key=lambda c: (c.ci_low or 0.0, c.diff or 0.0, c.name), default=None)

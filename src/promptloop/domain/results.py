@@ -270,10 +270,12 @@ class DeployResult(Record):
     pull_request: PullRequestLink | None = None
     body_path: str | None = None
     compare: str | None = None
+    challenger_version: int | None = Field(default=None, description="the app's registry version the alias "
+                                           "`challenger` names: the prompt this pull request proposes")
 
 
 class ReleaseResult(Record):
-    """A release (or rollback): which version the `production` alias now points at."""
+    """A release (or rollback): which version the `champion` alias now points at."""
 
     app: str
     version: int

@@ -12,7 +12,7 @@ import pandas as pd
 
 from promptloop.core.config import AppSettings
 from promptloop.core.files import write_atomic
-from promptloop.domain.evaluation import EvaluationResult, PromptResult
+from promptloop.domain.evaluation import EvaluationResult, PromptResult, best_candidate
 from promptloop.evaluate.plan import Contender, EvalPlan
 from promptloop.workspace import registry
 from promptloop.workspace.tracking import experiment_id, log_contents, started_run, tracking_client
@@ -49,6 +49,15 @@ def common_params(plan: EvalPlan, result: EvaluationResult) -> dict[str, object]
             "judge_samples": plan.settings.judge_samples, "seed": plan.settings.seed, "git_commit": result.git_commit}
 
 
+def registry_prompt_name(app: str, result: EvaluationResult, line: PromptResult) -> str:
+    """Where an evaluated prompt is registered: the app's prompt for the baseline and the winner, so its
+    latest version is never a rejected candidate; `<app>-candidates` for every other candidate."""
+    winner = best_candidate(result)
+    if line is result.baseline or (winner is not None and line.name == winner.name):
+        return app
+    return registry.candidates_name(app)
+
+
 def log_prompt_run(client: Any, context: tuple[str, str, dict[str, str]], plan: EvalPlan, contender: Contender,
                    result: EvaluationResult, frame: pd.DataFrame) -> None:
     """A child run for one prompt: its registry version, parameters, metrics and per-case table."""
@@ -56,13 +65,14 @@ def log_prompt_run(client: Any, context: tuple[str, str, dict[str, str]], plan: 
     line = next(p for p in result.prompts if p.name == contender.name)
     with started_run(client, experiment, contender.name, {**tags, "promptloop.prompt": contender.name},
                      parent_id) as child_id:
-        version = registry.register(client, plan.app, contender.prompt)
-        registry.link_to_run(client, child_id, plan.app, version)
-        line.registry_version = version
+        name = registry_prompt_name(plan.app, result, line)
+        version = registry.register(client, name, contender.prompt, evaluation_run=child_id)
+        registry.link_to_run(client, child_id, name, version)
+        line.registry_version, line.registry_name = version, name
         log_contents(client, child_id,
                      params={**common_params(plan, result), "prompt_hash": contender.prompt.content_hash,
                              "prompt_version": contender.prompt.version, "prompt_source": contender.source,
-                             "model": contender.model, "registry_version": version},
+                             "model": contender.model, "registry_version": version, "registry_name": name},
                      metrics=prompt_metrics(line), tags={"promptloop.decision": getattr(line, "decision", "baseline")},
                      artifacts={"summary.json": line.model_dump(mode="json")},
                      tables={"eval_cases.json": case_table(frame, contender.name)})

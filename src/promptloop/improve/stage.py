@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from promptloop.core.errors import InputError, input_error_from_validation
 from promptloop.core.progress import NO_PROGRESS, ProgressHooks
-from promptloop.domain.evaluation import CandidateResult, Decision, EvaluationResult
+from promptloop.domain.evaluation import CandidateResult, Decision, EvaluationResult, best_candidate
 from promptloop.domain.golden import load_golden
 from promptloop.domain.kb import Retriever, load_kb
 from promptloop.domain.prompts import load_prompt
@@ -122,12 +122,6 @@ def propose_candidates(
         [RejectedRevision(seed=r.seed, reason=r.reason) for r in rejected],
         OptimizerUsage(calls=usage.calls, cache_hits=usage.cache_hits, cost_usd=round(usage.cost_usd, 6)),
     )
-
-
-def best_candidate(result: EvaluationResult) -> CandidateResult | None:
-    """The promotable candidate with the highest CI lower bound (ties: the higher mean, then the name)."""
-    promotable = [c for c in result.candidates if c.decision == "promote"]
-    return max(promotable, key=lambda c: (c.ci_low or 0.0, c.diff or 0.0, c.name), default=None)
 
 
 def overall_decision(result: EvaluationResult, best: CandidateResult | None) -> tuple[Decision, list[str]]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from promptloop.core.errors import InputError
 from promptloop.core.runtime import OFFLINE_ENV
+from promptloop.ops.mlflow_ui import ui_arguments, ui_environment
 from promptloop.workspace.links import UI_URL_ENV
 from promptloop.workspace.workspace import Workspace, open_workspace
 
@@ -151,11 +152,10 @@ def start_worker(root: Path, env: dict[str, str], pool: str = WORK_POOL) -> subp
 
 
 def start_mlflow_ui(workspace: Workspace, port: int) -> subprocess.Popen:
-    """The MLflow UI on the workspace's tracking store, on loopback."""
-    # One web worker and no background job runner: a UI for one person on a small machine.
-    env = {**os.environ, **OFFLINE_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return start("mlflow-ui", [bin_path("mlflow"), "ui", "--backend-store-uri", workspace.tracking_uri,
-                               "--host", HOST, "--port", str(port), "--workers", "1"], env, workspace.root)
+    """The MLflow UI on the workspace's tracking store, on loopback, telemetry off (see `ops.mlflow_ui`)."""
+    # One web worker: a UI for one person on a small machine.
+    return start("mlflow-ui", ui_arguments(bin_path("mlflow"), workspace.tracking_uri, port, workers=1),
+                 ui_environment(os.environ), workspace.root)
 
 
 def process_tree(process: subprocess.Popen) -> list:

@@ -1,4 +1,11 @@
-"""The MLflow prompt registry: every evaluated prompt is a registered version; `release` sets the alias.
+"""The MLflow prompt registry: the app's prompt holds its baseline, winners and releases; aliases name two.
+
+`<app>` holds only the prompts a person would call versions of the app: the baseline of each
+evaluation, the candidate an evaluation promoted (the winner), and what `release` made production.
+Every other evaluated candidate is a version of `<app>-candidates`, so `<app>`'s latest version is
+never a rejected candidate. Two aliases of `<app>`: `champion` is the version the app serves (moved by
+`release`), `challenger` the version proposed in the open pull request (moved by `deploy`). A version's
+commit message is its changelog and names its evaluation run, also kept as a tag.
 
 A `messages` prompt is in MLflow's syntax already (`{{ variable }}`); a first-form prompt's
 `{question}`/`{context}` are converted to `{{question}}`/`{{context}}` on the way in and back on the way
@@ -22,6 +29,7 @@ VERSION_TAG = "promptloop.version"
 PARENT_TAG = "promptloop.parent"
 PARAMETERS_TAG = "promptloop.parameters"
 CHANGELOG_TAG = "promptloop.changelog"
+EVALUATION_RUN_TAG = "promptloop.evaluation_run"  # the MLflow run that evaluated this version
 FORM_TAG = "promptloop.form"  # how the prompt file is written: system-user (first form) or messages
 LEGACY_FORM = "system-user"
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(sorted(PLACEHOLDERS)) + r")\}")
@@ -49,8 +57,23 @@ def find_version(client: Any, name: str, content_hash: str) -> int | None:
     return next((int(v.version) for v in versions if v.tags.get(HASH_TAG) == content_hash), None)
 
 
-def register(client: Any, name: str, prompt: PromptVersion) -> int:
-    """Register `prompt` as a version of `name` (or find the version it already is); returns the version."""
+def candidates_name(app: str) -> str:
+    """The registry prompt that holds an app's evaluated candidates that did not win."""
+    return f"{app}-candidates"
+
+
+def commit_message(prompt: PromptVersion, evaluation_run: str | None) -> str:
+    """A version's commit message: its changelog, then the evaluation run that measured it."""
+    changelog = prompt.changelog or f"v{prompt.version}"
+    return changelog if evaluation_run is None else f"{changelog}\n\nevaluation run: {evaluation_run}"
+
+
+def register(client: Any, name: str, prompt: PromptVersion, evaluation_run: str | None = None) -> int:
+    """Register `prompt` as a version of `name` (or find the version it already is); returns the version.
+
+    A new version's commit message and tags name `evaluation_run`; a version found keeps the run it was
+    first registered with (MLflow's commit messages cannot change).
+    """
     found = find_version(client, name, prompt.content_hash)
     if found is not None:
         return found
@@ -60,11 +83,12 @@ def register(client: Any, name: str, prompt: PromptVersion) -> int:
     model_config = {"model_name": prompt.model, **{k: v for k, v in prompt.parameters.items() if k in known}}
     tags = {HASH_TAG: prompt.content_hash, FORM_TAG: LEGACY_FORM if prompt.legacy else "messages",
             **lineage_tags(prompt),
-            PARAMETERS_TAG: json.dumps(prompt.parameters, sort_keys=True)}
+            PARAMETERS_TAG: json.dumps(prompt.parameters, sort_keys=True),
+            **({EVALUATION_RUN_TAG: evaluation_run} if evaluation_run else {})}
     version = client.register_prompt(
         name=name,
         template=template,
-        commit_message=prompt.changelog or f"v{prompt.version}",
+        commit_message=commit_message(prompt, evaluation_run),
         tags=tags,
         response_format=prompt.response_format,
         model_config=model_config,
@@ -154,17 +178,48 @@ def link_to_run(client: Any, run_id: str, name: str, version: int) -> None:
 
 
 # The alias of the version the app serves; `release` moves it.
-PRODUCTION = "production"
+CHAMPION = "champion"
+PRODUCTION = CHAMPION  # the name the release code and its callers use for it
+# The alias of the version proposed in the open pull request; `deploy` moves it, `release` clears it.
+CHALLENGER = "challenger"
+# What releases before `champion` set; read when a registry has no `champion` yet.
+LEGACY_PRODUCTION = "production"
+
+
+def champion_version(client: Any, app: str) -> Any | None:
+    """The registry version the app serves: `champion`, else the older `production` alias, else None."""
+    return version_by_alias(client, app, CHAMPION) or version_by_alias(client, app, LEGACY_PRODUCTION)
+
+
+def point_challenger(client: Any, app: str, version: int) -> None:
+    """Name `version` the challenger: the prompt proposed in the open pull request."""
+    client.set_prompt_alias(app, CHALLENGER, version)
+
+
+def name_challenger(tracking_uri: str, app: str, prompt: PromptVersion, evaluation_run: str | None) -> int:
+    """Point `challenger` at `prompt`'s version of the app's prompt (registered now if evaluate did not);
+    returns the registry version."""
+    client = tracking_client(tracking_uri)
+    version = register(client, app, prompt, evaluation_run)
+    point_challenger(client, app, version)
+    return version
+
+
+def clear_challenger(client: Any, app: str, released: int) -> None:
+    """Remove `challenger` when it names the version just released (its pull request is merged)."""
+    current = version_by_alias(client, app, CHALLENGER)
+    if current is not None and int(current.version) == released:
+        client.delete_prompt_alias(app, CHALLENGER)
 
 
 def production_prompt(tracking_uri: str, app: str) -> PromptVersion | None:
-    """The prompt the `production` alias points at, or None when there is none (or no registry yet).
+    """The prompt the `champion` alias points at, or None when there is none (or no registry yet).
 
     Raises when the registry cannot be read or the version does not rebuild to its content hash.
     """
     if not tracking_store_exists(tracking_uri):
         return None  # opening a client would create an empty store here: a side effect of a read
-    entity = version_by_alias(tracking_client(tracking_uri), app, PRODUCTION)
+    entity = champion_version(tracking_client(tracking_uri), app)
     return None if entity is None else prompt_from_version(app, entity)
 
 

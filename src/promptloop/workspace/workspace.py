@@ -71,7 +71,7 @@ class Workspace:
         return App(name, prompt, settings.model or prompt.model, retriever, settings.top_k)
 
     def production_prompt(self, name: str) -> PromptVersion | None:
-        """The prompt the registry alias `production` points at; None when there is no alias or the
+        """The prompt the registry alias `champion` points at; None when there is no alias or the
         registry cannot be read (the caller then serves the prompt file)."""
         try:
             return registry.production_prompt(self.tracking_uri, name)
