@@ -291,6 +291,9 @@ class TrackingSettings(Section):
 
     uri: str = "sqlite:///mlflow.db"
     experiment_prefix: str = Field(default="promptloop/", description="each app logs to <prefix><app>")
+    ui_url: str | None = Field(default=None, description="the MLflow UI's address (e.g. http://localhost:5000): "
+                               "pull requests link runs and prompt versions there; unset: they give the `mlflow ui` "
+                               "command")
 
 
 class DemoSettings(Section):
