@@ -24,8 +24,10 @@ MAX_TEXT = 400  # characters of a question or answer shown; the rest is on the M
 TOP_FIXED = 5
 SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 ZWJ = "\u200d"
-# CommonMark lets any ASCII punctuation be backslash-escaped; these are the ones that start markup.
-_MARKUP = re.compile(r"([\\`*_{}\[\]<>()#+\-=!|~])")
+# CommonMark lets any ASCII punctuation be backslash-escaped; these start markup anywhere in a line,
+# and these (lists, setext headings) only at its start.
+_MARKUP = re.compile(r"([\\`*_{}\[\]<>#!|~])")
+_LINE_START = re.compile(r"^(\s*)([-+=])", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class BodyInput:
 def escape_text(text: str) -> str:
     """Plain text that renders as itself: markup characters backslash-escaped, @mentions broken
     with a zero-width joiner (GitHub ignores a backslash before @)."""
-    return _MARKUP.sub(r"\\\1", text).replace("@", "@" + ZWJ)
+    escaped = _LINE_START.sub(r"\1\\\2", _MARKUP.sub(r"\\\1", text))
+    return escaped.replace("@", "@" + ZWJ)
 
 
 def escape_inline(text: str) -> str:
