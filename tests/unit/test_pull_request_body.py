@@ -10,7 +10,7 @@ import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from promptloop.deploy.body import BodyInput, Links, cut, escape_text, fenced, most_important, pull_request_body
+from promptloop.deploy.body import BodyInput, Links, code, cut, escape_text, fenced, most_important, pull_request_body
 from promptloop.deploy.evidence import review_links, rows_by_case
 from promptloop.deploy.prompt_file import dump_prompt_like
 from promptloop.domain.evaluation import (
@@ -120,7 +120,7 @@ def test_answers_are_redacted_and_cut_saying_so() -> None:
     long = "x" * 1000
     rows = body_input().rows | {("opt-1", "g020"): row("opt-1", "g020", "mail jo@example.com " + long, 0.0, False)}
     body = pull_request_body(body_input(rows=rows))
-    assert "jo@example.com" not in body and "\\<EMAIL\\>" in body
+    assert "jo@example.com" not in body and "\\<EMAIL>" in body
     assert "cut: 1,013 characters in all" in body  # counted after redaction and long not in body
     assert cut("short") == "short"
 
@@ -159,6 +159,7 @@ def test_logged_and_hand_written_text_cannot_hide_or_break_the_report(hostile: s
     assert not [t for t in flat if t.type in ("html_block", "html_inline", "image")]
     assert [f.info for f in found if f.type == "fence"] == ["diff"]  # no fence opened by the text
     assert [text for level, text in headings(body) if level == 2][-1] == "Judge calibration"  # nothing swallowed
+    assert {level for level, _ in headings(body)} == {2, 3}  # the text made no heading of its own
     assert "@octocat" not in body  # a zero-width joiner breaks the mention
     assert escape_text("@octocat") == "@\u200doctocat"
 
@@ -195,3 +196,10 @@ def test_the_branch_diff_touches_only_the_changed_lines(path: Path) -> None:
     removed = [line for line in difflib.ndiff(text.splitlines(), new_text.splitlines()) if line.startswith("- ")]
     assert len(removed) == 4  # version, parent, changelog and the one template line
     assert PromptVersion.model_validate(yaml.safe_load(new_text)) == changed
+
+
+def test_ids_are_code_spans_that_no_backtick_inside_can_close() -> None:
+    assert code("m-1") == "`m-1`"
+    assert code("a``b") == "```a``b```" and code("`x") == "`` `x ``"
+    span = [t for t in tokens(f"see {code('a``b <!--')}")[1].children or [] if t.type == "code_inline"]
+    assert [t.content for t in span] == ["a``b <!--"]

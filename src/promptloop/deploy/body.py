@@ -24,10 +24,11 @@ MAX_TEXT = 400  # characters of a question or answer shown; the rest is on the M
 TOP_FIXED = 5
 SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 ZWJ = "\u200d"
-# CommonMark lets any ASCII punctuation be backslash-escaped; these start markup anywhere in a line,
-# and these (lists, setext headings) only at its start.
-_MARKUP = re.compile(r"([\\`*_{}\[\]<>#!|~])")
-_LINE_START = re.compile(r"^(\s*)([-+=])", re.MULTILINE)
+# CommonMark lets any ASCII punctuation be backslash-escaped. These start markup anywhere in a line
+# (`![` is no image once `[` is escaped) ...
+_MARKUP = re.compile(r"([\\`*_\[\]<|~])")
+# ... and these (headings, quotes, lists, setext underlines) only at its start.
+_LINE_START = re.compile(r"^(\s*)([#>\-+=])", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,15 @@ def escape_text(text: str) -> str:
     with a zero-width joiner (GitHub ignores a backslash before @)."""
     escaped = _LINE_START.sub(r"\1\\\2", _MARKUP.sub(r"\\\1", text))
     return escaped.replace("@", "@" + ZWJ)
+
+
+def code(text: str) -> str:
+    """An inline code span of one line of text (an id): no escaping inside, so the fence outgrows any backticks."""
+    text = " ".join(str(text).split())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def escape_inline(text: str) -> str:
@@ -119,9 +129,9 @@ def case_block(case_id: str, body: BodyInput) -> list[str]:
     name, base = body.candidate.name, body.evaluation.baseline.name
     old, new = body.rows.get((base, case_id)), body.rows.get((name, case_id))
     if old is None or new is None:
-        return [f"### `{escape_text(case_id)}`", "", "Its answers are not in the evaluation run's table.", ""]
+        return [f"### {code(case_id)}", "", "Its answers are not in the evaluation run's table.", ""]
     change = score_change(body.rows, name, base, case_id)
-    lines = [f"### `{escape_text(case_id)}` · severity {escape_text(str(new.get('severity')))} · "
+    lines = [f"### {code(case_id)} · severity {escape_text(str(new.get('severity')))} · "
              f"score {change:+.2f}", "", "**Question**", "", *quoted(str(new.get("input") or ""), body.redact), ""]
     for label, row in (("Baseline", old), ("Candidate", new)):
         verdict = "pass" if row.get("rubric_passed") else "fail"
@@ -154,7 +164,7 @@ def golden_section(body: BodyInput) -> list[str]:
     lines = ["## Golden set", "", f"{body.golden_added} mined case(s) added ({optimize} to the optimisation split, "
              f"{holdout} held out); DVC md5 `{body.golden_md5 or 'unchanged'}`.", ""]
     for case in body.new_cases[:3]:
-        lines += [f"- `{escape_text(case.id)}` (expected: {case.expectations.expected_behavior}, severity "
+        lines += [f"- {code(case.id)} (expected: {case.expectations.expected_behavior}, severity "
                   f"{case.severity}): " + escape_inline(cut(body.redact(case.input), 200))]
     return lines + ([""] if body.new_cases else [])
 
