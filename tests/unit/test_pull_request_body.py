@@ -67,7 +67,8 @@ def body_input(**changes: object) -> BodyInput:
         version=2, prompt_path="prompts/bot/prompt.yaml", diff="--- v1\n+++ candidate\n-old\n+new\n",
         links=Links(run="https://mlflow.example/#/experiments/1/runs/run123", prompt="prompt `bot` version 2"),
         golden_added=3, golden_split=(1, 2), golden_md5="f00d",
-        new_cases=[GoldenCase(id=f"m-{i}", inputs={"question": f"New question {i}?"}, source="mined:x")
+        new_cases=[GoldenCase(id=f"m-{i}", inputs={"question": f"New question {i}?"}, source="mined:x",
+                              expectations={"guidelines": [f"says it does not know {i}"]})
                    for i in range(4)],
         rows=rows, labels=(2, 15), min_per_class=5,
         redact=lambda text: text.replace("jo@example.com", "<EMAIL>"))
@@ -132,6 +133,7 @@ def test_links_calibration_golden_growth_and_the_candidate_on_the_branch() -> No
     assert ("accuracy 0.94 on 17 labelled case(s); kappa not used because only 2 of them are 👍 — fewer than "
             "`evaluate.min_calibration_per_class` (5)") in body
     assert "New question 0?" in body and "New question 2?" in body and "New question 3?" not in body
+    assert "expected: says it does not know 0" in body
 
 
 def test_without_a_ui_url_the_links_are_the_mlflow_ui_command_and_the_ids() -> None:

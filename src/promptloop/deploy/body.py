@@ -164,9 +164,15 @@ def golden_section(body: BodyInput) -> list[str]:
     lines = ["## Golden set", "", f"{body.golden_added} mined case(s) added ({optimize} to the optimisation split, "
              f"{holdout} held out); DVC md5 `{body.golden_md5 or 'unchanged'}`.", ""]
     for case in body.new_cases[:3]:
-        lines += [f"- {code(case.id)} (expected: {case.expectations.expected_behavior}, severity "
-                  f"{case.severity}): " + escape_inline(cut(body.redact(case.input), 200))]
+        lines += [f"- {code(case.id)} (severity {case.severity}): " + escape_inline(cut(body.redact(case.input), 200)),
+                  "  — expected: " + escape_inline(expected_behaviour(case))]
     return lines + ([""] if body.new_cases else [])
+
+
+def expected_behaviour(case: GoldenCase) -> str:
+    """What a good answer does, in the case's words: its guidelines, else its behaviour's name."""
+    expected = case.expectations
+    return "; ".join(expected.guidelines) or expected.expected_behavior.replace("_", " ")
 
 
 def guards_section(candidate: CandidateResult) -> list[str]:
