@@ -68,8 +68,9 @@ def body_input(**changes: object) -> BodyInput:
         links=Links(run="https://mlflow.example/#/experiments/1/runs/run123", prompt="prompt `bot` version 2"),
         golden_added=3, golden_split=(1, 2), golden_md5="f00d",
         new_cases=[GoldenCase(id=f"m-{i}", inputs={"question": f"New question {i}?"}, source="mined:x",
+                              severity="high" if i == 3 else "low",
                               expectations={"guidelines": [f"says it does not know {i}"]})
-                   for i in range(4)],
+                   for i in range(5)],
         rows=rows, labels=(2, 15), min_per_class=5,
         redact=lambda text: text.replace("jo@example.com", "<EMAIL>"))
     base.update(changes)
@@ -132,7 +133,8 @@ def test_links_calibration_golden_growth_and_the_candidate_on_the_branch() -> No
     assert "`prompts/bot/prompt.yaml` on this branch" in body and ".promptloop/candidates" not in body
     assert ("accuracy 0.94 on 17 labelled case(s); kappa not used because only 2 of them are 👍 — fewer than "
             "`evaluate.min_calibration_per_class` (5)") in body
-    assert "New question 0?" in body and "New question 2?" in body and "New question 3?" not in body
+    # the high-severity one first, then the growth order: 3, 0, 1
+    assert "New question 3?" in body and "New question 1?" in body and "New question 2?" not in body
     assert "expected: says it does not know 0" in body
 
 

@@ -163,7 +163,8 @@ def golden_section(body: BodyInput) -> list[str]:
     optimize, holdout = body.golden_split
     lines = ["## Golden set", "", f"{body.golden_added} mined case(s) added ({optimize} to the optimisation split, "
              f"{holdout} held out); DVC md5 `{body.golden_md5 or 'unchanged'}`.", ""]
-    for case in body.new_cases[:3]:
+    examples = sorted(body.new_cases, key=lambda case: SEVERITY_RANK.get(case.severity, len(SEVERITY_RANK)))
+    for case in examples[:3]:  # the most severe first; growth order among equals
         lines += [f"- {code(case.id)} (severity {case.severity}): " + escape_inline(cut(body.redact(case.input), 200)),
                   "  — expected: " + escape_inline(expected_behaviour(case))]
     return lines + ([""] if body.new_cases else [])
