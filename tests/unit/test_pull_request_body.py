@@ -207,3 +207,4 @@ def test_ids_are_code_spans_that_no_backtick_inside_can_close() -> None:
     assert code("a``b") == "```a``b```" and code("`x") == "`` `x ``"
     span = [t for t in tokens(f"see {code('a``b <!--')}")[1].children or [] if t.type == "code_inline"]
     assert [t.content for t in span] == ["a``b <!--"]
+
