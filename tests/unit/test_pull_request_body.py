@@ -33,8 +33,9 @@ SEVERITY = {"g001": "low", "g002": "critical", "g003": "medium", "g004": "high",
 
 
 def row(prompt: str, case_id: str, answer: str, score: float, passed: bool, reason: str = "") -> dict[str, object]:
-    return {"prompt": prompt, "case_id": case_id, "severity": SEVERITY[case_id], "input": f"Question of {case_id}?",
-            "answer": answer, "rubric_score": score, "rubric_passed": passed, "rubric_reason": reason}
+    return {"prompt": prompt, "case_id": case_id, "severity": SEVERITY.get(case_id, "medium"),
+            "input": f"Question of {case_id}?", "answer": answer, "rubric_score": score, "rubric_passed": passed,
+            "rubric_reason": reason}
 
 
 def evaluation(reasons: list[str] | None = None) -> EvaluationResult:
@@ -208,3 +209,16 @@ def test_ids_are_code_spans_that_no_backtick_inside_can_close() -> None:
     span = [t for t in tokens(f"see {code('a``b <!--')}")[1].children or [] if t.type == "code_inline"]
     assert [t.content for t in span] == ["a``b <!--"]
 
+
+
+def test_broken_cases_past_githubs_size_limit_are_listed_by_id() -> None:
+    many = [f"b{i:03d}" for i in range(200)]
+    evaluation_many = evaluation()
+    candidate = evaluation_many.candidates[0].model_copy(update={"flips": Flips(fixed=FIXED, broken=many)})
+    rows = dict(body_input().rows)
+    for case_id in many:
+        rows["baseline", case_id] = row("baseline", case_id, "a" * 400, 1.0, True, "ok")
+        rows["opt-1", case_id] = row("opt-1", case_id, "b" * 400, 0.0, False, "wrong")
+    body = pull_request_body(body_input(candidate=candidate, rows=rows))
+    assert len(body) < 65_536 and "more broken case(s), left out for GitHub's size limit" in body
+    assert "`b199`" in body

@@ -22,6 +22,7 @@ from promptloop.evaluate.report import decision_table
 CaseRow = Mapping[str, Any]  # one (prompt, case) row of the evaluation's `eval_cases.json` table
 MAX_TEXT = 400  # characters of a question or answer shown; the rest is on the MLflow run
 TOP_FIXED = 5
+CASES_BUDGET = 45_000  # characters of case blocks; the rest of the body stays well under GitHub's 65,536
 SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 ZWJ = "\u200d"
 # CommonMark lets any ASCII punctuation be backslash-escaped. These start markup anywhere in a line
@@ -152,8 +153,13 @@ def cases_section(body: BodyInput) -> list[str]:
     for case_id in fixed[:TOP_FIXED]:
         lines += case_block(case_id, body)
     lines += ["## Cases broken", "", f"{len(broken)} case(s) the baseline passed and the candidate fails"
-              + (": all shown." if broken else "."), ""]
-    for case_id in broken:
+              + (", most important first." if broken else "."), ""]
+    for shown_count, case_id in enumerate(broken):
+        if sum(len(line) + 1 for line in lines) > CASES_BUDGET:  # GitHub refuses a body over 65,536 characters
+            rest = broken[shown_count:]
+            lines += [f"{len(rest)} more broken case(s), left out for GitHub's size limit (they are in the "
+                      f"evaluation run's table): {', '.join(code(c) for c in rest)}", ""]
+            break
         lines += case_block(case_id, body)
     return lines
 
