@@ -169,3 +169,41 @@ def test_demo_runs_a_cycle_for_triage_bot_to_a_pull_request(demo_run) -> None:
     # The optimizer read the agents' comments and added instructions the v1 prompt lacked.
     proposed = remote.git.show(f"{branch}:prompts/triage-bot/prompt.yaml")
     assert "version: 2" in proposed and "{{ ticket }}" in proposed
+
+
+def rendered_text(markdown: str) -> str:
+    """The text a reader sees in the rendered markdown (escapes resolved, line breaks kept)."""
+    from markdown_it import MarkdownIt
+
+    parts = []
+    for token in MarkdownIt("commonmark").enable("table").parse(markdown):
+        for child in token.children or []:
+            parts.append("\n" if child.type in ("softbreak", "hardbreak") else child.content)
+        parts.append("\n")
+    return "".join(parts)
+
+
+def test_demo_pull_request_shows_a_fixed_case_with_both_answers_and_the_mlflow_run(demo_run) -> None:
+    """A person can decide from the body: a fixed case's question and both answers, and where the run is."""
+    from promptloop.deploy.evidence import evaluation_rows
+    from promptloop.workspace.workspace import open_workspace
+
+    dest, result = demo_run
+    turn = result.cycle
+    assert turn.decision == "promote", turn.reasons
+    evaluation = turn.improve.evaluation
+    best = next(c for c in evaluation.candidates if c.name == turn.improve.best.name)
+    rows, _ = evaluation_rows(open_workspace(dest).tracking_uri, evaluation.mlflow_run_id)
+    shown = rendered_text(Path(turn.deploy.body_path).read_text(encoding="utf-8"))
+    fixed = [case_id for case_id in best.flips.fixed
+             if str(rows[best.name, case_id]["input"]).splitlines()[0] in shown]
+    assert fixed, "no fixed case's question is in the pull request"
+    for prompt in (evaluation.baseline.name, best.name):
+        assert str(rows[prompt, fixed[0]]["answer"]).strip().splitlines()[0][:100] in shown
+    assert evaluation.mlflow_run_id in shown and "mlflow ui --backend-store-uri" in shown
+    assert ".promptloop/candidates" not in shown
+    # The prompt file on the branch keeps the base file's formatting: only what changed is in the diff.
+    remote = git.Repo(dest / "remote.git")
+    diff = remote.git.diff("main", turn.deploy.branch, "--", "prompts/support-bot/prompt.yaml").splitlines()
+    removed = [line[1:] for line in diff if line.startswith("-") and not line.startswith("---")]
+    assert removed and all(line.split(":")[0] in ("version", "parent", "changelog", "system") for line in removed)

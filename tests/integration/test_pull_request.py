@@ -297,3 +297,34 @@ def test_github_remote_without_a_token_gives_the_compare_url(workspace: Workspac
 def test_github_remote_urls(url: str, expected: tuple[str, str] | None) -> None:
     found = github_repo(url)
     assert (found and (found.owner, found.repo)) == expected
+
+
+def test_rows_are_read_back_from_the_evaluation_runs_table_in_mlflow(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from promptloop.deploy.evidence import evaluation_rows
+    from promptloop.workspace.tracking import tracking_client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking_client(uri)
+    experiment = client.create_experiment("promptloop/bot", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment).info.run_id
+    frame = pd.DataFrame([{"prompt": "opt-1", "case_id": "g1", "answer": "b", "rubric_reason": "cites"}])
+    client.log_table(run, frame, "eval_cases.json")
+    rows, found = evaluation_rows(uri, run)
+    assert found == experiment and rows["opt-1", "g1"]["rubric_reason"] == "cites"
+    assert evaluation_rows(uri, "0" * 32) == ({}, None)  # an unknown run: ids only, no failed deploy
+
+
+def test_the_body_is_the_pull_requests_text_and_the_report_the_branchs_file(workspace: Workspace, better) -> None:
+    """The branch's prompt file keeps the base file's formatting: the diff shows only what changed."""
+    body = "promptloop proposes **better**.\n\n## Links\n"
+    result = open_pull_request(workspace, APP, better, REPORT, None, body=body)
+    bare = git.Repo(workspace.root / "remote.git")
+    assert Path(result.body_path).read_text(encoding="utf-8") == body
+    assert bare.git.show(f"{result.branch}:reports/{APP}/v2.md") == REPORT.rstrip("\n")
+    diff = bare.git.diff("main", result.branch, "--", f"prompts/{APP}/prompt.yaml").splitlines()
+    removed = [line[1:] for line in diff if line.startswith("-") and not line.startswith("---")]
+    base = load_prompt(workspace.path(f"prompts/{APP}/prompt.yaml"))
+    changed_lines = {"version", "parent", "changelog"} | ({"system"} if base.system != better.system else set())
+    assert removed and {line.split(":")[0] for line in removed if not line.startswith(" ")} <= changed_lines

@@ -291,8 +291,9 @@ class TrackingSettings(Section):
 
     uri: str = "sqlite:///mlflow.db"
     experiment_prefix: str = Field(default="promptloop/", description="each app logs to <prefix><app>")
-    ui_url: str | None = Field(default=None, description="the MLflow UI's address (http://host:5000): run ids in "
-                               "Prefect artifacts become links to it")
+    ui_url: str | None = Field(default=None, description="the MLflow UI's address (e.g. http://localhost:5000): "
+                               "pull requests and Prefect artifacts link runs and prompt versions there; unset: "
+                               "pull requests give the `mlflow ui` command")
 
 
 class DemoSettings(Section):

@@ -27,8 +27,13 @@ PATIENT_ENV: dict[str, str] = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
 }
 
+# No progress bar on stderr when deploy reads an evaluation's table back from MLflow.
+QUIET_ENV: dict[str, str] = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
 
 def prepare_environment() -> None:
     """Set the offline and start-up defaults; a value the user exported wins."""
-    for key, value in {**OFFLINE_ENV, **PATIENT_ENV}.items():
+    for key, value in {**OFFLINE_ENV, **PATIENT_ENV, **QUIET_ENV}.items():
         os.environ.setdefault(key, value)

@@ -22,7 +22,8 @@ from typing import Any
 import git
 
 from promptloop.core.errors import DeployError, InputError
-from promptloop.domain.prompts import PromptVersion, dump_prompt
+from promptloop.deploy.prompt_file import dump_prompt_like
+from promptloop.domain.prompts import PromptVersion
 from promptloop.domain.results import ProposedBranch, PullRequestLink
 from promptloop.workspace.repository import bot_identity, fetch_base, git_message, prompt_at, require_clean_tree
 from promptloop.workspace.workspace import Workspace
@@ -52,11 +53,14 @@ def open_pull_request(
     *,
     github_api_url: str = "https://api.github.com",
     token_env: str = "GITHUB_TOKEN",
+    body: str | None = None,
 ) -> ProposedBranch:
     """Propose `candidate` as the next version of `app`'s prompt: a branch on the remote and a pull request.
 
+    `report_md` is the report file on the branch; `body` the pull request's text (default: the report).
     Idempotent: the same candidate (same content hash) never opens a second branch or pull request.
     """
+    body = report_md if body is None else body
     settings = workspace.app_settings(app)
     deploy = workspace.params.deploy
     check_candidate_app(app, candidate)
@@ -72,7 +76,8 @@ def open_pull_request(
     existing = existing_branch(repo, deploy.remote, app, candidate.content_hash)
     if existing is None:
         branch = branch_name(app, prompt)
-        files = branch_files(workspace, app, prompt, prompt_path, report_md, golden_dvc)
+        files = branch_files(workspace, app, prompt, prompt_path, report_md, golden_dvc,
+                             file_at(repo, base_commit, prompt_path))
         commit = commit_files(repo, base_commit, files, commit_message(app, prompt))
         push_branch(repo, deploy.remote, commit, branch)
     else:
@@ -85,9 +90,9 @@ def open_pull_request(
     pull_request = body_path = compare = None
     if github is not None and token is not None:
         pull_request = github_pull_request(github_api_url, token, github, title, branch, deploy.base_branch,
-                                           report_md, look_up_first=not created)
+                                           body, look_up_first=not created)
     else:
-        body_path = str(write_body(workspace.root, branch, report_md, overwrite=created))
+        body_path = str(write_body(workspace.root, branch, body, overwrite=created))
         compare = compare_hint(github, deploy.remote, deploy.base_branch, branch)
     return ProposedBranch(branch=branch, created=created, version=version, prompt_hash=candidate.content_hash,
                           commit=commit, remote=deploy.remote, pull_request=pull_request, body_path=body_path,
@@ -137,10 +142,19 @@ def existing_branch(repo: git.Repo, remote: str, app: str, content_hash: str) ->
     return None
 
 
+def file_at(repo: git.Repo, rev: str, path: str) -> str | None:
+    """The text of `path` as committed at `rev`, or None when it does not exist there."""
+    try:
+        return str(repo.git.show(f"{rev}:{path}", strip_newline_in_stdout=False))
+    except git.GitCommandError:
+        return None
+
+
 def branch_files(workspace: Workspace, app: str, prompt: PromptVersion, prompt_path: str, report_md: str,
-                 golden_dvc: Path | None) -> dict[str, bytes]:
-    """What the branch changes: the prompt, the golden set's .dvc file (as in the workspace now), the report."""
-    files = {prompt_path: dump_prompt(prompt).encode("utf-8"),
+                 golden_dvc: Path | None, base_text: str | None = None) -> dict[str, bytes]:
+    """What the branch changes: the prompt (in the base file's formatting, so the diff shows only the
+    real change), the golden set's .dvc file (as in the workspace now), the report."""
+    files = {prompt_path: dump_prompt_like(prompt, base_text).encode("utf-8"),
              f"reports/{app}/v{prompt.version}.md": report_md.rstrip("\n").encode("utf-8") + b"\n"}
     if golden_dvc is not None:
         source = golden_dvc if golden_dvc.is_absolute() else workspace.root / golden_dvc

@@ -7,9 +7,13 @@ from pathlib import Path
 
 from promptloop.core.config import parse_yaml_text
 from promptloop.core.errors import InputError
-from promptloop.deploy.pull_request import open_pull_request
+from promptloop.deploy.body import BodyInput, pull_request_body
+from promptloop.deploy.evidence import evaluation_rows, label_counts, new_cases, review_links
+from promptloop.deploy.pull_request import next_version, open_pull_request
+from promptloop.domain.golden import load_golden
 from promptloop.domain.prompts import PromptVersion, load_prompt
 from promptloop.domain.results import BestCandidate, DeployResult, ImproveOutcome
+from promptloop.quality.redact import build_redactor
 from promptloop.workspace.handoff import load_outcome, outcome_path
 from promptloop.workspace.locking import holds_workspace
 from promptloop.workspace.registry import name_challenger
@@ -23,27 +27,26 @@ def prompt_diff(current: PromptVersion, candidate: PromptVersion) -> str:
     return "".join(difflib.unified_diff(before, after, f"v{current.version}", "candidate"))
 
 
-def pull_request_body(outcome: ImproveOutcome, best: BestCandidate, current: PromptVersion,
-                      candidate: PromptVersion) -> str:
-    """The evaluation report, then the prompt diff and what came into the golden set."""
-    golden = outcome.golden
-    ci_low = "n/a" if best.ci_low is None else f"{best.ci_low:+.3f}"
-    lines = [
-        f"Proposed by promptloop: **{best.name}** ({candidate.changelog}); CI lower bound "
-        f"{ci_low} on held-out cases. Merge to promote, then run `promptloop release --app "
-        f"{outcome.app}`.",
-        "",
-        "## Prompt diff",
-        "",
-        "```diff",
-        prompt_diff(current, candidate).rstrip(),
-        "```",
-        "",
-        f"## Golden set: {golden.added} mined case(s) added ({golden.optimize} to the optimisation split, "
-        f"{golden.holdout} held out); DVC md5 `{golden.dvc_md5 or 'unchanged'}`",
-        "",
-    ]
-    return "\n".join(lines) + "\n" + outcome.evaluation.report
+def body_input(workspace: Workspace, outcome: ImproveOutcome, best: BestCandidate, current: PromptVersion,
+               candidate: PromptVersion) -> BodyInput:
+    """What the pull request shows, gathered from the outcome, the evaluation's MLflow run and the golden set."""
+    settings = workspace.app_settings(outcome.app)
+    evaluation, golden = outcome.evaluation, outcome.golden
+    result = next(c for c in evaluation.candidates if c.name == best.name)
+    rows, experiment = evaluation_rows(workspace.tracking_uri, evaluation.mlflow_run_id)
+    golden_path = workspace.path(settings.golden_set)
+    cases = load_golden(golden_path) if golden_path.is_file() else []
+    redactor = build_redactor(workspace.params.collect.extra_pii_patterns)
+    links = review_links(workspace.params.tracking.ui_url, workspace.params.tracking.uri, experiment,
+                         evaluation.mlflow_run_id, outcome.app, result.registry_version)
+    return BodyInput(
+        app=outcome.app, evaluation=evaluation, candidate=result, changelog=candidate.changelog or "",
+        version=next_version(candidate, current).version, prompt_path=settings.prompt.as_posix(),
+        diff=prompt_diff(current, candidate), links=links, golden_added=golden.added,
+        golden_split=(golden.optimize, golden.holdout), golden_md5=golden.dvc_md5,
+        new_cases=new_cases(cases, golden.added), rows=rows, labels=label_counts(cases),
+        min_per_class=workspace.params.evaluate.min_calibration_per_class,
+        redact=lambda text: redactor.redact_text(text)[0] or "")
 
 
 def promoted_prompt(outcome: ImproveOutcome, source: Path) -> tuple[BestCandidate, PromptVersion]:
@@ -64,10 +67,11 @@ def deploy(workspace: Workspace, app: str) -> DeployResult:
     best, candidate = promoted_prompt(outcome, outcome_path(workspace, app))
     current = load_prompt(workspace.path(settings.prompt))
     golden_dvc = Path(f"{workspace.path(settings.golden_set)}.dvc")
-    proposed = open_pull_request(workspace, app, candidate, pull_request_body(outcome, best, current, candidate),
+    body = pull_request_body(body_input(workspace, outcome, best, current, candidate))
+    proposed = open_pull_request(workspace, app, candidate, outcome.evaluation.report,
                                  golden_dvc if golden_dvc.is_file() else None,
                                  github_api_url=workspace.params.deploy.github_api_url,
-                                 token_env=workspace.params.deploy.token_env)
+                                 token_env=workspace.params.deploy.token_env, body=body)
     # The registry names what the open pull request proposes (the same content evaluate registered).
     challenger = name_challenger(workspace.tracking_uri, app, candidate, outcome.evaluation.mlflow_run_id)
     return DeployResult(app=app, decision="promote", reasons=[], challenger_version=challenger,

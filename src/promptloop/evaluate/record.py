@@ -19,7 +19,8 @@ from promptloop.workspace.tracking import experiment_id, log_contents, started_r
 from promptloop.workspace.versioning import dvc_md5
 from promptloop.workspace.workspace import Workspace
 
-TABLE_COLUMNS = ("case_id", "split", "slice", "severity", "lang", "input", "answer", "rubric_score", "rubric_passed",
+TABLE_COLUMNS = ("case_id", "split", "slice", "severity", "lang", "input", "expected_behavior", "answer",
+                 "rubric_score", "rubric_passed", "rubric_reason",
                  "pairwise_score", "pairwise_consistent", "language_match", "facts_found", "cites", "citation_valid",
                  "refused", "toxic", "format_valid", "latency_ms", "cost_usd", "retrieved", "judge_failure")
 PROMPT_METRICS = ("mean_score", "pass_rate", "refusal_on_answerable", "toxicity", "format_invalid", "cost_per_1k_usd",

@@ -104,6 +104,10 @@ class RubricJudge:
 
     async def verdicts(self, case: GoldenCase, answer_text: str, context: str) -> list[int]:
         """k raw 1-5 scores of one answer; each sample is its own seeded (and cached) call."""
+        return [score for score, _ in await self.judged(case, answer_text, context)]
+
+    async def judged(self, case: GoldenCase, answer_text: str, context: str) -> list[tuple[int, str]]:
+        """k (1-5 score, the judge's reason) pairs of one answer; each sample is its own seeded (and cached) call."""
         if self.file is not None:
             messages = self.file.messages(self.description, case.inputs, expectations_of(case), answer_text, context)
         else:
@@ -116,8 +120,12 @@ class RubricJudge:
                     validate=self.read, schema=None if self.file else RUBRIC_SCHEMA)
             except InvalidResponse as exc:
                 raise JudgeFailed(f"{self.label} judge on case {case.id}: {exc}") from exc
-            scores.append(self.read(completion.text))
+            scores.append((self.read(completion.text), self.reason(completion.text)))
         return scores
+
+    def reason(self, text: str) -> str:
+        """The reason a verdict gives (already read by `read`, so it parses)."""
+        return self.file.verdict(text).reason if self.file else parse_rubric(text).reason
 
     def read(self, text: str) -> int:
         """The 1-5 score of a verdict; MalformedVerdict (a ValueError) when the reply holds none."""
@@ -128,10 +136,12 @@ class RubricJudge:
         return self.file.name if self.file else "rubric"
 
     async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores:
-        raw = await self.verdicts(case, answer.text, answer.context)
+        judged = await self.judged(case, answer.text, answer.context)
+        raw = [score for score, _ in judged]
         mean = statistics.fmean(raw)
         return {"rubric_score": (mean - 1) / 4, "rubric_raw": mean, "rubric_passed": mean >= 4,
-                "rubric_judge_var": statistics.pvariance(raw) if len(raw) > 1 else 0.0}
+                "rubric_judge_var": statistics.pvariance(raw) if len(raw) > 1 else 0.0,
+                "rubric_reason": judged[0][1]}  # the first sample's: what a reviewer reads in the pull request
 
 
 @dataclass
