@@ -539,7 +539,7 @@ def argument_user_id(trace: Trace) -> str | None:
 
 
 def released_version(releases: list[tuple[int, str]], at_ms: int) -> str:
-    """The prompt version released (alias `production`) at `at_ms`: the last release at or before it."""
+    """The prompt version released (alias `champion`) at `at_ms`: the last release at or before it."""
     index = bisect.bisect_right([ms for ms, _ in releases], at_ms)
     return releases[index - 1][1] if index else UNKNOWN_VERSION
 
