@@ -289,7 +289,7 @@ _TEXTS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(_TEXTS)
 def test_the_prefilter_and_cues_lose_nothing_a_recognizer_finds(text: str) -> None:
     ungated = find_pii(text, gated=False)
