@@ -55,6 +55,8 @@ def test_sample_params_validate_with_one_section_per_stage() -> None:
         (lambda p: p["apps"]["support-bot"].update(prompt="/etc/p.yaml"), "apps.support-bot.prompt", "inside"),
         (lambda p: p["apps"].update({"../x": p["apps"]["support-bot"]}), "apps", "not usable as an app name"),
         (lambda p: p["apps"].update({"-x": p["apps"]["support-bot"]}), "apps", "not usable as an app name"),
+        (lambda p: p["apps"].update({"support-bot-candidates": p["apps"]["support-bot"]}), "apps",
+         "holds app 'support-bot'"),
         (
             lambda p: p["apps"]["support-bot"].update(scorers=["pairwise"]),
             "apps.support-bot.scorers",

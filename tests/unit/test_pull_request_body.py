@@ -222,3 +222,11 @@ def test_broken_cases_past_githubs_size_limit_are_listed_by_id() -> None:
     body = pull_request_body(body_input(candidate=candidate, rows=rows))
     assert len(body) < 65_536 and "more broken case(s), left out for GitHub's size limit" in body
     assert "`b199`" in body
+
+
+def test_the_full_evaluation_report_on_the_branch_has_no_heading_jump_either() -> None:
+    from promptloop.evaluate.report import markdown_report
+
+    levels = headings(markdown_report(evaluation()))
+    assert levels[0][0] == 1 and (2, "Candidates") in levels and (3, "opt-1: promote") in levels
+    assert all(b <= a + 1 for (a, _), (b, _) in zip(levels, levels[1:], strict=False))

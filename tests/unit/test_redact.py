@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from promptloop.core.errors import InputError
 from promptloop.quality.pii_custom import OFFLINE_TLD, rrn_birth_date_ok
-from promptloop.quality.pii_recognizers import could_hold_pii, could_hold_pii_column, find_pii
+from promptloop.quality.pii_recognizers import Finding, could_hold_pii, could_hold_pii_column, find_pii
 from promptloop.quality.redact import (
     PLACEHOLDERS,
     Redactor,
@@ -289,11 +289,20 @@ _TEXTS = st.one_of(
 )
 
 
+def covered(findings: list[Finding]) -> set[int]:
+    return {i for f in findings for i in range(f.start, f.end)}
+
+
+# derandomize: CI runs the same 300 texts every time (a random draw found "0415١٢٣#010" once).
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(_TEXTS)
+@example("0415١٢٣#010")  # found by this test: the digit window cut the extension's last digit off
 def test_the_prefilter_and_cues_lose_nothing_a_recognizer_finds(text: str) -> None:
     ungated = find_pii(text, gated=False)
-    assert find_pii(text) == ungated
+    # Nothing the recognizers find over the whole text escapes the gated run. On run-together values
+    # ("NWBK378282246310005번호1234567") a window can see a value the whole text's overlapping
+    # candidates hid: redacting more there is the safe side.
+    assert covered(ungated) <= covered(find_pii(text))
     if ungated:
         assert could_hold_pii(text)
     # the column form (RE2 over Arrow strings) flags at least every text the per-text form does

@@ -286,6 +286,10 @@ class AppSettings(Section):
         return list(dict.fromkeys(scorers))
 
 
+# The registry prompt of an app's candidates that did not win is `<app>-candidates` (workspace/registry.py).
+CANDIDATES_SUFFIX = "-candidates"
+
+
 class TrackingSettings(Section):
     """Where runs are logged; a relative sqlite path is inside the workspace."""
 
@@ -552,6 +556,10 @@ class Params(Section):
             raise ValueError("at least one app is required")
         for name in apps:
             check_identifier(name, "an app name")
+            owner = name.removesuffix(CANDIDATES_SUFFIX)
+            if owner != name and owner in apps:
+                raise ValueError(f"app {name!r} would share the MLflow prompt that holds app {owner!r}'s "
+                                 "candidates: rename it")
         return apps
 
     @model_validator(mode="after")

@@ -120,6 +120,8 @@ def markdown_report(result: EvaluationResult) -> str:
             f"(80% power); smaller true gains will usually be held.",
             "",
         ]
+    if result.candidates:
+        lines += ["## Candidates", ""]  # each candidate's section is a ### under it: no jump from # to ###
     for c in result.candidates:
         lines += candidate_section(c)
     lines += judge_section(result)

@@ -198,7 +198,14 @@ def _digit_windows(text: str) -> list[tuple[int, int]]:
     windows = []
     for run in _DIGIT_RUN.finditer(text):
         if sum(ch.isdigit() for ch in run.group()) >= MIN_PHONE_DIGITS:
-            windows.append((max(0, run.start() - WINDOW_MARGIN), run.end() + WINDOW_MARGIN))
+            start, end = max(0, run.start() - WINDOW_MARGIN), min(len(text), run.end() + WINDOW_MARGIN)
+            # A window never cuts through digits: "0415١٢٣#010" is one phone with an extension, and a
+            # window ending inside "010" left its last digit unredacted.
+            while start > 0 and text[start - 1].isdigit():
+                start -= 1
+            while end < len(text) and text[end].isdigit():
+                end += 1
+            windows.append((start, end))
     return windows
 
 

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from promptloop.core.config import CANDIDATES_SUFFIX
 from promptloop.domain.prompts import PLACEHOLDERS, PromptVersion
 from promptloop.workspace.tracking import tracking_client
 
@@ -59,7 +60,7 @@ def find_version(client: Any, name: str, content_hash: str) -> int | None:
 
 def candidates_name(app: str) -> str:
     """The registry prompt that holds an app's evaluated candidates that did not win."""
-    return f"{app}-candidates"
+    return f"{app}{CANDIDATES_SUFFIX}"
 
 
 def commit_message(prompt: PromptVersion, evaluation_run: str | None) -> str:
