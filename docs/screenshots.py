@@ -6,7 +6,9 @@ triggers the `cycle` deployment through the Prefect API as the UI's Run button d
 complete, and saves PNGs of
 
 - the cycle flow run in the Prefect UI (its graph of tasks and subflows, and its logs),
-- the markdown artifact the `improve` subflow published (the decision table),
+- the markdown artifact of the cycle run (decision, pull request, decision table, MLflow runs),
+- the pull request's text the deploy stage wrote (`.promptloop/pull-requests/*.md`), rendered as
+  GitHub-flavoured markdown (tables, no raw HTML) the way a reviewer reads it,
 - the per-case table (`eval_cases.json`, logged with `mlflow.log_table`) of the promoted prompt's child
   run of the newest `evaluate <app>` run, in the MLflow UI (the run's Artifacts tab, "View as table").
 
@@ -43,6 +45,24 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CYCLE_TIMEOUT_S = 600.0
+BODY_VIEWPORT = {"width": 1012, "height": 1000}  # the width of a pull request's description on GitHub
+BODY_MAX_HEIGHT = 2600
+# A few rules of GitHub's markdown style: enough for headings, tables, code and quotes to read as there.
+BODY_CSS = """
+body { margin: 0; background: #fff; }
+.markdown-body { font: 14px/1.5 -apple-system, 'Segoe UI', 'Noto Sans', Helvetica, Arial, 'Noto Sans CJK KR',
+  sans-serif; color: #1f2328; padding: 16px 24px; max-width: 964px; word-wrap: break-word; }
+.markdown-body h1, .markdown-body h2 { border-bottom: 1px solid #d1d9e0; padding-bottom: .3em; }
+.markdown-body h1 { font-size: 2em; } .markdown-body h2 { font-size: 1.5em; } .markdown-body h3 { font-size: 1.25em; }
+.markdown-body table { border-collapse: collapse; display: block; overflow: auto; margin: 0 0 16px; }
+.markdown-body th, .markdown-body td { border: 1px solid #d1d9e0; padding: 6px 13px; }
+.markdown-body th { font-weight: 600; } .markdown-body tr:nth-child(2n) { background: #f6f8fa; }
+.markdown-body code { background: #eff1f3; border-radius: 6px; padding: .2em .4em; font-size: 85%; }
+.markdown-body pre { background: #f6f8fa; border-radius: 6px; padding: 16px; overflow: auto; }
+.markdown-body pre code { background: none; padding: 0; }
+.markdown-body blockquote { border-left: .25em solid #d1d9e0; color: #59636e; margin: 0; padding: 0 1em; }
+.markdown-body a { color: #0969da; }
+"""
 PAGE_TIMEOUT_MS = 60_000
 SETTLE_MS = 1_500  # after the content is there: fonts, transitions, the graph's layout animation
 PREFECT_VIEWPORT = {"width": 1600, "height": 1000}
@@ -141,7 +161,7 @@ def run_cycle(services: Services, app: str, timeout_s: float = CYCLE_TIMEOUT_S) 
 
 
 def latest_artifact_id(services: Services, key: str) -> str:
-    """The id of the newest Prefect artifact with `key` (e.g. improve-support-bot)."""
+    """The id of the newest Prefect artifact with `key` (e.g. cycle-support-bot)."""
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -156,7 +176,7 @@ def latest_artifact_id(services: Services, key: str) -> str:
     with temporary_settings({PREFECT_API_URL: services.env["PREFECT_API_URL"]}):
         artifacts = asyncio.run(read())
     if not artifacts:
-        raise ScreenshotError(f"no Prefect artifact {key!r}: did the cycle's improve stage run?")
+        raise ScreenshotError(f"no Prefect artifact {key!r}: did the cycle run finish?")
     return str(artifacts[0].id)
 
 
@@ -260,11 +280,11 @@ def shoot_prefect_run(
 
 def shoot_prefect_artifact(context: BrowserContext, prefect_url: str, artifact_id: str, app: str, out: Path,
                            debug_dir: Path) -> Picture:
-    """The markdown artifact of the cycle's improve subflow: the decision table of the evaluation."""
+    """The markdown artifact of the cycle run: its decision, pull request, decision table and MLflow runs."""
     with page_for(context, "Prefect artifact page", debug_dir) as page:
         page.set_viewport_size(WIDE_VIEWPORT)
         page.goto(f"{prefect_url}/artifacts/artifact/{artifact_id}")
-        page.get_by_text(f"improve {app}:").first.wait_for(state="visible")
+        page.get_by_text(f"cycle {app}:").first.wait_for(state="visible")
         page.locator("table").nth(1).wait_for(state="visible")
         settle(page)
         # Down to just below the artifact (with its "Show raw data" button): the rest of the page is empty.
@@ -273,7 +293,7 @@ def shoot_prefect_artifact(context: BrowserContext, prefect_url: str, artifact_i
             WIDE_VIEWPORT["height"] if raw is None else min(WIDE_VIEWPORT["height"], int(raw["y"] + raw["height"] + 48))
         )
         page.screenshot(path=str(out), clip={"x": 0, "y": 0, "width": WIDE_VIEWPORT["width"], "height": height})
-    return Picture(out, "Prefect UI: the improve subflow's artifact, the evaluation's decision table")
+    return Picture(out, "Prefect UI: the cycle run's artifact (decision, pull request, decision table, MLflow runs)")
 
 
 def resize_column(page: Page, column: str, by_px: int) -> None:
@@ -316,6 +336,35 @@ def shoot_mlflow_cases(context: BrowserContext, mlflow_url: str, run: CasesRun, 
                         f"a child of 'evaluate' run {run.parent_run_id}, as a table")
 
 
+def newest_pull_request_body(root: Path) -> Path:
+    """The pull request text the newest deploy wrote (the cycle just run proposes the newest branch)."""
+    from promptloop.deploy.pull_request import PR_DIR
+
+    bodies = sorted((root / PR_DIR).glob("*.md"), key=lambda path: path.stat().st_mtime_ns)
+    if not bodies:
+        raise ScreenshotError(f"no pull request text in {root / PR_DIR}: did the cycle promote a candidate?")
+    return bodies[-1]
+
+
+def body_html(markdown: str) -> str:
+    """The pull request text as GitHub shows it: GFM tables and strikethrough, raw HTML not rendered."""
+    from markdown_it import MarkdownIt
+
+    rendered = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"]).render(markdown)
+    return ("<!doctype html><html><head><meta charset='utf-8'><style>" + BODY_CSS + "</style></head>"
+            f"<body><article class='markdown-body'>{rendered}</article></body></html>")
+
+
+def shoot_pull_request_body(context: BrowserContext, body: Path, out: Path, debug_dir: Path) -> Picture:
+    """The pull request's text rendered, from its top down to at most BODY_MAX_HEIGHT pixels."""
+    with page_for(context, "pull request body", debug_dir) as page:
+        page.set_viewport_size(BODY_VIEWPORT)
+        page.set_content(body_html(body.read_text(encoding="utf-8")))
+        height = min(BODY_MAX_HEIGHT, int(page.evaluate("document.documentElement.scrollHeight")))
+        page.screenshot(path=str(out), clip={"x": 0, "y": 0, "width": BODY_VIEWPORT["width"], "height": height})
+    return Picture(out, f"the pull request's text ({body.name}) rendered as GitHub-flavoured markdown")
+
+
 # --- the whole thing ------------------------------------------------------------------------------
 
 
@@ -332,7 +381,8 @@ def take_screenshots(workspace: Path, out_dir: Path, app: str = APP, chromium: s
     with serving(root, scheduler=False) as services:
         announce(f"Prefect UI {services.prefect_url}, MLflow UI {services.mlflow_url}; running the cycle deployment")
         flow_run_id = run_cycle(services, app)
-        artifact_id = latest_artifact_id(services, f"improve-{app}")
+        artifact_id = latest_artifact_id(services, f"cycle-{app}")
+        body = newest_pull_request_body(root)
         cases = cases_run(root, app)
         if services.mlflow_url is None:
             raise ScreenshotError("the MLflow UI did not start")
@@ -347,9 +397,10 @@ def take_screenshots(workspace: Path, out_dir: Path, app: str = APP, chromium: s
                     services.prefect_url,
                     artifact_id,
                     app,
-                    out_dir / "prefect-improve-artifact.png",
+                    out_dir / "prefect-cycle-artifact.png",
                     services.logs,
                 ),
+                shoot_pull_request_body(context, body, out_dir / "pull-request-body.png", services.logs),
                 shoot_mlflow_cases(
                     context, services.mlflow_url, cases, out_dir / "mlflow-eval-cases.png", services.logs
                 ),
