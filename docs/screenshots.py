@@ -336,13 +336,13 @@ def shoot_mlflow_cases(context: BrowserContext, mlflow_url: str, run: CasesRun, 
                         f"a child of 'evaluate' run {run.parent_run_id}, as a table")
 
 
-def newest_pull_request_body(root: Path) -> Path:
-    """The pull request text the newest deploy wrote (the cycle just run proposes the newest branch)."""
+def newest_pull_request_body(root: Path, app: str) -> Path:
+    """The pull request text of the app's newest proposal (branch promptloop/<app>/v<N>-<hash>)."""
     from promptloop.deploy.pull_request import PR_DIR
 
-    bodies = sorted((root / PR_DIR).glob("*.md"), key=lambda path: path.stat().st_mtime_ns)
+    bodies = sorted((root / PR_DIR).glob(f"*-{app}-v*.md"), key=lambda path: path.stat().st_mtime_ns)
     if not bodies:
-        raise ScreenshotError(f"no pull request text in {root / PR_DIR}: did the cycle promote a candidate?")
+        raise ScreenshotError(f"no pull request text in {root / PR_DIR}: did a cycle of {app} promote a candidate?")
     return bodies[-1]
 
 
@@ -382,7 +382,7 @@ def take_screenshots(workspace: Path, out_dir: Path, app: str = APP, chromium: s
         announce(f"Prefect UI {services.prefect_url}, MLflow UI {services.mlflow_url}; running the cycle deployment")
         flow_run_id = run_cycle(services, app)
         artifact_id = latest_artifact_id(services, f"cycle-{app}")
-        body = newest_pull_request_body(root)
+        body = newest_pull_request_body(root, app)
         cases = cases_run(root, app)
         if services.mlflow_url is None:
             raise ScreenshotError("the MLflow UI did not start")

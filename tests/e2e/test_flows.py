@@ -165,7 +165,7 @@ def test_a_forced_cycle_publishes_its_decision_and_pull_request_on_its_own_run(
     assert "| prompt | model |" in page and f"| {result.improve.best.name} (v" in page  # the decision table
     assert f"branch `{result.deploy.branch}`" in page and FORCE_HINT not in page
     evaluation = result.improve.evaluation.mlflow_run_id
-    assert f"[`{evaluation}`](http://127.0.0.1:5999/#/runs/{evaluation})" in page
+    assert f"[{evaluation}](http://127.0.0.1:5999/#/runs/{evaluation})" in page
     line = result_line(result)
     assert line.startswith(f"support-bot: promote {result.improve.best.name} -> branch {result.deploy.branch}, ")
     assert line in asyncio.run(flow_run_log(run_id))

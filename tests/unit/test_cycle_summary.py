@@ -74,7 +74,7 @@ def test_the_cycle_artifact_has_the_decision_table_pull_request_and_linked_runs(
     assert report.startswith("### cycle support-bot: **promote** opt-1234abcd\n")
     assert "Pull request: [https://github.com/a/b/pull/7](https://github.com/a/b/pull/7)" in report
     assert "| opt-1234abcd (v2) |" in report and "| baseline |" in report and "**promote** |" in report
-    assert "| improve (evaluation) | [`eval-run`](http://127.0.0.1:5000/#/runs/eval-run) |" in report
+    assert "| improve (evaluation) | [eval-run](http://127.0.0.1:5000/#/runs/eval-run) |" in report
     assert "| analyze | not run |" in report
     assert FORCE_HINT not in report
     # Without a UI address the ids stay plain code, no link to a guessed place.
@@ -98,5 +98,5 @@ def test_the_mlflow_ui_address_comes_from_params_then_from_serve(monkeypatch: py
     monkeypatch.setenv(UI_URL_ENV, "http://127.0.0.1:41234")
     assert mlflow_ui_url(workspace(None)) == "http://127.0.0.1:41234"
     assert mlflow_ui_url(workspace("https://mlflow.acme.dev")) == "https://mlflow.acme.dev"
-    assert run_link("abc", "https://mlflow.acme.dev/") == "[`abc`](https://mlflow.acme.dev/#/runs/abc)"
+    assert run_link("abc", "https://mlflow.acme.dev/") == "[abc](https://mlflow.acme.dev/#/runs/abc)"
     assert run_link(None, "https://mlflow.acme.dev") == ""

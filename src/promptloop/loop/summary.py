@@ -63,7 +63,8 @@ def cycle_report(result: CycleResult, ui_url: str | None) -> str:
         lines += [f"Pull request: {where}, branch `{result.deploy.branch}`", ""]
     if result.improve is not None:
         lines += decision_table(result.improve.evaluation) + [""]
-    lines += ["| | |", "|---|---|", f"| new rows | {result.collect.rows_valid} of {result.collect.rows_in} read |",
+    lines += ["| this cycle | |", "|---|---|",
+              f"| new rows | {result.collect.rows_valid} of {result.collect.rows_in} read |",
               f"| LLM calls | {result.llm.calls} (cache: {result.llm.cache_hits}) |", ""]
     runs = {"collect": result.collect.mlflow_run_id,
             "analyze": result.analyze.mlflow_run_id if result.analyze else None,

@@ -27,4 +27,5 @@ def run_link(run_id: str | None, ui_url: str | None) -> str:
         return ""
     if not ui_url:
         return f"`{run_id}`"
-    return f"[`{run_id}`]({ui_url.rstrip('/')}/#/runs/{run_id})"
+    # Plain link text: Prefect's artifact renderer shows backticks inside a link literally.
+    return f"[{run_id}]({ui_url.rstrip('/')}/#/runs/{run_id})"
