@@ -28,7 +28,15 @@ from promptloop.domain.evaluation import (
 )
 from promptloop.domain.golden import GoldenCase
 from promptloop.evaluate import stats
-from promptloop.evaluate.gate import Evidence, GuardCheck, PromptStats, decide, guard_checks, license_problem
+from promptloop.evaluate.gate import (
+    Evidence,
+    GuardCheck,
+    PromptStats,
+    decide,
+    guard_checks,
+    latency_check,
+    license_problem,
+)
 from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan
 from promptloop.evaluate.run import Calibrated, EvalRun
 from promptloop.llm.runner import Usage
@@ -56,9 +64,34 @@ def prompt_stats(frame: pd.DataFrame) -> PromptStats:
         toxicity=_rate(frame, "toxic"),
         format_invalid=None if format_valid is None else 1 - format_valid,
         cost_per_1k_usd=float(frame["cost_usd"].mean() * 1000) if len(frame) else 0.0,
-        latency_p95_ms=float(np.percentile(frame["latency_ms"], 95)) if len(frame) else 0.0,
+        latency_p95_ms=_p95(reported_latencies(frame)),
         judge_fail_rates={name: 1 - rate for name, rate in guard_pass_rates(frame).items()},
+        wall_latency_p95_ms=_p95(frame["latency_ms"].astype(float)) if "latency_ms" in frame else None,
     )
+
+
+def _p95(values: pd.Series | None) -> float | None:
+    return float(np.percentile(values, 95)) if values is not None and len(values) else None
+
+
+def reported_latencies(frame: pd.DataFrame) -> pd.Series | None:
+    """The provider-reported latency of each case (indexed by case id); None unless every answer has one.
+
+    A prompt whose answers only partly report a time has no latency the gate may use: the p95 of the part
+    that reports would not be the prompt's.
+    """
+    if "provider_ms" not in frame or not len(frame) or frame["provider_ms"].isna().any():
+        return None
+    return frame.set_index("case_id")["provider_ms"].astype(float)
+
+
+def latency_rise_p(base: pd.DataFrame, cand: pd.DataFrame) -> float | None:
+    """One-sided paired p-value that the candidate's reported latencies exceed the baseline's on the same cases."""
+    before, after = reported_latencies(base), reported_latencies(cand)
+    if before is None or after is None:
+        return None
+    both = pd.concat([before.rename("b"), after.rename("c")], axis=1, join="inner")
+    return stats.rise_p_value(both["b"], both["c"]) if len(both) else None
 
 
 def guard_pass_rates(frame: pd.DataFrame) -> dict[str, float]:
@@ -269,6 +302,7 @@ class StatsFields(TypedDict, total=False):
     format_invalid: float | None
     cost_per_1k_usd: float | None
     latency_p95_ms: float | None
+    wall_latency_p95_ms: float | None
 
 
 def stats_fields(prompt: PromptStats | None) -> StatsFields:
@@ -278,7 +312,8 @@ def stats_fields(prompt: PromptStats | None) -> StatsFields:
     return StatsFields(n=prompt.n, mean_score=finite(prompt.mean_score), pass_rate=finite(prompt.pass_rate),
                        refusal_on_answerable=finite(prompt.refusal_on_answerable), toxicity=finite(prompt.toxicity),
                        format_invalid=finite(prompt.format_invalid), cost_per_1k_usd=finite(prompt.cost_per_1k_usd),
-                       latency_p95_ms=finite(prompt.latency_p95_ms))
+                       latency_p95_ms=finite(prompt.latency_p95_ms),
+                       wall_latency_p95_ms=finite(prompt.wall_latency_p95_ms))
 
 
 def baseline_result(contender: Contender, prompt: PromptStats | None, incomplete: list[str]) -> BaselineResult:
@@ -298,6 +333,7 @@ class BaselineEvidence:
     judge: Calibration
     stopped: str | None
     n_cases: int
+    frame: pd.DataFrame  # the baseline's rows (paired latency test)
 
 
 def evidence_for(base: BaselineEvidence, contender: Contender, frame: pd.DataFrame, comparison: Comparison | None,
@@ -310,6 +346,10 @@ def evidence_for(base: BaselineEvidence, contender: Contender, frame: pd.DataFra
         guard_checks(base.stats, cand_stats, plan.settings.guards, {j.name: j.max_drop for j in plan.guard_judges})
         if base.stats and cand_stats else []
     )
+    latency = (latency_check(base.stats, cand_stats, plan.settings.guards, latency_rise_p(base.frame, frame),
+                             1 - plan.settings.confidence) if base.stats and cand_stats else None)
+    if latency is not None:
+        guards.append(latency)
     evidence = Evidence(
         incomplete=sorted(set(base.problems) | set(incomplete_reasons(frame, base.n_cases, base.stopped))),
         identical=(
@@ -360,8 +400,8 @@ def candidate_result(base: BaselineEvidence, contender: Contender, frame: pd.Dat
         license=license_class, **paired_fields(found.paired), p_adjusted=p_adjusted, mcnemar_p=found.mcnemar_p,
         pairwise_win_rate=found.pairwise_win_rate, mde=finite(found.mde), flips=found.flips,
         high_severity_regressions=evidence.regressions,
-        guards=[GuardResult(metric=g.metric, baseline=g.baseline, candidate=g.candidate, limit=g.limit, ok=g.ok)
-                for g in evidence.guards],
+        guards=[GuardResult(metric=g.metric, baseline=g.baseline, candidate=g.candidate, limit=g.limit, ok=g.ok,
+                            p_value=g.p_value) for g in evidence.guards],
         decision=decision, reasons=reasons,
     )
 
@@ -399,6 +439,7 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
         calibration(run.calibration, settings),
         run.stopped,
         len(decided),
+        base_frame,
     )
     comparisons, adjusted = comparisons_of(plan, by_prompt)
     candidates = [blocked_result(c, plan.blocked[c.name], license_of(c.model)) if c.name in plan.blocked
