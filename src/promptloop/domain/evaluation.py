@@ -168,6 +168,10 @@ class EvaluationResult(Record):
     judge: JudgeResult
     judge_failures: int
     mde: float | None = Field(description="the smallest gain this golden set reliably sees (80% power)")
+    latency_source: Literal["provider", "probe"] | None = Field(
+        default=None, description="where the gated latency comes from: the provider's reported processing times, "
+        "a sequential probe (the provider reported none), or nowhere (no latency guard)")
+    latency_probe_rounds: int = 0
     usage: UsageResult = Field(default_factory=UsageResult)
     golden_set: str = ""
     golden_md5: str | None = None

@@ -113,9 +113,13 @@ def header(result: EvaluationResult) -> list[str]:
 def latency_note(result: EvaluationResult) -> list[str]:
     """Where the latency column comes from, and the wall-clock p95s, labelled as not used by the gate."""
     wall = ", ".join(f"{p.name} {_num(p.wall_latency_p95_ms, '.0f')}" for p in result.prompts)
-    reported = all(p.latency_p95_ms is not None for p in result.prompts)
-    source = ("p95 ms: of the times the provider reported for each call (the latency guard uses these)" if reported
-              else "p95 ms: the provider reported no time for some calls, so the latency guard is not applied")
+    source = {
+        "provider": "p95 ms: of the processing times the provider reported for each call (the latency guard uses "
+                    "these)",
+        "probe": f"p95 ms: measured by a sequential, interleaved, uncached probe ({result.latency_probe_rounds} "
+                 "rounds; the provider reported no time for some calls), which the latency guard uses",
+    }.get(result.latency_source or "", "p95 ms: none (the provider reported no time for some calls and no probe "
+                                       "measured enough rounds): the latency guard is not applied")
     return [f"{source}. Wall-clock p95 ms during this run, not used by the gate: {wall}.", ""]
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypedDict
+from dataclasses import dataclass, replace
+from typing import Literal, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ from promptloop.evaluate.gate import (
     latency_check,
     license_problem,
 )
+from promptloop.evaluate.latency import ProbeResult, usable
 from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan
 from promptloop.evaluate.run import Calibrated, EvalRun
 from promptloop.llm.runner import Usage
@@ -83,6 +84,38 @@ def reported_latencies(frame: pd.DataFrame) -> pd.Series | None:
     if "provider_ms" not in frame or not len(frame) or frame["provider_ms"].isna().any():
         return None
     return frame.set_index("case_id")["provider_ms"].astype(float)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """The latency figures the gate uses, per prompt name: the p95, and the one-sided paired p-value of a
+    candidate's rise over the baseline; `source` says where they come from (None: nowhere, no guard)."""
+
+    p95: dict[str, float | None]
+    rise_p: dict[str, float | None]
+    source: Literal["provider", "probe"] | None
+    probe_rounds: int = 0
+
+
+def latency_figures(plan: EvalPlan, by_prompt: dict[str, pd.DataFrame], probe: ProbeResult | None) -> Latency:
+    """From the probe when there was one (some answer had no provider time), else the provider's times."""
+    names = [c.name for c in plan.runnable]
+    if probe is not None:
+        if not usable(probe, plan.settings.latency_probe):
+            return Latency(dict.fromkeys(names), dict.fromkeys(names), None, probe.measured)
+        rounds = probe.rounds
+        return Latency({n: _p95(pd.Series(rounds[n])) for n in names},
+                       {n: stats.rise_p_value(rounds[BASELINE], rounds[n]) for n in names if n != BASELINE},
+                       "probe", probe.measured)
+    base = by_prompt[BASELINE]
+    p95 = {n: _p95(reported_latencies(by_prompt[n])) for n in names}
+    return Latency(p95, {n: latency_rise_p(base, by_prompt[n]) for n in names if n != BASELINE},
+                   "provider" if all(v is not None for v in p95.values()) else None)
+
+
+def with_latency(prompt: PromptStats, latency: Latency, name: str) -> PromptStats:
+    """The prompt's stats with the latency p95 the gate uses."""
+    return replace(prompt, latency_p95_ms=latency.p95.get(name))
 
 
 def latency_rise_p(base: pd.DataFrame, cand: pd.DataFrame) -> float | None:
@@ -333,20 +366,20 @@ class BaselineEvidence:
     judge: Calibration
     stopped: str | None
     n_cases: int
-    frame: pd.DataFrame  # the baseline's rows (paired latency test)
+    latency: Latency
 
 
 def evidence_for(base: BaselineEvidence, contender: Contender, frame: pd.DataFrame, comparison: Comparison | None,
                  p_adjusted: float | None, license_class: str) -> tuple[Evidence, PromptStats | None]:
     """Everything the gate looks at for one candidate, and the candidate's aggregates."""
     plan = base.plan
-    cand_stats = prompt_stats(frame) if len(frame) else None
+    cand_stats = with_latency(prompt_stats(frame), base.latency, contender.name) if len(frame) else None
     paired = comparison.paired if comparison else None
     guards: list[GuardCheck] = (
         guard_checks(base.stats, cand_stats, plan.settings.guards, {j.name: j.max_drop for j in plan.guard_judges})
         if base.stats and cand_stats else []
     )
-    latency = (latency_check(base.stats, cand_stats, plan.settings.guards, latency_rise_p(base.frame, frame),
+    latency = (latency_check(base.stats, cand_stats, plan.settings.guards, base.latency.rise_p.get(contender.name),
                              1 - plan.settings.confidence) if base.stats and cand_stats else None)
     if latency is not None:
         guards.append(latency)
@@ -432,14 +465,15 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
     frame = everything[everything["case_id"].isin({c.id for c in decided})] if len(everything) else everything
     by_prompt = {c.name: frame[frame["prompt"] == c.name] if len(frame) else frame for c in plan.contenders}
     base_frame = by_prompt[BASELINE]
+    latency = latency_figures(plan, by_prompt, run.latency_probe)
     base = BaselineEvidence(
         plan,
-        prompt_stats(base_frame) if len(base_frame) else None,
+        with_latency(prompt_stats(base_frame), latency, BASELINE) if len(base_frame) else None,
         incomplete_reasons(base_frame, len(decided), run.stopped),
         calibration(run.calibration, settings),
         run.stopped,
         len(decided),
-        base_frame,
+        latency,
     )
     comparisons, adjusted = comparisons_of(plan, by_prompt)
     candidates = [blocked_result(c, plan.blocked[c.name], license_of(c.model)) if c.name in plan.blocked
@@ -457,4 +491,6 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
             "guard_agreement": guard_agreement(run.calibration, [j.name for j in plan.guard_judges])}),
         judge_failures=int(frame["judge_failure"].notna().sum()) if len(frame) else 0,
         mde=golden_set_mde(base_frame, settings),
+        latency_source=latency.source,
+        latency_probe_rounds=latency.probe_rounds,
     )
