@@ -2,8 +2,9 @@
 
 It answers as the simulated bot, judge and optimizer do (the same deterministic answers for the same
 request), but the way hosted models answer: a bearer key is required (401 without it), a 429 with
-Retry-After comes in bursts, a 500 now and then, every response carries a usage block and a dated
-model name, and judge verdicts come back fenced in ```json, wrapped in prose, with the score as
+Retry-After comes in bursts, a 500 now and then, every response carries a usage block, a dated
+model name and its processing time (`openai-processing-ms`), and judge verdicts come back fenced in
+```json, wrapped in prose, with the score as
 "4" or 4.0 and the winner in lower case. A repair turn (the model's own reply and what was wrong
 with it) gets the plain verdict, as a real model that is told what was wrong usually gives.
 """
@@ -140,7 +141,13 @@ class HostedProvider:
                          "message": {"role": "assistant", "content": text, "refusal": None}}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
-        })
+        }, headers={"openai-processing-ms": str(processing_ms(digest))})
+
+
+def processing_ms(digest: str) -> int:
+    """The time the server says it took, as OpenAI's `openai-processing-ms` header does: 180-219 ms, a fixed
+    function of the request (the same request always reports the same time, whatever the host's load)."""
+    return 180 + int(digest[:8], 16) % 40
 
 
 class Serving:

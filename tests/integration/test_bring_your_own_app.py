@@ -116,6 +116,7 @@ class HotelHandler(BaseHTTPRequestHandler):
     """An app in another language, as far as promptloop knows: it answers from the rendered prompt."""
 
     requests: list[dict[str, Any]] = []
+    timed = True  # reports its processing time (`x-processing-ms`), as a provider reports its own
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -128,6 +129,8 @@ class HotelHandler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if HotelHandler.timed:
+            self.send_header("x-processing-ms", str(40 + len(data) % 10))
         self.end_headers()
         self.wfile.write(data)
 
@@ -157,6 +160,30 @@ def test_an_http_app_on_loopback_is_evaluated_to_a_decision_and_replayed_from_th
     assert sent["prompt"]["model"] == "offline/support-bot" and sent["prompt"]["parameters"]["seed"] == 0
     again = evaluate(workspace, "hotel")
     assert again.usage.calls == 0 and len(HotelHandler.requests) == 2 * 4
+    assert first.latency_source == again.latency_source == "provider"
+    assert [c.latency_p95_ms for c in first.prompts] == [c.latency_p95_ms for c in again.prompts]
+
+
+def test_an_app_that_reports_no_time_is_timed_by_a_sequential_probe(
+        tmp_path: Path, outside: Path, hotel_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    HotelHandler.requests.clear()
+    monkeypatch.setattr(HotelHandler, "timed", False)
+    workspace = make_app(tmp_path / "ws", "hotel", hotel_server, outside)
+    first = evaluate(workspace, "hotel")
+    probe = first.usage.by_purpose["latency-probe"]
+    settings = workspace.params.evaluate.latency_probe
+    # Both prompts in every round (the warm-up round included), never from the cache, within the cap.
+    assert probe.calls % 2 == 0 and 2 * (settings.warmup_rounds + settings.min_rounds) <= probe.calls
+    assert probe.calls <= settings.max_calls and probe.cache_hits == 0
+    assert len(HotelHandler.requests) == 2 * 4 + probe.calls
+    assert first.latency_source == "probe" and first.latency_probe_rounds == probe.calls // 2 - settings.warmup_rounds
+    assert all(p.latency_p95_ms is not None for p in first.prompts)
+    assert any(g.metric == "latency_p95_ms" for g in first.candidates[0].guards)
+    assert "sequential, interleaved, uncached probe" in first.report
+    # A re-run answers the evaluation from the cache; only the probe calls again.
+    again = evaluate(workspace, "hotel")
+    assert set(again.usage.by_purpose) == set(first.usage.by_purpose)
+    assert again.usage.calls == again.usage.by_purpose["latency-probe"].calls
 
 
 def test_new_app_refuses_what_would_overwrite_or_not_load(tmp_path: Path) -> None:

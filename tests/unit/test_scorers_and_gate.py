@@ -10,7 +10,15 @@ import pytest
 
 from promptloop.core.config import GuardMargins
 from promptloop.domain.golden import GoldenCase
-from promptloop.evaluate.gate import Evidence, GuardCheck, PromptStats, decide, guard_checks, license_problem
+from promptloop.evaluate.gate import (
+    Evidence,
+    GuardCheck,
+    PromptStats,
+    decide,
+    guard_checks,
+    latency_check,
+    license_problem,
+)
 from promptloop.evaluate.scorers import Answer, PairwiseJudge, ProxyMetrics, RubricJudge
 from promptloop.evaluate.stats import agreement
 from promptloop.llm.runner import InvalidResponse, ResponseCache, RetryPolicy, Runner
@@ -71,11 +79,28 @@ def test_guards_use_absolute_margins_on_rates_and_relative_ones_on_cost_and_late
     }
     assert checks["refusal_on_answerable"].ok and checks["refusal_on_answerable"].limit == pytest.approx(0.15)
     assert not checks["cost_per_1k_usd"].ok and checks["cost_per_1k_usd"].limit == pytest.approx(1.5)
-    assert checks["latency_p95_ms"].ok  # +20% < +25%
+    assert "latency_p95_ms" not in checks  # latency has a check of its own, with a paired test
+    latency = latency_check(base, cand, GuardMargins(), latency_p=0.001, alpha=0.05)
+    assert latency is not None and latency.ok  # +20% < +25%, however significant
     # A rise under the noise floor is never a breach, however large relative to a tiny baseline.
     fast = PromptStats(**{**base.__dict__, "latency_p95_ms": 2.0})
-    assert {c.metric: c.ok for c in guard_checks(fast, PromptStats(**{**cand.__dict__, "latency_p95_ms": 40.0}),
-                                                   GuardMargins())}["latency_p95_ms"]
+    slower = PromptStats(**{**cand.__dict__, "latency_p95_ms": 40.0})
+    assert latency_check(fast, slower, GuardMargins(), latency_p=0.001, alpha=0.05).ok  # type: ignore[union-attr]
+
+
+def test_latency_guard_needs_a_rise_over_the_limit_and_a_significant_paired_test() -> None:
+    base = PromptStats(n=40, mean_score=0.6, pass_rate=0.6, refusal_on_answerable=None, toxicity=None,
+                       format_invalid=None, cost_per_1k_usd=1.0, latency_p95_ms=1000)
+    slow = PromptStats(**{**base.__dict__, "latency_p95_ms": 1400})
+    breach = latency_check(base, slow, GuardMargins(), latency_p=0.01, alpha=0.05)
+    assert breach is not None and not breach.ok and "p 0.01 < 0.05" in breach.reason()
+    noise = latency_check(base, slow, GuardMargins(), latency_p=0.2, alpha=0.05)
+    assert noise is not None and noise.ok  # over the limit, but the paired rise is not significant
+    untested = latency_check(base, slow, GuardMargins(), latency_p=None, alpha=0.05)
+    assert untested is not None and untested.ok  # no paired cases: no evidence of a rise
+    # No provider-reported time on either side: no latency guard at all (wall-clock time never decides).
+    unreported = PromptStats(**{**slow.__dict__, "latency_p95_ms": None, "wall_latency_p95_ms": 9000.0})
+    assert latency_check(base, unreported, GuardMargins(), latency_p=0.0, alpha=0.05) is None
 
 
 def test_license_rules() -> None:

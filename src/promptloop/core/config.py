@@ -474,6 +474,22 @@ class GuardMargins(Section):
     )
 
 
+class LatencyProbe(Section):
+    """The sequential latency probe, run when the provider reports no processing time of its own.
+
+    Each round asks every prompt the same case, one call at a time, in turns (the prompt that goes
+    first alternates), uncached; the first rounds warm up and are discarded. It stops once each
+    candidate's paired latency difference is known to `ci_half_width_ms`, or at `max_calls`.
+    """
+
+    max_calls: int = Field(default=120, ge=0, description="calls the probe may make in all; 0: no probe")
+    warmup_rounds: int = Field(default=1, ge=0, description="first rounds discarded (connections, caches warm up)")
+    min_rounds: int = Field(default=8, ge=2, description="measured rounds before it may stop, and to be used at all")
+    ci_half_width_ms: float = Field(
+        default=25.0, gt=0, description="stop once every candidate's paired difference has a 95% CI this narrow"
+    )
+
+
 class EvaluateSettings(Section):
     """Golden-set evaluation and the promotion decision."""
 
@@ -488,6 +504,7 @@ class EvaluateSettings(Section):
     )
     high_severity: list[str] = Field(default_factory=lambda: ["high", "critical"])
     guards: GuardMargins = Field(default_factory=GuardMargins)
+    latency_probe: LatencyProbe = Field(default_factory=LatencyProbe)
     min_judge_kappa: float = Field(default=0.4, ge=-1, le=1, description="judge-human agreement needed to decide")
     min_judge_accuracy: float = Field(
         default=0.75, ge=0, le=1, description="used when a class has too few labels for kappa"

@@ -6,6 +6,7 @@ its outcome, deploy puts its report in the pull request, and MLflow gets the per
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +35,11 @@ class PromptResult(Record):
     toxicity: float | None = None
     format_invalid: float | None = None
     cost_per_1k_usd: float | None = None
-    latency_p95_ms: float | None = None
+    latency_p95_ms: float | None = Field(default=None, description="p95 of the provider-reported latencies (what the "
+                                         "gate uses); none when the provider reported no time")
+    wall_latency_p95_ms: float | None = Field(default=None, description="p95 of the wall-clock latencies measured "
+                                              "during the evaluation, under its load: informational, not used by "
+                                              "the gate")
     license: str | None = None
     registry_version: int | None = Field(default=None, description="its version in the MLflow prompt registry")
     registry_name: str | None = Field(default=None, description="the registry prompt that version belongs to: the "
@@ -62,6 +67,8 @@ class GuardResult(Record):
     candidate: float
     limit: float
     ok: bool
+    p_value: float | None = Field(default=None, description="one-sided paired p-value of the rise, for guards "
+                                  "that need one to be significant (latency)")
 
 
 class SplitComparison(Record):
@@ -161,6 +168,10 @@ class EvaluationResult(Record):
     judge: JudgeResult
     judge_failures: int
     mde: float | None = Field(description="the smallest gain this golden set reliably sees (80% power)")
+    latency_source: Literal["provider", "probe"] | None = Field(
+        default=None, description="where the gated latency comes from: the provider's reported processing times, "
+        "a sequential probe (the provider reported none), or nowhere (no latency guard)")
+    latency_probe_rounds: int = 0
     usage: UsageResult = Field(default_factory=UsageResult)
     golden_set: str = ""
     golden_md5: str | None = None
@@ -183,7 +194,18 @@ class EvaluationResult(Record):
         return [self.baseline, *self.candidates]
 
 
+def winner_order(candidate: CandidateResult) -> tuple[float, float, float, str]:
+    """The sort key that ranks promotable candidates, best first: the higher CI lower bound, then the higher
+    mean difference, then the lower cost per 1k calls, then the name (alphabetically first). Every part is
+    computed from the answers and the seeded bootstrap, never from time measured in the run."""
+    def high(value: float | None) -> float:
+        return -value if value is not None else math.inf
+
+    cost = candidate.cost_per_1k_usd if candidate.cost_per_1k_usd is not None else math.inf
+    return high(candidate.ci_low), high(candidate.diff), cost, candidate.name
+
+
 def best_candidate(result: EvaluationResult) -> CandidateResult | None:
-    """The promotable candidate with the highest CI lower bound (ties: the higher mean, then the name)."""
+    """The promotable candidate that becomes the winner (the branch, the app's prompt): first by `winner_order`."""
     promotable = [c for c in result.candidates if c.decision == "promote"]
-    return max(promotable, key=lambda c: (c.ci_low or 0.0, c.diff or 0.0, c.name), default=None)
+    return min(promotable, key=winner_order, default=None)

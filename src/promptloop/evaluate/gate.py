@@ -29,8 +29,9 @@ class PromptStats:
     toxicity: float | None
     format_invalid: float | None
     cost_per_1k_usd: float
-    latency_p95_ms: float
+    latency_p95_ms: float | None  # of the provider-reported times; None when a call reported none
     judge_fail_rates: dict[str, float] = field(default_factory=dict)  # guard judge file -> share of fails
+    wall_latency_p95_ms: float | None = None  # wall-clock here: informational, never gated on
 
 
 @dataclass(frozen=True)
@@ -41,20 +42,25 @@ class GuardCheck:
     baseline: float
     candidate: float
     limit: float
+    # A guard on a noisy measure also needs its rise to be significant in a paired test (one-sided p-value;
+    # None: no such test, the limit alone decides).
+    p_value: float | None = None
+    alpha: float = 0.05
 
     @property
     def ok(self) -> bool:
-        return self.candidate <= self.limit
+        return self.candidate <= self.limit or (self.p_value is not None and self.p_value >= self.alpha)
 
     def reason(self) -> str:
+        tested = "" if self.p_value is None else f", paired rise significant: p {self.p_value:.3g} < {self.alpha:.3g}"
         return (f"guard {self.metric}: {self.candidate:.4g} exceeds the limit {self.limit:.4g} "
-                f"(baseline {self.baseline:.4g})")
+                f"(baseline {self.baseline:.4g}{tested})")
 
 
 def guard_checks(base: PromptStats, cand: PromptStats, margins: GuardMargins,
                  judge_margins: Mapping[str, float] | None = None) -> list[GuardCheck]:
     """Absolute margins on rates (the app's guard judges' fail rates among them, each with its `max_drop`),
-    relative ones on cost and p95 latency (changes under the floor are noise)."""
+    a relative one on cost. Latency has its own check (`latency_check`)."""
     checks = [
         GuardCheck(metric, before, after, before + margin)
         for metric, before, after, margin in (
@@ -75,18 +81,24 @@ def guard_checks(base: PromptStats, cand: PromptStats, margins: GuardMargins,
                if name in base.judge_fail_rates and name in cand.judge_fail_rates]
     checks.append(GuardCheck("cost_per_1k_usd", base.cost_per_1k_usd, cand.cost_per_1k_usd,
                              base.cost_per_1k_usd * (1 + margins.cost_increase)))
-    checks.append(
-        GuardCheck(
-            "latency_p95_ms",
-            base.latency_p95_ms,
-            cand.latency_p95_ms,
-            max(
-                base.latency_p95_ms * (1 + margins.latency_p95_increase),
-                base.latency_p95_ms + margins.latency_p95_min_ms,
-            ),
-        )
-    )
     return checks
+
+
+def latency_check(base: PromptStats, cand: PromptStats, margins: GuardMargins, latency_p: float | None,
+                  alpha: float) -> GuardCheck | None:
+    """The p95 latency guard, on provider-reported times only (None when either prompt has none: wall-clock
+    time measured here depends on the host's load and the calls in flight, so it never decides).
+
+    A breach needs both: the candidate's p95 above the limit (a relative margin, and never less than
+    `latency_p95_min_ms` above the baseline: smaller rises are noise), and a significant paired rise over
+    the same cases (`latency_p`, one-sided, at the gate's alpha).
+    """
+    if base.latency_p95_ms is None or cand.latency_p95_ms is None:
+        return None
+    limit = max(base.latency_p95_ms * (1 + margins.latency_p95_increase),
+                base.latency_p95_ms + margins.latency_p95_min_ms)
+    return GuardCheck("latency_p95_ms", base.latency_p95_ms, cand.latency_p95_ms, limit,
+                      p_value=1.0 if latency_p is None else latency_p, alpha=alpha)
 
 
 @dataclass(frozen=True)

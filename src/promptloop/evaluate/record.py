@@ -22,7 +22,8 @@ from promptloop.workspace.workspace import Workspace
 TABLE_COLUMNS = ("case_id", "split", "slice", "severity", "lang", "input", "expected_behavior", "answer",
                  "rubric_score", "rubric_passed", "rubric_reason",
                  "pairwise_score", "pairwise_consistent", "language_match", "facts_found", "cites", "citation_valid",
-                 "refused", "toxic", "format_valid", "latency_ms", "cost_usd", "retrieved", "judge_failure")
+                 "refused", "toxic", "format_valid", "latency_ms", "provider_ms", "cost_usd", "retrieved",
+                 "judge_failure")
 PROMPT_METRICS = ("mean_score", "pass_rate", "refusal_on_answerable", "toxicity", "format_invalid", "cost_per_1k_usd",
                   "latency_p95_ms", "diff", "ci_low", "ci_high", "p_value", "p_adjusted", "mcnemar_p", "wins", "ties",
                   "losses", "pairwise_win_rate", "mde")

@@ -23,7 +23,7 @@ def decision_table(result: EvaluationResult) -> list[str]:
     """One row per prompt: quality, the paired difference with its CI, cost, latency, license, decision."""
     level = f"{result.confidence:.0%}"
     lines = [f"| prompt | model | license | score | Δ score [{level} CI] | p (Holm) | W/T/L | pass rate | cost / 1k "
-             "| p95 ms | decision |",
+             "| p95 ms (provider) | decision |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     b = result.baseline
     lines.append(f"| {b.name} (v{b.version}) | {b.model} | {b.license or ''} | {_num(b.mean_score)} | | | | "
@@ -110,10 +110,23 @@ def header(result: EvaluationResult) -> list[str]:
     return lines
 
 
+def latency_note(result: EvaluationResult) -> list[str]:
+    """Where the latency column comes from, and the wall-clock p95s, labelled as not used by the gate."""
+    wall = ", ".join(f"{p.name} {_num(p.wall_latency_p95_ms, '.0f')}" for p in result.prompts)
+    source = {
+        "provider": "p95 ms: of the processing times the provider reported for each call (the latency guard uses "
+                    "these)",
+        "probe": f"p95 ms: measured by a sequential, interleaved, uncached probe ({result.latency_probe_rounds} "
+                 "rounds; the provider reported no time for some calls), which the latency guard uses",
+    }.get(result.latency_source or "", "p95 ms: none (the provider reported no time for some calls and no probe "
+                                       "measured enough rounds): the latency guard is not applied")
+    return [f"{source}. Wall-clock p95 ms during this run, not used by the gate: {wall}.", ""]
+
+
 def markdown_report(result: EvaluationResult) -> str:
     """The whole report."""
     usage = result.usage
-    lines = header(result) + decision_table(result) + [""]
+    lines = header(result) + decision_table(result) + [""] + latency_note(result)
     if result.mde is not None:
         lines += [
             f"With {result.cases_decided} cases this golden set cannot reliably see a gain under {result.mde:.3f} "

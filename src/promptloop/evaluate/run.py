@@ -21,6 +21,7 @@ import numpy as np
 
 from promptloop.core.runtime import prepare_environment
 from promptloop.domain.golden import GoldenCase
+from promptloop.evaluate.latency import NoCache, ProbeResult, needs_probe, run_probe
 from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan, build_scorers
 from promptloop.evaluate.scorers import Answer, GuardJudge, JudgeFailed, RubricJudge, Scorer, ScoreValue
 from promptloop.evaluate.targets import Request, Target, build_target
@@ -52,6 +53,7 @@ class EvalRun:
     stopped: str | None = None
     usage: dict[str, Usage] = field(default_factory=dict)
     cpu_s: float = 0.0  # CPU time of the process(es) while the calls ran (for benchmarks)
+    latency_probe: ProbeResult | None = None  # when the provider reported no time for some answer
 
 
 async def answer_case(runner: Runner, plan: EvalPlan, target: Target, contender: Contender,
@@ -66,7 +68,8 @@ def case_row(contender: Contender, case: GoldenCase, answer: Answer) -> CaseRow:
     return {"prompt": contender.name, "case_id": case.id, "split": case.split, "slice": case.slice,
             "severity": case.severity, "lang": case.lang, "expected_behavior": case.expected_behavior,
             "input": case.input, "answer": answer.text, "retrieved": " ".join(answer.retrieved),
-            "latency_ms": answer.latency_ms, "cost_usd": answer.cost_usd, "judge_failure": None}
+            "latency_ms": answer.latency_ms, "provider_ms": answer.provider_ms, "cost_usd": answer.cost_usd,
+            "judge_failure": None}
 
 
 async def scored_row(scorers: list[Scorer], contender: Contender, case: GoldenCase, answer: Answer,
@@ -196,6 +199,27 @@ def merge_runs(plan: EvalPlan, runs: list[EvalRun]) -> EvalRun:
     merged = EvalRun([row for run in runs for row in run.rows], [c for run in runs for c in run.calibration],
                      next((run.stopped for run in runs if run.stopped), None), usage, sum(run.cpu_s for run in runs))
     return in_plan_order(plan, merged)
+
+
+def probe_if_unreported(workspace: Workspace, plan: EvalPlan, run: EvalRun, cases: list[GoldenCase]) -> EvalRun:
+    """The run with a latency probe of its prompts on `cases` when some answer has no provider-reported time
+    (and the run finished, and `evaluate.latency_probe.max_calls` allows one); its calls are in the usage."""
+    settings = plan.settings.latency_probe
+    if run.stopped or not settings.max_calls or not needs_probe(run.rows):
+        return run
+    spent = sum(u.cost_usd for u in run.usage.values())
+    runner = workspace.open_runner(max_usd=max(plan.settings.budget_usd - spent, 0.0), max_calls=settings.max_calls)
+    runner.cache.close()
+    # Sequential (one call at a time) and uncached: each call's time is its own.
+    runner = dataclasses.replace(runner, cache=NoCache(), max_concurrency=1)
+    target = build_target(plan.app, plan.app_settings.target, workspace.root, plan.retriever, plan.top_k)
+    try:
+        run.latency_probe = run_probe(runner, target, plan.runnable, cases, settings, plan.settings.seed)
+    finally:
+        target.close()
+    for purpose, used in runner.usage.items():
+        run.usage.setdefault(purpose, Usage()).add(used)
+    return run
 
 
 class Stopwatch:

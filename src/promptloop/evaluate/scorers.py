@@ -56,6 +56,9 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     extra: dict[str, object] = field(default_factory=dict)  # what a python:/http: target returned besides
+    # The time the provider (or the app's endpoint) reported for the calls that made the answer, in ms;
+    # None when any of them reported none. `latency_ms` is wall-clock here: informational only.
+    provider_ms: float | None = None
 
 
 class Scorer(Protocol):
@@ -263,6 +266,7 @@ class ProxyMetrics:
             "refusal_correct": refused == (case.expected_behavior != "answer"),
             "toxic": flagged(self.toxicity, text),
             "latency_ms": answer.latency_ms,
+            "provider_ms": answer.provider_ms,
             "cost_usd": answer.cost_usd,
         }
         valid = True

@@ -24,8 +24,15 @@ from promptloop.domain.prompts import PromptVersion
 from promptloop.evaluate.plan import EvalPlan, case_batches, plan_evaluation, progress_total
 from promptloop.evaluate.record import git_commit, golden_md5, log_evaluation, write_dvc_metrics
 from promptloop.evaluate.report import markdown_report
-from promptloop.evaluate.run import EvalRun, Stopwatch, evaluate_batch, merge_runs, run_in_processes
-from promptloop.evaluate.summary import summarise, usage_summary
+from promptloop.evaluate.run import (
+    EvalRun,
+    Stopwatch,
+    evaluate_batch,
+    merge_runs,
+    probe_if_unreported,
+    run_in_processes,
+)
+from promptloop.evaluate.summary import decision_split, summarise, usage_summary
 from promptloop.llm.client import litellm_module_configured
 from promptloop.workspace.locking import holds_workspace
 from promptloop.workspace.preflight import preflight
@@ -59,8 +66,11 @@ def with_provenance(workspace: Workspace, plan: EvalPlan, run: EvalRun, result: 
 
 def finish_evaluation(workspace: Workspace, plan: EvalPlan, run: EvalRun, metrics_file: Path | None = None,
                       clock: Stopwatch | None = None) -> EvaluationResult:
-    """Statistics and decisions from the merged run, the MLflow runs, the report and the metrics file."""
+    """Statistics and decisions from the merged run (with a latency probe when the provider reported no
+    time for some answer), the MLflow runs, the report and the metrics file."""
     clock = clock or Stopwatch()
+    run = probe_if_unreported(workspace, plan, run, decision_split(plan.cases)[0])
+    clock.lap("latency_probe_s")
     result = summarise(plan, run, workspace.params.llm.license_of)
     clock.lap("statistics_s")
     with_provenance(workspace, plan, run, result)

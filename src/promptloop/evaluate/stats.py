@@ -220,6 +220,15 @@ def sign_test(diffs: ArrayLike) -> float:
     return float(_st.binomtest(positive, nonzero, 0.5).pvalue)
 
 
+def rise_p_value(baseline: ArrayLike, candidate: ArrayLike) -> float:
+    """One-sided Wilcoxon signed-rank p-value that `candidate` is larger than `baseline`, paired by position
+    (e.g. per-case latencies); 1.0 when no pair differs. Ties (zero diffs) are left out (Wilcox)."""
+    d = paired_differences(baseline, candidate)
+    if not np.count_nonzero(d):
+        return 1.0
+    return float(_st.wilcoxon(d, zero_method="wilcox", alternative="greater").pvalue)
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values, in the order given; monotone in p and capped at 1."""
     p = np.asarray(p_values, dtype=float)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypedDict
+from dataclasses import dataclass, replace
+from typing import Literal, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,16 @@ from promptloop.domain.evaluation import (
 )
 from promptloop.domain.golden import GoldenCase
 from promptloop.evaluate import stats
-from promptloop.evaluate.gate import Evidence, GuardCheck, PromptStats, decide, guard_checks, license_problem
+from promptloop.evaluate.gate import (
+    Evidence,
+    GuardCheck,
+    PromptStats,
+    decide,
+    guard_checks,
+    latency_check,
+    license_problem,
+)
+from promptloop.evaluate.latency import ProbeResult, usable
 from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan
 from promptloop.evaluate.run import Calibrated, EvalRun
 from promptloop.llm.runner import Usage
@@ -56,9 +65,66 @@ def prompt_stats(frame: pd.DataFrame) -> PromptStats:
         toxicity=_rate(frame, "toxic"),
         format_invalid=None if format_valid is None else 1 - format_valid,
         cost_per_1k_usd=float(frame["cost_usd"].mean() * 1000) if len(frame) else 0.0,
-        latency_p95_ms=float(np.percentile(frame["latency_ms"], 95)) if len(frame) else 0.0,
+        latency_p95_ms=_p95(reported_latencies(frame)),
         judge_fail_rates={name: 1 - rate for name, rate in guard_pass_rates(frame).items()},
+        wall_latency_p95_ms=_p95(frame["latency_ms"].astype(float)) if "latency_ms" in frame else None,
     )
+
+
+def _p95(values: pd.Series | None) -> float | None:
+    return float(np.percentile(values, 95)) if values is not None and len(values) else None
+
+
+def reported_latencies(frame: pd.DataFrame) -> pd.Series | None:
+    """The provider-reported latency of each case (indexed by case id); None unless every answer has one.
+
+    A prompt whose answers only partly report a time has no latency the gate may use: the p95 of the part
+    that reports would not be the prompt's.
+    """
+    if "provider_ms" not in frame or not len(frame) or frame["provider_ms"].isna().any():
+        return None
+    return frame.set_index("case_id")["provider_ms"].astype(float)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """The latency figures the gate uses, per prompt name: the p95, and the one-sided paired p-value of a
+    candidate's rise over the baseline; `source` says where they come from (None: nowhere, no guard)."""
+
+    p95: dict[str, float | None]
+    rise_p: dict[str, float | None]
+    source: Literal["provider", "probe"] | None
+    probe_rounds: int = 0
+
+
+def latency_figures(plan: EvalPlan, by_prompt: dict[str, pd.DataFrame], probe: ProbeResult | None) -> Latency:
+    """From the probe when there was one (some answer had no provider time), else the provider's times."""
+    names = [c.name for c in plan.runnable]
+    if probe is not None:
+        if not usable(probe, plan.settings.latency_probe):
+            return Latency(dict.fromkeys(names), dict.fromkeys(names), None, probe.measured)
+        rounds = probe.rounds
+        return Latency({n: _p95(pd.Series(rounds[n])) for n in names},
+                       {n: stats.rise_p_value(rounds[BASELINE], rounds[n]) for n in names if n != BASELINE},
+                       "probe", probe.measured)
+    base = by_prompt[BASELINE]
+    p95 = {n: _p95(reported_latencies(by_prompt[n])) for n in names}
+    return Latency(p95, {n: latency_rise_p(base, by_prompt[n]) for n in names if n != BASELINE},
+                   "provider" if all(v is not None for v in p95.values()) else None)
+
+
+def with_latency(prompt: PromptStats, latency: Latency, name: str) -> PromptStats:
+    """The prompt's stats with the latency p95 the gate uses."""
+    return replace(prompt, latency_p95_ms=latency.p95.get(name))
+
+
+def latency_rise_p(base: pd.DataFrame, cand: pd.DataFrame) -> float | None:
+    """One-sided paired p-value that the candidate's reported latencies exceed the baseline's on the same cases."""
+    before, after = reported_latencies(base), reported_latencies(cand)
+    if before is None or after is None:
+        return None
+    both = pd.concat([before.rename("b"), after.rename("c")], axis=1, join="inner")
+    return stats.rise_p_value(both["b"], both["c"]) if len(both) else None
 
 
 def guard_pass_rates(frame: pd.DataFrame) -> dict[str, float]:
@@ -269,6 +335,7 @@ class StatsFields(TypedDict, total=False):
     format_invalid: float | None
     cost_per_1k_usd: float | None
     latency_p95_ms: float | None
+    wall_latency_p95_ms: float | None
 
 
 def stats_fields(prompt: PromptStats | None) -> StatsFields:
@@ -278,7 +345,8 @@ def stats_fields(prompt: PromptStats | None) -> StatsFields:
     return StatsFields(n=prompt.n, mean_score=finite(prompt.mean_score), pass_rate=finite(prompt.pass_rate),
                        refusal_on_answerable=finite(prompt.refusal_on_answerable), toxicity=finite(prompt.toxicity),
                        format_invalid=finite(prompt.format_invalid), cost_per_1k_usd=finite(prompt.cost_per_1k_usd),
-                       latency_p95_ms=finite(prompt.latency_p95_ms))
+                       latency_p95_ms=finite(prompt.latency_p95_ms),
+                       wall_latency_p95_ms=finite(prompt.wall_latency_p95_ms))
 
 
 def baseline_result(contender: Contender, prompt: PromptStats | None, incomplete: list[str]) -> BaselineResult:
@@ -298,18 +366,23 @@ class BaselineEvidence:
     judge: Calibration
     stopped: str | None
     n_cases: int
+    latency: Latency
 
 
 def evidence_for(base: BaselineEvidence, contender: Contender, frame: pd.DataFrame, comparison: Comparison | None,
                  p_adjusted: float | None, license_class: str) -> tuple[Evidence, PromptStats | None]:
     """Everything the gate looks at for one candidate, and the candidate's aggregates."""
     plan = base.plan
-    cand_stats = prompt_stats(frame) if len(frame) else None
+    cand_stats = with_latency(prompt_stats(frame), base.latency, contender.name) if len(frame) else None
     paired = comparison.paired if comparison else None
     guards: list[GuardCheck] = (
         guard_checks(base.stats, cand_stats, plan.settings.guards, {j.name: j.max_drop for j in plan.guard_judges})
         if base.stats and cand_stats else []
     )
+    latency = (latency_check(base.stats, cand_stats, plan.settings.guards, base.latency.rise_p.get(contender.name),
+                             1 - plan.settings.confidence) if base.stats and cand_stats else None)
+    if latency is not None:
+        guards.append(latency)
     evidence = Evidence(
         incomplete=sorted(set(base.problems) | set(incomplete_reasons(frame, base.n_cases, base.stopped))),
         identical=(
@@ -360,8 +433,8 @@ def candidate_result(base: BaselineEvidence, contender: Contender, frame: pd.Dat
         license=license_class, **paired_fields(found.paired), p_adjusted=p_adjusted, mcnemar_p=found.mcnemar_p,
         pairwise_win_rate=found.pairwise_win_rate, mde=finite(found.mde), flips=found.flips,
         high_severity_regressions=evidence.regressions,
-        guards=[GuardResult(metric=g.metric, baseline=g.baseline, candidate=g.candidate, limit=g.limit, ok=g.ok)
-                for g in evidence.guards],
+        guards=[GuardResult(metric=g.metric, baseline=g.baseline, candidate=g.candidate, limit=g.limit, ok=g.ok,
+                            p_value=g.p_value) for g in evidence.guards],
         decision=decision, reasons=reasons,
     )
 
@@ -392,13 +465,15 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
     frame = everything[everything["case_id"].isin({c.id for c in decided})] if len(everything) else everything
     by_prompt = {c.name: frame[frame["prompt"] == c.name] if len(frame) else frame for c in plan.contenders}
     base_frame = by_prompt[BASELINE]
+    latency = latency_figures(plan, by_prompt, run.latency_probe)
     base = BaselineEvidence(
         plan,
-        prompt_stats(base_frame) if len(base_frame) else None,
+        with_latency(prompt_stats(base_frame), latency, BASELINE) if len(base_frame) else None,
         incomplete_reasons(base_frame, len(decided), run.stopped),
         calibration(run.calibration, settings),
         run.stopped,
         len(decided),
+        latency,
     )
     comparisons, adjusted = comparisons_of(plan, by_prompt)
     candidates = [blocked_result(c, plan.blocked[c.name], license_of(c.model)) if c.name in plan.blocked
@@ -416,4 +491,6 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
             "guard_agreement": guard_agreement(run.calibration, [j.name for j in plan.guard_judges])}),
         judge_failures=int(frame["judge_failure"].notna().sum()) if len(frame) else 0,
         mde=golden_set_mde(base_frame, settings),
+        latency_source=latency.source,
+        latency_probe_rounds=latency.probe_rounds,
     )

@@ -58,11 +58,20 @@ class Target(Protocol):
 
 def answer_of(text: str, context: str, completions: list[Completion], retrieved: tuple[str, ...] = (),
               latency_ms: float | None = None, extra: Mapping[str, object] | None = None) -> Answer:
-    """An Answer whose cost and tokens are the sum of the calls that made it."""
+    """An Answer whose cost, tokens and provider-reported time are the sum of the calls that made it."""
     return Answer(text, context, retrieved,
                   latency_ms if latency_ms is not None else sum(c.latency_ms for c in completions),
                   sum(c.cost_usd or 0.0 for c in completions), sum(c.prompt_tokens for c in completions),
-                  sum(c.completion_tokens for c in completions), dict(extra or {}))
+                  sum(c.completion_tokens for c in completions), dict(extra or {}),
+                  reported_ms(completions))
+
+
+def reported_ms(completions: list[Completion]) -> float | None:
+    """The provider-reported time of the calls (they run one after another in a target): None when there
+    were none, or when any call reported no time (a partial sum would understate the answer's latency)."""
+    if not completions or any(c.provider_ms is None for c in completions):
+        return None
+    return sum(c.provider_ms for c in completions if c.provider_ms is not None)
 
 
 @dataclass
@@ -195,7 +204,7 @@ class PythonTarget:
                                                                       dict(inputs))
         took_ms = (time.perf_counter() - started) * 1000
         text, context, retrieved, extra = target_result(result, self.spec)
-        # Latency: the model calls' own when they were answered (cached calls keep the time they took).
+        # Wall-clock latency (informational): the model calls' own when there were any, else the function's.
         latency = sum(c.latency_ms for c in prompt.completions) if prompt.completions else took_ms
         return answer_of(text, context, prompt.completions, retrieved, latency, extra)
 

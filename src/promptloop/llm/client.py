@@ -26,7 +26,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Completion:
-    """The text of one LLM answer with its usage, cost and wall time."""
+    """The text of one LLM answer with its usage, cost, wall time and the provider's own timing.
+
+    `latency_ms` is wall-clock time measured here, around the await (informational: it grows with the
+    calls in flight and the machine's load). `provider_ms` is the time the provider says it took
+    (`openai-processing-ms`), or None when it says nothing: that is the figure the gate may use.
+    """
 
     model: str
     text: str
@@ -34,6 +39,7 @@ class Completion:
     completion_tokens: int
     cost_usd: float | None
     latency_ms: float
+    provider_ms: float | None = None
 
 
 def litellm_module_configured(settings: LLMSettings, source: str = "params.yaml") -> litellm_module:
@@ -173,7 +179,28 @@ async def acomplete(
         completion_tokens=int(usage.completion_tokens),
         cost_usd=response_cost(litellm, response, model),
         latency_ms=latency_ms,
+        provider_ms=provider_ms(response),
     )
+
+
+# The response headers a provider reports its own processing time in (litellm prefixes raw provider
+# headers with `llm_provider-`): OpenAI's, which OpenAI-compatible servers and the simulated models send too.
+PROVIDER_TIMING_HEADERS = ("llm_provider-openai-processing-ms", "openai-processing-ms")
+
+
+def provider_ms(response: Any) -> float | None:
+    """The processing time the provider reported for a response, in ms; None when it reported none."""
+    headers = hidden_param(response, "additional_headers")
+    if not isinstance(headers, dict):
+        return None
+    for name in PROVIDER_TIMING_HEADERS:
+        try:
+            value = float(headers[name])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(value) and value >= 0:
+            return value
+    return None
 
 
 def response_cost(litellm: litellm_module, response: Any, model: str) -> float | None:

@@ -140,6 +140,23 @@ def retry_after_s(error: BaseException) -> float | None:
         return None
 
 
+# Headers an app's HTTP endpoint may report its own processing time in, in ms (the first found wins).
+APP_TIMING_HEADERS = ("x-processing-ms", "openai-processing-ms")
+
+
+def reported_ms(headers: Any) -> float | None:
+    """The processing time an HTTP reply reports for itself (`x-processing-ms`), in ms; None without one."""
+    for name in APP_TIMING_HEADERS:
+        value = headers.get(name) if hasattr(headers, "get") else None
+        try:
+            found = float(value) if value is not None else None
+        except ValueError:
+            continue
+        if found is not None and found >= 0 and found != float("inf"):
+            return found
+    return None
+
+
 def is_retryable(litellm: litellm_module, error: BaseException) -> bool:
     """Rate limits, timeouts, connection errors and 5xx are worth another try; bad requests are not."""
     retryable = (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError, litellm.InternalServerError,
@@ -284,7 +301,8 @@ class Runner:
                 usage.failures += 1
                 raise InvalidResponse(f"{url}: a reply that could not be read: {error}") from None
         completion = Completion(model=url, text=text, prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
-                                latency_ms=round((time.perf_counter() - started) * 1000, 3))
+                                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                                provider_ms=reported_ms(response.headers))
         self.cache.put(key, completion)
         return completion
 

@@ -43,17 +43,19 @@ class OfflineProvider(CustomLLM):
                    api_key: str | None = None, **_: Any) -> ModelResponse:
         settings = simulation_settings(optional_params)
         _authenticate(api_key, model, settings)
-        if settings.latency_ms:
-            time.sleep(_latency_s(settings))
-        return _respond(model, messages, model_response, optional_params, settings)
+        took_s = _latency_s(settings, model, messages, optional_params)
+        if took_s:
+            time.sleep(took_s)
+        return _timed(_respond(model, messages, model_response, optional_params, settings), took_s)
 
     async def acompletion(self, model: str, messages: list, model_response: ModelResponse, optional_params: dict,
                           api_key: str | None = None, **_: Any) -> ModelResponse:
         settings = simulation_settings(optional_params)
         _authenticate(api_key, model, settings)
-        if settings.latency_ms:
-            await asyncio.sleep(_latency_s(settings))
-        return _respond(model, messages, model_response, optional_params, settings)
+        took_s = _latency_s(settings, model, messages, optional_params)
+        if took_s:
+            await asyncio.sleep(took_s)
+        return _timed(_respond(model, messages, model_response, optional_params, settings), took_s)
 
 
 def _authenticate(api_key: str | None, model: str, settings: SimulationSettings) -> None:
@@ -68,9 +70,22 @@ def _authenticate(api_key: str | None, model: str, settings: SimulationSettings)
                                           model=f"offline/{model}")
 
 
-def _latency_s(settings: SimulationSettings) -> float:
-    jitter = settings.latency_jitter * (2 * random.random() - 1)
+def _latency_s(settings: SimulationSettings, model: str, messages: list, params: dict) -> float:
+    """The simulated processing time of a request: `latency_ms` with its jitter drawn from the request
+    itself, so the same request always takes (and reports) the same time, whatever the host is doing."""
+    if not settings.latency_ms:
+        return 0.0
+    rng = random.Random(f"latency|{params.get('seed')}|{model}|{json.dumps(messages, sort_keys=True)}")
+    jitter = settings.latency_jitter * (2 * rng.random() - 1)
     return settings.latency_ms * (1 + jitter) / 1000
+
+
+def _timed(response: ModelResponse, took_s: float) -> ModelResponse:
+    """The response with the time the simulated model took, reported the way OpenAI does (a response
+    header litellm passes on): the gate reads this, never the host's clock."""
+    headers = response._hidden_params.setdefault("additional_headers", {})
+    headers["llm_provider-openai-processing-ms"] = f"{took_s * 1000:.3f}"
+    return response
 
 
 def _respond(
