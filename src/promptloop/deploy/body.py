@@ -57,7 +57,6 @@ class BodyInput:
     golden_md5: str | None
     new_cases: list[GoldenCase] = field(default_factory=list)
     rows: dict[tuple[str, str], CaseRow] = field(default_factory=dict)  # (prompt name, case id) -> row
-    labels: tuple[int, int] = (0, 0)  # human labels (👍, 👎) in the golden set
     min_per_class: int = 5
     redact: Callable[[str], str] = str
 
