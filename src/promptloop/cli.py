@@ -229,6 +229,43 @@ def golden_import(
 
 
 @app.command()
+def label(
+    app_name: str = AppOption,
+    workspace: Path = WorkspaceOption,
+    from_file: Path | None = typer.Option(
+        None, "--from-file", exists=True, dir_okay=False,
+        help="CSV labels (case_id, rating up/down, answer, comment) instead of the prompts.",
+    ),
+    sample: int = typer.Option(10, "--sample", min=1, help="Answers of the last evaluation to show, at most."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Record a person's 👍/👎 on answers of the last evaluation as golden-case labels (one DVC version, one
+    commit): the next evaluation calibrates the judges on them. Candidates' answers are shown first."""
+    from promptloop.domain.golden import HumanLabel
+    from promptloop.ops.label import answers_to_label, read_label_file, record_labels
+    from promptloop.workspace.workspace import open_workspace
+
+    def action() -> BaseModel:
+        ws = open_workspace(workspace)
+        if from_file is not None:
+            return record_labels(ws, app_name, read_label_file(from_file), from_file.name)
+        labels: dict[str, HumanLabel] = {}
+        for item in answers_to_label(ws, app_name, sample):
+            stderr.print(f"\n[bold]{escape(item.case_id)}[/] ({escape(item.prompt)}): {escape(item.question)}")
+            stderr.print(escape(item.answer), highlight=False, soft_wrap=True)
+            choice = typer.prompt("👍 (u), 👎 (d), skip (s) or stop (q)", default="s", err=True).strip().lower()
+            if choice == "q":
+                break
+            if choice in ("u", "d"):
+                comment = typer.prompt("comment (optional)", default="", show_default=False, err=True)
+                labels[item.case_id] = HumanLabel(answer=item.answer, rating="up" if choice == "u" else "down",
+                                                  comment=comment)
+        return record_labels(ws, app_name, labels, "promptloop label")
+
+    run_command(as_json, action, lambda r: render_mapping("labels recorded", r.model_dump()))
+
+
+@app.command()
 def demo(
     dir: Path = typer.Option(Path(".demo"), "--dir", help="Scratch folder (wiped if an earlier demo made it)."),
     interactions: int | None = typer.Option(

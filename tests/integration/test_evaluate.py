@@ -276,15 +276,19 @@ def test_model_candidates_report_cost_and_license_and_non_commercial_is_never_pr
 
 
 def calibration_golden(workspace: Workspace, agree: bool) -> Workspace:
-    """A golden set whose first 12 answerable cases carry a human label on a logged answer."""
+    """A golden set whose first 12 answerable cases, and only those, carry a human label on a logged
+    answer that cites its source (the candidate cites: the labels must cover citing answers)."""
     from promptloop.core.config import AppSettings
 
     source = workspace.path(workspace.app_settings("support-bot").golden_set)
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for row in rows:
+        row.pop("human_label", None)
     answerable = [r for r in rows if r["expected_behavior"] == "answer"][:12]
     for i, row in enumerate(answerable):
         good = i % 2 == 0
-        answer = row["reference"] if good else "Please contact our support team for help with this."
+        cited = f" [source: {row['expected_sources'][0]}]"
+        answer = (row["reference"] if good else "Please contact our support team for help with this.") + cited
         rating = ("up" if good else "down") if agree else ("down" if good else "up")
         row["human_label"] = {"answer": answer, "rating": rating}
     path = workspace.root / "datasets" / "support-bot" / f"golden-labelled-{agree}.jsonl"

@@ -46,7 +46,8 @@ def evaluation(reasons: list[str] | None = None) -> EvaluationResult:
         reasons=reasons or [],
         guards=[GuardResult(metric="toxicity", baseline=0, candidate=0, limit=0, ok=True)])
     calibration = CalibrationResult(labelled=17, judged=17, accuracy=0.94, kappa=0.3, applied=True,
-                                    decided_by="accuracy", problem=None)
+                                    decided_by="balanced_accuracy", problem=None, up=2, down=15,
+                                    balanced_accuracy=0.75)
     return EvaluationResult(
         app="bot", cases=20, cases_decided=19, cases_optimize=1, complete=True, stopped=None,
         baseline=BaselineResult(name="baseline", source="prompts/bot/prompt.yaml", version=1, prompt_hash="cd" * 32,
@@ -72,7 +73,7 @@ def body_input(**changes: object) -> BodyInput:
                               severity="high" if i == 3 else "low",
                               expectations={"guidelines": [f"says it does not know {i}"]})
                    for i in range(5)],
-        rows=rows, labels=(2, 15), min_per_class=5,
+        rows=rows, min_per_class=5,
         redact=lambda text: text.replace("jo@example.com", "<EMAIL>"))
     base.update(changes)
     return BodyInput(**base)  # type: ignore[arg-type]
@@ -132,8 +133,9 @@ def test_links_calibration_golden_growth_and_the_candidate_on_the_branch() -> No
     body = pull_request_body(body_input())
     assert "https://mlflow.example/#/experiments/1/runs/run123" in body
     assert "`prompts/bot/prompt.yaml` on this branch" in body and ".promptloop/candidates" not in body
-    assert ("accuracy 0.94 on 17 labelled case(s); kappa not used because only 2 of them are 👍 — fewer than "
-            "`evaluate.min_calibration_per_class` (5)") in body
+    assert ("balanced accuracy 0.75 (plain accuracy 0.94) on 17 labelled case(s), 2 👍 and 15 👎; the gate uses "
+            "balanced accuracy (the mean of the judge's recall on 👍 and on 👎), not kappa, because only 2 of them "
+            "are 👍 — fewer than `evaluate.min_calibration_per_class` (5)") in body
     # the high-severity one first, then the growth order: 3, 0, 1
     assert "New question 3?" in body and "New question 1?" in body and "New question 2?" not in body
     assert "expected: says it does not know 0" in body
@@ -230,3 +232,11 @@ def test_the_full_evaluation_report_on_the_branch_has_no_heading_jump_either() -
     levels = headings(markdown_report(evaluation()))
     assert levels[0][0] == 1 and (2, "Candidates") in levels and (3, "opt-1: promote") in levels
     assert all(b <= a + 1 for (a, _), (b, _) in zip(levels, levels[1:], strict=False))
+
+
+def test_an_uncalibrated_judge_allowed_by_the_app_is_said_plainly() -> None:
+    result = evaluation()
+    result.judge.calibration = result.judge.calibration.model_copy(
+        update={"applied": False, "uncalibrated": True, "up": 2, "down": 1, "judged": 3, "labelled": 3})
+    body = pull_request_body(body_input(evaluation=result))
+    assert "too few labels to measure the judge" in body and "`evaluate.allow_uncalibrated: true`" in body

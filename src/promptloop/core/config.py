@@ -507,12 +507,24 @@ class EvaluateSettings(Section):
     latency_probe: LatencyProbe = Field(default_factory=LatencyProbe)
     min_judge_kappa: float = Field(default=0.4, ge=-1, le=1, description="judge-human agreement needed to decide")
     min_judge_accuracy: float = Field(
-        default=0.75, ge=0, le=1, description="used when a class has too few labels for kappa"
+        default=0.75, ge=0, le=1,
+        description="balanced accuracy (mean recall of 👍 and 👎) needed when a class has too few labels for kappa",
     )
     min_calibration_per_class: int = Field(
         default=5, ge=1, description="labels of each class (up, down) needed to decide on kappa"
     )
     min_calibration_cases: int = Field(default=10, ge=1, description="human-labelled cases needed to measure it")
+    min_labels_per_class: int = Field(
+        default=3, ge=1, description="👍 and 👎 labels each needed to measure the judge at all; fewer holds"
+    )
+    allow_uncalibrated: bool = Field(
+        default=False, description="proceed when too few labels measure the judge (the report and PR say so)"
+    )
+    calibration_trait_shift: float = Field(
+        default=0.1, gt=0, le=1,
+        description="share of answers by which a candidate may change an answer trait (citing) before the judge "
+        "must be calibrated on labelled answers with that trait",
+    )
     budget_usd: float = Field(default=5.0, ge=0)
     budget_calls: int | None = Field(default=None, ge=1)
 

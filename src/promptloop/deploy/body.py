@@ -57,7 +57,6 @@ class BodyInput:
     golden_md5: str | None
     new_cases: list[GoldenCase] = field(default_factory=list)
     rows: dict[tuple[str, str], CaseRow] = field(default_factory=dict)  # (prompt name, case id) -> row
-    labels: tuple[int, int] = (0, 0)  # human labels (👍, 👎) in the golden set
     min_per_class: int = 5
     redact: Callable[[str], str] = str
 
@@ -193,22 +192,37 @@ def guards_section(candidate: CandidateResult) -> list[str]:
 
 
 def calibration_words(body: BodyInput) -> str:
-    """Judge-human agreement in plain words, with why the gate uses accuracy or kappa."""
+    """Judge-human agreement in plain words, with why the gate uses balanced accuracy or kappa, per judge."""
     cal = body.evaluation.judge.calibration
     if not cal.labelled:
-        return "No case in the golden set has a person's 👍/👎, so the judge's agreement with people is not measured."
+        text = "No case in the golden set has a person's 👍/👎, so the judge's agreement with people is not measured"
+        if cal.uncalibrated:
+            text += "; the app allows an uncalibrated judge (`evaluate.allow_uncalibrated: true`), so it decided anyway"
+        return text + "."
+    balanced = "n/a" if cal.balanced_accuracy is None else f"{cal.balanced_accuracy:.2f}"
     accuracy = "n/a" if cal.accuracy is None else f"{cal.accuracy:.2f}"
-    text = f"Judge agreement with people: accuracy {accuracy} on {cal.judged} labelled case(s)"
-    up, down = body.labels
-    if cal.decided_by == "kappa" and cal.kappa is not None:
-        text += (f", Cohen's kappa {cal.kappa:.2f}; the gate uses kappa because both 👍 ({up}) and 👎 ({down}) have "
+    text = (f"Judge agreement with people: balanced accuracy {balanced} (plain accuracy {accuracy}) on "
+            f"{cal.judged} labelled case(s), {cal.up} 👍 and {cal.down} 👎")
+    if cal.uncalibrated:
+        text += ("; **too few labels to measure the judge, and the app allows an uncalibrated judge "
+                 "(`evaluate.allow_uncalibrated: true`): this decision rests on a judge nobody checked**")
+    elif cal.decided_by == "kappa" and cal.kappa is not None:
+        text += (f", Cohen's kappa {cal.kappa:.2f}; the gate uses kappa because both 👍 and 👎 have "
                  f"at least `evaluate.min_calibration_per_class` ({body.min_per_class}) labels")
     else:
-        smaller, sign = (up, "👍") if up <= down else (down, "👎")
-        text += (f"; kappa not used because only {smaller} of them are {sign} — fewer than "
+        smaller, sign = (cal.up, "👍") if cal.up <= cal.down else (cal.down, "👎")
+        text += (f"; the gate uses balanced accuracy (the mean of the judge's recall on 👍 and on 👎), not kappa, "
+                 f"because only {smaller} of them are {sign} — fewer than "
                  f"`evaluate.min_calibration_per_class` ({body.min_per_class})")
-    if not cal.applied:
-        text += "; too few labels to gate on at all"
+    if len(cal.by_slice) > 1:
+        text += ". Per slice: " + "; ".join(
+            f"{escape_inline(name)} {part.up} 👍/{part.down} 👎, accuracy {part.accuracy or 0:.2f}"
+            for name, part in sorted(cal.by_slice.items()))
+    guards = [f"`{escape_inline(name)}` balanced accuracy "
+              f"{'n/a' if g.balanced_accuracy is None else format(g.balanced_accuracy, '.2f')}"
+              for name, g in sorted(body.evaluation.judge.guard_agreement.items())]
+    if guards:
+        text += ". Guard judges (reported, not gated): " + "; ".join(guards)
     return text + "."
 
 

@@ -65,8 +65,3 @@ def new_cases(golden: list[GoldenCase], added: int) -> list[GoldenCase]:
     mined = [case for case in golden if case.source.startswith("mined")]
     return mined[-added:] if added > 0 else []
 
-
-def label_counts(golden: list[GoldenCase]) -> tuple[int, int]:
-    """How many cases carry a person's 👍 and how many a 👎."""
-    ratings = [case.human_label.rating for case in golden if case.human_label is not None]
-    return ratings.count("up"), ratings.count("down")

@@ -8,7 +8,7 @@ from pathlib import Path
 from promptloop.core.config import parse_yaml_text
 from promptloop.core.errors import InputError
 from promptloop.deploy.body import BodyInput, pull_request_body
-from promptloop.deploy.evidence import evaluation_rows, label_counts, new_cases, review_links
+from promptloop.deploy.evidence import evaluation_rows, new_cases, review_links
 from promptloop.deploy.pull_request import next_version, open_pull_request
 from promptloop.domain.golden import load_golden
 from promptloop.domain.prompts import PromptVersion, load_prompt
@@ -44,7 +44,7 @@ def body_input(workspace: Workspace, outcome: ImproveOutcome, best: BestCandidat
         version=next_version(candidate, current).version, prompt_path=settings.prompt.as_posix(),
         diff=prompt_diff(current, candidate), links=links, golden_added=golden.added,
         golden_split=(golden.optimize, golden.holdout), golden_md5=golden.dvc_md5,
-        new_cases=new_cases(cases, golden.added), rows=rows, labels=label_counts(cases),
+        new_cases=new_cases(cases, golden.added), rows=rows,
         min_per_class=workspace.params.evaluate.min_calibration_per_class,
         redact=lambda text: redactor.redact_text(text)[0] or "")
 

@@ -103,6 +103,17 @@ class CandidateResult(PromptResult):
         default=None, description="the gain on the cases the optimizer saw: reported, never decided on")
 
 
+class SliceAgreement(Record):
+    """A judge's agreement with people on the labelled cases of one golden-set slice (reported)."""
+
+    judged: int
+    up: int
+    down: int
+    accuracy: float | None
+    balanced_accuracy: float | None
+    kappa: float | None
+
+
 class CalibrationResult(Record):
     """Judge-human agreement on the labelled cases, and whether the gate uses it."""
 
@@ -111,8 +122,14 @@ class CalibrationResult(Record):
     accuracy: float | None
     kappa: float | None
     applied: bool
-    decided_by: Literal["kappa", "accuracy"]
+    decided_by: Literal["kappa", "balanced_accuracy", "accuracy"]
     problem: str | None
+    up: int = 0
+    down: int = 0
+    balanced_accuracy: float | None = None
+    uncalibrated: bool = Field(
+        default=False, description="too few labels to measure the judge, and the app allows deciding anyway")
+    by_slice: dict[str, SliceAgreement] = Field(default_factory=dict)
 
 
 class JudgeResult(Record):

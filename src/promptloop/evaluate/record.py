@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,13 @@ import pandas as pd
 
 from promptloop.core.config import AppSettings
 from promptloop.core.files import write_atomic
-from promptloop.domain.evaluation import EvaluationResult, PromptResult, best_candidate
+from promptloop.domain.evaluation import (
+    CalibrationResult,
+    EvaluationResult,
+    PromptResult,
+    SliceAgreement,
+    best_candidate,
+)
 from promptloop.evaluate.plan import Contender, EvalPlan
 from promptloop.workspace import registry
 from promptloop.workspace.tracking import experiment_id, log_contents, started_run, tracking_client
@@ -43,6 +50,26 @@ def prompt_metrics(result: PromptResult) -> dict[str, float]:
     values = result.model_dump()
     return {k: float(values[k]) for k in PROMPT_METRICS
             if isinstance(values.get(k), (int, float)) and not isinstance(values.get(k), bool)}
+
+
+def calibration_metrics(result: EvaluationResult) -> dict[str, float]:
+    """Each judge's agreement with people, overall and per golden-set slice: `calibration.<judge>[.<slice>].<figure>`
+    (the rubric judge is `rubric`), plus the label counts. Undefined figures are left out."""
+    judges = {"rubric": result.judge.calibration, **{f"guard_{n}": g for n, g in result.judge.guard_agreement.items()}}
+    metrics: dict[str, float] = {}
+    for name, cal in judges.items():
+        parts: dict[str, CalibrationResult | SliceAgreement] = {"": cal}
+        parts.update({f".{_metric_safe(s)}": part for s, part in cal.by_slice.items()})
+        for suffix, part in parts.items():
+            for figure in ("accuracy", "balanced_accuracy", "kappa", "up", "down"):
+                value = getattr(part, figure)
+                if value is not None:
+                    metrics[f"calibration.{_metric_safe(name)}{suffix}.{figure}"] = float(value)
+    return metrics
+
+
+def _metric_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
 def common_params(plan: EvalPlan, result: EvaluationResult) -> dict[str, object]:
@@ -98,7 +125,8 @@ def log_evaluation(workspace: Workspace, plan: EvalPlan, result: EvaluationResul
                              "bootstrap_resamples": settings.bootstrap_resamples},
                      metrics={"llm_calls": usage.calls, "cache_hits": usage.cache_hits, "retries": usage.retries,
                               "cost_usd": usage.cost_usd, "judge_failures": result.judge_failures,
-                              "promoted": sum(c.decision == "promote" for c in result.candidates)},
+                              "promoted": sum(c.decision == "promote" for c in result.candidates),
+                              **calibration_metrics(result)},
                      tags={"promptloop.complete": str(result.complete).lower()},
                      artifacts={"decision.json": {"baseline": result.baseline.model_dump(mode="json"),
                                                   "candidates": [c.model_dump(mode="json") for c in result.candidates]},

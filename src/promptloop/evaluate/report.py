@@ -6,7 +6,13 @@ request that proposes a promotion.
 
 from __future__ import annotations
 
-from promptloop.domain.evaluation import CallCounts, CandidateResult, EvaluationResult
+from promptloop.domain.evaluation import (
+    CalibrationResult,
+    CallCounts,
+    CandidateResult,
+    EvaluationResult,
+    SliceAgreement,
+)
 
 
 def _num(value: float | None, spec: str = ".3f") -> str:
@@ -73,20 +79,45 @@ def judge_section(result: EvaluationResult) -> list[str]:
     if j.position_consistency is not None:
         lines.append(f"- pairwise position consistency: {j.position_consistency:.0%} of {j.pairwise_judged} pairs")
     if cal.labelled:
-        kappa = "undefined (one class)" if cal.kappa is None else f"{cal.kappa:.2f}"
-        use = f"the gate uses {cal.decided_by}" if cal.applied else "too few labels to gate on"
-        lines.append(f"- agreement with people on {cal.judged} labelled case(s): accuracy {_num(cal.accuracy, '.0%')}, "
-                     f"Cohen's kappa {kappa} ({use})")
+        lines.append(f"- rubric judge: {agreement_words(cal)} ({gate_words(cal)})")
+        lines += slice_lines(cal)
     else:
         lines.append("- no human-labelled cases: judge-human agreement not measured")
+    if cal.problem:
+        lines.append(f"- **{cal.problem}**")
+    if cal.uncalibrated:
+        lines.append("- **the judge is not calibrated (too few labels) and `evaluate.allow_uncalibrated` lets the "
+                     "gate decide anyway**")
     if j.primary != "rubric (built-in)":
         lines.append(f"- the primary score comes from the app's judge file `{j.primary}`")
     for name, agreement in sorted(j.guard_agreement.items()):
-        kappa = "undefined" if agreement.kappa is None else f"{agreement.kappa:.2f}"
-        measured = (f"accuracy {_num(agreement.accuracy, '.0%')}, Cohen's kappa {kappa} on {agreement.judged} labelled "
-                    "case(s)" if agreement.judged else "no labelled case judged")
-        lines.append(f"- guard judge `{name}`: agreement with people: {measured} (reported, not gated)")
+        measured = agreement_words(agreement) if agreement.judged else "no labelled case judged"
+        lines.append(f"- guard judge `{name}`: {measured} (reported, not gated)")
+        lines += slice_lines(agreement)
     return lines + [""]
+
+
+def agreement_words(cal: CalibrationResult | SliceAgreement) -> str:
+    """`agreement with people on 17 labelled case(s) (5 👍, 12 👎): accuracy 94%, balanced accuracy 0.90, ...`."""
+    kappa = "undefined" if cal.kappa is None else f"{cal.kappa:.2f}"
+    return (f"agreement with people on {cal.judged} labelled case(s) ({cal.up} 👍, {cal.down} 👎): accuracy "
+            f"{_num(cal.accuracy, '.0%')}, balanced accuracy {_num(cal.balanced_accuracy, '.2f')}, "
+            f"Cohen's kappa {kappa}")
+
+
+def gate_words(cal: CalibrationResult) -> str:
+    """What the gate made of the agreement."""
+    if cal.applied:
+        return f"the gate uses {cal.decided_by.replace('_', ' ')}"
+    return "too few labels to measure the judge" + ("; allowed by `evaluate.allow_uncalibrated`" if cal.uncalibrated
+                                                   else ": the gate holds")
+
+
+def slice_lines(cal: CalibrationResult) -> list[str]:
+    """One indented line per golden-set slice, when the labels span more than one."""
+    if len(cal.by_slice) < 2:
+        return []
+    return [f"  - slice `{name}`: {agreement_words(part)}" for name, part in sorted(cal.by_slice.items())]
 
 
 def retries(usage: CallCounts) -> str:

@@ -23,7 +23,15 @@ from promptloop.core.runtime import prepare_environment
 from promptloop.domain.golden import GoldenCase
 from promptloop.evaluate.latency import NoCache, ProbeResult, needs_probe, run_probe
 from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan, build_scorers
-from promptloop.evaluate.scorers import Answer, GuardJudge, JudgeFailed, RubricJudge, Scorer, ScoreValue
+from promptloop.evaluate.scorers import (
+    Answer,
+    GuardJudge,
+    JudgeFailed,
+    ProxyMetrics,
+    RubricJudge,
+    Scorer,
+    ScoreValue,
+)
 from promptloop.evaluate.targets import Request, Target, build_target
 from promptloop.llm.client import litellm_module_configured
 from promptloop.llm.runner import BudgetExceeded, CallFailed, ResponseCache, Runner, Usage
@@ -42,6 +50,8 @@ class Calibrated:
     judge_pass: bool | None
     judge_failure: str | None = None
     guards: dict[str, bool | None] = field(default_factory=dict)  # each guard judge file's verdict
+    slice: str = ""
+    traits: dict[str, bool] = field(default_factory=dict)  # the labelled answer's kind (ProxyMetrics.traits)
 
 
 @dataclass
@@ -84,11 +94,13 @@ async def scored_row(scorers: list[Scorer], contender: Contender, case: GoldenCa
     return row
 
 
-async def calibrated(judge: RubricJudge, guards: list[GuardJudge], case: GoldenCase, context: str) -> Calibrated:
+async def calibrated(judge: RubricJudge, guards: list[GuardJudge], case: GoldenCase, context: str,
+                     proxy: ProxyMetrics | None = None) -> Calibrated:
     """The judges' verdicts on the answer a person labelled (rubric pass: a mean score of 4 or more)."""
     label = case.human_label
     assert label is not None
     human_pass = label.rating == "up"
+    traits = proxy.traits(label.answer) if proxy else {}
     verdicts: dict[str, bool | None] = {}
     for guard in guards:  # each judge is calibrated on its own: one that fails here says nothing of the others
         try:
@@ -98,8 +110,8 @@ async def calibrated(judge: RubricJudge, guards: list[GuardJudge], case: GoldenC
     try:
         mean = float(np.mean(await judge.verdicts(case, label.answer, context)))
     except JudgeFailed as exc:
-        return Calibrated(case.id, human_pass, None, str(exc), verdicts)
-    return Calibrated(case.id, human_pass, mean >= 4, guards=verdicts)
+        return Calibrated(case.id, human_pass, None, str(exc), verdicts, case.slice, traits)
+    return Calibrated(case.id, human_pass, mean >= 4, None, verdicts, case.slice, traits)
 
 
 def calibration_judges(runner: Runner, scorers: dict[str, list[Scorer]]) -> tuple[RubricJudge, list[GuardJudge]]:
@@ -110,6 +122,11 @@ def calibration_judges(runner: Runner, scorers: dict[str, list[Scorer]]) -> tupl
     return dataclasses.replace(judge, purpose="judge:calibration"), guards
 
 
+def proxy_of(scorers: dict[str, list[Scorer]]) -> ProxyMetrics | None:
+    """The baseline's cheap checks, which tell a labelled answer's kind (it cites or not)."""
+    return next((s for s in scorers[BASELINE] if isinstance(s, ProxyMetrics)), None)
+
+
 async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list[Scorer]], target: Target,
                          on_progress: Progress | None = None) -> EvalRun:
     """Every (prompt, case) answered and scored concurrently; a provider failure past its retries or
@@ -117,6 +134,7 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
     run = EvalRun()
     answers: dict[tuple[str, str], asyncio.Task[Answer]] = {}
     judge, guards = calibration_judges(runner, scorers)
+    proxy = proxy_of(scorers)
     advance = on_progress or (lambda n: None)
 
     async def score(contender: Contender, case: GoldenCase) -> None:
@@ -126,7 +144,8 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
         advance(1)
 
     async def calibrate(case: GoldenCase) -> None:
-        run.calibration.append(await calibrated(judge, guards, case, (await answers[BASELINE, case.id]).context))
+        run.calibration.append(await calibrated(judge, guards, case, (await answers[BASELINE, case.id]).context,
+                                                proxy))
         advance(1)
 
     # Every model's API key before the first call: a missing one stops here, before anything is spent.

@@ -251,6 +251,10 @@ class ProxyMetrics:
     def _citation(self) -> re.Pattern[str] | None:
         return re.compile(self.citation_pattern) if self.citation_pattern else None
 
+    def traits(self, text: str) -> dict[str, bool]:
+        """What kind of answer this is, where the judge may be biased (see ANSWER_TRAITS): it cites or not."""
+        return {"cites": bool(self._citation.findall(text))} if self._citation is not None else {}
+
     async def score(self, case: GoldenCase, answer: Answer, baseline: Answer | None) -> Scores:
         text = answer.text
         lowered = text.lower()
@@ -273,7 +277,8 @@ class ProxyMetrics:
         if self._citation is not None:
             cited = set(self._citation.findall(text))
             valid = cited <= self.kb_ids
-            scores["cites"], scores["citation_valid"] = bool(cited), valid
+            scores["citation_valid"] = valid
+            scores.update(self.traits(text))
         if self.json_schema is not None:
             parsed = json_valid(text, self.json_schema)
             scores["json_valid"] = parsed

@@ -269,11 +269,19 @@ def minimum_detectable_effect(
 
 @dataclass(frozen=True)
 class Agreement:
-    """How often a judge agrees with people: accuracy, and Cohen's kappa (None if undefined)."""
+    """How often a judge agrees with people, judged against chance.
+
+    `accuracy` alone flatters a judge when one class dominates (19 👎 and 3 👍: a judge that fails
+    everything scores 0.86), so `balanced_accuracy` averages the recall of each human class (a constant
+    judge scores 0.5) and `kappa` is Cohen's kappa (None if undefined).
+    """
 
     n: int
     accuracy: float
     kappa: float | None
+    up: int = 0  # human 👍 labels
+    down: int = 0  # human 👎 labels
+    balanced_accuracy: float | None = None  # None without labels of both classes
 
 
 def agreement(human: ArrayLike, judge: ArrayLike) -> Agreement:
@@ -288,6 +296,8 @@ def agreement(human: ArrayLike, judge: ArrayLike) -> Agreement:
     if h.shape != j.shape:
         raise ValueError(f"human and judge must be paired (same length): got {h.size} and {j.size}")
     accuracy = float(np.mean(h == j))
+    up, down = int(h.sum()), int((~h).sum())
+    balanced = float((np.mean(j[h]) + np.mean(~j[~h])) / 2) if up and down else None
     if np.unique(np.concatenate([h, j])).size < 2:
-        return Agreement(int(h.size), accuracy, None)
-    return Agreement(int(h.size), accuracy, float(cohen_kappa_score(h, j)))
+        return Agreement(int(h.size), accuracy, None, up, down, balanced)
+    return Agreement(int(h.size), accuracy, float(cohen_kappa_score(h, j)), up, down, balanced)

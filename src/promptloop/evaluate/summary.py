@@ -5,9 +5,10 @@ Decisions rest on the held-out cases only; the cases an optimizer saw are report
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypedDict
 
 import numpy as np
@@ -23,6 +24,7 @@ from promptloop.domain.evaluation import (
     Flips,
     GuardResult,
     JudgeResult,
+    SliceAgreement,
     SplitComparison,
     UsageResult,
 )
@@ -138,6 +140,11 @@ def guard_pass_rates(frame: pd.DataFrame) -> dict[str, float]:
     return rates
 
 
+# Kinds of answer a judge may favour or punish regardless of quality (ProxyMetrics.traits): a candidate
+# that changes how often its answers have one is judged on a kind the labels must cover.
+ANSWER_TRAITS = {"cites": "cite sources"}
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Judge-human agreement on the labelled cases, and whether it is enough to decide."""
@@ -149,61 +156,127 @@ class Calibration:
     applied: bool
     problem: str | None
     decided_by: str = "kappa"
+    up: int = 0
+    down: int = 0
+    balanced_accuracy: float | None = None
+    uncalibrated: bool = False
+    by_slice: dict[str, SliceAgreement] = field(default_factory=dict)
+    records: tuple[Calibrated, ...] = ()
 
     def result(self) -> CalibrationResult:
         return CalibrationResult(
-            labelled=self.labelled,
-            judged=self.judged,
-            accuracy=self.accuracy,
-            kappa=self.kappa,
-            applied=self.applied,
-            decided_by="accuracy" if self.decided_by == "accuracy" else "kappa",
-            problem=self.problem,
+            labelled=self.labelled, judged=self.judged, accuracy=self.accuracy, kappa=self.kappa,
+            applied=self.applied, decided_by="kappa" if self.decided_by == "kappa" else "balanced_accuracy",
+            problem=self.problem, up=self.up, down=self.down, balanced_accuracy=self.balanced_accuracy,
+            uncalibrated=self.uncalibrated, by_slice=self.by_slice,
         )
 
 
-def calibration(records: list[Calibrated], settings: EvaluateSettings) -> Calibration:
-    """Agreement on the human-labelled cases; used by the gate once there are enough of them.
-
-    Kappa decides when both human classes have `min_calibration_per_class` labels; with fewer of
-    one class (labels mined from failures are mostly 👎) kappa swings wildly, so accuracy decides.
-    """
-    judged = [r for r in records if r.judge_pass is not None]
-    if not judged:
-        return Calibration(len(records), 0, None, None, False, None)
-    human = [r.human_pass for r in judged]
-    found = stats.agreement(human, [bool(r.judge_pass) for r in judged])
-    applied = len(judged) >= settings.min_calibration_cases
-    smaller_class = min(sum(human), len(human) - sum(human))
-    use_kappa = found.kappa is not None and smaller_class >= settings.min_calibration_per_class
-    problem = calibration_problem(found, use_kappa, smaller_class, settings) if applied else None
-    return Calibration(len(records), len(judged), found.accuracy, found.kappa, applied, problem,
-                       "kappa" if use_kappa else "accuracy")
+def too_few_labels(up: int, down: int, settings: EvaluateSettings) -> str | None:
+    """Why the labels cannot measure the judge: fewer than `min_labels_per_class` of a class, or too few in all."""
+    need = settings.min_labels_per_class
+    if min(up, down) >= need and up + down >= settings.min_calibration_cases:
+        return None
+    return (f"judge not calibrated: too few labels ({up} 👍, {down} 👎; need {need} of each and "
+            f"{settings.min_calibration_cases} in all)")
 
 
-def guard_agreement(records: list[Calibrated], guards: list[str]) -> dict[str, CalibrationResult]:
-    """Each guard judge's agreement with people on the labelled answers: reported, never gated on
-    (a guard compares a candidate with the baseline; its calibration tells how far to trust that)."""
-    found = {}
-    for name in guards:
-        judged = [(r.human_pass, r.guards[name]) for r in records if r.guards.get(name) is not None]
-        agreement = stats.agreement([h for h, _ in judged], [bool(j) for _, j in judged]) if judged else None
-        found[name] = CalibrationResult(labelled=len(records), judged=len(judged),
-                                        accuracy=agreement.accuracy if agreement else None,
-                                        kappa=agreement.kappa if agreement else None, applied=False,
-                                        decided_by="accuracy", problem=None)
+def slice_agreement(pairs: list[tuple[Calibrated, bool]]) -> dict[str, SliceAgreement]:
+    """Agreement per golden-set slice of (labelled case, the judge's verdict on it): reported, never gated."""
+    found: dict[str, SliceAgreement] = {}
+    for name in sorted({r.slice for r, _ in pairs}):
+        part = [(r.human_pass, verdict) for r, verdict in pairs if r.slice == name]
+        a = stats.agreement([h for h, _ in part], [v for _, v in part])
+        found[name] = SliceAgreement(judged=a.n, up=a.up, down=a.down, accuracy=a.accuracy,
+                                     balanced_accuracy=a.balanced_accuracy, kappa=a.kappa)
     return found
 
 
-def calibration_problem(found: stats.Agreement, use_kappa: bool, smaller_class: int,
-                        settings: EvaluateSettings) -> str | None:
-    """Why the judge may not decide: kappa (or, with too few labels of one class, accuracy) under its floor."""
+def calibration(records: list[Calibrated], settings: EvaluateSettings) -> Calibration:
+    """Agreement on the human-labelled cases, judged against chance; the gate holds on a judge it cannot trust.
+
+    Too few labels of a class (`min_labels_per_class`) measure nothing: hold, unless the app allows
+    an uncalibrated judge. Kappa decides when both classes have `min_calibration_per_class` labels;
+    with fewer of one class kappa swings wildly, so balanced accuracy (the mean of the judge's recall
+    on 👍 and on 👎) decides: a judge that fails (or passes) everything scores 0.5 however skewed the labels.
+    """
+    judged = [r for r in records if r.judge_pass is not None]
+    up = sum(r.human_pass for r in judged)
+    found = stats.agreement([r.human_pass for r in judged], [bool(r.judge_pass) for r in judged]) if judged else None
+    measured = Calibration(len(records), len(judged), found.accuracy if found else None,
+                           found.kappa if found else None, False, None, "balanced_accuracy", up, len(judged) - up,
+                           found.balanced_accuracy if found else None, False,
+                           slice_agreement([(r, bool(r.judge_pass)) for r in judged]), tuple(records))
+    scarce = too_few_labels(up, len(judged) - up, settings)
+    if scarce or found is None:
+        if settings.allow_uncalibrated:
+            return dataclasses.replace(measured, uncalibrated=True)
+        return dataclasses.replace(measured, problem=scarce)
+    use_kappa = found.kappa is not None and min(up, len(judged) - up) >= settings.min_calibration_per_class
+    return dataclasses.replace(measured, applied=True, problem=calibration_problem(found, use_kappa, settings),
+                               decided_by="kappa" if use_kappa else "balanced_accuracy")
+
+
+def guard_agreement(records: list[Calibrated], guards: list[str]) -> dict[str, CalibrationResult]:
+    """Each guard judge's agreement with people on the labelled answers, per slice too: reported, never gated
+    on (a guard compares a candidate with the baseline; its calibration tells how far to trust that)."""
+    found = {}
+    for name in guards:
+        judged = [(r, bool(r.guards[name])) for r in records if r.guards.get(name) is not None]
+        agreement = stats.agreement([r.human_pass for r, _ in judged], [j for _, j in judged]) if judged else None
+        found[name] = CalibrationResult(labelled=len(records), judged=len(judged),
+                                        accuracy=agreement.accuracy if agreement else None,
+                                        kappa=agreement.kappa if agreement else None, applied=False,
+                                        decided_by="balanced_accuracy", problem=None,
+                                        up=agreement.up if agreement else 0, down=agreement.down if agreement else 0,
+                                        balanced_accuracy=agreement.balanced_accuracy if agreement else None,
+                                        by_slice=slice_agreement(judged))
+    return found
+
+
+def calibration_problem(found: stats.Agreement, use_kappa: bool, settings: EvaluateSettings) -> str | None:
+    """Why the judge may not decide: kappa (or, with too few labels of one class for kappa, balanced
+    accuracy) under its floor."""
     if use_kappa and found.kappa is not None and found.kappa < settings.min_judge_kappa:
         return (f"judge not calibrated: kappa {found.kappa:.2f} < {settings.min_judge_kappa:.2f} on {found.n} "
-                "labelled cases")
-    if not use_kappa and found.accuracy < settings.min_judge_accuracy:
-        return (f"judge not calibrated: accuracy {found.accuracy:.2f} < {settings.min_judge_accuracy:.2f} on "
-                f"{found.n} labelled cases ({smaller_class} in the smaller class: too few for kappa)")
+                f"labelled cases ({found.up} 👍, {found.down} 👎)")
+    balanced = found.balanced_accuracy
+    if not use_kappa and (balanced is None or balanced < settings.min_judge_accuracy):
+        shown = "n/a" if balanced is None else f"{balanced:.2f}"
+        return (f"judge not calibrated: balanced accuracy {shown} < {settings.min_judge_accuracy:.2f} on "
+                f"{found.n} labelled cases ({found.up} 👍, {found.down} 👎: too few of one class for kappa)")
+    return None
+
+
+def trait_rate(frame: pd.DataFrame, trait: str) -> float | None:
+    """Share of a prompt's answers with the trait (None where the app's checks do not tell it)."""
+    return _rate(frame, trait)
+
+
+def trait_problem(base_frame: pd.DataFrame, cand_frame: pd.DataFrame, judge: Calibration,
+                  settings: EvaluateSettings) -> str | None:
+    """Why the judge is not calibrated on the kind of answer this candidate changes: a judge that rewards
+    citing whatever is cited promotes a citing candidate, and labels on answers that never cite cannot
+    see it. A trait whose share moves by `calibration_trait_shift` or more needs `min_labels_per_class`
+    labels of each class on answers with that trait, and the judge's balanced accuracy on them."""
+    for trait, words in ANSWER_TRAITS.items():
+        before, after = trait_rate(base_frame, trait), trait_rate(cand_frame, trait)
+        if before is None or after is None or abs(after - before) < settings.calibration_trait_shift:
+            continue
+        labelled = [r for r in judge.records if r.judge_pass is not None and r.traits.get(trait)]
+        up = sum(r.human_pass for r in labelled)
+        down = len(labelled) - up
+        shift = f"{after:.0%} of its answers {words} (baseline {before:.0%})"
+        if min(up, down) < settings.min_labels_per_class:
+            if settings.allow_uncalibrated:
+                continue
+            return (f"judge not calibrated on answers that {words}: {shift}, but labelled answers that {words} "
+                    f"are {up} 👍, {down} 👎 (need {settings.min_labels_per_class} of each)")
+        found = stats.agreement([r.human_pass for r in labelled], [bool(r.judge_pass) for r in labelled])
+        if found.balanced_accuracy is not None and found.balanced_accuracy < settings.min_judge_accuracy:
+            return (f"judge not calibrated on answers that {words}: {shift}; on the {found.n} labelled answers "
+                    f"that {words} its balanced accuracy is {found.balanced_accuracy:.2f} < "
+                    f"{settings.min_judge_accuracy:.2f}")
     return None
 
 
@@ -367,6 +440,7 @@ class BaselineEvidence:
     stopped: str | None
     n_cases: int
     latency: Latency
+    frame: pd.DataFrame
 
 
 def evidence_for(base: BaselineEvidence, contender: Contender, frame: pd.DataFrame, comparison: Comparison | None,
@@ -393,7 +467,7 @@ def evidence_for(base: BaselineEvidence, contender: Contender, frame: pd.DataFra
         p_adjusted=p_adjusted,
         regressions=comparison.regressions if comparison else [],
         guards=guards,
-        judge_problem=base.judge.problem,
+        judge_problem=base.judge.problem or trait_problem(base.frame, frame, base.judge, plan.settings),
         license_problem=license_problem(
             plan.baseline.model, contender.model, license_class, plan.app_settings.commercial
         ),
@@ -474,6 +548,7 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
         run.stopped,
         len(decided),
         latency,
+        base_frame,
     )
     comparisons, adjusted = comparisons_of(plan, by_prompt)
     candidates = [blocked_result(c, plan.blocked[c.name], license_of(c.model)) if c.name in plan.blocked

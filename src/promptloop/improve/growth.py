@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,3 +221,23 @@ def append_cases(path: Path, cases: list[GoldenCase]) -> None:
         text += "\n"
     added = "".join(json.dumps(case.model_dump(exclude_defaults=True), ensure_ascii=False) + "\n" for case in cases)
     write_atomic(path, text + added)
+
+
+def label_cases(path: Path, labels: Mapping[str, HumanLabel]) -> None:
+    """Set a person's label on golden cases by id, in one rename. Only the labelled cases' lines are
+    rewritten (as they were written, with `human_label` set); every other line is kept byte for byte."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    found: set[str] = set()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        label = labels.get(str(row.get("id")))
+        if label is not None:
+            row["human_label"] = label.model_dump(exclude_defaults=True)
+            lines[i] = json.dumps(row, ensure_ascii=False) + "\n"
+            found.add(str(row["id"]))
+    missing = sorted(set(labels) - found)
+    if missing:
+        raise KeyError(f"no golden case with id {', '.join(missing)}")
+    write_atomic(path, "".join(lines))
