@@ -498,6 +498,8 @@ class EvaluateSettings(Section):
     min_calibration_cases: int = Field(default=10, ge=1, description="human-labelled cases needed to measure it")
     budget_usd: float = Field(default=5.0, ge=0)
     budget_calls: int | None = Field(default=None, ge=1)
+    log_traces: bool = Field(
+        default=True, description="each (prompt, case) as an MLflow trace with its judges' Feedback and Expectations")
 
 
 class ImproveSettings(Section):

@@ -14,6 +14,7 @@ from promptloop.core.config import AppSettings
 from promptloop.core.files import write_atomic
 from promptloop.domain.evaluation import EvaluationResult, PromptResult, best_candidate
 from promptloop.evaluate.plan import Contender, EvalPlan
+from promptloop.evaluate.traces import judge_columns, log_case_traces, log_golden_input
 from promptloop.workspace import registry
 from promptloop.workspace.tracking import experiment_id, log_contents, started_run, tracking_client
 from promptloop.workspace.versioning import dvc_md5
@@ -77,6 +78,24 @@ def log_prompt_run(client: Any, context: tuple[str, str, dict[str, str]], plan: 
                      metrics=prompt_metrics(line), tags={"promptloop.decision": getattr(line, "decision", "baseline")},
                      artifacts={"summary.json": line.model_dump(mode="json")},
                      tables={"eval_cases.json": case_table(frame, contender.name)})
+        log_golden(client, child_id, plan, result)
+        if plan.settings.log_traces:
+            log_prompt_traces(client, experiment, child_id, plan, frame, contender.name)
+
+
+def log_prompt_traces(client: Any, experiment: str, run_id: str, plan: EvalPlan, frame: pd.DataFrame,
+                      contender: str) -> list[str]:
+    """The prompt's answers as traces of its run, each with its judges' Feedback and its case's Expectations."""
+    rows = frame[frame["prompt"] == contender].to_dict("records") if len(frame) else []
+    judges = judge_columns({judge.name: judge.column for judge in plan.guard_judges})
+    return log_case_traces(client, experiment, run_id, rows, {case.id: case for case in plan.cases}, judges,
+                           plan.settings.judge_model)
+
+
+def log_golden(client: Any, run_id: str, plan: EvalPlan, result: EvaluationResult) -> None:
+    """The golden set version the run evaluated on, as its evaluation dataset input."""
+    log_golden_input(client, run_id, f"{plan.app}-golden", result.golden_md5, str(plan.app_settings.golden_set),
+                     result.cases)
 
 
 def log_evaluation(workspace: Workspace, plan: EvalPlan, result: EvaluationResult, frame: pd.DataFrame,
@@ -91,6 +110,7 @@ def log_evaluation(workspace: Workspace, plan: EvalPlan, result: EvaluationResul
         for contender in plan.contenders:
             log_prompt_run(client, (experiment, parent_id, tags), plan, contender, result, frame)
         usage, settings = result.usage, plan.settings
+        log_golden(client, parent_id, plan, result)
         log_contents(client, parent_id,
                      params={**common_params(plan, result), "cases": result.cases, "candidates": len(plan.candidates),
                              "min_effect": settings.min_effect, "confidence": settings.confidence,

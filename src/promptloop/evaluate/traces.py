@@ -1,0 +1,203 @@
+"""An evaluation as MLflow GenAI evaluation data: one trace per (prompt, case), judges' verdicts as
+Feedback, the case's expectations as Expectations, the golden set as the run's dataset input.
+
+Traces are built after the calls from the recorded rows (the answer, the retrieved context, tokens,
+latency) and written straight to the tracking store in batches: one `start_trace` per trace carrying
+its assessments, one `log_spans` per batch, one `link_traces_to_run` per 100 traces. MLflow's own
+tracer (its global provider, async exporter and tracking URI) is never involved, so nothing leaks into
+the process-global MLflow state. Every text goes through the same secret redaction as the tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from promptloop.core.secrets import redact_secrets
+from promptloop.domain.golden import GoldenCase
+
+# The trace metadata `mlflow.genai.evaluate` writes so that the Evaluation runs page lists a trace under its run.
+SOURCE_RUN = "mlflow.sourceRun"
+LINKS_PER_CALL = 100  # MLflow's cap on link_traces_to_run
+SPANS_PER_BATCH = 300  # spans written in one store session (100 traces of 3 spans)
+GOLDEN_CONTEXT = "evaluation"  # mlflow.data.context of the golden set input, as mlflow.genai.evaluate tags it
+
+
+@dataclass(frozen=True)
+class JudgeColumns:
+    """Which columns of a row hold an LLM judge's verdict, and its reason."""
+
+    name: str
+    value: str
+    rationale: str | None = None
+
+
+BUILT_IN_JUDGES = (JudgeColumns("rubric", "rubric_score", "rubric_reason"),
+                   JudgeColumns("rubric_passed", "rubric_passed", "rubric_reason"),
+                   JudgeColumns("pairwise", "pairwise_score"))
+
+
+def judge_columns(guard_columns: Mapping[str, str]) -> list[JudgeColumns]:
+    """The built-in judges plus each guard judge file (name -> its `guard_<name>_passed` column)."""
+    return [*BUILT_IN_JUDGES, *(JudgeColumns(name, column) for name, column in guard_columns.items())]
+
+
+def trace_number(run_id: str, prompt: str, case_id: str) -> int:
+    """A stable 128-bit OpenTelemetry trace id: logging the same run twice rewrites the same traces."""
+    return int.from_bytes(hashlib.blake2b(f"{run_id}\0{prompt}\0{case_id}".encode(), digest_size=16).digest(), "big")
+
+
+def _text(value: Any) -> Any:
+    """Strings redacted of known secrets; nested values redacted through their JSON form."""
+    if isinstance(value, str):
+        return redact_secrets(value)
+    if isinstance(value, (dict, list)):
+        return json.loads(redact_secrets(json.dumps(value, ensure_ascii=False, default=str)))
+    return value
+
+
+def _present(value: Any) -> bool:
+    """False for a missing cell (None, NaN): that judge did not run on the row."""
+    return value is not None and not (isinstance(value, float) and value != value)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python ones (assessment values must be JSON-serialisable)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def feedbacks(row: Mapping[str, Any], judges: Sequence[JudgeColumns], judge_model: str) -> list[Any]:
+    """Every judge verdict on the row as a Feedback from the judge model (LLM_JUDGE)."""
+    from mlflow.entities import AssessmentSource, AssessmentSourceType, Feedback
+
+    source = AssessmentSource(source_type=AssessmentSourceType.LLM_JUDGE, source_id=judge_model)
+    found = []
+    for judge in judges:
+        value = row.get(judge.value)
+        if not _present(value):
+            continue
+        reason = row.get(judge.rationale) if judge.rationale else None
+        found.append(Feedback(name=judge.name, value=_plain(value), source=source,
+                              rationale=_text(reason) if isinstance(reason, str) and reason else None))
+    if isinstance(row.get("judge_failure"), str) and row["judge_failure"]:
+        found.append(Feedback(name="judge_failure", source=source, error=_text(row["judge_failure"])))
+    return found
+
+
+def expectations(case: GoldenCase) -> list[Any]:
+    """The golden case's expectations (MLflow's names and the app's own keys), from a human (HUMAN source)."""
+    from mlflow.entities import AssessmentSource, AssessmentSourceType, Expectation
+
+    source = AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id="golden-set")
+    values = {"expected_behavior": case.expectations.expected_behavior,
+              **case.expectations.model_dump(exclude_defaults=True)}
+    return [Expectation(name=name, value=_text(value), source=source) for name, value in values.items()
+            if value not in ("", [], {}, None)]
+
+
+def _span(number: int, span_id: int, parent: int | None, name: str, kind: str, window: tuple[int, int],
+          attributes: dict[str, Any]) -> Any:
+    """An ended MLflow span with explicit start and end times (attributes JSON-encoded, as MLflow stores them)."""
+    from mlflow.entities import Span
+    from mlflow.tracing.constant import SpanAttributeKey
+    from mlflow.tracing.utils import build_otel_context, generate_mlflow_trace_id_from_otel_trace_id
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import Status, StatusCode
+
+    encoded = {SpanAttributeKey.REQUEST_ID: json.dumps(generate_mlflow_trace_id_from_otel_trace_id(number)),
+               SpanAttributeKey.SPAN_TYPE: json.dumps(kind),
+               **{k: json.dumps(v, ensure_ascii=False, default=str) for k, v in attributes.items()}}
+    return Span(ReadableSpan(name=name, context=build_otel_context(number, span_id),
+                             parent=build_otel_context(number, parent) if parent else None,
+                             start_time=window[0], end_time=window[1], attributes=encoded,
+                             status=Status(StatusCode.OK), resource=Resource.get_empty()))
+
+
+def case_spans(number: int, row: Mapping[str, Any], start_ns: int) -> list[Any]:
+    """The root span (the app answering the case), its RETRIEVER span and its LLM span."""
+    from mlflow.tracing.constant import SpanAttributeKey
+
+    latency_ns = int(float(row.get("latency_ms") or 0.0) * 1_000_000)
+    window = (start_ns, start_ns + latency_ns)
+    inputs = {"question": _text(row.get("input", ""))}
+    answer = _text(row.get("answer", ""))
+    usage = {"input_tokens": int(row.get("prompt_tokens") or 0), "output_tokens": int(row.get("completion_tokens") or 0)}
+    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    retrieved = _text(row.get("retrieved") or "")
+    documents = [{"page_content": "", "metadata": {"doc_uri": doc}} for doc in retrieved.split()]
+    return [
+        _span(number, 1, None, str(row.get("prompt", "app")), "CHAIN", window,
+              {SpanAttributeKey.INPUTS: inputs, SpanAttributeKey.OUTPUTS: answer,
+               "promptloop.case_id": row.get("case_id"), "promptloop.cost_usd": _plain(row.get("cost_usd"))}),
+        _span(number, 2, 1, "retrieve", "RETRIEVER", (start_ns, start_ns),
+              {SpanAttributeKey.INPUTS: inputs, SpanAttributeKey.OUTPUTS: documents}),
+        _span(number, 3, 1, "answer", "LLM", window,
+              {SpanAttributeKey.INPUTS: inputs, SpanAttributeKey.OUTPUTS: answer,
+               SpanAttributeKey.CHAT_USAGE: usage}),
+    ]
+
+
+def case_trace_info(experiment: str, run_id: str, number: int, row: Mapping[str, Any], case: GoldenCase | None,
+                    judges: Sequence[JudgeColumns], judge_model: str, start_ms: int) -> Any:
+    """The trace's header: run link, previews, tags, and its assessments (stored with it in one write)."""
+    from mlflow.entities import TraceInfo, TraceLocation, TraceState
+    from mlflow.tracing.constant import TraceMetadataKey
+    from mlflow.tracing.utils import generate_mlflow_trace_id_from_otel_trace_id
+
+    trace_id = generate_mlflow_trace_id_from_otel_trace_id(number)
+    assessments = [*feedbacks(row, judges, judge_model), *(expectations(case) if case else [])]
+    for assessment in assessments:
+        assessment.trace_id = trace_id
+        assessment.metadata = {**(assessment.metadata or {}), "mlflow.assessment.sourceRunId": run_id}
+    return TraceInfo(trace_id=trace_id, trace_location=TraceLocation.from_experiment_id(experiment),
+                     request_time=start_ms, state=TraceState.OK,
+                     execution_duration=int(float(row.get("latency_ms") or 0.0)),
+                     request_preview=json.dumps({"question": _text(row.get("input", ""))}, ensure_ascii=False)[:1000],
+                     response_preview=json.dumps(_text(row.get("answer", "")), ensure_ascii=False)[:1000],
+                     trace_metadata={SOURCE_RUN: run_id, TraceMetadataKey.TRACE_INFO_FINALIZED: "true"},
+                     tags={"mlflow.traceName": str(row.get("prompt", "app")), "promptloop.case_id": str(row["case_id"]),
+                           "promptloop.prompt": str(row.get("prompt", ""))},
+                     assessments=assessments)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def log_case_traces(client: Any, experiment: str, run_id: str, rows: Sequence[Mapping[str, Any]],
+                    cases: Mapping[str, GoldenCase], judges: Sequence[JudgeColumns], judge_model: str) -> list[str]:
+    """One trace per row, linked to `run_id` (metadata and entity link, as mlflow.genai.evaluate does);
+    returns the trace ids."""
+    store = client._tracking_client.store  # the public fluent API would write through the global tracer
+    start_ms = int(time.time() * 1000)
+    trace_ids: list[str] = []
+    spans: list[Any] = []
+    for row in rows:
+        number = trace_number(run_id, str(row.get("prompt")), str(row["case_id"]))
+        info = case_trace_info(experiment, run_id, number, row, cases.get(str(row["case_id"])), judges, judge_model,
+                               start_ms)
+        store.start_trace(info)
+        trace_ids.append(info.trace_id)
+        spans.extend(case_spans(number, row, start_ms * 1_000_000))
+    for batch in _chunks(spans, SPANS_PER_BATCH):
+        store.log_spans(experiment, list(batch))
+    for links in _chunks(trace_ids, LINKS_PER_CALL):
+        client.link_traces_to_run(list(links), run_id)
+    return trace_ids
+
+
+def log_golden_input(client: Any, run_id: str, name: str, md5: str | None, source: str, cases: int) -> None:
+    """The golden set as the run's evaluation dataset input, its digest the DVC md5 (what `dvc status` checks)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    digest = md5 or "untracked"
+    dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": source}),
+                      profile=json.dumps({"num_rows": cases}))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", GOLDEN_CONTEXT),
+                                                                    InputTag("promptloop.dvc_md5", digest)])])
