@@ -13,17 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from promptloop.core.secrets import redact_secrets
+from promptloop.core.secrets import redact_secrets, redactor
 from promptloop.domain.golden import GoldenCase
 
 # The trace metadata `mlflow.genai.evaluate` writes so that the Evaluation runs page lists a trace under its run.
 SOURCE_RUN = "mlflow.sourceRun"
 LINKS_PER_CALL = 100  # MLflow's cap on link_traces_to_run
-SPANS_PER_BATCH = 300  # spans written in one store session (100 traces of 3 spans)
+TRACES_PER_SESSION = 500  # traces written in one SQL transaction
 GOLDEN_CONTEXT = "evaluation"  # mlflow.data.context of the golden set input, as mlflow.genai.evaluate tags it
 
 
@@ -51,12 +51,12 @@ def trace_number(run_id: str, prompt: str, case_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{run_id}\0{prompt}\0{case_id}".encode(), digest_size=16).digest(), "big")
 
 
-def _text(value: Any) -> Any:
+def _text(value: Any, redact: Callable[[str], str] = redact_secrets) -> Any:
     """Strings redacted of known secrets; nested values redacted through their JSON form."""
     if isinstance(value, str):
-        return redact_secrets(value)
+        return redact(value)
     if isinstance(value, (dict, list)):
-        return json.loads(redact_secrets(json.dumps(value, ensure_ascii=False, default=str)))
+        return json.loads(redact(json.dumps(value, ensure_ascii=False, default=str)))
     return value
 
 
@@ -82,20 +82,20 @@ def feedbacks(row: Mapping[str, Any], judges: Sequence[JudgeColumns], judge_mode
             continue
         reason = row.get(judge.rationale) if judge.rationale else None
         found.append(Feedback(name=judge.name, value=_plain(value), source=source,
-                              rationale=_text(reason) if isinstance(reason, str) and reason else None))
+                              rationale=reason if isinstance(reason, str) and reason else None))
     if isinstance(row.get("judge_failure"), str) and row["judge_failure"]:
-        found.append(Feedback(name="judge_failure", source=source, error=_text(row["judge_failure"])))
+        found.append(Feedback(name="judge_failure", source=source, error=row["judge_failure"]))
     return found
 
 
-def expectations(case: GoldenCase) -> list[Any]:
+def expectations(case: GoldenCase, redact: Callable[[str], str] = redact_secrets) -> list[Any]:
     """The golden case's expectations (MLflow's names and the app's own keys), from a human (HUMAN source)."""
     from mlflow.entities import AssessmentSource, AssessmentSourceType, Expectation
 
     source = AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id="golden-set")
     values = {"expected_behavior": case.expectations.expected_behavior,
               **case.expectations.model_dump(exclude_defaults=True)}
-    return [Expectation(name=name, value=_text(value), source=source) for name, value in values.items()
+    return [Expectation(name=name, value=_text(value, redact), source=source) for name, value in values.items()
             if value not in ("", [], {}, None)]
 
 
@@ -119,16 +119,18 @@ def _span(number: int, span_id: int, parent: int | None, name: str, kind: str, w
 
 
 def case_spans(number: int, row: Mapping[str, Any], start_ns: int) -> list[Any]:
-    """The root span (the app answering the case), its RETRIEVER span and its LLM span."""
+    """The root span (the app answering the case), its RETRIEVER span and its LLM span; `row` is already
+    redacted."""
     from mlflow.tracing.constant import SpanAttributeKey
 
     latency_ns = int(float(row.get("latency_ms") or 0.0) * 1_000_000)
     window = (start_ns, start_ns + latency_ns)
-    inputs = {"question": _text(row.get("input", ""))}
-    answer = _text(row.get("answer", ""))
-    usage = {"input_tokens": int(row.get("prompt_tokens") or 0), "output_tokens": int(row.get("completion_tokens") or 0)}
+    inputs = {"question": row.get("input", "")}
+    answer = row.get("answer", "")
+    usage = {"input_tokens": int(row.get("prompt_tokens") or 0),
+             "output_tokens": int(row.get("completion_tokens") or 0)}
     usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-    retrieved = _text(row.get("retrieved") or "")
+    retrieved = str(row.get("retrieved") or "")
     documents = [{"page_content": "", "metadata": {"doc_uri": doc}} for doc in retrieved.split()]
     return [
         _span(number, 1, None, str(row.get("prompt", "app")), "CHAIN", window,
@@ -142,23 +144,24 @@ def case_spans(number: int, row: Mapping[str, Any], start_ns: int) -> list[Any]:
     ]
 
 
-def case_trace_info(experiment: str, run_id: str, number: int, row: Mapping[str, Any], case: GoldenCase | None,
+def case_trace_info(experiment: str, run_id: str, number: int, row: Mapping[str, Any], expected: list[Any],
                     judges: Sequence[JudgeColumns], judge_model: str, start_ms: int) -> Any:
-    """The trace's header: run link, previews, tags, and its assessments (stored with it in one write)."""
+    """The trace's header: run link, previews, tags, and its assessments (stored with it in one write);
+    `row` is already redacted."""
     from mlflow.entities import TraceInfo, TraceLocation, TraceState
     from mlflow.tracing.constant import TraceMetadataKey
     from mlflow.tracing.utils import generate_mlflow_trace_id_from_otel_trace_id
 
     trace_id = generate_mlflow_trace_id_from_otel_trace_id(number)
-    assessments = [*feedbacks(row, judges, judge_model), *(expectations(case) if case else [])]
+    assessments = [*feedbacks(row, judges, judge_model), *expected]
     for assessment in assessments:
         assessment.trace_id = trace_id
         assessment.metadata = {**(assessment.metadata or {}), "mlflow.assessment.sourceRunId": run_id}
     return TraceInfo(trace_id=trace_id, trace_location=TraceLocation.from_experiment_id(experiment),
                      request_time=start_ms, state=TraceState.OK,
                      execution_duration=int(float(row.get("latency_ms") or 0.0)),
-                     request_preview=json.dumps({"question": _text(row.get("input", ""))}, ensure_ascii=False)[:1000],
-                     response_preview=json.dumps(_text(row.get("answer", "")), ensure_ascii=False)[:1000],
+                     request_preview=json.dumps({"question": row.get("input", "")}, ensure_ascii=False)[:1000],
+                     response_preview=json.dumps(row.get("answer", ""), ensure_ascii=False)[:1000],
                      trace_metadata={SOURCE_RUN: run_id, TraceMetadataKey.TRACE_INFO_FINALIZED: "true"},
                      tags={"mlflow.traceName": str(row.get("prompt", "app")), "promptloop.case_id": str(row["case_id"]),
                            "promptloop.prompt": str(row.get("prompt", ""))},
@@ -174,22 +177,111 @@ def log_case_traces(client: Any, experiment: str, run_id: str, rows: Sequence[Ma
                     cases: Mapping[str, GoldenCase], judges: Sequence[JudgeColumns], judge_model: str) -> list[str]:
     """One trace per row, linked to `run_id` (metadata and entity link, as mlflow.genai.evaluate does);
     returns the trace ids."""
-    store = client._tracking_client.store  # the public fluent API would write through the global tracer
-    start_ms = int(time.time() * 1000)
-    trace_ids: list[str] = []
-    spans: list[Any] = []
-    for row in rows:
+    start_ms = int(time.time() * 1000)  # the calls' own start times are not recorded: their latency is
+    redact = redactor()
+    traces = []
+    for recorded in rows:
+        row = {key: redact(value) if isinstance(value, str) else value for key, value in recorded.items()}
         number = trace_number(run_id, str(row.get("prompt")), str(row["case_id"]))
-        info = case_trace_info(experiment, run_id, number, row, cases.get(str(row["case_id"])), judges, judge_model,
-                               start_ms)
-        store.start_trace(info)
-        trace_ids.append(info.trace_id)
-        spans.extend(case_spans(number, row, start_ms * 1_000_000))
-    for batch in _chunks(spans, SPANS_PER_BATCH):
-        store.log_spans(experiment, list(batch))
+        case = cases.get(str(row["case_id"]))
+        info = case_trace_info(experiment, run_id, number, row, expectations(case, redact) if case else [], judges,
+                               judge_model, start_ms)
+        traces.append((info, case_spans(number, row, start_ms * 1_000_000)))
+    store = client._tracking_client.store  # the fluent API would write through MLflow's process-global tracer
+    for batch in _chunks(traces, TRACES_PER_SESSION):
+        write_traces(store, experiment, batch)
+    trace_ids = [info.trace_id for info, _ in traces]
     for links in _chunks(trace_ids, LINKS_PER_CALL):
         client.link_traces_to_run(list(links), run_id)
     return trace_ids
+
+
+def write_traces(store: Any, experiment: str, traces: Sequence[tuple[Any, list[Any]]]) -> None:
+    """Write finished traces: on a SQL store, the rows `start_trace` then `log_spans` write, inserted table by
+    table in one transaction (one commit for the batch instead of four per trace); else the public calls."""
+    if not hasattr(store, "ManagedSessionMaker"):
+        for info, spans in traces:
+            store.start_trace(info)
+            store.log_spans(experiment, spans)
+        return
+    from mlflow.store.tracking.dbmodels.models import (
+        SqlAssessments,
+        SqlSpan,
+        SqlTraceInfo,
+        SqlTraceMetadata,
+        SqlTraceTag,
+    )
+    from mlflow.store.tracking.utils.sql_trace_rollups import RollupFamily, enqueue_rollup_rebuild_partitions
+    from sqlalchemy import insert
+
+    found = store.get_experiment(experiment)
+    tables: dict[Any, list[dict[str, Any]]] = {SqlTraceInfo: [], SqlTraceTag: [], SqlTraceMetadata: [],
+                                               SqlAssessments: [], SqlSpan: []}
+    for info, spans in traces:
+        for model, rows in trace_rows(store, found, info, spans).items():
+            tables[model].extend(rows)
+    with store.ManagedSessionMaker(read_only=False) as session:
+        enqueue_rollup_rebuild_partitions(session, [
+            (family, int(experiment), sorted({info.request_time for info, _ in traces}))
+            for family in (RollupFamily.TRACE_METRIC, RollupFamily.ASSESSMENT, RollupFamily.SPAN_COST)])
+        for model, rows in tables.items():  # parents first: trace_info before the rows that refer to it
+            if rows:
+                session.execute(insert(model), rows)
+
+
+def _columns(record: Any) -> dict[str, Any]:
+    """An ORM object's column values (unset ones left to the table's defaults)."""
+    return {c.key: getattr(record, c.key) for c in record.__table__.columns
+            if getattr(record, c.key) is not None and not c.computed}
+
+
+def trace_rows(store: Any, experiment: Any, info: Any, spans: Sequence[Any]) -> dict[Any, list[dict[str, Any]]]:
+    """The rows of one trace, table by table: trace_info, its tags, metadata and assessments as `start_trace`
+    builds them, plus what `log_spans` adds for spans kept in the tracking store (its spans, token usage,
+    spans location, payload generation)."""
+    from mlflow.store.tracking.dbmodels.models import (
+        SqlAssessments,
+        SqlSpan,
+        SqlTraceInfo,
+        SqlTraceMetadata,
+        SqlTraceTag,
+    )
+    from mlflow.store.tracking.utils.trace_analytics import analytics_columns_from_metadata
+    from mlflow.tracing.constant import SpansLocation, TraceMetadataKey, TraceTagKey
+    from mlflow.tracing.otel.translation import translate_span_when_storing
+    from mlflow.tracing.utils import TraceJSONEncoder, aggregate_usage_from_spans
+
+    trace_id, experiment_id = info.trace_id, int(info.experiment_id)
+    metadata = dict(info.trace_metadata)
+    usage = aggregate_usage_from_spans(spans)
+    if usage:
+        metadata[TraceMetadataKey.TOKEN_USAGE] = json.dumps(usage)
+    header = {"request_id": trace_id, "experiment_id": experiment_id, "timestamp_ms": info.request_time,
+              "execution_time_ms": info.execution_duration, "status": info.state.value,
+              "request_preview": info.request_preview, "response_preview": info.response_preview,
+              "trace_name": info.tags.get(TraceTagKey.TRACE_NAME), "db_payload_generation": 1,
+              **analytics_columns_from_metadata(metadata)}
+    location = store._get_trace_artifact_location_tag(experiment, trace_id)
+    tags = {**{k: v for k, v in info.tags.items() if k != TraceTagKey.TRACE_NAME}, location.key: location.value,
+            TraceTagKey.SPANS_LOCATION: SpansLocation.TRACKING_STORE.value}
+    assessments = []
+    for assessment in info.assessments:
+        record = SqlAssessments.from_mlflow_entity(assessment)
+        record.trace_id, record.experiment_id, record.trace_timestamp_ms = trace_id, experiment_id, info.request_time
+        assessments.append(_columns(record))
+    return {
+        SqlTraceInfo: [header],
+        SqlTraceTag: [{"request_id": trace_id, "key": k, "value": v} for k, v in tags.items()],
+        SqlTraceMetadata: [{"request_id": trace_id, "key": k, "value": v} for k, v in sorted(metadata.items())
+                           if k not in (TraceMetadataKey.TOKEN_USAGE, TraceMetadataKey.COST)],
+        SqlAssessments: assessments,
+        SqlSpan: [{"trace_id": span.trace_id, "experiment_id": experiment_id, "span_id": span.span_id,
+                   "parent_span_id": span.parent_id, "name": span.name, "type": span.span_type,
+                   "status": span.status.status_code, "start_time_unix_nano": span.start_time_ns,
+                   "end_time_unix_nano": span.end_time_ns,
+                   "content": json.dumps(translate_span_when_storing(span), cls=TraceJSONEncoder, ensure_ascii=False)}
+                  for span in spans],
+    }
 
 
 def log_golden_input(client: Any, run_id: str, name: str, md5: str | None, source: str, cases: int) -> None:
