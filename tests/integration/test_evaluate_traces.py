@@ -109,7 +109,7 @@ def test_trace_contents_are_redacted_like_the_tables(workspace: Workspace, monke
     run_id = client.create_run(experiment).info.run_id
     row = {"prompt": "p", "case_id": "c1", "input": f"my key is {secret}", "answer": f"echo {secret}",
            "retrieved": "", "latency_ms": 5.0, "rubric_score": 0.5, "rubric_reason": f"quotes {secret}"}
-    log_case_traces(client, experiment, run_id, [row], {}, judge_columns({}), "offline/judge")
+    log_case_traces(client, experiment, run_id, [row], {}, judge_columns("offline/judge", "offline/judge", {}))
     (trace,) = run_traces(workspace, client.get_run(run_id))
     stored = trace.to_json()
     assert secret not in stored and "<api-key>" in stored
@@ -132,7 +132,8 @@ def test_the_batched_write_stores_what_mlflows_own_calls_store(workspace: Worksp
 
     read = []
     for number, target in ((101, store), (202, PublicOnly(store))):
-        info = case_trace_info(experiment, "run", number, row, [], judge_columns({}), "offline/judge", 1_000)
+        judges = judge_columns("offline/judge", "offline/judge", {})
+        info = case_trace_info(experiment, "run", number, row, [], judges, 1_000)
         write_traces(target, experiment, [(info, case_spans(number, row, 1_000_000_000))])
         read.append(client.get_trace(info.trace_id))
     batched, public = read
@@ -156,3 +157,20 @@ def test_log_traces_off_logs_no_trace(workspace: Workspace) -> None:
     assert list(runs) == ["baseline"]
     for run in runs.values():
         assert run_traces(quiet, run) == []
+
+
+def test_the_rubric_judge_is_registered_once_on_the_judges_page(
+    workspace: Workspace, evaluated: EvaluationResult
+) -> None:
+    from promptloop.evaluate.traces import register_judge
+
+    client = tracking_client(workspace.tracking_uri)
+    experiment = client.get_run(evaluated.mlflow_run_id).info.experiment_id
+    store = client._tracking_client.store
+    (rubric,) = [v for v in store.list_scorers(experiment) if v.scorer_name == "rubric"]
+    judge = rubric.serialized_scorer.instructions_judge_pydantic_data
+    assert judge["model"] == "offline:/judge" and "{{ outputs }}" in judge["instructions"]
+    evaluate(workspace, "support-bot", [])  # the same judge again: no new version
+    assert [v.scorer_version for v in store.list_scorers(experiment) if v.scorer_name == "rubric"] == [1]
+    assert register_judge(client, experiment, "rubric", "Grade {{ outputs }} strictly.", "offline/judge")
+    assert max(v.scorer_version for v in store.list_scorers(experiment) if v.scorer_name == "rubric") == 2

@@ -13,8 +13,9 @@ import pandas as pd
 from promptloop.core.config import AppSettings
 from promptloop.core.files import write_atomic
 from promptloop.domain.evaluation import EvaluationResult, PromptResult, best_candidate
-from promptloop.evaluate.plan import Contender, EvalPlan
-from promptloop.evaluate.traces import judge_columns, log_case_traces, log_golden_input
+from promptloop.evaluate.plan import Contender, EvalPlan, judge_model
+from promptloop.evaluate.traces import judge_columns, log_case_traces, log_golden_input, register_judge
+from promptloop.quality.judges import RUBRIC_SYSTEM, about
 from promptloop.workspace import registry
 from promptloop.workspace.tracking import experiment_id, log_contents, started_run, tracking_client
 from promptloop.workspace.versioning import dvc_md5
@@ -87,9 +88,21 @@ def log_prompt_traces(client: Any, experiment: str, run_id: str, plan: EvalPlan,
                       contender: str) -> list[str]:
     """The prompt's answers as traces of its run, each with its judges' Feedback and its case's Expectations."""
     rows = frame[frame["prompt"] == contender].to_dict("records") if len(frame) else []
-    judges = judge_columns({judge.name: judge.column for judge in plan.guard_judges})
-    return log_case_traces(client, experiment, run_id, rows, {case.id: case for case in plan.cases}, judges,
-                           plan.settings.judge_model)
+    settings = plan.settings
+    judges = judge_columns(judge_model(plan.primary_judge(pairwise=False), settings),
+                           judge_model(plan.primary_judge(pairwise=True), settings),
+                           {guard.name: (guard.column, judge_model(guard, settings)) for guard in plan.guard_judges})
+    return log_case_traces(client, experiment, run_id, rows, {case.id: case for case in plan.cases}, judges)
+
+
+def register_judges(client: Any, experiment: str, plan: EvalPlan) -> None:
+    """The rubric judge (or the app's primary judge file) and each guard judge file on the Judges page.
+    The pairwise judge compares two answers: MLflow's judges grade one trace, so it is not registered."""
+    settings, primary = plan.settings, plan.primary_judge(pairwise=False)
+    rubric = primary.instructions if primary else RUBRIC_SYSTEM.format(about=about(plan.app_settings.description))
+    register_judge(client, experiment, "rubric", rubric, judge_model(primary, settings))
+    for guard in plan.guard_judges:
+        register_judge(client, experiment, guard.name, guard.instructions, judge_model(guard, settings))
 
 
 def log_golden(client: Any, run_id: str, plan: EvalPlan, result: EvaluationResult) -> None:
@@ -111,6 +124,8 @@ def log_evaluation(workspace: Workspace, plan: EvalPlan, result: EvaluationResul
             log_prompt_run(client, (experiment, parent_id, tags), plan, contender, result, frame)
         usage, settings = result.usage, plan.settings
         log_golden(client, parent_id, plan, result)
+        if settings.log_traces:
+            register_judges(client, experiment, plan)
         log_contents(client, parent_id,
                      params={**common_params(plan, result), "cases": result.cases, "candidates": len(plan.candidates),
                              "min_effect": settings.min_effect, "confidence": settings.confidence,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,21 +30,20 @@ GOLDEN_CONTEXT = "evaluation"  # mlflow.data.context of the golden set input, as
 
 @dataclass(frozen=True)
 class JudgeColumns:
-    """Which columns of a row hold an LLM judge's verdict, and its reason."""
+    """Which columns of a row hold an LLM judge's verdict and its reason, and which model judged."""
 
     name: str
     value: str
+    model: str
     rationale: str | None = None
 
 
-BUILT_IN_JUDGES = (JudgeColumns("rubric", "rubric_score", "rubric_reason"),
-                   JudgeColumns("rubric_passed", "rubric_passed", "rubric_reason"),
-                   JudgeColumns("pairwise", "pairwise_score"))
-
-
-def judge_columns(guard_columns: Mapping[str, str]) -> list[JudgeColumns]:
-    """The built-in judges plus each guard judge file (name -> its `guard_<name>_passed` column)."""
-    return [*BUILT_IN_JUDGES, *(JudgeColumns(name, column) for name, column in guard_columns.items())]
+def judge_columns(rubric_model: str, pairwise_model: str, guards: Mapping[str, tuple[str, str]]) -> list[JudgeColumns]:
+    """The built-in judges (rubric, pairwise) plus each guard judge file (name -> its column and model)."""
+    return [JudgeColumns("rubric", "rubric_score", rubric_model, "rubric_reason"),
+            JudgeColumns("rubric_passed", "rubric_passed", rubric_model, "rubric_reason"),
+            JudgeColumns("pairwise", "pairwise_score", pairwise_model),
+            *(JudgeColumns(name, column, model) for name, (column, model) in guards.items())]
 
 
 def trace_number(run_id: str, prompt: str, case_id: str) -> int:
@@ -70,20 +70,21 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def feedbacks(row: Mapping[str, Any], judges: Sequence[JudgeColumns], judge_model: str) -> list[Any]:
-    """Every judge verdict on the row as a Feedback from the judge model (LLM_JUDGE)."""
+def feedbacks(row: Mapping[str, Any], judges: Sequence[JudgeColumns]) -> list[Any]:
+    """Every judge verdict on the row as a Feedback from its judge model (LLM_JUDGE)."""
     from mlflow.entities import AssessmentSource, AssessmentSourceType, Feedback
 
-    source = AssessmentSource(source_type=AssessmentSourceType.LLM_JUDGE, source_id=judge_model)
     found = []
     for judge in judges:
+        source = AssessmentSource(source_type=AssessmentSourceType.LLM_JUDGE, source_id=judge.model)
         value = row.get(judge.value)
         if not _present(value):
             continue
         reason = row.get(judge.rationale) if judge.rationale else None
         found.append(Feedback(name=judge.name, value=_plain(value), source=source,
                               rationale=reason if isinstance(reason, str) and reason else None))
-    if isinstance(row.get("judge_failure"), str) and row["judge_failure"]:
+    if isinstance(row.get("judge_failure"), str) and row["judge_failure"] and judges:
+        source = AssessmentSource(source_type=AssessmentSourceType.LLM_JUDGE, source_id=judges[0].model)
         found.append(Feedback(name="judge_failure", source=source, error=row["judge_failure"]))
     return found
 
@@ -145,7 +146,7 @@ def case_spans(number: int, row: Mapping[str, Any], start_ns: int) -> list[Any]:
 
 
 def case_trace_info(experiment: str, run_id: str, number: int, row: Mapping[str, Any], expected: list[Any],
-                    judges: Sequence[JudgeColumns], judge_model: str, start_ms: int) -> Any:
+                    judges: Sequence[JudgeColumns], start_ms: int) -> Any:
     """The trace's header: run link, previews, tags, and its assessments (stored with it in one write);
     `row` is already redacted."""
     from mlflow.entities import TraceInfo, TraceLocation, TraceState
@@ -153,7 +154,7 @@ def case_trace_info(experiment: str, run_id: str, number: int, row: Mapping[str,
     from mlflow.tracing.utils import generate_mlflow_trace_id_from_otel_trace_id
 
     trace_id = generate_mlflow_trace_id_from_otel_trace_id(number)
-    assessments = [*feedbacks(row, judges, judge_model), *expected]
+    assessments = [*feedbacks(row, judges), *expected]
     for assessment in assessments:
         assessment.trace_id = trace_id
         assessment.metadata = {**(assessment.metadata or {}), "mlflow.assessment.sourceRunId": run_id}
@@ -174,7 +175,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def log_case_traces(client: Any, experiment: str, run_id: str, rows: Sequence[Mapping[str, Any]],
-                    cases: Mapping[str, GoldenCase], judges: Sequence[JudgeColumns], judge_model: str) -> list[str]:
+                    cases: Mapping[str, GoldenCase], judges: Sequence[JudgeColumns]) -> list[str]:
     """One trace per row, linked to `run_id` (metadata and entity link, as mlflow.genai.evaluate does);
     returns the trace ids."""
     start_ms = int(time.time() * 1000)  # the calls' own start times are not recorded: their latency is
@@ -185,7 +186,7 @@ def log_case_traces(client: Any, experiment: str, run_id: str, rows: Sequence[Ma
         number = trace_number(run_id, str(row.get("prompt")), str(row["case_id"]))
         case = cases.get(str(row["case_id"]))
         info = case_trace_info(experiment, run_id, number, row, expectations(case, redact) if case else [], judges,
-                               judge_model, start_ms)
+                               start_ms)
         traces.append((info, case_spans(number, row, start_ms * 1_000_000)))
     store = client._tracking_client.store  # the fluent API would write through MLflow's process-global tracer
     for batch in _chunks(traces, TRACES_PER_SESSION):
@@ -293,3 +294,33 @@ def log_golden_input(client: Any, run_id: str, name: str, md5: str | None, sourc
                       profile=json.dumps({"num_rows": cases}))
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", GOLDEN_CONTEXT),
                                                                     InputTag("promptloop.dvc_md5", digest)])])
+
+
+# Where a judge's instructions have none of MLflow's template variables, the case is appended with them.
+CASE_VARIABLES = "\n\nQuestion: {{ inputs }}\nAnswer: {{ outputs }}\nExpectations: {{ expectations }}"
+TEMPLATE_VARIABLE = re.compile(r"\{\{\s*(inputs|outputs|expectations|trace)\s*\}\}")
+
+
+def mlflow_model(model: str) -> str:
+    """litellm's `provider/model` in MLflow's judge notation `provider:/model`."""
+    provider, _, name = model.partition("/")
+    return f"{provider}:/{name}" if name else model
+
+
+def register_judge(client: Any, experiment: str, name: str, instructions: str, model: str) -> bool:
+    """The judge on the experiment's Judges page (a registered MLflow judge); a new version only when its
+    instructions or model changed. Returns True when it registered one."""
+    from mlflow.genai.judges import make_judge
+
+    if not TEMPLATE_VARIABLE.search(instructions):
+        instructions += CASE_VARIABLES
+    judge = make_judge(name=name, instructions=instructions, model=mlflow_model(model))
+    serialized = judge.model_dump()
+    store = client._tracking_client.store  # Scorer.register would use the process-global tracking URI
+    versions = [v for v in store.list_scorers(experiment) if v.scorer_name == name]
+    if versions:
+        latest = max(versions, key=lambda v: v.scorer_version).serialized_scorer.instructions_judge_pydantic_data
+        if latest == serialized["instructions_judge_pydantic_data"]:
+            return False
+    store.register_scorer(experiment, name, json.dumps(serialized))
+    return True
