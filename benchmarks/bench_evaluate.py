@@ -178,7 +178,7 @@ def main() -> None:
                 rows.append(mlflow_row(base_url, args.mlflow_cases, args.repeats))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = (
+    table = "" if not rows else (
         f"| harness | concurrency | cases x 3 calls | evaluation wall, median of {args.repeats} (runs) | x bound | "
         "whole CLI run | CPU per call | peak memory |\n|---|---|---|---|---|---|---|---|\n"
     )

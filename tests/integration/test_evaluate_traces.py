@@ -80,6 +80,19 @@ def test_each_prompt_run_has_one_trace_per_case_with_feedback_and_expectations(
             assert trace.info.token_usage["total_tokens"] > 0
 
 
+def test_the_evaluation_run_finds_one_trace_per_case_and_prompt(
+    workspace: Workspace, evaluated: EvaluationResult
+) -> None:
+    client = tracking_client(workspace.tracking_uri)
+    traces = run_traces(workspace, client.get_run(evaluated.mlflow_run_id))
+    found = [(t.info.tags["promptloop.prompt"], t.info.tags["promptloop.case_id"]) for t in traces]
+    cases = {case for _, case in found}
+    assert len(cases) == evaluated.cases
+    assert sorted(found) == sorted((prompt, case) for prompt in ("baseline", "better") for case in cases)
+    runs = prompt_runs(workspace, evaluated)
+    assert {t.info.trace_metadata["mlflow.sourceRun"] for t in traces} == {r.info.run_id for r in runs.values()}
+
+
 def test_a_candidate_trace_holds_the_pairwise_verdict_and_the_baseline_none(
     workspace: Workspace, evaluated: EvaluationResult
 ) -> None:

@@ -119,6 +119,12 @@ def _span(number: int, span_id: int, parent: int | None, name: str, kind: str, w
                              status=Status(StatusCode.OK), resource=Resource.get_empty()))
 
 
+def token_usage(row: Mapping[str, Any]) -> dict[str, int]:
+    """The call's recorded tokens in MLflow's usage keys."""
+    used = {"input_tokens": int(row.get("prompt_tokens") or 0), "output_tokens": int(row.get("completion_tokens") or 0)}
+    return {**used, "total_tokens": used["input_tokens"] + used["output_tokens"]}
+
+
 def case_spans(number: int, row: Mapping[str, Any], start_ns: int) -> list[Any]:
     """The root span (the app answering the case), its RETRIEVER span and its LLM span; `row` is already
     redacted."""
@@ -128,9 +134,7 @@ def case_spans(number: int, row: Mapping[str, Any], start_ns: int) -> list[Any]:
     window = (start_ns, start_ns + latency_ns)
     inputs = {"question": row.get("input", "")}
     answer = row.get("answer", "")
-    usage = {"input_tokens": int(row.get("prompt_tokens") or 0),
-             "output_tokens": int(row.get("completion_tokens") or 0)}
-    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    usage = token_usage(row)
     retrieved = str(row.get("retrieved") or "")
     documents = [{"page_content": "", "metadata": {"doc_uri": doc}} for doc in retrieved.split()]
     return [
@@ -163,7 +167,8 @@ def case_trace_info(experiment: str, run_id: str, number: int, row: Mapping[str,
                      execution_duration=int(float(row.get("latency_ms") or 0.0)),
                      request_preview=json.dumps({"question": row.get("input", "")}, ensure_ascii=False)[:1000],
                      response_preview=json.dumps(row.get("answer", ""), ensure_ascii=False)[:1000],
-                     trace_metadata={SOURCE_RUN: run_id, TraceMetadataKey.TRACE_INFO_FINALIZED: "true"},
+                     trace_metadata={SOURCE_RUN: run_id, TraceMetadataKey.TRACE_INFO_FINALIZED: "true",
+                                     TraceMetadataKey.TOKEN_USAGE: json.dumps(token_usage(row))},
                      tags={"mlflow.traceName": str(row.get("prompt", "app")), "promptloop.case_id": str(row["case_id"]),
                            "promptloop.prompt": str(row.get("prompt", ""))},
                      assessments=assessments)
@@ -175,9 +180,10 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def log_case_traces(client: Any, experiment: str, run_id: str, rows: Sequence[Mapping[str, Any]],
-                    cases: Mapping[str, GoldenCase], judges: Sequence[JudgeColumns]) -> list[str]:
-    """One trace per row, linked to `run_id` (metadata and entity link, as mlflow.genai.evaluate does);
-    returns the trace ids."""
+                    cases: Mapping[str, GoldenCase], judges: Sequence[JudgeColumns],
+                    also_linked: Sequence[str] = ()) -> list[str]:
+    """One trace per row, linked to `run_id` (metadata and entity link, as mlflow.genai.evaluate does) and
+    to the runs `also_linked` (an entity link only); returns the trace ids."""
     start_ms = int(time.time() * 1000)  # the calls' own start times are not recorded: their latency is
     redact = redactor()
     traces = []
@@ -192,8 +198,9 @@ def log_case_traces(client: Any, experiment: str, run_id: str, rows: Sequence[Ma
     for batch in _chunks(traces, TRACES_PER_SESSION):
         write_traces(store, experiment, batch)
     trace_ids = [info.trace_id for info, _ in traces]
-    for links in _chunks(trace_ids, LINKS_PER_CALL):
-        client.link_traces_to_run(list(links), run_id)
+    for linked in (run_id, *also_linked):
+        for links in _chunks(trace_ids, LINKS_PER_CALL):
+            client.link_traces_to_run(list(links), linked)
     return trace_ids
 
 
@@ -239,7 +246,8 @@ def _columns(record: Any) -> dict[str, Any]:
 def trace_rows(store: Any, experiment: Any, info: Any, spans: Sequence[Any]) -> dict[Any, list[dict[str, Any]]]:
     """The rows of one trace, table by table: trace_info, its tags, metadata and assessments as `start_trace`
     builds them, plus what `log_spans` adds for spans kept in the tracking store (its spans, token usage,
-    spans location, payload generation)."""
+    spans location, payload generation). A span's content is its dict: `log_spans` first translates other
+    tracers' attribute keys to MLflow's, which these spans already use (the batched-vs-public test checks)."""
     from mlflow.store.tracking.dbmodels.models import (
         SqlAssessments,
         SqlSpan,
@@ -249,14 +257,10 @@ def trace_rows(store: Any, experiment: Any, info: Any, spans: Sequence[Any]) -> 
     )
     from mlflow.store.tracking.utils.trace_analytics import analytics_columns_from_metadata
     from mlflow.tracing.constant import SpansLocation, TraceMetadataKey, TraceTagKey
-    from mlflow.tracing.otel.translation import translate_span_when_storing
-    from mlflow.tracing.utils import TraceJSONEncoder, aggregate_usage_from_spans
+    from mlflow.tracing.utils import TraceJSONEncoder
 
     trace_id, experiment_id = info.trace_id, int(info.experiment_id)
     metadata = dict(info.trace_metadata)
-    usage = aggregate_usage_from_spans(spans)
-    if usage:
-        metadata[TraceMetadataKey.TOKEN_USAGE] = json.dumps(usage)
     header = {"request_id": trace_id, "experiment_id": experiment_id, "timestamp_ms": info.request_time,
               "execution_time_ms": info.execution_duration, "status": info.state.value,
               "request_preview": info.request_preview, "response_preview": info.response_preview,
@@ -280,7 +284,7 @@ def trace_rows(store: Any, experiment: Any, info: Any, spans: Sequence[Any]) -> 
                    "parent_span_id": span.parent_id, "name": span.name, "type": span.span_type,
                    "status": span.status.status_code, "start_time_unix_nano": span.start_time_ns,
                    "end_time_unix_nano": span.end_time_ns,
-                   "content": json.dumps(translate_span_when_storing(span), cls=TraceJSONEncoder, ensure_ascii=False)}
+                   "content": json.dumps(span.to_dict(), cls=TraceJSONEncoder, ensure_ascii=False)}
                   for span in spans],
     }
 
