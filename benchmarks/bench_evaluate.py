@@ -13,7 +13,11 @@ exhausts its SQLAlchemy pool: `benchmarks/mlflow_side.py --cases 200 --workers 3
 bound is calls x latency / workers. Each of its repetitions runs in a fresh process too, timed
 around the `evaluate` call only. Peak memory is the largest process's max RSS over the repetitions.
 
+The same evaluation with `evaluate.log_traces` on and off (one process, alternating) gives the cost of
+logging a trace per (prompt, case): the ratio of the medians of the whole CLI run.
+
     .venv/bin/python benchmarks/bench_evaluate.py [--cases 1000] [--repeats 3] [--mlflow-cases 200] [--results DIR]
+                                                  [--traces-only]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ LATENCY_S = 0.1
 CONCURRENCY = 32
 
 
-def bench_workspace(root: Path, cases: int, processes: int) -> None:
+def bench_workspace(root: Path, cases: int, processes: int, log_traces: bool = True) -> None:
     """A workspace whose app and judge are the endpoint's model; `cases` golden cases, no KB."""
     promptloop("init", "--dir", str(root))
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -49,7 +53,7 @@ def bench_workspace(root: Path, cases: int, processes: int) -> None:
     app = params["apps"]["support-bot"]
     app.update(golden_set="datasets/support-bot/bench.jsonl", knowledge_base=None, scorers=["rubric", "proxy"],
                citation_pattern=None)
-    params["evaluate"].update(judge_model=MODEL, judge_samples=2, budget_usd=100.0)
+    params["evaluate"].update(judge_model=MODEL, judge_samples=2, budget_usd=100.0, log_traces=log_traces)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     prompt = yaml.safe_load((root / "prompts/support-bot/prompt.yaml").read_text())
     prompt.update(model=MODEL, parameters={"temperature": 0})
@@ -120,6 +124,26 @@ def promptloop_row(work: Path, cases: int, repeats: int, processes: int) -> dict
     }
 
 
+def traces_rows(work: Path, cases: int, repeats: int) -> list[dict[str, object]]:
+    """The cost of `evaluate.log_traces`: the same evaluation with and without traces, one process, the two
+    alternating repetition by repetition (so load on the machine falls on both alike)."""
+    runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    for log_traces in runs:
+        bench_workspace(work / f"traces-{log_traces}", cases, 1, log_traces)
+    for repeat in range(repeats):
+        for log_traces, done in runs.items():
+            root = work / f"traces-{log_traces}-{repeat}"
+            shutil.copytree(work / f"traces-{log_traces}", root, symlinks=True)
+            done.append(timed_evaluate(root))
+            print(f"log_traces={log_traces}, run {repeat + 1}: CLI {done[-1]['wall_s']:.1f} s, "
+                  f"MLflow logging {done[-1]['mlflow_s']:.2f} s", file=sys.stderr)
+    rows = [{"log_traces": log_traces, "cases": cases, "cli_s": round(median(done, "wall_s"), 2),
+             "cli_runs_s": [round(r["wall_s"], 2) for r in done], "mlflow_s": round(median(done, "mlflow_s"), 2)}
+            for log_traces, done in runs.items()]
+    rows[1]["cli_ratio"] = round(float(rows[1]["cli_s"]) / float(rows[0]["cli_s"]), 3)  # type: ignore[arg-type]
+    return rows
+
+
 def mlflow_row(base_url: str, cases: int, repeats: int, workers: int = 10) -> dict[str, object]:
     """`mlflow.genai.evaluate` at its default worker count, each repeat in a fresh process: its row of the table."""
     runs = []
@@ -139,6 +163,7 @@ def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--cases", type=int, default=1000)
     parser.add_argument("--mlflow-cases", type=int, default=200)
+    parser.add_argument("--traces-only", action="store_true", help="only the with/without traces comparison")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
     try:
@@ -147,11 +172,13 @@ def main() -> None:
             os.environ.update(
                 OPENAI_API_BASE=base_url, OPENAI_BASE_URL=base_url, OPENAI_API_KEY="sk-bench-not-a-real-key"
             )
-            rows = [promptloop_row(work, args.cases, args.repeats, processes) for processes in (1, 2)]
-            rows.append(mlflow_row(base_url, args.mlflow_cases, args.repeats))
+            traces = traces_rows(work, args.cases, args.repeats)
+            rows = [] if args.traces_only else [promptloop_row(work, args.cases, args.repeats, p) for p in (1, 2)]
+            if not args.traces_only:
+                rows.append(mlflow_row(base_url, args.mlflow_cases, args.repeats))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = (
+    table = "" if not rows else (
         f"| harness | concurrency | cases x 3 calls | evaluation wall, median of {args.repeats} (runs) | x bound | "
         "whole CLI run | CPU per call | peak memory |\n|---|---|---|---|---|---|---|---|\n"
     )
@@ -160,7 +187,13 @@ def main() -> None:
         cpu = f"{r['cpu_ms_per_call']} ms" if r["cpu_ms_per_call"] is not None else "n/a"
         table += (f"| {r['harness']} | {r['concurrency']} | {r['cases']:,} | {r['calls_s']} s "
                   f"({', '.join(map(str, r['runs_s']))}) | {r['ratio']}x | {cli} | {cpu} | {r['peak_mb']:,} MB |\n")
-    write_result(args.results, "evaluate", {**machine(), "latency_s": LATENCY_S, "rows": rows}, table)
+    table += (f"\n| evaluate.log_traces | cases | whole CLI run, median of {args.repeats} (runs) | MLflow logging | "
+              "CLI vs without traces |\n|---|---|---|---|---|\n")
+    for t in traces:
+        table += (f"| {str(t['log_traces']).lower()} | {t['cases']:,} | {t['cli_s']} s "
+                  f"({', '.join(map(str, t['cli_runs_s']))}) | {t['mlflow_s']} s | {t.get('cli_ratio', 1.0)}x |\n")
+    write_result(args.results, "evaluate" + ("-traces" if args.traces_only else ""),
+                 {**machine(), "latency_s": LATENCY_S, "rows": rows, "traces": traces}, table)
 
 
 if __name__ == "__main__":

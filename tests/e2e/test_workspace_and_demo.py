@@ -207,3 +207,20 @@ def test_demo_pull_request_shows_a_fixed_case_with_both_answers_and_the_mlflow_r
     diff = remote.git.diff("main", turn.deploy.branch, "--", "prompts/support-bot/prompt.yaml").splitlines()
     removed = [line[1:] for line in diff if line.startswith("-") and not line.startswith("---")]
     assert removed and all(line.split(":")[0] in ("version", "parent", "changelog", "system") for line in removed)
+
+
+def test_demo_evaluation_run_has_one_trace_per_case_and_prompt(demo_run) -> None:
+    """The done-when of the GenAI pages: search_traces on the evaluation run finds every (prompt, case)."""
+    from promptloop.deploy.evidence import evaluation_rows
+    from promptloop.workspace.workspace import open_workspace
+
+    dest, result = demo_run
+    evaluation = result.cycle.improve.evaluation
+    tracking_uri = open_workspace(dest).tracking_uri
+    rows, _ = evaluation_rows(tracking_uri, evaluation.mlflow_run_id)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_run(evaluation.mlflow_run_id).info.experiment_id
+    traces = client.search_traces(locations=[experiment], run_id=evaluation.mlflow_run_id, max_results=10_000)
+    found = [(t.info.tags["promptloop.prompt"], t.info.tags["promptloop.case_id"]) for t in traces]
+    assert len(found) == len(set(found)) and set(found) == set(rows)
+    assert all(any(a.name == "rubric" for a in t.info.assessments) for t in traces)

@@ -527,6 +527,8 @@ class EvaluateSettings(Section):
     )
     budget_usd: float = Field(default=5.0, ge=0)
     budget_calls: int | None = Field(default=None, ge=1)
+    log_traces: bool = Field(
+        default=True, description="each (prompt, case) as an MLflow trace with its judges' Feedback and Expectations")
 
 
 class ImproveSettings(Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +21,15 @@ from promptloop.domain.evaluation import (
     SliceAgreement,
     best_candidate,
 )
-from promptloop.evaluate.plan import Contender, EvalPlan
+from promptloop.evaluate.plan import Contender, EvalPlan, judge_model
+from promptloop.evaluate.traces import judge_columns, log_case_traces, log_golden_input, register_judge
+from promptloop.quality.judges import RUBRIC_SYSTEM, about
 from promptloop.workspace import registry
 from promptloop.workspace.tracking import experiment_id, log_contents, started_run, tracking_client
 from promptloop.workspace.versioning import dvc_md5
 from promptloop.workspace.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ("case_id", "split", "slice", "severity", "lang", "input", "expected_behavior", "answer",
                  "rubric_score", "rubric_passed", "rubric_reason",
@@ -105,6 +110,46 @@ def log_prompt_run(client: Any, context: tuple[str, str, dict[str, str]], plan: 
                      metrics=prompt_metrics(line), tags={"promptloop.decision": getattr(line, "decision", "baseline")},
                      artifacts={"summary.json": line.model_dump(mode="json")},
                      tables={"eval_cases.json": case_table(frame, contender.name)})
+        log_golden(client, child_id, plan, result)
+        if plan.settings.log_traces:
+            log_prompt_traces(client, (experiment, child_id, parent_id), plan, frame, contender.name)
+
+
+def log_prompt_traces(client: Any, runs: tuple[str, str, str], plan: EvalPlan, frame: pd.DataFrame,
+                      contender: str) -> list[str]:
+    """The prompt's answers as traces of its run (`runs`: experiment, the prompt's run, the evaluation run),
+    each with its judges' Feedback and its case's Expectations. The evaluation run is linked too, so
+    searching its traces finds every (prompt, case)."""
+    experiment, run_id, parent_id = runs
+    rows = frame[frame["prompt"] == contender].to_dict("records") if len(frame) else []
+    settings = plan.settings
+    judges = judge_columns(judge_model(plan.primary_judge(pairwise=False), settings),
+                           judge_model(plan.primary_judge(pairwise=True), settings),
+                           {guard.name: (guard.column, judge_model(guard, settings)) for guard in plan.guard_judges})
+    return log_case_traces(client, experiment, run_id, rows, {case.id: case for case in plan.cases}, judges,
+                           also_linked=[parent_id])
+
+
+def register_judges(client: Any, experiment: str, plan: EvalPlan) -> None:
+    """The rubric judge (or the app's primary judge file) and each guard judge file on the Judges page.
+    The pairwise judge compares two answers: MLflow's judges grade one trace, so it is not registered."""
+    settings, primary = plan.settings, plan.primary_judge(pairwise=False)
+    rubric = primary.instructions if primary else RUBRIC_SYSTEM.format(about=about(plan.app_settings.description))
+    judges = [("rubric", rubric, judge_model(primary, settings)),
+              *((guard.name, guard.instructions, judge_model(guard, settings)) for guard in plan.guard_judges)]
+    from mlflow.exceptions import MlflowException
+
+    for name, instructions, model in judges:
+        try:
+            register_judge(client, experiment, name, instructions, model)
+        except MlflowException as exc:  # MLflow refusing a judge (its name, a variable) must not lose the run
+            log.warning("judge %s not registered on MLflow's Judges page: %s", name, exc)
+
+
+def log_golden(client: Any, run_id: str, plan: EvalPlan, result: EvaluationResult) -> None:
+    """The golden set version the run evaluated on, as its evaluation dataset input."""
+    log_golden_input(client, run_id, f"{plan.app}-golden", result.golden_md5, str(plan.app_settings.golden_set),
+                     result.cases)
 
 
 def log_evaluation(workspace: Workspace, plan: EvalPlan, result: EvaluationResult, frame: pd.DataFrame,
@@ -119,6 +164,9 @@ def log_evaluation(workspace: Workspace, plan: EvalPlan, result: EvaluationResul
         for contender in plan.contenders:
             log_prompt_run(client, (experiment, parent_id, tags), plan, contender, result, frame)
         usage, settings = result.usage, plan.settings
+        log_golden(client, parent_id, plan, result)
+        if settings.log_traces:
+            register_judges(client, experiment, plan)
         log_contents(client, parent_id,
                      params={**common_params(plan, result), "cases": result.cases, "candidates": len(plan.candidates),
                              "min_effect": settings.min_effect, "confidence": settings.confidence,

@@ -79,7 +79,7 @@ def case_row(contender: Contender, case: GoldenCase, answer: Answer) -> CaseRow:
             "severity": case.severity, "lang": case.lang, "expected_behavior": case.expected_behavior,
             "input": case.input, "answer": answer.text, "retrieved": " ".join(answer.retrieved),
             "latency_ms": answer.latency_ms, "provider_ms": answer.provider_ms, "cost_usd": answer.cost_usd,
-            "judge_failure": None}
+            "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens, "judge_failure": None}
 
 
 async def scored_row(scorers: list[Scorer], contender: Contender, case: GoldenCase, answer: Answer,
