@@ -10,7 +10,9 @@ complete, and saves PNGs of
 - the pull request's text the deploy stage wrote (`.promptloop/pull-requests/*.md`), rendered as
   GitHub-flavoured markdown (tables, no raw HTML) the way a reviewer reads it,
 - the per-case table (`eval_cases.json`, logged with `mlflow.log_table`) of the promoted prompt's child
-  run of the newest `evaluate <app>` run, in the MLflow UI (the run's Artifacts tab, "View as table").
+  run of the newest `evaluate <app>` run, in the MLflow UI (the run's Artifacts tab, "View as table"),
+- that run on MLflow's "Evaluation runs" page compared with the baseline's run: one trace per golden case
+  and prompt, both answers and the judges' Feedback side by side.
 
 The browser is the Debian `chromium` package driven by Playwright (`pip install 'playwright>=1.50'`;
 never `playwright install`, which downloads browsers). Everything started here is stopped on the way out.
@@ -95,6 +97,7 @@ class CasesRun:
     run_id: str
     run_name: str
     parent_run_id: str
+    baseline_run_id: str
 
 
 # --- checks ---------------------------------------------------------------------------------------
@@ -211,7 +214,10 @@ def cases_run(root: Path, app: str) -> CasesRun:
     child = children[name]
     if "eval_cases.json" not in child.data.tags.get("mlflow.loggedArtifacts", ""):
         raise ScreenshotError(f"child run {child.info.run_id} ({name}) logged no eval_cases.json table")
-    return CasesRun(experiment.experiment_id, child.info.run_id, name, parent.info.run_id)
+    if "baseline" not in children:
+        raise ScreenshotError(f"run 'evaluate {app}' ({parent.info.run_id}) has no child run 'baseline'")
+    return CasesRun(experiment.experiment_id, child.info.run_id, name, parent.info.run_id,
+                    children["baseline"].info.run_id)
 
 
 # --- the browser ----------------------------------------------------------------------------------
@@ -365,6 +371,33 @@ def shoot_pull_request_body(context: BrowserContext, body: Path, out: Path, debu
     return Picture(out, f"the pull request's text ({body.name}) rendered as GitHub-flavoured markdown")
 
 
+def show_assessments(page: Page) -> None:
+    """In the traces table's column picker: the judges' Feedback in, the golden case's Expectations out
+    (they are one click away in each trace; the verdicts are what a reviewer compares)."""
+    page.get_by_role("button", name="Columns").filter(has_text="/").click()
+    page.get_by_role("checkbox", name="All Expectations").click(force=True)
+    page.get_by_role("checkbox", name="All Assessments").click(force=True)
+    page.keyboard.press("Escape")
+
+
+def shoot_mlflow_comparison(context: BrowserContext, mlflow_url: str, run: CasesRun, out: Path,
+                            debug_dir: Path) -> Picture:
+    """MLflow's Evaluation runs page comparing the promoted prompt's run with the baseline's: per golden case,
+    both traces (question, answers) with the judges' Feedback and the score distributions above."""
+    with page_for(context, "MLflow evaluation comparison", debug_dir) as page:
+        page.set_viewport_size(WIDE_VIEWPORT)
+        page.add_init_script("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+                             "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
+        query = f"selectedRunUuid={run.run_id}&compareToRunUuid={run.baseline_run_id}"
+        page.goto(f"{mlflow_url}/#/experiments/{run.experiment_id}/evaluation-runs?{query}")
+        page.get_by_text("tr-").first.wait_for(state="visible")
+        page.get_by_role("button", name="Toggle sidebar").click()
+        show_assessments(page)
+        settle(page)
+        page.screenshot(path=str(out))
+    return Picture(out, f"MLflow UI, Evaluation runs: {run.run_name!r} compared with the baseline, case by case")
+
+
 # --- the whole thing ------------------------------------------------------------------------------
 
 
@@ -404,6 +437,8 @@ def take_screenshots(workspace: Path, out_dir: Path, app: str = APP, chromium: s
                 shoot_mlflow_cases(
                     context, services.mlflow_url, cases, out_dir / "mlflow-eval-cases.png", services.logs
                 ),
+                shoot_mlflow_comparison(context, services.mlflow_url, cases,
+                                        out_dir / "mlflow-evaluation-compare.png", services.logs),
             ]
 
 
