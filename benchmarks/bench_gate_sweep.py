@@ -1,0 +1,146 @@
+"""Benchmark: how often the high-severity rule holds a candidate because of judge noise alone, before and
+after re-judging (issue 18). A seeded sweep, not a timing: its numbers do not depend on the machine.
+
+The support-bot's baseline prompt (prompts/support-bot/prompt.yaml) and two hand-written candidates
+(tests/data/candidates): `better` is clearly better (the gate promotes it at judge temperature 0, no
+high-severity case regresses there), `terse` truly breaks two high-severity cases (g004, g006). Their
+answers to the golden set's high-severity cases come from the simulated bot (at the prompts' temperature
+0.2, seeded by the evaluation seed); for each of `--trials` evaluation seeds and each judge temperature
+(1 and 2), the simulated judge grades every answer (evaluate.judge_samples verdicts, seeded by the
+evaluation seed) and the rule is applied:
+
+- before: any high-severity case that passes in the baseline and fails in the candidate holds it;
+- after: such a flip holds only if `evaluate.rejudge_samples` fresh verdicts on both answers confirm it
+  (promptloop.evaluate.run.fresh_verdicts and promptloop.evaluate.stats.regression_confirmed, the code
+  the evaluation runs).
+
+The false-hold rate is the share of trials that hold `better`; the detection rate the share that hold
+`terse`. Every call goes through the Runner (cached in a temporary file), to the offline judge.
+
+    .venv/bin/python benchmarks/bench_gate_sweep.py [--trials 400] [--rejudge-samples 5] [--results DIR]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import benchmark_parser, machine, write_result
+
+from promptloop.core.runtime import prepare_environment
+from promptloop.domain.golden import GoldenCase
+from promptloop.evaluate.plan import BASELINE, EvalPlan, plan_evaluation
+from promptloop.evaluate.run import answer_case, fresh_verdicts
+from promptloop.evaluate.scorers import PASS_SCORE, Answer, JudgeFailed, RubricJudge
+from promptloop.evaluate.stats import regression_confirmed
+from promptloop.evaluate.targets import build_target
+from promptloop.llm.client import litellm_module_configured
+from promptloop.llm.runner import ResponseCache, Runner
+from promptloop.workspace.workspace import open_workspace
+
+REPO = Path(__file__).resolve().parents[1]
+CANDIDATES = REPO / "tests" / "data" / "candidates"
+TEMPERATURES = (1.0, 2.0)
+
+
+@dataclass
+class Tally:
+    """Trials, and those in which the rule held the candidate before and after re-judging."""
+
+    trials: int = 0
+    held_before: int = 0
+    held_after: int = 0
+    flips: int = 0
+    confirmed: int = 0
+
+
+async def all_answers(plan: EvalPlan, runner: Runner, cases: list[GoldenCase]) -> dict[tuple[str, str], Answer]:
+    """Each prompt's answer to each case, from the simulated bot (seeded by the plan: the same every trial)."""
+    target = build_target(plan.app, plan.app_settings.target, REPO, plan.retriever, plan.top_k)
+    try:
+        return {(c.name, case.id): await answer_case(runner, plan, target, c, case)
+                for c in plan.contenders for case in cases}
+    finally:
+        target.close()
+
+
+async def passes(judge: RubricJudge, case: GoldenCase, answer: Answer) -> bool:
+    """The rule's first look: the mean of the judge's own verdicts passes."""
+    verdicts = await judge.verdicts(case, answer.text, answer.context)
+    return sum(verdicts) / len(verdicts) >= PASS_SCORE
+
+
+async def trial(judge: RubricJudge, cases: list[GoldenCase], answers: dict[tuple[str, str], Answer], name: str,
+                rejudge: int, alpha: float) -> tuple[int, int]:
+    """(flips, confirmed flips) of candidate `name` under one run seed."""
+    flips = confirmed = 0
+    for case in cases:
+        base, cand = answers[BASELINE, case.id], answers[name, case.id]
+        if not (await passes(judge, case, base) and not await passes(judge, case, cand)):
+            continue
+        flips += 1
+        before, after = (await fresh_verdicts(judge, case, base, rejudge),
+                         await fresh_verdicts(judge, case, cand, rejudge))
+        if isinstance(before, JudgeFailed) or isinstance(after, JudgeFailed):
+            confirmed += 1  # a judge failure never lets a flip through
+        else:
+            confirmed += regression_confirmed(before, after, PASS_SCORE, alpha)
+    return flips, confirmed
+
+
+async def sweep(trials: int, rejudge: int) -> dict[tuple[str, float], Tally]:
+    """Every (candidate, temperature): the trials and how many held before and after re-judging."""
+    workspace = open_workspace(REPO)
+    plan = plan_evaluation(workspace, "support-bot", [CANDIDATES / "better.yaml", CANDIDATES / "terse.yaml"])
+    settings = plan.settings
+    cases = [c for c in plan.cases if c.severity in settings.high_severity]
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = Runner(litellm_module_configured(workspace.params.llm), ResponseCache(Path(tmp) / "cache.sqlite"))
+        try:
+            tallies = {(c.name, t): Tally() for c in plan.candidates for t in TEMPERATURES}
+            for seed in range(trials):  # one evaluation seed: the app's answers and the judge's verdicts
+                seeded = dataclasses.replace(plan, settings=settings.model_copy(update={"seed": seed}))
+                answers = await all_answers(seeded, runner, cases)
+                for (name, temperature), tally in tallies.items():
+                    judge = RubricJudge(runner, settings.judge_model, settings.judge_samples, temperature, seed)
+                    flips, confirmed = await trial(judge, cases, answers, name, rejudge, 1 - settings.confidence)
+                    tally.trials += 1
+                    tally.flips += flips
+                    tally.confirmed += confirmed
+                    tally.held_before += flips > 0
+                    tally.held_after += confirmed > 0
+        finally:
+            runner.cache.close()
+    return tallies
+
+
+def table(tallies: dict[tuple[str, float], Tally], rejudge: int) -> str:
+    """One row per (candidate, judge temperature)."""
+    lines = [f"| candidate | judge temperature | trials | held before | held after ({rejudge} fresh verdicts) "
+             "| flips | confirmed |", "|---|---|---|---|---|---|---|"]
+    for (name, temperature), t in tallies.items():
+        lines.append(f"| {name} | {temperature:g} | {t.trials} | {t.held_before / t.trials:.1%} "
+                     f"| {t.held_after / t.trials:.1%} | {t.flips} | {t.confirmed} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__ or "")
+    parser.add_argument("--trials", type=int, default=400)
+    parser.add_argument("--rejudge-samples", type=int, default=5)
+    args = parser.parse_args()
+    prepare_environment()
+    tallies = asyncio.run(sweep(args.trials, args.rejudge_samples))
+    row = {**machine(), "trials": args.trials, "rejudge_samples": args.rejudge_samples,
+           "results": [{"candidate": name, "temperature": temperature, **vars(t)}
+                       for (name, temperature), t in tallies.items()]}
+    write_result(args.results, "gate_sweep", row, table(tallies, args.rejudge_samples))
+
+
+if __name__ == "__main__":
+    main()
