@@ -489,7 +489,7 @@ class EvaluateSettings(Section):
     )
     high_severity: list[str] = Field(default_factory=lambda: ["high", "critical"])
     rejudge_samples: int = Field(
-        default=5, ge=0, description="fresh rubric verdicts per prompt on a high-severity case that flips pass -> "
+        default=8, ge=0, description="fresh rubric verdicts per prompt on a high-severity case that flips pass -> "
         "fail, before the flip may hold a candidate (0: every flip holds)")
     target_mde: float = Field(
         default=0.10, gt=0, le=1, description="the gain the report says how many cases would be needed to see")
@@ -509,7 +509,7 @@ class EvaluateSettings(Section):
     def _rejudge_can_confirm(self) -> EvaluateSettings:
         # Too few fresh verdicts and the exact test never reaches significance: every flip would go unconfirmed.
         k, alpha = self.rejudge_samples, 1 - self.confidence
-        if k and 1 / math.comb(2 * k, k) >= alpha:
+        if k and 1 / math.comb(2 * k, k) >= round(alpha, 12):
             raise ValueError(f"rejudge_samples {k} can never confirm a regression at confidence {self.confidence}: "
                              "use 0 (every flip holds) or more samples")
         return self

@@ -121,7 +121,7 @@ def power_line(result: EvaluationResult) -> str:
     """The smallest gain the gate reliably passes, and how many cases a target MDE would take."""
     assert result.mde is not None
     source = "the paired differences' spread" if result.mde_paired else "the baseline's spread (no candidate to pair)"
-    line = (f"With {result.cases_decided} cases the gate cannot reliably pass a gain under {result.mde:.3f} "
+    line = (f"With {result.cases_decided} cases this golden set cannot reliably see a gain under {result.mde:.3f} "
             f"(80% power, min_effect included, from {source}); smaller true gains will usually be held.")
     target = result.target_mde
     if target is None:

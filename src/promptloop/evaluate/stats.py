@@ -36,6 +36,7 @@ __all__ = [
     "cases_for_mde",
     "regression_confirmed",
     "least_rejudge_samples",
+    "higher_p",
     "Agreement",
     "agreement",
 ]
@@ -310,27 +311,44 @@ def regression_confirmed(baseline: Sequence[float], candidate: Sequence[float], 
                          alpha: float = 0.05) -> bool:
     """Whether fresh verdicts on one case confirm a pass -> fail flip of the candidate.
 
-    All of: the baseline's mean passes (>= threshold), the candidate's fails, and a one-sided exact
-    permutation test finds the baseline's verdicts higher (p < alpha). The verdicts must be fresh (not
-    the ones that flagged the case): those were selected for looking like a regression, so a case of
-    equal quality is confirmed with probability at most alpha.
+    Both: the candidate's mean fails (< threshold), and a one-sided exact permutation test finds the
+    baseline's verdicts higher (p < alpha). The verdicts must be fresh (not the ones that flagged the
+    case): those were selected for looking like a regression, so for two answers of equal quality the
+    test's level bounds the chance of a confirmation by alpha. The baseline's fresh mean is not asked
+    to pass: an answer right at the threshold fails half its re-judgings, and asking would let half
+    the real regressions through without making equal answers any less likely to be confirmed.
     """
     b = np.asarray(baseline, dtype=float)
     c = np.asarray(candidate, dtype=float)
     if b.size == 0 or c.size == 0:
         raise ValueError("need at least one verdict of each prompt")
-    if not (b.mean() >= threshold > c.mean()):
+    if not c.mean() < threshold:
         return False
-    found = _st.permutation_test((b, c), lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
-                                 permutation_type="independent", alternative="greater", vectorized=True,
-                                 n_resamples=100_000, rng=0)
-    return bool(found.pvalue < alpha)
+    # 1 - 0.95 is 0.05000000000000004: an exact p of 0.05 is not under it.
+    return higher_p(b.astype(int).tolist(), c.astype(int).tolist()) < round(alpha, 12)
+
+
+def higher_p(first: list[int], second: list[int]) -> float:
+    """One-sided exact permutation p that `first`'s verdicts are higher than `second`'s (integer verdicts).
+
+    The share of the ways to split the pooled verdicts into groups of these sizes whose first group sums
+    to at least `first`'s (the difference of means is monotone in that sum): counted by dynamic programming
+    over (group size, sum), where enumerating every split (12,870 for 8 + 8) is far slower.
+    """
+    pooled, size = first + second, len(first)
+    ways: list[dict[int, int]] = [{0: 1}] + [{} for _ in range(size)]
+    for value in pooled:
+        for taken in range(size, 0, -1):  # downwards: each verdict joins a group at most once
+            for total, count in ways[taken - 1].items():
+                ways[taken][total + value] = ways[taken].get(total + value, 0) + count
+    observed = sum(first)
+    return sum(count for total, count in ways[size].items() if total >= observed) / math.comb(len(pooled), size)
 
 
 def least_rejudge_samples(alpha: float) -> int:
     """Fresh verdicts per prompt below which `regression_confirmed` can never confirm (exact p >= alpha)."""
     k = 1
-    while 1.0 / math.comb(2 * k, k) >= alpha:
+    while 1.0 / math.comb(2 * k, k) >= round(alpha, 12):
         k += 1
     return k
 
