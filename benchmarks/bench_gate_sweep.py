@@ -1,23 +1,24 @@
 """Benchmark: how often the high-severity rule holds a candidate because of judge noise alone, before and
 after re-judging (issue 18). A seeded sweep, not a timing: its numbers do not depend on the machine.
 
-The support-bot's baseline prompt (prompts/support-bot/prompt.yaml) and two hand-written candidates
-(tests/data/candidates): `better` is clearly better (the gate promotes it at judge temperature 0, no
-high-severity case regresses there), `terse` truly breaks two high-severity cases (g004, g006). Their
-answers to the golden set's high-severity cases come from the simulated bot (at the prompts' temperature
-0.2, seeded by the evaluation seed); for each of `--trials` evaluation seeds and each judge temperature
-(1 and 2), the simulated judge grades every answer (evaluate.judge_samples verdicts, seeded by the
-evaluation seed) and the rule is applied:
+Three scenarios on the support-bot's golden set: `better` (tests/data/candidates/better.yaml) against the
+app's prompt (prompts/support-bot/prompt.yaml): clearly better, no high-severity case regresses at judge
+temperature 0; `tie`: the candidate's answers are the baseline's own (the `terse` prompt's, some at the
+pass mark) with a trailing space, so every flip is judge noise; `terse` against the app's prompt: it truly
+breaks two high-severity cases (g004, g006). The answers to the high-severity cases are made once by the
+simulated bot (seeded by evaluate.seed); then, for each of `--trials` run seeds and each judge
+temperature (1 and 2), the simulated judge grades every answer (evaluate.judge_samples verdicts, seeded
+by the run seed) and the rule is applied:
 
 - before: any high-severity case that passes in the baseline and fails in the candidate holds it;
 - after: such a flip holds only if `evaluate.rejudge_samples` fresh verdicts on both answers confirm it
   (promptloop.evaluate.run.fresh_verdicts and promptloop.evaluate.stats.regression_confirmed, the code
   the evaluation runs).
 
-The false-hold rate is the share of trials that hold `better`; the detection rate the share that hold
-`terse`. Every call goes through the Runner (cached in a temporary file), to the offline judge.
+The false-hold rate is the share of trials that hold `better` or `tie`; the detection rate the share
+that hold `terse`. Every call goes through the Runner (cached in a temporary file), to the offline judge.
 
-    .venv/bin/python benchmarks/bench_gate_sweep.py [--trials 400] [--rejudge-samples 5] [--results DIR]
+    .venv/bin/python benchmarks/bench_gate_sweep.py [--trials 400] [--rejudge-samples 8] [--results DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from common import benchmark_parser, machine, write_result
 
 from promptloop.core.runtime import prepare_environment
 from promptloop.domain.golden import GoldenCase
+from promptloop.domain.prompts import load_prompt
 from promptloop.evaluate.plan import BASELINE, EvalPlan, plan_evaluation
 from promptloop.evaluate.run import answer_case, fresh_verdicts
 from promptloop.evaluate.scorers import PASS_SCORE, Answer, JudgeFailed, RubricJudge
@@ -93,27 +95,53 @@ async def trial(judge: RubricJudge, cases: list[GoldenCase], answers: dict[tuple
     return flips, confirmed
 
 
-async def sweep(trials: int, rejudge: int) -> dict[tuple[str, float], Tally]:
-    """Every (candidate, temperature): the trials and how many held before and after re-judging."""
+def scenarios() -> list[tuple[str, Path | None, Path]]:
+    """(name, baseline prompt file or None for the app's, candidate file). In `tie` the candidate's answers
+    are the baseline's (`terse`, whose answers sit at the pass mark on some cases) with a trailing space:
+    the same quality exactly, but other judge calls, so every flip in it is judge noise."""
+    terse = CANDIDATES / "terse.yaml"
+    return [("better", None, CANDIDATES / "better.yaml"), ("tie", terse, terse), ("terse", None, terse)]
+
+
+async def scenario(runner: Runner, name: str, baseline: Path | None, candidate: Path, trials: int,
+                   rejudge: int) -> dict[tuple[str, float], Tally]:
+    """One baseline and candidate: their answers once, then every judge temperature and run seed."""
     workspace = open_workspace(REPO)
-    plan = plan_evaluation(workspace, "support-bot", [CANDIDATES / "better.yaml", CANDIDATES / "terse.yaml"])
+    plan = plan_evaluation(workspace, "support-bot", [candidate],
+                           (load_prompt(baseline), str(baseline)) if baseline else None)
     settings = plan.settings
     cases = [c for c in plan.cases if c.severity in settings.high_severity]
+    answers = await all_answers(plan, runner, cases)
+    cand = plan.candidates[0].name
+    if name == "tie":
+        answers |= {(cand, case.id): dataclasses.replace(answers[BASELINE, case.id],
+                                                         text=answers[BASELINE, case.id].text + " ") for case in cases}
+    strict = RubricJudge(runner, settings.judge_model, 1, 0.0, 0)  # a noiseless look: which flips are real
+    real = [case.id for case in cases if await passes(strict, case, answers[BASELINE, case.id])
+            and not await passes(strict, case, answers[cand, case.id])]
+    print(f"{name}: high-severity cases that truly flip (judge temperature 0): {', '.join(real) or 'none'}")
+    tallies = {(name, t): Tally() for t in TEMPERATURES}
+    for (_, temperature), tally in tallies.items():
+        for seed in range(trials):
+            judge = RubricJudge(runner, settings.judge_model, settings.judge_samples, temperature, seed)
+            flips, confirmed = await trial(judge, cases, answers, cand, rejudge, 1 - settings.confidence)
+            tally.trials += 1
+            tally.flips += flips
+            tally.confirmed += confirmed
+            tally.held_before += flips > 0
+            tally.held_after += confirmed > 0
+    return tallies
+
+
+async def sweep(trials: int, rejudge: int) -> dict[tuple[str, float], Tally]:
+    """Every (scenario, temperature): the trials and how many held before and after re-judging."""
+    tallies: dict[tuple[str, float], Tally] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        runner = Runner(litellm_module_configured(workspace.params.llm), ResponseCache(Path(tmp) / "cache.sqlite"))
+        runner = Runner(litellm_module_configured(open_workspace(REPO).params.llm),
+                        ResponseCache(Path(tmp) / "cache.sqlite"))
         try:
-            tallies = {(c.name, t): Tally() for c in plan.candidates for t in TEMPERATURES}
-            for seed in range(trials):  # one evaluation seed: the app's answers and the judge's verdicts
-                seeded = dataclasses.replace(plan, settings=settings.model_copy(update={"seed": seed}))
-                answers = await all_answers(seeded, runner, cases)
-                for (name, temperature), tally in tallies.items():
-                    judge = RubricJudge(runner, settings.judge_model, settings.judge_samples, temperature, seed)
-                    flips, confirmed = await trial(judge, cases, answers, name, rejudge, 1 - settings.confidence)
-                    tally.trials += 1
-                    tally.flips += flips
-                    tally.confirmed += confirmed
-                    tally.held_before += flips > 0
-                    tally.held_after += confirmed > 0
+            for name, baseline, candidate in scenarios():
+                tallies |= await scenario(runner, name, baseline, candidate, trials, rejudge)
         finally:
             runner.cache.close()
     return tallies
@@ -132,7 +160,7 @@ def table(tallies: dict[tuple[str, float], Tally], rejudge: int) -> str:
 def main() -> None:
     parser = benchmark_parser(__doc__ or "")
     parser.add_argument("--trials", type=int, default=400)
-    parser.add_argument("--rejudge-samples", type=int, default=5)
+    parser.add_argument("--rejudge-samples", type=int, default=8)
     args = parser.parse_args()
     prepare_environment()
     tallies = asyncio.run(sweep(args.trials, args.rejudge_samples))
