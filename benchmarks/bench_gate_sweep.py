@@ -18,7 +18,8 @@ by the run seed) and the rule is applied:
 The false-hold rate is the share of trials that hold `better` or `tie`; the detection rate the share
 that hold `terse`. Every call goes through the Runner (cached in a temporary file), to the offline judge.
 
-    .venv/bin/python benchmarks/bench_gate_sweep.py [--trials 400] [--rejudge-samples 8] [--results DIR]
+    .venv/bin/python benchmarks/bench_gate_sweep.py [--trials 400] [--rejudge-samples 8] [--scenarios better tie terse]
+        [--results DIR]
 """
 
 from __future__ import annotations
@@ -80,19 +81,17 @@ async def passes(judge: RubricJudge, case: GoldenCase, answer: Answer) -> bool:
 async def trial(judge: RubricJudge, cases: list[GoldenCase], answers: dict[tuple[str, str], Answer], name: str,
                 rejudge: int, alpha: float) -> tuple[int, int]:
     """(flips, confirmed flips) of candidate `name` under one run seed."""
-    flips = confirmed = 0
-    for case in cases:
-        base, cand = answers[BASELINE, case.id], answers[name, case.id]
-        if not (await passes(judge, case, base) and not await passes(judge, case, cand)):
-            continue
-        flips += 1
-        before, after = (await fresh_verdicts(judge, case, base, rejudge),
-                         await fresh_verdicts(judge, case, cand, rejudge))
+    flipped = [case for case in cases if await passes(judge, case, answers[BASELINE, case.id])
+               and not await passes(judge, case, answers[name, case.id])]
+    confirmed = 0
+    for case in flipped:
+        before, after = (await fresh_verdicts(judge, case, answers[BASELINE, case.id], rejudge),
+                         await fresh_verdicts(judge, case, answers[name, case.id], rejudge))
         if isinstance(before, JudgeFailed) or isinstance(after, JudgeFailed):
             confirmed += 1  # a judge failure never lets a flip through
-        else:
-            confirmed += regression_confirmed(before, after, PASS_SCORE, alpha)
-    return flips, confirmed
+        else:  # the candidate's flips share the level, as in the evaluation
+            confirmed += regression_confirmed(before, after, PASS_SCORE, alpha / len(flipped))
+    return len(flipped), confirmed
 
 
 def scenarios() -> list[tuple[str, Path | None, Path]]:
@@ -133,14 +132,14 @@ async def scenario(runner: Runner, name: str, baseline: Path | None, candidate: 
     return tallies
 
 
-async def sweep(trials: int, rejudge: int) -> dict[tuple[str, float], Tally]:
+async def sweep(trials: int, rejudge: int, wanted: list[str]) -> dict[tuple[str, float], Tally]:
     """Every (scenario, temperature): the trials and how many held before and after re-judging."""
     tallies: dict[tuple[str, float], Tally] = {}
     with tempfile.TemporaryDirectory() as tmp:
         runner = Runner(litellm_module_configured(open_workspace(REPO).params.llm),
                         ResponseCache(Path(tmp) / "cache.sqlite"))
         try:
-            for name, baseline, candidate in scenarios():
+            for name, baseline, candidate in (s for s in scenarios() if s[0] in wanted):
                 tallies |= await scenario(runner, name, baseline, candidate, trials, rejudge)
         finally:
             runner.cache.close()
@@ -161,9 +160,10 @@ def main() -> None:
     parser = benchmark_parser(__doc__ or "")
     parser.add_argument("--trials", type=int, default=400)
     parser.add_argument("--rejudge-samples", type=int, default=8)
+    parser.add_argument("--scenarios", nargs="+", default=["better", "tie", "terse"])
     args = parser.parse_args()
     prepare_environment()
-    tallies = asyncio.run(sweep(args.trials, args.rejudge_samples))
+    tallies = asyncio.run(sweep(args.trials, args.rejudge_samples, args.scenarios))
     row = {**machine(), "trials": args.trials, "rejudge_samples": args.rejudge_samples,
            "results": [{"candidate": name, "temperature": temperature, **vars(t)}
                        for (name, temperature), t in tallies.items()]}

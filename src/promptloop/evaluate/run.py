@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ async def rejudge_flips(plan: EvalPlan, run: EvalRun, scorers: dict[str, list[Sc
         return
     judges = {name: next(s for s in found if isinstance(s, RubricJudge)) for name, found in scorers.items()}
     rows = {(str(r["prompt"]), str(r["case_id"])): r for r in run.rows}
+    flips_of = Counter(contender.name for contender, _ in flips)
     # One re-judging of a baseline answer serves every candidate that flipped on that case.
     baseline: dict[str, asyncio.Task[list[int] | JudgeFailed]] = {}
 
@@ -145,7 +147,10 @@ async def rejudge_flips(plan: EvalPlan, run: EvalRun, scorers: dict[str, list[Sc
             row["judge_failure"] = f"re-judging: {before if isinstance(before, JudgeFailed) else after}"
             return
         row["rejudge_baseline_raw"], row["rejudge_raw"] = float(np.mean(before)), float(np.mean(after))
-        row["rejudge_confirmed"] = stats.regression_confirmed(before, after, PASS_SCORE, 1 - plan.settings.confidence)
+        # Any confirmed flip holds the candidate, so its flips share the level (Bonferroni): a candidate
+        # whose flips are all noise is held with probability at most alpha, however many it has.
+        alpha = (1 - plan.settings.confidence) / flips_of[contender.name]
+        row["rejudge_confirmed"] = stats.regression_confirmed(before, after, PASS_SCORE, alpha)
 
     async with asyncio.TaskGroup() as group:
         for case in {case.id: case for _, case in flips}.values():
