@@ -106,6 +106,29 @@ def test_the_report_shows_the_decision_table_and_the_golden_set_size_limit(decid
     assert "high-severity case(s) pass in the baseline and fail here: g004, g006" in report
 
 
+def test_high_severity_flips_are_rejudged_through_the_runner_before_they_hold(decided: EvaluationResult) -> None:
+    terse = by_name(decided)["terse"]
+    # At judge temperature 0 the fresh verdicts repeat what the judge saw: both flips are confirmed.
+    assert terse.high_severity_regressions == ["g004", "g006"] and terse.unconfirmed_regressions == []
+    rejudged = decided.usage.by_purpose["judge:rejudge"]
+    # Two cases, `rejudge_samples` fresh verdicts on each prompt's answer (the baseline's once, whatever
+    # the number of candidates that flipped there); nothing else is re-judged.
+    assert rejudged.calls + rejudged.cache_hits == 2 * 2 * 8
+    assert "High-severity flips re-judged: 2 confirmed (g004, g006), 0 not confirmed" in decided.report
+
+
+def test_the_mde_comes_from_the_paired_differences_and_says_what_a_target_needs(decided: EvaluationResult) -> None:
+    assert decided.mde_paired and decided.mde is not None and decided.mde > decided.min_effect
+    assert decided.target_mde == 0.10
+    if decided.mde > decided.target_mde:
+        assert decided.cases_for_target_mde is not None and decided.cases_for_target_mde > decided.cases_decided
+        assert f"About {decided.cases_for_target_mde - decided.cases_decided} more decided case(s)" in decided.report
+    else:
+        assert "That meets the target 0.100" in decided.report
+    for candidate in decided.candidates:
+        assert candidate.mde is None or candidate.mde > decided.min_effect
+
+
 def test_a_second_evaluation_of_the_same_prompts_makes_no_llm_call(
     workspace: Workspace, decided: EvaluationResult
 ) -> None:

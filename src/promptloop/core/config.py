@@ -6,6 +6,7 @@ An unknown key or a wrong type is an `InputError` that names the file and the ke
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -503,6 +504,11 @@ class EvaluateSettings(Section):
         default=0.02, ge=0, description="the CI's lower bound must exceed this (score scale 0..1)"
     )
     high_severity: list[str] = Field(default_factory=lambda: ["high", "critical"])
+    rejudge_samples: int = Field(
+        default=8, ge=0, description="fresh rubric verdicts per prompt on a high-severity case that flips pass -> "
+        "fail, before the flip may hold a candidate (0: every flip holds)")
+    target_mde: float = Field(
+        default=0.10, gt=0, le=1, description="the gain the report says how many cases would be needed to see")
     guards: GuardMargins = Field(default_factory=GuardMargins)
     latency_probe: LatencyProbe = Field(default_factory=LatencyProbe)
     min_judge_kappa: float = Field(default=0.4, ge=-1, le=1, description="judge-human agreement needed to decide")
@@ -529,6 +535,15 @@ class EvaluateSettings(Section):
     budget_calls: int | None = Field(default=None, ge=1)
     log_traces: bool = Field(
         default=True, description="each (prompt, case) as an MLflow trace with its judges' Feedback and Expectations")
+
+    @model_validator(mode="after")
+    def _rejudge_can_confirm(self) -> EvaluateSettings:
+        # Too few fresh verdicts and the exact test never reaches significance: every flip would go unconfirmed.
+        k, alpha = self.rejudge_samples, 1 - self.confidence
+        if k and 1 / math.comb(2 * k, k) >= round(alpha, 12):
+            raise ValueError(f"rejudge_samples {k} can never confirm a regression at confidence {self.confidence}: "
+                             "use 0 (every flip holds) or more samples")
+        return self
 
 
 class ImproveSettings(Section):

@@ -95,7 +95,10 @@ class CandidateResult(PromptResult):
     pairwise_win_rate: float | None = None
     mde: float | None = None
     flips: Flips = Field(default_factory=Flips)
-    high_severity_regressions: list[str] = Field(default_factory=list)
+    high_severity_regressions: list[str] = Field(
+        default_factory=list, description="high-severity pass -> fail flips confirmed by re-judging: they hold")
+    unconfirmed_regressions: list[str] = Field(
+        default_factory=list, description="high-severity flips fresh verdicts did not confirm: reported, not held")
     guards: list[GuardResult] = Field(default_factory=list)
     decision: Decision
     reasons: list[str] = Field(default_factory=list)
@@ -184,7 +187,10 @@ class EvaluationResult(Record):
     candidates: list[CandidateResult]
     judge: JudgeResult
     judge_failures: int
-    mde: float | None = Field(description="the smallest gain this golden set reliably sees (80% power)")
+    mde: float | None = Field(description="the smallest gain the gate reliably passes on this golden set (80% power)")
+    mde_paired: bool = Field(default=False, description="the MDE comes from paired differences (else a planning value)")
+    target_mde: float | None = None
+    cases_for_target_mde: int | None = Field(default=None, description="paired cases for the MDE to reach target_mde")
     latency_source: Literal["provider", "probe"] | None = Field(
         default=None, description="where the gated latency comes from: the provider's reported processing times, "
         "a sequential probe (the provider reported none), or nowhere (no latency guard)")

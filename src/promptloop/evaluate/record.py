@@ -80,7 +80,8 @@ def _metric_safe(name: str) -> str:
 def common_params(plan: EvalPlan, result: EvaluationResult) -> dict[str, object]:
     """What every run of one evaluation records: what was evaluated, on what, by which judge, from which commit."""
     return {"app": plan.app, "golden_md5": result.golden_md5, "judge_model": plan.settings.judge_model,
-            "judge_samples": plan.settings.judge_samples, "seed": plan.settings.seed, "git_commit": result.git_commit}
+            "judge_samples": plan.settings.judge_samples, "rejudge_samples": plan.settings.rejudge_samples,
+            "seed": plan.settings.seed, "git_commit": result.git_commit}
 
 
 def registry_prompt_name(app: str, result: EvaluationResult, line: PromptResult) -> str:

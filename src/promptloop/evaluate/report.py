@@ -53,6 +53,13 @@ def candidate_section(c: CandidateResult) -> list[str]:
     fixed, broken = c.flips.fixed, c.flips.broken
     lines += ["", f"Cases fixed ({len(fixed)}): {', '.join(fixed) or 'none'}",
               f"Cases broken ({len(broken)}): {', '.join(broken) or 'none'}"]
+    if c.high_severity_regressions or c.unconfirmed_regressions:
+        confirmed, unconfirmed = c.high_severity_regressions, c.unconfirmed_regressions
+        lines.append(f"High-severity flips re-judged: {len(confirmed)} confirmed "
+                     f"({', '.join(confirmed) or 'none'}), {len(unconfirmed)} not confirmed "
+                     f"({', '.join(unconfirmed) or 'none'}; judge noise, not held)")
+    if c.mde is not None:
+        lines.append(f"Smallest gain the gate passes with 80% power on these paired cases: {c.mde:.3f}")
     if c.pairwise_win_rate is not None:
         lines.append(
             f"Pairwise preference over the baseline (both orders): {c.pairwise_win_rate:.2f} (0.5 = no preference)"
@@ -154,16 +161,29 @@ def latency_note(result: EvaluationResult) -> list[str]:
     return [f"{source}. Wall-clock p95 ms during this run, not used by the gate: {wall}.", ""]
 
 
+def power_line(result: EvaluationResult) -> str:
+    """The smallest gain the gate reliably passes, and how many cases a target MDE would take."""
+    assert result.mde is not None
+    source = "the paired differences' spread" if result.mde_paired else "the baseline's spread (no candidate to pair)"
+    line = (f"With {result.cases_decided} cases this golden set cannot reliably see a gain under {result.mde:.3f} "
+            f"(80% power, min_effect included, from {source}); smaller true gains will usually be held.")
+    target = result.target_mde
+    if target is None:
+        return line
+    if result.mde <= target:
+        return line + f" That meets the target {target:.3f}."
+    if result.cases_for_target_mde is None:
+        return line + f" No golden-set size reaches the target {target:.3f}: it is not above min_effect."
+    more = max(0, result.cases_for_target_mde - result.cases_decided)
+    return line + f" About {more} more decided case(s) would bring it to the target {target:.3f}."
+
+
 def markdown_report(result: EvaluationResult) -> str:
     """The whole report."""
     usage = result.usage
     lines = header(result) + decision_table(result) + [""] + latency_note(result)
     if result.mde is not None:
-        lines += [
-            f"With {result.cases_decided} cases this golden set cannot reliably see a gain under {result.mde:.3f} "
-            f"(80% power); smaller true gains will usually be held.",
-            "",
-        ]
+        lines += [power_line(result), ""]
     if result.candidates:
         lines += ["## Candidates", ""]  # each candidate's section is a ### under it: no jump from # to ###
     for c in result.candidates:

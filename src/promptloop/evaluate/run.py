@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,9 +22,11 @@ import numpy as np
 
 from promptloop.core.runtime import prepare_environment
 from promptloop.domain.golden import GoldenCase
+from promptloop.evaluate import stats
 from promptloop.evaluate.latency import NoCache, ProbeResult, needs_probe, run_probe
 from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan, build_scorers
 from promptloop.evaluate.scorers import (
+    PASS_SCORE,
     Answer,
     GuardJudge,
     JudgeFailed,
@@ -114,6 +117,65 @@ async def calibrated(judge: RubricJudge, guards: list[GuardJudge], case: GoldenC
     return Calibrated(case.id, human_pass, mean >= 4, None, verdicts, case.slice, traits)
 
 
+REJUDGE = "judge:rejudge"  # the purpose re-judging calls are counted under
+
+
+def high_severity_flips(plan: EvalPlan, rows: list[CaseRow]) -> list[tuple[Contender, GoldenCase]]:
+    """(candidate, case) of every high-severity case that passes in the baseline and fails in the candidate."""
+    base = {row["case_id"]: row.get("rubric_passed") for row in rows if row["prompt"] == BASELINE}
+    contenders = {c.name: c for c in plan.candidates}
+    cases = {c.id: c for c in plan.cases if c.severity in plan.settings.high_severity}
+    return [(contenders[str(row["prompt"])], cases[str(row["case_id"])]) for row in rows
+            if row["prompt"] in contenders and row["case_id"] in cases and row.get("rubric_passed") is False
+            and base.get(row["case_id"]) is True]
+
+
+async def fresh_verdicts(judge: RubricJudge, case: GoldenCase, answer: Answer, count: int) -> list[int] | JudgeFailed:
+    """`count` more verdicts on one answer (sample indices after the judge's own, so none is one already
+    seen), or the judge's failure."""
+    rejudge = dataclasses.replace(judge, purpose=REJUDGE)
+    try:
+        return await rejudge.verdicts(case, answer.text, answer.context, range(judge.samples, judge.samples + count))
+    except JudgeFailed as exc:
+        return exc
+
+
+async def rejudge_flips(plan: EvalPlan, run: EvalRun, scorers: dict[str, list[Scorer]],
+                        answers: dict[tuple[str, str], Answer]) -> None:
+    """Re-judge each high-severity pass -> fail flip on both answers with `rejudge_samples` fresh verdicts;
+    the candidate's row records whether they confirm it (`rejudge_confirmed`). A judge that stays
+    malformed is a judge failure: the candidate is incomplete, never promoted on an unchecked flip."""
+    count = plan.settings.rejudge_samples
+    flips = high_severity_flips(plan, run.rows) if count else []
+    if not flips:
+        return
+    judges = {name: next(s for s in found if isinstance(s, RubricJudge)) for name, found in scorers.items()}
+    rows = {(str(r["prompt"]), str(r["case_id"])): r for r in run.rows}
+    flips_of = Counter(contender.name for contender, _ in flips)
+    # One re-judging of a baseline answer serves every candidate that flipped on that case.
+    baseline: dict[str, asyncio.Task[list[int] | JudgeFailed]] = {}
+
+    async def confirm(contender: Contender, case: GoldenCase) -> None:
+        row = rows[contender.name, case.id]
+        before = await baseline[case.id]
+        after = await fresh_verdicts(judges[contender.name], case, answers[contender.name, case.id], count)
+        if isinstance(before, JudgeFailed) or isinstance(after, JudgeFailed):
+            row["judge_failure"] = f"re-judging: {before if isinstance(before, JudgeFailed) else after}"
+            return
+        row["rejudge_baseline_raw"], row["rejudge_raw"] = float(np.mean(before)), float(np.mean(after))
+        # Any confirmed flip holds the candidate, so its flips share the level (Bonferroni): a candidate
+        # whose flips are all noise is held with probability at most alpha, however many it has.
+        alpha = (1 - plan.settings.confidence) / flips_of[contender.name]
+        row["rejudge_confirmed"] = stats.regression_confirmed(before, after, PASS_SCORE, alpha)
+
+    async with asyncio.TaskGroup() as group:
+        for case in {case.id: case for _, case in flips}.values():
+            baseline[case.id] = group.create_task(
+                fresh_verdicts(judges[BASELINE], case, answers[BASELINE, case.id], count))
+        for contender, case in flips:
+            group.create_task(confirm(contender, case))
+
+
 def calibration_judges(runner: Runner, scorers: dict[str, list[Scorer]]) -> tuple[RubricJudge, list[GuardJudge]]:
     """The baseline's rubric judge and guard judges, their calls counted under `judge:calibration`."""
     judge = next(s for s in scorers[BASELINE] if isinstance(s, RubricJudge))
@@ -165,6 +227,8 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
             for case in plan.cases:
                 if case.human_label is not None:
                     group.create_task(calibrate(case))
+        # Every answer is in: the flips that could hold a candidate are re-judged before they may.
+        await rejudge_flips(plan, run, scorers, {key: task.result() for key, task in answers.items()})
     except* (CallFailed, BudgetExceeded) as failures:
         run.stopped = str(failures.exceptions[0])
     return in_plan_order(plan, run)

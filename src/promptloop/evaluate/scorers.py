@@ -13,6 +13,7 @@ judge failure is counted, never turned into a score.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import statistics
@@ -38,6 +39,9 @@ from promptloop.quality.judges import (
 
 ScoreValue = float | int | bool | str | None
 Scores = dict[str, ScoreValue]  # a scorer's columns of one (prompt, case) row
+
+
+PASS_SCORE = 4  # a rubric mean (1-5) of at least this passes
 
 
 class JudgeFailed(RuntimeError):
@@ -105,21 +109,27 @@ class RubricJudge:
 
     file: JudgeFile | None = None  # the app's primary judge file, replacing the built-in rubric
 
-    async def verdicts(self, case: GoldenCase, answer_text: str, context: str) -> list[int]:
-        """k raw 1-5 scores of one answer; each sample is its own seeded (and cached) call."""
-        return [score for score, _ in await self.judged(case, answer_text, context)]
+    async def verdicts(self, case: GoldenCase, answer_text: str, context: str,
+                       samples: range | None = None) -> list[int]:
+        """k raw 1-5 scores of one answer (or those of the sample indices `samples`); each its own seeded call."""
+        return [score for score, _ in await self.judged(case, answer_text, context, samples)]
 
-    async def judged(self, case: GoldenCase, answer_text: str, context: str) -> list[tuple[int, str]]:
-        """k (1-5 score, the judge's reason) pairs of one answer; each sample is its own seeded (and cached) call."""
+    async def judged(self, case: GoldenCase, answer_text: str, context: str,
+                     samples: range | None = None) -> list[tuple[int, str]]:
+        """k (1-5 score, the judge's reason) pairs of one answer; each sample is its own seeded (and cached) call.
+
+        `samples` are the sample indices (default: the first k); re-judging asks for the ones after them.
+        """
         if self.file is not None:
             messages = self.file.messages(self.description, case.inputs, expectations_of(case), answer_text, context)
         else:
             messages = rubric_messages(case.input, answer_text, **judge_kwargs(case, context, self.description))
         scores = []
-        for sample in range(self.samples):
+        for sample in samples if samples is not None else range(self.samples):
             try:
                 completion = await self.runner.complete(
-                    self.purpose, self.model, messages, temperature=self.temperature, seed=self.seed + sample,
+                    self.purpose, self.model, messages, temperature=self.temperature,
+                    seed=sample_seed(self.seed, case.id, sample, f"{self.model}|{self.label}"),
                     validate=self.read, schema=None if self.file else RUBRIC_SCHEMA)
             except InvalidResponse as exc:
                 raise JudgeFailed(f"{self.label} judge on case {case.id}: {exc}") from exc
@@ -142,9 +152,17 @@ class RubricJudge:
         judged = await self.judged(case, answer.text, answer.context)
         raw = [score for score, _ in judged]
         mean = statistics.fmean(raw)
-        return {"rubric_score": (mean - 1) / 4, "rubric_raw": mean, "rubric_passed": mean >= 4,
+        return {"rubric_score": (mean - 1) / 4, "rubric_raw": mean, "rubric_passed": mean >= PASS_SCORE,
                 "rubric_judge_var": statistics.pvariance(raw) if len(raw) > 1 else 0.0,
                 "rubric_reason": judged[0][1]}  # the first sample's: what a reviewer reads in the pull request
+
+
+def sample_seed(run_seed: int, case_id: str, sample: int, judge: str) -> int:
+    """The seed of one judge sample: a hash of (run seed, case, sample index, judge), 31 bits (every
+    provider's seed type holds it). With `run_seed + sample`, run s's second sample was run s+1's first
+    (the same cached call), so repetitions of an evaluation under neighbouring seeds were not independent."""
+    digest = hashlib.blake2b(f"{run_seed}|{case_id}|{sample}|{judge}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF
 
 
 @dataclass

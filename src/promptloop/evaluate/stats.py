@@ -32,6 +32,11 @@ __all__ = [
     "sign_test",
     "holm",
     "minimum_detectable_effect",
+    "gate_mde",
+    "cases_for_mde",
+    "regression_confirmed",
+    "least_rejudge_samples",
+    "higher_p",
     "Agreement",
     "agreement",
 ]
@@ -265,6 +270,96 @@ def minimum_detectable_effect(
         raise ValueError(f"diffs_sd must be >= 0, got {diffs_sd}")
     z = float(_st.norm.ppf(1.0 - alpha / 2.0) + _st.norm.ppf(power))
     return z * float(diffs_sd) / math.sqrt(n)
+
+
+def _gate_z(alpha: float, power: float, comparisons: int) -> tuple[float, float]:
+    """(z of the CI test on `diff - min_effect`, z of the significance test after Holm) plus z_power.
+
+    The gate needs both: the CI's lower bound (level 1 - alpha, not adjusted) above `min_effect`, and
+    the Holm-adjusted p under alpha; Holm's strictest step is Bonferroni's alpha / m, so planning on
+    it never overstates the power when several candidates compete.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not 0.0 < power < 1.0:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+    z_power = float(_st.norm.ppf(power))
+    z_ci = float(_st.norm.ppf(1.0 - alpha / 2.0))
+    z_holm = float(_st.norm.ppf(1.0 - alpha / (2.0 * max(1, comparisons))))
+    return z_ci + z_power, z_holm + z_power
+
+
+def gate_mde(diffs_sd: float, n: int, min_effect: float, alpha: float = 0.05, power: float = 0.8,
+             comparisons: int = 1) -> float:
+    """Smallest true mean gain the promotion gate passes with the given power, from the paired diffs' sd.
+
+    max(min_effect + (z_{1-alpha/2} + z_power) * se, (z_{1-alpha/(2m)} + z_power) * se), se = sd / sqrt(n):
+    the first term is the CI's lower bound clearing `min_effect`, the second the significance test after
+    Holm's correction for m candidates. n < 2 or a NaN sd gives inf.
+    """
+    z_ci, z_holm = _gate_z(alpha, power, comparisons)
+    if n < 2 or math.isnan(diffs_sd):
+        return math.inf
+    if diffs_sd < 0:
+        raise ValueError(f"diffs_sd must be >= 0, got {diffs_sd}")
+    se = float(diffs_sd) / math.sqrt(n)
+    return max(min_effect + z_ci * se, z_holm * se)
+
+
+def cases_for_mde(diffs_sd: float, target: float, min_effect: float, alpha: float = 0.05, power: float = 0.8,
+                  comparisons: int = 1) -> int | None:
+    """Paired cases the gate needs for `gate_mde` to reach `target`; None when no size can (target <= min_effect)."""
+    z_ci, z_holm = _gate_z(alpha, power, comparisons)
+    if target <= min_effect or math.isnan(diffs_sd):
+        return None
+    needed = max((z_ci * diffs_sd / (target - min_effect)) ** 2, (z_holm * diffs_sd / target) ** 2)
+    return max(2, math.ceil(needed - 1e-9))
+
+
+def regression_confirmed(baseline: Sequence[float], candidate: Sequence[float], threshold: float,
+                         alpha: float = 0.05) -> bool:
+    """Whether fresh verdicts on one case confirm a pass -> fail flip of the candidate.
+
+    Both: the candidate's mean fails (< threshold), and a one-sided exact permutation test finds the
+    baseline's verdicts higher (p < alpha). The verdicts must be fresh (not the ones that flagged the
+    case): those were selected for looking like a regression, so for two answers of equal quality the
+    test's level bounds the chance of a confirmation by alpha. The baseline's fresh mean is not asked
+    to pass: an answer right at the threshold fails half its re-judgings, and asking would let half
+    the real regressions through without making equal answers any less likely to be confirmed.
+    """
+    b = np.asarray(baseline, dtype=float)
+    c = np.asarray(candidate, dtype=float)
+    if b.size == 0 or c.size == 0:
+        raise ValueError("need at least one verdict of each prompt")
+    if not c.mean() < threshold:
+        return False
+    # 1 - 0.95 is 0.05000000000000004: an exact p of 0.05 is not under it.
+    return higher_p(b.astype(int).tolist(), c.astype(int).tolist()) < round(alpha, 12)
+
+
+def higher_p(first: list[int], second: list[int]) -> float:
+    """One-sided exact permutation p that `first`'s verdicts are higher than `second`'s (integer verdicts).
+
+    The share of the ways to split the pooled verdicts into groups of these sizes whose first group sums
+    to at least `first`'s (the difference of means is monotone in that sum): counted by dynamic programming
+    over (group size, sum), where enumerating every split (12,870 for 8 + 8) is far slower.
+    """
+    pooled, size = first + second, len(first)
+    ways: list[dict[int, int]] = [{0: 1}] + [{} for _ in range(size)]
+    for value in pooled:
+        for taken in range(size, 0, -1):  # downwards: each verdict joins a group at most once
+            for total, count in ways[taken - 1].items():
+                ways[taken][total + value] = ways[taken].get(total + value, 0) + count
+    observed = sum(first)
+    return sum(count for total, count in ways[size].items() if total >= observed) / math.comb(len(pooled), size)
+
+
+def least_rejudge_samples(alpha: float) -> int:
+    """Fresh verdicts per prompt below which `regression_confirmed` can never confirm (exact p >= alpha)."""
+    k = 1
+    while 1.0 / math.comb(2 * k, k) >= round(alpha, 12):
+        k += 1
+    return k
 
 
 @dataclass(frozen=True)

@@ -298,9 +298,11 @@ class Comparison:
     paired: stats.PairedComparison | None
     mcnemar_p: float | None
     mde: float
-    regressions: list[str]
+    regressions: list[str]  # high-severity flips confirmed by re-judging (or not re-judged): they hold
     flips: Flips
     pairwise_win_rate: float | None
+    unconfirmed: list[str] = dataclasses.field(default_factory=list)  # flips fresh verdicts did not confirm
+    diffs_sd: float = math.nan
 
 
 def no_comparison() -> Comparison:
@@ -308,8 +310,18 @@ def no_comparison() -> Comparison:
     return Comparison(None, None, math.inf, [], Flips(), None)
 
 
-def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings) -> Comparison:
-    """Paired statistics of one candidate against the baseline."""
+def confirmed_regressions(broken: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(confirmed, unconfirmed) high-severity flips. A flip that was not re-judged (rejudge_samples 0, or
+    re-judging did not run) counts as confirmed: it holds, as it did before re-judging existed."""
+    column = "rejudge_confirmed_c"
+    if column not in broken:
+        return sorted(broken["case_id"]), []
+    unconfirmed = broken[column].map(lambda found: found is not None and not pd.isna(found) and not bool(found))
+    return sorted(broken.loc[~unconfirmed, "case_id"]), sorted(broken.loc[unconfirmed, "case_id"])
+
+
+def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings, comparisons: int = 1) -> Comparison:
+    """Paired statistics of one candidate against the baseline (one of `comparisons` under Holm's correction)."""
     if "rubric_score" not in base or "rubric_score" not in cand:  # no verdict at all: nothing to compare
         return no_comparison()
     both = base.merge(cand, on="case_id", suffixes=("_b", "_c")).dropna(subset=["rubric_score_b", "rubric_score_c"])
@@ -321,14 +333,15 @@ def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings) 
     diffs = both["rubric_score_c"] - both["rubric_score_b"]
     sd = float(diffs.std(ddof=1)) if len(both) > 1 else math.nan
     broken = both.loc[passed_b & ~passed_c]
-    high = broken.loc[broken["severity_b"].isin(settings.high_severity), "case_id"].tolist()
+    confirmed, unconfirmed = confirmed_regressions(broken.loc[broken["severity_b"].isin(settings.high_severity)])
     win_rate = float(both["pairwise_score_c"].mean()) if "pairwise_score_c" in both else None
     return Comparison(
         paired=paired, mcnemar_p=stats.mcnemar(passed_b, passed_c)[2],
-        mde=stats.minimum_detectable_effect(sd, len(both), 1 - settings.confidence) if sd > 0 else math.nan,
-        regressions=sorted(high), flips=Flips(fixed=sorted(both.loc[~passed_b & passed_c, "case_id"]),
-                                              broken=sorted(broken["case_id"])),
-        pairwise_win_rate=win_rate,
+        mde=stats.gate_mde(sd, len(both), settings.min_effect, 1 - settings.confidence, comparisons=comparisons)
+        if sd > 0 else math.nan,
+        regressions=confirmed, flips=Flips(fixed=sorted(both.loc[~passed_b & passed_c, "case_id"]),
+                                           broken=sorted(broken["case_id"])),
+        pairwise_win_rate=win_rate, unconfirmed=unconfirmed, diffs_sd=sd,
     )
 
 
@@ -382,14 +395,34 @@ def split_comparison(frame: pd.DataFrame, name: str, cases: list[GoldenCase],
     return SplitComparison(n=found.n, diff=found.mean_diff, ci_low=found.ci_low, ci_high=found.ci_high)
 
 
-def golden_set_mde(base: pd.DataFrame, settings: EvaluateSettings) -> float | None:
-    """The smallest gain this golden set can see (no-correlation planning value: sd of a diff = sqrt(2) sd)."""
+@dataclass(frozen=True)
+class Power:
+    """The smallest gain the gate passes with 80% power on this golden set, and the cases a target needs."""
+
+    mde: float | None
+    cases_for_target: int | None  # paired cases for the MDE to reach evaluate.target_mde (None: unreachable)
+    paired: bool  # from the candidates' paired differences (else the no-correlation planning value)
+
+
+def diffs_spread(base: pd.DataFrame, comparisons: list[Comparison]) -> tuple[float, bool]:
+    """The sd of a paired difference: pooled over the candidates' paired differences (their variances
+    averaged) or, with none, the no-correlation planning value sqrt(2) * sd of the baseline's scores."""
+    spreads = [c.diffs_sd for c in comparisons if math.isfinite(c.diffs_sd) and c.diffs_sd > 0]
+    if spreads:
+        return math.sqrt(float(np.mean(np.square(spreads)))), True
     scores = base["rubric_score"].dropna() if "rubric_score" in base else pd.Series(dtype=float)
-    if len(scores) < 2 or scores.std(ddof=1) == 0:
-        return None
-    return stats.minimum_detectable_effect(
-        math.sqrt(2) * float(scores.std(ddof=1)), len(scores), 1 - settings.confidence
-    )
+    return (math.sqrt(2) * float(scores.std(ddof=1)) if len(scores) > 1 else math.nan), False
+
+
+def golden_set_power(base: pd.DataFrame, comparisons: list[Comparison], settings: EvaluateSettings) -> Power:
+    """The gate's MDE at the golden set's size (margin `min_effect` and Holm's correction included)."""
+    sd, paired = diffs_spread(base, comparisons)
+    n = int(base["rubric_score"].notna().sum()) if "rubric_score" in base else 0
+    if not sd > 0 or n < 2:
+        return Power(None, None, paired)
+    alpha, m = 1 - settings.confidence, max(1, len(comparisons))
+    return Power(stats.gate_mde(sd, n, settings.min_effect, alpha, comparisons=m),
+                 stats.cases_for_mde(sd, settings.target_mde, settings.min_effect, alpha, comparisons=m), paired)
 
 
 def finite(value: float | None) -> float | None:
@@ -506,7 +539,7 @@ def candidate_result(base: BaselineEvidence, contender: Contender, frame: pd.Dat
         prompt_hash=contender.prompt.content_hash, model=contender.model, **stats_fields(cand_stats),
         license=license_class, **paired_fields(found.paired), p_adjusted=p_adjusted, mcnemar_p=found.mcnemar_p,
         pairwise_win_rate=found.pairwise_win_rate, mde=finite(found.mde), flips=found.flips,
-        high_severity_regressions=evidence.regressions,
+        high_severity_regressions=evidence.regressions, unconfirmed_regressions=found.unconfirmed,
         guards=[GuardResult(metric=g.metric, baseline=g.baseline, candidate=g.candidate, limit=g.limit, ok=g.ok,
                             p_value=g.p_value) for g in evidence.guards],
         decision=decision, reasons=reasons,
@@ -524,8 +557,9 @@ def comparisons_of(plan: EvalPlan, by_prompt: dict[str, pd.DataFrame]) -> tuple[
                                                                                   dict[str, float]]:
     """Each candidate against the baseline, and the Holm-adjusted p-values of those that could be tested."""
     base = by_prompt[BASELINE]
-    comparisons = {c.name: compare(base, by_prompt[c.name], plan.settings) if len(by_prompt[c.name]) and len(base)
-                   else None for c in plan.candidates if c.name not in plan.blocked}
+    compared = [c for c in plan.candidates if c.name not in plan.blocked and len(by_prompt[c.name]) and len(base)]
+    comparisons: dict[str, Comparison | None] = {c.name: None for c in plan.candidates if c.name not in plan.blocked}
+    comparisons |= {c.name: compare(base, by_prompt[c.name], plan.settings, len(compared)) for c in compared}
     testable = [(name, cmp.paired.p_value) for name, cmp in comparisons.items() if cmp is not None and cmp.paired]
     adjusted = dict(zip([name for name, _ in testable], stats.holm([p for _, p in testable]), strict=True))
     return comparisons, adjusted
@@ -556,6 +590,7 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
                                         license_of(c.model)) for c in plan.candidates]
     for contender, candidate in zip(plan.candidates, candidates, strict=True):
         candidate.optimize_split = split_comparison(everything, contender.name, seen, settings)
+    power = golden_set_power(base_frame, [c for c in comparisons.values() if c is not None and c.paired], settings)
     return EvaluationResult(
         app=plan.app, cases=len(plan.cases), cases_decided=len(decided), cases_optimize=len(seen),
         complete=not base.problems and all(c.decision != "incomplete" for c in candidates), stopped=run.stopped,
@@ -565,7 +600,8 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
                             "rubric (built-in)"),
             "guard_agreement": guard_agreement(run.calibration, [j.name for j in plan.guard_judges])}),
         judge_failures=int(frame["judge_failure"].notna().sum()) if len(frame) else 0,
-        mde=golden_set_mde(base_frame, settings),
+        mde=power.mde, mde_paired=power.paired, target_mde=settings.target_mde,
+        cases_for_target_mde=power.cases_for_target,
         latency_source=latency.source,
         latency_probe_rounds=latency.probe_rounds,
     )
