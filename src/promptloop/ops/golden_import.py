@@ -27,7 +27,7 @@ from promptloop.core.errors import InputError, input_error_from_validation
 from promptloop.core.jsonl import read_jsonl
 from promptloop.domain.golden import GoldenCase, load_golden
 from promptloop.improve.growth import append_cases
-from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push
+from promptloop.workspace.versioning import commit_dataset_edit
 from promptloop.workspace.workspace import Workspace
 
 LIST_COLUMNS = {"expected_facts", "guidelines", "expected_sources", "tags"}
@@ -141,12 +141,9 @@ def import_golden(workspace: Workspace, app: str, source: str) -> ImportResult:
         ids.add(case.id)
         keys.add(inputs_key(case))
         added.append(case)
-    dvc_file = Path(f"{golden}.dvc")
-    with dataset_change(workspace.root, [golden, dvc_file], f"golden import into {app}"):
-        append_cases(golden, added)
-        md5 = dvc_add_and_push(workspace.root, [golden])[str(golden.relative_to(workspace.root))]
-        commit = commit_paths(workspace.root, [dvc_file], f"golden import: {len(added)} case(s) into {app} from "
-                                                          f"{Path(source).name}")
+    md5, commit = commit_dataset_edit(workspace.root, golden, lambda: append_cases(golden, added),
+                                      f"golden import into {app}", f"golden import: {len(added)} case(s) into {app} "
+                                                                   f"from {Path(source).name}")
     return ImportResult(app=app, source=source, read=len(incoming), added=len(added),
                         duplicates=len(incoming) - len(added), golden_set=str(settings.golden_set), dvc_md5=md5,
                         commit=commit)

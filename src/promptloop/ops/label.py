@@ -22,7 +22,7 @@ from promptloop.deploy.evidence import evaluation_rows
 from promptloop.domain.golden import GoldenCase, HumanLabel, load_golden
 from promptloop.improve.growth import label_cases
 from promptloop.workspace.tracking import tracking_client
-from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_add_and_push
+from promptloop.workspace.versioning import commit_dataset_edit
 from promptloop.workspace.workspace import Workspace
 
 RATINGS = {"up": "up", "👍": "up", "1": "up", "+1": "up", "down": "down", "👎": "down", "-1": "down"}
@@ -116,10 +116,7 @@ def record_labels(workspace: Workspace, app: str, labels: dict[str, HumanLabel],
     unknown = sorted(set(labels) - known)
     if unknown:
         raise InputError(Path(source), f"no golden case of {app!r} with id {', '.join(unknown)}")
-    dvc_file = Path(f"{golden}.dvc")
-    with dataset_change(workspace.root, [golden, dvc_file], f"labels for {app}"):
-        label_cases(golden, labels)
-        md5 = dvc_add_and_push(workspace.root, [golden])[str(golden.relative_to(workspace.root))]
-        commit = commit_paths(workspace.root, [dvc_file], f"label: {result.up} 👍 and {result.down} 👎 on {app}'s "
-                                                          f"golden cases, from {source}")
+    md5, commit = commit_dataset_edit(workspace.root, golden, lambda: label_cases(golden, labels),
+                                      f"labels for {app}", f"label: {result.up} 👍 and {result.down} 👎 on {app}'s "
+                                                           f"golden cases, from {source}")
     return result.model_copy(update={"dvc_md5": md5, "commit": commit})

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import git
@@ -139,3 +139,15 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def commit_dataset_edit(root: Path, dataset: Path, edit: Callable[[], None], what: str,
+                        message: str) -> tuple[str, str]:
+    """Edit one DVC-tracked file whole or not at all: `edit` it, `dvc add` and push it, commit its .dvc file
+    with `message`; returns (md5 of the new version, commit sha)."""
+    dvc_file = Path(f"{dataset}.dvc")
+    with dataset_change(root, [dataset, dvc_file], what):
+        edit()
+        md5 = dvc_add_and_push(root, [dataset])[str(dataset.relative_to(root))]
+        commit = commit_paths(root, [dvc_file], message)
+    return md5, commit
