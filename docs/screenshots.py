@@ -367,7 +367,8 @@ def shoot_pull_request_body(context: BrowserContext, body: Path, out: Path, debu
         page.set_viewport_size(BODY_VIEWPORT)
         page.set_content(body_html(body.read_text(encoding="utf-8")))
         height = min(BODY_MAX_HEIGHT, int(page.evaluate("document.documentElement.scrollHeight")))
-        page.screenshot(path=str(out), clip={"x": 0, "y": 0, "width": BODY_VIEWPORT["width"], "height": height})
+        page.screenshot(path=str(out), full_page=True,
+                        clip={"x": 0, "y": 0, "width": BODY_VIEWPORT["width"], "height": height})
     return Picture(out, f"the pull request's text ({body.name}) rendered as GitHub-flavoured markdown")
 
 
