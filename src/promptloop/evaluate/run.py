@@ -291,10 +291,10 @@ def probe_if_unreported(workspace: Workspace, plan: EvalPlan, run: EvalRun, case
     if run.stopped or not settings.max_calls or not needs_probe(run.rows):
         return run
     spent = sum(u.cost_usd for u in run.usage.values())
-    runner = workspace.open_runner(max_usd=max(plan.settings.budget_usd - spent, 0.0), max_calls=settings.max_calls)
-    runner.cache.close()
     # Sequential (one call at a time) and uncached: each call's time is its own.
-    runner = dataclasses.replace(runner, cache=NoCache(), max_concurrency=1)
+    runner = dataclasses.replace(workspace.open_runner(max_usd=max(plan.settings.budget_usd - spent, 0.0),
+                                                       max_calls=settings.max_calls, cache=NoCache()),
+                                 max_concurrency=1)
     target = build_target(plan.app, plan.app_settings.target, workspace.root, plan.retriever, plan.top_k)
     try:
         run.latency_probe = run_probe(runner, target, plan.runnable, cases, settings, plan.settings.seed)

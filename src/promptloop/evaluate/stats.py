@@ -384,7 +384,7 @@ def agreement(human: ArrayLike, judge: ArrayLike) -> Agreement:
 
     Kappa is None when it is undefined: both raters gave one and the same class to every item.
     """
-    from sklearn.metrics import cohen_kappa_score
+    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score
 
     h = _as_bools(human, "human")
     j = _as_bools(judge, "judge")
@@ -392,7 +392,7 @@ def agreement(human: ArrayLike, judge: ArrayLike) -> Agreement:
         raise ValueError(f"human and judge must be paired (same length): got {h.size} and {j.size}")
     accuracy = float(np.mean(h == j))
     up, down = int(h.sum()), int((~h).sum())
-    balanced = float((np.mean(j[h]) + np.mean(~j[~h])) / 2) if up and down else None
+    balanced = float(balanced_accuracy_score(h, j)) if up and down else None
     if np.unique(np.concatenate([h, j])).size < 2:
         return Agreement(int(h.size), accuracy, None, up, down, balanced)
     return Agreement(int(h.size), accuracy, float(cohen_kappa_score(h, j)), up, down, balanced)

@@ -248,11 +248,6 @@ def calibration_problem(found: stats.Agreement, use_kappa: bool, settings: Evalu
     return None
 
 
-def trait_rate(frame: pd.DataFrame, trait: str) -> float | None:
-    """Share of a prompt's answers with the trait (None where the app's checks do not tell it)."""
-    return _rate(frame, trait)
-
-
 def trait_problem(base_frame: pd.DataFrame, cand_frame: pd.DataFrame, judge: Calibration,
                   settings: EvaluateSettings) -> str | None:
     """Why the judge is not calibrated on the kind of answer this candidate changes: a judge that rewards
@@ -260,7 +255,7 @@ def trait_problem(base_frame: pd.DataFrame, cand_frame: pd.DataFrame, judge: Cal
     see it. A trait whose share moves by `calibration_trait_shift` or more needs `min_labels_per_class`
     labels of each class on answers with that trait, and the judge's balanced accuracy on them."""
     for trait, words in ANSWER_TRAITS.items():
-        before, after = trait_rate(base_frame, trait), trait_rate(cand_frame, trait)
+        before, after = _rate(base_frame, trait), _rate(cand_frame, trait)  # None: the checks do not tell
         if before is None or after is None or abs(after - before) < settings.calibration_trait_shift:
             continue
         labelled = [r for r in judge.records if r.judge_pass is not None and r.traits.get(trait)]

@@ -191,12 +191,16 @@ PROVIDER_TIMING_HEADERS = ("llm_provider-openai-processing-ms", "openai-processi
 def provider_ms(response: Any) -> float | None:
     """The processing time the provider reported for a response, in ms; None when it reported none."""
     headers = hidden_param(response, "additional_headers")
-    if not isinstance(headers, dict):
-        return None
-    for name in PROVIDER_TIMING_HEADERS:
+    return timing_header_ms(headers, PROVIDER_TIMING_HEADERS) if isinstance(headers, dict) else None
+
+
+def timing_header_ms(headers: Any, names: tuple[str, ...]) -> float | None:
+    """The first of the header `names` holding a finite, non-negative number of ms (any mapping with
+    `.get`: a dict or httpx's headers); None when none does."""
+    for name in names:
         try:
-            value = float(headers[name])
-        except (KeyError, TypeError, ValueError):
+            value = float(headers.get(name))
+        except (TypeError, ValueError):  # missing (None) or not a number
             continue
         if math.isfinite(value) and value >= 0:
             return value

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from promptloop.core.config import LLMSettings
 from promptloop.core.text import estimate_tokens
-from promptloop.llm.client import ApiKeys, Completion, acomplete, call_cost, call_options, structured_output
+from promptloop.llm.client import (
+    ApiKeys,
+    Completion,
+    acomplete,
+    call_cost,
+    call_options,
+    structured_output,
+    timing_header_ms,
+)
 from promptloop.llm.limits import RateLimiter, limiter_for
 
 if TYPE_CHECKING:
@@ -146,15 +154,7 @@ APP_TIMING_HEADERS = ("x-processing-ms", "openai-processing-ms")
 
 def reported_ms(headers: Any) -> float | None:
     """The processing time an HTTP reply reports for itself (`x-processing-ms`), in ms; None without one."""
-    for name in APP_TIMING_HEADERS:
-        value = headers.get(name) if hasattr(headers, "get") else None
-        try:
-            found = float(value) if value is not None else None
-        except ValueError:
-            continue
-        if found is not None and found >= 0 and found != float("inf"):
-            return found
-    return None
+    return timing_header_ms(headers, APP_TIMING_HEADERS)
 
 
 def is_retryable(litellm: litellm_module, error: BaseException) -> bool:

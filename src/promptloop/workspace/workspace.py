@@ -81,8 +81,10 @@ class Workspace:
                         self.app_settings(name).prompt)
             return None
 
-    def open_runner(self, max_usd: float | None = None, max_calls: int | None = None, processes: int = 1) -> Runner:
-        """The workspace's runner: its response cache, the llm settings and a budget (default: evaluate's).
+    def open_runner(self, max_usd: float | None = None, max_calls: int | None = None, processes: int = 1,
+                    cache: ResponseCache | None = None) -> Runner:
+        """The workspace's runner: its response cache (or `cache`), the llm settings and a budget (default:
+        evaluate's).
 
         One of `processes` worker processes gets that share of the concurrency and of the rate limits.
         """
@@ -90,7 +92,7 @@ class Workspace:
         params_file = str(self.root / PARAMS_FILE)
         return Runner(
             litellm_module_configured(llm, params_file),
-            ResponseCache(self.path(llm.cache) if llm.cache else Path(":memory:")),
+            cache or ResponseCache(self.path(llm.cache) if llm.cache else Path(":memory:")),
             max_concurrency=max(1, math.ceil(llm.max_concurrency / processes)), timeout_s=llm.timeout_s,
             retry=RetryPolicy(max_retries=llm.max_retries, base_delay_s=llm.retry_base_delay_s,
                               max_repairs=llm.max_repairs),
