@@ -26,8 +26,10 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -84,7 +86,21 @@ def timed_evaluate(root: Path) -> dict[str, float]:
             "cpu_ms_per_call": summary["timings"]["calls_cpu_s"] / usage["calls"] * 1000}
 
 
-def promptloop_runs(template: Path, work: Path, repeats: int, processes: int) -> list[dict[str, float]]:
+def timed_plain(cases: int) -> dict[str, float]:
+    """One run of the plain-litellm peer in a fresh process: whole wall (timed like the CLI's) and calls phase."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "plain_litellm.py"), "--cases", str(cases),
+                           "--concurrency", str(CONCURRENCY)], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"plain litellm run failed:\n{done.stderr[-2000:]}")
+    return {"wall_s": wall, **json.loads(done.stdout)}
+
+
+def promptloop_runs(template: Path, work: Path, cases: int, repeats: int, processes: int,
+                    plain: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
+    """`repeats` CLI runs; with `plain`, each followed by a run of the plain-litellm peer appended to it
+    (alternating, so load on the machine falls on both alike)."""
     runs = []
     for repeat in range(repeats):
         root = work / f"p{processes}-{repeat}"
@@ -94,6 +110,10 @@ def promptloop_runs(template: Path, work: Path, repeats: int, processes: int) ->
         print(f"promptloop, {processes} process(es), run {repeat + 1}: calls phase {run['calls_s']:.2f} s, "
               f"CLI {run['wall_s']:.1f} s, {run['cpu_ms_per_call']:.2f} ms CPU/call, peak {run['peak_mb']:.0f} MB",
               file=sys.stderr)
+        if plain is not None:
+            plain.append(timed_plain(cases))
+            print(f"plain litellm, run {repeat + 1}: calls phase {plain[-1]['calls_s']:.2f} s, "
+                  f"whole run {plain[-1]['wall_s']:.1f} s", file=sys.stderr)
     return runs
 
 
@@ -101,11 +121,25 @@ def median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def promptloop_row(work: Path, cases: int, repeats: int, processes: int) -> dict[str, object]:
-    """`promptloop evaluate` with `processes` worker processes: its row of the table."""
+def plain_row(runs: list[dict[str, float]], versus: list[dict[str, float]], cases: int) -> dict[str, object]:
+    """The plain-litellm peer's row, with the ratios of `promptloop evaluate` (`versus`, same run) to it."""
+    bound = cases * 3 * LATENCY_S / CONCURRENCY
+    calls, whole = median(runs, "calls_s"), median(runs, "wall_s")
+    return {"harness": "plain `litellm.acompletion` script (same calls)", "peer": True, "concurrency": CONCURRENCY,
+            "cases": cases, "calls": int(runs[0]["calls"]), "bound_s": round(bound, 2), "calls_s": round(calls, 2),
+            "runs_s": [round(r["calls_s"], 2) for r in runs], "ratio": round(calls / bound, 2),
+            "cli_s": round(whole, 1), "cpu_ms_per_call": None, "peak_mb": None,
+            "promptloop_calls_ratio": round(median(versus, "calls_s") / calls, 3),
+            "promptloop_whole_ratio": round(median(versus, "wall_s") / whole, 3)}
+
+
+def promptloop_row(work: Path, cases: int, repeats: int, processes: int,
+                   plain: list[dict[str, float]] | None = None) -> dict[str, object]:
+    """`promptloop evaluate` with `processes` worker processes: its row of the table (with `plain`, the
+    plain-litellm peer's runs alternate with its own and are appended there)."""
     template = work / f"template-{processes}"
     bench_workspace(template, cases, processes)
-    runs = promptloop_runs(template, work, repeats, processes)
+    runs = promptloop_runs(template, work, cases, repeats, processes, plain)
     bound = cases * 3 * LATENCY_S / CONCURRENCY
     calls = median(runs, "calls_s")
     return {
@@ -121,6 +155,7 @@ def promptloop_row(work: Path, cases: int, repeats: int, processes: int) -> dict
         "cli_s": round(median(runs, "wall_s"), 1),
         "cpu_ms_per_call": round(median(runs, "cpu_ms_per_call"), 2),
         "peak_mb": round(max(r["peak_mb"] for r in runs)),
+        "whole_runs_s": [round(r["wall_s"], 2) for r in runs],
     }
 
 
@@ -173,8 +208,14 @@ def main() -> None:
                 OPENAI_API_BASE=base_url, OPENAI_BASE_URL=base_url, OPENAI_API_KEY="sk-bench-not-a-real-key"
             )
             traces = traces_rows(work, args.cases, args.repeats)
-            rows = [] if args.traces_only else [promptloop_row(work, args.cases, args.repeats, p) for p in (1, 2)]
+            rows: list[dict[str, object]] = []
             if not args.traces_only:
+                plain: list[dict[str, float]] = []
+                rows.append(promptloop_row(work, args.cases, args.repeats, 1, plain))
+                rows.append(plain_row(plain, [dict(wall_s=w, calls_s=c) for w, c in  # the 1-process runs
+                                              zip(rows[0]["whole_runs_s"], rows[0]["runs_s"], strict=True)],
+                                      args.cases))
+                rows.append(promptloop_row(work, args.cases, args.repeats, 2))
                 rows.append(mlflow_row(base_url, args.mlflow_cases, args.repeats))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -184,6 +184,10 @@ def test_an_app_that_reports_no_time_is_timed_by_a_sequential_probe(
     again = evaluate(workspace, "hotel")
     assert set(again.usage.by_purpose) == set(first.usage.by_purpose)
     assert again.usage.calls == again.usage.by_purpose["latency-probe"].calls
+    # The baseline alone has no latency to compare: no probe, and the report says why there is no p95.
+    alone = evaluate(workspace, "hotel", [])
+    assert "latency-probe" not in alone.usage.by_purpose and alone.prompts[0].latency_p95_ms is None
+    assert "with no candidate there is no latency to compare" in alone.report
 
 
 def test_new_app_refuses_what_would_overwrite_or_not_load(tmp_path: Path) -> None:

@@ -158,6 +158,9 @@ def latency_note(result: EvaluationResult) -> list[str]:
                  "rounds; the provider reported no time for some calls), which the latency guard uses",
     }.get(result.latency_source or "", "p95 ms: none (the provider reported no time for some calls and no probe "
                                        "measured enough rounds): the latency guard is not applied")
+    if result.latency_source is None and len(result.prompts) < 2:
+        source = ("p95 ms: none (the provider reported no time for some calls, and with no candidate there is no "
+                  "latency to compare, so no probe ran)")
     return [f"{source}. Wall-clock p95 ms during this run, not used by the gate: {wall}.", ""]
 
 

@@ -286,9 +286,10 @@ def merge_runs(plan: EvalPlan, runs: list[EvalRun]) -> EvalRun:
 
 def probe_if_unreported(workspace: Workspace, plan: EvalPlan, run: EvalRun, cases: list[GoldenCase]) -> EvalRun:
     """The run with a latency probe of its prompts on `cases` when some answer has no provider-reported time
-    (and the run finished, and `evaluate.latency_probe.max_calls` allows one); its calls are in the usage."""
+    (and the run finished, there is a candidate whose latency the guard compares with the baseline's, and
+    `evaluate.latency_probe.max_calls` allows one); its calls are in the usage."""
     settings = plan.settings.latency_probe
-    if run.stopped or not settings.max_calls or not needs_probe(run.rows):
+    if run.stopped or not settings.max_calls or len(plan.runnable) < 2 or not needs_probe(run.rows):
         return run
     spent = sum(u.cost_usd for u in run.usage.values())
     # Sequential (one call at a time) and uncached: each call's time is its own.
