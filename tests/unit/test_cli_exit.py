@@ -1,0 +1,57 @@
+"""The console script ends without the interpreter's teardown, but only after everything a normal exit does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from promptloop import __version__
+from promptloop.cli import exit_status
+
+# A process that leaves work for the exit: a non-daemon thread still writing, an exit handler, buffered output.
+SCRIPT = r"""
+import atexit, sys, threading
+from pathlib import Path
+out = Path(sys.argv[1])
+gate = threading.Event()
+def late_writer():  # still busy when the command is done: a normal exit waits for it
+    gate.wait()
+    with (out / "thread.txt").open("w") as file:
+        for line in range(200_000):
+            file.write(f"{line}\n")
+threading.Thread(target=late_writer).start()
+atexit.register(lambda: (out / "atexit.txt").write_text("ran"))
+sys.stdout.write("buffered, not flushed")
+sys.argv = ["promptloop", *sys.argv[2:]]
+from promptloop.cli import main
+gate.set()
+main()
+"""
+
+
+def run_main(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), *args], capture_output=True, text=True,
+                          check=False, timeout=600)
+
+
+def test_the_console_script_exits_with_its_status_after_threads_handlers_and_output(tmp_path: Path) -> None:
+    done = run_main(tmp_path, "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("buffered, not flushed") and __version__ in done.stdout
+    assert (tmp_path / "thread.txt").read_text().splitlines()[-1] == "199999"
+    assert (tmp_path / "atexit.txt").read_text() == "ran"
+
+
+def test_a_usage_error_keeps_its_exit_status(tmp_path: Path) -> None:
+    done = run_main(tmp_path, "evaluate", "--no-such-option")
+    assert done.returncode == 2 and "No such option" in done.stderr
+    assert (tmp_path / "atexit.txt").is_file()
+
+
+@pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (3, 3), ("a message", 1)])
+def test_exit_status_is_what_sys_exit_gives(code: object, status: int, capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_status(code) == status
+    assert capsys.readouterr().err == ("a message\n" if isinstance(code, str) else "")
