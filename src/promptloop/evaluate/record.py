@@ -154,10 +154,11 @@ def log_golden(client: Any, run_id: str, plan: EvalPlan, result: EvaluationResul
 
 
 def log_evaluation(workspace: Workspace, plan: EvalPlan, result: EvaluationResult, frame: pd.DataFrame,
-                   render: Callable[[EvaluationResult], str]) -> str:
+                   render: Callable[[EvaluationResult], str], client: Any = None) -> str:
     """A parent run with the decision table and report; a child run per prompt with its per-case table,
-    each prompt registered in the MLflow prompt registry. Returns the parent run id."""
-    client = tracking_client(workspace.tracking_uri)
+    each prompt registered in the MLflow prompt registry (through `client`, else one opened here).
+    Returns the parent run id."""
+    client = client or tracking_client(workspace.tracking_uri)
     experiment = experiment_id(client, workspace.experiment_name(plan.app), workspace.artifact_root)
     tags = {"promptloop.stage": "evaluate", "promptloop.app": plan.app}
     with started_run(client, experiment, f"evaluate {plan.app}", tags) as parent_id:

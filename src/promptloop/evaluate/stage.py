@@ -22,7 +22,8 @@ from promptloop.core.progress import NO_PROGRESS, ProgressHooks
 from promptloop.domain.evaluation import EvaluationResult
 from promptloop.domain.prompts import PromptVersion
 from promptloop.evaluate.plan import EvalPlan, case_batches, plan_evaluation, progress_total
-from promptloop.evaluate.record import git_commit, golden_md5, log_evaluation, write_dvc_metrics
+from promptloop.evaluate.record import git_commit, golden_md5, write_dvc_metrics
+from promptloop.evaluate.recorder import Record, recorder
 from promptloop.evaluate.report import markdown_report
 from promptloop.evaluate.run import (
     EvalRun,
@@ -64,17 +65,17 @@ def with_provenance(workspace: Workspace, plan: EvalPlan, run: EvalRun, result: 
     return result
 
 
-def finish_evaluation(workspace: Workspace, plan: EvalPlan, run: EvalRun, metrics_file: Path | None = None,
-                      clock: Stopwatch | None = None) -> EvaluationResult:
+def finish_evaluation(workspace: Workspace, plan: EvalPlan, run: EvalRun, record: Record,
+                      metrics_file: Path | None = None, clock: Stopwatch | None = None) -> EvaluationResult:
     """Statistics and decisions from the merged run (with a latency probe when the provider reported no
-    time for some answer), the MLflow runs, the report and the metrics file."""
+    time for some answer), the MLflow runs (through `record`), the report and the metrics file."""
     clock = clock or Stopwatch()
     run = probe_if_unreported(workspace, plan, run, decision_split(plan.cases)[0])
     clock.lap("latency_probe_s")
     result = summarise(plan, run, workspace.params.llm.license_of)
     clock.lap("statistics_s")
     with_provenance(workspace, plan, run, result)
-    log_evaluation(workspace, plan, result, pd.DataFrame(run.rows), markdown_report)
+    result = record(plan, result, pd.DataFrame(run.rows), markdown_report)
     clock.lap("mlflow_s")
     result.report = markdown_report(result)
     result.timings = clock.laps
@@ -107,13 +108,14 @@ def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None 
     progress.start(progress_total(plan))
     processes = min(workspace.params.llm.processes, len(plan.cases))
     chunks = case_batches(plan, processes)
-    if processes > 1:
-        runs = run_in_processes(workspace, plan, chunks, processes, clock, progress.advance)
-    else:
-        litellm_module_configured(workspace.params.llm)  # its import (seconds) is set-up, not the calls' time
-        clock.lap("setup_s")
-        runs = [evaluate_batch(workspace, plan, ids, 1 / len(chunks), progress.advance) for ids in chunks]
-    clock.lap("calls_s")
-    run = merge_runs(plan, runs)
-    clock.laps["calls_cpu_s"] = round(run.cpu_s, 3)
-    return finish_evaluation(workspace, plan, run, metrics_file, clock)
+    with recorder(workspace) as record:
+        if processes > 1:
+            runs = run_in_processes(workspace, plan, chunks, processes, clock, progress.advance)
+        else:
+            litellm_module_configured(workspace.params.llm)  # its import (seconds) is set-up, not the calls' time
+            clock.lap("setup_s")
+            runs = [evaluate_batch(workspace, plan, ids, 1 / len(chunks), progress.advance) for ids in chunks]
+        clock.lap("calls_s")
+        run = merge_runs(plan, runs)
+        clock.laps["calls_cpu_s"] = round(run.cpu_s, 3)
+        return finish_evaluation(workspace, plan, run, record, metrics_file, clock)

@@ -104,7 +104,12 @@ def call_options(settings: LLMSettings, model: str) -> dict[str, object]:
 
 def structured_output(litellm: litellm_module, settings: LLMSettings, model: str,
                       schema: dict[str, object]) -> dict[str, dict[str, object]]:
-    """The `response_format` that asks `model` for JSON following `schema`, as far as the model supports it.
+    """The `response_format` that asks `model` for JSON following `schema`, as far as the model supports it."""
+    return response_format(output_mode(litellm, settings, model), schema)
+
+
+def output_mode(litellm: litellm_module, settings: LLMSettings, model: str) -> str:
+    """How `model` is asked for JSON: `schema`, `json` or `none`.
 
     `auto` (the default of an `llm.models` entry): a JSON schema where litellm says the model takes
     one, JSON mode where it takes `response_format` at all, nothing otherwise (the verdict parser
@@ -118,6 +123,11 @@ def structured_output(litellm: litellm_module, settings: LLMSettings, model: str
     if mode == "auto":
         mode = "schema" if _supports(litellm.supports_response_schema, model) else (
             "json" if "response_format" in _supported_params(litellm, model) else "none")
+    return mode
+
+
+def response_format(mode: str, schema: dict[str, object]) -> dict[str, dict[str, object]]:
+    """The call parameters of output `mode` for `schema`."""
     if mode == "schema":
         return {"response_format": {"type": "json_schema",
                                     "json_schema": {"name": schema.get("title", "verdict"), "schema": schema}}}

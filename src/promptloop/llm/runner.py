@@ -31,7 +31,8 @@ from promptloop.llm.client import (
     acomplete,
     call_cost,
     call_options,
-    structured_output,
+    output_mode,
+    response_format,
     timing_header_ms,
 )
 from promptloop.llm.limits import RateLimiter, limiter_for
@@ -187,6 +188,7 @@ class Runner:
         self._gates: dict[int, asyncio.Semaphore] = {}
         self._in_flight: dict[int, dict[str, asyncio.Future[Completion]]] = {}
         self._limiters: dict[str, RateLimiter | None] = {}
+        self._output_modes: dict[str, str] = {}
 
     def _limiter(self, model: str) -> RateLimiter | None:
         """The model's client-side rate limiter (`llm.models.<model>.rpm` / `tpm`), if it has limits."""
@@ -194,6 +196,12 @@ class Runner:
             entry = self.llm.model_settings(model)
             self._limiters[model] = limiter_for(entry.rpm, entry.tpm, self.share, self.sleep)
         return self._limiters[model]
+
+    def _output_mode(self, model: str) -> str:
+        """How `model` is asked for JSON, looked up in litellm once per model (not on every judge call)."""
+        if model not in self._output_modes:
+            self._output_modes[model] = output_mode(self.litellm, self.llm, model)
+        return self._output_modes[model]
 
     def _gate(self) -> asyncio.Semaphore:
         """The concurrency bound of the running event loop (a semaphore belongs to one loop)."""
@@ -222,7 +230,7 @@ class Runner:
         after `max_repairs` turns: InvalidResponse.
         """
         if schema is not None:
-            parameters = {**parameters, **structured_output(self.litellm, self.llm, model, schema)}
+            parameters = {**parameters, **response_format(self._output_mode(model), schema)}
         key = cache_key(model, messages, parameters)
         return await self._once(purpose, key, lambda usage: self._paid_call(usage, key, model, messages, parameters,
                                                                              validate))
