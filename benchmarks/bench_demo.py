@@ -33,15 +33,21 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cycle = runs[-1][2]["cycle"]
+    evaluation = cycle["improve"]["evaluation"]
+    decisions = len(evaluation["candidates"])  # one promote/hold decision per candidate
     row = {**machine(), **timing(runs), "interactions": args.interactions, "rows_valid": cycle["collect"]["rows_valid"],
-           "llm_calls": cycle["llm"]["calls"], "decision": cycle["decision"]}
+           "llm_calls": cycle["llm"]["calls"], "decision": cycle["decision"],
+           "evaluation_calls": evaluation["usage"]["calls"], "decisions": decisions,
+           "calls_per_decision": round(evaluation["usage"]["calls"] / max(decisions, 1), 1)}
     write_result(
         args.results,
         "demo",
         row,
-        f"| interactions | rows collected | LLM calls | decision | median wall (of {args.repeats}) | peak memory |\n"
-        "|---|---|---|---|---|---|\n"
-        f"| {row['interactions']:,} | {row['rows_valid']:,} | {row['llm_calls']:,} | {row['decision']} "
+        f"| interactions | rows collected | LLM calls | evaluation calls per decision | decision "
+        f"| median wall (of {args.repeats}) | peak memory |\n"
+        "|---|---|---|---|---|---|---|\n"
+        f"| {row['interactions']:,} | {row['rows_valid']:,} | {row['llm_calls']:,} | {row['calls_per_decision']:,} "
+        f"({row['evaluation_calls']:,} calls, {row['decisions']} candidates) | {row['decision']} "
         f"| {row['median_s']} s ({', '.join(map(str, row['runs_s']))}) | {row['peak_mb']:,} MB |\n",
     )
 

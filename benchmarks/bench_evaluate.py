@@ -87,14 +87,20 @@ def timed_evaluate(root: Path) -> dict[str, float]:
 
 
 def timed_plain(cases: int) -> dict[str, float]:
-    """One run of the plain-litellm peer in a fresh process: whole wall (timed like the CLI's) and calls phase."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(Path(__file__).parent / "plain_litellm.py"), "--cases", str(cases),
-                           "--concurrency", str(CONCURRENCY)], capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"plain litellm run failed:\n{done.stderr[-2000:]}")
-    return {"wall_s": wall, **json.loads(done.stdout)}
+    """One run of the plain-litellm peer in a fresh process: whole wall (timed like the CLI's, `common.timed`),
+    peak memory and its calls phase."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        script = Path(__file__).parent / "plain_litellm.py"
+        command = [sys.executable, str(script), "--cases", str(cases), "--concurrency", str(CONCURRENCY)]
+        child = subprocess.Popen(command, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"plain litellm run failed:\n{err.read().decode()[-2000:]}")
+        return {"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, **json.loads(out.read())}
 
 
 def promptloop_runs(template: Path, work: Path, cases: int, repeats: int, processes: int,
@@ -128,7 +134,7 @@ def plain_row(runs: list[dict[str, float]], versus: list[dict[str, float]], case
     return {"harness": "plain `litellm.acompletion` script (same calls)", "peer": True, "concurrency": CONCURRENCY,
             "cases": cases, "calls": int(runs[0]["calls"]), "bound_s": round(bound, 2), "calls_s": round(calls, 2),
             "runs_s": [round(r["calls_s"], 2) for r in runs], "ratio": round(calls / bound, 2),
-            "cli_s": round(whole, 1), "cpu_ms_per_call": None, "peak_mb": None,
+            "cli_s": round(whole, 1), "cpu_ms_per_call": None, "peak_mb": round(max(r["peak_mb"] for r in runs)),
             "promptloop_calls_ratio": round(median(versus, "calls_s") / calls, 3),
             "promptloop_whole_ratio": round(median(versus, "wall_s") / whole, 3)}
 

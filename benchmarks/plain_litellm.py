@@ -6,7 +6,7 @@ calls (`bench_runner.run_cases`: the same three messages), `litellm.acompletion`
 no statistics and logs nothing. It prints one JSON line: its calls phase and the calls made; the
 whole run is timed from outside, around the process, as the CLI's is.
 
-    OPENAI_API_BASE=http://127.0.0.1:<port>/v1 .venv/bin/python benchmarks/plain_litellm.py --cases 1000 --concurrency 32
+    OPENAI_API_BASE=http://127.0.0.1:<port>/v1 .venv/bin/python benchmarks/plain_litellm.py --cases 1000
 """
 
 from __future__ import annotations

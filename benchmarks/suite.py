@@ -124,7 +124,11 @@ def evaluate_rows(result: dict[str, Any]) -> list[Row]:
     rows = []
     for r in result["rows"]:
         ratio = f"{r['ratio']}x the {r['bound_s']} s bound"
-        if r["peer"]:
+        if "promptloop_whole_ratio" in r:  # the plain litellm script, whole process timed like the CLI
+            ratio += f"; promptloop (1 process) {r['promptloop_calls_ratio']}x its calls phase"
+            notes = (f"whole run {r['cli_s']} s; the whole `promptloop evaluate` run (1 process) took "
+                     f"{r['promptloop_whole_ratio']}x that, in the same run")
+        elif r["peer"]:
             ratio += f"; {r['ratio'] / best:.1f}x promptloop's best ({best}x)"
             notes = "timed around the `evaluate` call only"
         else:
@@ -137,7 +141,9 @@ def evaluate_rows(result: dict[str, Any]) -> list[Row]:
 def demo_rows(result: dict[str, Any]) -> list[Row]:
     return [Row("demo: one full cycle, `promptloop demo`", f"{result['interactions']:,} interactions",
                 result["runs_s"], "n/a", "n/a", result["peak_mb"],
-                f"{result['llm_calls']:,} calls to the offline models; decision: {result['decision']}")]
+                f"{result['llm_calls']:,} calls to the offline models; {result['calls_per_decision']:,} evaluation "
+                f"calls per decision ({result['evaluation_calls']:,} for {result['decisions']} candidates); "
+                f"decision: {result['decision']}")]
 
 
 def seed_option(work: Path) -> list[str]:
