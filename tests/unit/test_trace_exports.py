@@ -185,7 +185,8 @@ def test_unreadable_lines_are_reported_once_and_unchanged_files_are_not_parsed(t
         out.write(otlp_line(otel_spans(items[1])) + "[1, 2]\n")
     grown, more = read_all(source, same.watermark)
     assert list(grown) == [items[1].trace_id]
-    assert [u.origin for u in more.unreadable] == ["t.jsonl:4"]  # the old bad line is not reported again
+    # the old bad line is not reported again
+    assert [(u.origin, u.reason.split(":")[0]) for u in more.unreadable] == [("t.jsonl:4", "not_an_object")]
 
 
 def test_sources_from_uris_and_their_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

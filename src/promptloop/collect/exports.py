@@ -80,6 +80,8 @@ class TraceExportSource(Source):
     releases: list[tuple[int, str]] = field(default_factory=list)  # (ms, prompt version) the alias moved to
     in_progress_grace_s: float = 3600.0
     now_ms: int | None = None  # the collect run's time (unfinished traces older than the grace are read)
+    # Set by `read` when no export file changed since the last run: their feedback cannot have changed either.
+    files_unchanged: bool = field(default=False, init=False)
 
     @abstractmethod
     def load(self, after_ms: int | None, watermark: dict[str, Any]) -> Loaded | None:
@@ -95,6 +97,7 @@ class TraceExportSource(Source):
         after_ms, read_at_mark = mark_of(previous)
         columns: dict[str, list[Any]] = {c: [] for c in RAW_COLUMNS}
         loaded = self.load(after_ms, previous)
+        self.files_unchanged = loaded is None
         if loaded is None:
             return SourceBatch(frame_from_columns(columns), [], previous)
         now_ms = self.now_ms if self.now_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
@@ -197,18 +200,18 @@ def read_export(path: Path, name: str, seen_lines: int) -> tuple[list[ExportReco
             records += [ExportRecord(f"{name}:{i}", v) for i, v in enumerate(unpacked(orjson.loads(raw)))]
         except (orjson.JSONDecodeError, TypeError) as exc:
             if seen_lines == 0:
-                unreadable.append(Unreadable(name, f"invalid_json: {exc}", raw[:200].decode("utf-8", "replace")))
+                kind = "invalid_json" if isinstance(exc, orjson.JSONDecodeError) else "not_an_object"
+                unreadable.append(Unreadable(name, f"{kind}: {exc}", raw[:2000].decode("utf-8", "replace")))
         return records, unreadable
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            value = orjson.loads(line)
-            records += [ExportRecord(f"{name}:{number}", v) for v in unpacked(value)]
+            records += [ExportRecord(f"{name}:{number}", v) for v in unpacked(orjson.loads(line))]
         except (orjson.JSONDecodeError, TypeError) as exc:
             if number > seen_lines:
-                unreadable.append(Unreadable(f"{name}:{number}", f"invalid_json: {exc}",
-                                             line.decode("utf-8", "replace")))
+                kind = "invalid_json" if isinstance(exc, orjson.JSONDecodeError) else "not_an_object"
+                unreadable.append(Unreadable(f"{name}:{number}", f"{kind}: {exc}", line.decode("utf-8", "replace")))
     return records, unreadable
 
 

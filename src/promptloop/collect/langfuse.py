@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -299,6 +300,8 @@ class LangfuseExportSource(TraceExportSource):
         return Loaded(interactions_of(parts, self.feedback_names), unreadable, states)
 
     def feedback_marks(self, since_ms: int, mark_ms: int | None) -> dict[str, list[FeedbackMark]]:
+        if self.files_unchanged:
+            return {}  # the last run saw these very files: what they hold was applied then
         found = self._parts({})
         assert found is not None  # an empty watermark always reads
         marks: dict[str, list[FeedbackMark]] = {}
@@ -324,7 +327,8 @@ class LangfuseApiSource(TraceExportSource):
 
     @property
     def key(self) -> str:
-        return f"{API_SCHEME}{self.host.rstrip('/')}"
+        # The key is stored in the watermark file and logged: never with a password in it.
+        return f"{API_SCHEME}{re.sub(r'//[^/@]*@', '//', self.host.rstrip('/'))}"
 
     def _client(self) -> Any:
         if not (self.host and self.public_key and self.secret_key):
