@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from promptloop.collect.stage import collect
+from promptloop.core.errors import InputError
 from promptloop.ops.initialize import init_workspace
 from promptloop.workspace.workspace import open_workspace
 from tests.trace_formats import (
@@ -174,13 +175,15 @@ def test_the_same_interactions_collect_to_the_same_rows_in_every_form(
         for form, write in forms.items():
             workspace = fresh_workspace(tmp_path / form)
             uri = write(workspace.root)
-            first = collect(workspace, APP, source_uri=uri, now=NOW)
+            # A langfuse:<host> the workspace does not configure needs allow_outside (the keys go there).
+            reach = form == "langfuse"
+            first = collect(workspace, APP, source_uri=uri, now=NOW, allow_outside=reach)
             counts = (first.rows_in, first.rows_valid, first.rows_quarantined, first.rows_duplicate)
             assert counts == (200, 200, 0, 0), (form, first.failures)
             frames[form] = stored(workspace)
             assert feedback_counts(frames[form]) == expected_feedback, form
 
-            second = collect(workspace, APP, source_uri=uri, now=NOW)
+            second = collect(workspace, APP, source_uri=uri, now=NOW, allow_outside=reach)
             assert (second.rows_in, second.rows_valid, second.feedback_updated, second.git_commit) == (0, 0, 0, None)
             if form == "jsonl":
                 continue
@@ -197,11 +200,11 @@ def test_the_same_interactions_collect_to_the_same_rows_in_every_form(
                                          for i in late]))
             else:
                 server.scores += [langfuse_score(i, values[i.number], when=when, suffix=f"-late-{form}") for i in late]
-            third = collect(workspace, APP, source_uri=uri, now=NOW)
+            third = collect(workspace, APP, source_uri=uri, now=NOW, allow_outside=reach)
             assert (third.rows_in, third.feedback_updated) == (0, 3), form
             after = stored(workspace)
             assert len(after) == 200 and [int(after.at[i.trace_id, "feedback"]) for i in late] == [1, -1, -1], form
-            fourth = collect(workspace, APP, source_uri=uri, now=NOW)
+            fourth = collect(workspace, APP, source_uri=uri, now=NOW, allow_outside=reach)
             assert (fourth.rows_in, fourth.feedback_updated, fourth.git_commit) == (0, 0, None), form
         assert any("/api/public/v2/observations" in r for r in server.requests)
         assert any("/api/public/v3/scores" in r for r in server.requests)
@@ -304,12 +307,14 @@ def test_langfuse_keys_never_reach_the_stored_data_or_the_watermark(
     monkeypatch.setenv("LANGFUSE_SECRET_KEY", SECRET_KEY)
     workspace = fresh_workspace(tmp_path / "ws")
     with langfuse_stand_in(items) as server:
-        result = collect(workspace, APP, source_uri=f"langfuse:{server.url}", now=NOW)
+        with pytest.raises(InputError, match="allow-outside"):
+            collect(workspace, APP, source_uri=f"langfuse:{server.url}", now=NOW)
+        result = collect(workspace, APP, source_uri=f"langfuse:{server.url}", now=NOW, allow_outside=True)
     assert result.rows_valid == 5 and result.sources == [f"langfuse:{server.url}"]
     data_dir = workspace.path(workspace.app_settings(APP).data_dir)
     state = (data_dir / "collect-state.json").read_text(encoding="utf-8")
     assert SECRET_KEY not in state and PUBLIC_KEY not in state
     monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-a-wrong-secret-000")
     with langfuse_stand_in(items) as server, pytest.raises(Exception) as failure:
-        collect(workspace, APP, source_uri=f"langfuse:{server.url}", now=NOW)
+        collect(workspace, APP, source_uri=f"langfuse:{server.url}", now=NOW, allow_outside=True)
     assert "sk-lf-a-wrong-secret-000" not in str(failure.value)

@@ -201,6 +201,8 @@ def test_sources_from_uris_and_their_errors(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.delenv("LANGFUSE_BASE_URL", raising=False)
     with pytest.raises(InputError, match="no Langfuse host"):
         source_from_uri("langfuse:", tmp_path)
+    with pytest.raises(InputError, match="allow-outside"):  # the keys would go to a host params.yaml does not name
+        source_from_uri("langfuse:https://elsewhere.example", tmp_path, allow_outside=False)
     monkeypatch.delenv("LANGFUSE_SECRET_KEY", raising=False)
     monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-0123456789")
     with pytest.raises(InputError, match="LANGFUSE_SECRET_KEY"):

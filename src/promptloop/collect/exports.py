@@ -80,6 +80,9 @@ class TraceExportSource(Source):
     releases: list[tuple[int, str]] = field(default_factory=list)  # (ms, prompt version) the alias moved to
     in_progress_grace_s: float = 3600.0
     now_ms: int | None = None  # the collect run's time (unfinished traces older than the grace are read)
+    # Feedback written this long before the last mark is looked at again: a server that shows scores late
+    # (Langfuse's API, by up to about 10 minutes) would otherwise hide one behind a newer one.
+    feedback_overlap_ms: int = 0
     # Set by `read` when no export file changed since the last run: their feedback cannot have changed either.
     files_unchanged: bool = field(default=False, init=False)
 
@@ -132,9 +135,10 @@ class TraceExportSource(Source):
         """(trace id -> (score, comment) of its latest user feedback, new mark), as `MlflowTraceSource`'s."""
         changes: dict[str, Feedback] = {}
         newest = mark_ms
-        for trace_id, marks in self.feedback_marks(since_ms, mark_ms).items():
+        threshold = None if mark_ms is None else mark_ms - self.feedback_overlap_ms
+        for trace_id, marks in self.feedback_marks(since_ms, threshold).items():
             stamps = [m.time_ms for m in marks]
-            if not stamps or (mark_ms is not None and max(stamps) < mark_ms):
+            if not stamps or (threshold is not None and max(stamps) < threshold):
                 continue
             newest = max(stamps) if newest is None else max(newest, *stamps)
             latest = max(marks, key=lambda m: m.time_ms)

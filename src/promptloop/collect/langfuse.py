@@ -324,6 +324,7 @@ class LangfuseApiSource(TraceExportSource):
     page_size: int = 100
     feedback_names: tuple[str, ...] = DEFAULT_FEEDBACK_NAMES
     timeout_s: float = 60.0
+    feedback_overlap_ms: int = 15 * 60_000  # scores may show in the API up to ~10 minutes after they were written
 
     @property
     def key(self) -> str:

@@ -110,6 +110,12 @@ def source_from_uri(uri: str, root: Path, *, allow_outside: bool = True, max_lin
         return MlflowTraceSource.from_uri(uri, root)
     if uri.startswith("langfuse:"):
         from promptloop.collect.langfuse import api_source
+
+        named = uri[len("langfuse:"):].strip().rstrip("/")
+        if named and not allow_outside and named != (settings.langfuse.host or "").rstrip("/"):
+            # The Langfuse keys go to that host: a run form or --source may not choose one params.yaml does not name.
+            raise InputError(uri, "a Langfuse host other than collect.langfuse.host: pass --allow-outside to send "
+                             "the keys there, or set collect.langfuse.host", "--source")
         from promptloop.llm.client import resolve_api_key
 
         def resolve(source: str, field_name: str) -> str:
