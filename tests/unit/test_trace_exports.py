@@ -59,6 +59,16 @@ def test_a_langfuse_trace_with_its_observations_and_scores_embedded(tmp_path: Pa
     assert batch.watermark["timestamp_ms"] == int(item.start.timestamp() * 1000)
 
 
+def test_a_trace_download_wrapping_trace_observations_and_scores(tmp_path: Path) -> None:
+    item = interactions(1)[0]
+    wrapped = {"trace": langfuse_trace(item), "observations": langfuse_observations(item),
+               "scores": [langfuse_score(item)]}
+    (tmp_path / f"trace-{item.trace_id}.json").write_text(json.dumps(wrapped, indent=2), encoding="utf-8")
+    rows, batch = read_all(LangfuseExportSource.from_uri("langfuse-export:.", tmp_path))
+    assert list(rows) == [item.trace_id] and batch.unreadable == []
+    assert (rows[item.trace_id]["feedback"], rows[item.trace_id]["output"]) == (item.feedback, item.answer)
+
+
 def test_observations_alone_as_an_api_page_make_the_trace(tmp_path: Path) -> None:
     """A saved page of GET /api/public/v2/observations (input/output as text): the root observation is
     the trace; the failed one's status message is the error and there is no output."""

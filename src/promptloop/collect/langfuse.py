@@ -113,6 +113,11 @@ def grouped(records: list[ExportRecord]) -> tuple[dict[str, TraceParts], list[Un
     unreadable: list[Unreadable] = []
 
     def add(record: RawJson, origin: str) -> None:
+        if isinstance(record.get("trace"), dict) and "id" not in record:
+            # {"trace": {...}, "observations": [...], "scores": [...]}: one trace's download as a wrapper
+            add({**record["trace"], "observations": record.get("observations") or [],
+                 "scores": record.get("scores") or []}, origin)
+            return
         kind = kind_of(record)
         raw = orjson.dumps(record, default=str).decode()
         if kind == "trace":
