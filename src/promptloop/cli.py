@@ -305,7 +305,8 @@ def collect(
         None,
         "--source",
         help="Read this instead of the app's configured sources: a file, folder or glob of .jsonl/.parquet, "
-        "or mlflow:<experiment>[@<tracking uri>]. Files must be inside the workspace unless --allow-outside.",
+        "mlflow:<experiment>[@<tracking uri>], langfuse-export:<path>, langfuse:[<host>] or otel:<path>. "
+        "Files (and a Langfuse host other than collect.langfuse.host) need --allow-outside.",
     ),
     allow_outside: bool = typer.Option(
         False, "--allow-outside", help="Let --source read files outside the workspace (a path you typed yourself)."

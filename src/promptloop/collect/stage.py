@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 from promptloop.collect.sources import EXTRA, ORIGIN, FileSource, Source, SourceBatch, Unreadable
 from promptloop.collect.trace_collect import collect_late_feedback, prepare_trace_sources
 from promptloop.collect.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
-from promptloop.core.config import AppSettings
+from promptloop.core.config import AppSettings, CollectSettings
 from promptloop.core.errors import InputError
 from promptloop.core.files import write_atomic
+from promptloop.core.secrets import remember_secret
 from promptloop.domain.logs import LOG_FIELDS, STORED_LOG_SCHEMA
 from promptloop.domain.results import CollectResult
 from promptloop.llm.prices import PriceLookup, cost_from_tokens
@@ -77,7 +78,7 @@ class Totals:
     rows_valid: int = 0
     rows_quarantined: int = 0
     rows_duplicate: int = 0
-    feedback_updated: int = 0  # stored rows whose feedback changed later (MLflow sources)
+    feedback_updated: int = 0  # stored rows whose feedback changed later (trace sources)
     pii_redactions: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     parts: list[str] = field(default_factory=list)
@@ -94,16 +95,53 @@ class Totals:
         self.examples += other.examples[: max(0, 20 - len(self.examples))]
 
 
-def source_from_uri(uri: str, root: Path, *, allow_outside: bool = True, max_line_bytes: int = 1_000_000) -> Source:
-    """A log source: a path or glob of files, or `mlflow:<experiment>` for MLflow traces.
+def source_from_uri(uri: str, root: Path, *, allow_outside: bool = True, max_line_bytes: int = 1_000_000,
+                    settings: CollectSettings | None = None) -> Source:
+    """A log source: a path or glob of files, `mlflow:<experiment>` for MLflow traces,
+    `langfuse-export:<path>` / `langfuse:[<host>]` for Langfuse, `otel:<path>` for OTLP JSON files.
 
     Without `allow_outside`, files must be inside the workspace (`--source` needs `--allow-outside`
-    to read elsewhere; a Prefect run form never can).
+    to read elsewhere; a Prefect run form never can). `settings` (collect's) configure the trace sources.
     """
+    settings = settings or CollectSettings()
     if uri.startswith("mlflow:"):
         from promptloop.collect.traces import MlflowTraceSource
 
         return MlflowTraceSource.from_uri(uri, root)
+    if uri.startswith("langfuse:"):
+        from promptloop.collect.langfuse import api_source
+
+        named = uri[len("langfuse:"):].strip().rstrip("/")
+        if named and not allow_outside and named != (settings.langfuse.host or "").rstrip("/"):
+            # The Langfuse keys go to that host: a run form or --source may not choose one params.yaml does not name.
+            raise InputError(uri, "a Langfuse host other than collect.langfuse.host: pass --allow-outside to send "
+                             "the keys there, or set collect.langfuse.host", "--source")
+        from promptloop.llm.client import resolve_api_key
+
+        def resolve(source: str, field_name: str) -> str:
+            value = resolve_api_key(source, "params.yaml", field_name)
+            remember_secret(value)  # redacted from every error and log from now on
+            return value
+
+        api = api_source(uri, settings.langfuse, resolve)
+        api.feedback_names = tuple(settings.feedback_names)
+        return api
+    for scheme in ("langfuse-export:", "otel:"):
+        if uri.startswith(scheme) and not allow_outside and not inside(root, uri[len(scheme):]):
+            raise InputError(uri, "outside the workspace: pass --allow-outside to collect logs from there", "--source")
+    if uri.startswith("langfuse-export:"):
+        from promptloop.collect.langfuse import LangfuseExportSource
+
+        export = LangfuseExportSource.from_uri(uri, root)
+        export.feedback_names = tuple(settings.feedback_names)
+        return export
+    if uri.startswith("otel:"):
+        from promptloop.collect.otel import FeedbackSettings, OtelFileSource
+
+        otel = OtelFileSource.from_uri(uri, root)
+        otel.feedback = FeedbackSettings(settings.otel_feedback_event, settings.otel_feedback_attribute,
+                                         tuple(settings.feedback_names))
+        return otel
     if not allow_outside and not inside(root, uri):
         raise InputError(uri, "outside the workspace: pass --allow-outside to collect logs from there", "--source")
     if not any(ch in uri for ch in "*?[") and not (root / uri).exists() and not Path(uri).exists():
@@ -130,15 +168,16 @@ def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, 
     settings = workspace.app_settings(app)
     max_line = workspace.params.collect.max_line_bytes
     if source_uri:
-        sources = [source_from_uri(source_uri, workspace.root, allow_outside=allow_outside, max_line_bytes=max_line)]
+        sources = [source_from_uri(source_uri, workspace.root, allow_outside=allow_outside, max_line_bytes=max_line,
+                                   settings=workspace.params.collect)]
     else:
-        sources = [source_from_uri(uri, workspace.root, max_line_bytes=max_line)
+        sources = [source_from_uri(uri, workspace.root, max_line_bytes=max_line, settings=workspace.params.collect)
                    for uri in settings.sources or [str(settings.log_dir)]]
     state_path = workspace.path(settings.data_dir) / STATE_FILE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {"watermarks": {}}
     now = now or datetime.now(UTC)
     plan = CollectPlan(workspace, app, settings, sources, state, f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", now)
-    prepare_trace_sources(sources, workspace, app, settings)
+    prepare_trace_sources(sources, workspace, app, settings, now)
     return plan
 
 

@@ -1,5 +1,5 @@
-"""What collect adds around an MLflow trace source: its app's settings, the release history, and
-late user feedback applied to rows already stored.
+"""What collect adds around a trace source (MLflow, Langfuse, OTLP): its app's settings, the release
+history, and late user feedback applied to rows already stored.
 
 Late feedback: each run re-reads (metadata only) the traces started within
 `collect.feedback_lookback_days` before the run and takes those whose user Feedback was written at
@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from promptloop.collect.exports import TraceExportSource
 from promptloop.collect.sources import Source
 from promptloop.collect.traces import Feedback, MlflowTraceSource
 from promptloop.core.config import AppSettings
@@ -32,25 +33,33 @@ RELEASE_STAGE = "release"  # the promptloop.stage tag of release and rollback ru
 DAY_MS = 86_400_000
 
 
-def feedback_key(source: MlflowTraceSource) -> str:
+LateFeedbackSource = MlflowTraceSource | TraceExportSource  # sources whose feedback can change after a row is read
+
+
+def feedback_key(source: LateFeedbackSource) -> str:
     """Where the source's feedback mark is kept among the watermarks."""
     return f"{source.key}#feedback"
 
 
-def trace_sources(sources: Sequence[Source]) -> list[MlflowTraceSource]:
-    return [s for s in sources if isinstance(s, MlflowTraceSource)]
+def trace_sources(sources: Sequence[Source]) -> list[LateFeedbackSource]:
+    return [s for s in sources if isinstance(s, (MlflowTraceSource, TraceExportSource))]
 
 
-def prepare_trace_sources(sources: Sequence[Source], workspace: Workspace, app: str, settings: AppSettings) -> None:
-    """Give each MLflow source the collected app (for untagged traces), its mapping and its releases."""
+def prepare_trace_sources(sources: Sequence[Source], workspace: Workspace, app: str, settings: AppSettings,
+                          now: datetime | None = None) -> None:
+    """Give each trace source the collected app (for untagged traces) and its releases; MLflow sources
+    their mapping, the others the run's time (unfinished traces older than their grace are read)."""
     traced = trace_sources(sources)
     if not traced:
         return
     releases = release_history(workspace.tracking_uri, workspace.experiment_name(app))
     for source in traced:
         source.app = source.app or app
-        source.trace_mapping = dict(settings.trace_mapping)
         source.releases = releases
+        if isinstance(source, MlflowTraceSource):
+            source.trace_mapping = dict(settings.trace_mapping)
+        elif now is not None:
+            source.now_ms = int(now.timestamp() * 1000)
 
 
 def release_history(tracking_uri: str, experiment: str) -> list[tuple[int, str]]:
@@ -81,7 +90,7 @@ class FeedbackOutcome:
 
 def collect_late_feedback(sources: Sequence[Source], watermarks: dict[str, Any], now: datetime, lookback_days: float,
                           logs_dir: Path, root: Path, redactor: Redactor) -> FeedbackOutcome:
-    """Apply feedback that changed since the last run to the stored rows (in `logs_dir`) of every MLflow
+    """Apply feedback that changed since the last run to the stored rows (in `logs_dir`) of every trace
     source; `watermarks` are the previous run's, `now` the run's time (the lookback ends there)."""
     outcome = FeedbackOutcome()
     now_ms = int(now.timestamp() * 1000)

@@ -242,8 +242,8 @@ class AppSettings(Section):
     log_dir: Path = Field(description="where production logs for this app land before collect")
     sources: list[str] = Field(
         default_factory=list,
-        description="log sources: paths/globs of .jsonl/.parquet files or mlflow:<experiment>[@<tracking uri>]; "
-        "default: log_dir",
+        description="log sources: paths/globs of .jsonl/.parquet files, mlflow:<experiment>[@<tracking uri>], "
+        "langfuse-export:<path>, langfuse:[<host>] or otel:<path>; default: log_dir",
     )
     data_dir: Path = Field(description="the app's versioned datasets written by collect and analyze")
     trace_mapping: dict[TraceField, JsonPath] = Field(
@@ -320,6 +320,26 @@ class DemoSettings(Section):
     temperature: float = Field(default=0.7, ge=0)
 
 
+class LangfuseSettings(Section):
+    """The Langfuse server a `langfuse:` source reads (its public API, with the official client)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    host: str | None = Field(default=None, description="e.g. https://cloud.langfuse.com; default: LANGFUSE_HOST")
+    public_key: str = Field(default="env:LANGFUSE_PUBLIC_KEY",
+                            description="'env:VARIABLE' or 'prefect-secret:BLOCK'; never the key")
+    secret_key: str = Field(default="env:LANGFUSE_SECRET_KEY",
+                            description="'env:VARIABLE' or 'prefect-secret:BLOCK'; never the key")
+    page_size: int = Field(default=100, ge=1, le=100, description="records per API page (the scores API allows 100)")
+
+    @field_validator("public_key", "secret_key")
+    @classmethod
+    def _key_source_only(cls, value: str) -> str:
+        if problem := key_source_problem(value):
+            raise ValueError(problem)
+        return value
+
+
 class CollectSettings(Section):
     """Ingest, validate, redact and version production logs."""
 
@@ -334,7 +354,16 @@ class CollectSettings(Section):
         description="a JSON Lines line longer than this is quarantined unread (a log record is never this big)")
     feedback_lookback_days: float = Field(
         default=7.0, ge=0,
-        description="MLflow traces: feedback logged on traces up to this old is re-read and updates stored rows")
+        description="trace sources (MLflow, Langfuse, OTLP): feedback logged on traces up to this old is re-read "
+        "and updates stored rows")
+    feedback_names: list[str] = Field(
+        default_factory=lambda: ["user_feedback", "user-feedback", "feedback"],
+        description="Langfuse score names / OTel gen_ai.evaluation.name values that are the users' feedback")
+    otel_feedback_event: str = Field(default="gen_ai.evaluation.result",
+                                     description="otel: the span event holding user feedback")
+    otel_feedback_attribute: str = Field(default="user.feedback",
+                                         description="otel: a span attribute holding user feedback (else the event)")
+    langfuse: LangfuseSettings = Field(default_factory=LangfuseSettings)
 
 
 # Alert rules of analyze: on which metrics, and the built-in defaults.
