@@ -203,3 +203,38 @@ def test_only_gaps_enough_users_hit_get_a_draft_at_most_max_drafts(litellm, tmp_
     ids = [d.id for d in drafted.drafts]  # type: ignore[attr-defined]
     assert len(set(ids)) == 2 and not {d.id for d in retriever.docs} & set(ids)
     assert simulated_drafts(litellm, tmp_path, retriever, gaps, max_drafts=0).drafts == []  # type: ignore[attr-defined]
+
+
+def test_once_a_person_fills_and_merges_the_draft_the_gap_s_question_gets_answered(litellm, tmp_path: Path,
+                                                                                   retriever: Retriever) -> None:
+    """The loop's promise for a gap: the draft (placeholders filled by a person, marker removed) is retrieved,
+    and the app answers the gap's question from it, where before it could only answer from the wrong document."""
+    from promptloop.demo.simulated.judge import assess
+    from promptloop.domain.app import App
+    from promptloop.domain.prompts import load_prompt
+
+    question = "Will there be a Black Friday sale this year?"  # the demo asks it; the sample KB has no answer
+    fact = "Nimbus Labs does not run a Black Friday sale."  # what the person writes: a test fixture, not a claim
+    [draft] = simulated_drafts(litellm, tmp_path, retriever, [gap([question])]).drafts  # type: ignore[attr-defined]
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    for source in SAMPLE_KB.glob("*.md"):
+        (kb / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    (kb / f"{draft.id}.md").write_text(draft.text, encoding="utf-8")
+    prompt = load_prompt(ROOT / "prompts/support-bot/prompt.yaml")
+    case = f"<question>\n{question}\n</question>\n<expected_behavior>answer</expected_behavior>\n" \
+           f"<expected_facts>\n{fact}\n</expected_facts>"
+
+    def ask() -> tuple[str, list[str], float]:
+        app = App("support-bot", prompt, "offline/support-bot", Retriever(load_kb(kb)), 3)
+        completion, retrieved = asyncio.run(app.ask(litellm, question, 10.0, temperature=0.0, seed=1))
+        return completion.text, retrieved, assess(completion.text, case).quality
+
+    before, retrieved_before, quality_before = ask()  # the draft is in the folder, but not retrieved
+    assert draft.id not in retrieved_before and fact not in before
+    doc = document_from_text(draft.text, kb / f"{draft.id}.md")
+    filled = doc.model_copy(update={"draft": False, "body": PLACEHOLDER.sub(fact, doc.body)})
+    (kb / f"{draft.id}.md").write_text(render_document(filled), encoding="utf-8")
+    after, retrieved_after, quality_after = ask()
+    assert retrieved_after[0] == draft.id and fact in after
+    assert quality_after > quality_before
