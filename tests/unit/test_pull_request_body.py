@@ -265,8 +265,8 @@ def test_drafted_articles_have_their_own_section_marked_as_drafts_with_the_cases
     assert "No golden case expecting `abstain` would change" in pull_request_body(body_input(kb_drafts=[kb_draft()]))
 
 
-@pytest.mark.parametrize("hostile", ["</details><!-- hide", "# heading\n---", "![x](https://evil.example/p.png) @octocat",
-                                     "```\nfence"])
+@pytest.mark.parametrize("hostile", ["</details><!-- hide", "# heading\n---",
+                                     "![x](https://evil.example/p.png) @octocat", "```\nfence"])
 def test_a_logged_question_in_a_draft_cannot_break_the_body(hostile: str) -> None:
     body = pull_request_body(body_input(kb_drafts=[kb_draft(example=hostile)]))
     found = tokens(body)

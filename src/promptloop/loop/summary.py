@@ -55,7 +55,8 @@ def gap_lines(result: CycleResult) -> list[str]:
     drafts = {d.gap: d for d in result.improve.kb_drafts.drafts} if result.improve and result.improve.kb_drafts \
         else {}
     lines = [f"Knowledge-base gaps: {len(gaps)} (questions the documents do not answer; a prompt change cannot "
-             "fix them)", "", "| gap | users | asked, for example | nearest document | draft |", "|---|---|---|---|---|"]
+             "fix them)", "", "| gap | users | asked, for example | nearest document | draft |",
+             "|---|---|---|---|---|"]
     for gap in gaps:
         nearest = f"{code(gap.best_document)} ({gap.best_score:.1f})" if gap.best_document and gap.best_score \
             is not None else "none"
