@@ -238,3 +238,16 @@ def test_once_a_person_fills_and_merges_the_draft_the_gap_s_question_gets_answer
     after, retrieved_after, quality_after = ask()
     assert retrieved_after[0] == draft.id and fact in after
     assert quality_after > quality_before
+
+
+def test_a_draft_id_is_a_valid_unused_document_id_readable_where_the_topic_is_english() -> None:
+    from promptloop.improve.kb_drafts import draft_id
+
+    def of(topic: str, taken: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+        return draft_id(gap([topic]).model_copy(update={"topic": topic}), set(taken))
+
+    assert of("run bug bounty program") == "gap-run-bug-bounty-program"
+    assert of("run bug bounty program", {"gap-run-bug-bounty-program"}) == "gap-run-bug-bounty-program-2"
+    korean = of("plus 플랜 연간 결제하면")  # mostly Korean: a hash, not `gap-plus`
+    assert re.fullmatch(r"gap-[0-9a-f]{8}", korean) and korean == of("plus 플랜 연간 결제하면")
+    Document(id=of("Wi-Fi sync / 2FA!"), title="t", lang="en", topic="t", body="b")  # the id pattern holds

@@ -92,8 +92,11 @@ def article_validator(sources: list[str]) -> Callable[[str], dict[str, str]]:
 
 
 def draft_id(gap: KbGapResult, taken: set[str]) -> str:
-    """`gap-<topic words>` (a hash where the topic has no ASCII words), unique among `taken`."""
-    slug = _SLUG.sub("-", gap.topic.lower()).strip("-")[:40].strip("-")
+    """`gap-<topic words>`, unique among `taken`; a hash of the topic where most of its words are not ASCII
+    (a Korean topic would leave only its stray Latin word: `gap-plus`)."""
+    words = gap.topic.lower().split()
+    ascii_words = [w for w in (_SLUG.sub("-", w).strip("-") for w in words) if w and w.isascii()]
+    slug = "-".join(ascii_words)[:40].strip("-") if len(ascii_words) * 2 > len(words) else ""
     base = f"gap-{slug or hashlib.sha256(gap.topic.encode()).hexdigest()[:8]}"
     name, n = base, 2
     while name in taken:
