@@ -251,3 +251,24 @@ def test_a_draft_id_is_a_valid_unused_document_id_readable_where_the_topic_is_en
     korean = of("plus 플랜 연간 결제하면")  # mostly Korean: a hash, not `gap-plus`
     assert re.fullmatch(r"gap-[0-9a-f]{8}", korean) and korean == of("plus 플랜 연간 결제하면")
     Document(id=of("Wi-Fi sync / 2FA!"), title="t", lang="en", topic="t", body="b")  # the id pattern holds
+
+
+def test_deploy_takes_only_files_that_read_back_as_drafts_into_the_app_s_knowledge_base(repo_workspace) -> None:
+    from promptloop.deploy.stage import draft_files
+    from promptloop.domain.results import ImproveOutcome, KbDraftResult, KbDraftsResult
+
+    def outcome(text: str, draft_id: str = "gap-phone-support") -> ImproveOutcome:
+        draft = KbDraftResult(id=draft_id, path="elsewhere/x.md", gap=1, topic="phone support", users=3,
+                              questions=3, examples=[], placeholders=1, text=text, cases_to_relabel=[])
+        return ImproveOutcome.model_construct(app="support-bot", kb_drafts=KbDraftsResult(drafts=[draft]))
+
+    doc = Document(id="gap-phone-support", title="Phone support", lang="en", topic="support", draft=True,
+                   body="[[TODO: confirm the support hours]]")
+    # The file goes where the app's KB is, whatever path the outcome file claims.
+    assert draft_files(repo_workspace, outcome(render_document(doc))) == {
+        "datasets/support-bot/kb/gap-phone-support.md": render_document(doc).encode()}
+    with pytest.raises(InputError, match="draft: true"):  # an edited outcome cannot publish a live article
+        draft_files(repo_workspace, outcome(render_document(doc.model_copy(update={
+            "draft": False, "body": "Phone support is open 24/7."}))))
+    with pytest.raises(InputError, match="does not match the file name"):
+        draft_files(repo_workspace, outcome(render_document(doc), draft_id="billing-refunds"))
