@@ -20,6 +20,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from promptloop.analyze.topics import topic_words
@@ -136,6 +137,16 @@ def failed_kinds(row: pd.Series) -> list[str]:
     return kinds
 
 
+def failed_mask(frame: pd.DataFrame) -> pd.Series:
+    """`failed_kinds` is not empty, for every row at once."""
+    def column(name: str) -> pd.Series:
+        return frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
+
+    flag = {name: column(name).fillna(False).astype(bool) for name in ("uncertain", "refusal", "injection")}
+    return (flag["uncertain"] | (flag["refusal"] & ~flag["injection"]) | column("feedback").eq(-1)
+            | column("judge_score").le(LOW_JUDGE_SCORE)).astype(bool)
+
+
 def gap_rows(frame: pd.DataFrame, retriever: Retriever | None, settings: KbGapSettings,
              top_k: int = 3) -> pd.DataFrame:
     """The rows that point to a missing document, with their retrieval: `kinds`, `best_score`, `coverage`, `source`."""
@@ -143,12 +154,17 @@ def gap_rows(frame: pd.DataFrame, retriever: Retriever | None, settings: KbGapSe
     answered = frame[frame["output"].notna() & frame["input"].fillna("").str.strip().ne("")]
     if "injection" in answered:
         answered = answered[~answered["injection"].astype(bool)]
+    # Only the rows that failed in one of the ways are looked at, and each distinct (question, logged
+    # retrieval) is searched once: questions repeat a lot.
+    failed = answered[failed_mask(answered)]
+    seen: dict[tuple[str, object], Retrieval | None] = {}
     records = []
-    for index, row in answered.iterrows():
+    for index, row in failed.iterrows():
         kinds = failed_kinds(row)
-        if not kinds:
-            continue
-        found = retrieval_of(str(row["input"]), row.get("metadata"), retriever, docs, top_k)
+        key = (str(row["input"]), row.get("metadata") if isinstance(row.get("metadata"), str) else None)
+        if key not in seen:
+            seen[key] = retrieval_of(key[0], key[1], retriever, docs, top_k)
+        found = seen[key]
         if found is None or not is_weak(found, settings):
             continue
         records.append({"index": index, "kinds": kinds, "best_score": found.best_score, "coverage": found.coverage,
