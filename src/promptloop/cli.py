@@ -146,6 +146,15 @@ def render_analyze(result: AnalyzeResult) -> None:
         clusters.add_row(str(cluster.id), escape(cluster.label), str(cluster.size), f"{cluster.impact:.1f}")
     Console().print(alerts)
     Console().print(clusters)
+    if result.kb_gaps:
+        gaps = Table(title=f"knowledge-base gaps ({len(result.kb_gaps)}): asked, not in the documents",
+                     title_justify="left")
+        for column in ("id", "topic", "users", "nearest document", "example question"):
+            gaps.add_column(column, overflow="fold")
+        for gap in result.kb_gaps:
+            nearest = f"{gap.best_document} ({gap.best_score:.1f})" if gap.best_document and gap.best_score else "none"
+            gaps.add_row(str(gap.id), escape(gap.topic), str(gap.users), escape(nearest), escape(gap.examples[0]))
+        Console().print(gaps)
 
 
 def version_callback(value: bool) -> None:

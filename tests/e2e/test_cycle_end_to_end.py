@@ -50,7 +50,7 @@ def test_one_cycle_grows_the_golden_set_and_promotes_on_held_out_cases(first_cyc
     assert best.wins + best.ties + best.losses == evaluation.cases_decided
 
 
-def test_exactly_one_branch_touching_only_the_prompt_the_golden_dvc_and_the_report(first_cycle) -> None:
+def test_exactly_one_branch_touching_only_the_prompt_the_golden_dvc_the_report_and_kb_drafts(first_cycle) -> None:
     root, main_before, _, result = first_cycle
     remote = git.Repo(root / "remote.git")
     branches = sorted(h.name for h in remote.heads)
@@ -58,8 +58,13 @@ def test_exactly_one_branch_touching_only_the_prompt_the_golden_dvc_and_the_repo
     assert result.deploy.branch.startswith("promptloop/support-bot/v2-")
     assert remote.heads.main.commit.hexsha == main_before  # main on the remote is unchanged
     changed = remote.git.diff("--name-only", "main", result.deploy.branch).splitlines()
-    assert sorted(changed) == ["datasets/support-bot/golden.jsonl.dvc", "prompts/support-bot/prompt.yaml",
-                               "reports/support-bot/v2.md"]
+    # Besides the prompt: the knowledge-base articles improve drafted, new files in the app's KB, each a draft.
+    drafts = [d.path for d in result.improve.kb_drafts.drafts] if result.improve.kb_drafts else []
+    assert all(path.startswith("datasets/support-bot/kb/gap-") for path in drafts)
+    assert sorted(changed) == sorted(["datasets/support-bot/golden.jsonl.dvc", "prompts/support-bot/prompt.yaml",
+                                      "reports/support-bot/v2.md", *drafts])
+    for path in drafts:
+        assert "draft: true" in remote.git.show(f"{result.deploy.branch}:{path}").split("---")[1]
     proposed = remote.git.show(f"{result.deploy.branch}:prompts/support-bot/prompt.yaml")
     assert "version: 2" in proposed and "parent: 1" in proposed
     body = Path(result.deploy.body_path).read_text(encoding="utf-8")

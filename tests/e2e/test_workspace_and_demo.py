@@ -209,6 +209,39 @@ def test_demo_pull_request_shows_a_fixed_case_with_both_answers_and_the_mlflow_r
     assert removed and all(line.split(":")[0] in ("version", "parent", "changelog", "system") for line in removed)
 
 
+def test_demo_analyze_names_a_real_knowledge_base_gap_and_the_pull_request_carries_a_draft(demo_run) -> None:
+    """The sample KB has no article on some questions the traffic asks; analyze says which, improve drafts an
+    article for the top ones, and the pull request carries them as drafts in their own section."""
+    from promptloop.domain.kb import PLACEHOLDER, document_from_text, load_kb
+
+    dest, result = demo_run
+    bank = [json.loads(line) for line in
+            (dest / "datasets/support-bot/traffic/questions.jsonl").read_text(encoding="utf-8").splitlines()]
+    unanswerable = {q["text"] for q in bank if q["kind"] == "unanswerable"}
+    gaps = result.analyze.kb_gaps
+    assert gaps, "analyze found no knowledge-base gap"
+    real = [g for g in gaps if set(g.asked) & unanswerable]
+    assert real, [g.examples for g in gaps]  # a gap of the sample KB: questions it holds no answer to
+    assert all(g.users >= 2 and g.best_score is not None and g.best_score < 7.0 for g in real)
+    summary = json.loads((dest / "data/support-bot/failures/clusters.json").read_text(encoding="utf-8"))
+    assert [g["topic"] for g in summary["kb_gaps"]] == [g.topic for g in gaps]  # what improve drafts from
+
+    turn = result.cycle
+    assert turn.decision == "promote", turn.reasons
+    drafts = turn.improve.kb_drafts.drafts
+    assert drafts and {d.gap for d in drafts} <= {g.id for g in gaps}
+    remote = git.Repo(dest / "remote.git")
+    body = Path(turn.deploy.body_path).read_text(encoding="utf-8")
+    section = body.split("## Knowledge-base drafts (need a person)\n")[1].split("\n## ")[0]
+    live = {d.id for d in load_kb(dest / "datasets/support-bot/kb")}
+    for draft in drafts:
+        text = remote.git.show(f"{turn.deploy.branch}:{draft.path}")
+        doc = document_from_text(text, Path(draft.path))
+        assert doc.draft and PLACEHOLDER.search(doc.body), text  # marked a draft; unknown facts left to a person
+        assert draft.id not in live and f"`{draft.path}` (draft)" in section
+        assert rendered_text(draft.examples[0]).strip() in rendered_text(section)
+
+
 def test_demo_evaluation_run_has_one_trace_per_case_and_prompt(demo_run) -> None:
     """The done-when of the GenAI pages: search_traces on the evaluation run finds every (prompt, case)."""
     from promptloop.deploy.evidence import evaluation_rows

@@ -100,3 +100,28 @@ def test_the_mlflow_ui_address_comes_from_params_then_from_serve(monkeypatch: py
     assert mlflow_ui_url(workspace("https://mlflow.acme.dev")) == "https://mlflow.acme.dev"
     assert run_link("abc", "https://mlflow.acme.dev/") == "[abc](https://mlflow.acme.dev/#/runs/abc)"
     assert run_link(None, "https://mlflow.acme.dev") == ""
+
+
+def test_the_cycle_artifact_lists_the_knowledge_base_gaps_with_their_drafts() -> None:
+    from promptloop.domain.results import AnalyzeResult, KbDraftResult, KbDraftsResult, KbGapResult
+
+    gaps = [KbGapResult(id=1, topic="phone support hours", questions=9, users=7, kinds={"abstained": 9},
+                        examples=["Do you | offer <b>phone</b> support?"], best_document="notes-trash-restore",
+                        best_score=6.3, key_term_coverage=0.4, source="kb"),
+            KbGapResult(id=2, topic="gift card", questions=2, users=2, kinds={"thumbs_down": 2},
+                        examples=["Gift card?"], best_document=None, best_score=None, key_term_coverage=None,
+                        source="kb")]
+    draft = KbDraftResult(id="gap-phone-support-hours", path="kb/gap-phone-support-hours.md", gap=1,
+                          topic="phone support hours", users=7, questions=9, examples=[], placeholders=1, text="",
+                          cases_to_relabel=[])
+    turn = finished("promote", PROPOSED, [])
+    turn.analyze = AnalyzeResult.model_construct(kb_gaps=gaps, mlflow_run_id="analyze-run")
+    turn.improve.kb_drafts = KbDraftsResult(drafts=[draft])
+    report = cycle_report(turn, None)
+    assert "Knowledge-base gaps: 2" in report
+    rows = [line for line in report.splitlines() if line.startswith("| phone") or line.startswith("| gift")]
+    assert rows == [
+        "| phone support hours | 7 | Do you \\| offer \\<b>phone\\</b> support? | `notes-trash-restore` (6.3) | "
+        "`kb/gap-phone-support-hours.md` (draft: true) |",
+        "| gift card | 2 | Gift card? | none | not drafted |"]
+    assert "Knowledge-base gaps" not in cycle_report(finished("promote", PROPOSED, []), None)

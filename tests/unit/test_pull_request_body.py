@@ -24,6 +24,7 @@ from promptloop.domain.evaluation import (
 )
 from promptloop.domain.golden import GoldenCase
 from promptloop.domain.prompts import PromptVersion, load_prompt
+from promptloop.domain.results import KbDraftResult
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_PROMPTS = sorted((ROOT / "prompts").glob("*/prompt.yaml"))
@@ -240,3 +241,36 @@ def test_an_uncalibrated_judge_allowed_by_the_app_is_said_plainly() -> None:
         update={"applied": False, "uncalibrated": True, "up": 2, "down": 1, "judged": 3, "labelled": 3})
     body = pull_request_body(body_input(evaluation=result))
     assert "too few labels to measure the judge" in body and "`evaluate.allow_uncalibrated: true`" in body
+
+
+def kb_draft(example: str = "Do you offer phone support?", relabel: list[str] | None = None) -> KbDraftResult:
+    return KbDraftResult(id="gap-phone-support", path="datasets/bot/kb/gap-phone-support.md", gap=1,
+                         topic="phone support hours", users=4, questions=6, examples=[example], placeholders=2,
+                         text="---\nid: gap-phone-support\n---\n", cases_to_relabel=relabel or [])
+
+
+def test_drafted_articles_have_their_own_section_marked_as_drafts_with_the_cases_to_relabel() -> None:
+    body = pull_request_body(body_input(kb_drafts=[kb_draft(relabel=["m-1", "m-2"])]))
+    sections = [text for level, text in headings(body) if level == 2]
+    assert sections == ["Links", "Prompt diff", "Decision", "Cases fixed", "Cases broken", "Golden set",
+                        "Knowledge-base drafts (need a person)", "Guards", "Judge calibration"]
+    section = body.split("## Knowledge-base drafts (need a person)")[1].split("## Guards")[0]
+    assert [text for level, text in headings(section) if level == 3] == [
+        "`datasets/bot/kb/gap-phone-support.md` (draft)"]
+    assert "`draft: true`" in section and "4 user(s), 6 question(s) · 2 placeholder(s)" in section
+    assert "Do you offer phone support?" in section
+    assert "`m-1`, `m-2`" in section and "promptloop does not" in section
+    # No draft, no section; a draft without cases to re-label says so.
+    assert "Knowledge-base drafts" not in pull_request_body(body_input())
+    assert "No golden case expecting `abstain` would change" in pull_request_body(body_input(kb_drafts=[kb_draft()]))
+
+
+@pytest.mark.parametrize("hostile", ["</details><!-- hide", "# heading\n---",
+                                     "![x](https://evil.example/p.png) @octocat", "```\nfence"])
+def test_a_logged_question_in_a_draft_cannot_break_the_body(hostile: str) -> None:
+    body = pull_request_body(body_input(kb_drafts=[kb_draft(example=hostile)]))
+    found = tokens(body)
+    flat = [t for token in found for t in [token, *(token.children or [])]]
+    assert not [t for t in flat if t.type in ("html_block", "html_inline", "image")]
+    assert [text for level, text in headings(body) if level == 2][-1] == "Judge calibration"
+    assert {level for level, _ in headings(body)} == {2, 3} and "@octocat" not in body

@@ -166,3 +166,17 @@ def test_the_report_has_both_charts_the_daily_table_and_the_cluster_questions() 
     assert "overflow bin &gt; p99 (10 rows)" in page and 'alt="daily trends; partial days: 2026-05-01"' in page
     no_latency = render_report(result, np.full(3, np.nan))  # every row failed before an answer: nothing to plot
     assert "<h2>Latency</h2>" not in no_latency and no_latency.count("data:image/png") == 1
+
+
+def test_the_knowledge_base_gap_section_names_each_gap_its_users_and_nearest_document_escaped() -> None:
+    from promptloop.analyze.report import gap_table
+    from promptloop.domain.results import KbGapResult
+
+    gap = KbGapResult(id=1, topic="phone support <hours>", questions=9, users=7, kinds={"abstained": 6, "refused": 3},
+                      examples=["Do you offer <b>phone</b> support?", "공휴일에도 고객지원이 운영되나요?"],
+                      best_document="notes-trash-restore", best_score=6.3, key_term_coverage=0.4, source="kb")
+    table = gap_table(AnalyzeResult.model_construct(kb_gaps=[gap]))
+    assert ("<td>1</td><td>phone support &lt;hours&gt;</td><td>7</td><td>9</td><td>abstained 6, refused 3</td>"
+            "<td>notes-trash-restore (6.3)</td><td>0.4</td>"
+            "<td>Do you offer &lt;b&gt;phone&lt;/b&gt; support?<br>공휴일에도 고객지원이 운영되나요?</td>") in table
+    assert "none found" in gap_table(AnalyzeResult.model_construct(kb_gaps=[]))

@@ -98,6 +98,27 @@ def cluster_table(result: AnalyzeResult) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
+def gap_table(result: AnalyzeResult) -> str:
+    """The knowledge-base gaps: topic, users, questions, how they failed, the nearest document, example questions."""
+    if not result.kb_gaps:
+        return "<p>none found (no abstention, refusal or 👎 with weak retrieval that enough users hit)</p>"
+    columns = ("id", "topic", "users", "questions", "failed as", "nearest document (score)", "key terms covered",
+               "example questions")
+    head = "".join(f"<th>{c}</th>" for c in columns)
+    rows = "".join(
+        f"<tr><td>{g.id}</td><td>{html.escape(g.topic)}</td><td>{g.users}</td><td>{g.questions}</td>"
+        f"<td>{html.escape(', '.join(f'{k} {n}' for k, n in g.kinds.items()))}</td>"
+        f"<td>{html.escape(g.best_document or 'none')} ({_fmt(g.best_score)})</td>"
+        f"<td>{_fmt(g.key_term_coverage)}</td>"
+        f"<td>{'<br>'.join(html.escape(e) for e in g.examples)}</td></tr>"
+        for g in result.kb_gaps
+    )
+    intro = ("<p>Questions the app abstained on, refused or got 👎 for while retrieval was weak: the answer is "
+             "likely not in the knowledge base, and a prompt change cannot add it. improve drafts an article for "
+             "the top gaps.</p>")
+    return f"{intro}<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
 def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
     """A self-contained HTML page (charts inlined) for the MLflow run."""
     notes = quality_notes(result.detector_quality)
@@ -123,6 +144,7 @@ def render_report(result: AnalyzeResult, latencies: np.ndarray) -> str:
          f' alt="{html.escape(daily_alt(result.daily, result.window))}">'
          + daily_table(result.daily, result.window)) if result.daily else "",
         "<h2>Failure clusters</h2>" + cluster_table(result),
+        "<h2>Knowledge-base gaps</h2>" + gap_table(result),
     ]
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%;height:auto}")

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from promptloop.analyze.classifier import classifier_enabled, classify, quality_metrics
+from promptloop.analyze.gaps import find_gaps
 from promptloop.analyze.metrics import compute_metrics, daily_metrics, evaluate_alerts, metrics_by
 from promptloop.analyze.mining import cluster_conversations, cluster_failures, mine_failures, with_topic
 from promptloop.analyze.online_judge import judge_sample
@@ -23,6 +24,7 @@ from promptloop.analyze.report import render_report
 from promptloop.analyze.topics import name_topics
 from promptloop.core.config import AnalyzeSettings
 from promptloop.core.errors import InputError
+from promptloop.domain.kb import Retriever, load_kb
 from promptloop.domain.logs import STORED_LOG_SCHEMA
 from promptloop.domain.results import (
     AlertResult,
@@ -44,7 +46,7 @@ from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_ad
 from promptloop.workspace.workspace import FAILURES, LOGS, Workspace
 
 COLUMNS = ["id", "timestamp", "prompt_version", "model", "input", "output", "latency_ms", "prompt_tokens",
-           "completion_tokens", "cost_usd", "error", "feedback", "feedback_comment", "inputs"]
+           "completion_tokens", "cost_usd", "error", "feedback", "feedback_comment", "inputs", "user_hash", "metadata"]
 # flag column -> the text its detector reads; `followed_injection` is derived from injection (quality/injection.py)
 FLAGS = {"refusal": "output", "uncertain": "output", "toxic": "output", "biased": "output", "injection": "input"}
 
@@ -202,12 +204,14 @@ def store_failures(plan: AnalyzePlan, mined: Mined) -> AnalyzeResult:
     keep += [c for c in ("inputs",) if c in mined.failures]
     stored = mined.failures[keep].assign(cluster=mined.assignment, analyze_run=plan.run)
     clusters = [c.model_dump() for c in mined.result.clusters]
+    gaps = [g.model_dump() for g in mined.result.kb_gaps]  # improve drafts articles for them
     gitignore = plan.data_dir / ".gitignore"
     with dataset_change(plan.workspace.root, [target, gitignore], f"analyze {plan.app} (run {plan.run})"):
         target.mkdir(parents=True, exist_ok=True)
         stored.to_parquet(target / "failures.parquet", index=False)
-        (target / "clusters.json").write_text(json.dumps({"run": plan.run, "window": [str(plan.start), str(plan.end)],
-                                                          "clusters": clusters}, ensure_ascii=False, indent=2) + "\n",
+        stored_clusters = {"run": plan.run, "window": [str(plan.start), str(plan.end)], "clusters": clusters,
+                           "kb_gaps": gaps}
+        (target / "clusters.json").write_text(json.dumps(stored_clusters, ensure_ascii=False, indent=2) + "\n",
                                               encoding="utf-8")
         md5 = dvc_add_and_push(plan.workspace.root, [target])[str(target.relative_to(plan.workspace.root))]
         tracked = [Path(f"{target}.dvc")] + [p for p in (gitignore,) if p.is_file()]
@@ -259,11 +263,14 @@ def analyze_frame(plan: AnalyzePlan, frame: pd.DataFrame, previous: pd.DataFrame
     failures = mine_failures(flagged)
     assignment, clusters = cluster_failures(failures, plan.settings.clusters, plan.settings.seed)
     clusters, labels = label_clusters(plan, failures, assignment, clusters)
+    app = plan.workspace.app_settings(plan.app)
+    retriever = Retriever(load_kb(plan.workspace.path(app.knowledge_base))) if app.knowledge_base else None
+    gaps = find_gaps(flagged, retriever, plan.settings.kb_gaps, app.top_k)
     result = AnalyzeResult(
         app=plan.app, window=window_of(plan), metrics=metrics, previous_metrics=previous_metrics,
         by_prompt_version=metrics_by(flagged, "prompt_version"), by_model=metrics_by(flagged, "model"),
         daily=daily_metrics(flagged), alerts=alerts, online_judge=judge, detector_quality=quality,
-        failures=len(failures), clusters=clusters, cluster_labels=labels,
+        failures=len(failures), clusters=clusters, cluster_labels=labels, kb_gaps=gaps,
     )
     return Mined(result, failures, assignment)
 
@@ -272,6 +279,7 @@ def log_analyze_run(plan: AnalyzePlan, result: AnalyzeResult, latencies: np.ndar
     """One MLflow run: the window's metrics (timestamped at the window end), the HTML report, the summary."""
     numeric = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and v is not None}
     numeric.update(quality_metrics(result.detector_quality))
+    numeric["kb_gaps"] = len(result.kb_gaps)
     tags = {"promptloop.stage": "analyze", "promptloop.app": plan.app, "analyze.run": plan.run,
             "alerts": str(len(result.alerts))}
     tags.update({k: str(v) for k, v in (("dvc_md5", result.dvc_md5), ("git_commit", result.git_commit)) if v})

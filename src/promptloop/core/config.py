@@ -421,6 +421,23 @@ DETECTORS = ("refusal", "uncertainty", "toxicity", "bias", "injection")  # analy
 SAME_JUDGE = "same-as-evaluate"  # the online judge is the evaluation's judge unless named otherwise
 
 
+class KbGapSettings(Section):
+    """Knowledge-base gaps: failed questions whose retrieval was weak, grouped by topic (analyze/gaps.py)."""
+
+    enabled: bool = Field(default=True, description="look for gaps (apps with a knowledge base or logged retrieval)")
+    min_score: float = Field(default=7.0, ge=0, description="best KB document's BM25 score below which retrieval "
+                                                             "is weak (improve.answerable_min_score's scale)")
+    min_logged_score: float | None = Field(default=None, description="the same for a score the app logged with its "
+                                                                      "retrieved documents; null: logged scores unused")
+    min_coverage: float = Field(default=0.25, ge=0, le=1, description="share of a question's key terms the "
+                                                                       "retrieved documents contain, below which "
+                                                                       "retrieval is weak")
+    similarity: float = Field(default=0.4, gt=0, le=1, description="TF-IDF cosine (average linkage) at which "
+                                                                  "questions share a gap")
+    min_users: int = Field(default=2, ge=1, description="users a gap needs to be reported")
+    max_gaps: int = Field(default=10, ge=0, description="gaps reported, most users first")
+
+
 class AnalyzeSettings(Section):
     """Monitoring metrics, alerts and failure mining over a window of collected logs."""
 
@@ -451,6 +468,7 @@ class AnalyzeSettings(Section):
         description=f"names each failure cluster's topic, one call per cluster; {SAME_JUDGE} (the default): "
                     "evaluate.judge_model; null: off (clusters are labelled by their distinctive words)")
     label_budget_usd: float = Field(default=0.1, ge=0, description="spend cap of the cluster labeller")
+    kb_gaps: KbGapSettings = Field(default_factory=KbGapSettings)
     seed: int = 0
 
     @field_validator("webhook_url")
@@ -575,6 +593,14 @@ class EvaluateSettings(Section):
         return self
 
 
+class KbDraftSettings(Section):
+    """Knowledge-base articles improve drafts for the top gaps, through improve.optimizer_model."""
+
+    max_drafts: int = Field(default=2, ge=0, description="articles drafted per run, for the gaps most users hit")
+    min_users: int = Field(default=2, ge=1, description="users a gap needs before an article is drafted for it")
+    related_documents: int = Field(default=2, ge=0, description="nearest existing documents the drafter reads")
+
+
 class ImproveSettings(Section):
     """Golden-set growth from mined failures, and prompt candidates."""
 
@@ -594,6 +620,7 @@ class ImproveSettings(Section):
     answerable_min_score: float = Field(
         default=7.0, ge=0, description="best KB document's BM25 score below which a mined question is unanswerable"
     )
+    kb_drafts: KbDraftSettings = Field(default_factory=KbDraftSettings)
     seed: int = 0
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from promptloop.domain.evaluation import CandidateResult, EvaluationResult
 from promptloop.domain.golden import GoldenCase
+from promptloop.domain.results import KbDraftResult
 from promptloop.evaluate.report import decision_table
 
 CaseRow = Mapping[str, Any]  # one (prompt, case) row of the evaluation's `eval_cases.json` table
@@ -59,6 +60,7 @@ class BodyInput:
     rows: dict[tuple[str, str], CaseRow] = field(default_factory=dict)  # (prompt name, case id) -> row
     min_per_class: int = 5
     redact: Callable[[str], str] = str
+    kb_drafts: list[KbDraftResult] = field(default_factory=list)
 
 
 def escape_text(text: str) -> str:
@@ -237,6 +239,34 @@ def summary_line(body: BodyInput) -> str:
             f"{len(c.flips.fixed)} fixed, {len(c.flips.broken)} broken.")
 
 
+KB_DRAFTS_HEADING = "## Knowledge-base drafts (need a person)"
+
+
+def kb_drafts_section(body: BodyInput) -> list[str]:
+    """The drafted articles: each one's file, the gap it is for, who hit it, and the cases it would change."""
+    if not body.kb_drafts:
+        return []
+    lines = [KB_DRAFTS_HEADING, "",
+             f"{len(body.kb_drafts)} article(s) drafted for questions users asked that the knowledge base does not "
+             "answer (a prompt change cannot fix those). **Drafts, not facts**: written only from the users' "
+             "questions and the existing documents, every fact they could not give left as a `[[TODO: confirm ...]]` "
+             "placeholder. Each file has `draft: true`, so the app does not retrieve it. To publish one: fill every "
+             "placeholder, check every sentence, remove `draft: true`; or delete the file.", ""]
+    for draft in body.kb_drafts:
+        lines += [f"### {code(draft.path)} (draft)", "",
+                  f"Gap {draft.gap}: {escape_inline(cut(body.redact(draft.topic), 200))} · {draft.users} user(s), "
+                  f"{draft.questions} question(s) · {draft.placeholders} placeholder(s) to fill", "",
+                  "Asked, for example:", ""]
+        lines += ["- " + escape_inline(cut(body.redact(e), 200)) for e in draft.examples] + [""]
+        if draft.cases_to_relabel:
+            lines += [f"Golden cases that expect `abstain` and would be answerable once this article is merged "
+                      f"(re-label them to `answer` by hand; promptloop does not): "
+                      f"{', '.join(code(c) for c in draft.cases_to_relabel)}", ""]
+        else:
+            lines += ["No golden case expecting `abstain` would change when this article is merged.", ""]
+    return lines
+
+
 def pull_request_body(body: BodyInput) -> str:
     """The whole text, valid GitHub-flavoured markdown with headings at ## and ### only."""
     c = body.candidate
@@ -250,6 +280,6 @@ def pull_request_body(body: BodyInput) -> str:
              "## Prompt diff", "", *fenced(body.diff or "(templates unchanged)", "diff"), "",
              "## Decision", "", *decision_table(body.evaluation), ""]
     lines += [f"- {escape_inline(reason)}" for reason in c.reasons] or ["- every condition of the gate holds"]
-    lines += [""] + cases_section(body) + golden_section(body) + guards_section(c)
+    lines += [""] + cases_section(body) + golden_section(body) + kb_drafts_section(body) + guards_section(c)
     lines += ["## Judge calibration", "", calibration_words(body), ""]
     return "\n".join(lines).rstrip("\n") + "\n"

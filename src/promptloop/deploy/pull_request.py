@@ -54,10 +54,12 @@ def open_pull_request(
     github_api_url: str = "https://api.github.com",
     token_env: str = "GITHUB_TOKEN",
     body: str | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> ProposedBranch:
     """Propose `candidate` as the next version of `app`'s prompt: a branch on the remote and a pull request.
 
-    `report_md` is the report file on the branch; `body` the pull request's text (default: the report).
+    `report_md` is the report file on the branch; `body` the pull request's text (default: the report);
+    `extra_files` more files for the branch (drafted knowledge-base articles), by workspace-relative path.
     Idempotent: the same candidate (same content hash) never opens a second branch or pull request.
     """
     body = report_md if body is None else body
@@ -78,6 +80,9 @@ def open_pull_request(
         branch = branch_name(app, prompt)
         files = branch_files(workspace, app, prompt, prompt_path, report_md, golden_dvc,
                              file_at(repo, base_commit, prompt_path))
+        # A draft never replaces a file the base has (a person's article, or a draft they are working on).
+        files.update({path: data for path, data in (extra_files or {}).items()
+                      if path not in files and file_at(repo, base_commit, path) is None})
         commit = commit_files(repo, base_commit, files, commit_message(app, prompt))
         push_branch(repo, deploy.remote, commit, branch)
     else:

@@ -11,6 +11,7 @@ from promptloop.deploy.body import BodyInput, pull_request_body
 from promptloop.deploy.evidence import evaluation_rows, new_cases, review_links
 from promptloop.deploy.pull_request import next_version, open_pull_request
 from promptloop.domain.golden import load_golden
+from promptloop.domain.kb import document_from_text
 from promptloop.domain.prompts import PromptVersion, load_prompt
 from promptloop.domain.results import BestCandidate, DeployResult, ImproveOutcome
 from promptloop.quality.redact import build_redactor
@@ -46,7 +47,28 @@ def body_input(workspace: Workspace, outcome: ImproveOutcome, best: BestCandidat
         golden_split=(golden.optimize, golden.holdout), golden_md5=golden.dvc_md5,
         new_cases=new_cases(cases, golden.added), rows=rows,
         min_per_class=workspace.params.evaluate.min_calibration_per_class,
-        redact=lambda text: redactor.redact_text(text)[0] or "")
+        redact=lambda text: redactor.redact_text(text)[0] or "",
+        kb_drafts=outcome.kb_drafts.drafts if outcome.kb_drafts else [])
+
+
+def draft_files(workspace: Workspace, outcome: ImproveOutcome) -> dict[str, bytes]:
+    """The drafted articles as files of the app's knowledge base; each must read back as a draft document
+    whose id names its file (the outcome file is input like any other)."""
+    folder = workspace.app_settings(outcome.app).knowledge_base
+    if outcome.kb_drafts is None or not outcome.kb_drafts.drafts:
+        return {}
+    if folder is None:
+        raise InputError(outcome_path(workspace, outcome.app), "the outcome holds knowledge-base drafts but the app "
+                         "has no knowledge_base", field="kb_drafts")
+    files = {}
+    for draft in outcome.kb_drafts.drafts:
+        path = (folder / f"{draft.id}.md").as_posix()
+        doc = document_from_text(draft.text, Path(path))
+        if not doc.draft:
+            raise InputError(outcome_path(workspace, outcome.app), f"draft {draft.id} lacks `draft: true`",
+                             field="kb_drafts")
+        files[path] = draft.text.encode("utf-8")
+    return files
 
 
 def promoted_prompt(outcome: ImproveOutcome, source: Path) -> tuple[BestCandidate, PromptVersion]:
@@ -71,7 +93,8 @@ def deploy(workspace: Workspace, app: str) -> DeployResult:
     proposed = open_pull_request(workspace, app, candidate, outcome.evaluation.report,
                                  golden_dvc if golden_dvc.is_file() else None,
                                  github_api_url=workspace.params.deploy.github_api_url,
-                                 token_env=workspace.params.deploy.token_env, body=body)
+                                 token_env=workspace.params.deploy.token_env, body=body,
+                                 extra_files=draft_files(workspace, outcome))
     # The registry names what the open pull request proposes (the same content evaluate registered).
     challenger = name_challenger(workspace.tracking_uri, app, candidate, outcome.evaluation.mlflow_run_id)
     return DeployResult(app=app, decision="promote", reasons=[], challenger_version=challenger,

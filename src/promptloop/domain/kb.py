@@ -16,8 +16,12 @@ from promptloop.core.text import terms
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n(.*)\Z", re.DOTALL)
 
 
+PLACEHOLDER = re.compile(r"\[\[TODO:[^\]]*\]\]")  # a fact a drafted article leaves for a person: [[TODO: ...]]
+
+
 class Document(BaseModel):
-    """One knowledge-base article: YAML front matter (id, title, lang, topic) and a body."""
+    """One knowledge-base article: YAML front matter (id, title, lang, topic; `draft: true` for an article
+    promptloop drafted that no person has checked yet) and a body."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -25,12 +29,18 @@ class Document(BaseModel):
     title: str
     lang: str = Field(pattern=r"^[a-z]{2}$")
     topic: str
+    draft: bool = False
     body: str = Field(min_length=1)
 
 
 def parse_document(path: Path) -> Document:
     """Read one `kb/<id>.md` file; the id must match the file name."""
-    match = _FRONT_MATTER.match(path.read_text(encoding="utf-8"))
+    return document_from_text(path.read_text(encoding="utf-8"), path)
+
+
+def document_from_text(text: str, path: Path) -> Document:
+    """A document from the text of its file `path` (front matter, body); the id must match the file name."""
+    match = _FRONT_MATTER.match(text)
     if not match:
         raise InputError(path, "missing YAML front matter (--- id/title/lang/topic ---)")
     try:
@@ -42,17 +52,33 @@ def parse_document(path: Path) -> Document:
         raise input_error_from_validation(path, exc) from None
     if doc.id != path.stem:
         raise InputError(path, f"id {doc.id!r} does not match the file name", field="id")
+    # A person took the draft marker off but left a fact unconfirmed: the app would quote the placeholder.
+    if not doc.draft and (left := PLACEHOLDER.search(doc.body)):
+        raise InputError(path, f"still holds the placeholder {left.group(0)!r}: fill it in, or keep `draft: true`",
+                         field="body")
     return doc
 
 
 def load_kb(directory: Path) -> list[Document]:
-    """All documents of a knowledge-base folder, sorted by id."""
+    """The live documents of a knowledge-base folder, sorted by id. Drafts (`draft: true`) are read and
+    checked but never retrieved: an unchecked article must not reach users."""
     if not directory.is_dir():
         raise InputError(directory, "knowledge-base folder not found")
     docs = [parse_document(p) for p in sorted(directory.glob("*.md"))]
-    if not docs:
-        raise InputError(directory, "knowledge-base folder holds no *.md documents")
-    return docs
+    live = [d for d in docs if not d.draft]
+    if not live:
+        raise InputError(directory, "knowledge-base folder holds no *.md documents"
+                         + (" but drafts (`draft: true`)" if docs else ""))
+    return live
+
+
+def render_document(doc: Document) -> str:
+    """The document as a `kb/<id>.md` file: what `parse_document` reads back."""
+    meta: dict[str, object] = {"id": doc.id, "title": doc.title, "lang": doc.lang, "topic": doc.topic}
+    if doc.draft:
+        meta["draft"] = True
+    front = yaml.safe_dump(meta, allow_unicode=True, sort_keys=False, width=1000)
+    return f"---\n{front}---\n{doc.body.strip()}\n"
 
 
 @dataclass(frozen=True)

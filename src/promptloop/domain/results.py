@@ -137,6 +137,26 @@ class ClusterLabelsResult(Record):
     stopped_by_budget: bool
 
 
+class KbGapResult(Record):
+    """Knowledge the app's documents lack: questions it abstained on, refused or failed (👎, low judge score) while
+    retrieval was weak."""
+
+    id: int
+    topic: str = Field(description="the words that set its questions apart")
+    questions: int = Field(description="logged interactions that hit it")
+    users: int = Field(description="distinct users who hit it (interactions, where no user was logged)")
+    kinds: dict[str, int] = Field(description="how its interactions failed: abstained, refused, thumbs_down, "
+                                                "low_judge_score")
+    examples: list[str] = Field(description="its most asked questions, most asked first")
+    asked: list[str] = Field(default_factory=list, description="its distinct questions (at most 50), most asked first")
+    best_document: str | None = Field(description="the existing document nearest to its questions")
+    best_score: float | None = Field(description="that document's retrieval score (BM25, or the logged one)")
+    key_term_coverage: float | None = Field(description="mean share of its questions' key terms the retrieved "
+                                                        "documents contain")
+    source: Literal["kb", "logged"] = Field(description="kb: retrieval re-run on the app's knowledge base; "
+                                                        "logged: the retrieval metadata the app logged")
+
+
 class WebhookResult(Record):
     """Whether the alerts reached the configured webhook."""
 
@@ -161,6 +181,7 @@ class AnalyzeResult(Record):
     failures: int
     clusters: list[ClusterResult]
     cluster_labels: ClusterLabelsResult | None = None
+    kb_gaps: list[KbGapResult] = Field(default_factory=list, description="knowledge-base gaps, most users first")
     failures_snapshot: str | None = None
     dvc_md5: str | None = None
     git_commit: str | None = None
@@ -221,6 +242,30 @@ class BestCandidate(Record):
 IMPROVE_OUTCOME_SCHEMA: Literal[1] = 1
 
 
+class KbDraftResult(Record):
+    """A knowledge-base article drafted for a gap: a file for a person to check, fill in and un-draft."""
+
+    id: str
+    path: str = Field(description="where it goes in the workspace: the app's knowledge-base folder")
+    gap: int
+    topic: str
+    users: int
+    questions: int
+    examples: list[str]
+    placeholders: int = Field(description="[[TODO: ...]] facts left for a person")
+    text: str = Field(description="the file: front matter with `draft: true`, then the article")
+    cases_to_relabel: list[str] = Field(description="golden cases expecting `abstain` the article would let the app "
+                                                    "answer once merged (a person re-labels them)")
+
+
+class KbDraftsResult(Record):
+    """The drafts of an improve run, and what drafting cost."""
+
+    drafts: list[KbDraftResult] = Field(default_factory=list)
+    rejected: list[str] = Field(default_factory=list, description="gaps with no usable draft, and why")
+    optimizer: OptimizerUsage | None = None
+
+
 class ImproveOutcome(Record):
     """An improve run's decision, saved for deploy (`.promptloop/improve/<app>.json`)."""
 
@@ -232,6 +277,7 @@ class ImproveOutcome(Record):
     candidates: CandidatesResult
     best: BestCandidate | None
     evaluation: EvaluationResult
+    kb_drafts: KbDraftsResult | None = Field(default=None, description="None when no gap was drafted for")
 
 
 class PullRequestLink(Record):

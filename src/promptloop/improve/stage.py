@@ -30,6 +30,8 @@ from promptloop.domain.results import (
     ClusterResult,
     GrowthResult,
     ImproveOutcome,
+    KbDraftsResult,
+    KbGapResult,
     OptimizerUsage,
     RejectedRevision,
 )
@@ -37,6 +39,7 @@ from promptloop.evaluate.plan import hand_written_candidates
 from promptloop.evaluate.stage import evaluate
 from promptloop.improve.candidates import failure_digest, generate, write_candidates
 from promptloop.improve.growth import append_cases, grow, holdout_clusters
+from promptloop.improve.kb_drafts import PURPOSE, draft_articles
 from promptloop.quality.detectors import load_detector
 from promptloop.quality.redact import build_redactor
 from promptloop.workspace.handoff import save_outcome
@@ -46,6 +49,7 @@ from promptloop.workspace.versioning import commit_paths, dataset_change, dvc_ad
 from promptloop.workspace.workspace import FAILURES, Workspace
 
 CLUSTERS = TypeAdapter(list[ClusterResult])
+GAPS = TypeAdapter(list[KbGapResult])
 
 
 def load_failures(workspace: Workspace, app: str) -> tuple[pd.DataFrame, list[ClusterResult]]:
@@ -63,6 +67,40 @@ def load_failures(workspace: Workspace, app: str) -> tuple[pd.DataFrame, list[Cl
             path, f"not the clusters analyze writes ({exc}); run `promptloop analyze --app {app}` again"
         ) from None
     return pd.read_parquet(folder / "failures.parquet"), clusters
+
+
+def load_gaps(workspace: Workspace, app: str) -> list[KbGapResult]:
+    """The knowledge-base gaps of the last analyze run (none when it predates gap detection)."""
+    path = workspace.path(workspace.app_settings(app).data_dir) / FAILURES / "clusters.json"
+    try:
+        return GAPS.validate_python(json.loads(path.read_text(encoding="utf-8")).get("kb_gaps") or [])
+    except ValidationError as exc:
+        raise input_error_from_validation(path, exc, prefix="kb_gaps") from None
+
+
+def draft_kb_articles(workspace: Workspace, app: str, gaps: list[KbGapResult]) -> KbDraftsResult | None:
+    """Draft an article for each top gap through the optimizer model; None when there is nothing to draft."""
+    settings, improve = workspace.app_settings(app), workspace.params.improve
+    options = improve.kb_drafts
+    if not settings.knowledge_base or options.max_drafts == 0 or not any(g.users >= options.min_users for g in gaps):
+        return None
+    folder = workspace.path(settings.knowledge_base)
+    retriever = Retriever(load_kb(folder))
+    golden_path = workspace.path(settings.golden_set)
+    golden = load_golden(golden_path) if golden_path.is_file() else []
+    redactor = build_redactor(workspace.params.collect.extra_pii_patterns)
+    runner = workspace.open_runner()
+    try:
+        drafted = asyncio.run(draft_articles(runner, improve.optimizer_model, gaps, retriever, golden, improve,
+                                             settings.knowledge_base.as_posix(),
+                                             lambda text: redactor.redact_text(text)[0] or "", settings.description,
+                                             {path.stem for path in folder.glob("*.md")}))
+    finally:
+        runner.cache.close()
+    usage = runner.usage[PURPOSE]
+    return KbDraftsResult(drafts=drafted.drafts, rejected=drafted.rejected,
+                          optimizer=OptimizerUsage(calls=usage.calls, cache_hits=usage.cache_hits,
+                                                   cost_usd=round(usage.cost_usd, 6)))
 
 
 def grow_golden_set(
@@ -155,7 +193,7 @@ def evaluation_fingerprint(workspace: Workspace, app: str, candidate_paths: list
 
 
 def improve_outcome(app: str, growth: GrowthResult, proposed: Proposed, hand_written: list[Path],
-                    result: EvaluationResult) -> ImproveOutcome:
+                    result: EvaluationResult, kb_drafts: KbDraftsResult | None = None) -> ImproveOutcome:
     """The decision of an improve run from its parts: golden-set growth, candidates, evaluation."""
     best = best_candidate(result)
     decision, reasons = overall_decision(result, best)
@@ -167,7 +205,7 @@ def improve_outcome(app: str, growth: GrowthResult, proposed: Proposed, hand_wri
         best=None if best is None else BestCandidate(
             name=best.name, prompt_hash=best.prompt_hash, ci_low=best.ci_low, diff=best.diff,
             prompt=best_path.read_text(encoding="utf-8") if best_path else None),
-        evaluation=result,
+        evaluation=result, kb_drafts=kb_drafts,
     )
 
 
@@ -178,9 +216,11 @@ def improve(workspace: Workspace, app: str, *, progress: ProgressHooks = NO_PROG
     preflight(workspace, app, app_models(workspace, app, optimizer=True), budget_usd=budget)
     failures, clusters = load_failures(workspace, app)
     growth = grow_golden_set(workspace, app, failures, clusters)
+    # After growth: the drafts name the golden cases (new ones too) that would change once merged.
+    drafts = draft_kb_articles(workspace, app, load_gaps(workspace, app))
     proposed = propose_candidates(workspace, app, failures, clusters)
     hand_written = hand_written_candidates(workspace, app)
     result = evaluate(workspace, app, hand_written + proposed.paths, progress=progress)
-    outcome = improve_outcome(app, growth, proposed, hand_written, result)
+    outcome = improve_outcome(app, growth, proposed, hand_written, result, drafts)
     save_outcome(workspace, outcome)
     return outcome

@@ -27,7 +27,8 @@ SETTLED = ("promote", "hold", "skipped")
 
 def llm_calls(analyzed: AnalyzeResult, improved: ImproveOutcome) -> LLMCalls:
     """LLM calls made and answered from the cache across the cycle's stages."""
-    parts = [analyzed.online_judge, analyzed.detector_quality, analyzed.cluster_labels, improved.candidates.optimizer]
+    parts = [analyzed.online_judge, analyzed.detector_quality, analyzed.cluster_labels, improved.candidates.optimizer,
+             improved.kb_drafts.optimizer if improved.kb_drafts else None]
     spent = [p for p in parts if p is not None]
     evaluation = improved.evaluation
     return LLMCalls(calls=sum(p.calls for p in spent) + evaluation.llm_calls,

@@ -7,6 +7,7 @@ clicked, not on a subflow's.
 
 from __future__ import annotations
 
+from promptloop.deploy.body import code, cut, escape_inline
 from promptloop.domain.results import CycleResult, DeployResult
 from promptloop.evaluate.report import decision_table
 from promptloop.workspace.links import run_link
@@ -45,6 +46,26 @@ def result_line(result: CycleResult) -> str:
     return f"{app}: {result.decision}: {'; '.join(result.reasons) or 'no reason given'}"
 
 
+def gap_lines(result: CycleResult) -> list[str]:
+    """The knowledge-base gaps analyze found, with the draft improve wrote for each (questions escaped: they
+    come from the logs)."""
+    gaps = result.analyze.kb_gaps if result.analyze else []
+    if not gaps:
+        return []
+    drafts = {d.gap: d for d in result.improve.kb_drafts.drafts} if result.improve and result.improve.kb_drafts \
+        else {}
+    lines = [f"Knowledge-base gaps: {len(gaps)} (questions the documents do not answer; a prompt change cannot "
+             "fix them)", "", "| gap | users | asked, for example | nearest document | draft |",
+             "|---|---|---|---|---|"]
+    for gap in gaps:
+        nearest = f"{code(gap.best_document)} ({gap.best_score:.1f})" if gap.best_document and gap.best_score \
+            is not None else "none"
+        draft = f"{code(drafts[gap.id].path)} (draft: true)" if gap.id in drafts else "not drafted"
+        example = escape_inline(cut(gap.examples[0], 120)) if gap.examples else ""  # escapes | too
+        lines.append(f"| {escape_inline(gap.topic)} | {gap.users} | {example} | {nearest} | {draft} |")
+    return lines + [""]
+
+
 def cycle_report(result: CycleResult, ui_url: str | None) -> str:
     """The markdown artifact of a cycle run: decision, pull request, decision table, stage runs."""
     best = result.improve.best.name if result.improve and result.improve.best else ""
@@ -63,6 +84,7 @@ def cycle_report(result: CycleResult, ui_url: str | None) -> str:
         lines += [f"Pull request: {where}, branch `{result.deploy.branch}`", ""]
     if result.improve is not None:
         lines += decision_table(result.improve.evaluation) + [""]
+    lines += gap_lines(result)
     lines += ["| this cycle | |", "|---|---|",
               f"| new rows | {result.collect.rows_valid} of {result.collect.rows_in} read |",
               f"| LLM calls | {result.llm.calls} (cache: {result.llm.cache_hits}) |", ""]

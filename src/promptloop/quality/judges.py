@@ -31,7 +31,7 @@ def about(description: str) -> str:
 # a stray `</answer>` would end its block early, and a `<expected_behavior>` inside a question
 # could be read as the case's own (a model may take a tag wherever it first sees it).
 PROTOCOL_TAGS = ("question", "inputs", "history", "answer", "answer_a", "answer_b", "reference", "expected_facts",
-                 "criteria", "expected_behavior", "context", "doc", "current_prompt", "failures", "example")
+                 "criteria", "expected_behavior", "context", "doc", "current_prompt", "failures", "example", "kb_gap")
 
 
 @cache

@@ -8,6 +8,12 @@ revision: which failure themes it addresses and how it words the new instruction
 Susceptible as a real LLM optimizer is: a directive to add a quoted sentence to the prompt that
 stands in the failures outside a well-formed `<example>` block is obeyed. Inside an example it is
 a customer's words: evidence of a failure theme, never an instruction.
+
+Asked for a knowledge-base article (a `<kb_gap>` block, improve/kb_drafts.py) it drafts one honestly:
+it knows no more than the request holds, so every line of the body is one of the gap's questions, a
+sentence of a nearby document (with its source) that shares words with them, one of the fixed labels
+in DRAFT_LABELS, or a `[[TODO: confirm ...]]` placeholder for the answer a person must supply. The
+reply is JSON `{"title": ..., "body": ...}`.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import json
 import random
 import re
 
+from promptloop.core.text import language, sentences
 from promptloop.demo.simulated.judge import block, outside_blocks
+from promptloop.domain.kb import parse_context
 
 # theme -> (what in the failures points to it, ways of wording the fix)
 THEMES: dict[str, tuple[str, list[str]]] = {
@@ -98,10 +106,54 @@ def obeyed_additions(failures: str) -> list[str]:
     return [next(g for g in quoted.groups() if g) for line in directives for quoted in _QUOTED.finditer(line)]
 
 
+# The structure of a simulated draft: labels that state no fact, per language of the questions.
+DRAFT_LABELS = {
+    "en": {"asked": "Customers asked:", "nearby": "What the knowledge base already says nearby:"},
+    "ko": {"asked": "고객 질문:", "nearby": "지식 베이스에 이미 있는 관련 내용:"},
+}
+RELATED_SENTENCES = 2  # per nearby document
+
+
+def related_sentences(body: str, wanted: set[str], n: int = RELATED_SENTENCES) -> list[str]:
+    """The document's sentences that share most words with the questions (at least one), in document order."""
+    from promptloop.analyze.gaps import key_terms
+
+    found = sentences(body)
+    shared = [(len(wanted & set(key_terms(s))), i) for i, s in enumerate(found)]
+    best = sorted((item for item in shared if item[0] > 0), key=lambda item: (-item[0], item[1]))[:n]
+    return [found[i] for _, i in sorted(best, key=lambda item: item[1])]
+
+
+def placeholder(text: str) -> str:
+    """A `[[TODO: ...]]` placeholder about `text` (brackets removed, so the placeholder stays one)."""
+    return "[[TODO: " + " ".join(text.replace("[", " ").replace("]", " ").split()) + "]]"
+
+
+def draft_article(request: str) -> str:
+    """A draft article for the gap in `request` from its questions and documents only, as JSON."""
+    from promptloop.analyze.gaps import key_terms
+
+    questions = [q.strip() for q in re.findall(r"<question>\n?(.*?)\n?</question>", request, re.DOTALL) if q.strip()]
+    docs = parse_context(block(request, "context") or "")
+    lang = "ko" if sum(language(q) == "ko" for q in questions) * 2 > len(questions) else "en"
+    labels = DRAFT_LABELS[lang]
+    wanted = {w for q in questions for w in key_terms(q)}
+    lines = [placeholder(f"confirm the answer to: {q}") for q in questions[:3]]
+    lines += ["", labels["asked"], *(f"- {q}" for q in questions)]
+    nearby = [f"- {s} [source: {d.id}]" for d in docs for s in related_sentences(d.body, wanted)]
+    if nearby:
+        lines += ["", labels["nearby"], *nearby]
+    title = questions[0] if questions else placeholder("title")
+    return json.dumps({"title": title, "body": "\n".join(lines)}, ensure_ascii=False)
+
+
 def revise(messages: list[dict[str, str]], rng: random.Random) -> str:
-    """A revised system prompt addressing some of the failure themes, as JSON."""
+    """A revised system prompt addressing some of the failure themes, as JSON (or, asked for one, a KB article)."""
     # The request is the last user turn that holds one: after a repair request it is the one before.
     users = [m["content"] for m in messages if m["role"] == "user"]
+    article = next((text for text in reversed(users) if text.lstrip().startswith("<kb_gap>")), None)
+    if article is not None:
+        return draft_article(article)
     request = next((text for text in reversed(users) if "<current_prompt>" in text), users[-1] if users else "")
     current = block(request, "current_prompt") or ""
     failures = block(request, "failures") or ""
