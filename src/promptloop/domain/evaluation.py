@@ -199,6 +199,8 @@ class SequentialResult(Record):
     cases_evaluated: dict[str, int] = Field(
         default_factory=dict, description="prompt -> held-out cases it was evaluated on")
     dropped: dict[str, str] = Field(default_factory=dict, description="candidate -> why it left the race")
+    high_severity_after_stop: int = Field(
+        default=0, description="high-severity held-out cases evaluated after the stop, for the regression rule only")
     pairs_evaluated: int = Field(default=0, description="(prompt, case) pairs answered and scored")
     pairs_full: int = Field(default=0, description="(prompt, case) pairs a full evaluation answers and scores")
     calls_spent: int = Field(default=0, description="LLM requests of this evaluation (calls + cache hits)")

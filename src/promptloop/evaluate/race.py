@@ -69,7 +69,8 @@ def remaining_budget(plan: EvalPlan, runs: list[EvalRun]) -> tuple[float, int | 
 def run_look(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwatch,
              progress: ProgressHooks) -> EvalRun:
     """One look's cases for its contenders, on worker processes when there are several."""
-    chunks = case_batches(plan, processes)
+    chunks = case_batches(plan, processes) or [[]]  # no case to score: one batch still calibrates the judge
+    processes = min(processes, len(chunks))
     if processes > 1:
         runs = run_in_processes(workspace, plan, chunks, processes, clock, progress.advance)
     else:
@@ -108,7 +109,6 @@ def run_race(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwa
         look_plan = dataclasses.replace(
             plan, cases=[by_id[i] for i in sorted(ids, key=position.__getitem__)],
             candidates=[c for c in plan.candidates if c.name in running],
-            calibration_cases=[c for c in plan.cases if c.human_label is not None] if index == 1 else [],
             settings=plan.settings.model_copy(update={"budget_usd": usd, "budget_calls": calls}))
         runs.append(run_look(workspace, look_plan, processes, clock, progress))
         for name in [BASELINE, *running]:
@@ -117,6 +117,8 @@ def run_race(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwa
         if merged.stopped:
             break
         scores, baseline = look_scores(merged, held_order[:size], running)
+        if not len(baseline):  # no case with every prompt scored (judge failures): the gate finds them incomplete
+            break
         look = judge_look(scores, baseline, running, index, len(held), alpha, plan.settings.min_effect,
                           plan.settings.bootstrap_resamples, plan.settings.seed, index == len(sizes),
                           drop_alpha(1 - plan.settings.confidence, sizes))
@@ -125,7 +127,30 @@ def run_race(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwa
         before = size
         if look.stop:
             break
-    return merge_runs(plan, runs), Race(sizes, alphas, looks, evaluated, len(held))
+    size = looks[-1].cases if looks else 0
+    extra, labelled = [], []
+    if looks and not merge_runs(plan, runs).stopped:
+        extra = severe_rest(plan, held, set(held_order[:size]))
+        done = {str(row["case_id"]) for run in runs for row in run.rows} | {c.id for c in extra}
+        labelled = [c for c in plan.cases if c.human_label is not None and c.id not in done]
+    if extra or labelled:
+        # A regression on a high-severity case holds a candidate however early the race stopped, and the judge
+        # is calibrated on every labelled case, reached or not.
+        runs.append(run_look(workspace, dataclasses.replace(
+            plan, cases=extra, candidates=[c for c in plan.candidates if c.name in running] if extra else [],
+            calibration_cases=[*extra, *labelled],
+            settings=plan.settings.model_copy(update=dict(zip(("budget_usd", "budget_calls"),
+                                                              remaining_budget(plan, runs), strict=True)))),
+            1, clock, progress))  # one batch: each batch would judge every case in calibration_cases
+        for name in [BASELINE, *running]:
+            evaluated[name] += len(extra)
+    return merge_runs(plan, runs), Race(sizes, alphas, looks, evaluated, len(held), frozenset(held_order[:size]),
+                                        len(extra))
+
+
+def severe_rest(plan: EvalPlan, held: list[GoldenCase], done: set[str]) -> list[GoldenCase]:
+    """The high-severity held-out cases the race did not reach: evaluated after it for the regression rule."""
+    return [c for c in held if c.id not in done and c.severity in plan.settings.high_severity]
 
 
 def sequential_result(plan: EvalPlan, run: EvalRun, race: Race) -> SequentialResult:
@@ -140,7 +165,8 @@ def sequential_result(plan: EvalPlan, run: EvalRun, race: Race) -> SequentialRes
     return SequentialResult(
         looks_planned=len(race.sizes), stopped_at_look=race.stopped_at, stop_reason=race.stop_reason,
         spending=plan.settings.sequential.spending, final_confidence=1 - race.final_alpha, held_out=race.held_out,
-        cases_evaluated=race.cases_evaluated, dropped=race.dropped, pairs_evaluated=pairs, pairs_full=full,
+        cases_evaluated=race.cases_evaluated, dropped=race.dropped, high_severity_after_stop=race.severe_extra,
+        pairs_evaluated=pairs, pairs_full=full,
         calls_spent=sum(spent.values()), calls_full_estimate=estimate,
         looks=[LookResult(look=look.index, cases=look.cases, confidence=1 - look.alpha,
                           bounds={name: (b.low, b.high) for name, b in look.bounds.items()},

@@ -194,7 +194,10 @@ def sequential_section(race: SequentialResult) -> list[str]:
         lines.append(f"| {look.look} | {look.cases}/{race.held_out} | {look.confidence:.2%} | {look.leader or ''} | "
                      f"{', '.join(look.dropped)} | {look.stop or ''} |")
     evaluated = ", ".join(f"{name} {n}" for name, n in race.cases_evaluated.items())
-    return [*lines, "", f"Held-out cases evaluated per prompt: {evaluated}.", ""]
+    severe = (f" After the stop, the {race.high_severity_after_stop} high-severity held-out case(s) the race had "
+              "not reached were evaluated too, for the regression rule only (the statistics use the race's cases)."
+              if race.high_severity_after_stop else "")
+    return [*lines, "", f"Held-out cases evaluated per prompt: {evaluated}.{severe}", ""]
 
 
 def markdown_report(result: EvaluationResult) -> str:

@@ -169,6 +169,10 @@ class Race:
     looks: list[Look]
     cases_evaluated: dict[str, int]  # per prompt (baseline included): held-out cases evaluated
     held_out: int  # held-out cases in the golden set
+    # The held-out cases of the random order up to the stopping look: the paired statistics use these only.
+    # (Past them, the high-severity cases are evaluated too, for the regression rule alone.)
+    sample: frozenset[str] = frozenset()
+    severe_extra: int = 0  # high-severity held-out cases evaluated after the stop, for the regression rule
 
     @property
     def stopped_at(self) -> int:

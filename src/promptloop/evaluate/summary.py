@@ -316,11 +316,16 @@ def confirmed_regressions(broken: pd.DataFrame) -> tuple[list[str], list[str]]:
     return sorted(broken.loc[~unconfirmed, "case_id"]), sorted(broken.loc[unconfirmed, "case_id"])
 
 
-def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings, comparisons: int = 1) -> Comparison:
-    """Paired statistics of one candidate against the baseline (one of `comparisons` under Holm's correction)."""
+def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings, comparisons: int = 1,
+            sample: frozenset[str] | None = None) -> Comparison:
+    """Paired statistics of one candidate against the baseline (one of `comparisons` under Holm's correction).
+
+    With a `sample` (a sequential race's random cases) the statistics use those cases only; the
+    high-severity regression rule and the flips use every case both were evaluated on."""
     if "rubric_score" not in base or "rubric_score" not in cand:  # no verdict at all: nothing to compare
         return no_comparison()
-    both = base.merge(cand, on="case_id", suffixes=("_b", "_c")).dropna(subset=["rubric_score_b", "rubric_score_c"])
+    every = base.merge(cand, on="case_id", suffixes=("_b", "_c")).dropna(subset=["rubric_score_b", "rubric_score_c"])
+    both = every if sample is None else every[every["case_id"].isin(sample)]
     if both.empty:
         return no_comparison()
     paired = stats.compare_paired(both["rubric_score_b"], both["rubric_score_c"], settings.confidence,
@@ -328,14 +333,15 @@ def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings, 
     passed_b, passed_c = both["rubric_passed_b"].astype(bool), both["rubric_passed_c"].astype(bool)
     diffs = both["rubric_score_c"] - both["rubric_score_b"]
     sd = float(diffs.std(ddof=1)) if len(both) > 1 else math.nan
-    broken = both.loc[passed_b & ~passed_c]
+    every_b, every_c = every["rubric_passed_b"].astype(bool), every["rubric_passed_c"].astype(bool)
+    broken = every.loc[every_b & ~every_c]
     confirmed, unconfirmed = confirmed_regressions(broken.loc[broken["severity_b"].isin(settings.high_severity)])
     win_rate = float(both["pairwise_score_c"].mean()) if "pairwise_score_c" in both else None
     return Comparison(
         paired=paired, mcnemar_p=stats.mcnemar(passed_b, passed_c)[2],
         mde=stats.gate_mde(sd, len(both), settings.min_effect, 1 - settings.confidence, comparisons=comparisons)
         if sd > 0 else math.nan,
-        regressions=confirmed, flips=Flips(fixed=sorted(both.loc[~passed_b & passed_c, "case_id"]),
+        regressions=confirmed, flips=Flips(fixed=sorted(every.loc[~every_b & every_c, "case_id"]),
                                            broken=sorted(broken["case_id"])),
         pairwise_win_rate=win_rate, unconfirmed=unconfirmed, diffs_sd=sd,
     )
@@ -554,14 +560,14 @@ def blocked_result(contender: Contender, reason: str, license_class: str) -> Can
 
 
 def comparisons_of(plan: EvalPlan, by_prompt: dict[str, pd.DataFrame], settings: EvaluateSettings | None = None,
-                   ) -> tuple[dict[str, Comparison | None], dict[str, float]]:
+                   sample: frozenset[str] | None = None) -> tuple[dict[str, Comparison | None], dict[str, float]]:
     """Each candidate against the baseline (CIs at `settings.confidence`, the plan's unless given), and the
     Holm-adjusted p-values of those that could be tested."""
     settings = settings or plan.settings
     base = by_prompt[BASELINE]
     compared = [c for c in plan.candidates if c.name not in plan.blocked and len(by_prompt[c.name]) and len(base)]
     comparisons: dict[str, Comparison | None] = {c.name: None for c in plan.candidates if c.name not in plan.blocked}
-    comparisons |= {c.name: compare(base, by_prompt[c.name], settings, len(compared)) for c in compared}
+    comparisons |= {c.name: compare(base, by_prompt[c.name], settings, len(compared), sample) for c in compared}
     testable = [(name, cmp.paired.p_value) for name, cmp in comparisons.items() if cmp is not None and cmp.paired]
     adjusted = dict(zip([name for name, _ in testable], stats.holm([p for _, p in testable]), strict=True))
     return comparisons, adjusted
@@ -621,7 +627,7 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf, race: Race | 
         gate_alpha,
         held_out_due(race),
     )
-    comparisons, adjusted = comparisons_of(plan, by_prompt, gate_settings)
+    comparisons, adjusted = comparisons_of(plan, by_prompt, gate_settings, race.sample if race else None)
     candidates = [blocked_result(c, plan.blocked[c.name], license_of(c.model)) if c.name in plan.blocked
                   else raced(candidate_result(base, c, by_prompt[c.name], comparisons[c.name], adjusted.get(c.name),
                                               license_of(c.model)), race) for c in plan.candidates]
@@ -629,7 +635,8 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf, race: Race | 
         candidate.optimize_split = split_comparison(everything, contender.name, seen, settings)
     power = golden_set_power(base_frame, [c for c in comparisons.values() if c is not None and c.paired], settings)
     return EvaluationResult(
-        app=plan.app, cases=len(plan.cases), cases_decided=len(decided), cases_optimize=len(seen),
+        app=plan.app, cases=len(plan.cases), cases_decided=len(race.sample) if race else len(decided),
+        cases_optimize=len(seen),
         complete=not base.problems and all(c.decision != "incomplete" for c in candidates), stopped=run.stopped,
         baseline=baseline_result(plan.baseline, base.stats, base.problems), candidates=candidates,
         judge=judge_result(frame, settings, base.judge).model_copy(update={
