@@ -129,3 +129,16 @@ def test_a_judge_that_never_answers_ends_the_race_incomplete(workspace: Workspac
         update={"retry_base_delay_s": 0.0, "max_retries": 1})}))
     result = evaluate(broken, "support-bot", [CANDIDATES / "better.yaml"])
     assert result.candidates[0].decision == "incomplete" and result.judge_failures > 0
+
+
+def test_mlflow_records_the_race(workspace: Workspace, raced: EvaluationResult) -> None:
+    from promptloop.workspace.tracking import tracking_client
+
+    run = tracking_client(workspace.tracking_uri).get_run(raced.mlflow_run_id)
+    race = raced.sequential
+    assert race is not None
+    assert run.data.metrics["sequential.stopped_at_look"] == race.stopped_at_look
+    assert run.data.metrics["sequential.calls_spent"] == race.calls_spent
+    assert run.data.metrics["sequential.calls_full_estimate"] == race.calls_full_estimate
+    assert run.data.metrics["sequential.cases.same"] == race.cases_evaluated["same"]
+    assert run.data.params["sequential"] == "True" and run.data.params["sequential_spending"] == "obrien-fleming"

@@ -127,10 +127,10 @@ def run_race(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwa
         before = size
         if look.stop:
             break
-    size = looks[-1].cases if looks else 0
+    reached = sizes[looks[-1].index - 1] if looks else 0  # the held-out cases of the last look judged
     extra, labelled = [], []
     if looks and not merge_runs(plan, runs).stopped:
-        extra = severe_rest(plan, held, set(held_order[:size]))
+        extra = severe_rest(plan, held, set(held_order[:reached]))
         done = {str(row["case_id"]) for run in runs for row in run.rows} | {c.id for c in extra}
         labelled = [c for c in plan.cases if c.human_label is not None and c.id not in done]
     if extra or labelled:
@@ -144,8 +144,8 @@ def run_race(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwa
             1, clock, progress))  # one batch: each batch would judge every case in calibration_cases
         for name in [BASELINE, *running]:
             evaluated[name] += len(extra)
-    return merge_runs(plan, runs), Race(sizes, alphas, looks, evaluated, len(held), frozenset(held_order[:size]),
-                                        len(extra))
+    return merge_runs(plan, runs), Race(sizes, alphas, looks, evaluated, len(held),
+                                        frozenset(held_order[:reached]), len(extra))
 
 
 def severe_rest(plan: EvalPlan, held: list[GoldenCase], done: set[str]) -> list[GoldenCase]:
