@@ -141,4 +141,4 @@ def test_mlflow_records_the_race(workspace: Workspace, raced: EvaluationResult) 
     assert run.data.metrics["sequential.calls_spent"] == race.calls_spent
     assert run.data.metrics["sequential.calls_full_estimate"] == race.calls_full_estimate
     assert run.data.metrics["sequential.cases.same"] == race.cases_evaluated["same"]
-    assert run.data.params["sequential"] == "True" and run.data.params["sequential_spending"] == "obrien-fleming"
+    assert run.data.params["sequential"] == "true" and run.data.params["sequential_spending"] == "obrien-fleming"
