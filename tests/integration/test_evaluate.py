@@ -24,7 +24,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
     root = tmp_path_factory.mktemp("evaluate") / "ws"
     init_workspace(root)
-    return open_workspace(root)
+    return full_evaluation(open_workspace(root))
+
+
+def full_evaluation(workspace: Workspace) -> Workspace:
+    """Every case evaluated once (evaluate.sequential off): these tests are about the full evaluation; the
+    race has its own (tests/integration/test_evaluate_sequential.py)."""
+    params = workspace.params
+    settings = params.evaluate.model_copy(
+        update={"sequential": params.evaluate.sequential.model_copy(update={"enabled": False})})
+    return Workspace(workspace.root, params.model_copy(update={"evaluate": settings}))
 
 
 def with_settings(workspace: Workspace, llm: dict[str, Any] | None = None, **evaluate_settings: Any) -> Workspace:

@@ -23,7 +23,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
     root = tmp_path_factory.mktemp("traces") / "ws"
     init_workspace(root)
-    return open_workspace(root)
+    workspace = open_workspace(root)
+    # Every case evaluated (the sequential race off), so there is a trace for every (prompt, golden case).
+    params = workspace.params
+    settings = params.evaluate.model_copy(
+        update={"sequential": params.evaluate.sequential.model_copy(update={"enabled": False})})
+    return Workspace(workspace.root, params.model_copy(update={"evaluate": settings}))
 
 
 @pytest.fixture(scope="module")

@@ -538,6 +538,26 @@ class LatencyProbe(Section):
     )
 
 
+class SequentialSettings(Section):
+    """The race: held-out cases evaluated in looks over a seeded random order, losers dropped, an early stop.
+
+    After each look a candidate whose paired CI's upper bound is under `min_effect` is dropped (it cannot
+    be promoted); the race stops once the leader's lower bound clears `min_effect` and no running rival's
+    upper bound reaches it, or when every candidate is dropped, or at the last look. Each look's CI and
+    the final gate use that look's share of 1 - `confidence` (`spending`), so looking early does not
+    raise the chance of a false promotion.
+    """
+
+    enabled: bool = Field(default=True, description="evaluate in looks and stop early (false: every case, once)")
+    looks: int = Field(default=4, ge=1, le=20, description="looks at the shares 1/looks, 2/looks, ..., 1 of the cases")
+    spending: Literal["bonferroni", "obrien-fleming"] = Field(
+        default="obrien-fleming", description="how the gate's alpha is split over the looks: equal shares, or the "
+        "Lan-DeMets O'Brien-Fleming spending function's increments (little early, most at the last look)")
+    min_cases_per_look: int = Field(
+        default=10, ge=1, description="held-out cases a look adds at least (fewer looks on a small golden set)")
+    seed: int | None = Field(default=None, description="seed of the case order (default: derived from evaluate.seed)")
+
+
 class EvaluateSettings(Section):
     """Golden-set evaluation and the promotion decision."""
 
@@ -582,6 +602,7 @@ class EvaluateSettings(Section):
     budget_calls: int | None = Field(default=None, ge=1)
     log_traces: bool = Field(
         default=True, description="each (prompt, case) as an MLflow trace with its judges' Feedback and Expectations")
+    sequential: SequentialSettings = Field(default_factory=SequentialSettings)
 
     @model_validator(mode="after")
     def _rejudge_can_confirm(self) -> EvaluateSettings:

@@ -174,6 +174,42 @@ class UsageResult(CallCounts):
     by_purpose: dict[str, CallCounts] = Field(default_factory=dict)
 
 
+class LookResult(Record):
+    """One look of the sequential race."""
+
+    look: int
+    cases: int = Field(description="held-out cases evaluated by this look")
+    confidence: float = Field(description="the CIs' level at this look (its share of the gate's alpha)")
+    bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="running candidate -> (lower, upper) bound of its paired CI")
+    dropped: list[str] = Field(default_factory=list)
+    leader: str | None = None
+    stop: str | None = None
+
+
+class SequentialResult(Record):
+    """How the sequential race went and what it spent against a full evaluation."""
+
+    looks_planned: int
+    stopped_at_look: int
+    stop_reason: str | None = None
+    spending: str = "bonferroni"
+    final_confidence: float = Field(description="the level of the final gate's CIs and Holm test")
+    held_out: int = Field(description="held-out cases in the golden set")
+    cases_evaluated: dict[str, int] = Field(
+        default_factory=dict, description="prompt -> held-out cases it was evaluated on")
+    dropped: dict[str, str] = Field(default_factory=dict, description="candidate -> why it left the race")
+    high_severity_after_stop: int = Field(
+        default=0, description="high-severity held-out cases evaluated after the stop, for the regression rule only")
+    pairs_evaluated: int = Field(default=0, description="(prompt, case) pairs answered and scored")
+    pairs_full: int = Field(default=0, description="(prompt, case) pairs a full evaluation answers and scores")
+    calls_spent: int = Field(default=0, description="LLM requests of this evaluation (calls + cache hits)")
+    calls_full_estimate: int = Field(
+        default=0, description="requests a full evaluation would make: the per-pair requests scaled to every "
+        "pair, plus the calibration and re-judging requests as they were")
+    looks: list[LookResult] = Field(default_factory=list)
+
+
 class EvaluationResult(Record):
     """The baseline and every candidate over the golden set, with the decision per candidate."""
 
@@ -195,6 +231,8 @@ class EvaluationResult(Record):
         default=None, description="where the gated latency comes from: the provider's reported processing times, "
         "a sequential probe (the provider reported none), or nowhere (no latency guard)")
     latency_probe_rounds: int = 0
+    sequential: SequentialResult | None = Field(
+        default=None, description="the sequential race (evaluate.sequential), None when every case was evaluated")
     usage: UsageResult = Field(default_factory=UsageResult)
     golden_set: str = ""
     golden_md5: str | None = None

@@ -45,6 +45,15 @@ class EvalPlan:
     top_k: int
     blocked: dict[str, str] = field(default_factory=dict)  # candidate -> why it may not be run at all
     judges: list[JudgeFile] = field(default_factory=list)  # the app's judge files
+    # The labelled cases whose baseline answer the judge is calibrated on (None: those among `cases`). A look
+    # of the sequential race calibrates on every labelled case at once, whichever cases it scores.
+    calibration_cases: list[GoldenCase] | None = None
+
+    @property
+    def labelled(self) -> list[GoldenCase]:
+        """The cases the judge is calibrated on."""
+        found = self.cases if self.calibration_cases is None else self.calibration_cases
+        return [c for c in found if c.human_label is not None]
 
     @property
     def guard_judges(self) -> list[JudgeFile]:
@@ -184,7 +193,7 @@ def read_schema(path: Path) -> dict[str, object]:
 
 def progress_total(plan: EvalPlan) -> int:
     """Units of progress: one per (prompt, case) scored and per labelled case judged."""
-    return len(plan.runnable) * len(plan.cases) + sum(c.human_label is not None for c in plan.cases)
+    return len(plan.runnable) * len(plan.cases) + len(plan.labelled)
 
 
 def case_batches(plan: EvalPlan, batches: int) -> list[list[str]]:

@@ -73,6 +73,18 @@ def calibration_metrics(result: EvaluationResult) -> dict[str, float]:
     return metrics
 
 
+def sequential_metrics(result: EvaluationResult) -> dict[str, float]:
+    """The race's look, cases per prompt and requests against a full evaluation (none without a race)."""
+    race = result.sequential
+    if race is None:
+        return {}
+    return {"sequential.stopped_at_look": race.stopped_at_look, "sequential.calls_spent": race.calls_spent,
+            "sequential.calls_full_estimate": race.calls_full_estimate,
+            "sequential.pairs_evaluated": race.pairs_evaluated, "sequential.pairs_full": race.pairs_full,
+            "sequential.final_confidence": race.final_confidence,
+            **{f"sequential.cases.{_metric_safe(name)}": n for name, n in race.cases_evaluated.items()}}
+
+
 def _metric_safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
@@ -172,11 +184,14 @@ def log_evaluation(workspace: Workspace, plan: EvalPlan, result: EvaluationResul
         log_contents(client, parent_id,
                      params={**common_params(plan, result), "cases": result.cases, "candidates": len(plan.candidates),
                              "min_effect": settings.min_effect, "confidence": settings.confidence,
-                             "bootstrap_resamples": settings.bootstrap_resamples},
+                             "bootstrap_resamples": settings.bootstrap_resamples,
+                             "sequential": settings.sequential.enabled and result.sequential is not None,
+                             "sequential_looks": settings.sequential.looks,
+                             "sequential_spending": settings.sequential.spending},
                      metrics={"llm_calls": usage.calls, "cache_hits": usage.cache_hits, "retries": usage.retries,
                               "cost_usd": usage.cost_usd, "judge_failures": result.judge_failures,
                               "promoted": sum(c.decision == "promote" for c in result.candidates),
-                              **calibration_metrics(result)},
+                              **calibration_metrics(result), **sequential_metrics(result)},
                      tags={"promptloop.complete": str(result.complete).lower()},
                      artifacts={"decision.json": {"baseline": result.baseline.model_dump(mode="json"),
                                                   "candidates": [c.model_dump(mode="json") for c in result.candidates]},

@@ -11,6 +11,7 @@ from promptloop.domain.evaluation import (
     CallCounts,
     CandidateResult,
     EvaluationResult,
+    SequentialResult,
     SliceAgreement,
 )
 
@@ -27,7 +28,8 @@ def _ci(c: CandidateResult) -> str:
 
 def decision_table(result: EvaluationResult) -> list[str]:
     """One row per prompt: quality, the paired difference with its CI, cost, latency, license, decision."""
-    level = f"{result.confidence:.0%}"
+    whole = round(result.confidence, 2) == result.confidence  # 95%; a race's final level such as 98.75%
+    level = f"{result.confidence:.0%}" if whole else f"{result.confidence:.2%}"
     lines = [f"| prompt | model | license | score | Δ score [{level} CI] | p (Holm) | W/T/L | pass rate | cost / 1k "
              "| p95 ms (provider) | decision |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -181,6 +183,26 @@ def power_line(result: EvaluationResult) -> str:
     return line + f" About {more} more decided case(s) would bring it to the target {target:.3f}."
 
 
+def sequential_section(race: SequentialResult) -> list[str]:
+    """How the race went: each look, who was dropped, where it stopped, the requests against a full run."""
+    lines = ["## Sequential evaluation", "",
+             f"Held-out cases in a seeded random order, {race.looks_planned} looks ({race.spending} spending); "
+             f"stopped at look {race.stopped_at_look}: {race.stop_reason or 'the run stopped'}. The gate used "
+             f"the stopping look's level: CIs at {race.final_confidence:.2%}, Holm at "
+             f"{1 - race.final_confidence:.4g}.", "",
+             f"{race.calls_spent:,} LLM requests (calls and cache hits) against about {race.calls_full_estimate:,} "
+             f"for a full evaluation ({race.pairs_evaluated} of {race.pairs_full} (prompt, case) pairs evaluated).",
+             "", "| look | held-out cases | CI level | leader | dropped | stop |", "|---|---|---|---|---|---|"]
+    for look in race.looks:
+        lines.append(f"| {look.look} | {look.cases}/{race.held_out} | {look.confidence:.2%} | {look.leader or ''} | "
+                     f"{', '.join(look.dropped)} | {look.stop or ''} |")
+    evaluated = ", ".join(f"{name} {n}" for name, n in race.cases_evaluated.items())
+    severe = (f" After the stop, the {race.high_severity_after_stop} high-severity held-out case(s) the race had "
+              "not reached were evaluated too, for the regression rule only (the statistics use the race's cases)."
+              if race.high_severity_after_stop else "")
+    return [*lines, "", f"Held-out cases evaluated per prompt: {evaluated}.{severe}", ""]
+
+
 def markdown_report(result: EvaluationResult) -> str:
     """The whole report."""
     usage = result.usage
@@ -191,6 +213,8 @@ def markdown_report(result: EvaluationResult) -> str:
         lines += ["## Candidates", ""]  # each candidate's section is a ### under it: no jump from # to ###
     for c in result.candidates:
         lines += candidate_section(c)
+    if result.sequential is not None:
+        lines += sequential_section(result.sequential)
     lines += judge_section(result)
     lines += ["## Calls", "",
               f"{usage.calls} LLM calls ({retries(usage)}), {usage.cache_hits} answered from the cache, "

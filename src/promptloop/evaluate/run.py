@@ -221,12 +221,15 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
                 for case in plan.cases:
                     answers[contender.name, case.id] = group.create_task(
                         answer_case(runner, plan, target, contender, case))
+            for case in plan.labelled:  # the judge's context on a labelled case comes from the baseline's answer
+                if (BASELINE, case.id) not in answers:
+                    answers[BASELINE, case.id] = group.create_task(
+                        answer_case(runner, plan, target, plan.baseline, case))
             for contender in plan.runnable:
                 for case in plan.cases:
                     group.create_task(score(contender, case))
-            for case in plan.cases:
-                if case.human_label is not None:
-                    group.create_task(calibrate(case))
+            for case in plan.labelled:
+                group.create_task(calibrate(case))
         # Every answer is in: the flips that could hold a candidate are re-judged before they may.
         await rejudge_flips(plan, run, scorers, {key: task.result() for key, task in answers.items()})
     except* (CallFailed, BudgetExceeded) as failures:
@@ -238,7 +241,8 @@ def in_plan_order(plan: EvalPlan, run: EvalRun) -> EvalRun:
     """Rows by prompt, then golden-set order. They arrive in completion order, which retries and
     concurrency shuffle; the statistics (the bootstrap draws by position) must see one order."""
     prompt_order = {c.name: i for i, c in enumerate(plan.contenders)}
-    case_order = {c.id: i for i, c in enumerate(plan.cases)}
+    # Golden-set order; a labelled case a look calibrates on without scoring it comes after (first place wins).
+    case_order = {c.id: i for i, c in reversed(list(enumerate([*plan.cases, *plan.labelled])))}
     run.rows.sort(key=lambda r: (prompt_order[str(r["prompt"])], case_order[str(r["case_id"])]))
     run.calibration.sort(key=lambda c: case_order[c.case_id])
     return run

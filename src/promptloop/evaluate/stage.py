@@ -22,6 +22,7 @@ from promptloop.core.progress import NO_PROGRESS, ProgressHooks
 from promptloop.domain.evaluation import EvaluationResult
 from promptloop.domain.prompts import PromptVersion
 from promptloop.evaluate.plan import EvalPlan, case_batches, plan_evaluation, progress_total
+from promptloop.evaluate.race import races, run_race, sequential_result
 from promptloop.evaluate.record import git_commit, golden_md5, write_dvc_metrics
 from promptloop.evaluate.recorder import Record, recorder
 from promptloop.evaluate.report import markdown_report
@@ -33,7 +34,8 @@ from promptloop.evaluate.run import (
     probe_if_unreported,
     run_in_processes,
 )
-from promptloop.evaluate.summary import decision_split, summarise, usage_summary
+from promptloop.evaluate.sequential import Race
+from promptloop.evaluate.summary import decision_split, evaluated_cases, summarise, usage_summary
 from promptloop.llm.client import litellm_module_configured
 from promptloop.workspace.locking import holds_workspace
 from promptloop.workspace.preflight import preflight
@@ -66,15 +68,22 @@ def with_provenance(workspace: Workspace, plan: EvalPlan, run: EvalRun, result: 
 
 
 def finish_evaluation(workspace: Workspace, plan: EvalPlan, run: EvalRun, record: Record,
-                      metrics_file: Path | None = None, clock: Stopwatch | None = None) -> EvaluationResult:
+                      metrics_file: Path | None = None, clock: Stopwatch | None = None,
+                      race: Race | None = None) -> EvaluationResult:
     """Statistics and decisions from the merged run (with a latency probe when the provider reported no
     time for some answer), the MLflow runs (through `record`), the report and the metrics file."""
     clock = clock or Stopwatch()
-    run = probe_if_unreported(workspace, plan, run, decision_split(plan.cases)[0])
+    held_out = decision_split(plan.cases)[0]
+    if race is not None:  # the probe measures the cases the race evaluated
+        held_out = evaluated_cases(held_out, pd.DataFrame(run.rows), race)
+    run = probe_if_unreported(workspace, plan, run, held_out)
     clock.lap("latency_probe_s")
-    result = summarise(plan, run, workspace.params.llm.license_of)
+    result = summarise(plan, run, workspace.params.llm.license_of, race)
     clock.lap("statistics_s")
     with_provenance(workspace, plan, run, result)
+    if race is not None:
+        result.sequential = sequential_result(plan, run, race)
+        result.confidence = result.sequential.final_confidence  # the level of the CIs the table shows
     result = record(plan, result, pd.DataFrame(run.rows), markdown_report)
     clock.lap("mlflow_s")
     result.report = markdown_report(result)
@@ -107,8 +116,13 @@ def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None 
     preflight(workspace, app, plan_roles(plan), budget_usd=plan.settings.budget_usd)
     progress.start(progress_total(plan))
     processes = min(workspace.params.llm.processes, len(plan.cases))
-    chunks = case_batches(plan, processes)
     with recorder(workspace) as record:
+        if races(plan):
+            run, race = run_race(workspace, plan, processes, clock, progress)
+            clock.lap("calls_s")
+            clock.laps["calls_cpu_s"] = round(run.cpu_s, 3)
+            return finish_evaluation(workspace, plan, run, record, metrics_file, clock, race)
+        chunks = case_batches(plan, processes)
         if processes > 1:
             runs = run_in_processes(workspace, plan, chunks, processes, clock, progress.advance)
         else:

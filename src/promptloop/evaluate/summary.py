@@ -42,6 +42,7 @@ from promptloop.evaluate.gate import (
 from promptloop.evaluate.latency import ProbeResult, usable
 from promptloop.evaluate.plan import BASELINE, Contender, EvalPlan
 from promptloop.evaluate.run import Calibrated, EvalRun
+from promptloop.evaluate.sequential import Race
 from promptloop.llm.runner import Usage
 
 LicenseOf = Callable[[str], str]
@@ -315,11 +316,16 @@ def confirmed_regressions(broken: pd.DataFrame) -> tuple[list[str], list[str]]:
     return sorted(broken.loc[~unconfirmed, "case_id"]), sorted(broken.loc[unconfirmed, "case_id"])
 
 
-def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings, comparisons: int = 1) -> Comparison:
-    """Paired statistics of one candidate against the baseline (one of `comparisons` under Holm's correction)."""
+def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings, comparisons: int = 1,
+            sample: frozenset[str] | None = None) -> Comparison:
+    """Paired statistics of one candidate against the baseline (one of `comparisons` under Holm's correction).
+
+    With a `sample` (a sequential race's random cases) the statistics use those cases only; the
+    high-severity regression rule and the flips use every case both were evaluated on."""
     if "rubric_score" not in base or "rubric_score" not in cand:  # no verdict at all: nothing to compare
         return no_comparison()
-    both = base.merge(cand, on="case_id", suffixes=("_b", "_c")).dropna(subset=["rubric_score_b", "rubric_score_c"])
+    every = base.merge(cand, on="case_id", suffixes=("_b", "_c")).dropna(subset=["rubric_score_b", "rubric_score_c"])
+    both = every if sample is None else every[every["case_id"].isin(sample)]
     if both.empty:
         return no_comparison()
     paired = stats.compare_paired(both["rubric_score_b"], both["rubric_score_c"], settings.confidence,
@@ -327,14 +333,15 @@ def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings, 
     passed_b, passed_c = both["rubric_passed_b"].astype(bool), both["rubric_passed_c"].astype(bool)
     diffs = both["rubric_score_c"] - both["rubric_score_b"]
     sd = float(diffs.std(ddof=1)) if len(both) > 1 else math.nan
-    broken = both.loc[passed_b & ~passed_c]
+    every_b, every_c = every["rubric_passed_b"].astype(bool), every["rubric_passed_c"].astype(bool)
+    broken = every.loc[every_b & ~every_c]
     confirmed, unconfirmed = confirmed_regressions(broken.loc[broken["severity_b"].isin(settings.high_severity)])
     win_rate = float(both["pairwise_score_c"].mean()) if "pairwise_score_c" in both else None
     return Comparison(
         paired=paired, mcnemar_p=stats.mcnemar(passed_b, passed_c)[2],
         mde=stats.gate_mde(sd, len(both), settings.min_effect, 1 - settings.confidence, comparisons=comparisons)
         if sd > 0 else math.nan,
-        regressions=confirmed, flips=Flips(fixed=sorted(both.loc[~passed_b & passed_c, "case_id"]),
+        regressions=confirmed, flips=Flips(fixed=sorted(every.loc[~every_b & every_c, "case_id"]),
                                            broken=sorted(broken["case_id"])),
         pairwise_win_rate=win_rate, unconfirmed=unconfirmed, diffs_sd=sd,
     )
@@ -469,6 +476,8 @@ class BaselineEvidence:
     n_cases: int
     latency: Latency
     frame: pd.DataFrame
+    gate_alpha: float = 0.05  # the score gate's level: 1 - confidence, or the race's final look's share of it
+    cases_of: dict[str, int] = field(default_factory=dict)  # candidate -> cases it was due (the race's drops)
 
 
 def evidence_for(base: BaselineEvidence, contender: Contender, frame: pd.DataFrame, comparison: Comparison | None,
@@ -486,7 +495,9 @@ def evidence_for(base: BaselineEvidence, contender: Contender, frame: pd.DataFra
     if latency is not None:
         guards.append(latency)
     evidence = Evidence(
-        incomplete=sorted(set(base.problems) | set(incomplete_reasons(frame, base.n_cases, base.stopped))),
+        incomplete=sorted(set(base.problems) | set(incomplete_reasons(frame, base.cases_of.get(contender.name,
+                                                                                               base.n_cases),
+                                                                      base.stopped))),
         identical=(
             contender.prompt.content_hash == plan.baseline.prompt.content_hash
             and contender.model == plan.baseline.model
@@ -527,7 +538,7 @@ def candidate_result(base: BaselineEvidence, contender: Contender, frame: pd.Dat
                      p_adjusted: float | None, license_class: str) -> CandidateResult:
     """One candidate's line of the decision table."""
     evidence, cand_stats = evidence_for(base, contender, frame, comparison, p_adjusted, license_class)
-    decision, reasons = decide(evidence, base.plan.settings.min_effect, 1 - base.plan.settings.confidence)
+    decision, reasons = decide(evidence, base.plan.settings.min_effect, base.gate_alpha)
     found = comparison or no_comparison()
     return CandidateResult(
         name=contender.name, source=contender.source, version=contender.prompt.version,
@@ -548,23 +559,58 @@ def blocked_result(contender: Contender, reason: str, license_class: str) -> Can
                            decision="hold", reasons=[reason])
 
 
-def comparisons_of(plan: EvalPlan, by_prompt: dict[str, pd.DataFrame]) -> tuple[dict[str, Comparison | None],
-                                                                                  dict[str, float]]:
-    """Each candidate against the baseline, and the Holm-adjusted p-values of those that could be tested."""
+def comparisons_of(plan: EvalPlan, by_prompt: dict[str, pd.DataFrame], settings: EvaluateSettings | None = None,
+                   sample: frozenset[str] | None = None) -> tuple[dict[str, Comparison | None], dict[str, float]]:
+    """Each candidate against the baseline (CIs at `settings.confidence`, the plan's unless given), and the
+    Holm-adjusted p-values of those that could be tested."""
+    settings = settings or plan.settings
     base = by_prompt[BASELINE]
     compared = [c for c in plan.candidates if c.name not in plan.blocked and len(by_prompt[c.name]) and len(base)]
     comparisons: dict[str, Comparison | None] = {c.name: None for c in plan.candidates if c.name not in plan.blocked}
-    comparisons |= {c.name: compare(base, by_prompt[c.name], plan.settings, len(compared)) for c in compared}
+    comparisons |= {c.name: compare(base, by_prompt[c.name], settings, len(compared), sample) for c in compared}
     testable = [(name, cmp.paired.p_value) for name, cmp in comparisons.items() if cmp is not None and cmp.paired]
     adjusted = dict(zip([name for name, _ in testable], stats.holm([p for _, p in testable]), strict=True))
     return comparisons, adjusted
 
 
-def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> EvaluationResult:
-    """Per-prompt stats, paired comparisons, Holm-adjusted p-values and the gate's decision per candidate."""
+def race_gate(plan: EvalPlan, race: Race | None) -> tuple[EvaluateSettings, float]:
+    """The settings the paired comparisons use and the gate's alpha: the plan's, or after a race the final
+    look's share of alpha (a CI at that level, Holm at that level), so looking early promotes no more often."""
+    if race is None:
+        return plan.settings, 1 - plan.settings.confidence
+    return plan.settings.model_copy(update={"confidence": 1 - race.final_alpha}), race.final_alpha
+
+
+def evaluated_cases(cases: list[GoldenCase], rows: pd.DataFrame, race: Race | None) -> list[GoldenCase]:
+    """The cases the baseline was evaluated on: all of them, or after a race the looks' cases."""
+    if race is None or not len(rows):
+        return cases
+    done = set(rows.loc[rows["prompt"] == BASELINE, "case_id"])
+    return [c for c in cases if c.id in done]
+
+
+def raced(candidate: CandidateResult, race: Race | None) -> CandidateResult:
+    """A candidate the race dropped is held, with the look that dropped it first among the reasons."""
+    why = race.dropped.get(candidate.name) if race else None
+    if why is None or candidate.decision == "incomplete":
+        return candidate
+    return candidate.model_copy(update={"decision": "hold", "reasons": [why, *candidate.reasons]})
+
+
+def held_out_due(race: Race | None) -> dict[str, int]:
+    """Held-out cases each prompt was due in the race (a dropped candidate: up to the look that dropped it)."""
+    return dict(race.cases_evaluated) if race else {}
+
+
+def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf, race: Race | None = None) -> EvaluationResult:
+    """Per-prompt stats, paired comparisons, Holm-adjusted p-values and the gate's decision per candidate.
+
+    After a sequential race (`race`) the same rules run on the cases each prompt was evaluated on, at the
+    final look's level."""
     settings = plan.settings
     everything = pd.DataFrame(run.rows)
-    decided, seen = decision_split(plan.cases)
+    decided, seen = (evaluated_cases(part, everything, race) for part in decision_split(plan.cases))
+    gate_settings, gate_alpha = race_gate(plan, race)
     frame = everything[everything["case_id"].isin({c.id for c in decided})] if len(everything) else everything
     by_prompt = {c.name: frame[frame["prompt"] == c.name] if len(frame) else frame for c in plan.contenders}
     base_frame = by_prompt[BASELINE]
@@ -578,16 +624,19 @@ def summarise(plan: EvalPlan, run: EvalRun, license_of: LicenseOf) -> Evaluation
         len(decided),
         latency,
         base_frame,
+        gate_alpha,
+        held_out_due(race),
     )
-    comparisons, adjusted = comparisons_of(plan, by_prompt)
+    comparisons, adjusted = comparisons_of(plan, by_prompt, gate_settings, race.sample if race else None)
     candidates = [blocked_result(c, plan.blocked[c.name], license_of(c.model)) if c.name in plan.blocked
-                  else candidate_result(base, c, by_prompt[c.name], comparisons[c.name], adjusted.get(c.name),
-                                        license_of(c.model)) for c in plan.candidates]
+                  else raced(candidate_result(base, c, by_prompt[c.name], comparisons[c.name], adjusted.get(c.name),
+                                              license_of(c.model)), race) for c in plan.candidates]
     for contender, candidate in zip(plan.candidates, candidates, strict=True):
         candidate.optimize_split = split_comparison(everything, contender.name, seen, settings)
     power = golden_set_power(base_frame, [c for c in comparisons.values() if c is not None and c.paired], settings)
     return EvaluationResult(
-        app=plan.app, cases=len(plan.cases), cases_decided=len(decided), cases_optimize=len(seen),
+        app=plan.app, cases=len(plan.cases), cases_decided=len(race.sample) if race else len(decided),
+        cases_optimize=len(seen),
         complete=not base.problems and all(c.decision != "incomplete" for c in candidates), stopped=run.stopped,
         baseline=baseline_result(plan.baseline, base.stats, base.problems), candidates=candidates,
         judge=judge_result(frame, settings, base.judge).model_copy(update={
