@@ -234,6 +234,11 @@ def main() -> None:
         cpu = f"{r['cpu_ms_per_call']} ms" if r["cpu_ms_per_call"] is not None else "n/a"
         table += (f"| {r['harness']} | {r['concurrency']} | {r['cases']:,} | {r['calls_s']} s "
                   f"({', '.join(map(str, r['runs_s']))}) | {r['ratio']}x | {cli} | {cpu} | {r['peak_mb']:,} MB |\n")
+    for r in rows:
+        if "promptloop_whole_ratio" in r:
+            table += ("\n`promptloop evaluate` (1 process) against the plain litellm script, runs alternating: "
+                      f"calls phase {r['promptloop_calls_ratio']}x, whole run {r['promptloop_whole_ratio']}x (below 1: promptloop "
+                      "faster).\n")
     table += (f"\n| evaluate.log_traces | cases | whole CLI run, median of {args.repeats} (runs) | MLflow logging | "
               "CLI vs without traces |\n|---|---|---|---|---|\n")
     for t in traces:
