@@ -237,8 +237,8 @@ def main() -> None:
     for r in rows:
         if "promptloop_whole_ratio" in r:
             table += ("\n`promptloop evaluate` (1 process) against the plain litellm script, runs alternating: "
-                      f"calls phase {r['promptloop_calls_ratio']}x, whole run {r['promptloop_whole_ratio']}x (below 1: promptloop "
-                      "faster).\n")
+                      f"calls phase {r['promptloop_calls_ratio']}x, whole run {r['promptloop_whole_ratio']}x "
+                      "(below 1: promptloop faster).\n")
     table += (f"\n| evaluate.log_traces | cases | whole CLI run, median of {args.repeats} (runs) | MLflow logging | "
               "CLI vs without traces |\n|---|---|---|---|---|\n")
     for t in traces:
