@@ -32,7 +32,14 @@ from typing import Any
 import orjson
 
 from promptloop.collect.sources import EXTRA, ORIGIN, RAW_COLUMNS, Source, SourceBatch, Unreadable, frame_from_columns
-from promptloop.collect.traces import Feedback, content_text, feedback_score, released_version
+from promptloop.collect.traces import (
+    Feedback,
+    chosen_message,
+    content_text,
+    feedback_score,
+    last_message_text,
+    released_version,
+)
 from promptloop.core.errors import InputError
 from promptloop.core.jsonl import RawJson
 from promptloop.domain.logs import iso
@@ -340,17 +347,12 @@ def answer_text(value: Any) -> str | None:
     value = maybe_json(value)
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, dict) and isinstance(value.get("choices"), list) and value["choices"]:
-        choice = value["choices"][0]
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
-            return content_text(message.get("content"))
+    message = chosen_message(value)
+    if message is not None:
+        return content_text(message.get("content"))
     messages = messages_of(value)
     if messages is not None:
-        for message in reversed(messages):
-            if message.get("role") == "assistant":
-                return content_text(message.get("content"))
-        return None
+        return last_message_text(messages, "assistant")
     if isinstance(value, dict) and "content" in value:
         return content_text(value["content"])
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), str):

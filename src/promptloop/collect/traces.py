@@ -382,11 +382,9 @@ def response_text(trace: Trace) -> str | None:
     value = response_value(trace)
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, dict) and isinstance(value.get("choices"), list) and value["choices"]:
-        choice = value["choices"][0]
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
-            return content_text(message.get("content"))
+    message = chosen_message(value)
+    if message is not None:
+        return content_text(message.get("content"))
     messages = chat_messages(value)
     if messages is not None:
         return last_message_text(messages, "assistant")
@@ -395,6 +393,16 @@ def response_text(trace: Trace) -> str | None:
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), str):
         return next(iter(value.values()))
     return trace.info.response_preview or json.dumps(value, default=str)
+
+
+def chosen_message(value: Any) -> RawJson | None:
+    """The message of a chat completion's first choice (`{"choices": [{"message": ...}]}`), else None."""
+    if isinstance(value, dict) and isinstance(value.get("choices"), list) and value["choices"]:
+        choice = value["choices"][0]
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            return message
+    return None
 
 
 def chat_messages(value: Any) -> list[RawJson] | None:
