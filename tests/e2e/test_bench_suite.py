@@ -19,6 +19,7 @@ ROWS = (  # the start of each row's first cell
     "collect",
     "analyze",
     "evaluate: `promptloop evaluate`, 1 process",
+    "evaluate: plain `litellm.acompletion` script",
     "evaluate: `promptloop evaluate`, 2 processes",
     "evaluate: `mlflow.genai.evaluate`",
 )
