@@ -187,6 +187,7 @@ def test_evaluate_on_a_local_dask_cluster_gives_the_results_of_the_default_runne
     init_workspace(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["llm"]["cache"] = None  # both runs make every call: the Dask run must compute, not replay
+    params["evaluate"]["sequential"] = {"enabled": False}  # the Dask flow evaluates every case: so must the default
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     candidates = [REPO / "tests/data/candidates/better.yaml", REPO / "tests/data/candidates/terse.yaml"]
 

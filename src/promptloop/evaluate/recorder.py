@@ -51,6 +51,11 @@ def record_here(workspace: Workspace, plan: EvalPlan, result: EvaluationResult, 
     return result
 
 
+def recording_here(workspace: Workspace) -> Record:
+    """A function recording an evaluation of `workspace` from this process."""
+    return lambda plan, result, frame, render: record_here(workspace, plan, result, frame, render)
+
+
 def usable_cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -64,7 +69,7 @@ def recorder(workspace: Workspace) -> Iterator[Record]:
     import overlaps the evaluation's calls; leaving the block ends that process.
     """
     if usable_cores() < 2:
-        yield lambda plan, result, frame, render: record_here(workspace, plan, result, frame, render)
+        yield recording_here(workspace)
         return
     # spawn: no forked copies of the caller's threads, event loops or open databases.
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=open_store,

@@ -24,7 +24,7 @@ from promptloop.domain.prompts import PromptVersion
 from promptloop.evaluate.plan import EvalPlan, case_batches, plan_evaluation, progress_total
 from promptloop.evaluate.race import races, run_race, sequential_result
 from promptloop.evaluate.record import git_commit, golden_md5, write_dvc_metrics
-from promptloop.evaluate.recorder import Record, recorder
+from promptloop.evaluate.recorder import Record, recorder, recording_here
 from promptloop.evaluate.report import markdown_report
 from promptloop.evaluate.run import (
     EvalRun,
@@ -67,11 +67,13 @@ def with_provenance(workspace: Workspace, plan: EvalPlan, run: EvalRun, result: 
     return result
 
 
-def finish_evaluation(workspace: Workspace, plan: EvalPlan, run: EvalRun, record: Record,
+def finish_evaluation(workspace: Workspace, plan: EvalPlan, run: EvalRun, record: Record | None = None,
                       metrics_file: Path | None = None, clock: Stopwatch | None = None,
                       race: Race | None = None) -> EvaluationResult:
     """Statistics and decisions from the merged run (with a latency probe when the provider reported no
-    time for some answer), the MLflow runs (through `record`), the report and the metrics file."""
+    time for some answer), the MLflow runs (through `record`; default: from this process), the report and
+    the metrics file."""
+    record = record or recording_here(workspace)
     clock = clock or Stopwatch()
     held_out = decision_split(plan.cases)[0]
     if race is not None:  # the probe measures the cases the race evaluated
