@@ -24,7 +24,7 @@ from rich.table import Table
 from promptloop import __version__
 from promptloop.core.errors import InputError, WorkspaceBusy
 from promptloop.core.progress import ProgressHooks
-from promptloop.core.runtime import prepare_environment
+from promptloop.core.runtime import allow_helper_processes, prepare_environment
 from promptloop.core.secrets import redact_secrets
 
 if TYPE_CHECKING:
@@ -601,6 +601,7 @@ def serve(workspace: Path = WorkspaceOption) -> None:
 def main() -> None:
     """Console-script entry point; offline defaults are set before any library is imported."""
     prepare_environment()
+    allow_helper_processes()  # this entry point is guarded: a spawned process never runs it again
     try:
         app()
     except SystemExit as done:

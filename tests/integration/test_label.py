@@ -11,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from promptloop.cli import app
+from promptloop.deploy.evidence import evaluation_rows
 from promptloop.evaluate.stage import evaluate
+from promptloop.ops.label import last_evaluation_run
 from promptloop.workspace.workspace import Workspace, open_workspace
 
 CANDIDATES = Path(__file__).parents[1] / "data" / "candidates"
@@ -48,8 +50,9 @@ def test_labels_given_at_the_prompt_land_on_the_shown_cases_and_nothing_else(wor
     labels = {i: json.loads(after[i])["human_label"] for i in changed}
     assert sorted(label["rating"] for label in labels.values()) == ["down", "up"]
     assert any(label.get("comment") == "misses the point" for label in labels.values())
-    # The shown answers are the evaluation's: the candidate's first (its answers cite, the baseline's do not).
-    assert all("[source:" in label["answer"] for label in labels.values())
+    # The shown answers are the evaluation's, the candidate's first (it answered every labelled case).
+    rows, _ = evaluation_rows(workspace.tracking_uri, last_evaluation_run(workspace, "support-bot"))
+    assert all(label["answer"] == rows["better", case_id]["answer"] for case_id, label in labels.items())
     head = git.Repo(workspace.root).head.commit
     assert head.message.startswith("label: 1 👍 and 1 👎") and recorded["commit"] == head.hexsha
 

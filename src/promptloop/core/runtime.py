@@ -37,3 +37,18 @@ def prepare_environment() -> None:
     """Set the offline and start-up defaults; a value the user exported wins."""
     for key, value in {**OFFLINE_ENV, **PATIENT_ENV, **QUIET_ENV}.items():
         os.environ.setdefault(key, value)
+
+
+# Whether promptloop may start helper processes of its own accord (the MLflow recording process): only
+# under an entry point that allows it. A spawned process imports the caller's main module again, and a
+# user's script without an `if __name__ == "__main__":` guard would run a second time in it.
+_helper_processes = {"allowed": False}
+
+
+def allow_helper_processes() -> None:
+    """Let promptloop start helper processes (the `promptloop` command's guarded entry point does)."""
+    _helper_processes["allowed"] = True
+
+
+def helper_processes_allowed() -> bool:
+    return _helper_processes["allowed"]

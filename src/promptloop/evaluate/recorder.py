@@ -3,8 +3,9 @@
 Importing MLflow and opening its store take seconds, and recording needs the finished results, so in
 the evaluation's own process they would come after the last call. A recording process imports and
 opens them on the machine's other core while the calls are made; when the results are in, it writes
-the runs and hands back the result with their ids. With one core there is nothing to overlap: the
-evaluation's own process records.
+the runs and hands back the result with their ids. With one core there is nothing to overlap, and a
+Python caller other than the `promptloop` command may run unguarded scripts: there the evaluation's
+own process records.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from promptloop.core.runtime import prepare_environment
+from promptloop.core.runtime import helper_processes_allowed, prepare_environment
 from promptloop.domain.evaluation import EvaluationResult
 from promptloop.evaluate.plan import EvalPlan
 from promptloop.evaluate.record import log_evaluation
@@ -65,10 +66,11 @@ def usable_cores() -> int:
 def recorder(workspace: Workspace) -> Iterator[Record]:
     """A function recording an evaluation of `workspace` in MLflow, returning the result with its run ids.
 
-    On a machine with more than one core it records in a process started now, so that process's MLflow
-    import overlaps the evaluation's calls; leaving the block ends that process.
+    Under the `promptloop` command on a machine with more than one core it records in a process started
+    now, so that process's MLflow import overlaps the evaluation's calls; leaving the block ends that
+    process.
     """
-    if usable_cores() < 2:
+    if usable_cores() < 2 or not helper_processes_allowed():
         yield recording_here(workspace)
         return
     # spawn: no forked copies of the caller's threads, event loops or open databases.
