@@ -40,3 +40,41 @@ def test_an_evaluation_recorded_from_its_own_process_is_recorded_as_in_process(
     for name, metrics in here_runs.items():
         assert {k: v for k, v in apart_runs[name].items() if k != "llm_calls"} == \
             {k: v for k, v in metrics.items() if k != "llm_calls"}, name
+
+
+KILLED_MID_EVALUATION = r"""
+import os, signal, sys
+from promptloop.core.runtime import allow_helper_processes
+from promptloop.evaluate.recorder import recorder
+from promptloop.workspace.workspace import open_workspace
+
+if __name__ == "__main__":
+    allow_helper_processes()
+    with recorder(open_workspace(sys.argv[1])):
+        import multiprocessing
+        while not multiprocessing.active_children():
+            pass
+        print(multiprocessing.active_children()[0].pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # as a cycle killed mid-evaluation
+"""
+
+
+def test_the_recording_process_ends_when_the_evaluation_is_killed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import psutil
+
+    init_workspace(tmp_path / "ws")
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_MID_EVALUATION, encoding="utf-8")
+    # An orphaned recording process would also hold the script's stdout open: run's timeout then fails the test.
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "ws")], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == -9, done.stderr[-2000:]
+    pid = int(done.stdout.split()[0])
+    try:
+        _, alive = psutil.wait_procs([psutil.Process(pid)], timeout=120)  # generous: it goes once its imports end
+    except psutil.NoSuchProcess:
+        alive = []  # gone already
+    assert not alive, f"the recording process {pid} outlived its killed parent"

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from multiprocessing.connection import wait
 from typing import Any
 
 import pandas as pd
@@ -32,8 +34,23 @@ Record = Callable[[EvalPlan, EvaluationResult, pd.DataFrame, Callable[[Evaluatio
 _opened: dict[str, Any] = {}
 
 
+def end_with_parent() -> None:
+    """End this process as soon as the process that started it is gone (killed mid-evaluation, say):
+    a pool's worker would otherwise wait for work forever, an orphan holding the store open."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def open_store(tracking_uri: str) -> None:
     """The recording process's start: offline defaults, MLflow imported, its store opened."""
+    end_with_parent()
     prepare_environment()
     try:
         client = tracking_client(tracking_uri)
