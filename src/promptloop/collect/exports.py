@@ -34,6 +34,7 @@ import orjson
 from promptloop.collect.sources import EXTRA, ORIGIN, RAW_COLUMNS, Source, SourceBatch, Unreadable, frame_from_columns
 from promptloop.collect.traces import (
     Feedback,
+    chat_messages,
     chosen_message,
     content_text,
     feedback_score,
@@ -316,12 +317,7 @@ def maybe_json(value: Any) -> Any:
 
 def messages_of(value: Any) -> list[RawJson] | None:
     """A chat message list (`[...]`, `{"messages": [...]}`), else None."""
-    value = maybe_json(value)
-    if isinstance(value, dict):
-        value = value.get("messages")
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
-        return value
-    return None
+    return chat_messages(maybe_json(value))
 
 
 def user_text(value: Any) -> str | None:
@@ -331,10 +327,7 @@ def user_text(value: Any) -> str | None:
         return value
     messages = messages_of(value)
     if messages is not None:
-        for message in reversed(messages):
-            if message.get("role") == "user":
-                return content_text(message.get("content"))
-        return None
+        return last_message_text(messages, "user")
     if isinstance(value, dict):
         for name in ("question", "input", "query", "message", "prompt", "content"):
             if isinstance(value.get(name), str):
