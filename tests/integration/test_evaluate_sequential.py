@@ -4,12 +4,14 @@ It must reach the decisions of a full evaluation with fewer requests, and say so
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from promptloop.domain.evaluation import EvaluationResult
+from promptloop.evaluate import workers
 from promptloop.evaluate.stage import evaluate
 from promptloop.workspace.workspace import Workspace, open_workspace
 
@@ -100,13 +102,24 @@ def test_a_fifth_of_calls_failing_runs_the_same_race_to_the_same_decisions(
         c.model_dump(include=fields) for c in raced.candidates]
 
 
-def test_two_worker_processes_run_the_race_of_one(workspace: Workspace, raced: EvaluationResult) -> None:
+def test_two_worker_processes_run_the_race_of_one(workspace: Workspace, raced: EvaluationResult,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pools: list[int] = []
+
+    class CountedPool(ProcessPoolExecutor):
+        def __init__(self, max_workers: int, **kwargs: Any) -> None:
+            pools.append(max_workers)
+            super().__init__(max_workers, **kwargs)
+
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", CountedPool)
     spread = with_sequential(workspace, enabled=True)
     spread = Workspace(spread.root, spread.params.model_copy(update={"llm": spread.params.llm.model_copy(
         update={"processes": 2})}))
     result = evaluate(spread, "support-bot", PATHS)
     assert result.sequential is not None and raced.sequential is not None
     assert result.sequential.looks == raced.sequential.looks
+    # One worker process (this process is the other) started once serves every look.
+    assert pools == [1] and len(result.sequential.looks) > 1
     fields = {"name", "mean_score", "ci_low", "ci_high", "p_adjusted", "wins", "ties", "losses", "decision",
               "reasons"}
     assert [c.model_dump(include=fields) for c in result.candidates] == [

@@ -17,12 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from promptloop.core.config import LatencyProbe
 from promptloop.domain.golden import GoldenCase
 from promptloop.evaluate.plan import BASELINE, Contender
 from promptloop.evaluate.scorers import Answer
+from promptloop.evaluate.stats import scipy_stats
 from promptloop.evaluate.targets import Request, Target
 from promptloop.llm.client import Completion
 from promptloop.llm.runner import BudgetExceeded, CallFailed, ResponseCache, Runner
@@ -82,7 +82,7 @@ def diff_half_width(baseline: list[float], candidate: list[float], confidence: f
     if len(diffs) < 2:
         return math.inf
     sd = float(diffs.std(ddof=1))
-    return float(scipy_stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * sd / math.sqrt(len(diffs)))
+    return float(scipy_stats().t.ppf(0.5 + confidence / 2, len(diffs) - 1) * sd / math.sqrt(len(diffs)))
 
 
 def narrow_enough(rounds: dict[str, list[float]], settings: LatencyProbe) -> bool:

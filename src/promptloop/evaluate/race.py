@@ -17,7 +17,7 @@ from promptloop.core.progress import NO_PROGRESS, ProgressHooks
 from promptloop.domain.evaluation import LookResult, SequentialResult
 from promptloop.domain.golden import GoldenCase
 from promptloop.evaluate.plan import BASELINE, EvalPlan, case_batches
-from promptloop.evaluate.run import REJUDGE, EvalRun, Stopwatch, evaluate_batch, merge_runs, run_in_processes
+from promptloop.evaluate.run import REJUDGE, EvalRun, merge_runs
 from promptloop.evaluate.sequential import (
     Look,
     Race,
@@ -28,8 +28,7 @@ from promptloop.evaluate.sequential import (
     look_sizes,
     order_seed,
 )
-from promptloop.llm.client import litellm_module_configured
-from promptloop.workspace.workspace import Workspace
+from promptloop.evaluate.workers import Workers
 
 
 def decision_cases(cases: list[GoldenCase]) -> tuple[list[GoldenCase], list[GoldenCase]]:
@@ -66,20 +65,13 @@ def remaining_budget(plan: EvalPlan, runs: list[EvalRun]) -> tuple[float, int | 
     return max(plan.settings.budget_usd - spent_usd, 0.0), (None if calls is None else calls - spent_calls)
 
 
-def run_look(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwatch,
-             progress: ProgressHooks) -> EvalRun:
-    """One look's cases for its contenders, on worker processes when there are several."""
-    chunks = case_batches(plan, processes) or [[]]  # no case to score: one batch still calibrates the judge
-    processes = min(processes, len(chunks))
-    if processes > 1:
-        runs = run_in_processes(workspace, plan, chunks, processes, clock, progress.advance)
-    else:
-        runs = [evaluate_batch(workspace, plan, ids, 1 / len(chunks), progress.advance) for ids in chunks]
-    return merge_runs(plan, runs)
+def run_look(plan: EvalPlan, workers: Workers, progress: ProgressHooks, batches: int | None = None) -> EvalRun:
+    """One look's cases for its contenders in `batches` batches (default: one per process of the evaluation)."""
+    chunks = case_batches(plan, batches or workers.processes) or [[]]  # no case: one batch still calibrates the judge
+    return merge_runs(plan, workers.run(plan, chunks, progress.advance))
 
 
-def run_race(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwatch,
-             progress: ProgressHooks = NO_PROGRESS) -> tuple[EvalRun, Race]:
+def run_race(plan: EvalPlan, workers: Workers, progress: ProgressHooks = NO_PROGRESS) -> tuple[EvalRun, Race]:
     """The looks, until `judge_look` stops the race (or a provider failure or the budget does)."""
     settings = plan.settings.sequential
     held, seen = decision_cases(plan.cases)
@@ -94,9 +86,6 @@ def run_race(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwa
     evaluated = dict.fromkeys([BASELINE, *running], 0)
     runs: list[EvalRun] = []
     looks: list[Look] = []
-    if processes <= 1:
-        litellm_module_configured(workspace.params.llm)  # its import (seconds) is set-up, not the calls' time
-        clock.lap("setup_s")
     before = 0
     for index, (size, alpha) in enumerate(zip(sizes, alphas, strict=True), start=1):
         usd, calls = remaining_budget(plan, runs)
@@ -110,7 +99,7 @@ def run_race(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwa
             plan, cases=[by_id[i] for i in sorted(ids, key=position.__getitem__)],
             candidates=[c for c in plan.candidates if c.name in running],
             settings=plan.settings.model_copy(update={"budget_usd": usd, "budget_calls": calls}))
-        runs.append(run_look(workspace, look_plan, processes, clock, progress))
+        runs.append(run_look(look_plan, workers, progress))
         for name in [BASELINE, *running]:
             evaluated[name] = size
         merged = merge_runs(plan, runs)
@@ -136,12 +125,12 @@ def run_race(workspace: Workspace, plan: EvalPlan, processes: int, clock: Stopwa
     if extra or labelled:
         # A regression on a high-severity case holds a candidate however early the race stopped, and the judge
         # is calibrated on every labelled case, reached or not.
-        runs.append(run_look(workspace, dataclasses.replace(
+        runs.append(run_look(dataclasses.replace(
             plan, cases=extra, candidates=[c for c in plan.candidates if c.name in running] if extra else [],
             calibration_cases=[*extra, *labelled],
             settings=plan.settings.model_copy(update=dict(zip(("budget_usd", "budget_calls"),
                                                               remaining_budget(plan, runs), strict=True)))),
-            1, clock, progress))  # one batch: each batch would judge every case in calibration_cases
+            workers, progress, batches=1))  # one batch: each batch would judge every case in calibration_cases
         for name in [BASELINE, *running]:
             evaluated[name] += len(extra)
     return merge_runs(plan, runs), Race(sizes, alphas, looks, evaluated, len(held),

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import multiprocessing
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +36,7 @@ from promptloop.evaluate.scorers import (
 )
 from promptloop.evaluate.targets import Request, Target, build_target
 from promptloop.llm.client import litellm_module_configured
-from promptloop.llm.runner import BudgetExceeded, CallFailed, ResponseCache, Runner, Usage
+from promptloop.llm.runner import BudgetExceeded, CallFailed, Runner, Usage
 from promptloop.workspace.workspace import Workspace
 
 Progress = Callable[[int], None]
@@ -268,7 +267,8 @@ def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], sh
     try:
         scorers = build_scorers(part, runner, workspace.root, workspace.params)
         cpu = time.process_time()
-        run = asyncio.run(run_evaluation(part, runner, scorers, target, on_progress))
+        with short_gil_switches():
+            run = asyncio.run(run_evaluation(part, runner, scorers, target, on_progress))
         run.cpu_s = time.process_time() - cpu
     finally:
         target.close()
@@ -324,31 +324,18 @@ class Stopwatch:
 
 
 def warm_worker(workspace: Workspace) -> None:
-    """A worker process's start: offline environment, litellm configured (its imports take seconds).
-
-    A 1 ms GIL switch interval: litellm runs part of every call in a thread, and the default 5 ms
-    wait for the GIL stretches each call under load (measured in benchmarks/bench_runner.py).
-    """
+    """A worker process's start: offline environment, litellm configured (its imports take seconds)."""
     prepare_environment()
-    sys.setswitchinterval(0.001)
     litellm_module_configured(workspace.params.llm)
 
 
-def run_in_processes(workspace: Workspace, plan: EvalPlan, chunks: list[list[str]], processes: int, clock: Stopwatch,
-                     on_progress: Progress | None) -> list[EvalRun]:
-    """The batches on `processes` worker processes (one event loop and runner each, the concurrency
-    shared out): one Python process is CPU-bound in litellm long before a provider's limits."""
-    if workspace.params.llm.cache:  # created here once, not raced by the workers
-        ResponseCache(workspace.path(workspace.params.llm.cache)).close()
-    context = multiprocessing.get_context("spawn")  # no forked copies of threads or open databases
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=warm_worker, initargs=(workspace,)) as pool:
-        list(pool.map(math.sqrt, range(processes)))  # wait until every worker is warm
-        clock.lap("setup_s")
-        share = 1 / len(chunks)
-        futures = [pool.submit(evaluate_batch, workspace, plan, ids, share, None, processes) for ids in chunks]
-        runs = []
-        for future, ids in zip(futures, chunks, strict=True):
-            runs.append(future.result())
-            if on_progress:
-                on_progress(len(ids) * len(plan.runnable))
-    return runs
+@contextmanager
+def short_gil_switches() -> Iterator[None]:
+    """A 1 ms GIL switch interval while calls run: litellm runs part of every call in a thread, and the
+    default 5 ms wait for the GIL stretches each call under load (measured in benchmarks/bench_runner.py)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)

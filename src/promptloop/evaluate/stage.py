@@ -26,17 +26,10 @@ from promptloop.evaluate.race import races, run_race, sequential_result
 from promptloop.evaluate.record import git_commit, golden_md5, write_dvc_metrics
 from promptloop.evaluate.recorder import Record, recorder, recording_here
 from promptloop.evaluate.report import markdown_report
-from promptloop.evaluate.run import (
-    EvalRun,
-    Stopwatch,
-    evaluate_batch,
-    merge_runs,
-    probe_if_unreported,
-    run_in_processes,
-)
+from promptloop.evaluate.run import EvalRun, Stopwatch, merge_runs, probe_if_unreported
 from promptloop.evaluate.sequential import Race
 from promptloop.evaluate.summary import decision_split, evaluated_cases, summarise, usage_summary
-from promptloop.llm.client import litellm_module_configured
+from promptloop.evaluate.workers import Workers
 from promptloop.workspace.locking import holds_workspace
 from promptloop.workspace.preflight import preflight
 from promptloop.workspace.workspace import Workspace
@@ -109,29 +102,24 @@ def evaluate(workspace: Workspace, app: str, candidate_paths: list[Path] | None 
              progress: ProgressHooks = NO_PROGRESS) -> EvaluationResult:
     """Evaluate the baseline and candidates, decide per candidate, log to MLflow.
 
-    With `llm.processes` > 1 the cases are split into that many batches, each on a worker process.
+    With `llm.processes` > 1 the cases are split into that many batches: one here, each other on a worker
+    process.
     """
     clock = Stopwatch()
     if metrics_file is not None:
         metrics_path(metrics_file)  # refused before anything is run
-    plan = plan_evaluation(workspace, app, candidate_paths, baseline)
-    preflight(workspace, app, plan_roles(plan), budget_usd=plan.settings.budget_usd)
-    progress.start(progress_total(plan))
-    processes = min(workspace.params.llm.processes, len(plan.cases))
-    with recorder(workspace) as record:
-        if races(plan):
-            run, race = run_race(workspace, plan, processes, clock, progress)
+    # The worker processes first: their imports then overlap this process's planning and imports.
+    with Workers(workspace, workspace.params.llm.processes) as workers:
+        plan = plan_evaluation(workspace, app, candidate_paths, baseline)
+        preflight(workspace, app, plan_roles(plan), budget_usd=plan.settings.budget_usd)
+        progress.start(progress_total(plan))
+        with recorder(workspace) as record:
+            workers.ready_here(clock)
+            if races(plan):
+                run, race = run_race(plan, workers, progress)
+            else:
+                race = None
+                run = merge_runs(plan, workers.run(plan, case_batches(plan, workers.processes), progress.advance))
             clock.lap("calls_s")
             clock.laps["calls_cpu_s"] = round(run.cpu_s, 3)
             return finish_evaluation(workspace, plan, run, record, metrics_file, clock, race)
-        chunks = case_batches(plan, processes)
-        if processes > 1:
-            runs = run_in_processes(workspace, plan, chunks, processes, clock, progress.advance)
-        else:
-            litellm_module_configured(workspace.params.llm)  # its import (seconds) is set-up, not the calls' time
-            clock.lap("setup_s")
-            runs = [evaluate_batch(workspace, plan, ids, 1 / len(chunks), progress.advance) for ids in chunks]
-        clock.lap("calls_s")
-        run = merge_runs(plan, runs)
-        clock.laps["calls_cpu_s"] = round(run.cpu_s, 3)
-        return finish_evaluation(workspace, plan, run, record, metrics_file, clock)

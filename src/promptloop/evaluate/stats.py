@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats as _st
 
 __all__ = [
     "PairedComparison",
@@ -43,6 +43,14 @@ __all__ = [
 
 # Upper bound on the number of int64 indices drawn at once (~32 MB), to bound bootstrap memory.
 _MAX_CHUNK_ELEMENTS = 4_000_000
+
+
+def scipy_stats() -> Any:
+    """scipy.stats, imported when a test first needs it: it takes most of a second, and an evaluation's
+    worker processes, which only make calls, never need it."""
+    from scipy import stats
+
+    return stats
 
 
 @dataclass(frozen=True)
@@ -212,7 +220,7 @@ def mcnemar(baseline_pass: ArrayLike, candidate_pass: ArrayLike) -> tuple[int, i
     c = int(np.count_nonzero(~bp & cp))
     if b + c == 0:
         return b, c, 1.0
-    return b, c, float(_st.binomtest(c, b + c, 0.5).pvalue)
+    return b, c, float(scipy_stats().binomtest(c, b + c, 0.5).pvalue)
 
 
 def sign_test(diffs: ArrayLike) -> float:
@@ -222,7 +230,7 @@ def sign_test(diffs: ArrayLike) -> float:
     nonzero = int(np.count_nonzero(d))
     if nonzero == 0:
         return 1.0
-    return float(_st.binomtest(positive, nonzero, 0.5).pvalue)
+    return float(scipy_stats().binomtest(positive, nonzero, 0.5).pvalue)
 
 
 def rise_p_value(baseline: ArrayLike, candidate: ArrayLike) -> float:
@@ -231,7 +239,7 @@ def rise_p_value(baseline: ArrayLike, candidate: ArrayLike) -> float:
     d = paired_differences(baseline, candidate)
     if not np.count_nonzero(d):
         return 1.0
-    return float(_st.wilcoxon(d, zero_method="wilcox", alternative="greater").pvalue)
+    return float(scipy_stats().wilcoxon(d, zero_method="wilcox", alternative="greater").pvalue)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -268,7 +276,7 @@ def minimum_detectable_effect(
         return math.inf
     if diffs_sd < 0:
         raise ValueError(f"diffs_sd must be >= 0, got {diffs_sd}")
-    z = float(_st.norm.ppf(1.0 - alpha / 2.0) + _st.norm.ppf(power))
+    z = float(scipy_stats().norm.ppf(1.0 - alpha / 2.0) + scipy_stats().norm.ppf(power))
     return z * float(diffs_sd) / math.sqrt(n)
 
 
@@ -283,9 +291,9 @@ def _gate_z(alpha: float, power: float, comparisons: int) -> tuple[float, float]
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if not 0.0 < power < 1.0:
         raise ValueError(f"power must be in (0, 1), got {power}")
-    z_power = float(_st.norm.ppf(power))
-    z_ci = float(_st.norm.ppf(1.0 - alpha / 2.0))
-    z_holm = float(_st.norm.ppf(1.0 - alpha / (2.0 * max(1, comparisons))))
+    z_power = float(scipy_stats().norm.ppf(power))
+    z_ci = float(scipy_stats().norm.ppf(1.0 - alpha / 2.0))
+    z_holm = float(scipy_stats().norm.ppf(1.0 - alpha / (2.0 * max(1, comparisons))))
     return z_ci + z_power, z_holm + z_power
 
 
