@@ -5,6 +5,7 @@ Called by the entry points (CLI, flows, tests), never at import time.
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Telemetry of every library we use is off, and litellm reads its bundled price map instead
@@ -33,10 +34,19 @@ QUIET_ENV: dict[str, str] = {
 }
 
 
+# Loggers whose INFO lines say nothing a user acts on: MLflow announcing that it creates (and "updates")
+# the tables of a new store, on the first run of every workspace.
+QUIET_LOGGERS = ("mlflow.store.db.utils",)
+
+
 def prepare_environment() -> None:
     """Set the offline and start-up defaults; a value the user exported wins."""
     for key, value in {**OFFLINE_ENV, **PATIENT_ENV, **QUIET_ENV}.items():
         os.environ.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:  # a level the user set wins
+            logger.setLevel(logging.WARNING)
 
 
 # Whether promptloop may start helper processes of its own accord (the MLflow recording process): only
