@@ -103,49 +103,56 @@ def timed_plain(cases: int) -> dict[str, float]:
         return {"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, **json.loads(out.read())}
 
 
-def promptloop_runs(template: Path, work: Path, cases: int, repeats: int, processes: int,
-                    plain: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
-    """`repeats` CLI runs; with `plain`, each followed by a run of the plain-litellm peer appended to it
-    (alternating, so load on the machine falls on both alike)."""
-    runs = []
+def one_promptloop_run(template: Path, work: Path, processes: int, repeat: int) -> dict[str, float]:
+    """One CLI run on a fresh copy of `template`, reported on stderr as it ends."""
+    root = work / f"p{processes}-{repeat}"
+    shutil.copytree(template, root, symlinks=True)
+    run = timed_evaluate(root)
+    print(f"promptloop, {processes} process(es), run {repeat + 1}: calls phase {run['calls_s']:.2f} s, "
+          f"CLI {run['wall_s']:.1f} s, {run['cpu_ms_per_call']:.2f} ms CPU/call, peak {run['peak_mb']:.0f} MB",
+          file=sys.stderr)
+    return run
+
+
+def alternating_runs(work: Path, cases: int, repeats: int) -> tuple[dict[int, list[dict[str, float]]],
+                                                                     list[dict[str, float]]]:
+    """`repeats` rounds of: the CLI with 1 process, the plain-litellm peer, the CLI with 2 processes (each
+    in a fresh process), so load on the machine falls on all three alike. Returns ({processes: runs}, plain)."""
+    templates = {processes: work / f"template-{processes}" for processes in (1, 2)}
+    for processes, template in templates.items():
+        bench_workspace(template, cases, processes)
+    runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    plain: list[dict[str, float]] = []
     for repeat in range(repeats):
-        root = work / f"p{processes}-{repeat}"
-        shutil.copytree(template, root, symlinks=True)
-        run = timed_evaluate(root)
-        runs.append(run)
-        print(f"promptloop, {processes} process(es), run {repeat + 1}: calls phase {run['calls_s']:.2f} s, "
-              f"CLI {run['wall_s']:.1f} s, {run['cpu_ms_per_call']:.2f} ms CPU/call, peak {run['peak_mb']:.0f} MB",
-              file=sys.stderr)
-        if plain is not None:
-            plain.append(timed_plain(cases))
-            print(f"plain litellm, run {repeat + 1}: calls phase {plain[-1]['calls_s']:.2f} s, "
-                  f"whole run {plain[-1]['wall_s']:.1f} s", file=sys.stderr)
-    return runs
+        runs[1].append(one_promptloop_run(templates[1], work, 1, repeat))
+        plain.append(timed_plain(cases))
+        print(f"plain litellm, run {repeat + 1}: calls phase {plain[-1]['calls_s']:.2f} s, "
+              f"whole run {plain[-1]['wall_s']:.1f} s", file=sys.stderr)
+        runs[2].append(one_promptloop_run(templates[2], work, 2, repeat))
+    return runs, plain
 
 
 def median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def plain_row(runs: list[dict[str, float]], versus: list[dict[str, float]], cases: int) -> dict[str, object]:
-    """The plain-litellm peer's row, with the ratios of `promptloop evaluate` (`versus`, same run) to it."""
+def plain_row(runs: list[dict[str, float]], versus: dict[int, list[dict[str, float]]], cases: int) -> dict[str, object]:
+    """The plain-litellm peer's row, with the ratios of `promptloop evaluate` (`versus`: its runs per process
+    count, same run) to it."""
     bound = cases * 3 * LATENCY_S / CONCURRENCY
     calls, whole = median(runs, "calls_s"), median(runs, "wall_s")
     return {"harness": "plain `litellm.acompletion` script (same calls)", "peer": True, "concurrency": CONCURRENCY,
             "cases": cases, "calls": int(runs[0]["calls"]), "bound_s": round(bound, 2), "calls_s": round(calls, 2),
             "runs_s": [round(r["calls_s"], 2) for r in runs], "ratio": round(calls / bound, 2),
             "cli_s": round(whole, 1), "cpu_ms_per_call": None, "peak_mb": round(max(r["peak_mb"] for r in runs)),
-            "promptloop_calls_ratio": round(median(versus, "calls_s") / calls, 3),
-            "promptloop_whole_ratio": round(median(versus, "wall_s") / whole, 3)}
+            "whole_runs_s": [round(r["wall_s"], 2) for r in runs],
+            "promptloop_ratios": {processes: {"calls": round(median(theirs, "calls_s") / calls, 3),
+                                              "whole": round(median(theirs, "wall_s") / whole, 3)}
+                                  for processes, theirs in versus.items()}}
 
 
-def promptloop_row(work: Path, cases: int, repeats: int, processes: int,
-                   plain: list[dict[str, float]] | None = None) -> dict[str, object]:
-    """`promptloop evaluate` with `processes` worker processes: its row of the table (with `plain`, the
-    plain-litellm peer's runs alternate with its own and are appended there)."""
-    template = work / f"template-{processes}"
-    bench_workspace(template, cases, processes)
-    runs = promptloop_runs(template, work, cases, repeats, processes, plain)
+def promptloop_row(runs: list[dict[str, float]], cases: int, processes: int) -> dict[str, object]:
+    """`promptloop evaluate` with `processes` processes: its row of the table."""
     bound = cases * 3 * LATENCY_S / CONCURRENCY
     calls = median(runs, "calls_s")
     return {
@@ -216,12 +223,9 @@ def main() -> None:
             traces = traces_rows(work, args.cases, args.repeats)
             rows: list[dict[str, object]] = []
             if not args.traces_only:
-                plain: list[dict[str, float]] = []
-                rows.append(promptloop_row(work, args.cases, args.repeats, 1, plain))
-                rows.append(plain_row(plain, [dict(wall_s=w, calls_s=c) for w, c in  # the 1-process runs
-                                              zip(rows[0]["whole_runs_s"], rows[0]["runs_s"], strict=True)],
-                                      args.cases))
-                rows.append(promptloop_row(work, args.cases, args.repeats, 2))
+                runs, plain = alternating_runs(work, args.cases, args.repeats)
+                rows += [promptloop_row(runs[1], args.cases, 1), plain_row(plain, runs, args.cases),
+                         promptloop_row(runs[2], args.cases, 2)]
                 rows.append(mlflow_row(base_url, args.mlflow_cases, args.repeats))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -235,9 +239,10 @@ def main() -> None:
         table += (f"| {r['harness']} | {r['concurrency']} | {r['cases']:,} | {r['calls_s']} s "
                   f"({', '.join(map(str, r['runs_s']))}) | {r['ratio']}x | {cli} | {cpu} | {r['peak_mb']:,} MB |\n")
     for r in rows:
-        if "promptloop_whole_ratio" in r:
-            table += ("\n`promptloop evaluate` (1 process) against the plain litellm script, runs alternating: "
-                      f"calls phase {r['promptloop_calls_ratio']}x, whole run {r['promptloop_whole_ratio']}x "
+        ratios: dict[int, dict[str, float]] = r.get("promptloop_ratios", {})  # type: ignore[assignment]
+        for processes, ratio in ratios.items():
+            table += (f"\n`promptloop evaluate` ({processes} process{'es' if processes > 1 else ''}) against the plain "
+                      f"litellm script, runs alternating: calls phase {ratio['calls']}x, whole run {ratio['whole']}x "
                       "(below 1: promptloop faster).\n")
     table += (f"\n| evaluate.log_traces | cases | whole CLI run, median of {args.repeats} (runs) | MLflow logging | "
               "CLI vs without traces |\n|---|---|---|---|---|\n")

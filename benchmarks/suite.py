@@ -124,10 +124,13 @@ def evaluate_rows(result: dict[str, Any]) -> list[Row]:
     rows = []
     for r in result["rows"]:
         ratio = f"{r['ratio']}x the {r['bound_s']} s bound"
-        if "promptloop_whole_ratio" in r:  # the plain litellm script, whole process timed like the CLI
-            ratio += f"; promptloop (1 process) {r['promptloop_calls_ratio']}x its calls phase"
-            notes = (f"whole run {r['cli_s']} s; the whole `promptloop evaluate` run (1 process) took "
-                     f"{r['promptloop_whole_ratio']}x that, in the same run")
+        if "promptloop_ratios" in r:  # the plain litellm script, whole process timed like the CLI
+            ratios = sorted(r["promptloop_ratios"].items())  # JSON keys: the process counts as strings
+            ratio += "; promptloop " + ", ".join(f"({p} process{'es' if int(p) > 1 else ''}) {x['calls']}x"
+                                                 for p, x in ratios) + " its calls phase"
+            notes = (f"whole run {r['cli_s']} s; the whole `promptloop evaluate` run took "
+                     + ", ".join(f"{x['whole']}x that with {p} process{'es' if int(p) > 1 else ''}"
+                                 for p, x in ratios) + ", in the same run (runs alternating)")
         elif r["peer"]:
             ratio += f"; {r['ratio'] / best:.1f}x promptloop's best ({best}x)"
             notes = "timed around the `evaluate` call only"
