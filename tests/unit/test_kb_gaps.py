@@ -143,6 +143,13 @@ def test_a_reply_stating_a_number_no_source_gives_is_sent_back() -> None:
     assert check(json.dumps({"title": "Support", "body": "We answer [[TODO: confirm hours]]."}))["title"] == "Support"
 
 
+def test_the_numbers_of_an_ordered_list_are_not_facts() -> None:
+    sources = ["How do I reach support?", "Open Settings > Help to write to us."]
+    steps = "1. Open Settings > Help.\n2) Write to us.\n  3. Wait [[TODO: confirm how long]].\nCall 12 times."
+    assert unsupported_numbers(steps, sources) == ["12"]  # a number inside a sentence still counts
+    assert article_validator(sources)(json.dumps({"title": "Reaching support", "body": steps.rsplit("\n", 1)[0]}))
+
+
 def gap(questions: list[str], users: int = 3) -> KbGapResult:
     return KbGapResult(id=1, topic="support phone hours", questions=users, users=users, kinds={"abstained": users},
                        examples=questions[:3], asked=questions, best_document="notes-trash-restore", best_score=6.3,

@@ -45,6 +45,9 @@ DRAFT_SCHEMA: dict[str, object] = {
 }
 PURPOSE = "kb_draft"  # the runner counts the drafter's calls under this name
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+# A markdown ordered list's item numbers ("1. Open Settings") state no fact: the steps of an article are
+# numbered, and treating "2" as an invented number sent every such draft back for repair.
+_LIST_MARKER = re.compile(r"^([ \t]*)\d{1,2}[.)](?=[ \t])", re.MULTILINE)
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -70,7 +73,7 @@ def draft_messages(gap: KbGapResult, questions: list[str], related: list[Documen
 def unsupported_numbers(text: str, sources: list[str]) -> list[str]:
     """Numbers the text states outside placeholders that none of the sources holds."""
     known = set(_NUMBER.findall(" ".join(sources)))
-    stated = _NUMBER.findall(PLACEHOLDER.sub(" ", text))
+    stated = _NUMBER.findall(_LIST_MARKER.sub(r"\1-", PLACEHOLDER.sub(" ", text)))
     return sorted({n for n in stated if n not in known})
 
 
