@@ -95,6 +95,15 @@ def test_a_python_or_http_app_s_gaps_come_from_its_logged_retrieval() -> None:
     assert (gap.source, gap.best_document, gap.best_score, gap.users, gap.questions) == ("logged", "pricing", 0.2, 3, 3)
 
 
+def test_a_logged_retrieval_that_found_nothing_is_weak_and_an_unknown_injection_flag_is_no_injection() -> None:
+    """An app that logs `retrieved: []` found no document for the question: with no knowledge base to search
+    again, that alone says the documents lack the answer."""
+    frame = logs([{"input": "Do you sell gift cards?", "uncertain": True, "metadata": json.dumps({"retrieved": []}),
+                   "injection": np.nan if i == 0 else False, "user_hash": f"u{i}"} for i in range(2)])
+    [gap] = find_gaps(frame, None, KbGapSettings(min_users=2))
+    assert (gap.source, gap.users, gap.key_term_coverage, gap.best_document) == ("logged", 2, 0.0, None)
+
+
 def test_paraphrases_share_a_gap_counted_by_distinct_users(retriever: Retriever) -> None:
     asked = [("Do you offer phone support, and what are your support hours?", "a"),
              ("Do you offer phone support, and what are your support hours?", "a"),  # the same user twice

@@ -95,6 +95,8 @@ def retrieval_of(question: str, metadata: object, retriever: Retriever | None, d
     logged = logged_retrieval(metadata)
     if logged is not None:
         ids, scores, texts = logged
+        if not ids and not texts:  # the app logged that retrieval found nothing: the weakest retrieval of all
+            return Retrieval((), None, 0.0, "logged")
         texts = texts or [f"{docs[i].title} {docs[i].body}" for i in ids if i in docs]
         # BM25 on the KB is the score of record when there is one; a logged score is on the app's own scale
         best = max(scores) if scores else None
@@ -152,8 +154,8 @@ def gap_rows(frame: pd.DataFrame, retriever: Retriever | None, settings: KbGapSe
     """The rows that point to a missing document, with their retrieval: `kinds`, `best_score`, `coverage`, `source`."""
     docs = {d.id: d for d in retriever.docs} if retriever is not None else {}
     answered = frame[frame["output"].notna() & frame["input"].fillna("").str.strip().ne("")]
-    if "injection" in answered:
-        answered = answered[~answered["injection"].astype(bool)]
+    if "injection" in answered:  # an unknown flag (NaN) is no injection: astype(bool) alone would read it as one
+        answered = answered[~answered["injection"].fillna(False).astype(bool)]
     # Only the rows that failed in one of the ways are looked at, and each distinct (question, logged
     # retrieval) is searched once: questions repeat a lot.
     failed = answered[failed_mask(answered)]
