@@ -211,8 +211,14 @@ def markdown_report(result: EvaluationResult) -> str:
         lines += [power_line(result), ""]
     if result.candidates:
         lines += ["## Candidates", ""]  # each candidate's section is a ### under it: no jump from # to ###
+    race = result.sequential
     for c in result.candidates:
         lines += candidate_section(c)
+        if race is not None and (c.name in race.pairwise_skipped or c.name in race.optimize_skipped):
+            left = [what for what, skipped in (("pairwise: not judged", race.pairwise_skipped),
+                                               ("optimisation split: not evaluated", race.optimize_skipped))
+                    if c.name in skipped]
+            lines += [f"{'; '.join(left).capitalize()} (the race decided without it).", ""]
     if result.sequential is not None:
         lines += sequential_section(result.sequential)
     lines += judge_section(result)
