@@ -179,13 +179,18 @@ def sequential_result(plan: EvalPlan, run: EvalRun, race: Race, reported: Report
     full = len(plan.runnable) * len(plan.cases)
     fixed = {"judge:calibration", REJUDGE}  # not scaled: calibration is the same, re-judging depends on flips
     spent = {purpose: u.calls + u.cache_hits for purpose, u in run.usage.items()}
-    scaled = sum(n for purpose, n in spent.items() if purpose not in fixed)
-    estimate = sum(n for purpose, n in spent.items() if purpose in fixed) + (
-        math.ceil(scaled * full / pairs) if pairs else 0)
     reported = reported or Reported([], [], [])
+    # The pairwise judge after a race judged some (candidate, case) pairs: its requests are scaled to every
+    # candidate's every case apart (a full evaluation judges them all), the rest per (prompt, case) pair.
+    scaled = sum(n for purpose, n in spent.items() if purpose not in fixed) - reported.pairwise_requests
+    pairwise = math.ceil(reported.pairwise_requests * (len(plan.runnable) - 1) * len(plan.cases)
+                         / reported.pairwise_pairs) if reported.pairwise_pairs else 0
+    estimate = sum(n for purpose, n in spent.items() if purpose in fixed) + pairwise + (
+        math.ceil(scaled * full / pairs) if pairs else 0)
     return SequentialResult(
         decided=reported.decided, pairwise_skipped=reported.pairwise_skipped,
-        optimize_skipped=reported.optimize_skipped, looks_planned=len(race.sizes), stopped_at_look=race.stopped_at, stop_reason=race.stop_reason,
+        optimize_skipped=reported.optimize_skipped, looks_planned=len(race.sizes), stopped_at_look=race.stopped_at,
+        stop_reason=race.stop_reason,
         spending=plan.settings.sequential.spending, final_confidence=1 - race.final_alpha, held_out=race.held_out,
         cases_evaluated=race.cases_evaluated, dropped=race.dropped, high_severity_after_stop=race.severe_extra,
         pairs_evaluated=pairs, pairs_full=full,
@@ -203,6 +208,8 @@ class Reported:
     decided: list[str]  # the candidates the gate promotes (or the race's leader when none is)
     pairwise_skipped: list[str]  # candidates whose pairwise judge did not run
     optimize_skipped: list[str]  # candidates not evaluated on the optimizer's cases
+    pairwise_requests: int = 0  # the pairwise judge's requests after the race (calls and cache hits)
+    pairwise_pairs: int = 0  # (candidate, case) pairs it judged
 
 
 def decided_candidates(plan: EvalPlan, run: EvalRun, race: Race, license_of: LicenseOf) -> list[str]:
@@ -248,14 +255,17 @@ def report_decided(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Rac
         run = merge_runs(plan, [run, extra])
         run.latency_probe = probe
     skipped_pairwise = others if settings.pairwise == "decided" and has_pairwise(plan) else []
+    requests = judged = 0
     if settings.pairwise == "decided" and has_pairwise(plan) and decided and not run.stopped:
-        judge_pairwise(workspace, plan, run, race, decided)
-    return run, Reported(decided, skipped_pairwise, skipped_seen)
+        requests, judged = judge_pairwise(workspace, plan, run, race, decided)
+    return run, Reported(decided, skipped_pairwise, skipped_seen, requests, judged)
 
 
-def judge_pairwise(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Race, decided: list[str]) -> None:
+def judge_pairwise(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Race,
+                   decided: list[str]) -> tuple[int, int]:
     """The pairwise judge on the answers the race already has: each decided candidate's against the baseline's
-    on the race's cases (the verdicts, calls and cache keys of a look that judged them; the rows get them)."""
+    on the race's cases (the verdicts, calls and cache keys of a look that judged them; the rows get them).
+    Returns its requests (calls and cache hits) and the pairs it judged."""
     usd, calls = remaining_budget(plan, [run])
     runner = workspace.open_runner(max_usd=usd, max_calls=calls)
     with_judge = dataclasses.replace(plan, pairwise=True)
@@ -272,12 +282,13 @@ def judge_pairwise(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Rac
         except JudgeFailed as exc:
             row["judge_failure"] = row.get("judge_failure") or str(exc)
 
+    pairs = [(name, case_id) for name in decided for case_id in sorted(race.sample)
+             if (name, case_id) in rows and (BASELINE, case_id) in rows]
+
     async def judge_all() -> None:
         async with asyncio.TaskGroup() as group:
-            for name in decided:
-                for case_id in sorted(race.sample):
-                    if (name, case_id) in rows and (BASELINE, case_id) in rows:
-                        group.create_task(judge(name, cases[case_id]))
+            for name, case_id in pairs:
+                group.create_task(judge(name, cases[case_id]))
 
     try:
         asyncio.run(judge_all())
@@ -287,6 +298,7 @@ def judge_pairwise(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Rac
         runner.cache.close()
     for purpose, used in runner.usage.items():
         run.usage.setdefault(purpose, Usage()).add(used)
+    return sum(u.calls + u.cache_hits for u in runner.usage.values()), len(pairs)
 
 
 def row_answer(row: CaseRow, context: str) -> Answer:

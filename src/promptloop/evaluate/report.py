@@ -203,6 +203,14 @@ def sequential_section(race: SequentialResult) -> list[str]:
     return [*lines, "", f"Held-out cases evaluated per prompt: {evaluated}.{severe}", ""]
 
 
+def skipped_lines(name: str, race: SequentialResult) -> list[str]:
+    """What a race left out for a candidate it did not decide for (reported figures, never gated on)."""
+    left = [what for what, skipped in (("Pairwise: not judged", race.pairwise_skipped),
+                                       ("Optimisation split: not evaluated", race.optimize_skipped))
+            if name in skipped]
+    return [*(f"{what} (the race decided without it)." for what in left), ""] if left else []
+
+
 def markdown_report(result: EvaluationResult) -> str:
     """The whole report."""
     usage = result.usage
@@ -214,11 +222,8 @@ def markdown_report(result: EvaluationResult) -> str:
     race = result.sequential
     for c in result.candidates:
         lines += candidate_section(c)
-        if race is not None and (c.name in race.pairwise_skipped or c.name in race.optimize_skipped):
-            left = [what for what, skipped in (("pairwise: not judged", race.pairwise_skipped),
-                                               ("optimisation split: not evaluated", race.optimize_skipped))
-                    if c.name in skipped]
-            lines += [f"{'; '.join(left).capitalize()} (the race decided without it).", ""]
+        if race is not None:
+            lines += skipped_lines(c.name, race)
     if result.sequential is not None:
         lines += sequential_section(result.sequential)
     lines += judge_section(result)
