@@ -233,9 +233,8 @@ def report_decided(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Rac
     candidate incomplete, as in a full evaluation."""
     settings = plan.settings.sequential
     runnable = [c.name for c in plan.candidates if c.name not in plan.blocked]
-    if run.stopped or not race.looks:
-        return run, Reported([], [], [])
-    decided = decided_candidates(plan, run, race, license_of)
+    # A run that stopped (a provider failure, the budget) decides nothing: it gets neither.
+    decided = decided_candidates(plan, run, race, license_of) if race.looks and not run.stopped else []
     others = [name for name in runnable if name not in decided]
     _, seen = decision_cases(plan.cases)
     reached = race.sizes[race.stopped_at - 1]
