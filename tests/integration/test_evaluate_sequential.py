@@ -154,6 +154,7 @@ def test_the_pairwise_judge_runs_after_the_race_for_the_promoted_candidate_only(
     terse = raced.report.split("### terse")[1].split("###")[0]
     assert "Pairwise: not judged (the race decided without it)." in terse
     assert "not judged" not in raced.report.split("### better")[1].split("###")[0]
+    assert "What the gate does not read (the pairwise judge) ran after the race for better only." in raced.report
 
 
 @pytest.fixture(scope="module")

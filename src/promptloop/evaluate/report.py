@@ -200,7 +200,11 @@ def sequential_section(race: SequentialResult) -> list[str]:
     severe = (f" After the stop, the {race.high_severity_after_stop} high-severity held-out case(s) the race had "
               "not reached were evaluated too, for the regression rule only (the statistics use the race's cases)."
               if race.high_severity_after_stop else "")
-    return [*lines, "", f"Held-out cases evaluated per prompt: {evaluated}.{severe}", ""]
+    after = [what for what, skipped in (("the pairwise judge", race.pairwise_skipped),
+                                        ("the optimizer's cases", race.optimize_skipped)) if skipped]
+    decided = (f" What the gate does not read ({' and '.join(after)}) ran after the race for "
+               f"{', '.join(race.decided) or 'no candidate'} only." if after else "")
+    return [*lines, "", f"Held-out cases evaluated per prompt: {evaluated}.{severe}{decided}", ""]
 
 
 def skipped_lines(name: str, race: SequentialResult) -> list[str]:
