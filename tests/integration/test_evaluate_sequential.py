@@ -155,3 +155,93 @@ def test_mlflow_records_the_race(workspace: Workspace, raced: EvaluationResult) 
     assert run.data.metrics["sequential.calls_full_estimate"] == race.calls_full_estimate
     assert run.data.metrics["sequential.cases.same"] == race.cases_evaluated["same"]
     assert run.data.params["sequential"] == "true" and run.data.params["sequential_spending"] == "obrien-fleming"
+
+
+def test_the_pairwise_judge_runs_after_the_race_for_the_promoted_candidate_only(raced: EvaluationResult) -> None:
+    race = raced.sequential
+    assert race is not None and race.decided == ["better"]
+    win_rates = {c.name: c.pairwise_win_rate for c in raced.candidates}
+    assert win_rates["better"] is not None and win_rates["terse"] is None and win_rates["same"] is None
+    assert race.pairwise_skipped == ["terse", "same"]
+    assert 0 < raced.judge.pairwise_judged <= raced.cases_decided  # the race's cases, the promoted candidate's
+    terse = raced.report.split("### terse")[1].split("###")[0]
+    assert "Pairwise: not judged (the race decided without it)." in terse
+    assert "not judged" not in raced.report.split("### better")[1].split("###")[0]
+    assert "What the gate does not read (the pairwise judge) ran after the race for better only." in raced.report
+
+
+@pytest.fixture(scope="module")
+def every_pairwise(workspace: Workspace) -> EvaluationResult:
+    return evaluate(with_sequential(workspace, enabled=True, pairwise="all"), "support-bot", PATHS)
+
+
+def test_pairwise_all_judges_every_candidate_in_every_look_with_the_same_verdicts(
+        raced: EvaluationResult, every_pairwise: EvaluationResult) -> None:
+    assert every_pairwise.sequential is not None and raced.sequential is not None
+    assert every_pairwise.sequential.looks == raced.sequential.looks
+    assert every_pairwise.sequential.pairwise_skipped == []
+    assert all(c.pairwise_win_rate is not None for c in every_pairwise.candidates)
+    fields = {"name", "ci_low", "ci_high", "decision", "reasons", "pairwise_win_rate"}
+    assert next(c.model_dump(include=fields) for c in every_pairwise.candidates if c.name == "better") == next(
+        c.model_dump(include=fields) for c in raced.candidates if c.name == "better")
+    assert [c.decision for c in every_pairwise.candidates] == [c.decision for c in raced.candidates]
+    assert raced.usage.calls < every_pairwise.usage.calls  # what `decided` saves
+
+
+@pytest.fixture(scope="module")
+def split_workspace(workspace: Workspace) -> Workspace:
+    """The sample workspace with the Korean cases as the optimizer's (the others held out: 30, three looks)."""
+    from promptloop.core.config import AppSettings
+
+    source = workspace.path(workspace.app_settings("support-bot").golden_set)
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for row in rows:
+        row["split"] = "optimize" if row["lang"] == "ko" else "holdout"
+    path = workspace.root / "datasets" / "support-bot" / "golden-split.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    app: AppSettings = workspace.app_settings("support-bot").model_copy(
+        update={"golden_set": path.relative_to(workspace.root)})
+    return Workspace(workspace.root, workspace.params.model_copy(update={"apps": {"support-bot": app}}))
+
+
+def test_the_optimizers_cases_are_evaluated_after_the_race_for_the_decided_candidate_only(
+        split_workspace: Workspace) -> None:
+    decided = evaluate(with_sequential(split_workspace, enabled=True), "support-bot", PATHS)
+    every = evaluate(with_sequential(split_workspace, enabled=True, optimize_split="all"), "support-bot", PATHS)
+    assert decided.sequential is not None and every.sequential is not None
+    assert decided.sequential.looks == every.sequential.looks  # the race never looks at the optimizer's cases
+    splits = {c.name: c.optimize_split for c in decided.candidates}
+    assert splits["better"] is not None and splits["terse"] is None and splits["same"] is None
+    assert decided.sequential.optimize_skipped == ["terse", "same"]
+    assert every.sequential.optimize_skipped == [] and all(c.optimize_split for c in every.candidates)
+    # The same share of the optimizer's cases, the same seeded answers and verdicts: the same figures.
+    assert splits["better"] == next(c.optimize_split for c in every.candidates if c.name == "better")
+    golden = split_workspace.path(split_workspace.app_settings("support-bot").golden_set).read_text(encoding="utf-8")
+    seen = golden.count('"split": "optimize"')
+    held = golden.count('"split": "holdout"')
+    assert decided.cases_decided < held  # the race stopped early, and took the same share of the optimizer's cases
+    assert splits["better"].n == decided.cases_optimize == round(seen * decided.cases_decided / held) < seen
+    assert [c.decision for c in decided.candidates] == [c.decision for c in every.candidates]
+    assert "Optimisation split: not evaluated" in decided.report.split("### terse")[1].split("###")[0]
+    assert decided.usage.calls < every.usage.calls
+
+
+def test_the_passes_after_a_race_leave_out_the_judges_they_do_not_need(workspace: Workspace) -> None:
+    """The looks run no pairwise judge; the optimizer's cases after the race run neither it nor the guard judge
+    files (triage-bot has both, and a primary pairwise judge file): only the rubric's gain is reported there."""
+    import dataclasses
+
+    from promptloop.evaluate.plan import judge_scorers, plan_evaluation
+    from promptloop.evaluate.scorers import GuardJudge, PairwiseJudge, RubricJudge
+
+    plan = plan_evaluation(workspace, "triage-bot", [])
+    runner = workspace.open_runner()
+    try:
+        def kinds(**flags: bool) -> list[type]:
+            return [type(s) for s in judge_scorers(dataclasses.replace(plan, **flags), runner, "baseline")]
+
+        assert kinds() == [RubricJudge, PairwiseJudge, GuardJudge, GuardJudge]
+        assert kinds(pairwise=False) == [RubricJudge, GuardJudge, GuardJudge]
+        assert kinds(pairwise=False, guards=False) == [RubricJudge]
+    finally:
+        runner.cache.close()

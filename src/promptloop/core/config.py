@@ -556,6 +556,14 @@ class SequentialSettings(Section):
     min_cases_per_look: int = Field(
         default=10, ge=1, description="held-out cases a look adds at least (fewer looks on a small golden set)")
     seed: int | None = Field(default=None, description="seed of the case order (default: derived from evaluate.seed)")
+    pairwise: Literal["decided", "all"] = Field(
+        default="decided", description="the pairwise judge (reported, never gated on): decided = after the race, "
+        "only for the candidates the gate promotes (or the leader when none is), on the race's cases; all = every "
+        "candidate in every look")
+    optimize_split: Literal["decided", "all"] = Field(
+        default="decided", description="the optimizer's cases (reported, never decided on): decided = after the "
+        "race, the baseline and the candidates the gate promotes (or the leader) on the race's share of them; "
+        "all = every candidate in every look")
 
 
 class EvaluateSettings(Section):

@@ -208,6 +208,14 @@ class SequentialResult(Record):
         default=0, description="requests a full evaluation would make: the per-pair requests scaled to every "
         "pair, plus the calibration and re-judging requests as they were")
     looks: list[LookResult] = Field(default_factory=list)
+    decided: list[str] = Field(
+        default_factory=list, description="the candidates the gate promotes after the race (or its leader when "
+        "none is): what the decision does not need is evaluated for these only (sequential pairwise / "
+        "optimize_split `decided`)")
+    pairwise_skipped: list[str] = Field(
+        default_factory=list, description="candidates whose pairwise judge did not run (the race decided without it)")
+    optimize_skipped: list[str] = Field(
+        default_factory=list, description="candidates not evaluated on the optimizer's cases (reported only)")
 
 
 class EvaluationResult(Record):

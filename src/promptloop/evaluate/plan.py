@@ -48,6 +48,12 @@ class EvalPlan:
     # The labelled cases whose baseline answer the judge is calibrated on (None: those among `cases`). A look
     # of the sequential race calibrates on every labelled case at once, whichever cases it scores.
     calibration_cases: list[GoldenCase] | None = None
+    # Whether the pairwise judge runs (when the app has one). A race's looks leave it out: it never enters
+    # the gate, and the race judges pairwise afterwards for the candidates it decided (`race.report_decided`).
+    pairwise: bool = True
+    # Whether the guard judge files run on the cases (calibration aside). The optimizer's cases after a race
+    # leave them out: only the rubric's gain is reported there, and the guards gate on held-out cases only.
+    guards: bool = True
 
     @property
     def labelled(self) -> list[GoldenCase]:
@@ -160,11 +166,11 @@ def judge_scorers(plan: EvalPlan, runner: Runner, contender: str) -> list[Scorer
     found: list[Scorer] = [RubricJudge(runner, judge_model(primary, settings), settings.judge_samples,
                                        settings.judge_temperature, settings.seed, purpose=purpose,
                                        description=description, file=primary)]
-    if "pairwise" in plan.app_settings.scorers or pairwise is not None:
+    if plan.pairwise and ("pairwise" in plan.app_settings.scorers or pairwise is not None):
         found.append(PairwiseJudge(runner, judge_model(pairwise, settings), settings.judge_temperature, settings.seed,
                                    purpose=purpose, description=description, file=pairwise))
     found += [GuardJudge(runner, judge_model(guard, settings), guard, settings.judge_temperature, settings.seed,
-                         purpose=purpose, description=description) for guard in plan.guard_judges]
+                         purpose=purpose, description=description) for guard in plan.guard_judges if plan.guards]
     return found
 
 

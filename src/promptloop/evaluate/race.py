@@ -7,8 +7,10 @@ The statistics are in `sequential` (pure); this module only runs looks through t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -16,8 +18,9 @@ import pandas as pd
 from promptloop.core.progress import NO_PROGRESS, ProgressHooks
 from promptloop.domain.evaluation import LookResult, SequentialResult
 from promptloop.domain.golden import GoldenCase
-from promptloop.evaluate.plan import BASELINE, EvalPlan, case_batches
-from promptloop.evaluate.run import REJUDGE, EvalRun, merge_runs
+from promptloop.evaluate.plan import BASELINE, EvalPlan, case_batches, judge_scorers
+from promptloop.evaluate.run import REJUDGE, CaseRow, EvalRun, merge_runs
+from promptloop.evaluate.scorers import Answer, JudgeFailed, PairwiseJudge
 from promptloop.evaluate.sequential import (
     Look,
     Race,
@@ -28,7 +31,10 @@ from promptloop.evaluate.sequential import (
     look_sizes,
     order_seed,
 )
+from promptloop.evaluate.summary import LicenseOf, summarise
 from promptloop.evaluate.workers import Workers
+from promptloop.llm.runner import BudgetExceeded, CallFailed, Usage
+from promptloop.workspace.workspace import Workspace
 
 
 def decision_cases(cases: list[GoldenCase]) -> tuple[list[GoldenCase], list[GoldenCase]]:
@@ -92,12 +98,14 @@ def run_race(plan: EvalPlan, workers: Workers, progress: ProgressHooks = NO_PROG
         if calls is not None and calls <= 0:
             runs.append(EvalRun(stopped=f"budget of {plan.settings.budget_calls} calls spent before look {index}"))
             break
-        # The optimizer's cases come along in the same shares: reported per candidate, never raced on.
-        ids = held_order[before:size] + seen_order[round(len(seen) * before / sizes[-1]):
-                                                   round(len(seen) * size / sizes[-1])]
+        # With optimize_split `all` the optimizer's cases come along in the same shares: reported per candidate,
+        # never raced on (`decided`: after the race, for the decided candidates only, `report_decided`).
+        ids = held_order[before:size] + (seen_order[seen_share(len(seen), before, sizes[-1]):
+                                                    seen_share(len(seen), size, sizes[-1])]
+                                         if settings.optimize_split == "all" else [])
         look_plan = dataclasses.replace(
             plan, cases=[by_id[i] for i in sorted(ids, key=position.__getitem__)],
-            candidates=[c for c in plan.candidates if c.name in running],
+            candidates=[c for c in plan.candidates if c.name in running], pairwise=settings.pairwise == "all",
             settings=plan.settings.model_copy(update={"budget_usd": usd, "budget_calls": calls}))
         runs.append(run_look(look_plan, workers, progress))
         for name in [BASELINE, *running]:
@@ -127,7 +135,7 @@ def run_race(plan: EvalPlan, workers: Workers, progress: ProgressHooks = NO_PROG
         # is calibrated on every labelled case, reached or not.
         runs.append(run_look(dataclasses.replace(
             plan, cases=extra, candidates=[c for c in plan.candidates if c.name in running] if extra else [],
-            calibration_cases=[*extra, *labelled],
+            calibration_cases=[*extra, *labelled], pairwise=settings.pairwise == "all",
             settings=plan.settings.model_copy(update=dict(zip(("budget_usd", "budget_calls"),
                                                               remaining_budget(plan, runs), strict=True)))),
             workers, progress, batches=1))  # one batch: each batch would judge every case in calibration_cases
@@ -137,22 +145,34 @@ def run_race(plan: EvalPlan, workers: Workers, progress: ProgressHooks = NO_PROG
                                         frozenset(held_order[:reached]), len(extra))
 
 
+def seen_share(seen: int, size: int, held_out: int) -> int:
+    """How many of the optimizer's cases (in their seeded order) go with the first `size` held-out cases."""
+    return round(seen * size / held_out) if held_out else 0
+
+
 def severe_rest(plan: EvalPlan, held: list[GoldenCase], done: set[str]) -> list[GoldenCase]:
     """The high-severity held-out cases the race did not reach: evaluated after it for the regression rule."""
     return [c for c in held if c.id not in done and c.severity in plan.settings.high_severity]
 
 
-def sequential_result(plan: EvalPlan, run: EvalRun, race: Race) -> SequentialResult:
+def sequential_result(plan: EvalPlan, run: EvalRun, race: Race, reported: Reported | None = None) -> SequentialResult:
     """The race for the result: looks, drops, cases per prompt, and the requests against a full evaluation."""
     pairs = len(run.rows)
     full = len(plan.runnable) * len(plan.cases)
     fixed = {"judge:calibration", REJUDGE}  # not scaled: calibration is the same, re-judging depends on flips
     spent = {purpose: u.calls + u.cache_hits for purpose, u in run.usage.items()}
-    scaled = sum(n for purpose, n in spent.items() if purpose not in fixed)
-    estimate = sum(n for purpose, n in spent.items() if purpose in fixed) + (
+    reported = reported or Reported([], [], [])
+    # The pairwise judge after a race judged some (candidate, case) pairs: its requests are scaled to every
+    # candidate's every case apart (a full evaluation judges them all), the rest per (prompt, case) pair.
+    scaled = sum(n for purpose, n in spent.items() if purpose not in fixed) - reported.pairwise_requests
+    pairwise = math.ceil(reported.pairwise_requests * (len(plan.runnable) - 1) * len(plan.cases)
+                         / reported.pairwise_pairs) if reported.pairwise_pairs else 0
+    estimate = sum(n for purpose, n in spent.items() if purpose in fixed) + pairwise + (
         math.ceil(scaled * full / pairs) if pairs else 0)
     return SequentialResult(
-        looks_planned=len(race.sizes), stopped_at_look=race.stopped_at, stop_reason=race.stop_reason,
+        decided=reported.decided, pairwise_skipped=reported.pairwise_skipped,
+        optimize_skipped=reported.optimize_skipped, looks_planned=len(race.sizes), stopped_at_look=race.stopped_at,
+        stop_reason=race.stop_reason,
         spending=plan.settings.sequential.spending, final_confidence=1 - race.final_alpha, held_out=race.held_out,
         cases_evaluated=race.cases_evaluated, dropped=race.dropped, high_severity_after_stop=race.severe_extra,
         pairs_evaluated=pairs, pairs_full=full,
@@ -161,3 +181,107 @@ def sequential_result(plan: EvalPlan, run: EvalRun, race: Race) -> SequentialRes
                           bounds={name: (b.low, b.high) for name, b in look.bounds.items()},
                           dropped=sorted(look.dropped), leader=look.leader, stop=look.stop) for look in race.looks],
     )
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What the race left out of its looks because the decision does not need it, and whom it did it for after."""
+
+    decided: list[str]  # the candidates the gate promotes (or the race's leader when none is)
+    pairwise_skipped: list[str]  # candidates whose pairwise judge did not run
+    optimize_skipped: list[str]  # candidates not evaluated on the optimizer's cases
+    pairwise_requests: int = 0  # the pairwise judge's requests after the race (calls and cache hits)
+    pairwise_pairs: int = 0  # (candidate, case) pairs it judged
+
+
+def decided_candidates(plan: EvalPlan, run: EvalRun, race: Race, license_of: LicenseOf) -> list[str]:
+    """The candidates the gate promotes on what the race evaluated, else the race's last leader (if any)."""
+    result = summarise(plan, run, license_of, race)
+    promoted = [c.name for c in result.candidates if c.decision == "promote"]
+    leader = race.looks[-1].leader if race.looks else None
+    return promoted or ([leader] if leader else [])
+
+
+def has_pairwise(plan: EvalPlan) -> bool:
+    """Whether the app's evaluation has a pairwise judge (the built-in one or a primary pairwise judge file)."""
+    return "pairwise" in plan.app_settings.scorers or plan.primary_judge(pairwise=True) is not None
+
+
+def report_decided(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Race,
+                   license_of: LicenseOf) -> tuple[EvalRun, Reported]:
+    """After the race, what is only reported, for the decided candidates only (`evaluate.sequential.pairwise`
+    and `optimize_split` at `decided`): their pairwise verdicts on the race's cases, and the baseline and them on
+    the race's share of the optimizer's cases. Neither enters the gate; a pairwise judge failure still makes its
+    candidate incomplete, as in a full evaluation."""
+    settings = plan.settings.sequential
+    runnable = [c.name for c in plan.candidates if c.name not in plan.blocked]
+    # A run that stopped (a provider failure, the budget) decides nothing: it gets neither.
+    decided = decided_candidates(plan, run, race, license_of) if race.looks and not run.stopped else []
+    others = [name for name in runnable if name not in decided]
+    _, seen = decision_cases(plan.cases)
+    reached = race.sizes[race.stopped_at - 1]
+    share = case_order([c.id for c in seen], order_seed(plan.settings.seed, settings.seed) + 1)[
+        :seen_share(len(seen), reached, race.sizes[-1])]
+    skipped_seen = others if settings.optimize_split == "decided" and share else []
+    if settings.optimize_split == "decided" and share and decided:
+        wanted = set(share)
+        extra = run_look(dataclasses.replace(
+            plan, cases=[c for c in plan.cases if c.id in wanted],
+            candidates=[c for c in plan.candidates if c.name in decided], calibration_cases=[], pairwise=False,
+            guards=False,
+            settings=plan.settings.model_copy(update=dict(zip(("budget_usd", "budget_calls"),
+                                                              remaining_budget(plan, [run]), strict=True)))),
+            Workers(workspace, 1), NO_PROGRESS, batches=1)
+        probe = run.latency_probe
+        run = merge_runs(plan, [run, extra])
+        run.latency_probe = probe
+    skipped_pairwise = others if settings.pairwise == "decided" and has_pairwise(plan) else []
+    requests = judged = 0
+    if settings.pairwise == "decided" and has_pairwise(plan) and decided and not run.stopped:
+        requests, judged = judge_pairwise(workspace, plan, run, race, decided)
+    return run, Reported(decided, skipped_pairwise, skipped_seen, requests, judged)
+
+
+def judge_pairwise(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Race,
+                   decided: list[str]) -> tuple[int, int]:
+    """The pairwise judge on the answers the race already has: each decided candidate's against the baseline's
+    on the race's cases (the verdicts, calls and cache keys of a look that judged them; the rows get them).
+    Returns its requests (calls and cache hits) and the pairs it judged."""
+    usd, calls = remaining_budget(plan, [run])
+    runner = workspace.open_runner(max_usd=usd, max_calls=calls)
+    with_judge = dataclasses.replace(plan, pairwise=True)
+    judges = {name: next(s for s in judge_scorers(with_judge, runner, name) if isinstance(s, PairwiseJudge))
+              for name in decided}
+    rows = {(str(r["prompt"]), str(r["case_id"])): r for r in run.rows}
+    cases = {c.id: c for c in plan.cases}
+
+    async def judge(name: str, case: GoldenCase) -> None:
+        row, base = rows[name, case.id], rows[BASELINE, case.id]
+        try:
+            row.update(await judges[name].score(case, row_answer(row, ""),
+                                                row_answer(base, run.contexts.get(case.id, ""))))
+        except JudgeFailed as exc:
+            row["judge_failure"] = row.get("judge_failure") or str(exc)
+
+    pairs = [(name, case_id) for name in decided for case_id in sorted(race.sample)
+             if (name, case_id) in rows and (BASELINE, case_id) in rows]
+
+    async def judge_all() -> None:
+        async with asyncio.TaskGroup() as group:
+            for name, case_id in pairs:
+                group.create_task(judge(name, cases[case_id]))
+
+    try:
+        asyncio.run(judge_all())
+    except* (CallFailed, BudgetExceeded) as failures:
+        run.stopped = str(failures.exceptions[0])
+    finally:
+        runner.cache.close()
+    for purpose, used in runner.usage.items():
+        run.usage.setdefault(purpose, Usage()).add(used)
+    return sum(u.calls + u.cache_hits for u in runner.usage.values()), len(pairs)
+
+
+def row_answer(row: CaseRow, context: str) -> Answer:
+    """A row's answer as the pairwise judge reads it (the text, and the context the judge is shown)."""
+    return Answer(str(row["answer"]), context, (), 0.0, 0.0, 0, 0)

@@ -200,7 +200,19 @@ def sequential_section(race: SequentialResult) -> list[str]:
     severe = (f" After the stop, the {race.high_severity_after_stop} high-severity held-out case(s) the race had "
               "not reached were evaluated too, for the regression rule only (the statistics use the race's cases)."
               if race.high_severity_after_stop else "")
-    return [*lines, "", f"Held-out cases evaluated per prompt: {evaluated}.{severe}", ""]
+    after = [what for what, skipped in (("the pairwise judge", race.pairwise_skipped),
+                                        ("the optimizer's cases", race.optimize_skipped)) if skipped]
+    decided = (f" What the gate does not read ({' and '.join(after)}) ran after the race for "
+               f"{', '.join(race.decided) or 'no candidate'} only." if after else "")
+    return [*lines, "", f"Held-out cases evaluated per prompt: {evaluated}.{severe}{decided}", ""]
+
+
+def skipped_lines(name: str, race: SequentialResult) -> list[str]:
+    """What a race left out for a candidate it did not decide for (reported figures, never gated on)."""
+    left = [what for what, skipped in (("Pairwise: not judged", race.pairwise_skipped),
+                                       ("Optimisation split: not evaluated", race.optimize_skipped))
+            if name in skipped]
+    return [*(f"{what} (the race decided without it)." for what in left), ""] if left else []
 
 
 def markdown_report(result: EvaluationResult) -> str:
@@ -211,8 +223,11 @@ def markdown_report(result: EvaluationResult) -> str:
         lines += [power_line(result), ""]
     if result.candidates:
         lines += ["## Candidates", ""]  # each candidate's section is a ### under it: no jump from # to ###
+    race = result.sequential
     for c in result.candidates:
         lines += candidate_section(c)
+        if race is not None:
+            lines += skipped_lines(c.name, race)
     if result.sequential is not None:
         lines += sequential_section(result.sequential)
     lines += judge_section(result)

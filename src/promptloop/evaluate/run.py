@@ -66,6 +66,9 @@ class EvalRun:
     usage: dict[str, Usage] = field(default_factory=dict)
     cpu_s: float = 0.0  # CPU time of the process(es) while the calls ran (for benchmarks)
     latency_probe: ProbeResult | None = None  # when the provider reported no time for some answer
+    # case id -> the context the judge was shown with the baseline's answer: the pairwise judge after a race
+    # compares answers already made, and needs it (it is not a row column: rows go to MLflow tables and traces)
+    contexts: dict[str, str] = field(default_factory=dict)
 
 
 async def answer_case(runner: Runner, plan: EvalPlan, target: Target, contender: Contender,
@@ -201,6 +204,8 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
     async def score(contender: Contender, case: GoldenCase) -> None:
         answer = await answers[contender.name, case.id]
         baseline = await answers[BASELINE, case.id] if contender.name != BASELINE else None
+        if contender.name == BASELINE:
+            run.contexts[case.id] = answer.context
         run.rows.append(await scored_row(scorers[contender.name], contender, case, answer, baseline))
         advance(1)
 
@@ -284,7 +289,8 @@ def merge_runs(plan: EvalPlan, runs: list[EvalRun]) -> EvalRun:
         for purpose, used in run.usage.items():
             usage.setdefault(purpose, Usage()).add(used)
     merged = EvalRun([row for run in runs for row in run.rows], [c for run in runs for c in run.calibration],
-                     next((run.stopped for run in runs if run.stopped), None), usage, sum(run.cpu_s for run in runs))
+                     next((run.stopped for run in runs if run.stopped), None), usage, sum(run.cpu_s for run in runs),
+                     contexts={case: text for run in runs for case, text in run.contexts.items()})
     return in_plan_order(plan, merged)
 
 

@@ -22,7 +22,7 @@ from promptloop.core.progress import NO_PROGRESS, ProgressHooks
 from promptloop.domain.evaluation import EvaluationResult
 from promptloop.domain.prompts import PromptVersion
 from promptloop.evaluate.plan import EvalPlan, case_batches, plan_evaluation, progress_total
-from promptloop.evaluate.race import races, run_race, sequential_result
+from promptloop.evaluate.race import races, report_decided, run_race, sequential_result
 from promptloop.evaluate.record import git_commit, golden_md5, write_dvc_metrics
 from promptloop.evaluate.recorder import Record, recorder, recording_here
 from promptloop.evaluate.report import markdown_report
@@ -73,11 +73,15 @@ def finish_evaluation(workspace: Workspace, plan: EvalPlan, run: EvalRun, record
         held_out = evaluated_cases(held_out, pd.DataFrame(run.rows), race)
     run = probe_if_unreported(workspace, plan, run, held_out)
     clock.lap("latency_probe_s")
+    reported = None
+    if race is not None:  # the pairwise judge and the optimizer's cases, for the candidates the race decided
+        run, reported = report_decided(workspace, plan, run, race, workspace.params.llm.license_of)
+        clock.lap("reported_s")
     result = summarise(plan, run, workspace.params.llm.license_of, race)
     clock.lap("statistics_s")
     with_provenance(workspace, plan, run, result)
     if race is not None:
-        result.sequential = sequential_result(plan, run, race)
+        result.sequential = sequential_result(plan, run, race, reported)
         result.confidence = result.sequential.final_confidence  # the level of the CIs the table shows
     result = record(plan, result, pd.DataFrame(run.rows), markdown_report)
     clock.lap("mlflow_s")

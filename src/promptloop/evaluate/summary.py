@@ -336,7 +336,8 @@ def compare(base: pd.DataFrame, cand: pd.DataFrame, settings: EvaluateSettings, 
     every_b, every_c = every["rubric_passed_b"].astype(bool), every["rubric_passed_c"].astype(bool)
     broken = every.loc[every_b & ~every_c]
     confirmed, unconfirmed = confirmed_regressions(broken.loc[broken["severity_b"].isin(settings.high_severity)])
-    win_rate = float(both["pairwise_score_c"].mean()) if "pairwise_score_c" in both else None
+    judged = both["pairwise_score_c"].dropna() if "pairwise_score_c" in both else pd.Series(dtype=float)
+    win_rate = float(judged.mean()) if len(judged) else None  # None: not judged (a race judges the decided only)
     return Comparison(
         paired=paired, mcnemar_p=stats.mcnemar(passed_b, passed_c)[2],
         mde=stats.gate_mde(sd, len(both), settings.min_effect, 1 - settings.confidence, comparisons=comparisons)
