@@ -12,9 +12,11 @@ from promptloop.evaluate import stats
 from promptloop.evaluate.sequential import (
     Race,
     case_order,
+    drop_alpha,
     look_alphas,
     look_sizes,
     order_seed,
+    paired_bounds,
     simulate_race,
 )
 
@@ -78,9 +80,28 @@ def test_a_clearly_better_candidate_stops_the_race_early_and_a_worse_one_is_drop
     sizes = look_sizes(80, 4, 10)
     race = simulate_race(scores, baseline, sizes, look_alphas(0.05, sizes, "bonferroni"), MIN_EFFECT, RESAMPLES, 0)
     assert race.stopped_at == 1, race.looks
-    assert "worse" in race.dropped and race.dropped["worse"].startswith("dropped after 20/80 cases: upper bound")
     assert race.looks[-1].leader == "better" and promoted(race, scores, baseline) == ["better"]
     assert race.cases_evaluated == {"better": 20, "worse": 20, "baseline": 20}
+    # Alone, the worse one (no gain on any case, a loss on most) is dropped at the second look.
+    alone = simulate_race({"worse": scores["worse"]}, baseline, sizes, look_alphas(0.05, sizes, "bonferroni"),
+                          MIN_EFFECT, RESAMPLES, 0)
+    assert alone.stop_reason == "every candidate dropped" and alone.stopped_at == 2, alone.looks
+    assert alone.dropped["worse"].startswith("dropped after 40/80 cases: upper bound")
+
+
+def test_a_candidate_that_has_only_tied_so_far_is_not_dropped() -> None:
+    """Its gains lie in cases the race has not reached: the bootstrap of all-zero differences is [0, 0], which
+    used to drop it; the drop rule bounds what it may still gain instead, and the race promotes it."""
+    rng = np.random.default_rng(3)
+    baseline = rubric_scores(rng, rng.integers(0, 3, size=80), 0.0)
+    later = np.arange(80) >= 20
+    candidate = np.where(later & (rng.random(80) < 0.4), np.minimum(baseline + 0.5, 1.0), baseline)
+    sizes = look_sizes(80, 4, 10)
+    diffs = (candidate - baseline)[:20]
+    assert not diffs.any() and paired_bounds(diffs, drop_alpha(0.05, sizes), RESAMPLES, 0).high < MIN_EFFECT
+    race = simulate_race({"late": candidate}, baseline, sizes, look_alphas(0.05, sizes, "obrien-fleming"),
+                         MIN_EFFECT, RESAMPLES, 0)
+    assert not race.dropped and promoted(race, {"late": candidate}, baseline) == ["late"], race.looks
 
 
 def test_identical_rivals_do_not_keep_the_race_going() -> None:

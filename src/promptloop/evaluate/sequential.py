@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -86,6 +86,25 @@ def paired_bounds(diffs: np.ndarray, alpha: float, resamples: int, seed: int) ->
     return Bounds(float(np.mean(diffs)), low, high)
 
 
+def futility_bounds(diffs: np.ndarray, alpha: float, resamples: int, seed: int) -> Bounds:
+    """The paired CI the drop rule reads: the bootstrap's, except where no case has gained yet.
+
+    With no positive difference the bootstrap cannot put the upper bound above 0 (every difference 0 gives
+    [0, 0]), and a candidate whose gains lie in a few cases not yet reached was dropped: in 14 of 100 case
+    orders of the demo's support-bot, a candidate the full evaluation promotes. The mean gain is then bounded
+    by what it may still gain minus what it surely loses, each at alpha / 2: the exact one-sided bound on the
+    share of cases it improves (Clopper-Pearson with none seen, 1 - (alpha/2)^(1/n); a score difference is at
+    most 1) minus the bootstrap's lower bound of its mean loss. A candidate that only ties is kept; one that
+    loses on most cases is still dropped early.
+    """
+    found = paired_bounds(diffs, alpha, resamples, seed)
+    if not len(diffs) or (diffs > 0).any():
+        return found
+    gains_at_most = 1 - (alpha / 2) ** (1 / len(diffs))
+    loses_at_least, _ = stats.bootstrap_ci(-diffs, confidence=1 - alpha, resamples=resamples, seed=seed)
+    return replace(found, high=max(found.high, gains_at_most - loses_at_least))
+
+
 def candidate_bounds(scores: Mapping[str, np.ndarray], baseline: np.ndarray, running: Sequence[str], alpha: float,
                      resamples: int, seed: int) -> dict[str, Bounds]:
     """Each running candidate against the baseline as the gate computes it: the paired bootstrap CI at
@@ -131,7 +150,7 @@ def judge_look(scores: Mapping[str, np.ndarray], baseline: np.ndarray, running: 
     n = len(baseline)
     bounds = candidate_bounds(scores, baseline, running, alpha, resamples, seed)
     level = alpha if drop_alpha is None else drop_alpha
-    futile = {name: paired_bounds(scores[name] - baseline, level, resamples, seed) for name in running}
+    futile = {name: futility_bounds(scores[name] - baseline, level, resamples, seed) for name in running}
     dropped = {name: (f"dropped after {n}/{total} cases: upper bound {b.high:+.3f} < margin {min_effect:+.3f} "
                       f"(look {index}, CI at {1 - level:.2%})")
                for name, b in futile.items() if b.high < min_effect}
