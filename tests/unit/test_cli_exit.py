@@ -11,7 +11,8 @@ import pytest
 from promptloop import __version__
 from promptloop.cli import exit_status
 
-# A process that leaves work for the exit: a non-daemon thread still writing, an exit handler, buffered output.
+# A process that leaves work for the exit: a non-daemon thread still writing, an idle thread pool (only
+# threading's exit hook stops its worker: joining it alone waits forever), an exit handler, buffered output.
 SCRIPT = r"""
 import atexit, sys, threading
 from pathlib import Path
@@ -23,6 +24,9 @@ def late_writer():  # still busy when the command is done: a normal exit waits f
         for line in range(200_000):
             file.write(f"{line}\n")
 threading.Thread(target=late_writer).start()
+from concurrent.futures import ThreadPoolExecutor
+idle = ThreadPoolExecutor(1, thread_name_prefix="idle-pool")  # as MLflow's artifact copier: a worker left waiting
+idle.submit(int).result()
 atexit.register(lambda: (out / "atexit.txt").write_text("ran"))
 sys.stdout.write("buffered, not flushed")
 sys.argv = ["promptloop", *sys.argv[2:]]
