@@ -13,6 +13,7 @@ import pytest
 from promptloop.domain.evaluation import CandidateResult, EvaluationResult
 from promptloop.evaluate.stage import evaluate
 from promptloop.workspace.workspace import Workspace, open_workspace
+from tests.golden_splits import korean_optimizer_split
 
 CANDIDATES = Path(__file__).parents[1] / "data" / "candidates"
 
@@ -310,58 +311,9 @@ def test_model_candidates_report_cost_and_license_and_non_commercial_is_never_pr
 def calibration_golden(workspace: Workspace, agree: bool) -> Workspace:
     """A golden set whose first 12 answerable cases, and only those, carry a human label on a logged
     answer that cites its source (the candidate cites: the labels must cover citing answers)."""
-    from promptloop.core.config import AppSettings
-
-    source = workspace.path(workspace.app_settings("support-bot").golden_set)
-    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for row in rows:
-        row.pop("human_label", None)
-    answerable = [r for r in rows if r["expected_behavior"] == "answer"][:12]
-    for i, row in enumerate(answerable):
-        good = i % 2 == 0
-        cited = f" [source: {row['expected_sources'][0]}]"
-        answer = (row["reference"] if good else "Please contact our support team for help with this.") + cited
-        rating = ("up" if good else "down") if agree else ("down" if good else "up")
-        row["human_label"] = {"answer": answer, "rating": rating}
-    path = workspace.root / "datasets" / "support-bot" / f"golden-labelled-{agree}.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    app: AppSettings = workspace.app_settings("support-bot").model_copy(
-        update={"golden_set": path.relative_to(workspace.root)}
-    )
-    params = workspace.params.model_copy(update={"apps": {"support-bot": app}})
-    return Workspace(workspace.root, params)
-
-
-def test_a_judge_that_disagrees_with_people_holds_the_decision(workspace: Workspace) -> None:
-    result = evaluate(calibration_golden(workspace, agree=False), "support-bot", [CANDIDATES / "better.yaml"])
-    calibration = result.judge.calibration
-    assert calibration.labelled == 12 and calibration.applied and calibration.kappa < 0
-    better = result.candidates[0]
-    assert better.decision == "hold"
-    assert any(r.startswith("judge not calibrated: kappa") for r in better.reasons)
-
-
-def test_a_judge_that_agrees_with_people_lets_the_gate_decide(workspace: Workspace) -> None:
-    result = evaluate(calibration_golden(workspace, agree=True), "support-bot", [CANDIDATES / "better.yaml"])
-    calibration = result.judge.calibration
-    assert calibration.applied and calibration.kappa >= 0.8 and calibration.accuracy >= 0.9
-    assert result.candidates[0].decision == "promote"
-
-
-def test_the_decision_rests_on_held_out_cases_so_an_overfit_candidate_is_held(workspace: Workspace) -> None:
-    """The optimizer saw the Korean cases only; a candidate that fixes just those gains nothing held out."""
-    from promptloop.core.config import AppSettings
-
-    source = workspace.path(workspace.app_settings("support-bot").golden_set)
-    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for row in rows:
-        row["split"] = "optimize" if row["lang"] == "ko" else "holdout"
-    path = workspace.root / "datasets" / "support-bot" / "golden-split.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    app: AppSettings = workspace.app_settings("support-bot").model_copy(
-        update={"golden_set": path.relative_to(workspace.root)}
-    )
-    split = Workspace(workspace.root, workspace.params.model_copy(update={"apps": {"support-bot": app}}))
+    split = korean_optimizer_split(workspace)
+    golden = split.path(split.app_settings("support-bot").golden_set).read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in golden.splitlines() if line.strip()]
 
     result = evaluate(split, "support-bot", [CANDIDATES / "language-only.yaml", CANDIDATES / "better.yaml"])
     korean = sum(r["lang"] == "ko" for r in rows)

@@ -14,6 +14,7 @@ from promptloop.domain.evaluation import EvaluationResult
 from promptloop.evaluate import workers
 from promptloop.evaluate.stage import evaluate
 from promptloop.workspace.workspace import Workspace, open_workspace
+from tests.golden_splits import korean_optimizer_split
 
 CANDIDATES = Path(__file__).parents[1] / "data" / "candidates"
 PATHS = [CANDIDATES / "better.yaml", CANDIDATES / "terse.yaml", CANDIDATES / "same.yaml"]
@@ -191,17 +192,7 @@ def test_pairwise_all_judges_every_candidate_in_every_look_with_the_same_verdict
 @pytest.fixture(scope="module")
 def split_workspace(workspace: Workspace) -> Workspace:
     """The sample workspace with the Korean cases as the optimizer's (the others held out: 30, three looks)."""
-    from promptloop.core.config import AppSettings
-
-    source = workspace.path(workspace.app_settings("support-bot").golden_set)
-    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for row in rows:
-        row["split"] = "optimize" if row["lang"] == "ko" else "holdout"
-    path = workspace.root / "datasets" / "support-bot" / "golden-split.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    app: AppSettings = workspace.app_settings("support-bot").model_copy(
-        update={"golden_set": path.relative_to(workspace.root)})
-    return Workspace(workspace.root, workspace.params.model_copy(update={"apps": {"support-bot": app}}))
+    return korean_optimizer_split(workspace)
 
 
 def test_the_optimizers_cases_are_evaluated_after_the_race_for_the_decided_candidate_only(
