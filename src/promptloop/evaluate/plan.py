@@ -65,6 +65,11 @@ class EvalPlan:
     def guard_judges(self) -> list[JudgeFile]:
         return [j for j in self.judges if j.role == "guard"]
 
+    @property
+    def has_pairwise(self) -> bool:
+        """Whether the app's evaluation has a pairwise judge (the built-in one or a primary pairwise judge file)."""
+        return "pairwise" in self.app_settings.scorers or self.primary_judge(pairwise=True) is not None
+
     def primary_judge(self, pairwise: bool) -> JudgeFile | None:
         """The judge file that replaces the built-in rubric (or pairwise) judge, if the app has one."""
         return next((j for j in self.judges if j.role == "primary" and (j.kind == "pairwise") == pairwise), None)
@@ -166,7 +171,7 @@ def judge_scorers(plan: EvalPlan, runner: Runner, contender: str) -> list[Scorer
     found: list[Scorer] = [RubricJudge(runner, judge_model(primary, settings), settings.judge_samples,
                                        settings.judge_temperature, settings.seed, purpose=purpose,
                                        description=description, file=primary)]
-    if plan.pairwise and ("pairwise" in plan.app_settings.scorers or pairwise is not None):
+    if plan.pairwise and plan.has_pairwise:
         found.append(PairwiseJudge(runner, judge_model(pairwise, settings), settings.judge_temperature, settings.seed,
                                    purpose=purpose, description=description, file=pairwise))
     found += [GuardJudge(runner, judge_model(guard, settings), guard, settings.judge_temperature, settings.seed,

@@ -202,11 +202,6 @@ def decided_candidates(plan: EvalPlan, run: EvalRun, race: Race, license_of: Lic
     return promoted or ([leader] if leader else [])
 
 
-def has_pairwise(plan: EvalPlan) -> bool:
-    """Whether the app's evaluation has a pairwise judge (the built-in one or a primary pairwise judge file)."""
-    return "pairwise" in plan.app_settings.scorers or plan.primary_judge(pairwise=True) is not None
-
-
 def report_decided(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Race,
                    license_of: LicenseOf) -> tuple[EvalRun, Reported]:
     """After the race, what is only reported, for the decided candidates only (`evaluate.sequential.pairwise`
@@ -235,9 +230,9 @@ def report_decided(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Rac
         probe = run.latency_probe
         run = merge_runs(plan, [run, extra])
         run.latency_probe = probe
-    skipped_pairwise = others if settings.pairwise == "decided" and has_pairwise(plan) else []
+    skipped_pairwise = others if settings.pairwise == "decided" and plan.has_pairwise else []
     requests = judged = 0
-    if settings.pairwise == "decided" and has_pairwise(plan) and decided and not run.stopped:
+    if settings.pairwise == "decided" and plan.has_pairwise and decided and not run.stopped:
         requests, judged = judge_pairwise(workspace, plan, run, race, decided)
     return run, Reported(decided, skipped_pairwise, skipped_seen, requests, judged)
 
