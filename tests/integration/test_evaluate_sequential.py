@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from promptloop.core.progress import ProgressHooks
 from promptloop.domain.evaluation import EvaluationResult
 from promptloop.evaluate import workers
 from promptloop.evaluate.stage import evaluate
@@ -125,6 +126,16 @@ def test_two_worker_processes_run_the_race_of_one(workspace: Workspace, raced: E
               "reasons"}
     assert [c.model_dump(include=fields) for c in result.candidates] == [
         c.model_dump(include=fields) for c in raced.candidates]
+
+
+def test_the_progress_bar_ends_full_when_the_race_stops_early(workspace: Workspace) -> None:
+    """The bar starts with a full evaluation's total; a race that stops early sets it to the work it did."""
+    totals: list[int] = []
+    advanced: list[int] = []
+    result = evaluate(with_sequential(workspace, enabled=True), "support-bot", PATHS,
+                      progress=ProgressHooks(start=totals.append, advance=advanced.append))
+    assert result.sequential is not None and result.sequential.stopped_at_look < result.sequential.looks_planned
+    assert totals[-1] == sum(advanced) < totals[0], (totals, sum(advanced))
 
 
 def test_every_labelled_case_calibrates_the_judge_however_early_the_race_stops(

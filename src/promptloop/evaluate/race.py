@@ -18,7 +18,7 @@ import pandas as pd
 from promptloop.core.progress import NO_PROGRESS, ProgressHooks
 from promptloop.domain.evaluation import LookResult, SequentialResult
 from promptloop.domain.golden import GoldenCase
-from promptloop.evaluate.plan import BASELINE, EvalPlan, case_batches, judge_scorers
+from promptloop.evaluate.plan import BASELINE, EvalPlan, case_batches, judge_scorers, progress_total
 from promptloop.evaluate.run import REJUDGE, CaseRow, EvalRun, merge_runs
 from promptloop.evaluate.scorers import Answer, JudgeFailed, PairwiseJudge
 from promptloop.evaluate.sequential import (
@@ -93,6 +93,9 @@ def run_race(plan: EvalPlan, workers: Workers, progress: ProgressHooks = NO_PROG
     runs: list[EvalRun] = []
     looks: list[Look] = []
     before = 0
+    shown = progress  # the caller's bar, whose total is a full evaluation's: the race sets the real one at its end
+    counted = UnitCounter(shown)
+    progress = ProgressHooks(start=shown.start, advance=counted.advance)
     for index, (size, alpha) in enumerate(zip(sizes, alphas, strict=True), start=1):
         usd, calls = remaining_budget(plan, runs)
         if calls is not None and calls <= 0:
@@ -133,16 +136,31 @@ def run_race(plan: EvalPlan, workers: Workers, progress: ProgressHooks = NO_PROG
     if extra or labelled:
         # A regression on a high-severity case holds a candidate however early the race stopped, and the judge
         # is calibrated on every labelled case, reached or not.
-        runs.append(run_look(dataclasses.replace(
+        after = dataclasses.replace(
             plan, cases=extra, candidates=[c for c in plan.candidates if c.name in running] if extra else [],
             calibration_cases=[*extra, *labelled], pairwise=settings.pairwise == "all",
             settings=plan.settings.model_copy(update=dict(zip(("budget_usd", "budget_calls"),
-                                                              remaining_budget(plan, runs), strict=True)))),
-            workers, progress, batches=1))  # one batch: each batch would judge every case in calibration_cases
+                                                              remaining_budget(plan, runs), strict=True))))
+        shown.start(counted.done + progress_total(after))
+        runs.append(run_look(after, workers, progress, batches=1))  # one batch: each would judge every labelled case
         for name in [BASELINE, *running]:
             evaluated[name] += len(extra)
+    shown.start(counted.done)  # what the race did is the whole of it: the bar ends full
     return merge_runs(plan, runs), Race(sizes, alphas, looks, evaluated, len(held),
                                         frozenset(held_order[:reached]), len(extra))
+
+
+class UnitCounter:
+    """Counts the progress units a race advances (it ends before the total a full evaluation would reach,
+    and then says so by setting the total to what it did)."""
+
+    def __init__(self, shown: ProgressHooks) -> None:
+        self.shown = shown
+        self.done = 0
+
+    def advance(self, units: int) -> None:
+        self.done += units
+        self.shown.advance(units)
 
 
 def seen_share(seen: int, size: int, held_out: int) -> int:
