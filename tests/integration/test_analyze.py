@@ -66,6 +66,10 @@ def test_demo_analyze_is_versioned_and_logged(demo) -> None:
     result = demo.analyze
     failures = pd.read_parquet(root / result.failures_snapshot / "failures.parquet")
     assert len(failures) == result.failures and set(failures["cluster"]) >= set(range(len(result.clusters)))
+    # Who flagged each failure: the LLM classifier on the rows it labelled (the demo's sample), else the detector.
+    by = [c for c in failures if c.endswith("_by")]
+    assert "refusal_by" in by and "injection_by" in by
+    assert all(set(failures[c]) <= {"llm", "fast"} for c in by) and (failures["refusal_by"] == "llm").any()
     # The demo goes on to improve, which commits after analyze: look at analyze's own commit.
     assert "data/support-bot/failures.dvc" in git.Repo(root).git.show("--name-only", result.git_commit)
     assert git.Repo(root).is_ancestor(result.git_commit, "HEAD")

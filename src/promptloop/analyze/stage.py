@@ -202,6 +202,9 @@ def store_failures(plan: AnalyzePlan, mined: Mined) -> AnalyzeResult:
     # The logged inputs (JSON) go with them: a golden case drafted from a failure needs the prompt's other
     # variables and the conversation before the question, not only the question.
     keep += [c for c in ("inputs",) if c in mined.failures]
+    # Whose flag each failure's kind is (`<flag>_by`: "llm" where the classifier labelled the row, else "fast"),
+    # so a reviewer of the failures can tell the detectors' guesses from the LLM's labels.
+    keep += sorted(c for c in mined.failures if c.endswith("_by"))
     stored = mined.failures[keep].assign(cluster=mined.assignment, analyze_run=plan.run)
     clusters = [c.model_dump() for c in mined.result.clusters]
     gaps = [g.model_dump() for g in mined.result.kb_gaps]  # improve drafts articles for them
