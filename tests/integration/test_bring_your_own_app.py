@@ -201,6 +201,9 @@ def test_new_app_refuses_what_would_overwrite_or_not_load(tmp_path: Path) -> Non
     assert git.Repo(root).is_dirty(untracked_files=True) is False  # committed, golden set tracked by DVC
     assert (root / "datasets" / "notes" / "golden.jsonl.dvc").is_file()
     assert any("notes_app:answer(prompt, inputs)" in step for step in created.next_steps)
+    assert created.next_steps[0].startswith("describe the app in one line")  # no --description given
+    described = new_app(root, "concierge", description="the concierge of a hotel")
+    assert not any("describe the app" in step for step in described.next_steps)  # it has one already
     params = (root / "params.yaml").read_text(encoding="utf-8")
     assert "# promptloop configuration" in params and "notes:" in params  # comments kept
     assert len(load_golden(root / "datasets" / "notes" / "golden.jsonl")) == 3

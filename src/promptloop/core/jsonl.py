@@ -23,7 +23,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, RawJson]]:
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
+                # A byte-order mark (Windows editors write one) is no part of the first object.
+                line = raw.decode("utf-8").removeprefix("\ufeff") if number == 1 else raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InputError(
                     path, f"not UTF-8: {exc.reason} (byte {exc.start + 1})", field=f"line {number}"

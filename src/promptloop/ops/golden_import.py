@@ -14,7 +14,6 @@ the new version is tracked with DVC and committed.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from promptloop.core.csvfile import read_csv_rows
 from promptloop.core.errors import InputError, input_error_from_validation
 from promptloop.core.jsonl import read_jsonl
 from promptloop.domain.golden import GoldenCase, load_golden
@@ -50,26 +50,22 @@ class ImportResult(BaseModel):
 
 def csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, case data) of each CSV row: inputs, expectations and case fields from the columns."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):
-            case: dict[str, Any] = {"inputs": {}, "expectations": {}}
-            for column, value in row.items():
-                if column is None or value is None or value == "":
-                    continue
-                name = column.strip()
-                parsed: Any = [v.strip() for v in value.split("|") if v.strip()] if name.split(".")[-1] in \
-                    LIST_COLUMNS else value
-                if name.startswith("inputs."):
-                    case["inputs"][name.removeprefix("inputs.")] = parsed
-                elif name.startswith("expectations."):
-                    case["expectations"][name.removeprefix("expectations.")] = parsed
-                elif name in EXPECTATION_COLUMNS:
-                    case["expectations"][name] = parsed
-                elif name in CASE_COLUMNS:
-                    case[name] = parsed
-                else:
-                    case["inputs"][name] = parsed
-            yield number, case
+    for number, row in read_csv_rows(path):
+        case: dict[str, Any] = {"inputs": {}, "expectations": {}}
+        for name, value in row.items():
+            parsed: Any = [v.strip() for v in value.split("|") if v.strip()] if name.split(".")[-1] in \
+                LIST_COLUMNS else value
+            if name.startswith("inputs."):
+                case["inputs"][name.removeprefix("inputs.")] = parsed
+            elif name.startswith("expectations."):
+                case["expectations"][name.removeprefix("expectations.")] = parsed
+            elif name in EXPECTATION_COLUMNS:
+                case["expectations"][name] = parsed
+            elif name in CASE_COLUMNS:
+                case[name] = parsed
+            else:
+                case["inputs"][name] = parsed
+        yield number, case
 
 
 def mlflow_rows(workspace: Workspace, reference: str) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -10,13 +10,13 @@ prompts: CSV columns `case_id`, `rating` (up/down, 👍/👎, 1/-1), `answer`, o
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from promptloop.core.csvfile import read_csv_rows
 from promptloop.core.errors import InputError
 from promptloop.deploy.evidence import evaluation_rows
 from promptloop.domain.golden import GoldenCase, HumanLabel, load_golden
@@ -89,17 +89,16 @@ def answers_to_label(workspace: Workspace, app: str, count: int) -> list[LabelIt
 def read_label_file(path: Path) -> dict[str, HumanLabel]:
     """Labels from a CSV file (`case_id`, `rating`, `answer`, optional `comment`); a bad row names its line."""
     labels: dict[str, HumanLabel] = {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
-            rating = RATINGS.get(str(row.get("rating") or "").strip().lower())
-            case_id = str(row.get("case_id") or "").strip()
-            if not case_id or rating is None:
-                raise InputError(path, f"line {line}: needs a case_id and a rating (up/down, 👍/👎, 1/-1)")
-            try:
-                labels[case_id] = HumanLabel(answer=str(row.get("answer") or ""), rating=rating,  # type: ignore[arg-type]
-                                             comment=str(row.get("comment") or ""))
-            except ValidationError as exc:
-                raise InputError(path, f"line {line}: {exc.errors()[0]['msg']}") from None
+    for line, row in read_csv_rows(path):
+        rating = RATINGS.get(str(row.get("rating") or "").strip().lower())
+        case_id = str(row.get("case_id") or "").strip()
+        if not case_id or rating is None:
+            raise InputError(path, f"line {line}: needs a case_id and a rating (up/down, 👍/👎, 1/-1)")
+        try:
+            labels[case_id] = HumanLabel(answer=str(row.get("answer") or ""), rating=rating,  # type: ignore[arg-type]
+                                         comment=str(row.get("comment") or ""))
+        except ValidationError as exc:
+            raise InputError(path, f"line {line}: {exc.errors()[0]['msg']}") from None
     return labels
 
 

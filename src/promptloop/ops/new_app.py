@@ -134,13 +134,14 @@ def new_app(root: Path, name: str, target: str = "template", description: str = 
     experiment_id(tracking_client(created.tracking_uri), experiment, created.artifact_root)
     return NewAppResult(app=name, files=[str(p.relative_to(workspace.root)) for p in (prompt, golden, judge)],
                         target=target, experiment=experiment, commit=commit,
-                        next_steps=next_steps(workspace, name, target))
+                        next_steps=next_steps(workspace, name, target, described=bool(description)))
 
 
-def next_steps(workspace: Workspace, name: str, target: str) -> list[str]:
-    """What to do after `new-app`, in order."""
-    steps = [f"describe the app in one line: params.yaml apps.{name}.description (judges and optimizer read it)",
-             f"write your prompt in prompts/{name}/prompt.yaml ({{{{ variable }}}} for each input; set its model)"]
+def next_steps(workspace: Workspace, name: str, target: str, described: bool = False) -> list[str]:
+    """What to do after `new-app`, in order (no description to write when `--description` gave one)."""
+    steps = [] if described else [
+        f"describe the app in one line: params.yaml apps.{name}.description (judges and optimizer read it)"]
+    steps += [f"write your prompt in prompts/{name}/prompt.yaml ({{{{ variable }}}} for each input; set its model)"]
     if target.startswith("python:"):
         steps.append(f"write {target.removeprefix('python:')}(prompt, inputs): call models with prompt.complete(...) "
                      "and return the answer text (importable from the workspace folder or your PYTHONPATH)")
