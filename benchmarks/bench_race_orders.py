@@ -52,6 +52,7 @@ from promptloop.domain.golden import load_golden
 from promptloop.evaluate.plan import BASELINE
 from promptloop.evaluate.sequential import Race, case_order, look_alphas, look_sizes, order_seed, simulate_race
 from promptloop.evaluate.stage import evaluate
+from promptloop.evaluate.summary import decision_split
 from promptloop.workspace.workspace import Workspace, open_workspace
 
 
@@ -122,8 +123,7 @@ def full_run(workspace: Workspace, app: str, candidates: list[Path]) -> FullRun:
     if not rows:
         raise SystemExit(f"{app}: no eval_cases.json table in MLflow run {result.mlflow_run_id}")
     golden = load_golden(workspace.path(workspace.app_settings(app).golden_set))
-    held_out = [c.id for c in golden if c.split == "holdout"] if any(c.split == "optimize" for c in golden) \
-        else [c.id for c in golden]
+    held_out = [c.id for c in decision_split(golden)[0]]  # the cases the decision (and a race) rests on
     names = [c.name for c in result.candidates]
 
     def scored(case_id: str) -> bool:  # a judge failure leaves no score: the race skips such a case too
