@@ -90,8 +90,9 @@ def futility_bounds(diffs: np.ndarray, alpha: float, resamples: int, seed: int) 
     """The paired CI the drop rule reads: the bootstrap's, except where no case has gained yet.
 
     With no positive difference the bootstrap cannot put the upper bound above 0 (every difference 0 gives
-    [0, 0]), and a candidate whose gains lie in a few cases not yet reached was dropped: in 14 of 100 case
-    orders of the demo's support-bot, a candidate the full evaluation promotes. The mean gain is then bounded
+    [0, 0]), and a candidate whose gains lie in a few cases not yet reached was dropped: 10 drops in 8 of 100
+    case orders of the demo's support-bot, each of a candidate the full evaluation promotes
+    (benchmarks/bench_race_orders.py on the code before this rule; none with it). The mean gain is then bounded
     by what it may still gain minus what it surely loses, each at alpha / 2: the exact one-sided bound on the
     share of cases it improves (Clopper-Pearson with none seen, 1 - (alpha/2)^(1/n); a score difference is at
     most 1) minus the bootstrap's lower bound of its mean loss. A candidate that only ties is kept; one that
