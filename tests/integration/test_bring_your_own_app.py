@@ -5,6 +5,7 @@ files; evaluated to a decision with every model call through the runner."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -110,6 +111,38 @@ def test_a_new_python_app_is_evaluated_to_a_decision_with_every_call_through_the
     again = evaluate(workspace, "concierge")
     assert again.usage.calls == 0 and again.usage.cache_hits > 0
     assert [c.decision for c in again.candidates] == [better.decision]
+
+
+# An app whose own code fails: its booking system is down for one question; another answers nothing.
+BROKEN_CODE = '''
+def answer(prompt, inputs):
+    if "breakfast" in inputs["question"]:
+        raise RuntimeError("booking system down")
+    return prompt.complete()
+'''
+SILENT_CODE = '''
+def answer(prompt, inputs):
+    return None
+'''
+
+
+def test_an_app_failing_on_a_case_stops_the_evaluation_naming_the_case_and_its_line(
+        tmp_path: Path, outside: Path) -> None:
+    (outside / "broken_app.py").write_text(BROKEN_CODE, encoding="utf-8")
+    (outside / "silent_app.py").write_text(SILENT_CODE, encoding="utf-8")
+    workspace = make_app(tmp_path / "ws", "concierge", "python:broken_app:answer", outside)
+    cases = load_golden(workspace.path(workspace.app_settings("concierge").golden_set))
+    breakfast = next(c.id for c in cases if "breakfast" in str(c.inputs["question"]))
+    broken = evaluate(workspace, "concierge")  # not a crash: an incomplete evaluation that promotes nothing
+    assert not broken.complete and [c.decision for c in broken.candidates] == ["incomplete"]
+    assert re.fullmatch(rf"python:broken_app:answer failed on case {breakfast} \(app:(baseline|better)\): "
+                        rf"RuntimeError: booking system down at {re.escape(str(outside / 'broken_app.py'))}:4",
+                        str(broken.stopped)), broken.stopped
+    silent = make_app(tmp_path / "ws2", "concierge", "python:silent_app:answer", outside)
+    nothing = evaluate(silent, "concierge")
+    assert not nothing.complete and [c.decision for c in nothing.candidates] == ["incomplete"]
+    assert "python:silent_app:answer failed on case" in str(nothing.stopped)
+    assert "returned NoneType without an `output` string" in str(nothing.stopped)
 
 
 class HotelHandler(BaseHTTPRequestHandler):

@@ -19,7 +19,9 @@ import importlib
 import inspect
 import json
 import sys
+import sysconfig
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from promptloop.domain.kb import Retriever
 from promptloop.domain.prompts import Message, PromptVersion, input_text
 from promptloop.evaluate.scorers import Answer
 from promptloop.llm.client import Completion
-from promptloop.llm.runner import Runner
+from promptloop.llm.runner import BudgetExceeded, CallFailed, Runner
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,27 @@ def target_result(result: object, where: str) -> tuple[str, str, tuple[str, ...]
     return output, context if isinstance(context, str) else input_text(context), retrieved, extra
 
 
+class AppFailed(CallFailed):
+    """The app's own code raised, or returned no answer, on a case: the evaluation stops there (fail-closed, as
+    for a provider failing past its retries), naming the target, the case and where the app failed."""
+
+
+def app_frames(error: BaseException) -> list[traceback.FrameSummary]:
+    """The frames of `error`'s traceback in the app's own code: not promptloop's, the standard library's or an
+    installed package's (those only when nothing else is left)."""
+    ours = (str(Path(__file__).resolve().parents[1]), sysconfig.get_paths()["stdlib"])
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(ours)]
+    return [f for f in frames if "site-packages" not in f.filename] or frames
+
+
+def app_failure(spec: str, request: Request, error: BaseException) -> str:
+    """What the app did wrong on the request's case, with the last line of the app's code the error passed."""
+    frames = app_frames(error)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return (f"{spec} failed on case {request.case.id} ({request.purpose}): "
+            f"{type(error).__name__}: {error}{where}")
+
+
 @dataclass
 class PythonTarget:
     """`python:package.module:function`: the user's code answers, calling models through `prompt.complete`."""
@@ -197,13 +220,18 @@ class PythonTarget:
         prompt = TargetPrompt(request.prompt, request.model, inputs, runner, request.purpose, request.seed,
                               asyncio.get_running_loop())
         started = time.perf_counter()
-        if inspect.iscoroutinefunction(self.function):
-            result = await self.function(prompt, dict(inputs))
-        else:
-            result = await asyncio.get_running_loop().run_in_executor(self._threads(), self.function, prompt,
-                                                                      dict(inputs))
-        took_ms = (time.perf_counter() - started) * 1000
-        text, context, retrieved, extra = target_result(result, self.spec)
+        try:
+            if inspect.iscoroutinefunction(self.function):
+                result = await self.function(prompt, dict(inputs))
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(self._threads(), self.function, prompt,
+                                                                          dict(inputs))
+            took_ms = (time.perf_counter() - started) * 1000
+            text, context, retrieved, extra = target_result(result, self.spec)
+        except (CallFailed, BudgetExceeded):
+            raise  # the runner's own (a model call failing past its retries, the budget spent): as they are
+        except Exception as error:  # noqa: BLE001 - any error of the app's code is that app's failure on this case
+            raise AppFailed(runner.api_keys.redact(app_failure(self.spec, request, error))) from error
         # Wall-clock latency (informational): the model calls' own when there were any, else the function's.
         latency = sum(c.latency_ms for c in prompt.completions) if prompt.completions else took_ms
         return answer_of(text, context, prompt.completions, retrieved, latency, extra)
