@@ -273,7 +273,7 @@ def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], sh
         scorers = build_scorers(part, runner, workspace.root, workspace.params)
         cpu = time.process_time()
         with short_gil_switches():
-            run = asyncio.run(run_evaluation(part, runner, scorers, target, on_progress))
+            run = asyncio.run(runner.pooled(run_evaluation(part, runner, scorers, target, on_progress)))
         run.cpu_s = time.process_time() - cpu
     finally:
         target.close()
