@@ -446,7 +446,8 @@ def unclosed_sockets_to(server: KeepAliveServer, caught: list[warnings.WarningMe
 
 
 def test_posts_to_an_app_share_a_pool_of_connections_closed_before_their_loop_ends(litellm, tmp_path: Path) -> None:
-    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), max_concurrency=4)
+    # An hour's keep-alive: no connection idles out and is replaced here, however slow the machine is.
+    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), max_concurrency=4, keepalive_s=3600.0)
 
     async def post_all(url: str, cases: range) -> list[str]:
         done = await asyncio.gather(*(runner.post_json("app:baseline", url, {"case": i}) for i in cases))

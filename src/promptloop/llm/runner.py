@@ -186,6 +186,7 @@ class Runner:
     api_keys: ApiKeys = field(default_factory=ApiKeys)
     llm: LLMSettings = field(default_factory=LLMSettings)
     share: float = 1.0  # of the run's rate limits, for one of several worker processes
+    keepalive_s: float = 5.0  # an app's connection idle this long is closed, not reused (httpx's default)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -236,7 +237,8 @@ class Runner:
 
         def new_client() -> httpx.AsyncClient:
             # As many connections as posts may be in flight at once (the gate): no post waits for the pool.
-            limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+            limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency,
+                                  keepalive_expiry=self.keepalive_s)
             return httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, limits=limits)
 
         loop = id(asyncio.get_running_loop())
