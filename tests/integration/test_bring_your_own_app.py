@@ -4,12 +4,14 @@ files; evaluated to a decision with every model call through the runner."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 
 import git
 import pytest
+import yaml
 
 from promptloop.core.errors import InputError
 from promptloop.domain.golden import load_golden
@@ -221,6 +224,50 @@ def test_an_app_that_reports_no_time_is_timed_by_a_sequential_probe(
     alone = evaluate(workspace, "hotel", [])
     assert "latency-probe" not in alone.usage.by_purpose and alone.prompts[0].latency_p95_ms is None
     assert "with no candidate there is no latency to compare" in alone.report
+
+
+class KeepAliveHotel(HotelHandler):
+    """The hotel app behind a server that keeps connections open between requests (HTTP/1.1, as real app
+    servers do); it counts the connections it accepted."""
+
+    protocol_version = "HTTP/1.1"
+    connections = 0
+    counting = threading.Lock()
+
+    def setup(self) -> None:  # once per accepted connection, however many requests it carries
+        super().setup()
+        with KeepAliveHotel.counting:
+            KeepAliveHotel.connections += 1
+
+
+def test_an_http_apps_connections_are_reused_and_closed(
+        tmp_path: Path, outside: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    HotelHandler.requests.clear()
+    monkeypatch.setattr(HotelHandler, "timed", False)  # the sequential latency probe posts too
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveHotel)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        workspace = make_app(tmp_path / "ws", "hotel", f"http://127.0.0.1:{port}/answer", outside)
+        params = yaml.safe_load((workspace.root / "params.yaml").read_text(encoding="utf-8"))
+        params["llm"]["max_concurrency"] = 2
+        (workspace.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+        git.Repo(workspace.root).git.commit("-am", "two app posts at once")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = evaluate(open_workspace(workspace.root), "hotel")
+            gc.collect()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.complete and result.latency_source == "probe"
+    probe_calls = result.usage.by_purpose["latency-probe"].calls
+    assert len(HotelHandler.requests) == 2 * 4 + probe_calls > 8
+    # At most two connections for the evaluation's eight posts (two at once), one for the sequential probe's.
+    assert KeepAliveHotel.connections <= 2 + 1
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert [message for message in unclosed if f"{port})" in message] == []  # no socket to the app left open
 
 
 def test_new_app_refuses_what_would_overwrite_or_not_load(tmp_path: Path) -> None:

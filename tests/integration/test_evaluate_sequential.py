@@ -247,3 +247,28 @@ def test_the_passes_after_a_race_leave_out_the_judges_they_do_not_need(workspace
         assert kinds(pairwise=False, guards=False) == [RubricJudge]
     finally:
         runner.cache.close()
+
+
+def test_without_a_cache_the_baselines_answers_are_requested_once(split_workspace: Workspace,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The labelled optimizer's cases: the baseline answers them for the judge's calibration during the race,
+    and its answers are scored on the optimizer's cases after it. Without a response cache nothing would
+    answer the second request from the first: the answers already made are reused."""
+    from collections import Counter
+
+    from promptloop.demo.simulated.provider import OfflineProvider
+
+    requests: Counter[str] = Counter()
+    answer = OfflineProvider.acompletion
+
+    async def counted(self: OfflineProvider, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> Any:
+        if model == "support-bot":  # the app's requests (the judges' are another model's)
+            requests[json.dumps(messages, sort_keys=True)] += 1
+        return await answer(self, model, messages, *args, **kwargs)
+
+    monkeypatch.setattr(OfflineProvider, "acompletion", counted)
+    result = evaluate(with_sequential(split_workspace, enabled=True), "support-bot", PATHS)
+    assert result.cases_optimize and result.judge.calibration.labelled  # both passes ran
+    assert requests and max(requests.values()) == 1, [n for n in requests.values() if n > 1]
+    app_calls = sum(u.calls for purpose, u in result.usage.by_purpose.items() if purpose.startswith("app:"))
+    assert app_calls == len(requests)

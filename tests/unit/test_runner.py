@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import threading
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -374,3 +380,93 @@ def test_structured_output_is_asked_for_the_same_way_before_and_after_any_call(l
     assert hosted["response_format"]["type"] == "json_schema"
     assert structured_output(litellm, llm, "ollama/qwen2.5:7b", RUBRIC_SCHEMA) == {
         "response_format": {"type": "json_object"}}
+
+
+class KeepAliveServer(ThreadingHTTPServer):
+    """A loopback app server that keeps connections open between requests (HTTP/1.1, as real app servers do)
+    and counts the connections it accepted and the posts it answered."""
+
+    daemon_threads = True
+    request_queue_size = 128  # every connect a run may open at once is accepted (the default backlog is 5)
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), KeepAliveApp)
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.posts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class KeepAliveApp(BaseHTTPRequestHandler):
+    """Answers `{"output": <the payload's case>}`; any path but /answer is a 404 (not retried)."""
+
+    protocol_version = "HTTP/1.1"
+    server: KeepAliveServer
+
+    def setup(self) -> None:  # once per accepted connection, however many requests it carries
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            self.server.posts += 1
+        found = self.path == "/answer"
+        data = json.dumps({"output": str(body["case"])} if found else {"error": "no such path"}).encode()
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def keep_alive_app() -> Iterator[KeepAliveServer]:
+    server = KeepAliveServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def unclosed_sockets_to(server: KeepAliveServer, caught: list[warnings.WarningMessage]) -> list[str]:
+    """The ResourceWarnings of sockets to `server` left open (a client never closed)."""
+    port = str(server.server_address[1])
+    return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and port in str(w.message)]
+
+
+def test_posts_to_an_app_share_a_pool_of_connections_closed_before_their_loop_ends(litellm, tmp_path: Path) -> None:
+    # An hour's keep-alive: no connection idles out and is replaced here, however slow the machine is.
+    runner = Runner(litellm, ResponseCache(tmp_path / "c.db"), max_concurrency=4, keepalive_s=3600.0)
+
+    async def post_all(url: str, cases: range) -> list[str]:
+        done = await asyncio.gather(*(runner.post_json("app:baseline", url, {"case": i}) for i in cases))
+        return [json.loads(c.text)["output"] for c in done]
+
+    with keep_alive_app() as server, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answers = asyncio.run(runner.pooled(post_all(f"{server.url}/answer", range(60))))
+        pooled_connections = server.connections
+        # A second loop gets a client of its own (the first one's is closed with it).
+        assert asyncio.run(runner.pooled(post_all(f"{server.url}/answer", range(60, 70)))) == [
+            str(i) for i in range(60, 70)]
+        # Work that fails still closes its client; a post outside `pooled` opens and closes its own.
+        with pytest.raises(CallFailed, match="404"):
+            asyncio.run(runner.pooled(post_all(f"{server.url}/missing", range(1))))
+        alone = asyncio.run(post_all(f"{server.url}/answer", range(70, 71)))
+        gc.collect()
+    assert answers == [str(i) for i in range(60)] and alone == ["70"]
+    assert server.posts == 60 + 10 + 1 + 1 and runner.usage["app:baseline"].calls == server.posts
+    assert pooled_connections <= runner.max_concurrency  # 60 posts, at most 4 at once: at most 4 connections
+    assert server.connections <= pooled_connections + 2 * runner.max_concurrency + 1
+    assert unclosed_sockets_to(server, caught) == []

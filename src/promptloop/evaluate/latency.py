@@ -125,8 +125,8 @@ async def probe_latency(runner: Runner, target: Target, contenders: list[Contend
 
 def run_probe(runner: Runner, target: Target, contenders: list[Contender], cases: list[GoldenCase],
               settings: LatencyProbe, seed: int) -> ProbeResult:
-    """`probe_latency` on an event loop of its own."""
-    return asyncio.run(probe_latency(runner, target, contenders, cases, settings, seed))
+    """`probe_latency` on an event loop of its own (an app's connections kept alive from round to round)."""
+    return asyncio.run(runner.pooled(probe_latency(runner, target, contenders, cases, settings, seed)))
 
 
 def usable(result: ProbeResult, settings: LatencyProbe) -> bool:

@@ -11,7 +11,7 @@ from promptloop.core.errors import InputError
 from promptloop.domain.golden import GoldenCase, load_golden
 from promptloop.domain.kb import Retriever, load_kb
 from promptloop.domain.prompts import PromptVersion, load_prompt
-from promptloop.evaluate.scorers import GuardJudge, PairwiseJudge, ProxyMetrics, RubricJudge, Scorer
+from promptloop.evaluate.scorers import Answer, GuardJudge, PairwiseJudge, ProxyMetrics, RubricJudge, Scorer
 from promptloop.llm.runner import Runner
 from promptloop.quality.detectors import detectors_of
 from promptloop.quality.judge_files import JudgeFile, load_judges
@@ -54,6 +54,9 @@ class EvalPlan:
     # Whether the guard judge files run on the cases (calibration aside). The optimizer's cases after a race
     # leave them out: only the rubric's gain is reported there, and the guards gate on held-out cases only.
     guards: bool = True
+    # case id -> the baseline's answer an earlier pass of the evaluation already made: reused, not asked again
+    # (without a response cache it would be paid twice; see EvalRun.calibration_answers)
+    baseline_answers: dict[str, Answer] = field(default_factory=dict)
 
     @property
     def labelled(self) -> list[GoldenCase]:

@@ -241,7 +241,7 @@ def report_decided(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Rac
         extra = run_look(dataclasses.replace(
             plan, cases=[c for c in plan.cases if c.id in wanted],
             candidates=[c for c in plan.candidates if c.name in decided], calibration_cases=[], pairwise=False,
-            guards=False,
+            guards=False, baseline_answers=run.calibration_answers,
             settings=plan.settings.model_copy(update=dict(zip(("budget_usd", "budget_calls"),
                                                               remaining_budget(plan, [run]), strict=True)))),
             Workers(workspace, 1), NO_PROGRESS, batches=1)

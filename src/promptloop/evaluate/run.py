@@ -69,12 +69,20 @@ class EvalRun:
     # case id -> the context the judge was shown with the baseline's answer: the pairwise judge after a race
     # compares answers already made, and needs it (it is not a row column: rows go to MLflow tables and traces)
     contexts: dict[str, str] = field(default_factory=dict)
+    # case id -> the baseline's answer made only to calibrate the judge on a labelled case the run did not score:
+    # a later pass that scores the baseline there (the optimizer's cases after a race) reuses it, not asks again
+    calibration_answers: dict[str, Answer] = field(default_factory=dict)
 
 
 async def answer_case(runner: Runner, plan: EvalPlan, target: Target, contender: Contender,
                       case: GoldenCase) -> Answer:
-    """The contender's answer to one case, from the app's target (seeded, cached)."""
+    """The contender's answer to one case, from the app's target (seeded, cached), or the baseline's answer an
+    earlier pass already made (counted as a cache hit: it was paid for once, even with no response cache)."""
     request = Request(f"app:{contender.name}", contender.prompt, contender.model, case, plan.settings.seed)
+    made = plan.baseline_answers.get(case.id) if contender.name == BASELINE else None
+    if made is not None:
+        runner.usage[request.purpose].cache_hits += 1
+        return made
     return await target.answer(runner, request)
 
 
@@ -235,7 +243,11 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
             for case in plan.labelled:
                 group.create_task(calibrate(case))
         # Every answer is in: the flips that could hold a candidate are re-judged before they may.
-        await rejudge_flips(plan, run, scorers, {key: task.result() for key, task in answers.items()})
+        made = {key: task.result() for key, task in answers.items()}
+        scored = {c.id for c in plan.cases}
+        run.calibration_answers = {case: answer for (name, case), answer in made.items()
+                                   if name == BASELINE and case not in scored}
+        await rejudge_flips(plan, run, scorers, made)
     except* (CallFailed, BudgetExceeded) as failures:
         run.stopped = str(failures.exceptions[0])
     return in_plan_order(plan, run)
@@ -273,7 +285,7 @@ def evaluate_batch(workspace: Workspace, plan: EvalPlan, case_ids: list[str], sh
         scorers = build_scorers(part, runner, workspace.root, workspace.params)
         cpu = time.process_time()
         with short_gil_switches():
-            run = asyncio.run(run_evaluation(part, runner, scorers, target, on_progress))
+            run = asyncio.run(runner.pooled(run_evaluation(part, runner, scorers, target, on_progress)))
         run.cpu_s = time.process_time() - cpu
     finally:
         target.close()
@@ -290,7 +302,9 @@ def merge_runs(plan: EvalPlan, runs: list[EvalRun]) -> EvalRun:
             usage.setdefault(purpose, Usage()).add(used)
     merged = EvalRun([row for run in runs for row in run.rows], [c for run in runs for c in run.calibration],
                      next((run.stopped for run in runs if run.stopped), None), usage, sum(run.cpu_s for run in runs),
-                     contexts={case: text for run in runs for case, text in run.contexts.items()})
+                     contexts={case: text for run in runs for case, text in run.contexts.items()},
+                     calibration_answers={case: answer for run in runs
+                                          for case, answer in run.calibration_answers.items()})
     return in_plan_order(plan, merged)
 
 

@@ -18,10 +18,11 @@ import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from promptloop.core.config import LLMSettings
 from promptloop.core.text import estimate_tokens
@@ -38,7 +39,10 @@ from promptloop.llm.client import (
 from promptloop.llm.limits import RateLimiter, limiter_for
 
 if TYPE_CHECKING:
+    import httpx
     import litellm as litellm_module
+
+T = TypeVar("T")
 
 
 class BudgetExceeded(RuntimeError):
@@ -182,10 +186,13 @@ class Runner:
     api_keys: ApiKeys = field(default_factory=ApiKeys)
     llm: LLMSettings = field(default_factory=LLMSettings)
     share: float = 1.0  # of the run's rate limits, for one of several worker processes
+    keepalive_s: float = 5.0  # an app's connection idle this long is closed, not reused (httpx's default)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._gates: dict[int, asyncio.Semaphore] = {}
+        # Per event loop inside `pooled`: the client its app posts share (None until the first post).
+        self._clients: dict[int, httpx.AsyncClient | None] = {}
         self._in_flight: dict[int, dict[str, asyncio.Future[Completion]]] = {}
         self._limiters: dict[str, RateLimiter | None] = {}
         self._output_modes: dict[str, str] = {}
@@ -207,6 +214,42 @@ class Runner:
         """The concurrency bound of the running event loop (a semaphore belongs to one loop)."""
         loop = id(asyncio.get_running_loop())
         return self._gates.setdefault(loop, asyncio.Semaphore(self.max_concurrency))
+
+    async def pooled(self, work: Awaitable[T]) -> T:
+        """`work`, its posts to an app sharing one HTTP client: connections are kept alive and reused from
+        case to case instead of a TCP connect (and TLS handshake) per post. The client belongs to the running
+        loop and is closed when `work` ends, before that loop does (run every loop that may post this way)."""
+        loop = id(asyncio.get_running_loop())
+        if loop in self._clients:  # nested in another: the outer one closes the client
+            return await work
+        self._clients[loop] = None
+        try:
+            return await work
+        finally:
+            client = self._clients.pop(loop)
+            if client is not None:
+                await client.aclose()
+
+    @asynccontextmanager
+    async def _http_client(self) -> AsyncIterator[httpx.AsyncClient]:
+        """The running loop's pooled client inside `pooled`; outside it, a client for this one post."""
+        import httpx
+
+        def new_client() -> httpx.AsyncClient:
+            # As many connections as posts may be in flight at once (the gate): no post waits for the pool.
+            limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency,
+                                  keepalive_expiry=self.keepalive_s)
+            return httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, limits=limits)
+
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._clients:
+            async with new_client() as client:
+                yield client
+            return
+        client = self._clients[loop]
+        if client is None:
+            client = self._clients[loop] = new_client()
+        yield client
 
     def retryable(self, error: BaseException) -> bool:
         return isinstance(error, asyncio.TimeoutError) or is_retryable(self.litellm, error)
@@ -286,7 +329,7 @@ class Runner:
                 usage.calls += 1
                 started = time.perf_counter()
                 try:
-                    async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
+                    async with self._http_client() as client:
                         response = await client.post(url, json=payload)
                     response.raise_for_status()
                     break
