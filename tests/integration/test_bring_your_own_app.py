@@ -264,8 +264,10 @@ def test_an_http_apps_connections_are_reused_and_closed(
     assert result.complete and result.latency_source == "probe"
     probe_calls = result.usage.by_purpose["latency-probe"].calls
     assert len(HotelHandler.requests) == 2 * 4 + probe_calls > 8
-    # At most two connections for the evaluation's eight posts (two at once), one for the sequential probe's.
-    assert KeepAliveHotel.connections <= 2 + 1
+    # Two connections for the evaluation's eight posts (two at once), one for the sequential probe's; a client
+    # per post opened one per request. The bound leaves room for a connection idle past httpx's 5 s keep-alive
+    # on a stalled machine (then reopened), so no timing decides it.
+    assert KeepAliveHotel.connections <= len(HotelHandler.requests) // 2
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert [message for message in unclosed if f"{port})" in message] == []  # no socket to the app left open
 
