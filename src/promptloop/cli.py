@@ -123,6 +123,24 @@ def render_collect(result: CollectResult) -> None:
     keys = ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "feedback_updated", "pii_redactions",
             "failures", "snapshot", "dvc_md5", "git_commit", "mlflow_run_id")
     render_mapping(f"collect {result.app}", result.model_dump(include=set(keys)))
+    hint = quarantine_hint(result)
+    if hint:
+        Console(stderr=True).print(escape(hint), highlight=False)
+
+
+def quarantine_hint(result: CollectResult) -> str | None:
+    """Where the quarantined rows are and, when no row was stored, what a row must be (or where else logs come
+    from): a team's own log format fails every check at once, and the counts alone do not say what to do."""
+    if not result.rows_quarantined:
+        return None
+    where = f"data/{result.app}/quarantine" if result.snapshot is None else \
+        f"{result.snapshot.rsplit('/', 1)[0]}/quarantine"
+    hint = f"{result.rows_quarantined} row(s) quarantined in {where}, each with its file:line and the checks it failed."
+    if result.rows_valid == 0 and result.rows_duplicate == 0:
+        hint += (" No row was stored: a log row is promptloop's log record (docs/concepts.md, \"The log record\"); "
+                 f"an app traced with MLflow, Langfuse or OpenTelemetry is read from there (apps.{result.app}.sources, "
+                 "docs/cli.md, \"collect\").")
+    return hint
 
 
 def render_analyze(result: AnalyzeResult) -> None:
