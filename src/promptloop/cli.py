@@ -125,7 +125,7 @@ def render_collect(result: CollectResult) -> None:
     render_mapping(f"collect {result.app}", result.model_dump(include=set(keys)))
     hint = quarantine_hint(result)
     if hint:
-        Console(stderr=True).print(escape(hint), highlight=False)
+        Console().print(escape(hint), highlight=False)
 
 
 def quarantine_hint(result: CollectResult) -> str | None:
