@@ -148,6 +148,19 @@ def test_an_app_failing_on_a_case_stops_the_evaluation_naming_the_case_and_its_l
     assert "returned NoneType without an `output` string" in str(nothing.stopped)
 
 
+def test_a_case_without_a_variable_the_prompt_renders_stops_before_any_call(tmp_path: Path, outside: Path) -> None:
+    workspace = make_app(tmp_path / "ws", "concierge", "template", outside)
+    golden = workspace.path(workspace.app_settings("concierge").golden_set)
+    with golden.open("a", encoding="utf-8") as handle:  # a spreadsheet's column "Question", not "question"
+        handle.write(json.dumps({"id": "caps-1", "inputs": {"Question": "Where is the spa?", "customer_tier": "gold"},
+                                 "expectations": {"expected_response": "Floor 3"}}) + "\n")
+    with pytest.raises(InputError, match=r"golden\.jsonl: case caps-1: no \{\{ question \}\}, which "
+                                         r"prompts/concierge/prompt\.yaml uses \(its inputs hold \['Question', "
+                                         r"'customer_tier'\]\)"):
+        evaluate(workspace, "concierge")
+    assert not workspace.path(".promptloop/llm-cache.sqlite").exists()  # stopped before the first call
+
+
 class HotelHandler(BaseHTTPRequestHandler):
     """An app in another language, as far as promptloop knows: it answers from the rendered prompt."""
 

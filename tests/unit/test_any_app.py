@@ -52,6 +52,8 @@ def test_a_messages_prompt_renders_any_variable_as_mlflow_format_does() -> None:
 def test_a_missing_variable_is_named_and_the_first_form_keeps_rendering_as_before() -> None:
     with pytest.raises(MissingVariable, match=r"\{\{ customer_tier \}\}.*inputs hold only \['question'\]"):
         TIERED.render({"question": "Hi"})
+    assert TIERED.missing_variables({"question": "Hi"}) == ["customer_tier"]  # what planning checks before a call
+    assert TIERED.missing_variables({"question": "Hi", "customer_tier": "gold", "extra": 1}) == []
     legacy = load_prompt(REPO / "prompts" / "support-bot" / "prompt.yaml")
     assert legacy.legacy and legacy.variables == {"question", "context"}
     rendered = legacy.render({"question": "Refund?"})

@@ -164,6 +164,10 @@ class PromptVersion(BaseModel):
             content.update(messages=self.templates, response_format=self.response_format)
         return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
+    def missing_variables(self, inputs: Mapping[str, object]) -> list[str]:
+        """The variables the templates use that `inputs` lacks (a legacy prompt's `context` may be left out)."""
+        return sorted(self.variables - set(inputs) - ({"context"} if self.legacy else set()))
+
     def render(self, inputs: Mapping[str, object]) -> list[Message]:
         """Chat messages for one case's inputs; input text is substituted, never interpreted.
 
@@ -174,7 +178,7 @@ class PromptVersion(BaseModel):
         values = dict(inputs)
         if self.legacy:
             values.setdefault("context", "")
-        missing = sorted(self.variables - set(values))
+        missing = self.missing_variables(values)
         if missing:
             used = ", ".join(map(self.placeholder, missing))
             raise MissingVariable(f"prompt v{self.version} of {self.app} uses {used} but the case's inputs hold only "
