@@ -279,16 +279,19 @@ def label(
         if from_file is not None:
             return record_labels(ws, app_name, read_label_file(from_file), from_file.name)
         labels: dict[str, HumanLabel] = {}
-        for item in answers_to_label(ws, app_name, sample):
-            stderr.print(f"\n[bold]{escape(item.case_id)}[/] ({escape(item.prompt)}): {escape(item.question)}")
-            stderr.print(escape(item.answer), highlight=False, soft_wrap=True)
-            choice = typer.prompt("👍 (u), 👎 (d), skip (s) or stop (q)", default="s", err=True).strip().lower()
-            if choice == "q":
-                break
-            if choice in ("u", "d"):
-                comment = typer.prompt("comment (optional)", default="", show_default=False, err=True)
-                labels[item.case_id] = HumanLabel(answer=item.answer, rating="up" if choice == "u" else "down",
-                                                  comment=comment)
+        try:
+            for item in answers_to_label(ws, app_name, sample):
+                stderr.print(f"\n[bold]{escape(item.case_id)}[/] ({escape(item.prompt)}): {escape(item.question)}")
+                stderr.print(escape(item.answer), highlight=False, soft_wrap=True)
+                choice = typer.prompt("👍 (u), 👎 (d), skip (s) or stop (q)", default="s", err=True).strip().lower()
+                if choice == "q":
+                    break
+                if choice in ("u", "d"):
+                    comment = typer.prompt("comment (optional)", default="", show_default=False, err=True)
+                    labels[item.case_id] = HumanLabel(answer=item.answer, rating="up" if choice == "u" else "down",
+                                                      comment=comment)
+        except typer.Abort:  # the end of the input (Ctrl-D, a piped file) or Ctrl-C: stop, as `q` does
+            stderr.print(f"\nstopped: the {len(labels)} label(s) given are recorded")
         return record_labels(ws, app_name, labels, "promptloop label")
 
     run_command(as_json, action, lambda r: render_mapping("labels recorded", r.model_dump()))

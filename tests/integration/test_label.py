@@ -57,6 +57,18 @@ def test_labels_given_at_the_prompt_land_on_the_shown_cases_and_nothing_else(wor
     assert head.message.startswith("label: 1 👍 and 1 👎") and recorded["commit"] == head.hexsha
 
 
+def test_the_end_of_the_input_stops_labelling_and_keeps_the_labels_given(workspace: Workspace) -> None:
+    before = golden_lines(workspace)
+    # One 👍 with its comment, then the input ends (a piped file, Ctrl-D) at the next answer's prompt.
+    result = CliRunner().invoke(app, ["label", "--app", "support-bot", "-w", str(workspace.root), "--sample", "3",
+                                      "--json"], input="u\nclear and right\n")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (recorded["labelled"], recorded["up"]) == (1, 1)
+    changed = [i for i, line in golden_lines(workspace).items() if line != before[i]]
+    assert len(changed) == 1 and '"clear and right"' in golden_lines(workspace)[changed[0]]
+
+
 def test_a_labels_file_records_without_prompts_and_the_next_evaluation_calibrates_on_it(
         workspace: Workspace, tmp_path: Path) -> None:
     before = open_workspace(workspace.root)
