@@ -136,7 +136,11 @@ def test_an_app_failing_on_a_case_stops_the_evaluation_naming_the_case_and_its_l
     workspace = make_app(tmp_path / "ws", "concierge", "python:broken_app:answer", outside)
     cases = load_golden(workspace.path(workspace.app_settings("concierge").golden_set))
     breakfast = next(c.id for c in cases if "breakfast" in str(c.inputs["question"]))
-    broken = evaluate(workspace, "concierge")  # not a crash: an incomplete evaluation that promotes nothing
+    with warnings.catch_warnings(record=True) as caught:
+        broken = evaluate(workspace, "concierge")  # not a crash: an incomplete evaluation that promotes nothing
+        gc.collect()
+    # The calls in flight when it stopped were cancelled: no "never awaited" warning for the provider's coroutines.
+    assert not [w for w in caught if "was never awaited" in str(w.message)]
     assert not broken.complete and [c.decision for c in broken.candidates] == ["incomplete"]
     assert re.fullmatch(rf"python:broken_app:answer failed on case {breakfast} \(app:(baseline|better)\): "
                         rf"RuntimeError: booking system down at {re.escape(str(outside / 'broken_app.py'))}:4",

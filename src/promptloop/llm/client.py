@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,15 +51,29 @@ def litellm_module_configured(settings: LLMSettings, source: str = "params.yaml"
     litellm.telemetry = False
     litellm.suppress_debug_info = True
     # litellm reads custom_provider_map on every call; registering twice would shadow nothing.
-    registered = {item["provider"] for item in litellm.custom_provider_map}
+    registered = {item["provider"]: item["custom_handler"] for item in litellm.custom_provider_map}
     for prefix, target in settings.providers.items():
         if prefix not in registered:
-            litellm.custom_provider_map.append({"provider": prefix, "custom_handler": load_object(target, source)})
+            registered[prefix] = load_object(target, source)
+            litellm.custom_provider_map.append({"provider": prefix, "custom_handler": registered[prefix]})
+        quiet_cancelled_calls(registered[prefix])  # each time: whoever ran since may have reset the filters
     entries = price_entries(settings)
     if entries:
         litellm.register_model(entries)
     freeze_long_lived_objects()
     return litellm
+
+
+def quiet_cancelled_calls(handler: object) -> None:
+    """No "coroutine ... was never awaited" warning for a custom provider's call cancelled mid-way.
+
+    litellm makes the coroutine of a custom provider's `acompletion` in a worker thread and awaits it on the
+    event loop; when the calls in flight are cancelled in between (an evaluation stopping on an app's error or a
+    spent budget) that coroutine is never awaited. That is no bug of the provider's, and the warning would open
+    the output of every such stop.
+    """
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            message=f"coroutine '{type(handler).__name__}.acompletion' was never awaited")
 
 
 def freeze_long_lived_objects() -> None:
