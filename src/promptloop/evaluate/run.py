@@ -77,11 +77,11 @@ class EvalRun:
 async def answer_case(runner: Runner, plan: EvalPlan, target: Target, contender: Contender,
                       case: GoldenCase) -> Answer:
     """The contender's answer to one case, from the app's target (seeded, cached), or the baseline's answer an
-    earlier pass already made (counted as a cache hit: it was paid for once, even with no response cache)."""
+    earlier pass already made (its requests counted as cache hits: paid for once, even with no response cache)."""
     request = Request(f"app:{contender.name}", contender.prompt, contender.model, case, plan.settings.seed)
     made = plan.baseline_answers.get(case.id) if contender.name == BASELINE else None
     if made is not None:
-        runner.usage[request.purpose].cache_hits += 1
+        runner.usage[request.purpose].cache_hits += made.requests
         return made
     return await target.answer(runner, request)
 

@@ -63,6 +63,7 @@ class Answer:
     # The time the provider (or the app's endpoint) reported for the calls that made the answer, in ms;
     # None when any of them reported none. `latency_ms` is wall-clock here: informational only.
     provider_ms: float | None = None
+    requests: int = 1  # the model (or endpoint) requests that made it: an app may make several, or none
 
 
 class Scorer(Protocol):

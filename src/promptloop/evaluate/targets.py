@@ -65,7 +65,7 @@ def answer_of(text: str, context: str, completions: list[Completion], retrieved:
                   latency_ms if latency_ms is not None else sum(c.latency_ms for c in completions),
                   sum(c.cost_usd or 0.0 for c in completions), sum(c.prompt_tokens for c in completions),
                   sum(c.completion_tokens for c in completions), dict(extra or {}),
-                  reported_ms(completions))
+                  reported_ms(completions), len(completions))
 
 
 def reported_ms(completions: list[Completion]) -> float | None:
