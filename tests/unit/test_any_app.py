@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from mlflow.entities.model_registry import PromptVersion as MlflowPromptVersion
 from promptloop.core.errors import InputError
 from promptloop.domain.golden import GoldenCase, load_golden
 from promptloop.domain.prompts import MissingVariable, PromptVersion, dump_prompt, load_prompt
+from promptloop.evaluate.run import answer_case
 from promptloop.evaluate.targets import PythonTarget, Request, TemplateTarget, target_result
 from promptloop.improve.candidates import as_candidate, check_candidate, optimizer_messages
 from promptloop.llm.runner import ResponseCache, Runner
@@ -164,6 +166,13 @@ def test_python_targets_sync_and_async_call_models_through_the_runner(litellm: A
     assert usage.calls == 3 and usage.cache_hits == 2  # two calls, then the same two from the cache, then one
     assert first.text == again.text and first.context == "tier=gold" and first.prompt_tokens > 0
     assert other.text and other.cost_usd > 0
+    assert (first.requests, other.requests) == (2, 1)  # the model calls that made each answer
+    # An answer an earlier pass made is reused, its two requests counted as two cache hits (paid for once).
+    plan = SimpleNamespace(settings=SimpleNamespace(seed=0), baseline_answers={CASE.id: first})
+    baseline = SimpleNamespace(name="baseline", prompt=TIERED, model=TIERED.model)
+    later = _runner(litellm)
+    assert asyncio.run(answer_case(later, plan, None, baseline, CASE)) is first  # type: ignore[arg-type]
+    assert (later.usage["app:baseline"].calls, later.usage["app:baseline"].cache_hits) == (0, 2)
 
 
 def test_the_template_target_answers_messages_prompts_with_retrieval_left_out(litellm: Any) -> None:
