@@ -231,12 +231,13 @@ def test_a_spent_budget_stops_the_run_and_never_promotes(workspace: Workspace) -
 def test_a_fifth_of_calls_failing_gives_the_same_scores_and_decisions_and_reports_the_retries(
         workspace: Workspace, decided: EvaluationResult, monkeypatch: pytest.MonkeyPatch) -> None:
     # 20% of calls fail: 429 with Retry-After, timeouts, 500s and (judge) verdicts that are not JSON.
+    # attempt_seed: a retry draws afresh, yet every run of this test meets the same faults.
     faults = {"error_rate": 0.2, "faults": {"rate_limit": 1, "timeout": 1, "server_error": 1, "malformed": 1},
-              "retry_after_s": 0.01}
+              "retry_after_s": 0.01, "attempt_seed": 21}
     monkeypatch.setenv("PROMPTLOOP_SIMULATION", json.dumps(faults))
-    # Faults are random here, so budgets are set for certainty: a verdict stays unreadable only if 7 turns in a
-    # row are malformed (0.05**7, about 1e-9 per verdict); with the default 2 repairs it is 1.25e-4 per verdict,
-    # which over ~1,000 verdicts failed about one run in eight.
+    # Budgets are set as for random faults: a verdict stays unreadable only if 7 turns in a row are malformed
+    # (0.05**7, about 1e-9 per verdict); with the default 2 repairs it is 1.25e-4 per verdict, which over
+    # ~1,000 verdicts would fail about one seed in eight.
     flaky = with_settings(workspace, llm={"cache": None, "retry_base_delay_s": 0.0, "max_retries": 8,
                                           "max_repairs": 6})
     result = evaluate(

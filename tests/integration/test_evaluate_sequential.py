@@ -89,7 +89,7 @@ def test_the_same_seed_runs_the_same_race(workspace: Workspace, raced: Evaluatio
 def test_a_fifth_of_calls_failing_runs_the_same_race_to_the_same_decisions(
         workspace: Workspace, raced: EvaluationResult, monkeypatch: pytest.MonkeyPatch) -> None:
     faults = {"error_rate": 0.2, "faults": {"rate_limit": 1, "timeout": 1, "server_error": 1, "malformed": 1},
-              "retry_after_s": 0.01}
+              "retry_after_s": 0.01, "attempt_seed": 22}  # retries escape, the same faults every run
     monkeypatch.setenv("PROMPTLOOP_SIMULATION", json.dumps(faults))
     flaky = with_sequential(workspace, enabled=True)
     flaky = Workspace(flaky.root, flaky.params.model_copy(update={"llm": flaky.params.llm.model_copy(

@@ -7,7 +7,9 @@ import hashlib
 import hmac
 import json
 import random
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,9 @@ MODELS: dict[str, Responder] = {
     "optimizer": lambda messages, temperature, rng: optimizer.revise(messages, rng),
 }
 _REQUEST = httpx.Request("POST", "http://offline.invalid/v1/chat/completions")
+# How often this process was sent each (attempt_seed, request): the attempt number its faults are drawn from.
+_ATTEMPTS: Counter[tuple[int, str]] = Counter()
+_ATTEMPTS_LOCK = threading.Lock()
 
 
 class OfflineProvider(CustomLLM):
@@ -101,9 +106,7 @@ def _respond(
     # Same seed + same request = same answer; no seed behaves like a real sampled model.
     key = f"{seed}|{model}|{json.dumps(messages, sort_keys=True)}"
     rng = random.Random(key) if seed is not None else random.Random()
-    # Faults are random, so a retry can succeed; a fault_seed makes them a fixed function of the request.
-    fault_rng = random.Random(f"{settings.fault_seed}|{key}") if settings.fault_seed is not None else random.Random()
-    fault = _draw_fault(settings, fault_rng)
+    fault = _draw_fault(settings, _fault_rng(settings, key))
     if fault and fault != "malformed":
         _raise_fault(fault, model, settings)
     text = responder(messages, temperature, rng)
@@ -122,6 +125,19 @@ def _respond(
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
     )
     return response
+
+
+def _fault_rng(settings: SimulationSettings, key: str) -> random.Random:
+    """Where a request's fault comes from: chance by default, so a retry can succeed; a fixed function of
+    the request under `fault_seed`; of the request and its attempt number under `attempt_seed`."""
+    if settings.fault_seed is not None:
+        return random.Random(f"{settings.fault_seed}|{key}")
+    if settings.attempt_seed is not None:
+        with _ATTEMPTS_LOCK:
+            _ATTEMPTS[(settings.attempt_seed, key)] += 1
+            attempt = _ATTEMPTS[(settings.attempt_seed, key)]
+        return random.Random(f"attempt|{settings.attempt_seed}|{attempt}|{key}")
+    return random.Random()
 
 
 def _draw_fault(settings: SimulationSettings, rng: random.Random) -> str | None:

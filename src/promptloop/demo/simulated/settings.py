@@ -36,6 +36,11 @@ class SimulationSettings(BaseModel):
     fault_seed: int | None = Field(
         default=None, description="faults drawn from the request and this seed (no retry escapes them)"
     )
+    attempt_seed: int | None = Field(
+        default=None,
+        description="faults drawn from the request, how often this process was sent it, and this seed: "
+        "a retry can escape them, yet every run meets the same faults",
+    )
     api_key_sha256: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{64}$",
         description="calls must carry the API key with this sha256 (hex), else a 401; the hash, never the key",
