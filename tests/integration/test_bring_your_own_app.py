@@ -165,6 +165,20 @@ def test_a_case_without_a_variable_the_prompt_renders_stops_before_any_call(tmp_
     assert not workspace.path(".promptloop/llm-cache.sqlite").exists()  # stopped before the first call
 
 
+def test_an_import_whose_column_the_prompt_does_not_use_is_refused_naming_its_line(
+        tmp_path: Path, outside: Path) -> None:
+    workspace = make_app(tmp_path / "ws", "concierge", "template", outside)
+    golden = workspace.path(workspace.app_settings("concierge").golden_set)
+    before = golden.read_bytes()
+    caps = tmp_path / "caps.csv"  # a spreadsheet's header "Question", where the prompt has {{ question }}
+    caps.write_text("inputs.customer_tier,Question\ngold,Where is the spa?\nsilver,Can I bring a dog?\n",
+                    encoding="utf-8")
+    with pytest.raises(InputError, match=r"caps\.csv: line 2: no \{\{ question \}\}, which prompts/concierge/"
+                                         r"prompt\.yaml uses \(its inputs hold \['Question', 'customer_tier'\]\)"):
+        import_golden(workspace, "concierge", str(caps))
+    assert golden.read_bytes() == before
+
+
 class HotelHandler(BaseHTTPRequestHandler):
     """An app in another language, as far as promptloop knows: it answers from the rendered prompt."""
 

@@ -21,6 +21,21 @@ def as_inputs(question: str | Inputs) -> dict[str, object]:
     return {"question": question} if isinstance(question, str) else dict(question)
 
 
+def unfilled_variables(prompt: PromptVersion, source: str, inputs: Inputs, target: str,
+                       retrieves: bool) -> str | None:
+    """Why a case with `inputs` cannot fill `prompt` (read from `source`), None when it can, where promptloop
+    renders the prompt: the template target (which fills `context` when it `retrieves`) and an HTTP target.
+    A `python:` app renders it itself and may add variables of its own."""
+    if target.startswith("python:"):
+        return None
+    given = as_inputs(inputs)
+    missing = prompt.missing_variables({**given, **({"context": ""} if target == "template" and retrieves else {})})
+    if not missing:
+        return None
+    placeholders = ", ".join(map(prompt.placeholder, missing))
+    return f"no {placeholders}, which {source} uses (its inputs hold {sorted(given) or 'nothing'})"
+
+
 def retrieval_query(inputs: Inputs) -> str:
     """What the retriever searches for: the question, else the last user turn."""
     question = inputs.get("question")

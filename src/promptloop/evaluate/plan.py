@@ -8,7 +8,7 @@ from pathlib import Path
 
 from promptloop.core.config import AppSettings, EvaluateSettings, Params
 from promptloop.core.errors import InputError
-from promptloop.domain.app import as_inputs
+from promptloop.domain.app import unfilled_variables
 from promptloop.domain.golden import GoldenCase, load_golden
 from promptloop.domain.kb import Retriever, load_kb
 from promptloop.domain.prompts import PromptVersion, load_prompt
@@ -150,18 +150,12 @@ def check_case_inputs(plan: EvalPlan, golden_set: Path) -> None:
     """Before any call, where promptloop renders the prompt (the template target, which fills `context` from the
     knowledge base, and an HTTP target): every case holds every variable each prompt uses. A `python:` app renders
     it itself and may add variables of its own: a case it cannot answer stops the evaluation there, named."""
-    target = plan.app_settings.target
-    if target.startswith("python:"):
-        return
-    filled = dict.fromkeys(["context"] if target == "template" and plan.retriever is not None else [], "")
     for contender in plan.runnable:
         for case in plan.cases:
-            inputs = as_inputs(case.inputs)
-            missing = contender.prompt.missing_variables({**inputs, **filled})
-            if missing:
-                placeholders = ", ".join(map(contender.prompt.placeholder, missing))
-                raise InputError(golden_set, f"no {placeholders}, which {contender.source} uses "
-                                 f"(its inputs hold {sorted(inputs) or 'nothing'})", field=f"case {case.id}")
+            problem = unfilled_variables(contender.prompt, contender.source, case.inputs, plan.app_settings.target,
+                                         plan.retriever is not None)
+            if problem:
+                raise InputError(golden_set, problem, field=f"case {case.id}")
 
 
 def locality_problem(workspace: Workspace, app: str, model: str) -> str | None:

@@ -1,8 +1,9 @@
 """`promptloop golden import`: cases from a CSV, a JSON Lines file or an MLflow evaluation dataset.
 
 Rows are read into golden cases (validated: an invalid row names its line and field and nothing is
-written), deduplicated against the set and each other (same id, or the same inputs), appended, and
-the new version is tracked with DVC and committed.
+written), deduplicated against the set and each other (same id, or the same inputs), checked against
+the variables the app's prompt file uses (where promptloop renders it: a `python:` app is not checked),
+appended, and the new version is tracked with DVC and committed.
 
 - JSON Lines: one golden case per line, in either form (`inputs`/`expectations`, or `input`/`reference`).
 - CSV: a column per input (`question`, or `inputs.<name>`), MLflow's expectation names as columns
@@ -25,7 +26,9 @@ from pydantic import BaseModel, ValidationError
 from promptloop.core.csvfile import read_csv_rows
 from promptloop.core.errors import InputError, input_error_from_validation
 from promptloop.core.jsonl import read_jsonl
+from promptloop.domain.app import unfilled_variables
 from promptloop.domain.golden import GoldenCase, load_golden
+from promptloop.domain.prompts import load_prompt
 from promptloop.improve.growth import append_cases
 from promptloop.workspace.versioning import commit_dataset_edit
 from promptloop.workspace.workspace import Workspace
@@ -105,8 +108,8 @@ def inputs_key(case: GoldenCase) -> str:
     return " ".join(json.dumps(case.inputs, sort_keys=True, ensure_ascii=False).lower().split())
 
 
-def read_cases(workspace: Workspace, source: str) -> list[GoldenCase]:
-    """Every case of `source`, validated; the first invalid row stops the import."""
+def read_cases(workspace: Workspace, source: str) -> list[tuple[int, GoldenCase]]:
+    """Every case of `source` with its line (record) number, validated; the first invalid row stops the import."""
     if source.startswith("mlflow:"):
         rows: Iterator[tuple[int, dict[str, Any]]] = mlflow_rows(workspace, source.removeprefix("mlflow:"))
     else:
@@ -120,7 +123,19 @@ def read_cases(workspace: Workspace, source: str) -> list[GoldenCase]:
             rows = ((n, dict(r)) for n, r in read_jsonl(path))
         else:
             raise InputError(path, "expected a .csv or .jsonl file, or mlflow:<dataset>")
-    return [case_of(number, data, source) for number, data in rows]
+    return [(number, case_of(number, data, source)) for number, data in rows]
+
+
+def check_prompt_variables(workspace: Workspace, app: str, source: str, cases: list[tuple[int, GoldenCase]]) -> None:
+    """Every case fills the variables the app's prompt file uses (where promptloop renders it), so a column
+    named `Question` for `{{ question }}` is refused here, naming its line, not at the first evaluation."""
+    settings = workspace.app_settings(app)
+    prompt = load_prompt(workspace.path(settings.prompt))
+    for number, case in cases:
+        problem = unfilled_variables(prompt, str(settings.prompt), case.inputs, settings.target,
+                                     settings.knowledge_base is not None)
+        if problem:
+            raise InputError(Path(source), problem, field=f"line {number}")
 
 
 def import_golden(workspace: Workspace, app: str, source: str) -> ImportResult:
@@ -130,14 +145,16 @@ def import_golden(workspace: Workspace, app: str, source: str) -> ImportResult:
     incoming = read_cases(workspace, source)
     existing = load_golden(golden) if golden.is_file() and golden.stat().st_size else []
     ids, keys = {c.id for c in existing}, {inputs_key(c) for c in existing}
-    added: list[GoldenCase] = []
-    for case in incoming:
+    added: list[tuple[int, GoldenCase]] = []
+    for number, case in incoming:
         if case.id in ids or inputs_key(case) in keys:
             continue
         ids.add(case.id)
         keys.add(inputs_key(case))
-        added.append(case)
-    md5, commit = commit_dataset_edit(workspace.root, golden, lambda: append_cases(golden, added),
+        added.append((number, case))
+    check_prompt_variables(workspace, app, source, added)
+    new_cases = [case for _, case in added]
+    md5, commit = commit_dataset_edit(workspace.root, golden, lambda: append_cases(golden, new_cases),
                                       f"golden import into {app}", f"golden import: {len(added)} case(s) into {app} "
                                                                    f"from {Path(source).name}")
     return ImportResult(app=app, source=source, read=len(incoming), added=len(added),
