@@ -133,13 +133,13 @@ def quarantine_hint(result: CollectResult) -> str | None:
     from): a team's own log format fails every check at once, and the counts alone do not say what to do."""
     if not result.rows_quarantined:
         return None
-    where = f"data/{result.app}/quarantine" if result.snapshot is None else \
-        f"{result.snapshot.rsplit('/', 1)[0]}/quarantine"
-    hint = f"{result.rows_quarantined} row(s) quarantined in {where}, each with its file:line and the checks it failed."
+    hint = (f"{result.rows_quarantined} row(s) quarantined in {result.quarantine}, each with its file:line and the "
+            "checks it failed.")
     if result.rows_valid == 0 and result.rows_duplicate == 0:
         hint += (" No row was stored: a log row is promptloop's log record (docs/concepts.md, \"The log record\"); "
-                 f"an app traced with MLflow, Langfuse or OpenTelemetry is read from there (apps.{result.app}.sources, "
-                 "docs/cli.md, \"collect\").")
+                 f"logs in your own JSON format are read through apps.{result.app}.log_mapping and log_defaults, "
+                 f"and an app traced with MLflow, Langfuse or OpenTelemetry is read from there (apps.{result.app}."
+                 "sources; docs/cli.md, \"collect\").")
     return hint
 
 

@@ -10,6 +10,7 @@ def collected(valid: int, quarantined: int, duplicate: int = 0) -> CollectResult
     return CollectResult(app="concierge", rows_in=valid + quarantined + duplicate, rows_valid=valid,
                          rows_quarantined=quarantined, rows_duplicate=duplicate, pii_redactions={},
                          failures={"id_missing": quarantined} if quarantined else {}, snapshot="data/hotel/logs",
+                         quarantine="data/hotel/quarantine",
                          dvc_md5=None, git_commit=None, mlflow_run_id="r", sources=["files:incoming/concierge"],
                          run="x")
 
@@ -18,6 +19,7 @@ def test_no_row_stored_points_to_the_log_record_and_the_other_sources() -> None:
     hint = quarantine_hint(collected(0, 50))
     assert hint is not None and hint.startswith("50 row(s) quarantined in data/hotel/quarantine")
     assert "promptloop's log record (docs/concepts.md" in hint and "apps.concierge.sources" in hint
+    assert "apps.concierge.log_mapping and log_defaults" in hint
 
 
 def test_some_rows_quarantined_only_say_where() -> None:

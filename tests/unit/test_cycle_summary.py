@@ -27,7 +27,8 @@ UI = "http://127.0.0.1:5000/"
 
 def collected(rows: int) -> CollectResult:
     return CollectResult(app="support-bot", rows_in=rows, rows_valid=rows, rows_quarantined=0, rows_duplicate=0,
-                         pii_redactions={}, failures={}, snapshot=None, dvc_md5=None, git_commit=None,
+                         pii_redactions={}, failures={}, snapshot=None, quarantine="data/support-bot/quarantine",
+                         dvc_md5=None, git_commit=None,
                          mlflow_run_id="collect-run", sources=[], run="r1")
 
 

@@ -32,6 +32,7 @@ RAW_COLUMNS = (*LOG_FIELDS, ORIGIN, EXTRA)
 log = logging.getLogger(__name__)
 # A JSON Lines file in a folder, current or rotated (`.1`, `.2`, ... or logrotate's `-YYYYMMDD`)
 ROTATED_JSONL = re.compile(r"\.jsonl?(?:[.-]\d+)?$")
+Shape = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_DEPTH = 254  # orjson reads 1024 nested levels but writes only 254, and rows are written back as JSON
 
 
@@ -103,6 +104,7 @@ class FileSource(Source):
     pattern: str
     root: Path = Path(".")
     max_line_bytes: int = 1_000_000  # a longer JSON Lines line is quarantined unread
+    shape: Shape | None = None  # a line in the app's own format -> a log record (collect.mapping)
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
@@ -140,7 +142,7 @@ class FileSource(Source):
         marks = {name: ReadMark.from_state(state, f"watermarks.{self.key}.files.{name}")
                  for name, state in seen.items() if isinstance(state, dict) and "offset" in state}
         yielded = dict(seen)  # the file states as of the last batch handed out
-        pending = _Pending()
+        pending = _Pending(self.shape)
         for path in self.files():
             name = self.state_name(path)
             state = seen.get(name)
@@ -180,7 +182,8 @@ class FileSource(Source):
 class _Pending:
     """Columns being filled for the next batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, shape: Shape | None = None) -> None:
+        self.shape = shape
         self.columns: dict[str, list[Any]] = {c: [] for c in RAW_COLUMNS}
         self.unreadable: list[Unreadable] = []
         self.offset_after = 0  # where the last JSON Lines file was read up to
@@ -189,6 +192,10 @@ class _Pending:
     @property
     def rows(self) -> int:
         return len(self.columns[ORIGIN]) + len(self.unreadable)
+
+    def append(self, record: dict[str, Any], origin: str) -> None:
+        """One parsed row, in the app's own format when the source has a shape."""
+        _append_record(record if self.shape is None else self.shape(record), origin, self.columns)
 
     def flush(self, watermark: dict[str, Any]) -> SourceBatch:
         batch = SourceBatch(frame_from_columns(self.columns), self.unreadable, watermark)
@@ -306,7 +313,7 @@ def _parse_line(raw: bytes, origin: str, pending: _Pending) -> None:
             Unreadable(origin, f"too_deep: nested over {MAX_DEPTH} levels", raw.decode("utf-8", "replace").rstrip("\n"))
         )
         return
-    _append_record(record, origin, pending.columns)
+    pending.append(record, origin)
 
 
 def _too_deep(raw: bytes, record: dict[str, Any]) -> bool:
@@ -356,7 +363,7 @@ def read_parquet_rows(path: Path, done: int, pending: _Pending, max_rows: int, l
                 index += 1
                 if index <= done:
                     continue
-                _append_record(record, f"{label}:row {index - 1}", pending.columns)
+                pending.append(record, f"{label}:row {index - 1}")
                 if pending.rows >= max_rows:
                     yield index
     except (pa.ArrowInvalid, OSError) as exc:

@@ -25,7 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from promptloop.collect.sources import EXTRA, ORIGIN, FileSource, Source, SourceBatch, Unreadable
+from promptloop.collect.mapping import LogMapping
+from promptloop.collect.sources import EXTRA, ORIGIN, FileSource, Shape, Source, SourceBatch, Unreadable
 from promptloop.collect.trace_collect import collect_late_feedback, prepare_trace_sources
 from promptloop.collect.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
 from promptloop.core.config import AppSettings, CollectSettings
@@ -96,12 +97,13 @@ class Totals:
 
 
 def source_from_uri(uri: str, root: Path, *, allow_outside: bool = True, max_line_bytes: int = 1_000_000,
-                    settings: CollectSettings | None = None) -> Source:
+                    settings: CollectSettings | None = None, shape: Shape | None = None) -> Source:
     """A log source: a path or glob of files, `mlflow:<experiment>` for MLflow traces,
     `langfuse-export:<path>` / `langfuse:[<host>]` for Langfuse, `otel:<path>` for OTLP JSON files.
 
     Without `allow_outside`, files must be inside the workspace (`--source` needs `--allow-outside`
-    to read elsewhere; a Prefect run form never can). `settings` (collect's) configure the trace sources.
+    to read elsewhere; a Prefect run form never can). `settings` (collect's) configure the trace sources;
+    `shape` reads a file's lines in the app's own format (`collect.mapping`).
     """
     settings = settings or CollectSettings()
     if uri.startswith("mlflow:"):
@@ -148,7 +150,7 @@ def source_from_uri(uri: str, root: Path, *, allow_outside: bool = True, max_lin
         raise InputError(
             uri, "source not found (a file, folder or glob of .jsonl/.parquet files, or mlflow:<experiment>)"
         )
-    return FileSource(uri, root, max_line_bytes)
+    return FileSource(uri, root, max_line_bytes, shape)
 
 
 def inside(root: Path, uri: str) -> bool:
@@ -167,11 +169,14 @@ def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, 
     """
     settings = workspace.app_settings(app)
     max_line = workspace.params.collect.max_line_bytes
+    mapping = LogMapping.of(app, settings.log_mapping, settings.log_defaults)
+    shape = None if mapping is None else mapping.record
     if source_uri:
         sources = [source_from_uri(source_uri, workspace.root, allow_outside=allow_outside, max_line_bytes=max_line,
-                                   settings=workspace.params.collect)]
+                                   settings=workspace.params.collect, shape=shape)]
     else:
-        sources = [source_from_uri(uri, workspace.root, max_line_bytes=max_line, settings=workspace.params.collect)
+        sources = [source_from_uri(uri, workspace.root, max_line_bytes=max_line, settings=workspace.params.collect,
+                                   shape=shape)
                    for uri in settings.sources or [str(settings.log_dir)]]
     state_path = workspace.path(settings.data_dir) / STATE_FILE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {"watermarks": {}}
@@ -484,6 +489,7 @@ def summary(plan: CollectPlan, totals: Totals, versioned: Snapshot, run_id: str)
                          feedback_updated=totals.feedback_updated,
                          pii_redactions=dict(sorted(totals.pii_redactions.items())),
                          failures=dict(totals.failures.most_common()), snapshot=versioned.snapshot,
+                         quarantine=(Path(plan.settings.data_dir) / QUARANTINE).as_posix(),
                          dvc_md5=versioned.dvc_md5, git_commit=versioned.commit, mlflow_run_id=run_id,
                          sources=[s.key for s in plan.sources], run=plan.run)
 

@@ -251,6 +251,17 @@ class AppSettings(Section):
         description="MLflow traces: log field (input, user_id, session_id, inputs.<name>: into the trace's request; "
         "output: into its response) -> JSON path such as $.question or $.messages[-1].content",
     )
+    log_mapping: dict[str, JsonPath] = Field(
+        default_factory=dict,
+        description="JSON Lines/Parquet logs in your own format: log field (id, timestamp, input, output, "
+        "latency_ms, feedback, user_id, ..., inputs.<name>) -> JSON path in each line such as $.ts or "
+        "$.request.messages[-1].content; unmapped fields keep the line's own key of that name",
+    )
+    log_defaults: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict,
+        description="JSON Lines/Parquet logs in your own format: the value of a log field its lines lack "
+        "(e.g. prompt_version: '1', model: gpt-4o-mini, prompt_tokens: 0)",
+    )
     commercial: bool = Field(default=True, description="a model with a non-commercial license is never promoted")
     scorers: list[Scorer] = Field(default_factory=lambda: list(SCORERS), min_length=1)
     forbidden_phrases: list[str] = Field(default_factory=list, description="no answer may contain these (every case)")

@@ -31,6 +31,7 @@ class CollectResult(Record):
     pii_redactions: dict[str, int]
     failures: dict[str, int] = Field(description="quarantine reasons and how many rows each")
     snapshot: str | None = Field(description="the log dataset folder, relative to the workspace")
+    quarantine: str = Field(description="where quarantined rows are written, relative to the workspace")
     dvc_md5: str | None
     git_commit: str | None
     mlflow_run_id: str

@@ -1,0 +1,102 @@
+"""A team's own log lines read as log records: `apps.<app>.log_mapping` and `apps.<app>.log_defaults`.
+
+An app that already logs JSON need not rewrite its logging for promptloop. The mapping names, for each
+log-record field its lines hold under another name, a JSON path into the line (`$.ts`,
+`$.request.messages[-1].content`, `inputs.<name>` for a prompt variable); the defaults give the fields
+its lines lack (`prompt_version`, `model`, ...). A field keeps the line's own key of that name when
+it is neither mapped nor defaulted, so a mapping only lists what differs.
+
+Values are read the way the MLflow trace mapping reads them: a message's content as text, feedback
+words (up/down, thumbs_up, ...) and booleans as 1/-1, numbers by their sign; an epoch number (seconds,
+or milliseconds) as a timestamp. Keys of the line that no field used go into `metadata`, so nothing is
+dropped, and a line without an id gets one from its content (the same line collected twice is a
+duplicate, not a second interaction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from promptloop.collect.traces import feedback_score, text_of
+from promptloop.core.errors import InputError
+from promptloop.core.jsonpath import Step, find, parse_path
+from promptloop.domain.logs import LOG_FIELDS, iso
+
+TEXT_FIELDS = frozenset({"app", "prompt_version", "model", "input", "output", "error", "feedback_comment", "user_id"})
+INPUTS = "inputs."
+EPOCH_MS_FROM = 10**11  # an epoch number this large counts milliseconds (10**11 s is the year 5138)
+
+
+@dataclass(frozen=True)
+class LogMapping:
+    """Where each log-record field is in a line (parsed JSON paths) and the constants for fields it lacks."""
+
+    paths: Mapping[str, tuple[Step, ...]]
+    defaults: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, app: str, paths: Mapping[str, str], defaults: Mapping[str, Any]) -> LogMapping | None:
+        """The app's mapping (None when it has neither), its field names checked against the log record."""
+        if not paths and not defaults:
+            return None
+        for section, names in (("log_mapping", paths), ("log_defaults", defaults)):
+            for name in names:
+                mapped_input = section == "log_mapping" and name.startswith(INPUTS) and len(name) > len(INPUTS)
+                if name not in LOG_FIELDS and not mapped_input or (section == "log_defaults" and name == "id"):
+                    known = ", ".join(f for f in LOG_FIELDS if section == "log_mapping" or f != "id")
+                    extra = " or inputs.<name>" if section == "log_mapping" else ""
+                    raise InputError(Path("params.yaml"), f"not a log-record field (one of {known}{extra})",
+                                     field=f"apps.{app}.{section}.{name}")
+        return cls({name: parse_path(path) for name, path in paths.items()}, dict(defaults))
+
+    def record(self, line: dict[str, Any]) -> dict[str, Any]:
+        """The log record `line` maps to (still to be validated like any other row)."""
+        record = {name: line[name] for name in LOG_FIELDS if name in line}
+        inputs = dict(record["inputs"]) if isinstance(record.get("inputs"), dict) else {}
+        for name, steps in self.paths.items():
+            value = find(line, steps)
+            if value is None:
+                continue
+            if name.startswith(INPUTS):
+                inputs[name[len(INPUTS):]] = value
+            else:
+                record[name] = value
+        for name, value in self.defaults.items():
+            record.setdefault(name, value)
+        record = {name: field_value(name, value) for name, value in record.items()}
+        if inputs:
+            record["inputs"] = inputs
+        used = {steps[0] for steps in self.paths.values() if steps and isinstance(steps[0], str)}
+        rest = {key: value for key, value in line.items() if key not in LOG_FIELDS and key not in used}
+        if rest:
+            own = record.get("metadata")
+            record["metadata"] = {**rest, **own} if isinstance(own, dict) else rest
+        record.setdefault("id", "line-" + hashlib.sha256(orjson.dumps(line, option=orjson.OPT_SORT_KEYS,
+                                                                      default=str)).hexdigest()[:20])
+        return record
+
+
+def field_value(name: str, value: Any) -> Any:
+    """A mapped value as its field holds it: text, a -1/0/1 feedback, an ISO timestamp from an epoch number;
+    anything else as it is (validation then says what is wrong with it)."""
+    if name in TEXT_FIELDS:
+        return text_of(value)
+    if name == "feedback":
+        score = feedback_score(value)
+        return value if score is None else score
+    if name == "timestamp" and isinstance(value, datetime) and value.tzinfo is not None:
+        return iso(value)  # a Parquet timestamp column with its zone
+    if name == "timestamp" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value / 1000 if abs(value) >= EPOCH_MS_FROM else value
+        try:
+            return iso(datetime.fromtimestamp(seconds, UTC))
+        except (OverflowError, OSError, ValueError):
+            return value
+    return value

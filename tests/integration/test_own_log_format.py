@@ -1,0 +1,121 @@
+"""Logs promptloop did not design: a team's own JSON lines collected through `log_mapping` and `log_defaults`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from promptloop.collect.stage import collect
+from promptloop.core.errors import InputError
+from promptloop.ops.initialize import init_workspace
+from promptloop.workspace.workspace import Workspace, open_workspace
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+MAPPING = {
+    "id": "$.request_id",
+    "timestamp": "$.ts",
+    "input": "$.request.messages[-1].content",
+    "output": "$.response.choices[0].message",
+    "latency_ms": "$.duration_ms",
+    "prompt_tokens": "$.usage.in",
+    "completion_tokens": "$.usage.out",
+    "feedback": "$.rating",
+    "user_id": "$.user.id",
+    "inputs.customer_tier": "$.account.tier",
+}
+DEFAULTS = {"app": "support-bot", "prompt_version": "1", "model": "offline/support-bot"}
+
+
+def line(n: int, **changes: Any) -> dict[str, Any]:
+    """One line of the team's own log format (nothing in it is named as the log record names it)."""
+    base = {
+        "request_id": f"req-{n}",
+        "ts": (NOW - timedelta(hours=n)).timestamp(),  # epoch seconds
+        "request": {"messages": [{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": f"How do I export notebook {n}?"}]},
+        "response": {"choices": [{"message": {"role": "assistant", "content": "Use File > Export."}}]},
+        "duration_ms": 812,
+        "usage": {"in": 120, "out": 30},
+        "rating": None,
+        "user": {"id": f"u-{n}", "email": "ann@example.com"},
+        "account": {"tier": "gold"},
+        "env": "prod",
+    }
+    base.update(changes)
+    return {key: value for key, value in base.items() if value is not ...}
+
+
+LINES = [
+    line(1),
+    line(2, rating="down"),
+    line(3, rating=True, ts=(NOW - timedelta(hours=3)).timestamp() * 1000),  # epoch milliseconds
+    line(4, request_id=...),  # no id: one derived from the line
+    line(4, request_id=...),  # the same line again: a duplicate, not a second interaction
+    line(5, ts="2026-11-20 09:00:00"),  # no zone: quarantined like any row
+    line(6, rating="meh"),  # not a feedback word: quarantined, not guessed
+]
+
+
+def with_mapping(root: Path, mapping: dict[str, str], defaults: dict[str, Any]) -> Workspace:
+    params_file = root / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["apps"]["support-bot"].update(log_mapping=mapping, log_defaults=defaults)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return open_workspace(root)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    init_workspace(tmp_path / "ws")
+    logs = tmp_path / "ws" / "incoming" / "support-bot"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "app.jsonl").write_text("".join(json.dumps(item) + "\n" for item in LINES), encoding="utf-8")
+    return tmp_path / "ws"
+
+
+def test_without_a_mapping_a_teams_own_lines_are_all_quarantined(root: Path) -> None:
+    result = collect(open_workspace(root), "support-bot", now=NOW)
+    assert (result.rows_in, result.rows_valid) == (len(LINES), 0)
+    assert result.failures["extra_fields"] == len(LINES) and result.failures["id_missing"] == len(LINES)
+
+
+def test_mapped_lines_are_collected_as_log_records_and_nothing_is_dropped(root: Path) -> None:
+    workspace = with_mapping(root, MAPPING, DEFAULTS)
+    result = collect(workspace, "support-bot", now=NOW)
+    assert (result.rows_in, result.rows_valid, result.rows_duplicate, result.rows_quarantined) == (7, 4, 1, 2)
+    assert result.failures == {"timestamp_not_iso_with_zone": 1, "feedback_type": 1, "duplicate_id": 1}
+
+    stored = pd.read_parquet(workspace.path("data/support-bot/logs")).set_index("id")
+    first = stored.loc["req-1"]
+    assert first["input"] == "How do I export notebook 1?" and first["output"] == "Use File > Export."
+    assert (first["app"], first["prompt_version"], first["model"]) == ("support-bot", "1", "offline/support-bot")
+    assert (first["latency_ms"], first["prompt_tokens"], first["completion_tokens"]) == (812, 120, 30)
+    assert first["timestamp"] == pd.Timestamp(NOW - timedelta(hours=1))
+    assert stored.loc["req-3", "timestamp"] == pd.Timestamp(NOW - timedelta(hours=3))  # from milliseconds
+    assert (stored.loc["req-2", "feedback"], stored.loc["req-3", "feedback"]) == (-1, 1)
+    assert pd.isna(first["feedback"])
+    assert json.loads(first["inputs"]) == {"customer_tier": "gold"}
+    # Keys no field used are kept in metadata; `user` was used (its id is hashed, its email not stored).
+    assert json.loads(first["metadata"]) == {"env": "prod"}
+    assert first["user_hash"] and "u-1" not in set(stored["user_hash"])
+    derived = [i for i in stored.index if not i.startswith("req-")]
+    assert len(derived) == 1 and derived[0].startswith("line-")
+
+    again = collect(workspace, "support-bot", now=NOW)
+    assert again.rows_in == 0  # the file's watermark holds as for any log file
+
+
+def test_a_field_the_log_record_does_not_have_is_named_in_the_error(root: Path) -> None:
+    workspace = with_mapping(root, {**MAPPING, "question": "$.request.messages[-1].content"}, DEFAULTS)
+    with pytest.raises(InputError, match=r"params\.yaml: apps\.support-bot\.log_mapping\.question: not a "
+                                         r"log-record field \(one of id, timestamp, .* or inputs\.<name>\)"):
+        collect(workspace, "support-bot", now=NOW)
+    workspace = with_mapping(root, MAPPING, {**DEFAULTS, "id": "same-for-all"})
+    with pytest.raises(InputError, match=r"apps\.support-bot\.log_defaults\.id: not a log-record field"):
+        collect(workspace, "support-bot", now=NOW)
