@@ -56,7 +56,7 @@ class EvalPlan:
     # leave them out: only the rubric's gain is reported there, and the guards gate on held-out cases only.
     guards: bool = True
     # case id -> the baseline's answer an earlier pass of the evaluation already made: reused, not asked again
-    # (without a response cache it would be paid twice; see EvalRun.calibration_answers)
+    # (without a response cache it would be paid twice; see EvalRun.baseline_answers)
     baseline_answers: dict[str, Answer] = field(default_factory=dict)
 
     @property

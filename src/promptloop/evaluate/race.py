@@ -241,7 +241,7 @@ def report_decided(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Rac
         extra = run_look(dataclasses.replace(
             plan, cases=[c for c in plan.cases if c.id in wanted],
             candidates=[c for c in plan.candidates if c.name in decided], calibration_cases=[], pairwise=False,
-            guards=False, baseline_answers=run.calibration_answers,
+            guards=False, baseline_answers=run.baseline_answers,
             settings=plan.settings.model_copy(update=dict(zip(("budget_usd", "budget_calls"),
                                                               remaining_budget(plan, [run]), strict=True)))),
             Workers(workspace, 1), NO_PROGRESS, batches=1)
@@ -270,9 +270,11 @@ def judge_pairwise(workspace: Workspace, plan: EvalPlan, run: EvalRun, race: Rac
 
     async def judge(name: str, case: GoldenCase) -> None:
         row, base = rows[name, case.id], rows[BASELINE, case.id]
+        made = run.baseline_answers.get(case.id)
+        context = made.context if made is not None else ""
         try:
             row.update(await judges[name].score(case, row_answer(row, ""),
-                                                row_answer(base, run.contexts.get(case.id, ""))))
+                                                row_answer(base, context)))
         except JudgeFailed as exc:
             row["judge_failure"] = row.get("judge_failure") or str(exc)
 

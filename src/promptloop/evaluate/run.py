@@ -66,12 +66,10 @@ class EvalRun:
     usage: dict[str, Usage] = field(default_factory=dict)
     cpu_s: float = 0.0  # CPU time of the process(es) while the calls ran (for benchmarks)
     latency_probe: ProbeResult | None = None  # when the provider reported no time for some answer
-    # case id -> the context the judge was shown with the baseline's answer: the pairwise judge after a race
-    # compares answers already made, and needs it (it is not a row column: rows go to MLflow tables and traces)
-    contexts: dict[str, str] = field(default_factory=dict)
-    # case id -> the baseline's answer made only to calibrate the judge on a labelled case the run did not score:
+    # case id -> the baseline's answer, scored or made only to calibrate the judge on a labelled case: the
+    # pairwise judge after a race needs its context (not a row column: rows go to MLflow tables and traces), and
     # a later pass that scores the baseline there (the optimizer's cases after a race) reuses it, not asks again
-    calibration_answers: dict[str, Answer] = field(default_factory=dict)
+    baseline_answers: dict[str, Answer] = field(default_factory=dict)
 
 
 async def answer_case(runner: Runner, plan: EvalPlan, target: Target, contender: Contender,
@@ -212,8 +210,6 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
     async def score(contender: Contender, case: GoldenCase) -> None:
         answer = await answers[contender.name, case.id]
         baseline = await answers[BASELINE, case.id] if contender.name != BASELINE else None
-        if contender.name == BASELINE:
-            run.contexts[case.id] = answer.context
         run.rows.append(await scored_row(scorers[contender.name], contender, case, answer, baseline))
         advance(1)
 
@@ -244,9 +240,7 @@ async def run_evaluation(plan: EvalPlan, runner: Runner, scorers: dict[str, list
                 group.create_task(calibrate(case))
         # Every answer is in: the flips that could hold a candidate are re-judged before they may.
         made = {key: task.result() for key, task in answers.items()}
-        scored = {c.id for c in plan.cases}
-        run.calibration_answers = {case: answer for (name, case), answer in made.items()
-                                   if name == BASELINE and case not in scored}
+        run.baseline_answers = {case: answer for (name, case), answer in made.items() if name == BASELINE}
         await rejudge_flips(plan, run, scorers, made)
     except* (CallFailed, BudgetExceeded) as failures:
         run.stopped = str(failures.exceptions[0])
@@ -302,9 +296,7 @@ def merge_runs(plan: EvalPlan, runs: list[EvalRun]) -> EvalRun:
             usage.setdefault(purpose, Usage()).add(used)
     merged = EvalRun([row for run in runs for row in run.rows], [c for run in runs for c in run.calibration],
                      next((run.stopped for run in runs if run.stopped), None), usage, sum(run.cpu_s for run in runs),
-                     contexts={case: text for run in runs for case, text in run.contexts.items()},
-                     calibration_answers={case: answer for run in runs
-                                          for case, answer in run.calibration_answers.items()})
+                     baseline_answers={case: answer for run in runs for case, answer in run.baseline_answers.items()})
     return in_plan_order(plan, merged)
 
 
