@@ -62,10 +62,10 @@ LINES = [
 ]
 
 
-def with_mapping(root: Path, mapping: dict[str, str], defaults: dict[str, Any]) -> Workspace:
+def with_mapping(root: Path, mapping: dict[str, str], defaults: dict[str, Any], zone: str | None = None) -> Workspace:
     params_file = root / "params.yaml"
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    params["apps"]["support-bot"].update(log_mapping=mapping, log_defaults=defaults)
+    params["apps"]["support-bot"].update(log_mapping=mapping, log_defaults=defaults, log_timezone=zone)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return open_workspace(root)
 
@@ -109,6 +109,14 @@ def test_mapped_lines_are_collected_as_log_records_and_nothing_is_dropped(root: 
 
     again = collect(workspace, "support-bot", now=NOW)
     assert again.rows_in == 0  # the file's watermark holds as for any log file
+
+
+def test_a_log_timezone_collects_the_lines_written_without_a_zone(root: Path) -> None:
+    workspace = with_mapping(root, MAPPING, DEFAULTS, zone="Asia/Seoul")
+    result = collect(workspace, "support-bot", now=NOW)
+    assert (result.rows_valid, result.failures) == (5, {"feedback_type": 1, "duplicate_id": 1})
+    stored = pd.read_parquet(workspace.path("data/support-bot/logs")).set_index("id")
+    assert stored.loc["req-5", "timestamp"] == pd.Timestamp("2026-11-20T00:00:00Z")  # 09:00 in Seoul
 
 
 def test_a_field_the_log_record_does_not_have_is_named_in_the_error(root: Path) -> None:

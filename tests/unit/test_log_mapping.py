@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 
 from promptloop.collect.mapping import LogMapping
+from promptloop.core.config import load_params, parse_params
+from promptloop.core.errors import InputError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_mapping_lists_only_what_differs_and_defaults_fill_only_what_is_missing() -> None:
@@ -32,3 +39,26 @@ def test_timestamps_from_epoch_numbers_and_zoned_datetimes_and_nothing_else_is_g
 
 def test_no_mapping_and_no_defaults_is_no_mapping() -> None:
     assert LogMapping.of("bot", {}, {}) is None
+
+
+def test_a_log_timezone_places_timestamps_written_without_one() -> None:
+    seoul = LogMapping.of("bot", {}, {}, "Asia/Seoul")
+    assert seoul is not None
+    assert seoul.record({"timestamp": "2026-11-20 09:00:00"})["timestamp"] == "2026-11-20T09:00:00.000+09:00"
+    assert seoul.record({"timestamp": datetime(2026, 11, 20, 9)})["timestamp"] == "2026-11-20T09:00:00.000+09:00"
+    zoned = "2026-11-20T09:00:00+00:00"
+    assert seoul.record({"timestamp": zoned})["timestamp"] == zoned  # its own zone is kept
+    assert seoul.record({"timestamp": "09:00 yesterday"})["timestamp"] == "09:00 yesterday"
+
+
+def test_log_settings_load_and_an_unknown_zone_names_its_field() -> None:
+    raw = load_params(REPO / "params.yaml").model_dump(mode="json")
+    raw["apps"]["support-bot"].update(log_mapping={"input": "$.q"}, log_defaults={"model": "m"}, log_timezone="UTC")
+    app = parse_params(raw).apps["support-bot"]
+    assert (app.log_mapping, app.log_defaults, app.log_timezone) == ({"input": "$.q"}, {"model": "m"}, "UTC")
+    raw["apps"]["support-bot"]["log_timezone"] = "Mars/Olympus"
+    with pytest.raises(InputError, match=r"params.yaml: apps.support-bot.log_timezone: .*not a time zone name"):
+        parse_params(raw, "params.yaml")
+    raw["apps"]["support-bot"].update(log_timezone=None, log_mapping={"input": "q"})
+    with pytest.raises(InputError, match=r"params.yaml: apps.support-bot.log_mapping.input: .*starts with '\$'"):
+        parse_params(raw, "params.yaml")

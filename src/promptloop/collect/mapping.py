@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -40,11 +41,13 @@ class LogMapping:
 
     paths: Mapping[str, tuple[Step, ...]]
     defaults: Mapping[str, Any]
+    zone: ZoneInfo | None = None  # of timestamps written without one
 
     @classmethod
-    def of(cls, app: str, paths: Mapping[str, str], defaults: Mapping[str, Any]) -> LogMapping | None:
-        """The app's mapping (None when it has neither), its field names checked against the log record."""
-        if not paths and not defaults:
+    def of(cls, app: str, paths: Mapping[str, str], defaults: Mapping[str, Any],
+           zone: str | None = None) -> LogMapping | None:
+        """The app's mapping (None when it has none of the three), its field names checked against the log record."""
+        if not paths and not defaults and zone is None:
             return None
         for section, names in (("log_mapping", paths), ("log_defaults", defaults)):
             for name in names:
@@ -54,7 +57,8 @@ class LogMapping:
                     extra = " or inputs.<name>" if section == "log_mapping" else ""
                     raise InputError(Path("params.yaml"), f"not a log-record field (one of {known}{extra})",
                                      field=f"apps.{app}.{section}.{name}")
-        return cls({name: parse_path(path) for name, path in paths.items()}, dict(defaults))
+        return cls({name: parse_path(path) for name, path in paths.items()}, dict(defaults),
+                   None if zone is None else ZoneInfo(zone))
 
     def record(self, line: dict[str, Any]) -> dict[str, Any]:
         """The log record `line` maps to (still to be validated like any other row)."""
@@ -70,7 +74,7 @@ class LogMapping:
                 record[name] = value
         for name, value in self.defaults.items():
             record.setdefault(name, value)
-        record = {name: field_value(name, value) for name, value in record.items()}
+        record = {name: field_value(name, value, self.zone) for name, value in record.items()}
         if inputs:
             record["inputs"] = inputs
         used = {steps[0] for steps in self.paths.values() if steps and isinstance(steps[0], str)}
@@ -83,16 +87,20 @@ class LogMapping:
         return record
 
 
-def field_value(name: str, value: Any) -> Any:
-    """A mapped value as its field holds it: text, a -1/0/1 feedback, an ISO timestamp from an epoch number;
-    anything else as it is (validation then says what is wrong with it)."""
+def field_value(name: str, value: Any, zone: ZoneInfo | None = None) -> Any:
+    """A mapped value as its field holds it: text, a -1/0/1 feedback, an ISO timestamp from an epoch number
+    (or from one written without a zone, in `zone`); anything else as it is (validation says what is wrong)."""
     if name in TEXT_FIELDS:
         return text_of(value)
     if name == "feedback":
         score = feedback_score(value)
         return value if score is None else score
-    if name == "timestamp" and isinstance(value, datetime) and value.tzinfo is not None:
-        return iso(value)  # a Parquet timestamp column with its zone
+    if name == "timestamp" and isinstance(value, str) and zone is not None:
+        value = zoned(value, zone)
+    if name == "timestamp" and isinstance(value, datetime):
+        if value.tzinfo is None and zone is not None:
+            value = value.replace(tzinfo=zone)
+        return iso(value) if value.tzinfo is not None else value  # a Parquet timestamp column
     if name == "timestamp" and isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = value / 1000 if abs(value) >= EPOCH_MS_FROM else value
         try:
@@ -100,3 +108,12 @@ def field_value(name: str, value: Any) -> Any:
         except (OverflowError, OSError, ValueError):
             return value
     return value
+
+
+def zoned(text: str, zone: ZoneInfo) -> str:
+    """An ISO-8601 timestamp written without a zone, in `zone`; any other text as it is."""
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return text if stamp.tzinfo is not None else iso(stamp.replace(tzinfo=zone))

@@ -10,6 +10,7 @@ import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -262,6 +263,11 @@ class AppSettings(Section):
         description="JSON Lines/Parquet logs in your own format: the value of a log field its lines lack "
         "(e.g. prompt_version: '1', model: gpt-4o-mini, prompt_tokens: 0)",
     )
+    log_timezone: str | None = Field(
+        default=None,
+        description="JSON Lines/Parquet logs in your own format: the zone of timestamps written without one "
+        "(e.g. UTC, Asia/Seoul); unset: such rows are quarantined",
+    )
     commercial: bool = Field(default=True, description="a model with a non-commercial license is never promoted")
     scorers: list[Scorer] = Field(default_factory=lambda: list(SCORERS), min_length=1)
     forbidden_phrases: list[str] = Field(default_factory=list, description="no answer may contain these (every case)")
@@ -279,6 +285,16 @@ class AppSettings(Section):
         if path is not None:
             check_inside(path)
         return path
+
+    @field_validator("log_timezone")
+    @classmethod
+    def _known_zone(cls, zone: str | None) -> str | None:
+        if zone is not None:
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{zone!r}: not a time zone name (e.g. UTC, Europe/Berlin, Asia/Seoul)") from None
+        return zone
 
     @field_validator("target")
     @classmethod
