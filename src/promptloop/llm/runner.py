@@ -170,6 +170,17 @@ def is_retryable(litellm: litellm_module, error: BaseException) -> bool:
 
 
 @dataclass
+class LoopState:
+    """What one event loop's calls share: the concurrency bound, the requests in flight (an identical one waits
+    for their answer) and, inside `Runner.pooled`, the HTTP client an app's posts reuse (None until the first)."""
+
+    gate: asyncio.Semaphore
+    in_flight: dict[str, asyncio.Future[Completion]] = field(default_factory=dict)
+    pooling: bool = False
+    client: httpx.AsyncClient | None = None
+
+
+@dataclass
 class Runner:
     """Makes (or replays from the cache) every LLM call of a run, within its budget."""
 
@@ -190,10 +201,7 @@ class Runner:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
-        self._gates: dict[int, asyncio.Semaphore] = {}
-        # Per event loop inside `pooled`: the client its app posts share (None until the first post).
-        self._clients: dict[int, httpx.AsyncClient | None] = {}
-        self._in_flight: dict[int, dict[str, asyncio.Future[Completion]]] = {}
+        self._loops: dict[int, LoopState] = {}  # by id(loop): a semaphore and a future belong to one loop
         self._limiters: dict[str, RateLimiter | None] = {}
         self._output_modes: dict[str, str] = {}
 
@@ -210,23 +218,29 @@ class Runner:
             self._output_modes[model] = output_mode(self.litellm, self.llm, model)
         return self._output_modes[model]
 
+    def _here(self) -> LoopState:
+        """What the running event loop's calls share."""
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._loops:
+            self._loops[loop] = LoopState(asyncio.Semaphore(self.max_concurrency))
+        return self._loops[loop]
+
     def _gate(self) -> asyncio.Semaphore:
         """The concurrency bound of the running event loop (a semaphore belongs to one loop)."""
-        loop = id(asyncio.get_running_loop())
-        return self._gates.setdefault(loop, asyncio.Semaphore(self.max_concurrency))
+        return self._here().gate
 
     async def pooled(self, work: Awaitable[T]) -> T:
         """`work`, its posts to an app sharing one HTTP client: connections are kept alive and reused from
         case to case instead of a TCP connect (and TLS handshake) per post. The client belongs to the running
         loop and is closed when `work` ends, before that loop does (run every loop that may post this way)."""
-        loop = id(asyncio.get_running_loop())
-        if loop in self._clients:  # nested in another: the outer one closes the client
+        here = self._here()
+        if here.pooling:  # nested in another: the outer one closes the client
             return await work
-        self._clients[loop] = None
+        here.pooling = True
         try:
             return await work
         finally:
-            client = self._clients.pop(loop)
+            client, here.client, here.pooling = here.client, None, False
             if client is not None:
                 await client.aclose()
 
@@ -241,15 +255,14 @@ class Runner:
                                   keepalive_expiry=self.keepalive_s)
             return httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, limits=limits)
 
-        loop = id(asyncio.get_running_loop())
-        if loop not in self._clients:
+        here = self._here()
+        if not here.pooling:
             async with new_client() as client:
                 yield client
             return
-        client = self._clients[loop]
-        if client is None:
-            client = self._clients[loop] = new_client()
-        yield client
+        if here.client is None:
+            here.client = new_client()
+        yield here.client
 
     def retryable(self, error: BaseException) -> bool:
         return isinstance(error, asyncio.TimeoutError) or is_retryable(self.litellm, error)
@@ -298,12 +311,11 @@ class Runner:
             return cached
         # The same request already in flight (two prompts giving one answer, judged alike): share its
         # answer instead of paying for it twice. It counts as a cache hit: it was paid for once.
-        loop = asyncio.get_running_loop()
-        flights = self._in_flight.setdefault(id(loop), {})
+        flights = self._here().in_flight
         if key in flights:
             usage.cache_hits += 1
             return await asyncio.shield(flights[key])
-        flight = flights[key] = loop.create_future()
+        flight = flights[key] = asyncio.get_running_loop().create_future()
         try:
             completion = await pay(usage)
             flight.set_result(completion)
