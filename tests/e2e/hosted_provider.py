@@ -4,9 +4,9 @@ It answers as the simulated bot, judge and optimizer do (the same deterministic 
 request), but the way hosted models answer: a bearer key is required (401 without it), a 429 with
 Retry-After comes in bursts, a 500 now and then, every response carries a usage block, a dated
 model name and its processing time (`openai-processing-ms`), and judge verdicts come back fenced in
-```json, wrapped in prose, with the score as
-"4" or 4.0 and the winner in lower case. A repair turn (the model's own reply and what was wrong
-with it) gets the plain verdict, as a real model that is told what was wrong usually gives.
+```json, wrapped in prose, after a reasoning model's `<think>` block holding a draft verdict it then
+revises, with the score as "4" or 4.0 and the winner in lower case. A repair turn (the model's own reply
+and what was wrong with it) gets the plain verdict, as a real model that is told what was wrong usually gives.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ RESPONDERS = {
 class Behaviour:
     """How hosted-like the server is: the share of verdicts mangled, 429 bursts and 500s."""
 
-    mangled_share: float = 0.0  # verdicts fenced, wrapped in prose, "4" / 4.0, lower-case winners
+    mangled_share: float = 0.0  # verdicts fenced, in prose, after <think>, "4" / 4.0, lower-case winners
     unreadable_share: float = 0.0  # verdicts in prose with no JSON at all (a repair turn gets them right)
     rate_limited_share: float = 0.0
     server_error_share: float = 0.0
@@ -75,8 +75,13 @@ class HostedProvider:
         if "winner" in data:
             data["winner"] = data["winner"].lower()
         body = json.dumps(data, ensure_ascii=False)
+        # A reasoning model thinks first, drafting a verdict it then revises (only the one after counts).
+        draft = json.dumps({**data, "score": 6 - int(float(data["score"])), "passed": not data.get("passed")}
+                           if "score" in data else
+                           {**data, "winner": "B" if str(data.get("winner")).upper() == "A" else "A"})
+        thinking = f"<think>\nFirst pass: {draft}\nRe-reading the answer, that was wrong.\n</think>\n"
         return rng.choice([f"```json\n{body}\n```", f"Here is my verdict:\n{body}\nI hope this helps.",
-                           f"Sure.\n```\n{body}\n```", body])
+                           f"Sure.\n```\n{body}\n```", body, thinking + body])
 
     def fault(self, digest: str) -> int | None:
         """A 429 (in bursts) or a 500 for the first attempt of some requests; retries go through."""

@@ -11,6 +11,9 @@ _KANA = re.compile(r"[\u3040-\u30ff]")  # hiragana and katakana: only Japanese w
 _KANJI = re.compile(r"[\u4e00-\u9fff]")
 _CJK = re.compile(r"[\uac00-\ud7a3\u3040-\u30ff\u4e00-\u9fff]")
 _LATIN = re.compile(r"[A-Za-z]")
+# A reasoning model's thinking, sent before its answer in the content by some servers (Ollama, vLLM without a
+# reasoning parser, DeepSeek-R1 and Qwen3 templates): only a leading, closed block, so a text about tags stays.
+_REASONING = re.compile(r"\A\s*<(think|thinking|reasoning)>.*?</\1>\s*", re.DOTALL | re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?。])\s+|(?<=다\.)\s*|\n+")
 
 # Words too common to say anything about a topic (English); Korean particles are handled by
@@ -65,3 +68,9 @@ def estimate_tokens(text: str) -> int:
     """Rough BPE token count: ~4 ASCII chars per token, ~1 token per non-ASCII char (Hangul)."""
     ascii_chars = sum(1 for ch in text if ord(ch) < 128)
     return (ascii_chars + 3) // 4 + (len(text) - ascii_chars)
+
+
+def without_reasoning(text: str) -> str:
+    """A model's reply without the `<think>...</think>` block a reasoning model may put before its answer:
+    what the user is shown, and where a judge's JSON verdict is (its drafts inside the block are not)."""
+    return _REASONING.sub("", text, count=1)

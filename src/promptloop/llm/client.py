@@ -20,6 +20,7 @@ from promptloop.core.config import MODELS_FIELD, LLMSettings, key_source
 from promptloop.core.errors import InputError
 from promptloop.core.runtime import prepare_environment
 from promptloop.core.secrets import REDACTED, holds_secret, redact_secrets, remember_secret
+from promptloop.core.text import without_reasoning
 
 if TYPE_CHECKING:
     import litellm as litellm_module
@@ -199,7 +200,7 @@ async def acomplete(
     usage = response.usage
     return Completion(
         model=model,
-        text=response.choices[0].message.content or "",
+        text=without_reasoning(response.choices[0].message.content or ""),
         prompt_tokens=int(usage.prompt_tokens),
         completion_tokens=int(usage.completion_tokens),
         cost_usd=response_cost(litellm, response, model),
