@@ -377,7 +377,8 @@ def test_no_candidate_carries_injected_text_into_the_prompt(runner) -> None:
     digest = failure_digest(failures, clusters, {0, 1}, examples=len(failures))
     accepted, rejected = asyncio.run(generate(runner, "offline/optimizer", CURRENT, digest, 8, 0, 1.0, held_out=[]))
     assert accepted
-    assert all(r.reason in ("same as another candidate", "same as the current prompt") for r in rejected), rejected
+    assert all(r.reason.startswith(("same as another candidate", "same as the current prompt"))
+               for r in rejected), rejected
     wanted = payloads(injections("en", "optimizer") + injections("ko", "optimizer"))
     assert len(wanted) >= 5
     for candidate in accepted:
@@ -434,3 +435,12 @@ def test_the_copy_guard_rejects_unquoted_spans_of_logged_text_only() -> None:
     # An answer that leaked the current prompt quotes it; keeping the prompt's own lines copies nothing.
     leaked = logged + "\n" + CURRENT.system
     assert check_candidate(CURRENT, revision(CURRENT, "Keep answers concise."), [], set(), untrusted=leaked) is None
+
+
+def test_an_optimizer_that_changes_nothing_has_its_note_shown(runner) -> None:
+    """A revision identical to the current prompt is rejected with what the optimizer said about it."""
+    digest = "## wifi password (4 failures; kinds: thumbs_down)\n<example>\nWhat is the wifi password?\n</example>"
+    accepted, rejected = asyncio.run(generate(runner, "offline/optimizer", CURRENT, digest, 2, 0, 1.0, held_out=[]))
+    assert not accepted
+    assert [r.reason for r in rejected] == [
+        "same as the current prompt (the optimizer's note: no failure theme recognised; prompt unchanged)"] * 2

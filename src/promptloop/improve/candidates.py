@@ -140,6 +140,12 @@ def as_candidate(current: PromptVersion, revision: dict[str, str]) -> PromptVers
                                      changelog=revision["changelog"] or "optimizer revision")
 
 
+def same_instructions(candidate: PromptVersion, current: PromptVersion) -> bool:
+    """Whether a revision only moved whitespace (a model often drops the prompt's last newline): no revision."""
+    return candidate.instructions.split() == current.instructions.split() and \
+        candidate.content_hash == current.with_instructions(candidate.instructions).content_hash
+
+
 def check_candidate(current: PromptVersion, candidate: PromptVersion, held_out: list[GoldenCase], seen: set[str],
                     untrusted: str = "") -> str | None:
     """Why a revision can't be a candidate, if it can't; `untrusted` is the logged text the optimizer saw."""
@@ -150,7 +156,7 @@ def check_candidate(current: PromptVersion, candidate: PromptVersion, held_out: 
     added = sorted(candidate.variables - current.variables)
     if added:
         return f"adds the placeholder(s) {', '.join(candidate.placeholder(v) for v in added)}: no case has them"
-    if candidate.content_hash == current.content_hash:
+    if candidate.content_hash == current.content_hash or same_instructions(candidate, current):
         return "same as the current prompt"
     if candidate.content_hash in seen:
         return "same as another candidate"
@@ -192,6 +198,9 @@ async def generate(runner: Runner, model: str, current: PromptVersion, digest: s
             rejected.append(Rejected(s, f"not a valid prompt: {exc.errors()[0]['msg']}"))
             continue
         reason = check_candidate(current, candidate, held_out, {c.content_hash for c in accepted}, untrusted=digest)
+        if reason and same_instructions(candidate, current) and reply.get("changelog"):
+            # An optimizer that changed nothing usually says why ("no failure theme recognised"): worth showing.
+            reason += f" (the optimizer's note: {reply['changelog'][:200]})"
         if reason:
             rejected.append(Rejected(s, reason))
         else:
