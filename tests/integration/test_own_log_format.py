@@ -119,6 +119,31 @@ def test_a_log_timezone_collects_the_lines_written_without_a_zone(root: Path) ->
     assert stored.loc["req-5", "timestamp"] == pd.Timestamp("2026-11-20T00:00:00Z")  # 09:00 in Seoul
 
 
+def test_a_log_filter_skips_the_other_events_of_an_app_log_and_counts_them(root: Path) -> None:
+    # The app's one JSON log: its LLM calls among requests and start-up events (lines with no interaction).
+    events = [{**line(n), "event": "llm_call"} for n in (1, 2)] + [
+        {"event": "http_request", "ts": NOW.timestamp(), "path": "/health", "status": 200},
+        {"event": "startup", "ts": NOW.timestamp(), "version": "2.3.1"},
+    ]
+    mixed = root / "incoming" / "support-bot" / "app.jsonl"
+    mixed.write_text("".join(json.dumps(item) + "\n" for item in events), encoding="utf-8")
+    params_file = root / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["apps"]["support-bot"]["log_filter"] = {"$.event": "llm_call"}
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    workspace = with_mapping(root, MAPPING, DEFAULTS)
+    result = collect(workspace, "support-bot", now=NOW)
+    assert (result.rows_in, result.rows_valid, result.rows_quarantined, result.lines_skipped) == (2, 2, 0, 2)
+    stored = pd.read_parquet(workspace.path("data/support-bot/logs")).set_index("id")
+    assert sorted(stored.index) == ["req-1", "req-2"] and json.loads(stored.loc["req-1", "metadata"]) == {
+        "env": "prod", "event": "llm_call"}
+    with mixed.open("a", encoding="utf-8") as handle:  # only other events arrive: read once, not again
+        handle.write(json.dumps({"event": "shutdown", "ts": NOW.timestamp()}) + "\n")
+    again = collect(workspace, "support-bot", now=NOW)
+    assert (again.rows_in, again.lines_skipped) == (0, 1)
+    assert collect(workspace, "support-bot", now=NOW).lines_skipped == 0
+
+
 def test_a_field_the_log_record_does_not_have_is_named_in_the_error(root: Path) -> None:
     workspace = with_mapping(root, {**MAPPING, "question": "$.request.messages[-1].content"}, DEFAULTS)
     with pytest.raises(InputError, match=r"params\.yaml: apps\.support-bot\.log_mapping\.question: not a "

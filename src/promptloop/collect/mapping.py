@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,14 @@ class LogMapping:
     paths: Mapping[str, tuple[Step, ...]]
     defaults: Mapping[str, Any]
     zone: ZoneInfo | None = None  # of timestamps written without one
+    only: Mapping[tuple[Step, ...], Any] = field(default_factory=dict)  # path -> the value an interaction has
 
     @classmethod
-    def of(cls, app: str, paths: Mapping[str, str], defaults: Mapping[str, Any],
-           zone: str | None = None) -> LogMapping | None:
-        """The app's mapping (None when it has none of the three), its field names checked against the log record."""
-        if not paths and not defaults and zone is None:
+    def of(cls, app: str, paths: Mapping[str, str], defaults: Mapping[str, Any], zone: str | None = None,
+           only: Mapping[str, Any] | None = None) -> LogMapping | None:
+        """The app's mapping (None when it has none of its settings), its field names checked against the log
+        record."""
+        if not paths and not defaults and zone is None and not only:
             return None
         for section, names in (("log_mapping", paths), ("log_defaults", defaults)):
             for name in names:
@@ -58,10 +60,13 @@ class LogMapping:
                     raise InputError(Path("params.yaml"), f"not a log-record field (one of {known}{extra})",
                                      field=f"apps.{app}.{section}.{name}")
         return cls({name: parse_path(path) for name, path in paths.items()}, dict(defaults),
-                   None if zone is None else ZoneInfo(zone))
+                   None if zone is None else ZoneInfo(zone), {parse_path(path): v for path, v in (only or {}).items()})
 
-    def record(self, line: dict[str, Any]) -> dict[str, Any]:
-        """The log record `line` maps to (still to be validated like any other row)."""
+    def record(self, line: dict[str, Any]) -> dict[str, Any] | None:
+        """The log record `line` maps to (still to be validated like any other row); None for a line that is
+        not an interaction (`log_filter`: an app's log holds other events too)."""
+        if any(find(line, steps) != value for steps, value in self.only.items()):
+            return None
         record = {name: line[name] for name in LOG_FIELDS if name in line}
         inputs = dict(record["inputs"]) if isinstance(record.get("inputs"), dict) else {}
         for name, steps in self.paths.items():

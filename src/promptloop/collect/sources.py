@@ -32,7 +32,7 @@ RAW_COLUMNS = (*LOG_FIELDS, ORIGIN, EXTRA)
 log = logging.getLogger(__name__)
 # A JSON Lines file in a folder, current or rotated (`.1`, `.2`, ... or logrotate's `-YYYYMMDD`)
 ROTATED_JSONL = re.compile(r"\.jsonl?(?:[.-]\d+)?$")
-Shape = Callable[[dict[str, Any]], dict[str, Any]]
+Shape = Callable[[dict[str, Any]], dict[str, Any] | None]  # None: the line is not an interaction
 MAX_DEPTH = 254  # orjson reads 1024 nested levels but writes only 254, and rows are written back as JSON
 
 
@@ -52,6 +52,7 @@ class SourceBatch:
     frame: pd.DataFrame
     unreadable: list[Unreadable] = field(default_factory=list)
     watermark: dict[str, Any] = field(default_factory=dict)
+    skipped: int = 0  # lines of the app's own format that are not interactions (`log_filter`): not rows
 
     @property
     def rows_in(self) -> int:
@@ -175,7 +176,7 @@ class FileSource(Source):
                 yield pending.flush({"files": yielded})
             seen[name] = start.windows.mark(pending.offset_after, pending.lines_after, inode).to_state()
         # a last batch for the rows left, or for a watermark that moved without rows (an empty file)
-        if pending.rows or seen != yielded:
+        if pending.rows or pending.skipped or seen != yielded:
             yield pending.flush({"files": dict(seen)})
 
 
@@ -184,6 +185,7 @@ class _Pending:
 
     def __init__(self, shape: Shape | None = None) -> None:
         self.shape = shape
+        self.skipped = 0
         self.columns: dict[str, list[Any]] = {c: [] for c in RAW_COLUMNS}
         self.unreadable: list[Unreadable] = []
         self.offset_after = 0  # where the last JSON Lines file was read up to
@@ -194,13 +196,18 @@ class _Pending:
         return len(self.columns[ORIGIN]) + len(self.unreadable)
 
     def append(self, record: dict[str, Any], origin: str) -> None:
-        """One parsed row, in the app's own format when the source has a shape."""
-        _append_record(record if self.shape is None else self.shape(record), origin, self.columns)
+        """One parsed row, in the app's own format when the source has a shape (which may say it is no row)."""
+        shaped = record if self.shape is None else self.shape(record)
+        if shaped is None:
+            self.skipped += 1
+            return
+        _append_record(shaped, origin, self.columns)
 
     def flush(self, watermark: dict[str, Any]) -> SourceBatch:
-        batch = SourceBatch(frame_from_columns(self.columns), self.unreadable, watermark)
+        batch = SourceBatch(frame_from_columns(self.columns), self.unreadable, watermark, self.skipped)
         self.columns = {c: [] for c in RAW_COLUMNS}
         self.unreadable = []
+        self.skipped = 0
         return batch
 
 

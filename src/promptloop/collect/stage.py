@@ -80,6 +80,7 @@ class Totals:
     rows_quarantined: int = 0
     rows_duplicate: int = 0
     feedback_updated: int = 0  # stored rows whose feedback changed later (trace sources)
+    lines_skipped: int = 0  # lines `log_filter` says are not interactions (outside the identity)
     pii_redactions: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     parts: list[str] = field(default_factory=list)
@@ -87,7 +88,8 @@ class Totals:
     watermarks: dict[str, Any] = field(default_factory=dict)
 
     def add(self, other: Totals) -> None:
-        for name in ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "feedback_updated"):
+        for name in ("rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "feedback_updated",
+                     "lines_skipped"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.pii_redactions.update(other.pii_redactions)
         self.failures.update(other.failures)
@@ -169,7 +171,8 @@ def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, 
     """
     settings = workspace.app_settings(app)
     max_line = workspace.params.collect.max_line_bytes
-    mapping = LogMapping.of(app, settings.log_mapping, settings.log_defaults, settings.log_timezone)
+    mapping = LogMapping.of(app, settings.log_mapping, settings.log_defaults, settings.log_timezone,
+                            settings.log_filter)
     shape = None if mapping is None else mapping.record
     if source_uri:
         sources = [source_from_uri(source_uri, workspace.root, allow_outside=allow_outside, max_line_bytes=max_line,
@@ -214,7 +217,7 @@ class BatchContext:
 
 def process_batch(batch: SourceBatch, ctx: BatchContext) -> tuple[Totals, pd.DataFrame, pd.DataFrame]:
     """Validate, de-duplicate and redact one batch: (counts, valid rows, quarantined rows)."""
-    totals = Totals(rows_in=batch.rows_in)
+    totals = Totals(rows_in=batch.rows_in, lines_skipped=batch.skipped)
     frame = batch.frame.reset_index(drop=True)
     models = sorted({m for m in frame["model"] if isinstance(m, str)})  # not .unique(): a list or dict is unhashable
     prices = ctx.price_lookup(models)
@@ -421,12 +424,13 @@ def snapshot(plan: CollectPlan, totals: Totals) -> Snapshot:
     state_path = plan.data_dir / STATE_FILE
     logs_dir = plan.data_dir / LOGS
     if not totals.parts:
+        # Lines `log_filter` skipped move the watermark with no row: kept, or each run would skip them again.
+        commit = skipped_only(plan, totals, state_path) if totals.lines_skipped else None
         return Snapshot(_relative(plan, logs_dir) if logs_dir.exists() else None,
-                        dvc_md5(logs_dir) if Path(f"{logs_dir}.dvc").is_file() else None, None)
+                        dvc_md5(logs_dir) if Path(f"{logs_dir}.dvc").is_file() else None, commit)
     targets = [d for d in (logs_dir, plan.data_dir / QUARANTINE) if d.is_dir()]
     md5s = dvc_add_and_push(plan.workspace.root, targets)
-    state = {"watermarks": {**plan.state["watermarks"], **totals.watermarks}, "last_run": plan.run}
-    write_atomic(state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    save_state(plan, totals, state_path)
     tracked = (
         [Path(f"{t}.dvc") for t in targets] + [state_path] + [p for p in (plan.data_dir / ".gitignore",) if p.is_file()]
     )
@@ -435,6 +439,19 @@ def snapshot(plan: CollectPlan, totals: Totals) -> Snapshot:
         message += f", {totals.feedback_updated} rows with new feedback"
     commit = commit_paths(plan.workspace.root, tracked, message)
     return Snapshot(_relative(plan, logs_dir), md5s.get(_relative(plan, logs_dir)), commit)
+
+
+def save_state(plan: CollectPlan, totals: Totals, state_path: Path) -> None:
+    """The sources' watermarks after this run, written atomically."""
+    state = {"watermarks": {**plan.state["watermarks"], **totals.watermarks}, "last_run": plan.run}
+    write_atomic(state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def skipped_only(plan: CollectPlan, totals: Totals, state_path: Path) -> str | None:
+    """Commit the watermarks of a run that read only lines that are not interactions."""
+    save_state(plan, totals, state_path)
+    return commit_paths(plan.workspace.root, [state_path],
+                        f"collect {plan.app}: {totals.lines_skipped} line(s) skipped, no rows (run {plan.run})")
 
 
 def versioned_paths(plan: CollectPlan) -> list[Path]:
@@ -450,7 +467,7 @@ def log_collect_run(plan: CollectPlan, totals: Totals, versioned: Snapshot, suit
     """One MLflow run: counts as metrics; sources, watermark and DVC hash as params/tags; the report as artifact."""
     metrics = {"rows_in": totals.rows_in, "rows_valid": totals.rows_valid, "rows_quarantined": totals.rows_quarantined,
                "rows_duplicate": totals.rows_duplicate, "pii_redactions": sum(totals.pii_redactions.values()),
-               "feedback_updated": totals.feedback_updated}
+               "feedback_updated": totals.feedback_updated, "lines_skipped": totals.lines_skipped}
     metrics.update({f"pii_{kind.lower()}": n for kind, n in totals.pii_redactions.items()})
     params = {"app": plan.app, "sources": [s.key for s in plan.sources], "suite_version": suite_version,
               "batch_rows": plan.workspace.params.collect.batch_rows}
@@ -486,7 +503,7 @@ def summary(plan: CollectPlan, totals: Totals, versioned: Snapshot, run_id: str)
         raise RuntimeError(f"collect lost rows: {totals}")  # fail loudly rather than report wrong counts
     return CollectResult(app=plan.app, rows_in=totals.rows_in, rows_valid=totals.rows_valid,
                          rows_quarantined=totals.rows_quarantined, rows_duplicate=totals.rows_duplicate,
-                         feedback_updated=totals.feedback_updated,
+                         feedback_updated=totals.feedback_updated, lines_skipped=totals.lines_skipped,
                          pii_redactions=dict(sorted(totals.pii_redactions.items())),
                          failures=dict(totals.failures.most_common()), snapshot=versioned.snapshot,
                          quarantine=(Path(plan.settings.data_dir) / QUARANTINE).as_posix(),

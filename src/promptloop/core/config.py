@@ -263,6 +263,11 @@ class AppSettings(Section):
         description="JSON Lines/Parquet logs in your own format: the value of a log field its lines lack "
         "(e.g. prompt_version: '1', model: gpt-4o-mini, prompt_tokens: 0)",
     )
+    log_filter: dict[JsonPath, str | int | float | bool | None] = Field(
+        default_factory=dict,
+        description="JSON Lines/Parquet logs in your own format: only lines where each JSON path holds its value "
+        "are interactions (e.g. $.event: llm_call); the others are skipped and counted, not quarantined",
+    )
     log_timezone: str | None = Field(
         default=None,
         description="JSON Lines/Parquet logs in your own format: the zone of timestamps written without one "
