@@ -54,7 +54,8 @@ class LogMapping:
         for section, names in (("log_mapping", paths), ("log_defaults", defaults)):
             for name in names:
                 mapped_input = section == "log_mapping" and name.startswith(INPUTS) and len(name) > len(INPUTS)
-                if name not in LOG_FIELDS and not mapped_input or (section == "log_defaults" and name == "id"):
+                # A constant id would make every line after the first a duplicate.
+                if (name not in LOG_FIELDS and not mapped_input) or (section == "log_defaults" and name == "id"):
                     known = ", ".join(f for f in LOG_FIELDS if section == "log_mapping" or f != "id")
                     extra = " or inputs.<name>" if section == "log_mapping" else ""
                     raise InputError(Path("params.yaml"), f"not a log-record field (one of {known}{extra})",
