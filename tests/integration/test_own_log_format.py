@@ -144,6 +144,39 @@ def test_a_log_filter_skips_the_other_events_of_an_app_log_and_counts_them(root:
     assert collect(workspace, "support-bot", now=NOW).lines_skipped == 0
 
 
+def test_feedback_logged_as_lines_of_its_own_rates_the_stored_interactions(root: Path) -> None:
+    def feedback(rated: str, rating: Any, comment: str | None = None) -> dict[str, Any]:
+        return {"event": "feedback", "ts": NOW.timestamp(), "for": rated, "vote": rating, "text": comment}
+
+    log = root / "incoming" / "support-bot" / "app.jsonl"
+    first = [{**line(n), "event": "llm_call"} for n in (1, 2, 3)]
+    log.write_text("".join(json.dumps(item) + "\n" for item in [
+        *first, feedback("req-1", "down", "wrong, write to ann@example.com"), feedback("req-2", "up"),
+        feedback("req-404", "down"), {"event": "startup", "ts": NOW.timestamp()}]), encoding="utf-8")
+    params_file = root / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["apps"]["support-bot"].update(log_filter={"$.event": "llm_call"}, log_feedback={
+        "when": {"$.event": "feedback"}, "id": "$.for", "feedback": "$.vote", "comment": "$.text"})
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    workspace = with_mapping(root, {k: v for k, v in MAPPING.items() if k != "feedback"}, DEFAULTS)
+    result = collect(workspace, "support-bot", now=NOW)
+    # The rated rows of this very run get their feedback; the unknown id rates nothing.
+    assert (result.rows_valid, result.lines_skipped, result.feedback_updated) == (3, 4, 2)
+    stored = pd.read_parquet(workspace.path("data/support-bot/logs")).set_index("id")
+    assert (stored.loc["req-1", "feedback"], stored.loc["req-2", "feedback"]) == (-1, 1)
+    assert pd.isna(stored.loc["req-3", "feedback"])
+    assert stored.loc["req-1", "feedback_comment"] == "wrong, write to <EMAIL>"
+    # A later run: a rating of a row stored before, and a changed mind on another.
+    with log.open("a", encoding="utf-8") as handle:
+        for item in (feedback("req-3", False), feedback("req-2", "thumbs_down")):
+            handle.write(json.dumps(item) + "\n")
+    later = collect(workspace, "support-bot", now=NOW)
+    assert (later.rows_in, later.lines_skipped, later.feedback_updated) == (0, 2, 2)
+    stored = pd.read_parquet(workspace.path("data/support-bot/logs")).set_index("id")
+    assert (stored.loc["req-2", "feedback"], stored.loc["req-3", "feedback"]) == (-1, -1)
+    assert len(stored) == 3  # rewritten in place, not added
+
+
 def test_a_field_the_log_record_does_not_have_is_named_in_the_error(root: Path) -> None:
     workspace = with_mapping(root, {**MAPPING, "question": "$.request.messages[-1].content"}, DEFAULTS)
     with pytest.raises(InputError, match=r"params\.yaml: apps\.support-bot\.log_mapping\.question: not a "

@@ -62,3 +62,13 @@ def test_log_settings_load_and_an_unknown_zone_names_its_field() -> None:
     raw["apps"]["support-bot"].update(log_timezone=None, log_mapping={"input": "q"})
     with pytest.raises(InputError, match=r"params.yaml: apps.support-bot.log_mapping.input: .*starts with '\$'"):
         parse_params(raw, "params.yaml")
+
+
+def test_feedback_lines_need_a_rated_id_and_name_what_is_missing() -> None:
+    raw = load_params(REPO / "params.yaml").model_dump(mode="json")
+    raw["apps"]["support-bot"]["log_feedback"] = {"when": {"$.event": "feedback"}, "feedback": "$.vote"}
+    with pytest.raises(InputError, match=r"params.yaml: apps.support-bot.log_feedback.id: "):
+        parse_params(raw, "params.yaml")
+    raw["apps"]["support-bot"]["log_feedback"] = {"when": {}, "id": "$.for", "feedback": "$.vote"}
+    with pytest.raises(InputError, match=r"params.yaml: apps.support-bot.log_feedback.when: "):
+        parse_params(raw, "params.yaml")

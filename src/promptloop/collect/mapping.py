@@ -25,7 +25,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from promptloop.collect.traces import feedback_score, text_of
+from promptloop.collect.traces import Feedback, feedback_score, text_of
+from promptloop.core.config import FeedbackEvents
 from promptloop.core.errors import InputError
 from promptloop.core.jsonpath import Step, find, parse_path
 from promptloop.domain.logs import LOG_FIELDS, iso
@@ -43,13 +44,16 @@ class LogMapping:
     defaults: Mapping[str, Any]
     zone: ZoneInfo | None = None  # of timestamps written without one
     only: Mapping[tuple[Step, ...], Any] = field(default_factory=dict)  # path -> the value an interaction has
+    feedback: FeedbackLines | None = None  # 👍/👎 logged as lines of their own
+    # rated interaction id -> (score, comment) of the feedback lines read so far (the last one wins)
+    received: dict[str, Feedback] = field(default_factory=dict)
 
     @classmethod
     def of(cls, app: str, paths: Mapping[str, str], defaults: Mapping[str, Any], zone: str | None = None,
-           only: Mapping[str, Any] | None = None) -> LogMapping | None:
+           only: Mapping[str, Any] | None = None, feedback: FeedbackEvents | None = None) -> LogMapping | None:
         """The app's mapping (None when it has none of its settings), its field names checked against the log
         record."""
-        if not paths and not defaults and zone is None and not only:
+        if not paths and not defaults and zone is None and not only and feedback is None:
             return None
         for section, names in (("log_mapping", paths), ("log_defaults", defaults)):
             for name in names:
@@ -61,12 +65,16 @@ class LogMapping:
                     raise InputError(Path("params.yaml"), f"not a log-record field (one of {known}{extra})",
                                      field=f"apps.{app}.{section}.{name}")
         return cls({name: parse_path(path) for name, path in paths.items()}, dict(defaults),
-                   None if zone is None else ZoneInfo(zone), {parse_path(path): v for path, v in (only or {}).items()})
+                   None if zone is None else ZoneInfo(zone), {parse_path(path): v for path, v in (only or {}).items()},
+                   None if feedback is None else FeedbackLines.of(feedback))
 
     def record(self, line: dict[str, Any]) -> dict[str, Any] | None:
         """The log record `line` maps to (still to be validated like any other row); None for a line that is
-        not an interaction (`log_filter`: an app's log holds other events too)."""
-        if any(find(line, steps) != value for steps, value in self.only.items()):
+        not an interaction (`log_filter`: an app's log holds other events too; a feedback line is kept in
+        `received`, for the stored interaction it rates)."""
+        if self.feedback is not None and self.feedback.read(line, self.received):
+            return None
+        if not holds(line, self.only):
             return None
         record = {name: line[name] for name in LOG_FIELDS if name in line}
         inputs = dict(record["inputs"]) if isinstance(record.get("inputs"), dict) else {}
@@ -91,6 +99,35 @@ class LogMapping:
         record.setdefault("id", "line-" + hashlib.sha256(orjson.dumps(line, option=orjson.OPT_SORT_KEYS,
                                                                       default=str)).hexdigest()[:20])
         return record
+
+
+def holds(line: dict[str, Any], values: Mapping[tuple[Step, ...], Any]) -> bool:
+    """Whether each path of `values` finds its value in `line`."""
+    return all(find(line, steps) == value for steps, value in values.items())
+
+
+@dataclass(frozen=True)
+class FeedbackLines:
+    """Where a feedback line's rated id, rating and comment are (`apps.<app>.log_feedback`, paths parsed)."""
+
+    when: Mapping[tuple[Step, ...], Any]
+    id: tuple[Step, ...]
+    feedback: tuple[Step, ...]
+    comment: tuple[Step, ...] | None
+
+    @classmethod
+    def of(cls, settings: FeedbackEvents) -> FeedbackLines:
+        return cls({parse_path(path): value for path, value in settings.when.items()}, parse_path(settings.id),
+                   parse_path(settings.feedback), None if settings.comment is None else parse_path(settings.comment))
+
+    def read(self, line: dict[str, Any], into: dict[str, Feedback]) -> bool:
+        """Whether `line` is a feedback line; one naming an interaction and a readable rating goes `into`."""
+        if not holds(line, self.when):
+            return False
+        rated, score = text_of(find(line, self.id)), feedback_score(find(line, self.feedback))
+        if rated and score is not None:
+            into[rated] = (score, text_of(find(line, self.comment)) if self.comment else None)
+        return True
 
 
 def field_value(name: str, value: Any, zone: ZoneInfo | None = None) -> Any:

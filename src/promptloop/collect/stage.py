@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from promptloop.collect.mapping import LogMapping
 from promptloop.collect.sources import EXTRA, ORIGIN, FileSource, Shape, Source, SourceBatch, Unreadable
-from promptloop.collect.trace_collect import collect_late_feedback, prepare_trace_sources
+from promptloop.collect.trace_collect import collect_late_feedback, prepare_trace_sources, update_stored_feedback
 from promptloop.collect.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
 from promptloop.core.config import AppSettings, CollectSettings
 from promptloop.core.errors import InputError
@@ -65,6 +65,7 @@ class CollectPlan:
     state: dict[str, Any]
     run: str
     now: datetime
+    mapping: LogMapping | None = None  # of the app's own log format (its file sources read through it)
 
     @property
     def data_dir(self) -> Path:
@@ -172,7 +173,7 @@ def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, 
     settings = workspace.app_settings(app)
     max_line = workspace.params.collect.max_line_bytes
     mapping = LogMapping.of(app, settings.log_mapping, settings.log_defaults, settings.log_timezone,
-                            settings.log_filter)
+                            settings.log_filter, settings.log_feedback)
     shape = None if mapping is None else mapping.record
     if source_uri:
         sources = [source_from_uri(source_uri, workspace.root, allow_outside=allow_outside, max_line_bytes=max_line,
@@ -184,7 +185,8 @@ def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, 
     state_path = workspace.path(settings.data_dir) / STATE_FILE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {"watermarks": {}}
     now = now or datetime.now(UTC)
-    plan = CollectPlan(workspace, app, settings, sources, state, f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", now)
+    plan = CollectPlan(workspace, app, settings, sources, state, f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", now,
+                       mapping)
     prepare_trace_sources(sources, workspace, app, settings, now)
     return plan
 
@@ -528,6 +530,10 @@ def collect(workspace: Workspace, app: str, source_uri: str | None = None, now: 
         totals.feedback_updated += late.updated
         totals.parts += late.parts
         totals.watermarks.update(late.watermarks)
+        if plan.mapping is not None and plan.mapping.received:  # 👍/👎 logged as lines of their own
+            updated, parts = update_stored_feedback(plan.data_dir / LOGS, plan.mapping.received, ctx.redactor)
+            totals.feedback_updated += updated
+            totals.parts += [_relative(plan, part) for part in parts]
         versioned = snapshot(plan, totals)
     run_id = log_collect_run(plan, totals, versioned, ctx.validator.version)
     return summary(plan, totals, versioned, run_id)

@@ -223,6 +223,16 @@ TraceField = Annotated[str, AfterValidator(_trace_field)]
 JsonPath = Annotated[str, AfterValidator(_json_path)]
 
 
+class FeedbackEvents(Section):
+    """Users' 👍/👎 logged as lines of their own, after the interaction they rate (`apps.<app>.log_feedback`)."""
+
+    when: dict[JsonPath, str | int | float | bool | None] = Field(
+        min_length=1, description="a feedback line: each JSON path holds its value (e.g. $.event: feedback)")
+    id: JsonPath = Field(description="the rated interaction's id in the line, e.g. $.request_id")
+    feedback: JsonPath = Field(description="the rating: up/down, thumbs_up/thumbs_down, true/false, a number's sign")
+    comment: JsonPath | None = Field(default=None, description="the user's comment, if the line has one")
+
+
 class AppSettings(Section):
     """One application whose prompt promptloop improves."""
 
@@ -267,6 +277,11 @@ class AppSettings(Section):
         default_factory=dict,
         description="JSON Lines/Parquet logs in your own format: only lines where each JSON path holds its value "
         "are interactions (e.g. $.event: llm_call); the others are skipped and counted, not quarantined",
+    )
+    log_feedback: FeedbackEvents | None = Field(
+        default=None,
+        description="JSON Lines/Parquet logs in your own format: 👍/👎 logged as lines of their own, applied to the "
+        "stored interaction they name",
     )
     log_timezone: str | None = Field(
         default=None,
