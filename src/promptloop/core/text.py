@@ -12,7 +12,9 @@ _KANJI = re.compile(r"[\u4e00-\u9fff]")
 _CJK = re.compile(r"[\uac00-\ud7a3\u3040-\u30ff\u4e00-\u9fff]")
 _LATIN = re.compile(r"[A-Za-z]")
 # A reasoning model's thinking, sent before its answer in the content by some servers (Ollama, vLLM without a
-# reasoning parser, DeepSeek-R1 and Qwen3 templates): only a leading, closed block, so a text about tags stays.
+# reasoning parser, DeepSeek-R1 and Qwen3 templates). litellm moves a block that starts an OpenAI-compatible reply
+# into `reasoning_content`; this catches what it leaves (leading whitespace, <reasoning>, custom providers).
+# Only a leading, closed block, so a text about tags stays.
 _REASONING = re.compile(r"\A\s*<(think|thinking|reasoning)>.*?</\1>\s*", re.DOTALL | re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?。])\s+|(?<=다\.)\s*|\n+")
 
