@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -109,6 +111,19 @@ def test_mapped_lines_are_collected_as_log_records_and_nothing_is_dropped(root: 
 
     again = collect(workspace, "support-bot", now=NOW)
     assert again.rows_in == 0  # the file's watermark holds as for any log file
+
+
+def test_parquet_rows_in_the_teams_format_are_mapped_too(root: Path) -> None:
+    # A warehouse export: nested structs, and the time as a timestamp column with its zone.
+    rows = [{**line(n), "ts": NOW - timedelta(hours=n), "rating": "down" if n == 2 else None} for n in (1, 2)]
+    (root / "incoming" / "support-bot" / "app.jsonl").unlink()
+    pq.write_table(pa.Table.from_pylist(rows), root / "incoming" / "support-bot" / "export.parquet")
+    workspace = with_mapping(root, MAPPING, DEFAULTS)
+    result = collect(workspace, "support-bot", now=NOW)
+    assert (result.rows_in, result.rows_valid) == (2, 2), result.failures
+    stored = pd.read_parquet(workspace.path("data/support-bot/logs")).set_index("id")
+    assert stored.loc["req-2", "timestamp"] == pd.Timestamp(NOW - timedelta(hours=2))
+    assert (stored.loc["req-2", "feedback"], stored.loc["req-1", "output"]) == (-1, "Use File > Export.")
 
 
 def test_a_log_timezone_collects_the_lines_written_without_a_zone(root: Path) -> None:
