@@ -72,3 +72,10 @@ def test_feedback_lines_need_a_rated_id_and_name_what_is_missing() -> None:
     raw["apps"]["support-bot"]["log_feedback"] = {"when": {}, "id": "$.for", "feedback": "$.vote"}
     with pytest.raises(InputError, match=r"params.yaml: apps.support-bot.log_feedback.when: "):
         parse_params(raw, "params.yaml")
+
+
+def test_numbers_where_text_is_due_are_read_as_text() -> None:
+    mapping = LogMapping.of("bot", {"id": "$.request", "user_id": "$.user"}, {"prompt_version": 7})
+    assert mapping is not None
+    record = mapping.record({"request": 981234, "user": 42})
+    assert (record["id"], record["user_id"], record["prompt_version"]) == ("981234", "42", "7")

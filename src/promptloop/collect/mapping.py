@@ -31,7 +31,9 @@ from promptloop.core.errors import InputError
 from promptloop.core.jsonpath import Step, find, parse_path
 from promptloop.domain.logs import LOG_FIELDS, iso
 
-TEXT_FIELDS = frozenset({"app", "prompt_version", "model", "input", "output", "error", "feedback_comment", "user_id"})
+# Read as text: a numeric request id or user id is still an id.
+TEXT_FIELDS = frozenset({"id", "app", "prompt_version", "model", "input", "output", "error", "feedback_comment",
+                         "user_id"})
 INPUTS = "inputs."
 EPOCH_MS_FROM = 10**11  # an epoch number this large counts milliseconds (10**11 s is the year 5138)
 
