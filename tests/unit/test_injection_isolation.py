@@ -34,6 +34,7 @@ from promptloop.improve.candidates import (
     failure_digest,
     generate,
     optimizer_messages,
+    revision_key,
 )
 from promptloop.llm.runner import ResponseCache, Runner
 from promptloop.quality.judges import (
@@ -444,3 +445,12 @@ def test_an_optimizer_that_changes_nothing_has_its_note_shown(runner) -> None:
     assert not accepted
     assert [r.reason for r in rejected] == [
         "same as the current prompt (the optimizer's note: no failure theme recognised; prompt unchanged)"] * 2
+
+
+def test_revisions_that_only_move_whitespace_are_not_new_candidates() -> None:
+    reworded = CURRENT.with_instructions(CURRENT.instructions + "\nAlways cite the document you used.")
+    spaced = CURRENT.with_instructions(reworded.instructions.replace("\n", "\n\n") + "\n")
+    assert check_candidate(CURRENT, CURRENT.with_instructions(CURRENT.instructions.rstrip()), [], set()) == (
+        "same as the current prompt")
+    assert check_candidate(CURRENT, reworded, [], set()) is None
+    assert check_candidate(CURRENT, spaced, [], {revision_key(reworded)}) == "same as another candidate"

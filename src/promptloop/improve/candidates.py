@@ -140,15 +140,16 @@ def as_candidate(current: PromptVersion, revision: dict[str, str]) -> PromptVers
                                      changelog=revision["changelog"] or "optimizer revision")
 
 
-def same_instructions(candidate: PromptVersion, current: PromptVersion) -> bool:
-    """Whether a revision only moved whitespace (a model often drops the prompt's last newline): no revision."""
-    return candidate.instructions.split() == current.instructions.split() and \
-        candidate.content_hash == current.with_instructions(candidate.instructions).content_hash
+def revision_key(prompt: PromptVersion) -> str:
+    """What tells revisions apart: the content hash with the instructions' whitespace collapsed, so one that
+    only moved whitespace (a model often drops the prompt's last newline) is the same prompt."""
+    return prompt.with_instructions(" ".join(prompt.instructions.split())).content_hash
 
 
 def check_candidate(current: PromptVersion, candidate: PromptVersion, held_out: list[GoldenCase], seen: set[str],
                     untrusted: str = "") -> str | None:
-    """Why a revision can't be a candidate, if it can't; `untrusted` is the logged text the optimizer saw."""
+    """Why a revision can't be a candidate, if it can't; `seen` holds the `revision_key`s of the candidates
+    accepted so far, `untrusted` the logged text the optimizer saw."""
     dropped = sorted(current.variables - candidate.variables)
     if dropped:
         names = ", ".join(current.placeholder(v) for v in dropped)
@@ -156,9 +157,9 @@ def check_candidate(current: PromptVersion, candidate: PromptVersion, held_out: 
     added = sorted(candidate.variables - current.variables)
     if added:
         return f"adds the placeholder(s) {', '.join(candidate.placeholder(v) for v in added)}: no case has them"
-    if candidate.content_hash == current.content_hash or same_instructions(candidate, current):
+    if revision_key(candidate) == revision_key(current):
         return "same as the current prompt"
-    if candidate.content_hash in seen:
+    if revision_key(candidate) in seen:
         return "same as another candidate"
     quoted = quoted_case(candidate, held_out)
     if quoted is not None:
@@ -197,8 +198,8 @@ async def generate(runner: Runner, model: str, current: PromptVersion, digest: s
         except ValidationError as exc:
             rejected.append(Rejected(s, f"not a valid prompt: {exc.errors()[0]['msg']}"))
             continue
-        reason = check_candidate(current, candidate, held_out, {c.content_hash for c in accepted}, untrusted=digest)
-        if reason and same_instructions(candidate, current) and reply.get("changelog"):
+        reason = check_candidate(current, candidate, held_out, {revision_key(c) for c in accepted}, untrusted=digest)
+        if reason and revision_key(candidate) == revision_key(current) and reply.get("changelog"):
             # An optimizer that changed nothing usually says why ("no failure theme recognised"): worth showing.
             reason += f" (the optimizer's note: {reply['changelog'][:200]})"
         if reason:
