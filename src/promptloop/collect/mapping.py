@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -57,15 +58,9 @@ class LogMapping:
         record."""
         if not paths and not defaults and zone is None and not only and feedback is None:
             return None
-        for section, names in (("log_mapping", paths), ("log_defaults", defaults)):
-            for name in names:
-                mapped_input = section == "log_mapping" and name.startswith(INPUTS) and len(name) > len(INPUTS)
-                # A constant id would make every line after the first a duplicate.
-                if (name not in LOG_FIELDS and not mapped_input) or (section == "log_defaults" and name == "id"):
-                    known = ", ".join(f for f in LOG_FIELDS if section == "log_mapping" or f != "id")
-                    extra = " or inputs.<name>" if section == "log_mapping" else ""
-                    raise InputError(Path("params.yaml"), f"not a log-record field (one of {known}{extra})",
-                                     field=f"apps.{app}.{section}.{name}")
+        # A constant id would make every line after the first a duplicate: defaults may not set one.
+        check_fields(app, "log_mapping", paths, LOG_FIELDS, " or inputs.<name>")
+        check_fields(app, "log_defaults", defaults, tuple(f for f in LOG_FIELDS if f != "id"), "")
         return cls({name: parse_path(path) for name, path in paths.items()}, dict(defaults),
                    None if zone is None else ZoneInfo(zone), {parse_path(path): v for path, v in (only or {}).items()},
                    None if feedback is None else FeedbackLines.of(feedback))
@@ -93,14 +88,27 @@ class LogMapping:
         record = {name: field_value(name, value, self.zone) for name, value in record.items()}
         if inputs:
             record["inputs"] = inputs
-        used = {steps[0] for steps in self.paths.values() if steps and isinstance(steps[0], str)}
-        rest = {key: value for key, value in line.items() if key not in LOG_FIELDS and key not in used}
+        rest = {key: value for key, value in line.items() if key not in LOG_FIELDS and key not in self.used_keys}
         if rest:
             own = record.get("metadata")
             record["metadata"] = {**rest, **own} if isinstance(own, dict) else rest
         record.setdefault("id", "line-" + hashlib.sha256(orjson.dumps(line, option=orjson.OPT_SORT_KEYS,
                                                                       default=str)).hexdigest()[:20])
         return record
+
+
+    @cached_property
+    def used_keys(self) -> frozenset[str]:
+        """The top-level keys a mapped path starts from (once, not per line): not copied into `metadata`."""
+        return frozenset(steps[0] for steps in self.paths.values() if steps and isinstance(steps[0], str))
+
+
+def check_fields(app: str, section: str, names: Mapping[str, Any], allowed: tuple[str, ...], inputs: str) -> None:
+    """Each of `names` is one of `allowed` (or `inputs.<name>`, when `inputs` says so); else an error naming it."""
+    for name in names:
+        if name not in allowed and not (inputs and name.startswith(INPUTS) and len(name) > len(INPUTS)):
+            raise InputError(Path("params.yaml"), f"not a log-record field (one of {', '.join(allowed)}{inputs})",
+                             field=f"apps.{app}.{section}.{name}")
 
 
 def holds(line: dict[str, Any], values: Mapping[tuple[Step, ...], Any]) -> bool:
@@ -140,25 +148,28 @@ def field_value(name: str, value: Any, zone: ZoneInfo | None = None) -> Any:
     if name == "feedback":
         score = feedback_score(value)
         return value if score is None else score
-    if name == "timestamp" and isinstance(value, str) and zone is not None:
-        value = zoned(value, zone)
-    if name == "timestamp" and isinstance(value, datetime):
+    if name == "timestamp":
+        return timestamp_value(value, zone)
+    return value
+
+
+def timestamp_value(value: Any, zone: ZoneInfo | None) -> Any:
+    """ISO-8601 text from an epoch number (seconds, or milliseconds), a zoned datetime (a Parquet column), or
+    one written without a zone when `zone` says where; anything else as it is."""
+    if isinstance(value, str) and zone is not None:
+        try:
+            stamp = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        return value if stamp.tzinfo is not None else iso(stamp.replace(tzinfo=zone))  # a zoned text stays as is
+    if isinstance(value, datetime):
         if value.tzinfo is None and zone is not None:
             value = value.replace(tzinfo=zone)
-        return iso(value) if value.tzinfo is not None else value  # a Parquet timestamp column
-    if name == "timestamp" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return iso(value) if value.tzinfo is not None else value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = value / 1000 if abs(value) >= EPOCH_MS_FROM else value
         try:
             return iso(datetime.fromtimestamp(seconds, UTC))
         except (OverflowError, OSError, ValueError):
             return value
     return value
-
-
-def zoned(text: str, zone: ZoneInfo) -> str:
-    """An ISO-8601 timestamp written without a zone, in `zone`; any other text as it is."""
-    try:
-        stamp = datetime.fromisoformat(text)
-    except ValueError:
-        return text
-    return text if stamp.tzinfo is not None else iso(stamp.replace(tzinfo=zone))

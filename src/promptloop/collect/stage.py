@@ -81,7 +81,7 @@ class Totals:
     rows_quarantined: int = 0
     rows_duplicate: int = 0
     feedback_updated: int = 0  # stored rows whose feedback changed later (trace sources)
-    lines_skipped: int = 0  # lines `log_filter` says are not interactions (outside the identity)
+    lines_skipped: int = 0  # lines that are not interactions: other events, feedback lines (outside the identity)
     pii_redactions: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     parts: list[str] = field(default_factory=list)

@@ -28,8 +28,8 @@ class CollectResult(Record):
     rows_quarantined: int
     rows_duplicate: int
     feedback_updated: int = Field(default=0, description="stored rows whose user feedback arrived or changed later")
-    lines_skipped: int = Field(default=0, description="log lines apps.<app>.log_filter says are not interactions "
-                               "(not rows: outside rows_in)")
+    lines_skipped: int = Field(default=0, description="log lines that are not interactions: other events "
+                               "(apps.<app>.log_filter) and feedback lines (not rows: outside rows_in)")
     pii_redactions: dict[str, int]
     failures: dict[str, int] = Field(description="quarantine reasons and how many rows each")
     snapshot: str | None = Field(description="the log dataset folder, relative to the workspace")

@@ -140,6 +140,9 @@ def as_candidate(current: PromptVersion, revision: dict[str, str]) -> PromptVers
                                      changelog=revision["changelog"] or "optimizer revision")
 
 
+SAME_AS_CURRENT = "same as the current prompt"
+
+
 def revision_key(prompt: PromptVersion) -> str:
     """What tells revisions apart: the content hash with the instructions' whitespace collapsed, so one that
     only moved whitespace (a model often drops the prompt's last newline) is the same prompt."""
@@ -158,7 +161,7 @@ def check_candidate(current: PromptVersion, candidate: PromptVersion, held_out: 
     if added:
         return f"adds the placeholder(s) {', '.join(candidate.placeholder(v) for v in added)}: no case has them"
     if revision_key(candidate) == revision_key(current):
-        return "same as the current prompt"
+        return SAME_AS_CURRENT
     if revision_key(candidate) in seen:
         return "same as another candidate"
     quoted = quoted_case(candidate, held_out)
@@ -199,7 +202,7 @@ async def generate(runner: Runner, model: str, current: PromptVersion, digest: s
             rejected.append(Rejected(s, f"not a valid prompt: {exc.errors()[0]['msg']}"))
             continue
         reason = check_candidate(current, candidate, held_out, {revision_key(c) for c in accepted}, untrusted=digest)
-        if reason and revision_key(candidate) == revision_key(current) and reply.get("changelog"):
+        if reason == SAME_AS_CURRENT and reply.get("changelog"):
             # An optimizer that changed nothing usually says why ("no failure theme recognised"): worth showing.
             reason += f" (the optimizer's note: {reply['changelog'][:200]})"
         if reason:

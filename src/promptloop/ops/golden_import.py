@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from promptloop.core.config import AppSettings
 from promptloop.core.csvfile import read_csv_rows
 from promptloop.core.errors import InputError, input_error_from_validation
 from promptloop.core.jsonl import read_jsonl
@@ -126,10 +127,10 @@ def read_cases(workspace: Workspace, source: str) -> list[tuple[int, GoldenCase]
     return [(number, case_of(number, data, source)) for number, data in rows]
 
 
-def check_prompt_variables(workspace: Workspace, app: str, source: str, cases: list[tuple[int, GoldenCase]]) -> None:
+def check_prompt_variables(workspace: Workspace, settings: AppSettings, source: str,
+                           cases: list[tuple[int, GoldenCase]]) -> None:
     """Every case fills the variables the app's prompt file uses (where promptloop renders it), so a column
     named `Question` for `{{ question }}` is refused here, naming its line, not at the first evaluation."""
-    settings = workspace.app_settings(app)
     prompt = load_prompt(workspace.path(settings.prompt))
     for number, case in cases:
         problem = unfilled_variables(prompt, str(settings.prompt), case.inputs, settings.target,
@@ -152,7 +153,7 @@ def import_golden(workspace: Workspace, app: str, source: str) -> ImportResult:
         ids.add(case.id)
         keys.add(inputs_key(case))
         added.append((number, case))
-    check_prompt_variables(workspace, app, source, added)
+    check_prompt_variables(workspace, settings, source, added)
     new_cases = [case for _, case in added]
     md5, commit = commit_dataset_edit(workspace.root, golden, lambda: append_cases(golden, new_cases),
                                       f"golden import into {app}", f"golden import: {len(added)} case(s) into {app} "
