@@ -650,7 +650,7 @@ def exit_without_teardown(status: int) -> NoReturn:
     idle thread pool's worker, MLflow's artifact copier, which only that hook tells to stop), then the
     exit handlers (litellm's and MLflow's flushes, logging's shutdown), then the streams are flushed.
     """
-    threading._shutdown()  # type: ignore[attr-defined]  # CPython's exit step: thread-pool hooks, then joins
+    shut_down_threads()
     atexit._run_exitfuncs()  # what the interpreter's own exit runs, in the same (reverse) order
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -658,3 +658,18 @@ def exit_without_teardown(status: int) -> NoReturn:
         except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it anyway
             pass
     os._exit(status)
+
+
+def shut_down_threads() -> None:
+    """threading's own exit step (`threading._shutdown`: its exit hooks, then the joins), finished even
+    when CPython 3.11's process-pool race interrupts it.
+
+    A process pool shut down without waiting (the recorder's, the workers') closes its wake-up pipe from
+    its manager thread, and the pool's exit hook can write to that pipe just after its check that the pipe
+    is open (fixed in 3.12 by a lock): the write fails with EBADF and the rest of the step is skipped.
+    By then the pipe is marked closed and every hook can run twice, so running the step again finishes it.
+    """
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # CPython's exit step: thread-pool hooks, then joins
+    except OSError:
+        threading._shutdown()  # type: ignore[attr-defined]

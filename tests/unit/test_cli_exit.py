@@ -55,6 +55,34 @@ def test_a_usage_error_keeps_its_exit_status(tmp_path: Path) -> None:
     assert (tmp_path / "atexit.txt").is_file()
 
 
+# CPython 3.11's race, made certain: the exit hook's write to a shut-down process pool's wake-up pipe comes
+# just after the pool's manager thread closed it (between the hook's check and its write).
+RACE = r"""
+import sys
+import concurrent.futures.process as process
+from concurrent.futures import ProcessPoolExecutor
+pool = ProcessPoolExecutor(1)
+pool.submit(int).result()
+manager = pool._executor_manager_thread  # kept, so the exit hook still finds the pool's pipe
+pool.shutdown(wait=False)  # as the recorder's pool: its manager thread closes the pipe on its own
+hook = process._ThreadWakeup.wakeup
+def closed_mid_write(wakeup):
+    process._ThreadWakeup.wakeup = hook  # once: the race happens at one exit hook's call
+    wakeup.close()
+    wakeup._writer.send_bytes(b"")
+process._ThreadWakeup.wakeup = closed_mid_write
+sys.argv = ["promptloop", "evaluate", "--no-such-option"]
+from promptloop.cli import main
+main()
+"""
+
+
+def test_a_process_pools_wakeup_race_at_exit_keeps_the_exit_status() -> None:
+    done = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 2 and "No such option" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (3, 3), ("a message", 1)])
 def test_exit_status_is_what_sys_exit_gives(code: object, status: int, capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_status(code) == status
