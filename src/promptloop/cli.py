@@ -122,8 +122,8 @@ def render_collect(result: CollectResult) -> None:
     """The collect summary as a table."""
     keys = {"rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "feedback_updated", "pii_redactions",
             "failures", "snapshot", "dvc_md5", "git_commit", "mlflow_run_id"}
-    if result.lines_skipped:  # only for logs in an app's own format (log_filter, log_feedback)
-        keys.add("lines_skipped")
+    # Only for logs in an app's own format (log_filter, log_feedback):
+    keys |= {k for k in ("lines_skipped", "feedback_waiting", "feedback_expired") if getattr(result, k)}
     render_mapping(f"collect {result.app}", result.model_dump(include=keys))
     hint = quarantine_hint(result)
     if hint:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import git
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -159,37 +160,90 @@ def test_a_log_filter_skips_the_other_events_of_an_app_log_and_counts_them(root:
     assert collect(workspace, "support-bot", now=NOW).lines_skipped == 0
 
 
-def test_feedback_logged_as_lines_of_its_own_rates_the_stored_interactions(root: Path) -> None:
-    def feedback(rated: str, rating: Any, comment: str | None = None) -> dict[str, Any]:
-        return {"event": "feedback", "ts": NOW.timestamp(), "for": rated, "vote": rating, "text": comment}
+def feedback(rated: str, rating: Any, comment: str | None = None) -> dict[str, Any]:
+    """A feedback line of the team's log: an event of its own naming the interaction it rates."""
+    return {"event": "feedback", "ts": NOW.timestamp(), "for": rated, "vote": rating, "text": comment}
 
-    log = root / "incoming" / "support-bot" / "app.jsonl"
-    first = [{**line(n), "event": "llm_call"} for n in (1, 2, 3)]
-    log.write_text("".join(json.dumps(item) + "\n" for item in [
-        *first, feedback("req-1", "down", "wrong, write to ann@example.com"), feedback("req-2", "up"),
-        feedback("req-404", "down"), {"event": "startup", "ts": NOW.timestamp()}]), encoding="utf-8")
+
+def jsonl(items: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(item) + "\n" for item in items)
+
+
+def with_feedback_lines(root: Path) -> Workspace:
+    """The app's log holds calls, feedback events and other events; only calls are interactions."""
     params_file = root / "params.yaml"
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     params["apps"]["support-bot"].update(log_filter={"$.event": "llm_call"}, log_feedback={
         "when": {"$.event": "feedback"}, "id": "$.for", "feedback": "$.vote", "comment": "$.text"})
     params_file.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    workspace = with_mapping(root, {k: v for k, v in MAPPING.items() if k != "feedback"}, DEFAULTS)
+    return with_mapping(root, {k: v for k, v in MAPPING.items() if k != "feedback"}, DEFAULTS)
+
+
+def test_feedback_logged_as_lines_of_its_own_rates_the_stored_interactions(root: Path) -> None:
+    log = root / "incoming" / "support-bot" / "app.jsonl"
+    first = [{**line(n), "event": "llm_call"} for n in (1, 2, 3)]
+    log.write_text(jsonl([*first, feedback("req-1", "down", "wrong, write to ann@example.com"),
+                          feedback("req-2", "up"), feedback("req-404", "down"),
+                          {"event": "startup", "ts": NOW.timestamp()}]), encoding="utf-8")
+    workspace = with_feedback_lines(root)
     result = collect(workspace, "support-bot", now=NOW)
-    # The rated rows of this very run get their feedback; the unknown id rates nothing.
+    # The rated rows of this very run get their feedback; the unknown id rates nothing yet: it waits.
     assert (result.rows_valid, result.lines_skipped, result.feedback_updated) == (3, 4, 2)
+    assert (result.feedback_waiting, result.feedback_expired) == (1, 0)
     stored = pd.read_parquet(workspace.path("data/support-bot/logs")).set_index("id")
     assert (stored.loc["req-1", "feedback"], stored.loc["req-2", "feedback"]) == (-1, 1)
     assert pd.isna(stored.loc["req-3", "feedback"])
     assert stored.loc["req-1", "feedback_comment"] == "wrong, write to <EMAIL>"
     # A later run: a rating of a row stored before, and a changed mind on another.
     with log.open("a", encoding="utf-8") as handle:
-        for item in (feedback("req-3", False), feedback("req-2", "thumbs_down")):
-            handle.write(json.dumps(item) + "\n")
+        handle.write(jsonl([feedback("req-3", False), feedback("req-2", "thumbs_down")]))
     later = collect(workspace, "support-bot", now=NOW)
     assert (later.rows_in, later.lines_skipped, later.feedback_updated) == (0, 2, 2)
     stored = pd.read_parquet(workspace.path("data/support-bot/logs")).set_index("id")
     assert (stored.loc["req-2", "feedback"], stored.loc["req-3", "feedback"]) == (-1, -1)
     assert len(stored) == 3  # rewritten in place, not added
+
+
+def test_a_rating_read_before_its_interaction_waits_for_it_redacted(root: Path) -> None:
+    incoming = root / "incoming" / "support-bot"
+    (incoming / "app.jsonl").write_text(jsonl([
+        {**line(1), "event": "llm_call"}, feedback("req-5", "down", "ann@example.com says no"),
+        feedback("chat:bob@example.com", "up")]), encoding="utf-8")
+    workspace = with_feedback_lines(root)
+    first = collect(workspace, "support-bot", now=NOW)
+    assert (first.rows_valid, first.feedback_updated, first.feedback_waiting) == (1, 0, 2)
+    state_file = workspace.path("data/support-bot/collect-state.json")
+    assert json.loads(state_file.read_text(encoding="utf-8"))["waiting_feedback"] == {
+        "req-5": {"feedback": -1, "comment": "<EMAIL> says no", "since": NOW.isoformat()},
+        "chat:<EMAIL>": {"feedback": 1, "comment": None, "since": NOW.isoformat()}}
+    # The rated interactions come a day later, in the app's next log file (an id holding an address is
+    # stored redacted, and found in that form).
+    (incoming / "app.1.jsonl").write_text(jsonl([
+        {**line(5), "event": "llm_call"}, {**line(6, request_id="chat:bob@example.com"), "event": "llm_call"}]),
+        encoding="utf-8")
+    later = collect(workspace, "support-bot", now=NOW + timedelta(days=1))
+    assert (later.rows_valid, later.feedback_updated, later.feedback_waiting) == (2, 2, 0)
+    stored = pd.read_parquet(workspace.path("data/support-bot/logs")).set_index("id")
+    assert (stored.loc["req-5", "feedback"], stored.loc["req-5", "feedback_comment"]) == (-1, "<EMAIL> says no")
+    assert stored.loc["chat:<EMAIL>", "feedback"] == 1
+    assert "waiting_feedback" not in json.loads(state_file.read_text(encoding="utf-8"))
+
+
+def test_a_rating_whose_interaction_never_comes_is_dropped_after_the_lookback(root: Path) -> None:
+    incoming = root / "incoming" / "support-bot"
+    (incoming / "app.jsonl").write_text(jsonl([{**line(1), "event": "llm_call"}, feedback("req-9", "down")]),
+                                        encoding="utf-8")
+    workspace = with_feedback_lines(root)  # collect.feedback_lookback_days: 7 (the default)
+    assert collect(workspace, "support-bot", now=NOW).feedback_waiting == 1
+    assert collect(workspace, "support-bot", now=NOW + timedelta(days=6)).feedback_waiting == 1
+    # Nothing new to read, but the state changes: the drop is committed, and not counted again.
+    dropped = collect(workspace, "support-bot", now=NOW + timedelta(days=8))
+    assert (dropped.feedback_waiting, dropped.feedback_expired, dropped.feedback_updated) == (0, 1, 0)
+    assert dropped.git_commit is not None
+    assert git.Repo(root).head.commit.hexsha == dropped.git_commit
+    assert "waiting_feedback" not in json.loads(
+        workspace.path("data/support-bot/collect-state.json").read_text(encoding="utf-8"))
+    assert collect(workspace, "support-bot", now=NOW + timedelta(days=9)).feedback_expired == 0
 
 
 def test_a_field_the_log_record_does_not_have_is_named_in_the_error(root: Path) -> None:

@@ -28,7 +28,9 @@ import pyarrow.parquet as pq
 from promptloop.collect.mapping import LogMapping
 from promptloop.collect.sources import EXTRA, ORIGIN, FileSource, Shape, Source, SourceBatch, Unreadable
 from promptloop.collect.trace_collect import collect_late_feedback, prepare_trace_sources, update_stored_feedback
+from promptloop.collect.traces import Feedback
 from promptloop.collect.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
+from promptloop.collect.waiting_feedback import STATE_KEY, Waiting, as_changes, left_waiting, still_waiting
 from promptloop.core.config import AppSettings, CollectSettings
 from promptloop.core.errors import InputError
 from promptloop.core.files import write_atomic
@@ -82,6 +84,7 @@ class Totals:
     rows_duplicate: int = 0
     feedback_updated: int = 0  # stored rows whose feedback changed later (trace sources)
     lines_skipped: int = 0  # lines that are not interactions: other events, feedback lines (outside the identity)
+    waiting: Waiting | None = None  # feedback lines whose interaction is not stored yet (log_feedback only)
     pii_redactions: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     parts: list[str] = field(default_factory=list)
@@ -426,8 +429,10 @@ def snapshot(plan: CollectPlan, totals: Totals) -> Snapshot:
     state_path = plan.data_dir / STATE_FILE
     logs_dir = plan.data_dir / LOGS
     if not totals.parts:
-        # Lines `log_filter` skipped move the watermark with no row: kept, or each run would skip them again.
-        commit = skipped_only(plan, totals, state_path) if totals.lines_skipped else None
+        # Lines `log_filter` skipped move the watermark with no row: kept, or each run would skip them again;
+        # so are the ratings left waiting or dropped.
+        changed = totals.lines_skipped or (totals.waiting is not None and totals.waiting.expired)
+        commit = skipped_only(plan, totals, state_path) if changed else None
         return Snapshot(_relative(plan, logs_dir) if logs_dir.exists() else None,
                         dvc_md5(logs_dir) if Path(f"{logs_dir}.dvc").is_file() else None, commit)
     targets = [d for d in (logs_dir, plan.data_dir / QUARANTINE) if d.is_dir()]
@@ -446,6 +451,9 @@ def snapshot(plan: CollectPlan, totals: Totals) -> Snapshot:
 def save_state(plan: CollectPlan, totals: Totals, state_path: Path) -> None:
     """The sources' watermarks after this run, written atomically."""
     state = {"watermarks": {**plan.state["watermarks"], **totals.watermarks}, "last_run": plan.run}
+    waiting = totals.waiting.ratings if totals.waiting is not None else plan.state.get(STATE_KEY)
+    if waiting:
+        state[STATE_KEY] = waiting
     write_atomic(state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
@@ -465,11 +473,25 @@ def _relative(plan: CollectPlan, path: Path) -> str:
     return str(path.relative_to(plan.workspace.root))
 
 
+def apply_feedback_lines(plan: CollectPlan, received: dict[str, Feedback], redactor: Redactor,
+                         totals: Totals) -> None:
+    """Rate the stored interactions with this run's feedback lines (`received`) and those earlier runs left
+    waiting; the ratings whose interaction is still not stored wait on (`collect.waiting_feedback`)."""
+    before = still_waiting(plan.state, plan.now, plan.workspace.params.collect.feedback_lookback_days)
+    changes = {**as_changes(before), **received}  # a new rating of the same id wins
+    applied = update_stored_feedback(plan.data_dir / LOGS, changes, redactor)
+    totals.feedback_updated += applied.updated
+    totals.parts += [_relative(plan, part) for part in applied.rewritten]
+    totals.waiting = left_waiting(changes, applied.found, before, plan.now, redactor)
+
+
 def log_collect_run(plan: CollectPlan, totals: Totals, versioned: Snapshot, suite_version: object) -> str:
     """One MLflow run: counts as metrics; sources, watermark and DVC hash as params/tags; the report as artifact."""
     metrics = {"rows_in": totals.rows_in, "rows_valid": totals.rows_valid, "rows_quarantined": totals.rows_quarantined,
                "rows_duplicate": totals.rows_duplicate, "pii_redactions": sum(totals.pii_redactions.values()),
                "feedback_updated": totals.feedback_updated, "lines_skipped": totals.lines_skipped}
+    if totals.waiting is not None:
+        metrics.update(feedback_waiting=len(totals.waiting.ratings), feedback_expired=totals.waiting.expired)
     metrics.update({f"pii_{kind.lower()}": n for kind, n in totals.pii_redactions.items()})
     params = {"app": plan.app, "sources": [s.key for s in plan.sources], "suite_version": suite_version,
               "batch_rows": plan.workspace.params.collect.batch_rows}
@@ -506,6 +528,8 @@ def summary(plan: CollectPlan, totals: Totals, versioned: Snapshot, run_id: str)
     return CollectResult(app=plan.app, rows_in=totals.rows_in, rows_valid=totals.rows_valid,
                          rows_quarantined=totals.rows_quarantined, rows_duplicate=totals.rows_duplicate,
                          feedback_updated=totals.feedback_updated, lines_skipped=totals.lines_skipped,
+                         feedback_waiting=len(totals.waiting.ratings) if totals.waiting else 0,
+                         feedback_expired=totals.waiting.expired if totals.waiting else 0,
                          pii_redactions=dict(sorted(totals.pii_redactions.items())),
                          failures=dict(totals.failures.most_common()), snapshot=versioned.snapshot,
                          quarantine=(Path(plan.settings.data_dir) / QUARANTINE).as_posix(),
@@ -530,10 +554,8 @@ def collect(workspace: Workspace, app: str, source_uri: str | None = None, now: 
         totals.feedback_updated += late.updated
         totals.parts += late.parts
         totals.watermarks.update(late.watermarks)
-        if plan.mapping is not None and plan.mapping.received:  # 👍/👎 logged as lines of their own
-            updated, parts = update_stored_feedback(plan.data_dir / LOGS, plan.mapping.received, ctx.redactor)
-            totals.feedback_updated += updated
-            totals.parts += [_relative(plan, part) for part in parts]
+        if plan.mapping is not None and plan.mapping.feedback is not None:  # 👍/👎 logged as lines of their own
+            apply_feedback_lines(plan, plan.mapping.received, ctx.redactor, totals)
         versioned = snapshot(plan, totals)
     run_id = log_collect_run(plan, totals, versioned, ctx.validator.version)
     return summary(plan, totals, versioned, run_id)

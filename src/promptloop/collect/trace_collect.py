@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -99,35 +99,49 @@ def collect_late_feedback(sources: Sequence[Source], watermarks: dict[str, Any],
         previous = watermarks.get(key) or {}
         changes, mark = source.feedback_changes(now_ms - int(lookback_days * DAY_MS), previous.get("updated_ms"))
         if changes:
-            updated, parts = update_stored_feedback(logs_dir, changes, redactor)
-            outcome.updated += updated
-            outcome.parts += [str(p.relative_to(root)) for p in parts]
+            applied = update_stored_feedback(logs_dir, changes, redactor)
+            outcome.updated += applied.updated
+            outcome.parts += [str(p.relative_to(root)) for p in applied.rewritten]
         if mark is not None and mark != previous.get("updated_ms"):
             outcome.watermarks[key] = {"updated_ms": mark}
     return outcome
 
 
-def update_stored_feedback(logs_dir: Path, changes: dict[str, Feedback],
-                           redactor: Redactor) -> tuple[int, list[Path]]:
-    """Rewrite the stored rows whose feedback differs from `changes`; (rows updated, parts rewritten)."""
+class StoredFeedback(NamedTuple):
+    """What applying feedback to the stored rows did."""
+
+    updated: int  # rows whose feedback or comment changed
+    rewritten: list[Path]  # the parts rewritten
+    found: set[str]  # the rated ids some stored row has (changed or not)
+
+
+def update_stored_feedback(logs_dir: Path, changes: dict[str, Feedback], redactor: Redactor) -> StoredFeedback:
+    """Rewrite the stored rows whose feedback differs from `changes` (rated id -> feedback)."""
     comments = redacted_comments(changes, redactor)
-    updated, rewritten = 0, []
+    # Stored ids are redacted like every stored text: a rated id is looked for in that form.
+    rated = {str(redactor.redact_text(row_id)[0]): row_id for row_id in changes}
+    updated, rewritten, found = 0, [], set()
     for part in sorted(logs_dir.glob("*.parquet")):
         stored = pq.read_table(part, columns=["id", "feedback", "feedback_comment"]).to_pandas()
-        hits = [i for i, (row_id, score, comment) in enumerate(stored.itertuples(index=False, name=None))
-                if row_id in changes and not same_feedback((score, comment), (changes[row_id][0], comments[row_id]))]
+        hits = []
+        for index, (row_id, score, comment) in enumerate(stored.itertuples(index=False, name=None)):
+            if row_id not in rated:
+                continue
+            found.add(rated[row_id])
+            if not same_feedback((score, comment), (changes[rated[row_id]][0], comments[rated[row_id]])):
+                hits.append(index)
         if not hits:
             continue
         frame = pq.read_table(part, schema=STORED_LOG_SCHEMA).to_pandas()
         for index in hits:
-            row_id = frame.at[index, "id"]
+            row_id = rated[frame.at[index, "id"]]
             frame.at[index, "feedback"] = changes[row_id][0]
             frame.at[index, "feedback_comment"] = comments[row_id]
         frame["feedback"] = frame["feedback"].astype("Int8")
         rewrite_part(frame, part)
         rewritten.append(part)
         updated += len(hits)
-    return updated, rewritten
+    return StoredFeedback(updated, rewritten, found)
 
 
 def redacted_comments(changes: dict[str, Feedback], redactor: Redactor) -> dict[str, str | None]:

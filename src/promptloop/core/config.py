@@ -402,7 +402,8 @@ class CollectSettings(Section):
     feedback_lookback_days: float = Field(
         default=7.0, ge=0,
         description="trace sources (MLflow, Langfuse, OTLP): feedback logged on traces up to this old is re-read "
-        "and updates stored rows")
+        "and updates stored rows; feedback lines (apps.<app>.log_feedback) wait this long for the interaction they "
+        "rate to be stored")
     feedback_names: list[str] = Field(
         default_factory=lambda: ["user_feedback", "user-feedback", "feedback"],
         description="Langfuse score names / OTel gen_ai.evaluation.name values that are the users' feedback")

@@ -30,6 +30,10 @@ class CollectResult(Record):
     feedback_updated: int = Field(default=0, description="stored rows whose user feedback arrived or changed later")
     lines_skipped: int = Field(default=0, description="log lines that are not interactions: other events "
                                "(apps.<app>.log_filter) and feedback lines (not rows: outside rows_in)")
+    feedback_waiting: int = Field(default=0, description="feedback lines (apps.<app>.log_feedback) whose interaction "
+                                  "is not stored yet: kept, and applied by the run that stores it")
+    feedback_expired: int = Field(default=0, description="feedback lines dropped this run after waiting "
+                                  "collect.feedback_lookback_days for their interaction")
     pii_redactions: dict[str, int]
     failures: dict[str, int] = Field(description="quarantine reasons and how many rows each")
     snapshot: str | None = Field(description="the log dataset folder, relative to the workspace")
