@@ -372,6 +372,14 @@ def test_the_rrn_birth_date_must_exist_in_its_century(digits: str, ok: bool) -> 
     assert rrn_birth_date_ok(digits[:6] + digits[6]) is ok
 
 
+@pytest.mark.parametrize("text", ["chat/ann@example.com", "ticket#ann@example.com", "a/b.c@corp.example.org"])
+def test_an_address_after_a_slash_or_hash_is_redacted(text: str) -> None:
+    # Presidio's address pattern takes '/' and '#' into the local part; read as a URL, that match has
+    # the host before the '/', no public suffix: only the part after the '@' is the domain.
+    redacted, counts = REDACTOR.redact_text(f"write to {text} today")
+    assert "@" not in str(redacted) and counts["EMAIL"] == 1
+
+
 def test_email_validation_reads_only_the_bundled_suffix_list() -> None:
     assert OFFLINE_TLD.suffix_list_urls == ()
     assert OFFLINE_TLD.fallback_to_snapshot

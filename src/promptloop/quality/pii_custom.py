@@ -98,8 +98,12 @@ class OfflineEmailRecognizer(EmailRecognizer):
     """Presidio's email recognizer, its domain checked against tldextract's bundled suffix list."""
 
     def validate_result(self, pattern_text: str) -> bool:
-        """A known public suffix after the '@' (what Presidio checks, without the network)."""
-        return OFFLINE_TLD(pattern_text).fqdn != ""
+        """A known public suffix after the '@' (what Presidio checks, without the network).
+
+        Only the domain is checked: the match's local part may hold '/' or '#' (`chat/ann@example.com`),
+        and read as a URL the whole match would have the host `chat`, no suffix, and the address kept.
+        """
+        return OFFLINE_TLD(pattern_text.rpartition("@")[2]).fqdn != ""
 
 
 # House number, 1-5 words, a street suffix; then optionally a unit, a city, a state and a ZIP.
