@@ -4,15 +4,13 @@ stayed busy with another promptloop process (try again later), 1 other (an incom
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -24,7 +22,7 @@ from rich.table import Table
 from promptloop import __version__
 from promptloop.core.errors import InputError, WorkspaceBusy
 from promptloop.core.progress import ProgressHooks
-from promptloop.core.runtime import allow_helper_processes, prepare_environment
+from promptloop.core.runtime import allow_helper_processes, exit_without_teardown, prepare_environment
 from promptloop.core.secrets import redact_secrets
 
 if TYPE_CHECKING:
@@ -638,38 +636,3 @@ def exit_status(code: object) -> int:
         return code or 0
     print(code, file=sys.stderr)
     return 1
-
-
-def exit_without_teardown(status: int) -> NoReturn:
-    """End the process once its work is safely done, without the interpreter freeing every object.
-
-    With litellm, MLflow and pandas loaded that teardown takes most of a second after the result is
-    printed (mypy ends the same way, for the same reason). Everything a normal exit would still do
-    is done first, in the interpreter's own order: threading's exit hooks run and other threads are
-    joined (`threading._shutdown`, which a normal exit calls first; joining alone waited forever on an
-    idle thread pool's worker, MLflow's artifact copier, which only that hook tells to stop), then the
-    exit handlers (litellm's and MLflow's flushes, logging's shutdown), then the streams are flushed.
-    """
-    shut_down_threads()
-    atexit._run_exitfuncs()  # what the interpreter's own exit runs, in the same (reverse) order
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it anyway
-            pass
-    os._exit(status)
-
-
-def shut_down_threads() -> None:
-    """threading's own exit step (`threading._shutdown`: its exit hooks, then the joins), finished even
-    when CPython 3.11's process-pool race interrupts it.
-
-    A process pool shut down without waiting (the recorder's, the workers') closes its wake-up pipe from
-    its manager thread, and the pool's exit hook can write to that pipe just after its check that the pipe
-    is open (fixed in 3.12 by a lock): the write fails with EBADF and the rest of the step is skipped.
-    By then the pipe is marked closed and every hook can run twice, so running the step again finishes it.
-    """
-    try:
-        threading._shutdown()  # type: ignore[attr-defined]  # CPython's exit step: thread-pool hooks, then joins
-    except OSError:
-        threading._shutdown()  # type: ignore[attr-defined]

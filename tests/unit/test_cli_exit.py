@@ -83,6 +83,52 @@ def test_a_process_pools_wakeup_race_at_exit_keeps_the_exit_status() -> None:
     assert "Traceback" not in done.stderr
 
 
+# A helper process (a spawned pool's worker, as the recorder's and the evaluation's workers): its exit
+# handler must still run, and the interpreter's teardown (here: a global's finalizer) must not.
+HELPER = r"""
+import atexit, sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+
+class Teardown:
+    def __init__(self, folder):
+        self.path, self.open = str(Path(folder) / "teardown.txt"), open  # kept: globals go first at teardown
+
+    def __del__(self):  # runs when the interpreter frees the module's globals
+        with self.open(self.path, "w") as file:
+            file.write("ran")
+
+
+def start(folder, fast):
+    global kept
+    if fast:
+        from promptloop.core.runtime import end_helper_without_teardown
+        end_helper_without_teardown()
+    atexit.register(lambda: (Path(folder) / "atexit.txt").write_text("ran"))
+    kept = Teardown(folder)
+
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=start,
+                               initargs=(sys.argv[1], sys.argv[2] == "fast"))
+    assert pool.submit(abs, -3).result() == 3
+    pool.shutdown(wait=True)
+"""
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_helper_process_ends_after_its_exit_handlers_without_the_teardown(tmp_path: Path, fast: bool) -> None:
+    script = tmp_path / "helper.py"
+    script.write_text(HELPER, encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), "fast" if fast else "slow"],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "atexit.txt").read_text() == "ran"
+    assert (tmp_path / "teardown.txt").is_file() is not fast  # the control shows the teardown is seen
+
+
 @pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (3, 3), ("a message", 1)])
 def test_exit_status_is_what_sys_exit_gives(code: object, status: int, capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_status(code) == status

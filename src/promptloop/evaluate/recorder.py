@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from promptloop.core.runtime import helper_processes_allowed, prepare_environment
+from promptloop.core.runtime import end_helper_without_teardown, helper_processes_allowed, prepare_environment
 from promptloop.domain.evaluation import EvaluationResult
 from promptloop.evaluate.plan import EvalPlan
 from promptloop.evaluate.record import log_evaluation
@@ -51,6 +51,7 @@ def end_with_parent() -> None:
 def open_store(tracking_uri: str) -> None:
     """The recording process's start: offline defaults, MLflow imported, its store opened."""
     end_with_parent()
+    end_helper_without_teardown()
     prepare_environment()
     try:
         client = tracking_client(tracking_uri)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from promptloop.core.runtime import prepare_environment
+from promptloop.core.runtime import end_helper_without_teardown, prepare_environment
 from promptloop.domain.golden import GoldenCase
 from promptloop.evaluate import stats
 from promptloop.evaluate.latency import NoCache, ProbeResult, needs_probe, run_probe
@@ -337,6 +337,7 @@ class Stopwatch:
 
 def warm_worker(workspace: Workspace) -> None:
     """A worker process's start: offline environment, litellm configured (its imports take seconds)."""
+    end_helper_without_teardown()
     prepare_environment()
     litellm_module_configured(workspace.params.llm)
 
