@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
-from scipy.stats import norm
 
 from promptloop.evaluate import stats
 
@@ -47,8 +46,8 @@ def look_alphas(alpha: float, sizes: Sequence[int], spending: Spending) -> list[
         return []
     if spending == "bonferroni":
         return [alpha / len(sizes)] * len(sizes)
-    z = float(norm.ppf(1 - alpha / 2))
-    spent = [float(2 - 2 * norm.cdf(z / math.sqrt(size / sizes[-1]))) for size in sizes]
+    z = stats.STANDARD_NORMAL.inv_cdf(1 - alpha / 2)
+    spent = [2 - 2 * stats.STANDARD_NORMAL.cdf(z / math.sqrt(size / sizes[-1])) for size in sizes]
     spent[-1] = alpha  # a(1) = alpha exactly, whatever the float rounding
     return [b - a for a, b in zip([0.0, *spent[:-1]], spent, strict=True)]
 
