@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlparse
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from promptloop.collect.stage import collect
 from promptloop.core.errors import InputError
@@ -297,6 +298,32 @@ def test_incremental_reads_collect_each_trace_once(tmp_path: Path) -> None:
     late = collect(other, APP, source_uri="otel:incoming/otel.jsonl", now=soon + timedelta(hours=2))
     assert (late.rows_in, late.rows_valid + late.rows_quarantined) == (1, 1)
     assert sorted(stored(other).index) == sorted(i.trace_id for i in items)
+
+
+def test_a_first_langfuse_run_reads_only_its_window_then_reads_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = interactions(40)  # 37 s apart
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY)
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", SECRET_KEY)
+    workspace = fresh_workspace(tmp_path / "ws")
+    params = yaml.safe_load((workspace.root / "params.yaml").read_text(encoding="utf-8"))
+    params["collect"]["langfuse"] = {"first_run_days": 0.25 / 24}  # a quarter of an hour
+    (workspace.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    workspace = open_workspace(workspace.root)
+    now = items[29].start + timedelta(minutes=2)  # items 30-39 are not logged yet
+    window = [i for i in items[:30] if i.start >= now - timedelta(minutes=15)]
+    assert 0 < len(window) < 30
+    with langfuse_stand_in(items[:30]) as server:
+        first = collect(workspace, APP, source_uri=f"langfuse:{server.url}", now=now, allow_outside=True)
+    assert first.rows_valid == len(window)
+    assert sorted(stored(workspace).index) == sorted(i.trace_id for i in window)
+    assert all("fromStartTime=" in r for r in server.requests if "/observations" in r)
+    later = items[39].start + timedelta(minutes=2)
+    with langfuse_stand_in(items) as server:  # the next run reads on from its watermark, whatever the window
+        second = collect(workspace, APP, source_uri=f"langfuse:{server.url}", now=later, allow_outside=True)
+    assert second.rows_valid == 10
+    assert sorted(stored(workspace).index) == sorted(i.trace_id for i in [*window, *items[30:]])
 
 
 def test_langfuse_keys_never_reach_the_stored_data_or_the_watermark(

@@ -330,6 +330,7 @@ class LangfuseApiSource(TraceExportSource):
     feedback_names: tuple[str, ...] = DEFAULT_FEEDBACK_NAMES
     timeout_s: float = 60.0
     feedback_overlap_ms: int = 15 * 60_000  # scores may show in the API up to ~10 minutes after they were written
+    first_run_days: float | None = 30.0  # how far back a first run reads (None: the whole history)
 
     @property
     def key(self) -> str:
@@ -370,15 +371,24 @@ class LangfuseApiSource(TraceExportSource):
             if not cursor or not page.data:
                 return
 
+    def first_run_start_ms(self) -> int | None:
+        """Where a first run starts reading: `first_run_days` before the collect run (None: the beginning)."""
+        if self.first_run_days is None:
+            return None
+        now_ms = self.now_ms if self.now_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
+        return now_ms - int(self.first_run_days * 86_400_000)
+
     def load(self, after_ms: int | None, watermark: dict[str, Any]) -> Loaded | None:
         client = self._client()
+        start_ms = after_ms if after_ms is not None else self.first_run_start_ms()
         records = [ExportRecord(f"{self.key}/observations/{o.get('id')}", o)
-                   for o in self.observations(client, after_ms)]
+                   for o in self.observations(client, start_ms)]
         # A trace's scores come after it started: those written from the watermark on are enough.
-        records += [ExportRecord(f"{self.key}/scores/{s.get('id')}", s) for s in self.scores(client, after_ms)]
+        records += [ExportRecord(f"{self.key}/scores/{s.get('id')}", s) for s in self.scores(client, start_ms)]
         parts, unreadable = grouped(records)
-        if after_ms is not None:
-            # Observations of a trace whose root started before the watermark belong to a trace already read.
+        if start_ms is not None:
+            # Observations of a trace whose root started before the watermark (or the first run's window)
+            # belong to a trace already read (or left out).
             parts = {t: p for t, p in parts.items() if any(not o.get("parentObservationId") for o in p.observations)}
         return Loaded(interactions_of(parts, self.feedback_names), unreadable, {})
 
@@ -409,4 +419,5 @@ def api_source(uri: str, settings: Any, resolve: Any) -> LangfuseApiSource:
         raise InputError(uri, "the Langfuse host must be an http(s):// URL")
     public = resolve(settings.public_key, "collect.langfuse.public_key")
     secret = resolve(settings.secret_key, "collect.langfuse.secret_key")
-    return LangfuseApiSource(host=host, public_key=public, secret_key=secret, page_size=settings.page_size)
+    return LangfuseApiSource(host=host, public_key=public, secret_key=secret, page_size=settings.page_size,
+                             first_run_days=settings.first_run_days)

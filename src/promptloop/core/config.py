@@ -378,6 +378,11 @@ class LangfuseSettings(Section):
     secret_key: str = Field(default="env:LANGFUSE_SECRET_KEY",
                             description="'env:VARIABLE' or 'prefect-secret:BLOCK'; never the key")
     page_size: int = Field(default=100, ge=1, le=100, description="records per API page (the scores API allows 100)")
+    first_run_days: float | None = Field(
+        default=30.0, gt=0,
+        description="the first run of a langfuse: source reads the traces of this many days before it (a "
+        "project's whole history can be millions of observations); later runs read on from where it ended. "
+        "null: the whole history")
 
     @field_validator("public_key", "secret_key")
     @classmethod
