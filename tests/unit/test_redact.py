@@ -380,6 +380,24 @@ def test_an_address_after_a_slash_or_hash_is_redacted(text: str) -> None:
     assert "@" not in str(redacted) and counts["EMAIL"] == 1
 
 
+URL_ENCODED = ["GET /reset?email=ann.lee%40example.com&next=/", "/u?e=ann.lee%2Bshop%40mail.example.org",
+               "redirect=https%3A%2F%2Fx.io%2F%3Fu%3Dbob%40example.co.uk"]
+
+
+@pytest.mark.parametrize("text", URL_ENCODED)
+def test_an_address_written_into_a_url_is_redacted(text: str) -> None:
+    # Web logs hold request URLs, where the '@' of an address is %40: one text at a time and a column.
+    redacted, counts = REDACTOR.redact_text(text)
+    assert "%40" not in str(redacted) and counts["EMAIL"] == 1
+    column, _ = REDACTOR.redact_series(pd.Series([text, "no address here"], dtype=object))
+    assert "%40" not in column[0] and column[1] == "no address here"
+
+
+@pytest.mark.parametrize("text", ["50%40 off today", "john%40localhost", "a%40b.c", "100%40"])
+def test_a_percent_forty_without_a_real_domain_is_left_alone(text: str) -> None:
+    assert REDACTOR.redact_text(text) == (text, Counter())
+
+
 def test_email_validation_reads_only_the_bundled_suffix_list() -> None:
     assert OFFLINE_TLD.suffix_list_urls == ()
     assert OFFLINE_TLD.fallback_to_snapshot

@@ -106,6 +106,22 @@ class OfflineEmailRecognizer(EmailRecognizer):
         return OFFLINE_TLD(pattern_text.rpartition("@")[2]).fqdn != ""
 
 
+class UrlEncodedEmailRecognizer(PatternRecognizer):
+    """An address written into a URL (`/reset?email=ann%40example.com`): its '@' is `%40` (and its '+'
+    may be `%2B`), which Presidio's pattern does not take. Kept when the part after `%40` ends in a
+    public suffix."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="EMAIL_ADDRESS",
+            patterns=[Pattern("url-encoded email", r"(?<![\w.+\-%])[\w.+\-%]+%40[\w\-]+(?:\.[\w\-]+)+", 0.5)],
+        )
+
+    def validate_result(self, pattern_text: str) -> bool:
+        """A known public suffix after the `%40`."""
+        return OFFLINE_TLD(pattern_text.rpartition("%40")[2]).fqdn != ""
+
+
 # House number, 1-5 words, a street suffix; then optionally a unit, a city, a state and a ZIP.
 _US_CANDIDATE = re.compile(
     rf"\b[0-9]{{1,6}}[A-Za-z]?(?:\s+[A-Z0-9][\w.'\-]*){{1,5}}?\s+(?:{_US_SUFFIX})\b(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b)?"

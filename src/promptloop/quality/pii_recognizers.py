@@ -14,8 +14,9 @@ Kinds and where they come from:
 - CARD: Presidio `CreditCardRecognizer` (Luhn). IBAN: Presidio `IbanRecognizer` (mod-97 checksum).
 - PASSPORT: Presidio's US, UK, DE, IT, ES, IN and KR passport recognizers, next to a context word only
   (their patterns are 8-9 letters and digits: alone they are any order or ticket number).
-- EMAIL: Presidio `EmailRecognizer`, its domain checked against tldextract's bundled suffix list only
-  (`OFFLINE_TLD`: no fetch of the list, no cache file). IP: Presidio `IpRecognizer` (v4 and v6).
+- EMAIL: Presidio `EmailRecognizer`, its domain (after the '@') checked against tldextract's bundled
+  suffix list only (`OFFLINE_TLD`: no fetch of the list, no cache file); `UrlEncodedEmailRecognizer`
+  for an address written into a URL (`ann%40example.com`), checked alike. IP: Presidio `IpRecognizer` (v4 and v6).
 - RRN: `KrRrnRecognizer`, the pattern used before Presidio (gender digit 1-8, so foreigners' numbers
   too) with a calendar check of its birth date; Presidio's own accepts 1-4 only.
 - ADDRESS: US street addresses: a candidate-span regex (house number ... street suffix, then unit,
@@ -78,9 +79,9 @@ _HANGUL_CJK = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf
 
 # --- the prefilter: a text none of these cues match holds nothing any recognizer accepts (tested) ---
 # Every numeric kind (phone, SSN, RRN, card, IPv4, IBAN's digits) lies in a 7+ char run of digits
-# and separators; emails need '@'; IPv6 two ':' around hex; passports a context word (they are
-# accepted only next to one); a US address a house number before a capitalised word, a Korean one
-# 로/길 before a number. Each cue starts with a character set or is a substring test, so `re`
+# and separators; emails need '@' (or `%40`, in a URL); IPv6 two ':' around hex; passports a context
+# word (they are accepted only next to one); a US address a house number before a capitalised word,
+# a Korean one 로/길 before a number. Each cue starts with a character set or is a substring test, so `re`
 # skips to candidates at C speed (one alternation of them all cost ~40x more per text).
 _DIGIT_RUN = re.compile(r"[\d+(\[][\d\s.()\[\]\-+/~]{5,}\d")
 _IPV6_CUE = re.compile(r":[0-9A-Fa-f]{0,4}:")
@@ -95,7 +96,7 @@ _DIGIT_RUN_ASCII = re.compile(r"[0-9+(\[][0-9\s.()\[\]\-+/~]{5,}[0-9]")
 
 def could_hold_pii(text: str) -> bool:
     """The cheap test run on every text: False means no recognizer can accept anything in it."""
-    if "@" in text:
+    if "@" in text or "%40" in text:  # an address, or one written into a URL
         return True
     ascii_only = text.isascii()  # then [0-9] is \d, and Hangul cues cannot match
     if (_DIGIT_RUN_ASCII if ascii_only else _DIGIT_RUN).search(text) or _US_ADDRESS_CUE.search(text):
@@ -112,6 +113,7 @@ def could_hold_pii(text: str) -> bool:
 _SPACE = r"[\t\n\v\f\r\x1c-\x1f\x85\p{Z}]"
 _RE2_PREFILTER = "|".join((
     "@",
+    "%40",
     rf"[\p{{Nd}}+(\[](?:\p{{Nd}}|{_SPACE}|[.()\[\]\-+/~]){{5,}}\p{{Nd}}",
     rf"[0-9][A-Za-z]?{_SPACE}+[A-Z0-9]",
     rf"[로길]{_SPACE}?\p{{Nd}}",
@@ -292,6 +294,7 @@ def _recognizers() -> tuple[tuple[EntityRecognizer, re.Pattern[str] | None], ...
         (pii_custom.UsLocalPhoneRecognizer(), digits),
         (IpRecognizer(), _IP_CUE),
         (pii_custom.OfflineEmailRecognizer(), re.compile("@")),
+        (pii_custom.UrlEncodedEmailRecognizer(), re.compile("%40")),
         *((recognizer, _PASSPORT_CUE) for recognizer in passports),
         (pii_custom.UsAddressRecognizer(), _US_ADDRESS_CUE),
         (pii_custom.KrRoadAddressRecognizer(), _KR_ADDRESS_CUE),
