@@ -246,6 +246,19 @@ def test_a_rating_whose_interaction_never_comes_is_dropped_after_the_lookback(ro
     assert collect(workspace, "support-bot", now=NOW + timedelta(days=9)).feedback_expired == 0
 
 
+def test_star_ratings_are_read_on_the_apps_scale_and_one_off_it_is_quarantined(root: Path) -> None:
+    stars = [line(1, rating=1), line(2, rating=3), line(3, rating=5), line(4, rating=9, request_id="req-4")]
+    (root / "incoming" / "support-bot" / "app.jsonl").write_text(jsonl(stars), encoding="utf-8")
+    params_file = root / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["apps"]["support-bot"]["log_feedback_scale"] = [1, 5]
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    result = collect(with_mapping(root, MAPPING, DEFAULTS), "support-bot", now=NOW)
+    assert (result.rows_valid, result.rows_quarantined, result.failures) == (3, 1, {"feedback_not_in_set": 1})
+    stored = pd.read_parquet(root / "data" / "support-bot" / "logs").set_index("id")
+    assert [stored.loc[f"req-{n}", "feedback"] for n in (1, 2, 3)] == [-1, 0, 1]  # by its sign, 1 star was 👍
+
+
 def test_a_field_the_log_record_does_not_have_is_named_in_the_error(root: Path) -> None:
     workspace = with_mapping(root, {**MAPPING, "question": "$.request.messages[-1].content"}, DEFAULTS)
     with pytest.raises(InputError, match=r"params\.yaml: apps\.support-bot\.log_mapping\.question: not a "

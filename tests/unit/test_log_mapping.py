@@ -4,19 +4,29 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from promptloop.collect.mapping import LogMapping
-from promptloop.core.config import load_params, parse_params
+from promptloop.core.config import AppSettings, load_params, parse_params
 from promptloop.core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+def mapping_of(paths: dict[str, str], defaults: dict[str, Any], zone: str | None = None,
+               **settings: Any) -> LogMapping | None:
+    """The mapping of an app with these `log_*` settings."""
+    app = AppSettings(prompt=Path("p.yaml"), golden_set=Path("g.jsonl"), log_dir=Path("in"), data_dir=Path("data"),
+                      log_mapping=paths, log_defaults=defaults,
+                      log_timezone=zone, **settings)
+    return LogMapping.of("bot", app)
+
+
 def test_a_mapping_lists_only_what_differs_and_defaults_fill_only_what_is_missing() -> None:
-    mapping = LogMapping.of("bot", {"input": "$.q", "inputs.tier": "$.meta.tier"},
-                            {"prompt_version": 3, "model": "gpt-4o-mini", "output": "never used"})
+    mapping = mapping_of({"input": "$.q", "inputs.tier": "$.meta.tier"},
+                         {"prompt_version": 3, "model": "gpt-4o-mini", "output": "never used"})
     assert mapping is not None
     record = mapping.record({"id": "a1", "q": "hi", "output": "hello", "meta": {"tier": "gold"},
                              "metadata": {"channel": "web"}, "region": "eu", "timestamp": "2026-11-20T10:00:00Z"})
@@ -26,7 +36,7 @@ def test_a_mapping_lists_only_what_differs_and_defaults_fill_only_what_is_missin
 
 
 def test_timestamps_from_epoch_numbers_and_zoned_datetimes_and_nothing_else_is_guessed() -> None:
-    mapping = LogMapping.of("bot", {"timestamp": "$.t"}, {})
+    mapping = mapping_of({"timestamp": "$.t"}, {})
     assert mapping is not None
     stamp = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
     assert mapping.record({"t": stamp.timestamp()})["timestamp"] == "2026-11-20T10:00:00.000+00:00"
@@ -38,11 +48,11 @@ def test_timestamps_from_epoch_numbers_and_zoned_datetimes_and_nothing_else_is_g
 
 
 def test_no_mapping_and_no_defaults_is_no_mapping() -> None:
-    assert LogMapping.of("bot", {}, {}) is None
+    assert mapping_of({}, {}) is None
 
 
 def test_a_log_timezone_places_timestamps_written_without_one() -> None:
-    seoul = LogMapping.of("bot", {}, {}, "Asia/Seoul")
+    seoul = mapping_of({}, {}, "Asia/Seoul")
     assert seoul is not None
     assert seoul.record({"timestamp": "2026-11-20 09:00:00"})["timestamp"] == "2026-11-20T09:00:00.000+09:00"
     assert seoul.record({"timestamp": datetime(2026, 11, 20, 9)})["timestamp"] == "2026-11-20T09:00:00.000+09:00"
@@ -75,7 +85,33 @@ def test_feedback_lines_need_a_rated_id_and_name_what_is_missing() -> None:
 
 
 def test_numbers_where_text_is_due_are_read_as_text() -> None:
-    mapping = LogMapping.of("bot", {"id": "$.request", "user_id": "$.user"}, {"prompt_version": 7})
+    mapping = mapping_of({"id": "$.request", "user_id": "$.user"}, {"prompt_version": 7})
     assert mapping is not None
     record = mapping.record({"request": 981234, "user": 42})
     assert (record["id"], record["user_id"], record["prompt_version"]) == ("981234", "42", "7")
+
+
+@pytest.mark.parametrize(("scale", "ratings"), [
+    (None, [(-1, -1), (0, 0), (1, 1), (4, 1), (True, 1), ("down", -1)]),  # unset: a number by its sign
+    ((1, 5), [(1, -1), (2, -1), (3, 0), (4, 1), (5, 1), (4.5, 1), (7, 7), (0, 0)]),  # stars; 7 and 0: off it, as is
+    ((0, 1), [(0, -1), (1, 1), (0.5, 0), (False, -1), ("up", 1)]),  # 0 = thumbs down, 1 = thumbs up
+])
+def test_numeric_ratings_are_read_on_the_apps_scale(scale: tuple[int, int] | None,
+                                                    ratings: list[tuple[Any, Any]]) -> None:
+    mapping = mapping_of({"feedback": "$.rating"}, {}, log_feedback_scale=scale,
+                         log_feedback={"when": {"$.event": "rating"}, "id": "$.for", "feedback": "$.stars"})
+    assert mapping is not None
+    for given, read in ratings:
+        assert mapping.record({"rating": given})["feedback"] == read  # off the scale: validation quarantines it
+        mapping.received.clear()
+        assert mapping.record({"event": "rating", "for": "a1", "stars": given}) is None
+        readable = (1, 5) != scale or given in range(1, 6) or given == 4.5
+        assert mapping.received == ({"a1": (read, None)} if readable else {})  # unreadable: not applied
+
+
+@pytest.mark.parametrize("scale", [[5, 1], [3, 3], [1, float("inf")]])
+def test_a_scale_that_is_not_low_to_high_names_its_field(scale: list[float]) -> None:
+    raw = load_params(REPO / "params.yaml").model_dump(mode="json")
+    raw["apps"]["support-bot"]["log_feedback_scale"] = scale
+    with pytest.raises(InputError, match=r"params.yaml: apps.support-bot.log_feedback_scale: .*low below high"):
+        parse_params(raw, "params.yaml")

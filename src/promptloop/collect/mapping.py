@@ -7,8 +7,9 @@ its lines lack (`prompt_version`, `model`, ...). A field keeps the line's own ke
 it is neither mapped nor defaulted, so a mapping only lists what differs.
 
 Values are read the way the MLflow trace mapping reads them: a message's content as text, feedback
-words (up/down, thumbs_up, ...) and booleans as 1/-1, numbers by their sign; an epoch number (seconds,
-or milliseconds) as a timestamp. Keys of the line that no field used go into `metadata`, so nothing is
+words (up/down, thumbs_up, ...) and booleans as 1/-1, numbers by their sign or on the app's
+`log_feedback_scale` (stars [1, 5]: 1-2 down, 3 neutral, 4-5 up); an epoch number (seconds, or
+milliseconds) as a timestamp. Keys of the line that no field used go into `metadata`, so nothing is
 dropped, and a line without an id gets one from its content (the same line collected twice is a
 duplicate, not a second interaction).
 """
@@ -27,7 +28,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from promptloop.collect.traces import Feedback, feedback_score, text_of
-from promptloop.core.config import FeedbackEvents
+from promptloop.core.config import AppSettings, FeedbackEvents
 from promptloop.core.errors import InputError
 from promptloop.core.jsonpath import Step, find, parse_path
 from promptloop.domain.logs import LOG_FIELDS, iso
@@ -48,22 +49,25 @@ class LogMapping:
     zone: ZoneInfo | None = None  # of timestamps written without one
     only: Mapping[tuple[Step, ...], Any] = field(default_factory=dict)  # path -> the value an interaction has
     feedback: FeedbackLines | None = None  # 👍/👎 logged as lines of their own
+    scale: tuple[float, float] | None = None  # of numeric ratings (`log_feedback_scale`; None: by their sign)
     # rated interaction id -> (score, comment) of the feedback lines read so far (the last one wins)
     received: dict[str, Feedback] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, app: str, paths: Mapping[str, str], defaults: Mapping[str, Any], zone: str | None = None,
-           only: Mapping[str, Any] | None = None, feedback: FeedbackEvents | None = None) -> LogMapping | None:
-        """The app's mapping (None when it has none of its settings), its field names checked against the log
-        record."""
-        if not paths and not defaults and zone is None and not only and feedback is None:
+    def of(cls, app: str, settings: AppSettings) -> LogMapping | None:
+        """The app's mapping (None when it has none of its `log_*` settings), its field names checked against
+        the log record."""
+        paths, defaults, only, zone = settings.log_mapping, settings.log_defaults, settings.log_filter, \
+            settings.log_timezone
+        if not paths and not defaults and zone is None and not only and settings.log_feedback is None:
             return None
         # A constant id would make every line after the first a duplicate: defaults may not set one.
         check_fields(app, "log_mapping", paths, LOG_FIELDS, " or inputs.<name>")
         check_fields(app, "log_defaults", defaults, tuple(f for f in LOG_FIELDS if f != "id"), "")
+        scale = settings.log_feedback_scale
         return cls({name: parse_path(path) for name, path in paths.items()}, dict(defaults),
-                   None if zone is None else ZoneInfo(zone), {parse_path(path): v for path, v in (only or {}).items()},
-                   None if feedback is None else FeedbackLines.of(feedback))
+                   None if zone is None else ZoneInfo(zone), {parse_path(path): v for path, v in only.items()},
+                   None if settings.log_feedback is None else FeedbackLines.of(settings.log_feedback, scale), scale)
 
     def record(self, line: dict[str, Any]) -> dict[str, Any] | None:
         """The log record `line` maps to (still to be validated like any other row); None for a line that is
@@ -85,7 +89,7 @@ class LogMapping:
                 record[name] = value
         for name, value in self.defaults.items():
             record.setdefault(name, value)
-        record = {name: field_value(name, value, self.zone) for name, value in record.items()}
+        record = {name: field_value(name, value, self.zone, self.scale) for name, value in record.items()}
         if inputs:
             record["inputs"] = inputs
         rest = {key: value for key, value in line.items() if key not in LOG_FIELDS and key not in self.used_keys}
@@ -124,29 +128,32 @@ class FeedbackLines:
     id: tuple[Step, ...]
     feedback: tuple[Step, ...]
     comment: tuple[Step, ...] | None
+    scale: tuple[float, float] | None = None  # of numeric ratings (None: by their sign)
 
     @classmethod
-    def of(cls, settings: FeedbackEvents) -> FeedbackLines:
+    def of(cls, settings: FeedbackEvents, scale: tuple[float, float] | None = None) -> FeedbackLines:
         return cls({parse_path(path): value for path, value in settings.when.items()}, parse_path(settings.id),
-                   parse_path(settings.feedback), None if settings.comment is None else parse_path(settings.comment))
+                   parse_path(settings.feedback), None if settings.comment is None else parse_path(settings.comment),
+                   scale)
 
     def read(self, line: dict[str, Any], into: dict[str, Feedback]) -> bool:
         """Whether `line` is a feedback line; one naming an interaction and a readable rating goes `into`."""
         if not holds(line, self.when):
             return False
-        rated, score = text_of(find(line, self.id)), feedback_score(find(line, self.feedback))
+        rated, score = text_of(find(line, self.id)), feedback_score(find(line, self.feedback), self.scale)
         if rated and score is not None:
             into[rated] = (score, text_of(find(line, self.comment)) if self.comment else None)
         return True
 
 
-def field_value(name: str, value: Any, zone: ZoneInfo | None = None) -> Any:
-    """A mapped value as its field holds it: text, a -1/0/1 feedback, an ISO timestamp from an epoch number
-    (or from one written without a zone, in `zone`); anything else as it is (validation says what is wrong)."""
+def field_value(name: str, value: Any, zone: ZoneInfo | None = None, scale: tuple[float, float] | None = None) -> Any:
+    """A mapped value as its field holds it: text, a -1/0/1 feedback (a number read on `scale`), an ISO timestamp
+    from an epoch number (or from one written without a zone, in `zone`); anything else as it is (validation says
+    what is wrong)."""
     if name in TEXT_FIELDS:
         return text_of(value)
     if name == "feedback":
-        score = feedback_score(value)
+        score = feedback_score(value, scale)
         return value if score is None else score
     if name == "timestamp":
         return timestamp_value(value, zone)

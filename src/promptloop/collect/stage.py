@@ -175,8 +175,7 @@ def plan_collect(workspace: Workspace, app: str, source_uri: str | None = None, 
     """
     settings = workspace.app_settings(app)
     max_line = workspace.params.collect.max_line_bytes
-    mapping = LogMapping.of(app, settings.log_mapping, settings.log_defaults, settings.log_timezone,
-                            settings.log_filter, settings.log_feedback)
+    mapping = LogMapping.of(app, settings)
     shape = None if mapping is None else mapping.record
     if source_uri:
         sources = [source_from_uri(source_uri, workspace.root, allow_outside=allow_outside, max_line_bytes=max_line,

@@ -484,14 +484,19 @@ def latest_feedback(assessments: list[Assessment], name: str | None) -> Assessme
     return max(matching, key=lambda a: (a.last_update_time_ms or a.create_time_ms or 0, a.create_time_ms or 0))
 
 
-def feedback_score(value: Any) -> int | None:
-    """True/False -> 1/-1, a number -> its sign, thumbs_up/up/positive -> 1 (and their opposites
-    -> -1); anything else -> None."""
+def feedback_score(value: Any, scale: tuple[float, float] | None = None) -> int | None:
+    """True/False -> 1/-1, a number -> its sign (or, on a `scale` [low, high], -1 below its middle, 1 above,
+    0 at it, None outside it), thumbs_up/up/positive -> 1 (and their opposites -> -1); anything else -> None."""
     if isinstance(value, bool):
         return 1 if value else -1
     if isinstance(value, (int, float)):
         if isinstance(value, float) and math.isnan(value):
             return None
+        if scale is not None:
+            low, high = scale
+            if not low <= value <= high:
+                return None
+            value -= (low + high) / 2
         return (value > 0) - (value < 0)
     if isinstance(value, str):
         word = value.strip().lower()

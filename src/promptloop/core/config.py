@@ -288,6 +288,12 @@ class AppSettings(Section):
         description="JSON Lines/Parquet logs in your own format: the zone of timestamps written without one "
         "(e.g. UTC, Asia/Seoul); unset: such rows are quarantined",
     )
+    log_feedback_scale: tuple[float, float] | None = Field(
+        default=None,
+        description="JSON Lines/Parquet logs in your own format: [low, high], the scale of numeric ratings (e.g. "
+        "[1, 5] for stars, [0, 1] for 0 = 👎 and 1 = 👍): below its middle 👎, above it 👍, the middle neutral, "
+        "outside it quarantined; unset: -1/0/1, and another number by its sign",
+    )
     commercial: bool = Field(default=True, description="a model with a non-commercial license is never promoted")
     scorers: list[Scorer] = Field(default_factory=lambda: list(SCORERS), min_length=1)
     forbidden_phrases: list[str] = Field(default_factory=list, description="no answer may contain these (every case)")
@@ -305,6 +311,13 @@ class AppSettings(Section):
         if path is not None:
             check_inside(path)
         return path
+
+    @field_validator("log_feedback_scale")
+    @classmethod
+    def _a_scale(cls, scale: tuple[float, float] | None) -> tuple[float, float] | None:
+        if scale is not None and not (math.isfinite(scale[0]) and math.isfinite(scale[1]) and scale[0] < scale[1]):
+            raise ValueError(f"{list(scale)}: not a scale [low, high] with low below high (e.g. [1, 5])")
+        return scale
 
     @field_validator("log_timezone")
     @classmethod
