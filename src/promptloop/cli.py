@@ -121,7 +121,8 @@ def render_collect(result: CollectResult) -> None:
     keys = {"rows_in", "rows_valid", "rows_quarantined", "rows_duplicate", "feedback_updated", "pii_redactions",
             "failures", "snapshot", "dvc_md5", "git_commit", "mlflow_run_id"}
     # Only for logs in an app's own format (log_filter, log_feedback):
-    keys |= {k for k in ("lines_skipped", "feedback_waiting", "feedback_expired") if getattr(result, k)}
+    keys |= {k for k in ("lines_skipped", "feedback_waiting", "feedback_expired", "feedback_unreadable")
+             if getattr(result, k)}
     render_mapping(f"collect {result.app}", result.model_dump(include=keys))
     hint = quarantine_hint(result)
     if hint:

@@ -183,13 +183,14 @@ def test_feedback_logged_as_lines_of_its_own_rates_the_stored_interactions(root:
     log = root / "incoming" / "support-bot" / "app.jsonl"
     first = [{**line(n), "event": "llm_call"} for n in (1, 2, 3)]
     log.write_text(jsonl([*first, feedback("req-1", "down", "wrong, write to ann@example.com"),
-                          feedback("req-2", "up"), feedback("req-404", "down"),
+                          feedback("req-2", "up"), feedback("req-404", "down"), feedback("req-3", "meh"),
                           {"event": "startup", "ts": NOW.timestamp()}]), encoding="utf-8")
     workspace = with_feedback_lines(root)
     result = collect(workspace, "support-bot", now=NOW)
-    # The rated rows of this very run get their feedback; the unknown id rates nothing yet: it waits.
-    assert (result.rows_valid, result.lines_skipped, result.feedback_updated) == (3, 4, 2)
-    assert (result.feedback_waiting, result.feedback_expired) == (1, 0)
+    # The rated rows of this very run get their feedback; the unknown id rates nothing yet: it waits; a rating
+    # that cannot be read is counted, not applied.
+    assert (result.rows_valid, result.lines_skipped, result.feedback_updated) == (3, 5, 2)
+    assert (result.feedback_waiting, result.feedback_expired, result.feedback_unreadable) == (1, 0, 1)
     stored = pd.read_parquet(workspace.path("data/support-bot/logs")).set_index("id")
     assert (stored.loc["req-1", "feedback"], stored.loc["req-2", "feedback"]) == (-1, 1)
     assert pd.isna(stored.loc["req-3", "feedback"])

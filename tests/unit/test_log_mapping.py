@@ -104,9 +104,11 @@ def test_numeric_ratings_are_read_on_the_apps_scale(scale: tuple[int, int] | Non
     for given, read in ratings:
         assert mapping.record({"rating": given})["feedback"] == read  # off the scale: validation quarantines it
         mapping.received.clear()
+        mapping.unreadable.clear()
         assert mapping.record({"event": "rating", "for": "a1", "stars": given}) is None
         readable = (1, 5) != scale or given in range(1, 6) or given == 4.5
         assert mapping.received == ({"a1": (read, None)} if readable else {})  # unreadable: not applied
+        assert mapping.unreadable == ([] if readable else ["a1"])
 
 
 @pytest.mark.parametrize("scale", [[5, 1], [3, 3], [1, float("inf")]])

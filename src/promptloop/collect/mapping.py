@@ -52,6 +52,7 @@ class LogMapping:
     scale: tuple[float, float] | None = None  # of numeric ratings (`log_feedback_scale`; None: by their sign)
     # rated interaction id -> (score, comment) of the feedback lines read so far (the last one wins)
     received: dict[str, Feedback] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)  # feedback lines without a rated id or a readable rating
 
     @classmethod
     def of(cls, app: str, settings: AppSettings) -> LogMapping | None:
@@ -73,7 +74,7 @@ class LogMapping:
         """The log record `line` maps to (still to be validated like any other row); None for a line that is
         not an interaction (`log_filter`: an app's log holds other events too; a feedback line is kept in
         `received`, for the stored interaction it rates)."""
-        if self.feedback is not None and self.feedback.read(line, self.received):
+        if self.feedback is not None and self.feedback.read(line, self.received, self.unreadable):
             return None
         if not holds(line, self.only):
             return None
@@ -136,13 +137,16 @@ class FeedbackLines:
                    parse_path(settings.feedback), None if settings.comment is None else parse_path(settings.comment),
                    scale)
 
-    def read(self, line: dict[str, Any], into: dict[str, Feedback]) -> bool:
-        """Whether `line` is a feedback line; one naming an interaction and a readable rating goes `into`."""
+    def read(self, line: dict[str, Any], into: dict[str, Feedback], unreadable: list[str]) -> bool:
+        """Whether `line` is a feedback line; one naming an interaction and a readable rating goes `into`, any
+        other's rated id (or "") to `unreadable`."""
         if not holds(line, self.when):
             return False
         rated, score = text_of(find(line, self.id)), feedback_score(find(line, self.feedback), self.scale)
         if rated and score is not None:
             into[rated] = (score, text_of(find(line, self.comment)) if self.comment else None)
+        else:
+            unreadable.append(rated or "")
         return True
 
 

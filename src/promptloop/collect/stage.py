@@ -85,6 +85,7 @@ class Totals:
     feedback_updated: int = 0  # stored rows whose feedback changed later (trace sources)
     lines_skipped: int = 0  # lines that are not interactions: other events, feedback lines (outside the identity)
     waiting: Waiting | None = None  # feedback lines whose interaction is not stored yet (log_feedback only)
+    feedback_unreadable: int = 0  # feedback lines without a rated id or a readable rating (log_feedback only)
     pii_redactions: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     parts: list[str] = field(default_factory=list)
@@ -490,7 +491,8 @@ def log_collect_run(plan: CollectPlan, totals: Totals, versioned: Snapshot, suit
                "rows_duplicate": totals.rows_duplicate, "pii_redactions": sum(totals.pii_redactions.values()),
                "feedback_updated": totals.feedback_updated, "lines_skipped": totals.lines_skipped}
     if totals.waiting is not None:
-        metrics.update(feedback_waiting=len(totals.waiting.ratings), feedback_expired=totals.waiting.expired)
+        metrics.update(feedback_waiting=len(totals.waiting.ratings), feedback_expired=totals.waiting.expired,
+                       feedback_unreadable=totals.feedback_unreadable)
     metrics.update({f"pii_{kind.lower()}": n for kind, n in totals.pii_redactions.items()})
     params = {"app": plan.app, "sources": [s.key for s in plan.sources], "suite_version": suite_version,
               "batch_rows": plan.workspace.params.collect.batch_rows}
@@ -529,6 +531,7 @@ def summary(plan: CollectPlan, totals: Totals, versioned: Snapshot, run_id: str)
                          feedback_updated=totals.feedback_updated, lines_skipped=totals.lines_skipped,
                          feedback_waiting=len(totals.waiting.ratings) if totals.waiting else 0,
                          feedback_expired=totals.waiting.expired if totals.waiting else 0,
+                         feedback_unreadable=totals.feedback_unreadable,
                          pii_redactions=dict(sorted(totals.pii_redactions.items())),
                          failures=dict(totals.failures.most_common()), snapshot=versioned.snapshot,
                          quarantine=(Path(plan.settings.data_dir) / QUARANTINE).as_posix(),
@@ -555,6 +558,7 @@ def collect(workspace: Workspace, app: str, source_uri: str | None = None, now: 
         totals.watermarks.update(late.watermarks)
         if plan.mapping is not None and plan.mapping.feedback is not None:  # 👍/👎 logged as lines of their own
             apply_feedback_lines(plan, plan.mapping.received, ctx.redactor, totals)
+            totals.feedback_unreadable = len(plan.mapping.unreadable)
         versioned = snapshot(plan, totals)
     run_id = log_collect_run(plan, totals, versioned, ctx.validator.version)
     return summary(plan, totals, versioned, run_id)
