@@ -117,3 +117,16 @@ def test_a_scale_that_is_not_low_to_high_names_its_field(scale: list[float]) -> 
     raw["apps"]["support-bot"]["log_feedback_scale"] = scale
     with pytest.raises(InputError, match=r"params.yaml: apps.support-bot.log_feedback_scale: .*low below high"):
         parse_params(raw, "params.yaml")
+
+
+def test_numbers_written_as_text_and_content_parts_are_read_as_their_fields_hold_them() -> None:
+    mapping = mapping_of({"output": "$.response.output[0].content", "latency_ms": "$.ms",
+                          "prompt_tokens": "$.usage.in"}, {})
+    assert mapping is not None
+    parts = [{"type": "output_text", "text": "Open Settings."}, {"type": "output_text", "text": "Then Export."}]
+    record = mapping.record({"response": {"output": [{"content": parts}]}, "ms": "812.5", "usage": {"in": "120"}})
+    assert (record["output"], record["latency_ms"], record["prompt_tokens"]) == ("Open Settings.\nThen Export.",
+                                                                                812.5, 120)
+    odd = mapping.record({"response": {"output": [{"content": [{"type": "image"}]}]}, "ms": "fast",
+                          "usage": {"in": "NaN"}})
+    assert (odd["output"], odd["latency_ms"], odd["prompt_tokens"]) == ('[{"type": "image"}]', "fast", "NaN")

@@ -6,7 +6,8 @@ log-record field its lines hold under another name, a JSON path into the line (`
 its lines lack (`prompt_version`, `model`, ...). A field keeps the line's own key of that name when
 it is neither mapped nor defaulted, so a mapping only lists what differs.
 
-Values are read the way the MLflow trace mapping reads them: a message's content as text, feedback
+Values are read the way the MLflow trace mapping reads them: a message's content (or a list of content
+parts) as text, a number written as text as a number where the field holds one, feedback
 words (up/down, thumbs_up, ...) and booleans as 1/-1, numbers by their sign or on the app's
 `log_feedback_scale` (stars [1, 5]: 1-2 down, 3 neutral, 4-5 up); an epoch number (seconds, or
 milliseconds) as a timestamp. Keys of the line that no field used go into `metadata`, so nothing is
@@ -17,6 +18,7 @@ duplicate, not a second interaction).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +38,7 @@ from promptloop.domain.logs import LOG_FIELDS, iso
 # Read as text: a numeric request id or user id is still an id.
 TEXT_FIELDS = frozenset({"id", "app", "prompt_version", "model", "input", "output", "error", "feedback_comment",
                          "user_id"})
+NUMBER_FIELDS = frozenset({"latency_ms", "prompt_tokens", "completion_tokens", "cost_usd"})
 INPUTS = "inputs."
 EPOCH_MS_FROM = 10**11  # an epoch number this large counts milliseconds (10**11 s is the year 5138)
 
@@ -152,8 +155,8 @@ class FeedbackLines:
 
 def field_value(name: str, value: Any, zone: ZoneInfo | None = None, scale: tuple[float, float] | None = None) -> Any:
     """A mapped value as its field holds it: text, a -1/0/1 feedback (a number read on `scale`), an ISO timestamp
-    from an epoch number (or from one written without a zone, in `zone`); anything else as it is (validation says
-    what is wrong)."""
+    from an epoch number (or from one written without a zone, in `zone`), a number from a number written as text;
+    anything else as it is (validation says what is wrong)."""
     if name in TEXT_FIELDS:
         return text_of(value)
     if name == "feedback":
@@ -161,7 +164,23 @@ def field_value(name: str, value: Any, zone: ZoneInfo | None = None, scale: tupl
         return value if score is None else score
     if name == "timestamp":
         return timestamp_value(value, zone)
+    if name in NUMBER_FIELDS and isinstance(value, str):
+        return number_of(value)
     return value
+
+
+def number_of(text: str) -> int | float | str:
+    """A number written as text ("812", "0.0042": loggers that write every value as a string) as that number;
+    any other text as it is (validation quarantines it)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
 
 
 def timestamp_value(value: Any, zone: ZoneInfo | None) -> Any:

@@ -525,11 +525,14 @@ def mapped_fields(trace: Trace, mapping: dict[str, str]) -> dict[str, Any]:
 
 
 def text_of(value: Any) -> str | None:
-    """A mapped value as text: strings as they are, a message's content, anything else as JSON."""
+    """A mapped value as text: strings as they are, a message's content (or a list of content parts, their
+    text joined), anything else as JSON."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, dict) and "content" in value:
         return content_text(value["content"])
+    if isinstance(value, list):  # content parts ({"type": "output_text", "text": ...}); JSON when none has text
+        return content_text(value)
     if isinstance(value, (int, float, bool)):
         return str(value)
     return json.dumps(value, default=str)
