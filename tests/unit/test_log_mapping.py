@@ -130,3 +130,20 @@ def test_numbers_written_as_text_and_content_parts_are_read_as_their_fields_hold
     odd = mapping.record({"response": {"output": [{"content": [{"type": "image"}]}]}, "ms": "fast",
                           "usage": {"in": "NaN"}})
     assert (odd["output"], odd["latency_ms"], odd["prompt_tokens"]) == ('[{"type": "image"}]', "fast", "NaN")
+
+
+def test_a_latency_from_when_the_call_started_and_ended() -> None:
+    mapping = mapping_of({"timestamp": "$.startTime", "end_timestamp": "$.endTime"}, {"latency_ms": 0})
+    assert mapping is not None
+    record = mapping.record({"startTime": "2026-11-20T10:00:00.250Z", "endTime": "2026-11-20T10:00:01.062Z"})
+    assert (record["timestamp"], record["latency_ms"]) == ("2026-11-20T10:00:00.250Z", 812.0)
+    assert "end_timestamp" not in record and "metadata" not in record  # used, not stored
+    assert mapping.record({"startTime": 1_763_632_800, "endTime": 1_763_632_800_500})["latency_ms"] == 500.0
+    # An end before the start, or one that cannot be read: no latency (quarantined), not the default's 0.
+    backwards = {"startTime": "2026-11-20T10:00:01Z", "endTime": "2026-11-20T10:00:00Z"}
+    assert mapping.record(backwards)["latency_ms"] is None
+    assert mapping.record({"startTime": "2026-11-20T10:00:01Z", "endTime": "soon"})["latency_ms"] is None
+    # A latency the line logs itself wins; without an end, the default applies.
+    assert mapping.record({"startTime": "2026-11-20T10:00:01Z", "endTime": "2026-11-20T10:00:02Z",
+                           "latency_ms": 40})["latency_ms"] == 40
+    assert mapping.record({"startTime": "2026-11-20T10:00:01Z"})["latency_ms"] == 0

@@ -38,6 +38,9 @@ from promptloop.domain.logs import LOG_FIELDS, iso
 # Read as text: a numeric request id or user id is still an id.
 TEXT_FIELDS = frozenset({"id", "app", "prompt_version", "model", "input", "output", "error", "feedback_comment",
                          "user_id"})
+# Not a log-record field: where a line that logs when the call ended instead of how long it took has the end
+# (`latency_ms` is then the time from `timestamp` to it).
+END = "end_timestamp"
 NUMBER_FIELDS = frozenset({"latency_ms", "prompt_tokens", "completion_tokens", "cost_usd"})
 INPUTS = "inputs."
 EPOCH_MS_FROM = 10**11  # an epoch number this large counts milliseconds (10**11 s is the year 5138)
@@ -66,7 +69,7 @@ class LogMapping:
         if not paths and not defaults and zone is None and not only and settings.log_feedback is None:
             return None
         # A constant id would make every line after the first a duplicate: defaults may not set one.
-        check_fields(app, "log_mapping", paths, LOG_FIELDS, " or inputs.<name>")
+        check_fields(app, "log_mapping", paths, (*LOG_FIELDS, END), " or inputs.<name>")
         check_fields(app, "log_defaults", defaults, tuple(f for f in LOG_FIELDS if f != "id"), "")
         scale = settings.log_feedback_scale
         return cls({name: parse_path(path) for name, path in paths.items()}, dict(defaults),
@@ -91,9 +94,13 @@ class LogMapping:
                 inputs[name[len(INPUTS):]] = value
             else:
                 record[name] = value
-        for name, value in self.defaults.items():
-            record.setdefault(name, value)
         record = {name: field_value(name, value, self.zone, self.scale) for name, value in record.items()}
+        end = record.pop(END, None)
+        if end is not None and "latency_ms" not in record:
+            record.update(latency_ms=span_ms(record.get("timestamp"), end))
+        for name, value in self.defaults.items():
+            if name not in record:
+                record[name] = field_value(name, value, self.zone, self.scale)
         if inputs:
             record["inputs"] = inputs
         rest = {key: value for key, value in line.items() if key not in LOG_FIELDS and key not in self.used_keys}
@@ -162,11 +169,23 @@ def field_value(name: str, value: Any, zone: ZoneInfo | None = None, scale: tupl
     if name == "feedback":
         score = feedback_score(value, scale)
         return value if score is None else score
-    if name == "timestamp":
+    if name in ("timestamp", END):
         return timestamp_value(value, zone)
     if name in NUMBER_FIELDS and isinstance(value, str):
         return number_of(value)
     return value
+
+
+def span_ms(start: Any, end: Any) -> float | None:
+    """Milliseconds from `start` to `end` (ISO texts with a zone); None when either is not one or the end comes
+    first (the row is then quarantined for its missing latency, not given a guessed one)."""
+    try:
+        begun, ended = datetime.fromisoformat(str(start)), datetime.fromisoformat(str(end))
+    except ValueError:
+        return None
+    if begun.tzinfo is None or ended.tzinfo is None or ended < begun:
+        return None
+    return (ended - begun).total_seconds() * 1000
 
 
 def number_of(text: str) -> int | float | str:
