@@ -252,7 +252,7 @@ def test_star_ratings_are_read_on_the_apps_scale_and_one_off_it_is_quarantined(r
     (root / "incoming" / "support-bot" / "app.jsonl").write_text(jsonl(stars), encoding="utf-8")
     params_file = root / "params.yaml"
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    params["apps"]["support-bot"]["log_feedback_scale"] = [1, 5]
+    params["apps"]["support-bot"]["feedback_scale"] = [1, 5]
     params_file.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
     result = collect(with_mapping(root, MAPPING, DEFAULTS), "support-bot", now=NOW)
     assert (result.rows_valid, result.rows_quarantined, result.failures) == (3, 1, {"feedback_not_in_set": 1})

@@ -295,6 +295,15 @@ def test_feedback_score(value: Any, score: int | None) -> None:
     assert feedback_score(value) == score
 
 
+@pytest.mark.parametrize(
+    ("value", "scale", "score"),
+    [(1, (1, 5), -1), (3, (1, 5), 0), (4.5, (1, 5), 1), (6, (1, 5), None), (0, (0, 1), -1), (1, (0, 1), 1),
+     (True, (1, 5), 1), ("down", (1, 5), -1)],  # booleans and words are read as they are
+)
+def test_feedback_score_on_a_scale(value: Any, scale: tuple[int, int], score: int | None) -> None:
+    assert feedback_score(value, scale) == score
+
+
 # --- Issue 16: multi-argument functions, untagged traces, late feedback, a no-op collect ---------
 
 SERVER = "https://10.20.30.40:8443/api"

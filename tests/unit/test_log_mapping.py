@@ -98,7 +98,7 @@ def test_numbers_where_text_is_due_are_read_as_text() -> None:
 ])
 def test_numeric_ratings_are_read_on_the_apps_scale(scale: tuple[int, int] | None,
                                                     ratings: list[tuple[Any, Any]]) -> None:
-    mapping = mapping_of({"feedback": "$.rating"}, {}, log_feedback_scale=scale,
+    mapping = mapping_of({"feedback": "$.rating"}, {}, feedback_scale=scale,
                          log_feedback={"when": {"$.event": "rating"}, "id": "$.for", "feedback": "$.stars"})
     assert mapping is not None
     for given, read in ratings:
@@ -114,8 +114,8 @@ def test_numeric_ratings_are_read_on_the_apps_scale(scale: tuple[int, int] | Non
 @pytest.mark.parametrize("scale", [[5, 1], [3, 3], [1, float("inf")]])
 def test_a_scale_that_is_not_low_to_high_names_its_field(scale: list[float]) -> None:
     raw = load_params(REPO / "params.yaml").model_dump(mode="json")
-    raw["apps"]["support-bot"]["log_feedback_scale"] = scale
-    with pytest.raises(InputError, match=r"params.yaml: apps.support-bot.log_feedback_scale: .*low below high"):
+    raw["apps"]["support-bot"]["feedback_scale"] = scale
+    with pytest.raises(InputError, match=r"params.yaml: apps.support-bot.feedback_scale: .*low below high"):
         parse_params(raw, "params.yaml")
 
 

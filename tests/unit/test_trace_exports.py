@@ -25,6 +25,7 @@ from tests.trace_formats import (
     langfuse_score,
     langfuse_trace,
     nanos,
+    otel_feedback_span,
     otel_spans,
     otlp_attributes,
     otlp_line,
@@ -101,6 +102,31 @@ def test_langfuse_score_values(tmp_path: Path, score: dict[str, Any], expected: 
     rows, _ = read_all(LangfuseExportSource.from_uri("langfuse-export:export.jsonl", tmp_path))
     assert rows[item.trace_id]["feedback"] == expected
     assert rows[item.trace_id]["feedback_comment"] == "said so"
+
+
+@pytest.mark.parametrize(("scale", "value", "expected"), [
+    ((0, 1), 0.0, -1), ((0, 1), 1.0, 1), ((0, 1), 0.5, 0), ((0, 1), 3.0, None),  # 0 = thumbs down
+    ((1, 5), 2.0, -1), ((1, 5), 3.0, 0), ((1, 5), 4.0, 1),  # stars
+])
+def test_numeric_feedback_is_read_on_the_apps_scale(tmp_path: Path, scale: tuple[int, int], value: float,
+                                                    expected: int | None) -> None:
+    item = interactions(1)[0]
+    score = {**langfuse_score(item), "dataType": "NUMERIC", "value": value}
+    lines = [langfuse_trace(item), *langfuse_observations(item), score]
+    (tmp_path / "export.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    langfuse = LangfuseExportSource.from_uri("langfuse-export:export.jsonl", tmp_path)
+    langfuse.feedback_scale = scale
+    assert read_all(langfuse)[0][item.trace_id]["feedback"] == expected
+    rated = next(i for i in interactions(4) if i.number % 2 == 0 and i.feedback is not None)  # an evaluation event
+    spans = [*otel_spans(rated)[:2], otel_feedback_span(rated, 1)]
+    for span in spans[2:]:
+        for event in span["events"]:
+            event["attributes"] = [a if a["key"] != "gen_ai.evaluation.score.value" else
+                                   {"key": a["key"], "value": {"doubleValue": value}} for a in event["attributes"]]
+    (tmp_path / "spans.jsonl").write_text(otlp_line(spans), encoding="utf-8")
+    otel = OtelFileSource.from_uri("otel:spans.jsonl", tmp_path)
+    otel.feedback_scale = scale
+    assert read_all(otel)[0][rated.trace_id]["feedback"] == expected
 
 
 def test_only_feedback_scores_count_and_the_newest_wins(tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ class TraceExportSource(Source):
     # Feedback written this long before the last mark is looked at again: a server that shows scores late
     # (Langfuse's API, by up to about 10 minutes) would otherwise hide one behind a newer one.
     feedback_overlap_ms: int = 0
+    feedback_scale: tuple[float, float] | None = None  # of numeric feedback (the app's; None: by its sign)
     # Set by `read` when no export file changed since the last run: their feedback cannot have changed either.
     files_unchanged: bool = field(default=False, init=False)
 
@@ -366,15 +367,16 @@ def history_of(value: Any) -> list[dict[str, str]] | None:
     return turns or None
 
 
-def score_of(value: Any, data_type: str | None = None) -> int | None:
-    """A feedback value as -1/0/1: BOOLEAN (true/1 up, false/0 down), a number's sign, thumbs words."""
+def score_of(value: Any, data_type: str | None = None, scale: tuple[float, float] | None = None) -> int | None:
+    """A feedback value as -1/0/1: BOOLEAN (true/1 up, false/0 down), a number's sign (or its place on the app's
+    `scale`), thumbs words."""
     if (data_type or "").upper() == "BOOLEAN":
         if isinstance(value, str):
             return {"true": 1, "false": -1}.get(value.strip().lower())
         if isinstance(value, (bool, int, float)) and not (isinstance(value, float) and math.isnan(value)):
             return 1 if value else -1
         return None
-    return feedback_score(value)
+    return feedback_score(value, scale)
 
 
 def empty_row(trace_id: str, origin: str) -> RawJson:

@@ -19,8 +19,9 @@ user id, session id = the trace's `userId`, `sessionId`; app, prompt version = `
 the generation's `promptVersion` (else `metadata.prompt_version`, else the version released then).
 
 Feedback: scores named in `collect.feedback_names`: BOOLEAN true/false (or 1/0) -> 1/-1, NUMERIC ->
-its sign, CATEGORICAL thumbs_up/up/positive (and opposites); the newest one (by `updatedAt`, else
-`timestamp`) wins, its `comment` is the feedback comment. Late scores update stored rows.
+its sign (or its place on the app's `feedback_scale`), CATEGORICAL thumbs_up/up/positive (and
+opposites); the newest one (by `updatedAt`, else `timestamp`) wins, its `comment` is the feedback
+comment. Late scores update stored rows.
 
 The `langfuse:` source reads through the official `langfuse` client's generated REST API
 (`langfuse.api.LangfuseAPI`: `observations.get_many` = `GET /api/public/v2/observations`,
@@ -150,8 +151,9 @@ def grouped(records: list[ExportRecord]) -> tuple[dict[str, TraceParts], list[Un
     return dict(parts), unreadable
 
 
-def feedback_marks_of(scores: list[RawJson], names: tuple[str, ...]) -> list[FeedbackMark]:
-    """The user-feedback scores (named in `names`) as feedback marks."""
+def feedback_marks_of(scores: list[RawJson], names: tuple[str, ...],
+                      scale: tuple[float, float] | None = None) -> list[FeedbackMark]:
+    """The user-feedback scores (named in `names`) as feedback marks (NUMERIC ones on `scale`)."""
     marks = []
     for score in scores:
         if score.get("name") not in names:
@@ -160,7 +162,7 @@ def feedback_marks_of(scores: list[RawJson], names: tuple[str, ...]) -> list[Fee
         if score.get("dataType") == "CATEGORICAL" or value is None:
             value = score.get("stringValue", value)
         when = parsed_time_ms(score.get("updatedAt")) or parsed_time_ms(score.get("timestamp")) or 0
-        marks.append(FeedbackMark(when, score_of(value, score.get("dataType")), score.get("comment") or None))
+        marks.append(FeedbackMark(when, score_of(value, score.get("dataType"), scale), score.get("comment") or None))
     return marks
 
 
@@ -209,7 +211,8 @@ def _metadata(record: RawJson | None) -> RawJson:
     return value if isinstance(value, dict) else {}
 
 
-def interaction(trace_id: str, parts: TraceParts, names: tuple[str, ...]) -> Interaction | None:
+def interaction(trace_id: str, parts: TraceParts, names: tuple[str, ...],
+                scale: tuple[float, float] | None = None) -> Interaction | None:
     """One trace as a log-record row; None for a trace known only by its scores."""
     if parts.trace is None and not parts.observations:
         return None
@@ -236,7 +239,7 @@ def interaction(trace_id: str, parts: TraceParts, names: tuple[str, ...]) -> Int
                     if v is not None), None)
     response = next((v for v in (trace.get("output"), (root or {}).get("output"), (last or {}).get("output"))
                      if v is not None), None)
-    marks = feedback_marks_of(parts.scores, names)
+    marks = feedback_marks_of(parts.scores, names, scale)
     latest = max(marks, key=lambda m: m.time_ms) if marks else None
     version = (last or {}).get("promptVersion")
     history = history_of((last or {}).get("input"))
@@ -265,8 +268,9 @@ def interaction(trace_id: str, parts: TraceParts, names: tuple[str, ...]) -> Int
     return Interaction(trace_id, start or 0, finished, row, marks)
 
 
-def interactions_of(parts: dict[str, TraceParts], names: tuple[str, ...]) -> list[Interaction]:
-    found = (interaction(trace_id, group, names) for trace_id, group in parts.items())
+def interactions_of(parts: dict[str, TraceParts], names: tuple[str, ...],
+                    scale: tuple[float, float] | None = None) -> list[Interaction]:
+    found = (interaction(trace_id, group, names, scale) for trace_id, group in parts.items())
     return [i for i in found if i is not None]
 
 
@@ -302,7 +306,7 @@ class LangfuseExportSource(TraceExportSource):
         if found is None:
             return None
         parts, unreadable, states = found
-        return Loaded(interactions_of(parts, self.feedback_names), unreadable, states)
+        return Loaded(interactions_of(parts, self.feedback_names, self.feedback_scale), unreadable, states)
 
     def feedback_marks(self, since_ms: int, mark_ms: int | None) -> dict[str, list[FeedbackMark]]:
         if self.files_unchanged:
@@ -311,10 +315,10 @@ class LangfuseExportSource(TraceExportSource):
         assert found is not None  # an empty watermark always reads
         marks: dict[str, list[FeedbackMark]] = {}
         for trace_id, group in found[0].items():
-            item = interaction(trace_id, group, self.feedback_names)
+            item = interaction(trace_id, group, self.feedback_names, self.feedback_scale)
             if item is not None and item.start_ms < since_ms:
                 continue  # outside the lookback window (a trace known by its scores only is kept)
-            if found_marks := feedback_marks_of(group.scores, self.feedback_names):
+            if found_marks := feedback_marks_of(group.scores, self.feedback_names, self.feedback_scale):
                 marks[trace_id] = found_marks
         return marks
 
@@ -390,7 +394,7 @@ class LangfuseApiSource(TraceExportSource):
             # Observations of a trace whose root started before the watermark (or the first run's window)
             # belong to a trace already read (or left out).
             parts = {t: p for t, p in parts.items() if any(not o.get("parentObservationId") for o in p.observations)}
-        return Loaded(interactions_of(parts, self.feedback_names), unreadable, {})
+        return Loaded(interactions_of(parts, self.feedback_names, self.feedback_scale), unreadable, {})
 
     def feedback_marks(self, since_ms: int, mark_ms: int | None) -> dict[str, list[FeedbackMark]]:
         client = self._client()
@@ -398,7 +402,7 @@ class LangfuseApiSource(TraceExportSource):
         for score in self.scores(client, since_ms):
             if (trace_id := score_trace_id(score)) is not None:
                 by_trace[trace_id].append(score)
-        return {t: feedback_marks_of(s, self.feedback_names) for t, s in by_trace.items()}
+        return {t: feedback_marks_of(s, self.feedback_names, self.feedback_scale) for t, s in by_trace.items()}
 
 
 def plain(item: Any) -> RawJson:

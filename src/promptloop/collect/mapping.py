@@ -8,7 +8,7 @@ it is neither mapped nor defaulted, so a mapping only lists what differs.
 
 Values are read the way the MLflow trace mapping reads them: a message's content (or a list of content
 parts) as text, feedback words (up/down, thumbs_up, ...) and booleans as 1/-1, numbers by their sign
-(or on the app's `log_feedback_scale`: stars [1, 5] are 1-2 down, 3 neutral, 4-5 up); an epoch number
+(or on the app's `feedback_scale`: stars [1, 5] are 1-2 down, 3 neutral, 4-5 up); an epoch number
 (seconds, or milliseconds) as a timestamp. Besides, a number written as text is read as a number where
 the field holds one (a latency, a token count). Keys of the line that no field used go into `metadata`, so nothing is
 dropped, and a line without an id gets one from its content (the same line collected twice is a
@@ -55,7 +55,7 @@ class LogMapping:
     zone: ZoneInfo | None = None  # of timestamps written without one
     only: Mapping[tuple[Step, ...], Any] = field(default_factory=dict)  # path -> the value an interaction has
     feedback: FeedbackLines | None = None  # 👍/👎 logged as lines of their own
-    scale: tuple[float, float] | None = None  # of numeric ratings (`log_feedback_scale`; None: by their sign)
+    scale: tuple[float, float] | None = None  # of numeric ratings (`feedback_scale`; None: by their sign)
     # rated interaction id -> (score, comment) of the feedback lines read so far (the last one wins)
     received: dict[str, Feedback] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)  # feedback lines without a rated id or a readable rating
@@ -71,7 +71,7 @@ class LogMapping:
         # A constant id would make every line after the first a duplicate: defaults may not set one.
         check_fields(app, "log_mapping", paths, (*LOG_FIELDS, END), " or inputs.<name>")
         check_fields(app, "log_defaults", defaults, tuple(f for f in LOG_FIELDS if f != "id"), "")
-        scale = settings.log_feedback_scale
+        scale = settings.feedback_scale
         return cls({name: parse_path(path) for name, path in paths.items()}, dict(defaults),
                    None if zone is None else ZoneInfo(zone), {parse_path(path): v for path, v in only.items()},
                    None if settings.log_feedback is None else FeedbackLines.of(settings.log_feedback, scale), scale)

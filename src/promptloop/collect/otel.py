@@ -19,7 +19,8 @@ version released then; `gen_ai.usage.cost` when an instrumentation records it.
 
 Feedback: a span event `collect.otel_feedback_event` (default `gen_ai.evaluation.result`) whose
 `gen_ai.evaluation.name` is in `collect.feedback_names` (`gen_ai.evaluation.score.value`, else
-`.score.label`; comment `gen_ai.evaluation.explanation`; time the event's), or a span attribute
+`.score.label`; a number read by its sign or on the app's `feedback_scale`; comment
+`gen_ai.evaluation.explanation`; time the event's), or a span attribute
 `collect.otel_feedback_attribute` (default `user.feedback`; comment `<attribute>.comment`; time the
 span's end). The newest wins; feedback spans exported later (a new line for an old trace) update
 stored rows as late feedback.
@@ -249,20 +250,23 @@ class FeedbackSettings:
     names: tuple[str, ...] = ("user_feedback", "user-feedback", "feedback")
 
 
-def feedback_marks_of(spans: list[Span], settings: FeedbackSettings) -> list[FeedbackMark]:
+def feedback_marks_of(spans: list[Span], settings: FeedbackSettings,
+                      scale: tuple[float, float] | None = None) -> list[FeedbackMark]:
     marks = []
     for span in spans:
         for name, time_ns, attrs in span.events:
             if name == settings.event and attrs.get("gen_ai.evaluation.name") in settings.names:
                 value = attrs.get("gen_ai.evaluation.score.value")
-                score = score_of(value if value is not None else attrs.get("gen_ai.evaluation.score.label"))
+                score = score_of(value if value is not None else attrs.get("gen_ai.evaluation.score.label"),
+                                 scale=scale)
                 comment = attrs.get("gen_ai.evaluation.explanation")
                 when = time_ns or span.end_ns or 0
                 marks.append(FeedbackMark(when // 1_000_000, score, str(comment) if comment else None))
         if settings.attribute in span.attrs:
             comment = span.attrs.get(f"{settings.attribute}.comment")
             marks.append(FeedbackMark((span.end_ns or span.start_ns or 0) // 1_000_000,
-                                      score_of(span.attrs[settings.attribute]), str(comment) if comment else None))
+                                      score_of(span.attrs[settings.attribute], scale=scale),
+                                      str(comment) if comment else None))
     return marks
 
 
@@ -275,7 +279,8 @@ def _sum(values: list[Any]) -> Any:
     return sum(known) if known else None
 
 
-def interaction(trace_id: str, spans: list[Span], feedback: FeedbackSettings) -> Interaction:
+def interaction(trace_id: str, spans: list[Span], feedback: FeedbackSettings,
+                scale: tuple[float, float] | None = None) -> Interaction:
     """One trace's spans as a log-record row."""
     spans = sorted(spans, key=lambda s: (s.start_ns or 0, s.span_id))
     root = next((s for s in spans if not s.parent), None)
@@ -288,7 +293,7 @@ def interaction(trace_id: str, spans: list[Span], feedback: FeedbackSettings) ->
     asked = last_of(inputs, "user")
     answered = last_of(outputs, "assistant")
     history = [m for m in (inputs or [])[: asked[0]] if m.get("role") in ("user", "assistant")] if asked else []
-    marks = feedback_marks_of(spans, feedback)
+    marks = feedback_marks_of(spans, feedback, scale)
     latest = max(marks, key=lambda m: m.time_ms) if marks else None
     ordered = ([root] if root is not None else []) + spans
     session = first_attribute(ordered, SESSION_KEYS)
@@ -358,7 +363,8 @@ class OtelFileSource(TraceExportSource):
         if found is None:
             return None
         traces, unreadable, states = found
-        return Loaded([interaction(t, s, self.feedback) for t, s in traces.items()], unreadable, states)
+        return Loaded([interaction(t, s, self.feedback, self.feedback_scale) for t, s in traces.items()], unreadable,
+                      states)
 
     def feedback_marks(self, since_ms: int, mark_ms: int | None) -> dict[str, list[FeedbackMark]]:
         if self.files_unchanged:
@@ -370,6 +376,6 @@ class OtelFileSource(TraceExportSource):
             starts = [s.start_ns for s in spans if s.start_ns]
             if starts and min(starts) // 1_000_000 < since_ms:
                 continue  # outside the lookback window
-            if found_marks := feedback_marks_of(spans, self.feedback):
+            if found_marks := feedback_marks_of(spans, self.feedback, self.feedback_scale):
                 marks[trace_id] = found_marks
         return marks

@@ -56,6 +56,7 @@ def prepare_trace_sources(sources: Sequence[Source], workspace: Workspace, app: 
     for source in traced:
         source.app = source.app or app
         source.releases = releases
+        source.feedback_scale = settings.feedback_scale
         if isinstance(source, MlflowTraceSource):
             source.trace_mapping = dict(settings.trace_mapping)
         elif now is not None:

@@ -80,6 +80,7 @@ class MlflowTraceSource(Source):
     page_size: int = 100
     in_progress_grace_s: float = 3600.0
     trace_mapping: dict[str, str] = field(default_factory=dict)  # log field -> JSON path
+    feedback_scale: tuple[float, float] | None = None  # of numeric feedback (the app's; None: by its sign)
     releases: list[tuple[int, str]] = field(default_factory=list)  # (ms, prompt version) the alias moved to
 
     @classmethod
@@ -124,7 +125,7 @@ class MlflowTraceSource(Source):
 
     def row(self, trace: Trace) -> RawJson:
         """The trace's row, with this source's mapping, app and release history."""
-        row = trace_row(trace, self.experiment, self.app, self.feedback_name, self.trace_mapping)
+        row = trace_row(trace, self.experiment, self.app, self.feedback_name, self.trace_mapping, self.feedback_scale)
         if row["prompt_version"] is None:
             row["prompt_version"] = released_version(self.releases, trace.info.request_time)
         return row
@@ -163,7 +164,7 @@ class MlflowTraceSource(Source):
             newest = max(stamps) if newest is None else max(newest, *stamps)
             feedback = latest_feedback(info.assessments, self.feedback_name)
             changes[info.trace_id] = (None, None) if feedback is None else (
-                feedback_score(feedback.value), feedback.rationale)
+                feedback_score(feedback.value, self.feedback_scale), feedback.rationale)
         return changes, newest
 
     def _client(self) -> MlflowClient:
@@ -243,7 +244,7 @@ def append_row(columns: dict[str, list[Any]], row: dict[str, Any]) -> None:
 
 
 def trace_row(trace: Trace, experiment: str, default_app: str | None, feedback_name: str | None,
-              mapping: dict[str, str] | None = None) -> RawJson:
+              mapping: dict[str, str] | None = None, scale: tuple[float, float] | None = None) -> RawJson:
     """One trace as a raw row in the log-record columns (plus `_origin`, `_extra`)."""
     info = trace.info
     mapped = mapped_fields(trace, mapping or {})
@@ -263,7 +264,7 @@ def trace_row(trace: Trace, experiment: str, default_app: str | None, feedback_n
         "completion_tokens": completion_tokens,
         "cost_usd": None,
         "error": error_message(trace) if failed else None,
-        "feedback": None if feedback is None else feedback_score(feedback.value),
+        "feedback": None if feedback is None else feedback_score(feedback.value, scale),
         "feedback_comment": None if feedback is None else feedback.rationale,
         "user_id": user_id(info) or text_of(mapped.get("user_id")) or argument_user_id(trace),
         "metadata": row_metadata(info, experiment, text_of(mapped.get("session_id"))),

@@ -288,11 +288,12 @@ class AppSettings(Section):
         description="JSON Lines/Parquet logs in your own format: the zone of timestamps written without one "
         "(e.g. UTC, Asia/Seoul); unset: such rows are quarantined",
     )
-    log_feedback_scale: tuple[float, float] | None = Field(
+    feedback_scale: tuple[float, float] | None = Field(
         default=None,
-        description="JSON Lines/Parquet logs in your own format: [low, high], the scale of numeric ratings (e.g. "
-        "[1, 5] for stars, [0, 1] for 0 = 👎 and 1 = 👍): below its middle 👎, above it 👍, the middle neutral, "
-        "outside it quarantined; unset: -1/0/1, and another number by its sign",
+        description="[low, high], the scale of the app's numeric user ratings in every source (e.g. [1, 5] for "
+        "stars, [0, 1] for 0 = 👎 and 1 = 👍): below its middle 👎, above it 👍, the middle neutral, outside it "
+        "unreadable (a row's rating is quarantined, a trace's or feedback line's is not applied); unset: -1/0/1, "
+        "and another number by its sign",
     )
     commercial: bool = Field(default=True, description="a model with a non-commercial license is never promoted")
     scorers: list[Scorer] = Field(default_factory=lambda: list(SCORERS), min_length=1)
@@ -312,7 +313,7 @@ class AppSettings(Section):
             check_inside(path)
         return path
 
-    @field_validator("log_feedback_scale")
+    @field_validator("feedback_scale")
     @classmethod
     def _a_scale(cls, scale: tuple[float, float] | None) -> tuple[float, float] | None:
         if scale is not None and not (math.isfinite(scale[0]) and math.isfinite(scale[1]) and scale[0] < scale[1]):

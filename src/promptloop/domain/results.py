@@ -36,7 +36,7 @@ class CollectResult(Record):
                                   "collect.feedback_lookback_days for their interaction")
     feedback_unreadable: int = Field(default=0, description="feedback lines (apps.<app>.log_feedback) without a "
                                      "rated id or with a rating that could not be read (a word it does not know, a "
-                                     "number off log_feedback_scale): not applied")
+                                     "number off feedback_scale): not applied")
     pii_redactions: dict[str, int]
     failures: dict[str, int] = Field(description="quarantine reasons and how many rows each")
     snapshot: str | None = Field(description="the log dataset folder, relative to the workspace")
