@@ -141,6 +141,14 @@ def quarantine_hint(result: CollectResult) -> str | None:
                  f"logs in your own JSON format are read through apps.{result.app}.log_mapping and log_defaults, "
                  f"and an app traced with MLflow, Langfuse or OpenTelemetry is read from there (apps.{result.app}."
                  "sources; docs/cli.md, \"collect\").")
+    lacking = [f"{reason.removesuffix('_missing')}{'_ms' if reason == 'latency_missing' else ''}"
+               for reason, count in result.failures.items()
+               if reason.endswith("_missing") and count == result.rows_quarantined]
+    if lacking:  # a format that never logs a field: the same fix for every row
+        hint += (f" Every one of them lacks {', '.join(lacking)}: map each to where your lines hold it "
+                 f"(apps.{result.app}.log_mapping) or give it a constant (log_defaults)")
+        hint += (", and a latency can come from when the call ended (log_mapping.end_timestamp)."
+                 if "latency_ms" in lacking else ".")
     return hint
 
 

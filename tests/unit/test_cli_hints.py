@@ -29,3 +29,14 @@ def test_some_rows_quarantined_only_say_where() -> None:
 
 def test_nothing_quarantined_says_nothing() -> None:
     assert quarantine_hint(collected(40, 0)) is None
+
+
+def test_fields_every_quarantined_row_lacks_are_named_with_their_fix() -> None:
+    result = collected(0, 50).model_copy(update={"failures": {
+        "latency_missing": 50, "prompt_tokens_missing": 50, "timestamp_missing": 3, "feedback_type": 50}})
+    hint = quarantine_hint(result)
+    assert hint is not None
+    assert "Every one of them lacks latency_ms, prompt_tokens: map each" in hint  # not timestamp: 3 of 50
+    assert "apps.concierge.log_mapping" in hint and "log_mapping.end_timestamp" in hint
+    tokens_only = quarantine_hint(result.model_copy(update={"failures": {"completion_tokens_missing": 50}}))
+    assert tokens_only is not None and "lacks completion_tokens:" in tokens_only and "end_timestamp" not in tokens_only
