@@ -10,9 +10,9 @@ Values are read the way the MLflow trace mapping reads them: a message's content
 parts) as text, feedback words (up/down, thumbs_up, ...) and booleans as 1/-1, numbers by their sign
 (or on the app's `feedback_scale`: stars [1, 5] are 1-2 down, 3 neutral, 4-5 up); an epoch number
 (seconds, or milliseconds) as a timestamp. Besides, a number written as text is read as a number where
-the field holds one (a latency, a token count). Keys of the line that no field used go into `metadata`, so nothing is
-dropped, and a line without an id gets one from its content (the same line collected twice is a
-duplicate, not a second interaction).
+the field holds one (a latency, a token count). Keys of the line that no field used go into `metadata`,
+so nothing is dropped, and a line without an id gets one from its content (the same line collected twice
+is a duplicate, not a second interaction).
 """
 
 from __future__ import annotations

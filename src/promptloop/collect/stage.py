@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 from promptloop.collect.mapping import LogMapping
 from promptloop.collect.sources import EXTRA, ORIGIN, FileSource, Shape, Source, SourceBatch, Unreadable
 from promptloop.collect.trace_collect import collect_late_feedback, prepare_trace_sources, update_stored_feedback
-from promptloop.collect.traces import Feedback
 from promptloop.collect.validate import SUITE_FILE, LogValidator, derived_columns, load_suite
 from promptloop.collect.waiting_feedback import STATE_KEY, Waiting, as_changes, left_waiting, still_waiting
 from promptloop.core.config import AppSettings, CollectSettings
@@ -473,16 +472,16 @@ def _relative(plan: CollectPlan, path: Path) -> str:
     return str(path.relative_to(plan.workspace.root))
 
 
-def apply_feedback_lines(plan: CollectPlan, received: dict[str, Feedback], redactor: Redactor,
-                         totals: Totals) -> None:
-    """Rate the stored interactions with this run's feedback lines (`received`) and those earlier runs left
-    waiting; the ratings whose interaction is still not stored wait on (`collect.waiting_feedback`)."""
+def apply_feedback_lines(plan: CollectPlan, mapping: LogMapping, redactor: Redactor, totals: Totals) -> None:
+    """Rate the stored interactions with this run's feedback lines (read by `mapping`) and those earlier runs
+    left waiting; the ratings whose interaction is still not stored wait on (`collect.waiting_feedback`)."""
     before = still_waiting(plan.state, plan.now, plan.workspace.params.collect.feedback_lookback_days)
-    changes = {**as_changes(before), **received}  # a new rating of the same id wins
+    changes = {**as_changes(before), **mapping.received}  # a new rating of the same id wins
     applied = update_stored_feedback(plan.data_dir / LOGS, changes, redactor)
     totals.feedback_updated += applied.updated
     totals.parts += [_relative(plan, part) for part in applied.rewritten]
     totals.waiting = left_waiting(changes, applied.found, before, plan.now, redactor)
+    totals.feedback_unreadable = len(mapping.unreadable)
 
 
 def log_collect_run(plan: CollectPlan, totals: Totals, versioned: Snapshot, suite_version: object) -> str:
@@ -557,8 +556,7 @@ def collect(workspace: Workspace, app: str, source_uri: str | None = None, now: 
         totals.parts += late.parts
         totals.watermarks.update(late.watermarks)
         if plan.mapping is not None and plan.mapping.feedback is not None:  # 👍/👎 logged as lines of their own
-            apply_feedback_lines(plan, plan.mapping.received, ctx.redactor, totals)
-            totals.feedback_unreadable = len(plan.mapping.unreadable)
+            apply_feedback_lines(plan, plan.mapping, ctx.redactor, totals)
         versioned = snapshot(plan, totals)
     run_id = log_collect_run(plan, totals, versioned, ctx.validator.version)
     return summary(plan, totals, versioned, run_id)

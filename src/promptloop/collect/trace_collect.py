@@ -118,6 +118,8 @@ class StoredFeedback(NamedTuple):
 
 def update_stored_feedback(logs_dir: Path, changes: dict[str, Feedback], redactor: Redactor) -> StoredFeedback:
     """Rewrite the stored rows whose feedback differs from `changes` (rated id -> feedback)."""
+    if not changes:  # nothing to look for: the stored parts are not read
+        return StoredFeedback(0, [], set())
     comments = redacted_comments(changes, redactor)
     # Stored ids are redacted like every stored text: a rated id is looked for in that form.
     rated = {str(redactor.redact_text(row_id)[0]): row_id for row_id in changes}

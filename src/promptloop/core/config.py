@@ -229,7 +229,8 @@ class FeedbackEvents(Section):
     when: dict[JsonPath, str | int | float | bool | None] = Field(
         min_length=1, description="a feedback line: each JSON path holds its value (e.g. $.event: feedback)")
     id: JsonPath = Field(description="the rated interaction's id in the line, e.g. $.request_id")
-    feedback: JsonPath = Field(description="the rating: up/down, thumbs_up/thumbs_down, true/false, a number's sign")
+    feedback: JsonPath = Field(description="the rating: up/down, thumbs_up/thumbs_down, true/false, a number (by "
+                               "its sign, or on the app's feedback_scale)")
     comment: JsonPath | None = Field(default=None, description="the user's comment, if the line has one")
 
 

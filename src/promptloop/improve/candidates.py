@@ -160,9 +160,10 @@ def check_candidate(current: PromptVersion, candidate: PromptVersion, held_out: 
     added = sorted(candidate.variables - current.variables)
     if added:
         return f"adds the placeholder(s) {', '.join(candidate.placeholder(v) for v in added)}: no case has them"
-    if revision_key(candidate) == revision_key(current):
+    key = revision_key(candidate)
+    if key == revision_key(current):
         return SAME_AS_CURRENT
-    if revision_key(candidate) in seen:
+    if key in seen:
         return "same as another candidate"
     quoted = quoted_case(candidate, held_out)
     if quoted is not None:

@@ -103,7 +103,7 @@ class OfflineEmailRecognizer(EmailRecognizer):
         Only the domain is checked: the match's local part may hold '/' or '#' (`chat/ann@example.com`),
         and read as a URL the whole match would have the host `chat`, no suffix, and the address kept.
         """
-        return OFFLINE_TLD(pattern_text.rpartition("@")[2]).fqdn != ""
+        return public_domain(pattern_text.rpartition("@")[2])
 
 
 class UrlEncodedEmailRecognizer(PatternRecognizer):
@@ -119,7 +119,12 @@ class UrlEncodedEmailRecognizer(PatternRecognizer):
 
     def validate_result(self, pattern_text: str) -> bool:
         """A known public suffix after the `%40`."""
-        return OFFLINE_TLD(pattern_text.rpartition("%40")[2]).fqdn != ""
+        return public_domain(pattern_text.rpartition("%40")[2])
+
+
+def public_domain(domain: str) -> bool:
+    """`domain` ends in a known public suffix (tldextract's bundled list; no network)."""
+    return OFFLINE_TLD(domain).fqdn != ""
 
 
 # House number, 1-5 words, a street suffix; then optionally a unit, a city, a state and a ZIP.
